@@ -1,0 +1,3 @@
+//! Builds the pause OCI image.
+
+fn main() {}

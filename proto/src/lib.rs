@@ -1,0 +1,1 @@
+//! Protobuf definitions (filled in by the cri-hook and API work).
