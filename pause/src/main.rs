@@ -88,3 +88,8 @@ fn on_panic(_: &core::panic::PanicInfo) -> ! {
     // Nothing above can panic (no indexing, no arithmetic overflow); exit loudly just in case.
     sys::exit(127)
 }
+
+/// The precompiled `core` is built for unwinding and its unwind tables name this symbol;
+/// with `panic = "abort"` nothing ever unwinds, so it is never called, only linked.
+#[unsafe(no_mangle)]
+extern "C" fn rust_eh_personality() {}
