@@ -1,0 +1,459 @@
+//! Daemon configuration: the TOML file, its defaults and its validation.
+//!
+//! The file is parsed into a raw, all-optional form first (unknown keys are rejected), then
+//! every value is validated and turned into its typed form, so that each error names the
+//! key, the offending value and the reason instead of a generic parse failure.
+
+use std::path::{Path, PathBuf};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::names::IfName;
+
+/// Default API socket path.
+pub const DEFAULT_SOCKET: &str = "/run/netns-holder/api.sock";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/netns-holder";
+/// Default directory of network namespace bind mounts.
+pub const DEFAULT_NETNS_DIR: &str = "/run/netns";
+/// Default node bridge name.
+pub const DEFAULT_BRIDGE: &str = "nh0";
+/// Default IPv4 pod CIDR.
+pub const DEFAULT_POD_CIDR_V4: &str = "10.88.0.0/16";
+/// Default path of the static pause binary.
+pub const DEFAULT_PAUSE_BINARY: &str = "/usr/libexec/netns-holder/pause";
+/// Smallest accepted MTU (the IPv4 minimum).
+pub const MIN_MTU: u32 = 68;
+/// Largest accepted MTU.
+pub const MAX_MTU: u32 = 65535;
+/// Longest accepted IPv4 prefix: a /30 still has one pod address besides network,
+/// gateway and broadcast.
+pub const MAX_PREFIX_V4: u8 = 30;
+/// Longest accepted IPv6 prefix, by the same rule as [`MAX_PREFIX_V4`].
+pub const MAX_PREFIX_V6: u8 = 126;
+
+/// A configuration problem. Every variant names the file or key concerned.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration is not valid TOML or has unknown keys or wrongly typed values.
+    #[error("cannot parse config {origin}: {source}")]
+    Parse {
+        /// Where the text came from (a path or `<string>`).
+        origin: String,
+        /// The TOML error, which carries the location.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value is well-formed TOML but not acceptable.
+    #[error("config key `{key}` = {value:?} is invalid: {reason}")]
+    Invalid {
+        /// The key, e.g. `pod_cidr_v4`.
+        key: &'static str,
+        /// The offending value as written.
+        value: String,
+        /// Why it is rejected.
+        reason: String,
+    },
+}
+
+/// The validated daemon configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Path of the gRPC API unix socket.
+    pub socket: PathBuf,
+    /// Directory of the persistent state file.
+    pub state_dir: PathBuf,
+    /// Directory where network namespaces are bind-mounted (`<netns_dir>/<pod name>`).
+    pub netns_dir: PathBuf,
+    /// Name of the node bridge that host veth ends are attached to.
+    pub bridge: IfName,
+    /// IPv4 pod CIDR (required).
+    pub pod_cidr_v4: Ipv4Net,
+    /// IPv6 pod CIDR (optional; dual-stack when set).
+    pub pod_cidr_v6: Option<Ipv6Net>,
+    /// Pod interface MTU; `None` means: use the MTU of the default-route interface.
+    pub mtu: Option<u32>,
+    /// Path of the static pause binary.
+    pub pause_binary: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            netns_dir: PathBuf::from(DEFAULT_NETNS_DIR),
+            bridge: IfName::new(DEFAULT_BRIDGE).expect("default bridge name is valid"),
+            pod_cidr_v4: DEFAULT_POD_CIDR_V4
+                .parse()
+                .expect("default v4 CIDR is valid"),
+            pod_cidr_v6: None,
+            mtu: None,
+            pause_binary: PathBuf::from(DEFAULT_PAUSE_BINARY),
+        }
+    }
+}
+
+/// The file as written: every key optional, unknown keys rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    socket: Option<String>,
+    state_dir: Option<String>,
+    netns_dir: Option<String>,
+    bridge: Option<String>,
+    pod_cidr_v4: Option<String>,
+    pod_cidr_v6: Option<String>,
+    mtu: Option<i64>,
+    pause_binary: Option<String>,
+}
+
+fn invalid(key: &'static str, value: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+fn absolute_path(
+    key: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<PathBuf, ConfigError> {
+    let value = value.unwrap_or_else(|| default.to_string());
+    if value.is_empty() {
+        return Err(invalid(key, value, "path is empty"));
+    }
+    if !Path::new(&value).is_absolute() {
+        return Err(invalid(key, value, "path must be absolute"));
+    }
+    Ok(PathBuf::from(value))
+}
+
+fn cidr<N>(key: &'static str, value: &str, max_prefix: u8) -> Result<N, ConfigError>
+where
+    N: std::str::FromStr + Copy + std::fmt::Display + CidrParts,
+{
+    let net: N = value
+        .parse()
+        .map_err(|_| invalid(key, value, "not a CIDR (expected ADDRESS/PREFIX)"))?;
+    if net.prefix() > max_prefix {
+        return Err(invalid(
+            key,
+            value,
+            format!(
+                "prefix /{} is too small for pods; the longest allowed is /{max_prefix}",
+                net.prefix()
+            ),
+        ));
+    }
+    if net.has_host_bits() {
+        return Err(invalid(
+            key,
+            value,
+            format!("host bits are set; the network is {}", net.truncated()),
+        ));
+    }
+    Ok(net)
+}
+
+/// The bits of `Ipv4Net`/`Ipv6Net` that validation needs.
+trait CidrParts: Sized {
+    fn prefix(&self) -> u8;
+    fn has_host_bits(&self) -> bool;
+    fn truncated(&self) -> Self;
+}
+
+impl CidrParts for Ipv4Net {
+    fn prefix(&self) -> u8 {
+        self.prefix_len()
+    }
+    fn has_host_bits(&self) -> bool {
+        self.addr() != self.network()
+    }
+    fn truncated(&self) -> Self {
+        self.trunc()
+    }
+}
+
+impl CidrParts for Ipv6Net {
+    fn prefix(&self) -> u8 {
+        self.prefix_len()
+    }
+    fn has_host_bits(&self) -> bool {
+        self.addr() != self.network()
+    }
+    fn truncated(&self) -> Self {
+        self.trunc()
+    }
+}
+
+impl Config {
+    /// Parses and validates a TOML document; `origin` names it in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            origin: origin.to_string(),
+            source,
+        })?;
+        Self::from_raw(raw)
+    }
+
+    /// Reads, parses and validates the TOML file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        let bridge_text = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
+        let bridge = IfName::new(bridge_text.clone()).map_err(|e| match e {
+            crate::names::NameError::BadIfName { reason, .. } => {
+                invalid("bridge", bridge_text.clone(), reason)
+            }
+            other => invalid("bridge", bridge_text.clone(), other.to_string()),
+        })?;
+        let mtu = match raw.mtu {
+            None => None,
+            Some(m) if (i64::from(MIN_MTU)..=i64::from(MAX_MTU)).contains(&m) => Some(m as u32),
+            Some(m) => {
+                return Err(invalid(
+                    "mtu",
+                    m.to_string(),
+                    format!("must be between {MIN_MTU} and {MAX_MTU}"),
+                ));
+            }
+        };
+        let config = Self {
+            socket: absolute_path("socket", raw.socket, DEFAULT_SOCKET)?,
+            state_dir: absolute_path("state_dir", raw.state_dir, DEFAULT_STATE_DIR)?,
+            netns_dir: absolute_path("netns_dir", raw.netns_dir, DEFAULT_NETNS_DIR)?,
+            bridge,
+            pod_cidr_v4: cidr(
+                "pod_cidr_v4",
+                raw.pod_cidr_v4.as_deref().unwrap_or(DEFAULT_POD_CIDR_V4),
+                MAX_PREFIX_V4,
+            )?,
+            pod_cidr_v6: raw
+                .pod_cidr_v6
+                .as_deref()
+                .map(|v| cidr("pod_cidr_v6", v, MAX_PREFIX_V6))
+                .transpose()?,
+            mtu,
+            pause_binary: absolute_path("pause_binary", raw.pause_binary, DEFAULT_PAUSE_BINARY)?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Re-checks a configuration built in code (the same rules as the file).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, path) in [
+            ("socket", &self.socket),
+            ("state_dir", &self.state_dir),
+            ("netns_dir", &self.netns_dir),
+            ("pause_binary", &self.pause_binary),
+        ] {
+            if !path.is_absolute() {
+                return Err(invalid(
+                    key,
+                    path.display().to_string(),
+                    "path must be absolute",
+                ));
+            }
+        }
+        cidr::<Ipv4Net>("pod_cidr_v4", &self.pod_cidr_v4.to_string(), MAX_PREFIX_V4)?;
+        if let Some(v6) = self.pod_cidr_v6 {
+            cidr::<Ipv6Net>("pod_cidr_v6", &v6.to_string(), MAX_PREFIX_V6)?;
+        }
+        if let Some(m) = self.mtu
+            && !(MIN_MTU..=MAX_MTU).contains(&m)
+        {
+            return Err(invalid(
+                "mtu",
+                m.to_string(),
+                format!("must be between {MIN_MTU} and {MAX_MTU}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Path of the state file inside [`Config::state_dir`].
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir.join(crate::state::STATE_FILE_NAME)
+    }
+
+    /// Bind-mount path of the network namespace of a pod created (not attached) by us.
+    pub fn netns_path(&self, name: &crate::names::PodName) -> PathBuf {
+        self.netns_dir.join(name.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, "<test>")
+    }
+
+    fn assert_invalid(text: &str, key: &str, reason_part: &str) {
+        match parse(text) {
+            Err(ConfigError::Invalid { key: k, reason, .. }) => {
+                assert_eq!(k, key, "{text}");
+                assert!(reason.contains(reason_part), "{text}: {reason}");
+            }
+            other => panic!("{text}: expected Invalid({key}), got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.socket, Path::new("/run/netns-holder/api.sock"));
+        assert_eq!(c.state_dir, Path::new("/var/lib/netns-holder"));
+        assert_eq!(c.netns_dir, Path::new("/run/netns"));
+        assert_eq!(c.bridge.as_str(), "nh0");
+        assert_eq!(c.pod_cidr_v4.to_string(), "10.88.0.0/16");
+        assert_eq!(c.pod_cidr_v6, None);
+        assert_eq!(c.mtu, None);
+        assert_eq!(c.pause_binary, Path::new("/usr/libexec/netns-holder/pause"));
+        assert_eq!(
+            c.state_file(),
+            Path::new("/var/lib/netns-holder/state.json")
+        );
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn full_file() {
+        let c = parse(
+            r#"
+            socket = "/run/x.sock"
+            state_dir = "/tmp/s"
+            netns_dir = "/tmp/n"
+            bridge = "br-pods"
+            pod_cidr_v4 = "192.168.7.0/24"
+            pod_cidr_v6 = "fd00:88::/64"
+            mtu = 1400
+            pause_binary = "/opt/pause"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.bridge.as_str(), "br-pods");
+        assert_eq!(c.pod_cidr_v6.unwrap().to_string(), "fd00:88::/64");
+        assert_eq!(c.mtu, Some(1400));
+    }
+
+    #[test]
+    fn unknown_key_rejected() {
+        let err = parse("brige = \"nh0\"").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }));
+        assert!(err.to_string().contains("brige"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_rejected() {
+        let err = parse("mtu = \"big\"").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    }
+
+    #[test]
+    fn bad_cidrs() {
+        assert_invalid("pod_cidr_v4 = \"10.88.0.0\"", "pod_cidr_v4", "not a CIDR");
+        assert_invalid("pod_cidr_v4 = \"fd00::/64\"", "pod_cidr_v4", "not a CIDR");
+        assert_invalid("pod_cidr_v4 = \"10.88.0.0/31\"", "pod_cidr_v4", "too small");
+        assert_invalid("pod_cidr_v4 = \"10.88.0.0/32\"", "pod_cidr_v4", "too small");
+        assert_invalid(
+            "pod_cidr_v4 = \"10.88.0.5/16\"",
+            "pod_cidr_v4",
+            "10.88.0.0/16",
+        );
+        assert_invalid("pod_cidr_v6 = \"10.0.0.0/8\"", "pod_cidr_v6", "not a CIDR");
+        assert_invalid("pod_cidr_v6 = \"fd00::/127\"", "pod_cidr_v6", "too small");
+        assert_invalid("pod_cidr_v6 = \"fd00::1/64\"", "pod_cidr_v6", "host bits");
+        assert!(parse("pod_cidr_v4 = \"10.0.0.0/30\"").is_ok());
+        assert!(parse("pod_cidr_v6 = \"fd00::/126\"").is_ok());
+    }
+
+    #[test]
+    fn error_message_names_key_and_value() {
+        let err = parse("pod_cidr_v4 = \"10.88.0.0/31\"").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("pod_cidr_v4") && msg.contains("10.88.0.0/31"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bad_bridge_names() {
+        assert_invalid("bridge = \"abcdefghijklmnop\"", "bridge", "longer than 15");
+        assert_invalid("bridge = \"a/b\"", "bridge", "'/'");
+        assert_invalid("bridge = \"a b\"", "bridge", "whitespace");
+        assert_invalid("bridge = \"\"", "bridge", "empty");
+    }
+
+    #[test]
+    fn mtu_range() {
+        assert_invalid("mtu = 67", "mtu", "between 68 and 65535");
+        assert_invalid("mtu = 65536", "mtu", "between 68 and 65535");
+        assert_invalid("mtu = -1", "mtu", "between");
+        assert_eq!(parse("mtu = 68").unwrap().mtu, Some(68));
+        assert_eq!(parse("mtu = 65535").unwrap().mtu, Some(65535));
+    }
+
+    #[test]
+    fn relative_paths_rejected() {
+        assert_invalid("socket = \"api.sock\"", "socket", "absolute");
+        assert_invalid("state_dir = \"var/lib\"", "state_dir", "absolute");
+        assert_invalid("netns_dir = \"./netns\"", "netns_dir", "absolute");
+        assert_invalid("pause_binary = \"pause\"", "pause_binary", "absolute");
+        assert_invalid("state_dir = \"\"", "state_dir", "empty");
+    }
+
+    #[test]
+    fn validate_checks_code_built_configs() {
+        let mut c = Config {
+            mtu: Some(10),
+            ..Config::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid { key: "mtu", .. })
+        ));
+        c.mtu = None;
+        c.state_dir = PathBuf::from("rel");
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "state_dir",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn load_missing_file_names_path() {
+        let err = Config::load(Path::new("/nonexistent/netns-holder.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/netns-holder.toml"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,954 @@
+//! [`FakeSystem`]: an in-memory model of the kernel objects the daemon touches, implementing
+//! every [`crate::system`] trait without root.
+//!
+//! It models network namespaces (a namespace lives while it is bind-mounted or a process is
+//! in it; when it dies its links die, and so do their veth peers elsewhere), links (bridges
+//! and veth pairs with up/mtu/master/addresses), default routes, loopback, forwarding, DAD
+//! and pause processes (pid + start time, so pid reuse is observable). It enforces the
+//! kernel rules that matter for ordering: a link must be down to be renamed, a route needs
+//! its link up with an address on the gateway's subnet, names are unique per namespace.
+//!
+//! Every call is recorded in order (`"create_netns /run/netns/web"`). Faults can be
+//! injected: fail the N-th call ([`FakeSystem::fail_call`]), fail every call whose record
+//! contains a string ([`FakeSystem::fail_on`]), or "crash" after N calls
+//! ([`FakeSystem::crash_after`]): from then on every call fails, so nothing is undone,
+//! until [`FakeSystem::revive`]; together with a fresh manager on the same state directory
+//! this simulates a daemon crash at any point. Clones share the same model.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ipnet::IpNet;
+
+use crate::names::{IfName, PodId};
+use crate::system::{
+    LinkInfo, Namespaces, Netlink, PauseProcess, Processes, RunningPause, Sysctl, SystemError,
+};
+
+const HOST: u64 = 0;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    Bridge,
+    Veth { peer_net: u64, peer: String },
+}
+
+#[derive(Debug, Clone)]
+struct FakeLink {
+    kind: Kind,
+    up: bool,
+    mtu: u32,
+    master: Option<String>,
+    addresses: BTreeSet<IpNet>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Net {
+    links: BTreeMap<String, FakeLink>,
+    routes: BTreeSet<(String, IpAddr)>,
+    loopback_up: bool,
+    dad_off: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone)]
+struct FakeProcess {
+    id: PodId,
+    start_time: u64,
+    net: u64,
+}
+
+#[derive(Debug)]
+struct Model {
+    nets: BTreeMap<u64, Net>,
+    next_net: u64,
+    mounts: BTreeMap<PathBuf, u64>,
+    processes: BTreeMap<u32, FakeProcess>,
+    next_pid: u32,
+    clock: u64,
+    forwarding: (bool, bool),
+    default_route_mtu: Option<u32>,
+    calls: Vec<String>,
+    fail_calls: BTreeSet<usize>,
+    fail_matching: Vec<String>,
+    crash_after: Option<usize>,
+    crashed: bool,
+    yield_each_call: bool,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Self {
+            nets: BTreeMap::from([(
+                HOST,
+                Net {
+                    loopback_up: true,
+                    ..Net::default()
+                },
+            )]),
+            next_net: 1,
+            mounts: BTreeMap::new(),
+            processes: BTreeMap::new(),
+            next_pid: 1000,
+            clock: 1,
+            forwarding: (false, false),
+            default_route_mtu: Some(1500),
+            calls: Vec::new(),
+            fail_calls: BTreeSet::new(),
+            fail_matching: Vec::new(),
+            crash_after: None,
+            crashed: false,
+            yield_each_call: true,
+        }
+    }
+}
+
+fn ns_name(netns: Option<&Path>) -> String {
+    match netns {
+        None => "host".to_string(),
+        Some(p) => p.display().to_string(),
+    }
+}
+
+impl Model {
+    fn net_id(&self, netns: Option<&Path>) -> Result<u64, SystemError> {
+        match netns {
+            None => Ok(HOST),
+            Some(p) => self
+                .mounts
+                .get(p)
+                .copied()
+                .ok_or_else(|| SystemError::NotFound {
+                    object: format!("netns {}", p.display()),
+                }),
+        }
+    }
+
+    fn net(&mut self, id: u64) -> &mut Net {
+        self.nets
+            .get_mut(&id)
+            .expect("namespace ids in mounts and links are live")
+    }
+
+    fn link_mut(
+        &mut self,
+        netns: Option<&Path>,
+        link: &IfName,
+    ) -> Result<&mut FakeLink, SystemError> {
+        let id = self.net_id(netns)?;
+        self.net(id)
+            .links
+            .get_mut(link.as_str())
+            .ok_or_else(|| SystemError::NotFound {
+                object: format!("link {link} in {}", ns_name(netns)),
+            })
+    }
+
+    /// Removes a link and (for a veth) its peer, plus routes over them and bridge
+    /// membership of ports (for a bridge).
+    fn remove_link(&mut self, net: u64, name: &str) {
+        let Some(link) = self.net(net).links.remove(name) else {
+            return;
+        };
+        let n = self.net(net);
+        n.routes.retain(|(dev, _)| dev != name);
+        n.dad_off.remove(name);
+        match link.kind {
+            Kind::Veth { peer_net, peer } => {
+                if self.nets.contains_key(&peer_net) {
+                    let p = self.net(peer_net);
+                    if p.links.remove(&peer).is_some() {
+                        p.routes.retain(|(dev, _)| *dev != peer);
+                        p.dad_off.remove(&peer);
+                    }
+                }
+            }
+            Kind::Bridge => {
+                for l in self.net(net).links.values_mut() {
+                    if l.master.as_deref() == Some(name) {
+                        l.master = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Destroys namespaces that are neither mounted nor inhabited.
+    fn collect_namespaces(&mut self) {
+        let live: BTreeSet<u64> = self
+            .mounts
+            .values()
+            .copied()
+            .chain(self.processes.values().map(|p| p.net))
+            .chain([HOST])
+            .collect();
+        let dead: Vec<u64> = self
+            .nets
+            .keys()
+            .copied()
+            .filter(|id| !live.contains(id))
+            .collect();
+        for id in dead {
+            let names: Vec<String> = self.net(id).links.keys().cloned().collect();
+            for name in names {
+                self.remove_link(id, &name);
+            }
+            self.nets.remove(&id);
+        }
+    }
+
+    fn new_net(&mut self) -> u64 {
+        let id = self.next_net;
+        self.next_net += 1;
+        self.nets.insert(id, Net::default());
+        id
+    }
+}
+
+/// The in-memory, recording, fault-injecting kernel model. Cheap to clone; clones share
+/// the model (so a "restarted daemon" sees the same kernel).
+#[derive(Debug, Clone, Default)]
+pub struct FakeSystem {
+    model: Arc<Mutex<Model>>,
+}
+
+/// A summary of the model, for assertions.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// Bind-mounted namespaces.
+    pub mounts: Vec<PathBuf>,
+    /// Number of live namespaces other than the host's (mounted or inhabited).
+    pub namespaces: usize,
+    /// Link names in the host namespace.
+    pub host_links: Vec<String>,
+    /// Running pause processes.
+    pub processes: Vec<RunningPause>,
+}
+
+impl FakeSystem {
+    /// A fresh model: only the host namespace, no links, no processes; the default-route
+    /// interface has MTU 1500.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Model> {
+        self.model.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a call and applies fault injection; returns the locked model on success.
+    async fn call(&self, record: String) -> Result<MutexGuard<'_, Model>, SystemError> {
+        let yield_now = self.lock().yield_each_call;
+        if yield_now {
+            tokio::task::yield_now().await;
+        }
+        let mut m = self.lock();
+        m.calls.push(record.clone());
+        let n = m.calls.len();
+        if m.crash_after.is_some_and(|limit| n > limit) {
+            m.crashed = true;
+        }
+        if m.crashed {
+            return Err(SystemError::other(
+                record,
+                format!("fake system crashed (call {n})"),
+            ));
+        }
+        if m.fail_calls.remove(&n) || m.fail_matching.iter().any(|s| record.contains(s.as_str())) {
+            return Err(SystemError::other(
+                record,
+                format!("injected failure (call {n})"),
+            ));
+        }
+        Ok(m)
+    }
+
+    // ---- fault injection and introspection ----
+
+    /// Every call made so far, in order (including failed ones).
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    /// Number of calls made so far.
+    pub fn call_count(&self) -> usize {
+        self.lock().calls.len()
+    }
+
+    /// Makes call number `n` (1-based, counting every call since the model was created)
+    /// fail once.
+    pub fn fail_call(&self, n: usize) {
+        self.lock().fail_calls.insert(n);
+    }
+
+    /// Makes every call whose record contains `needle` fail (e.g. `"add_address"` or
+    /// `"delete_link nh"`).
+    pub fn fail_on(&self, needle: &str) {
+        self.lock().fail_matching.push(needle.to_string());
+    }
+
+    /// Clears all injected failures (not a crash).
+    pub fn clear_failures(&self) {
+        let mut m = self.lock();
+        m.fail_calls.clear();
+        m.fail_matching.clear();
+    }
+
+    /// After call number `n` (counting every call since the model was created), every
+    /// further call fails until [`FakeSystem::revive`], as if the daemon had died there.
+    pub fn crash_after(&self, n: usize) {
+        self.lock().crash_after = Some(n);
+    }
+
+    /// Ends a simulated crash: calls work again.
+    pub fn revive(&self) {
+        let mut m = self.lock();
+        m.crash_after = None;
+        m.crashed = false;
+    }
+
+    /// Whether a simulated crash is in effect.
+    pub fn crashed(&self) -> bool {
+        self.lock().crashed
+    }
+
+    /// Whether each call yields to the async scheduler first (default `true`, so that
+    /// concurrent callers interleave).
+    pub fn set_yield(&self, yield_each_call: bool) {
+        self.lock().yield_each_call = yield_each_call;
+    }
+
+    /// Sets what [`Netlink::default_route_mtu`] reports.
+    pub fn set_default_route_mtu(&self, mtu: Option<u32>) {
+        self.lock().default_route_mtu = mtu;
+    }
+
+    /// A summary of the model.
+    pub fn snapshot(&self) -> Snapshot {
+        let m = self.lock();
+        Snapshot {
+            mounts: m.mounts.keys().cloned().collect(),
+            namespaces: m.nets.len() - 1,
+            host_links: m.nets[&HOST].links.keys().cloned().collect(),
+            processes: m
+                .processes
+                .iter()
+                .map(|(pid, p)| RunningPause {
+                    id: p.id.clone(),
+                    process: PauseProcess {
+                        pid: *pid,
+                        start_time: p.start_time,
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// Link names inside the namespace at `path` (`None` if it is not mounted).
+    pub fn links_in(&self, path: &Path) -> Option<Vec<String>> {
+        let m = self.lock();
+        let id = m.mounts.get(path)?;
+        Some(m.nets[id].links.keys().cloned().collect())
+    }
+
+    /// Default routes `(device, gateway)` inside the namespace at `path`.
+    pub fn routes_in(&self, path: &Path) -> Vec<(String, IpAddr)> {
+        let m = self.lock();
+        m.mounts
+            .get(path)
+            .map(|id| m.nets[id].routes.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether loopback is up and DAD is off for `link` inside the namespace at `path`.
+    pub fn loopback_and_dad(&self, path: &Path, link: &str) -> Option<(bool, bool)> {
+        let m = self.lock();
+        let net = &m.nets[m.mounts.get(path)?];
+        Some((net.loopback_up, net.dad_off.contains(link)))
+    }
+
+    /// IP forwarding state (IPv4, IPv6).
+    pub fn forwarding(&self) -> (bool, bool) {
+        self.lock().forwarding
+    }
+
+    /// State of a link, without recording a call.
+    pub fn peek_link(&self, netns: Option<&Path>, link: &str) -> Option<LinkInfo> {
+        let m = self.lock();
+        let id = m.net_id(netns).ok()?;
+        m.nets[&id].links.get(link).map(|l| LinkInfo {
+            up: l.up,
+            mtu: l.mtu,
+            master: l.master.clone().and_then(|n| IfName::new(n).ok()),
+            addresses: l.addresses.iter().copied().collect(),
+        })
+    }
+
+    // ---- out-of-band changes (someone else touching the kernel) ----
+
+    /// Creates a namespace bind-mounted at `path` as another tool would (for `attach`).
+    pub fn add_foreign_netns(&self, path: &Path) {
+        let mut m = self.lock();
+        let id = m.new_net();
+        m.mounts.insert(path.to_path_buf(), id);
+    }
+
+    /// Unmounts `path` behind the daemon's back.
+    pub fn remove_netns_externally(&self, path: &Path) {
+        let mut m = self.lock();
+        m.mounts.remove(path);
+        m.collect_namespaces();
+    }
+
+    /// Kills a process behind the daemon's back.
+    pub fn kill(&self, pid: u32) {
+        let mut m = self.lock();
+        m.processes.remove(&pid);
+        m.collect_namespaces();
+    }
+
+    /// Starts a pause process tagged with `id` in `netns` behind the daemon's back.
+    pub fn spawn_pause_externally(&self, id: &PodId, netns: &Path) -> PauseProcess {
+        let mut m = self.lock();
+        let net = m.mounts[netns];
+        let pid = m.next_pid;
+        m.next_pid += 1;
+        m.clock += 1;
+        let start_time = m.clock;
+        m.processes.insert(
+            pid,
+            FakeProcess {
+                id: id.clone(),
+                start_time,
+                net,
+            },
+        );
+        PauseProcess { pid, start_time }
+    }
+
+    /// Deletes a link behind the daemon's back.
+    pub fn delete_link_externally(&self, netns: Option<&Path>, link: &str) {
+        let mut m = self.lock();
+        if let Ok(id) = m.net_id(netns) {
+            m.remove_link(id, link);
+        }
+    }
+
+    /// Creates a veth pair behind the daemon's back (host end `host`, other end `peer` in
+    /// the host namespace too).
+    pub fn add_host_veth_externally(&self, host: &str, peer: &str) {
+        let mut m = self.lock();
+        let mk = |peer: &str| FakeLink {
+            kind: Kind::Veth {
+                peer_net: HOST,
+                peer: peer.to_string(),
+            },
+            up: false,
+            mtu: 1500,
+            master: None,
+            addresses: BTreeSet::new(),
+        };
+        m.net(HOST).links.insert(host.to_string(), mk(peer));
+        m.net(HOST).links.insert(peer.to_string(), mk(host));
+    }
+
+    /// Changes a link behind the daemon's back.
+    pub fn modify_link_externally(
+        &self,
+        netns: Option<&Path>,
+        link: &str,
+        f: impl FnOnce(&mut LinkInfo),
+    ) {
+        let mut m = self.lock();
+        let Ok(id) = m.net_id(netns) else { return };
+        let Some(l) = m.net(id).links.get_mut(link) else {
+            return;
+        };
+        let mut info = LinkInfo {
+            up: l.up,
+            mtu: l.mtu,
+            master: l.master.clone().and_then(|n| IfName::new(n).ok()),
+            addresses: l.addresses.iter().copied().collect(),
+        };
+        f(&mut info);
+        l.up = info.up;
+        l.mtu = info.mtu;
+        l.master = info.master.map(String::from);
+        l.addresses = info.addresses.into_iter().collect();
+        if !l.up {
+            m.net(id).routes.retain(|(dev, _)| dev != link);
+        }
+    }
+}
+
+impl Namespaces for FakeSystem {
+    async fn create_netns(&self, path: &Path) -> Result<(), SystemError> {
+        let mut m = self
+            .call(format!("create_netns {}", path.display()))
+            .await?;
+        if m.mounts.contains_key(path) {
+            return Err(SystemError::AlreadyExists {
+                object: format!("netns {}", path.display()),
+            });
+        }
+        let id = m.new_net();
+        m.mounts.insert(path.to_path_buf(), id);
+        Ok(())
+    }
+
+    async fn delete_netns(&self, path: &Path) -> Result<bool, SystemError> {
+        let mut m = self
+            .call(format!("delete_netns {}", path.display()))
+            .await?;
+        let existed = m.mounts.remove(path).is_some();
+        m.collect_namespaces();
+        Ok(existed)
+    }
+
+    async fn netns_exists(&self, path: &Path) -> Result<bool, SystemError> {
+        let m = self
+            .call(format!("netns_exists {}", path.display()))
+            .await?;
+        Ok(m.mounts.contains_key(path))
+    }
+
+    async fn list_netns(&self, dir: &Path) -> Result<Vec<PathBuf>, SystemError> {
+        let m = self.call(format!("list_netns {}", dir.display())).await?;
+        Ok(m.mounts
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .cloned()
+            .collect())
+    }
+}
+
+impl Processes for FakeSystem {
+    async fn start_pause(&self, id: &PodId, netns: &Path) -> Result<PauseProcess, SystemError> {
+        let mut m = self
+            .call(format!("start_pause {id} {}", netns.display()))
+            .await?;
+        let net = m.net_id(Some(netns))?;
+        let pid = m.next_pid;
+        m.next_pid += 1;
+        m.clock += 1;
+        let start_time = m.clock;
+        m.processes.insert(
+            pid,
+            FakeProcess {
+                id: id.clone(),
+                start_time,
+                net,
+            },
+        );
+        Ok(PauseProcess { pid, start_time })
+    }
+
+    async fn stop_pause(&self, process: &PauseProcess) -> Result<bool, SystemError> {
+        let mut m = self.call(format!("stop_pause {}", process.pid)).await?;
+        let same = m
+            .processes
+            .get(&process.pid)
+            .is_some_and(|p| p.start_time == process.start_time);
+        if same {
+            m.processes.remove(&process.pid);
+            m.collect_namespaces();
+        }
+        Ok(same)
+    }
+
+    async fn pause_alive(&self, process: &PauseProcess) -> Result<bool, SystemError> {
+        let m = self.call(format!("pause_alive {}", process.pid)).await?;
+        Ok(m.processes
+            .get(&process.pid)
+            .is_some_and(|p| p.start_time == process.start_time))
+    }
+
+    async fn list_pauses(&self) -> Result<Vec<RunningPause>, SystemError> {
+        let m = self.call("list_pauses".to_string()).await?;
+        Ok(m.processes
+            .iter()
+            .map(|(pid, p)| RunningPause {
+                id: p.id.clone(),
+                process: PauseProcess {
+                    pid: *pid,
+                    start_time: p.start_time,
+                },
+            })
+            .collect())
+    }
+}
+
+impl Netlink for FakeSystem {
+    async fn ensure_bridge(&self, name: &IfName, gateways: &[IpNet]) -> Result<(), SystemError> {
+        let mut m = self.call(format!("ensure_bridge {name}")).await?;
+        let host = m.net(HOST);
+        let bridge = host
+            .links
+            .entry(name.to_string())
+            .or_insert_with(|| FakeLink {
+                kind: Kind::Bridge,
+                up: false,
+                mtu: 1500,
+                master: None,
+                addresses: BTreeSet::new(),
+            });
+        if bridge.kind != Kind::Bridge {
+            return Err(SystemError::other(
+                format!("link {name}"),
+                "exists and is not a bridge",
+            ));
+        }
+        bridge.up = true;
+        bridge.addresses.extend(gateways.iter().copied());
+        Ok(())
+    }
+
+    async fn create_veth(
+        &self,
+        host: &IfName,
+        peer: &IfName,
+        netns: &Path,
+        mtu: u32,
+    ) -> Result<(), SystemError> {
+        let mut m = self
+            .call(format!("create_veth {host} {peer} {}", netns.display()))
+            .await?;
+        let pod_net = m.net_id(Some(netns))?;
+        if m.net(HOST).links.contains_key(host.as_str()) {
+            return Err(SystemError::AlreadyExists {
+                object: format!("link {host}"),
+            });
+        }
+        if m.net(pod_net).links.contains_key(peer.as_str()) {
+            return Err(SystemError::AlreadyExists {
+                object: format!("link {peer} in {}", netns.display()),
+            });
+        }
+        let mk = |peer_net: u64, peer: &IfName| FakeLink {
+            kind: Kind::Veth {
+                peer_net,
+                peer: peer.to_string(),
+            },
+            up: false,
+            mtu,
+            master: None,
+            addresses: BTreeSet::new(),
+        };
+        let host_link = mk(pod_net, peer);
+        let peer_link = mk(HOST, host);
+        m.net(HOST).links.insert(host.to_string(), host_link);
+        m.net(pod_net).links.insert(peer.to_string(), peer_link);
+        Ok(())
+    }
+
+    async fn set_master(&self, link: &IfName, master: &IfName) -> Result<(), SystemError> {
+        let mut m = self.call(format!("set_master {link} {master}")).await?;
+        match m.net(HOST).links.get(master.as_str()) {
+            Some(l) if l.kind == Kind::Bridge => {}
+            Some(_) => {
+                return Err(SystemError::other(
+                    format!("link {master}"),
+                    "is not a bridge",
+                ));
+            }
+            None => {
+                return Err(SystemError::NotFound {
+                    object: format!("bridge {master}"),
+                });
+            }
+        }
+        m.link_mut(None, link)?.master = Some(master.to_string());
+        Ok(())
+    }
+
+    async fn link_up(&self, netns: Option<&Path>, link: &IfName) -> Result<(), SystemError> {
+        let mut m = self
+            .call(format!("link_up {link} {}", ns_name(netns)))
+            .await?;
+        m.link_mut(netns, link)?.up = true;
+        Ok(())
+    }
+
+    async fn rename_link(
+        &self,
+        netns: &Path,
+        from: &IfName,
+        to: &IfName,
+    ) -> Result<(), SystemError> {
+        let mut m = self
+            .call(format!("rename_link {from} {to} {}", netns.display()))
+            .await?;
+        let id = m.net_id(Some(netns))?;
+        let object = format!("link {from} in {}", netns.display());
+        let net = m.net(id);
+        if net.links.contains_key(to.as_str()) {
+            return Err(SystemError::AlreadyExists {
+                object: format!("link {to} in {}", netns.display()),
+            });
+        }
+        let link = net.links.get(from.as_str()).ok_or(SystemError::NotFound {
+            object: object.clone(),
+        })?;
+        if link.up {
+            return Err(SystemError::other(
+                object,
+                "device or resource busy (link is up)",
+            ));
+        }
+        let link = net.links.remove(from.as_str()).expect("checked above");
+        let kind = link.kind.clone();
+        net.links.insert(to.to_string(), link);
+        if let Kind::Veth { peer_net, peer } = kind
+            && let Some(Kind::Veth { peer: back, .. }) = m
+                .nets
+                .get_mut(&peer_net)
+                .and_then(|n| n.links.get_mut(&peer))
+                .map(|l| &mut l.kind)
+        {
+            *back = to.to_string();
+        }
+        Ok(())
+    }
+
+    async fn set_mtu(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+        mtu: u32,
+    ) -> Result<(), SystemError> {
+        let mut m = self
+            .call(format!("set_mtu {link} {mtu} {}", ns_name(netns)))
+            .await?;
+        m.link_mut(netns, link)?.mtu = mtu;
+        Ok(())
+    }
+
+    async fn add_address(
+        &self,
+        netns: &Path,
+        link: &IfName,
+        address: IpNet,
+    ) -> Result<(), SystemError> {
+        let mut m = self
+            .call(format!("add_address {address} {link} {}", netns.display()))
+            .await?;
+        m.link_mut(Some(netns), link)?.addresses.insert(address);
+        Ok(())
+    }
+
+    async fn add_default_route(
+        &self,
+        netns: &Path,
+        link: &IfName,
+        gateway: IpAddr,
+    ) -> Result<(), SystemError> {
+        let mut m = self
+            .call(format!(
+                "add_default_route {gateway} {link} {}",
+                netns.display()
+            ))
+            .await?;
+        let l = m.link_mut(Some(netns), link)?;
+        if !l.up || !l.addresses.iter().any(|a| a.contains(&gateway)) {
+            return Err(SystemError::other(
+                format!(
+                    "default route via {gateway} dev {link} in {}",
+                    netns.display()
+                ),
+                "network is unreachable",
+            ));
+        }
+        let id = m.net_id(Some(netns))?;
+        m.net(id).routes.insert((link.to_string(), gateway));
+        Ok(())
+    }
+
+    async fn loopback_up(&self, netns: &Path) -> Result<(), SystemError> {
+        let mut m = self
+            .call(format!("loopback_up {}", netns.display()))
+            .await?;
+        let id = m.net_id(Some(netns))?;
+        m.net(id).loopback_up = true;
+        Ok(())
+    }
+
+    async fn delete_link(&self, netns: Option<&Path>, link: &IfName) -> Result<bool, SystemError> {
+        let mut m = self
+            .call(format!("delete_link {link} {}", ns_name(netns)))
+            .await?;
+        let id = match m.net_id(netns) {
+            Ok(id) => id,
+            Err(SystemError::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let existed = m.net(id).links.contains_key(link.as_str());
+        m.remove_link(id, link.as_str());
+        Ok(existed)
+    }
+
+    async fn link_info(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+    ) -> Result<Option<LinkInfo>, SystemError> {
+        let m = self
+            .call(format!("link_info {link} {}", ns_name(netns)))
+            .await?;
+        let id = m.net_id(netns)?;
+        Ok(m.nets[&id].links.get(link.as_str()).map(|l| LinkInfo {
+            up: l.up,
+            mtu: l.mtu,
+            master: l.master.clone().and_then(|n| IfName::new(n).ok()),
+            addresses: l.addresses.iter().copied().collect(),
+        }))
+    }
+
+    async fn list_links(
+        &self,
+        netns: Option<&Path>,
+        prefix: &str,
+    ) -> Result<Vec<IfName>, SystemError> {
+        let m = self
+            .call(format!("list_links {prefix} {}", ns_name(netns)))
+            .await?;
+        let id = m.net_id(netns)?;
+        Ok(m.nets[&id]
+            .links
+            .keys()
+            .filter(|n| n.starts_with(prefix))
+            .filter_map(|n| IfName::new(n.clone()).ok())
+            .collect())
+    }
+
+    async fn default_routes(&self, netns: &Path) -> Result<Vec<IpAddr>, SystemError> {
+        let m = self
+            .call(format!("default_routes {}", netns.display()))
+            .await?;
+        let id = m.net_id(Some(netns))?;
+        Ok(m.nets[&id].routes.iter().map(|(_, gw)| *gw).collect())
+    }
+
+    async fn default_route_mtu(&self) -> Result<Option<u32>, SystemError> {
+        let m = self.call("default_route_mtu".to_string()).await?;
+        Ok(m.default_route_mtu)
+    }
+}
+
+impl Sysctl for FakeSystem {
+    async fn enable_forwarding(&self, ipv6: bool) -> Result<(), SystemError> {
+        let mut m = self.call(format!("enable_forwarding ipv6={ipv6}")).await?;
+        m.forwarding.0 = true;
+        m.forwarding.1 |= ipv6;
+        Ok(())
+    }
+
+    async fn disable_dad(&self, netns: &Path, link: &IfName) -> Result<(), SystemError> {
+        let mut m = self
+            .call(format!("disable_dad {link} {}", netns.display()))
+            .await?;
+        m.link_mut(Some(netns), link)?;
+        let id = m.net_id(Some(netns))?;
+        m.net(id).dad_off.insert(link.to_string());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::PodName;
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    fn n(s: &str) -> IfName {
+        IfName::new(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn netns_lives_while_mounted_or_inhabited() {
+        let f = FakeSystem::new();
+        let id = PodName::new("a").unwrap().id();
+        f.create_netns(&p("/run/netns/a")).await.unwrap();
+        assert!(matches!(
+            f.create_netns(&p("/run/netns/a")).await,
+            Err(SystemError::AlreadyExists { .. })
+        ));
+        let pause = f.start_pause(&id, &p("/run/netns/a")).await.unwrap();
+        f.create_veth(&n("h"), &n("peer"), &p("/run/netns/a"), 1400)
+            .await
+            .unwrap();
+        assert!(f.delete_netns(&p("/run/netns/a")).await.unwrap());
+        // Still inhabited by the pause: the namespace (and the veth) live on.
+        assert_eq!(f.snapshot().namespaces, 1);
+        assert_eq!(f.snapshot().host_links, vec!["h"]);
+        assert!(f.stop_pause(&pause).await.unwrap());
+        assert_eq!(f.snapshot(), Snapshot::default());
+        assert!(!f.delete_netns(&p("/run/netns/a")).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn rename_needs_link_down_and_route_needs_address_and_up() {
+        let f = FakeSystem::new();
+        let ns = p("/run/netns/a");
+        f.create_netns(&ns).await.unwrap();
+        f.create_veth(&n("h"), &n("tmp"), &ns, 1500).await.unwrap();
+        f.link_up(Some(&ns), &n("tmp")).await.unwrap();
+        assert!(f.rename_link(&ns, &n("tmp"), &n("eth0")).await.is_err());
+        f.modify_link_externally(Some(&ns), "tmp", |l| l.up = false);
+        f.rename_link(&ns, &n("tmp"), &n("eth0")).await.unwrap();
+        let gw: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(f.add_default_route(&ns, &n("eth0"), gw).await.is_err());
+        f.add_address(&ns, &n("eth0"), "10.0.0.2/24".parse().unwrap())
+            .await
+            .unwrap();
+        f.link_up(Some(&ns), &n("eth0")).await.unwrap();
+        f.add_default_route(&ns, &n("eth0"), gw).await.unwrap();
+        assert_eq!(f.routes_in(&ns), vec![("eth0".to_string(), gw)]);
+        // Deleting the host end takes the renamed peer with it.
+        assert!(f.delete_link(None, &n("h")).await.unwrap());
+        assert_eq!(f.links_in(&ns), Some(vec![]));
+        assert!(f.routes_in(&ns).is_empty());
+    }
+
+    #[tokio::test]
+    async fn pid_reuse_is_detected() {
+        let f = FakeSystem::new();
+        let id = PodName::new("a").unwrap().id();
+        f.create_netns(&p("/n/a")).await.unwrap();
+        let pause = f.start_pause(&id, &p("/n/a")).await.unwrap();
+        let impostor = PauseProcess {
+            pid: pause.pid,
+            start_time: pause.start_time + 1,
+        };
+        assert!(!f.pause_alive(&impostor).await.unwrap());
+        assert!(!f.stop_pause(&impostor).await.unwrap());
+        assert!(f.pause_alive(&pause).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn faults_and_crash() {
+        let f = FakeSystem::new();
+        f.fail_call(2);
+        f.create_netns(&p("/n/a")).await.unwrap();
+        let err = f.create_netns(&p("/n/b")).await.unwrap_err();
+        assert!(
+            err.to_string().contains("injected failure (call 2)"),
+            "{err}"
+        );
+        f.create_netns(&p("/n/b")).await.unwrap();
+        f.fail_on("/n/c");
+        assert!(f.create_netns(&p("/n/c")).await.is_err());
+        f.clear_failures();
+        f.crash_after(5);
+        f.create_netns(&p("/n/c")).await.unwrap(); // call 5
+        assert!(f.create_netns(&p("/n/d")).await.is_err());
+        assert!(f.crashed());
+        f.revive();
+        f.create_netns(&p("/n/d")).await.unwrap();
+        assert_eq!(f.calls()[0], "create_netns /n/a");
+        assert_eq!(f.call_count(), 7);
+    }
+}

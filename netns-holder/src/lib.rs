@@ -1,0 +1,27 @@
+//! `netns_holder`: the pure core of the netns-holder node daemon.
+//!
+//! The daemon creates, holds, wires and tears down pod network namespaces. This library is
+//! everything that can be decided without root: configuration, names, IP address
+//! management, persistent state, planning, plan execution with rollback, and the pod
+//! manager with its crash-recovery (reconcile) logic. The kernel is reached only through the
+//! traits in [`system`]; the real implementations (rtnetlink, namespace threads, pause
+//! processes) plug in there, and [`fake::FakeSystem`] stands in for them in tests.
+//!
+//! Module map:
+//! * [`config`]: `Config` from TOML, defaults and validation.
+//! * [`names`]: `PodName`, `PodId`, `IfName` and derived interface names.
+//! * [`ipam`]: per-family round-robin address pools.
+//! * [`state`]: `PodRecord`, `State`, crash-safe `StateStore`.
+//! * [`system`]: the kernel traits and `SystemError`.
+//! * [`plan`]: `Action`s, create/remove/repair plans and drift findings.
+//! * [`executor`]: applies plans, rolling back on failure.
+
+pub mod config;
+pub mod executor;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
+pub mod ipam;
+pub mod names;
+pub mod plan;
+pub mod state;
+pub mod system;

@@ -1,0 +1,443 @@
+//! Names: validated pod names, the deterministic pod id derived from them, and the kernel
+//! interface names (host veth end, temporary pod end) derived from the id.
+//!
+//! Everything here is pure. A [`PodName`] is what API callers choose; it becomes a file name
+//! in `netns_dir`, so it is validated like one. A [`PodId`] is the first 16 hex characters of
+//! the SHA-256 of the name: short enough to derive interface names (15-byte kernel limit)
+//! and to tag pause processes, stable across restarts without any stored counter.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+/// Longest pod name accepted (the DNS subdomain limit Kubernetes uses for names).
+pub const MAX_POD_NAME_LEN: usize = 253;
+/// Longest interface name the kernel accepts (`IFNAMSIZ` - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+/// Prefix of every host-side veth this daemon creates.
+pub const HOST_VETH_PREFIX: &str = "nh";
+/// Prefix of the pod-side veth end while it still has its temporary name.
+pub const TEMP_PEER_PREFIX: &str = "nhp";
+/// Name of the pod's interface inside its namespace.
+pub const POD_IFNAME: &str = "eth0";
+/// Number of hex characters of the pod id used in interface names.
+const IFNAME_ID_CHARS: usize = 12;
+
+/// Why a pod or interface name was rejected. Every variant names the offending value.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NameError {
+    /// The pod name is the empty string.
+    #[error("pod name is empty")]
+    EmptyPodName,
+    /// The pod name is longer than [`MAX_POD_NAME_LEN`] bytes.
+    #[error("pod name {name:?} is {len} bytes long; at most {MAX_POD_NAME_LEN} are allowed")]
+    PodNameTooLong {
+        /// The rejected name (possibly long).
+        name: String,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The pod name contains a character that cannot appear in it.
+    #[error("pod name {name:?} contains {what}, which is not allowed")]
+    PodNameBadChar {
+        /// The rejected name.
+        name: String,
+        /// A description of the offending character, e.g. `'/'`.
+        what: String,
+    },
+    /// The pod name starts with `.` (hidden file, `.` and `..`).
+    #[error("pod name {name:?} starts with '.', which is not allowed")]
+    PodNameLeadingDot {
+        /// The rejected name.
+        name: String,
+    },
+    /// The pod name contains `..`.
+    #[error("pod name {name:?} contains \"..\", which is not allowed")]
+    PodNameDotDot {
+        /// The rejected name.
+        name: String,
+    },
+    /// A pod id is not 16 lowercase hex characters.
+    #[error("pod id {id:?} is not 16 lowercase hex characters")]
+    BadPodId {
+        /// The rejected id.
+        id: String,
+    },
+    /// An interface name is not acceptable to the kernel.
+    #[error("interface name {name:?} is invalid: {reason}")]
+    BadIfName {
+        /// The rejected interface name.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+}
+
+/// A validated pod name: 1..=253 bytes, printable, no `/`, no `..`, not starting with `.`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PodName(String);
+
+impl PodName {
+    /// Validates `name` as a pod name.
+    pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
+        let name = name.into();
+        if name.is_empty() {
+            return Err(NameError::EmptyPodName);
+        }
+        if name.len() > MAX_POD_NAME_LEN {
+            let len = name.len();
+            return Err(NameError::PodNameTooLong { name, len });
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| *c == '/' || c.is_control() || c.is_whitespace())
+        {
+            let what = match c {
+                '/' => "'/'".to_string(),
+                c if c.is_control() => format!("the control character U+{:04X}", c as u32),
+                c => format!("the whitespace character U+{:04X}", c as u32),
+            };
+            return Err(NameError::PodNameBadChar { name, what });
+        }
+        if name.starts_with('.') {
+            return Err(NameError::PodNameLeadingDot { name });
+        }
+        if name.contains("..") {
+            return Err(NameError::PodNameDotDot { name });
+        }
+        Ok(Self(name))
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The deterministic id of this pod.
+    pub fn id(&self) -> PodId {
+        PodId::of(self)
+    }
+}
+
+impl TryFrom<String> for PodName {
+    type Error = NameError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<PodName> for String {
+    fn from(value: PodName) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for PodName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The id of a pod: the first 16 lowercase hex characters of SHA-256 of its name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PodId(String);
+
+impl PodId {
+    /// Number of hex characters in a pod id.
+    pub const LEN: usize = 16;
+
+    /// Derives the id of `name`.
+    pub fn of(name: &PodName) -> Self {
+        let digest = Sha256::digest(name.as_str().as_bytes());
+        let mut id = String::with_capacity(Self::LEN);
+        for byte in digest.iter().take(Self::LEN / 2) {
+            id.push_str(&format!("{byte:02x}"));
+        }
+        Self(id)
+    }
+
+    /// Parses an id as printed by [`fmt::Display`] (e.g. from a pause process's argv).
+    pub fn parse(id: &str) -> Result<Self, NameError> {
+        if id.len() == Self::LEN
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(Self(id.to_string()))
+        } else {
+            Err(NameError::BadPodId { id: id.to_string() })
+        }
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The host-side veth name: `nh` + the first 12 hex characters of the id (14 bytes).
+    pub fn host_veth_name(&self) -> IfName {
+        IfName(format!("{HOST_VETH_PREFIX}{}", &self.0[..IFNAME_ID_CHARS]))
+    }
+
+    /// The temporary name of the pod-side veth end inside the pod's namespace, before it is
+    /// renamed to [`POD_IFNAME`]: `nhp` + the first 12 hex characters of the id (15 bytes).
+    pub fn temp_peer_name(&self) -> IfName {
+        IfName(format!("{TEMP_PEER_PREFIX}{}", &self.0[..IFNAME_ID_CHARS]))
+    }
+
+    /// The `argv[0]` of the pause process holding this pod: `netns-holder-pause:<id>`.
+    pub fn pause_argv0(&self) -> String {
+        format!("{PAUSE_ARGV0_PREFIX}{}", self.0)
+    }
+}
+
+/// Prefix of `argv[0]` of every pause process this daemon starts; the pod id follows.
+pub const PAUSE_ARGV0_PREFIX: &str = "netns-holder-pause:";
+
+/// Extracts the pod id from a pause process's `argv[0]`, if it is one of ours.
+pub fn pod_id_from_pause_argv0(argv0: &str) -> Option<PodId> {
+    argv0
+        .strip_prefix(PAUSE_ARGV0_PREFIX)
+        .and_then(|id| PodId::parse(id).ok())
+}
+
+/// Whether `name` has the exact shape of a host veth this daemon creates
+/// (`nh` + 12 lowercase hex characters). The bridge `nh0` does not match.
+pub fn is_host_veth_name(name: &str) -> bool {
+    name.len() == HOST_VETH_PREFIX.len() + IFNAME_ID_CHARS
+        && name.starts_with(HOST_VETH_PREFIX)
+        && name[HOST_VETH_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl fmt::Display for PodId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for PodId {
+    type Error = NameError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<PodId> for String {
+    fn from(value: PodId) -> Self {
+        value.0
+    }
+}
+
+/// A validated network interface name: 1..=15 bytes, no `/`, no whitespace or control
+/// characters, not `.` or `..`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IfName(String);
+
+impl IfName {
+    /// Validates `name` as an interface name.
+    pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
+        let name = name.into();
+        let reason = if name.is_empty() {
+            Some("empty")
+        } else if name.len() > MAX_IFNAME_LEN {
+            Some("longer than 15 bytes")
+        } else if name.contains('/') {
+            Some("contains '/'")
+        } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            Some("contains whitespace or a control character")
+        } else if name == "." || name == ".." {
+            Some("is '.' or '..'")
+        } else if name.contains(':') {
+            Some("contains ':'")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(NameError::BadIfName { name, reason }),
+            None => Ok(Self(name)),
+        }
+    }
+
+    /// The pod's interface name inside its namespace, [`POD_IFNAME`].
+    pub fn pod_interface() -> Self {
+        Self(POD_IFNAME.to_string())
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for IfName {
+    type Error = NameError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<IfName> for String {
+    fn from(value: IfName) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for IfName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_pod_names() {
+        for name in ["a", "web-1", "ns_pod.abc", "é-ünicode", &"x".repeat(253)] {
+            assert_eq!(PodName::new(name).unwrap().as_str(), name);
+        }
+    }
+
+    #[test]
+    fn empty_pod_name() {
+        assert_eq!(PodName::new(""), Err(NameError::EmptyPodName));
+    }
+
+    #[test]
+    fn too_long_pod_name_names_length() {
+        let err = PodName::new("x".repeat(254)).unwrap_err();
+        assert!(matches!(err, NameError::PodNameTooLong { len: 254, .. }));
+        assert!(err.to_string().contains("254 bytes"));
+    }
+
+    #[test]
+    fn slash_rejected_with_name_in_message() {
+        let err = PodName::new("a/b").unwrap_err();
+        assert!(matches!(err, NameError::PodNameBadChar { .. }));
+        assert!(err.to_string().contains("\"a/b\""), "{err}");
+        assert!(err.to_string().contains("'/'"), "{err}");
+    }
+
+    #[test]
+    fn control_and_whitespace_rejected() {
+        let err = PodName::new("a\u{7}b").unwrap_err();
+        assert!(err.to_string().contains("U+0007"), "{err}");
+        assert!(matches!(
+            PodName::new("a b"),
+            Err(NameError::PodNameBadChar { .. })
+        ));
+        assert!(matches!(
+            PodName::new("a\nb"),
+            Err(NameError::PodNameBadChar { .. })
+        ));
+    }
+
+    #[test]
+    fn dots_rejected() {
+        assert!(matches!(
+            PodName::new("."),
+            Err(NameError::PodNameLeadingDot { .. })
+        ));
+        assert!(matches!(
+            PodName::new(".."),
+            Err(NameError::PodNameLeadingDot { .. })
+        ));
+        assert!(matches!(
+            PodName::new(".hidden"),
+            Err(NameError::PodNameLeadingDot { .. })
+        ));
+        assert!(matches!(
+            PodName::new("a..b"),
+            Err(NameError::PodNameDotDot { .. })
+        ));
+        assert!(PodName::new("a.b").is_ok());
+    }
+
+    #[test]
+    fn pod_id_is_sha256_prefix() {
+        let name = PodName::new("abc").unwrap();
+        // sha256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad
+        assert_eq!(name.id().as_str(), "ba7816bf8f01cfea");
+        assert_eq!(PodId::parse("ba7816bf8f01cfea").unwrap(), name.id());
+    }
+
+    #[test]
+    fn pod_id_parse_rejects_garbage() {
+        for bad in [
+            "",
+            "ba7816bf8f01cfe",
+            "BA7816BF8F01CFEA",
+            "ba7816bf8f01cfeg",
+            "ba7816bf8f01cfeaa",
+        ] {
+            assert!(
+                matches!(PodId::parse(bad), Err(NameError::BadPodId { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn derived_interface_names_fit_the_kernel_limit() {
+        let id = PodName::new("abc").unwrap().id();
+        let host = id.host_veth_name();
+        let peer = id.temp_peer_name();
+        assert_eq!(host.as_str(), "nhba7816bf8f01");
+        assert_eq!(peer.as_str(), "nhpba7816bf8f01");
+        assert!(host.as_str().len() <= MAX_IFNAME_LEN);
+        assert!(peer.as_str().len() <= MAX_IFNAME_LEN);
+        assert!(IfName::new(host.as_str()).is_ok());
+        assert!(IfName::new(peer.as_str()).is_ok());
+        assert!(is_host_veth_name(host.as_str()));
+        assert!(!is_host_veth_name(peer.as_str()));
+        assert!(!is_host_veth_name("nh0"));
+        assert!(!is_host_veth_name("nhBA7816BF8F01"));
+    }
+
+    #[test]
+    fn pause_argv0_round_trips() {
+        let id = PodName::new("abc").unwrap().id();
+        assert_eq!(id.pause_argv0(), "netns-holder-pause:ba7816bf8f01cfea");
+        assert_eq!(pod_id_from_pause_argv0(&id.pause_argv0()), Some(id));
+        assert_eq!(pod_id_from_pause_argv0("/usr/bin/pause"), None);
+        assert_eq!(pod_id_from_pause_argv0("netns-holder-pause:xyz"), None);
+    }
+
+    #[test]
+    fn ifname_validation() {
+        assert!(IfName::new("nh0").is_ok());
+        assert!(IfName::new("a".repeat(15)).is_ok());
+        for (bad, why) in [
+            ("", "empty"),
+            ("abcdefghijklmnop", "longer than 15"),
+            ("a/b", "'/'"),
+            ("a b", "whitespace"),
+            ("..", "'.'"),
+            ("a:b", "':'"),
+        ] {
+            let err = IfName::new(bad).unwrap_err();
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+            assert!(
+                err.to_string().contains(&format!("{bad:?}")),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn serde_validates() {
+        let ok: PodName = serde_json::from_str("\"web\"").unwrap();
+        assert_eq!(ok.as_str(), "web");
+        assert!(serde_json::from_str::<PodName>("\"a/b\"").is_err());
+        assert!(serde_json::from_str::<IfName>("\"abcdefghijklmnop\"").is_err());
+        assert!(serde_json::from_str::<PodId>("\"zz\"").is_err());
+    }
+}

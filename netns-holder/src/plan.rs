@@ -1,0 +1,1255 @@
+//! The planner: pure functions that turn a pod record (the desired state) and, for
+//! `check`/`repair`, an observation of the kernel into ordered lists of [`Action`]s.
+//!
+//! * [`plan_create`]: the create (or attach) steps, each paired with the action that undoes
+//!   it. Steps on shared objects (bridge, forwarding, loopback) and steps whose effect dies
+//!   with an earlier step's object (addresses and routes die with the veth) have no undo.
+//! * [`plan_remove`]: teardown in the reverse order of creation. Addresses and routes need no
+//!   steps: they vanish with the veth.
+//! * [`check_pod`]/[`check_bridge`]: drift findings from an [`Observed`] snapshot.
+//! * [`plan_repair`]: the actions that bring an existing pod back to its record.
+//!
+//! Nothing here touches the kernel, so all of it is unit-tested with exact expected lists.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::names::{IfName, PodId, PodName};
+use crate::state::{Phase, PodRecord};
+use crate::system::{LinkInfo, PauseProcess};
+
+/// One kernel operation, naming every object it touches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum Action {
+    /// Create a network namespace bind-mounted at `path`.
+    CreateNetns {
+        /// The bind mount.
+        path: PathBuf,
+    },
+    /// Unmount and unlink the namespace at `path`.
+    DeleteNetns {
+        /// The bind mount.
+        path: PathBuf,
+    },
+    /// Start the pause process for pod `id` inside `netns`.
+    StartPause {
+        /// The pod id (tagged into `argv[0]`).
+        id: PodId,
+        /// The namespace.
+        netns: PathBuf,
+    },
+    /// Stop the pause process of pod `id`. `process: None` (only ever in an undo) means the
+    /// process started by the step being undone; the executor fills it in.
+    StopPause {
+        /// The pod id.
+        id: PodId,
+        /// The process identity.
+        process: Option<PauseProcess>,
+    },
+    /// Bring `lo` up with 127.0.0.1/8 and ::1 inside `netns`.
+    LoopbackUp {
+        /// The namespace.
+        netns: PathBuf,
+    },
+    /// Ensure the node bridge exists, is up and has the gateway addresses.
+    EnsureBridge {
+        /// The bridge.
+        bridge: IfName,
+        /// Gateway addresses with the pod CIDR prefix lengths.
+        addresses: Vec<IpNet>,
+    },
+    /// Turn on IP forwarding (IPv4, and IPv6 if dual-stack).
+    EnableForwarding {
+        /// Whether IPv6 forwarding is wanted too.
+        ipv6: bool,
+    },
+    /// Create the veth pair: `host` in the host namespace, `peer` inside `netns`.
+    CreateVeth {
+        /// Host end.
+        host: IfName,
+        /// Pod end (temporary name).
+        peer: IfName,
+        /// The pod namespace.
+        netns: PathBuf,
+        /// MTU of both ends.
+        mtu: u32,
+    },
+    /// Delete a link (`netns: None` is the host namespace).
+    DeleteLink {
+        /// The namespace, `None` for the host.
+        netns: Option<PathBuf>,
+        /// The link.
+        link: IfName,
+    },
+    /// Attach a host link to the bridge.
+    SetMaster {
+        /// The link.
+        link: IfName,
+        /// The bridge.
+        master: IfName,
+    },
+    /// Set a link up (`netns: None` is the host namespace).
+    LinkUp {
+        /// The namespace, `None` for the host.
+        netns: Option<PathBuf>,
+        /// The link.
+        link: IfName,
+    },
+    /// Rename a link inside `netns`.
+    RenameLink {
+        /// The namespace.
+        netns: PathBuf,
+        /// Current name.
+        from: IfName,
+        /// New name.
+        to: IfName,
+    },
+    /// Set a link's MTU (`netns: None` is the host namespace).
+    SetMtu {
+        /// The namespace, `None` for the host.
+        netns: Option<PathBuf>,
+        /// The link.
+        link: IfName,
+        /// The MTU.
+        mtu: u32,
+    },
+    /// Turn IPv6 duplicate address detection off on a link inside `netns`.
+    DisableDad {
+        /// The namespace.
+        netns: PathBuf,
+        /// The link.
+        link: IfName,
+    },
+    /// Add an address to a link inside `netns`.
+    AddAddress {
+        /// The namespace.
+        netns: PathBuf,
+        /// The link.
+        link: IfName,
+        /// The address with prefix length.
+        address: IpNet,
+    },
+    /// Add a default route via `gateway` over `link` inside `netns`.
+    AddDefaultRoute {
+        /// The namespace.
+        netns: PathBuf,
+        /// The link.
+        link: IfName,
+        /// The gateway.
+        gateway: IpAddr,
+    },
+}
+
+struct Ns<'a>(&'a Option<PathBuf>);
+
+impl fmt::Display for Ns<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("the host namespace"),
+            Some(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::CreateNetns { path } => write!(f, "create netns {}", path.display()),
+            Self::DeleteNetns { path } => write!(f, "delete netns {}", path.display()),
+            Self::StartPause { id, netns } => {
+                write!(f, "start pause for pod {id} in {}", netns.display())
+            }
+            Self::StopPause {
+                id,
+                process: Some(p),
+            } => write!(f, "stop pause {p} of pod {id}"),
+            Self::StopPause { id, process: None } => {
+                write!(f, "stop the pause just started for pod {id}")
+            }
+            Self::LoopbackUp { netns } => write!(f, "bring loopback up in {}", netns.display()),
+            Self::EnsureBridge { bridge, addresses } => {
+                write!(f, "ensure bridge {bridge} with")?;
+                for a in addresses {
+                    write!(f, " {a}")?;
+                }
+                Ok(())
+            }
+            Self::EnableForwarding { ipv6: false } => f.write_str("enable IPv4 forwarding"),
+            Self::EnableForwarding { ipv6: true } => f.write_str("enable IPv4 and IPv6 forwarding"),
+            Self::CreateVeth {
+                host,
+                peer,
+                netns,
+                mtu,
+            } => {
+                write!(
+                    f,
+                    "create veth {host} <-> {peer} in {} (mtu {mtu})",
+                    netns.display()
+                )
+            }
+            Self::DeleteLink { netns, link } => write!(f, "delete link {link} in {}", Ns(netns)),
+            Self::SetMaster { link, master } => write!(f, "attach link {link} to bridge {master}"),
+            Self::LinkUp { netns, link } => write!(f, "set link {link} up in {}", Ns(netns)),
+            Self::RenameLink { netns, from, to } => {
+                write!(f, "rename link {from} to {to} in {}", netns.display())
+            }
+            Self::SetMtu { netns, link, mtu } => {
+                write!(f, "set mtu {mtu} on link {link} in {}", Ns(netns))
+            }
+            Self::DisableDad { netns, link } => {
+                write!(f, "disable IPv6 DAD on link {link} in {}", netns.display())
+            }
+            Self::AddAddress {
+                netns,
+                link,
+                address,
+            } => {
+                write!(
+                    f,
+                    "add address {address} to link {link} in {}",
+                    netns.display()
+                )
+            }
+            Self::AddDefaultRoute {
+                netns,
+                link,
+                gateway,
+            } => {
+                write!(
+                    f,
+                    "add default route via {gateway} dev {link} in {}",
+                    netns.display()
+                )
+            }
+        }
+    }
+}
+
+/// A create step and the action that undoes it, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// The forward action.
+    pub action: Action,
+    /// The compensating action, run (in reverse order) if a later step fails.
+    pub undo: Option<Action>,
+}
+
+impl Step {
+    fn new(action: Action, undo: Action) -> Self {
+        Self {
+            action,
+            undo: Some(undo),
+        }
+    }
+
+    fn plain(action: Action) -> Self {
+        Self { action, undo: None }
+    }
+}
+
+/// Node-wide inputs of the planner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeNetwork {
+    /// The node bridge.
+    pub bridge: IfName,
+    /// The gateway addresses on the bridge (IPv4 first) with prefix lengths.
+    pub bridge_addresses: Vec<IpNet>,
+}
+
+impl NodeNetwork {
+    fn dual_stack(&self) -> bool {
+        self.bridge_addresses
+            .iter()
+            .any(|a| matches!(a, IpNet::V6(_)))
+    }
+
+    fn ensure_actions(&self) -> [Action; 2] {
+        [
+            Action::EnsureBridge {
+                bridge: self.bridge.clone(),
+                addresses: self.bridge_addresses.clone(),
+            },
+            Action::EnableForwarding {
+                ipv6: self.dual_stack(),
+            },
+        ]
+    }
+}
+
+/// The veth wiring steps of `record`, from creating the pair to the default routes.
+fn wiring_steps(record: &PodRecord, node: &NodeNetwork) -> Vec<Step> {
+    let netns = record.netns.clone();
+    let host = record.host_veth.clone();
+    let temp = record.id.temp_peer_name();
+    let iface = record.interface.clone();
+    let mut steps = vec![
+        Step::new(
+            Action::CreateVeth {
+                host: host.clone(),
+                peer: temp.clone(),
+                netns: netns.clone(),
+                mtu: record.mtu,
+            },
+            Action::DeleteLink {
+                netns: None,
+                link: host.clone(),
+            },
+        ),
+        Step::plain(Action::SetMaster {
+            link: host.clone(),
+            master: node.bridge.clone(),
+        }),
+        Step::plain(Action::LinkUp {
+            netns: None,
+            link: host,
+        }),
+        Step::plain(Action::RenameLink {
+            netns: netns.clone(),
+            from: temp,
+            to: iface.clone(),
+        }),
+    ];
+    if record.ips.iter().any(|a| matches!(a, IpNet::V6(_))) {
+        steps.push(Step::plain(Action::DisableDad {
+            netns: netns.clone(),
+            link: iface.clone(),
+        }));
+    }
+    for address in &record.ips {
+        steps.push(Step::plain(Action::AddAddress {
+            netns: netns.clone(),
+            link: iface.clone(),
+            address: *address,
+        }));
+    }
+    steps.push(Step::plain(Action::LinkUp {
+        netns: Some(netns.clone()),
+        link: iface.clone(),
+    }));
+    for gateway in &record.gateways {
+        steps.push(Step::plain(Action::AddDefaultRoute {
+            netns: netns.clone(),
+            link: iface.clone(),
+            gateway: *gateway,
+        }));
+    }
+    steps
+}
+
+/// The steps that create (or, for an attached namespace, wire) the pod of `record`.
+pub fn plan_create(record: &PodRecord, node: &NodeNetwork) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if record.netns_owned() {
+        steps.push(Step::new(
+            Action::CreateNetns {
+                path: record.netns.clone(),
+            },
+            Action::DeleteNetns {
+                path: record.netns.clone(),
+            },
+        ));
+    }
+    if record.wants_pause() {
+        steps.push(Step::new(
+            Action::StartPause {
+                id: record.id.clone(),
+                netns: record.netns.clone(),
+            },
+            Action::StopPause {
+                id: record.id.clone(),
+                process: None,
+            },
+        ));
+    }
+    steps.push(Step::plain(Action::LoopbackUp {
+        netns: record.netns.clone(),
+    }));
+    steps.extend(node.ensure_actions().into_iter().map(Step::plain));
+    steps.extend(wiring_steps(record, node));
+    steps
+}
+
+/// The actions that remove the pod of `record`, in reverse creation order: the host veth
+/// (taking the pod end, its addresses and routes with it), the pause process(es), then the
+/// namespace if we created it. `extra_pauses` are further pause processes found running for
+/// this pod (e.g. started by a create that crashed before recording them).
+pub fn plan_remove(record: &PodRecord, extra_pauses: &[PauseProcess]) -> Vec<Action> {
+    let mut actions = vec![Action::DeleteLink {
+        netns: None,
+        link: record.host_veth.clone(),
+    }];
+    let mut pauses: Vec<PauseProcess> = record.pause.iter().copied().collect();
+    for p in extra_pauses {
+        if !pauses.contains(p) {
+            pauses.push(*p);
+        }
+    }
+    for p in pauses {
+        actions.push(Action::StopPause {
+            id: record.id.clone(),
+            process: Some(p),
+        });
+    }
+    if record.netns_owned() {
+        actions.push(Action::DeleteNetns {
+            path: record.netns.clone(),
+        });
+    }
+    actions
+}
+
+/// What the kernel looks like for one pod, gathered by the manager for [`check_pod`] and
+/// [`plan_repair`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observed {
+    /// Whether the namespace exists.
+    pub netns_exists: bool,
+    /// Whether the recorded pause process is alive (`None` if none is recorded).
+    pub pause_alive: Option<bool>,
+    /// The host veth, if present.
+    pub host_veth: Option<LinkInfo>,
+    /// The pod interface inside the namespace, if present.
+    pub pod_interface: Option<LinkInfo>,
+    /// Default-route gateways inside the namespace.
+    pub default_routes: Vec<IpAddr>,
+}
+
+/// The kind of drift found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "problem")]
+pub enum Problem {
+    /// The object does not exist.
+    Missing,
+    /// The pause process is not running (or its pid now belongs to another process).
+    NotRunning,
+    /// The pod should have a pause process but none is recorded.
+    NotRecorded,
+    /// The link is not attached to the expected bridge.
+    NotAttached {
+        /// The expected bridge.
+        expected: IfName,
+        /// The actual master, if any.
+        actual: Option<IfName>,
+    },
+    /// The link is administratively down.
+    Down,
+    /// The link's MTU differs from the record.
+    MtuMismatch {
+        /// Recorded MTU.
+        expected: u32,
+        /// Actual MTU.
+        actual: u32,
+    },
+    /// An address is missing from the link.
+    AddressMissing {
+        /// The address.
+        address: IpNet,
+    },
+    /// A default route is missing.
+    RouteMissing {
+        /// Its gateway.
+        gateway: IpAddr,
+    },
+    /// The record is not `Ready` (a create or remove did not finish).
+    Unfinished {
+        /// The phase.
+        phase: Phase,
+    },
+    /// The object is ours but belongs to no pod record.
+    Orphan,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing => f.write_str("missing"),
+            Self::NotRunning => f.write_str("not running"),
+            Self::NotRecorded => f.write_str("no pause process recorded"),
+            Self::NotAttached {
+                expected,
+                actual: Some(a),
+            } => write!(f, "attached to {a}, expected {expected}"),
+            Self::NotAttached {
+                expected,
+                actual: None,
+            } => write!(f, "not attached, expected bridge {expected}"),
+            Self::Down => f.write_str("down"),
+            Self::MtuMismatch { expected, actual } => {
+                write!(f, "mtu {actual}, expected {expected}")
+            }
+            Self::AddressMissing { address } => write!(f, "address {address} missing"),
+            Self::RouteMissing { gateway } => write!(f, "default route via {gateway} missing"),
+            Self::Unfinished { phase } => write!(f, "record stuck in phase {phase:?}"),
+            Self::Orphan => f.write_str("belongs to no pod"),
+        }
+    }
+}
+
+/// One drift between the records and the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The pod concerned (`None` for node-level objects and orphans).
+    pub pod: Option<PodName>,
+    /// The object, e.g. `link nh0123456789ab` or `netns /run/netns/web`.
+    pub object: String,
+    /// What is wrong.
+    #[serde(flatten)]
+    pub problem: Problem,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.pod {
+            Some(pod) => write!(f, "pod {pod}: {}: {}", self.object, self.problem),
+            None => write!(f, "{}: {}", self.object, self.problem),
+        }
+    }
+}
+
+fn link_findings(
+    out: &mut Vec<Finding>,
+    pod: &PodName,
+    object: String,
+    link: &LinkInfo,
+    mtu: u32,
+    master: Option<&IfName>,
+) {
+    let mut push = |problem| {
+        out.push(Finding {
+            pod: Some(pod.clone()),
+            object: object.clone(),
+            problem,
+        })
+    };
+    if let Some(expected) = master
+        && link.master.as_ref() != Some(expected)
+    {
+        push(Problem::NotAttached {
+            expected: expected.clone(),
+            actual: link.master.clone(),
+        });
+    }
+    if !link.up {
+        push(Problem::Down);
+    }
+    if link.mtu != mtu {
+        push(Problem::MtuMismatch {
+            expected: mtu,
+            actual: link.mtu,
+        });
+    }
+}
+
+/// Every drift between `record` and `observed`.
+pub fn check_pod(record: &PodRecord, node: &NodeNetwork, observed: &Observed) -> Vec<Finding> {
+    let pod = &record.name;
+    let mut out = Vec::new();
+    let finding = |object: String, problem| Finding {
+        pod: Some(pod.clone()),
+        object,
+        problem,
+    };
+    if record.phase != Phase::Ready {
+        out.push(finding(
+            "record".to_string(),
+            Problem::Unfinished {
+                phase: record.phase,
+            },
+        ));
+    }
+    if !observed.netns_exists {
+        out.push(finding(
+            format!("netns {}", record.netns.display()),
+            Problem::Missing,
+        ));
+        return out;
+    }
+    if record.wants_pause() {
+        match (&record.pause, observed.pause_alive) {
+            (None, _) => out.push(finding("pause".to_string(), Problem::NotRecorded)),
+            (Some(p), Some(false) | None) => {
+                out.push(finding(format!("pause {p}"), Problem::NotRunning))
+            }
+            (Some(_), Some(true)) => {}
+        }
+    }
+    let host_object = format!("link {}", record.host_veth);
+    match &observed.host_veth {
+        None => out.push(finding(host_object, Problem::Missing)),
+        Some(link) => link_findings(
+            &mut out,
+            pod,
+            host_object,
+            link,
+            record.mtu,
+            Some(&node.bridge),
+        ),
+    }
+    let pod_object = format!("link {} in {}", record.interface, record.netns.display());
+    match &observed.pod_interface {
+        None => out.push(finding(pod_object, Problem::Missing)),
+        Some(link) => {
+            link_findings(&mut out, pod, pod_object.clone(), link, record.mtu, None);
+            for address in &record.ips {
+                if !link.addresses.contains(address) {
+                    out.push(finding(
+                        pod_object.clone(),
+                        Problem::AddressMissing { address: *address },
+                    ));
+                }
+            }
+            for gateway in &record.gateways {
+                if !observed.default_routes.contains(gateway) {
+                    out.push(finding(
+                        format!("routes in {}", record.netns.display()),
+                        Problem::RouteMissing { gateway: *gateway },
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Drift of the node bridge.
+pub fn check_bridge(node: &NodeNetwork, bridge: Option<&LinkInfo>) -> Vec<Finding> {
+    let object = format!("bridge {}", node.bridge);
+    let finding = |problem| Finding {
+        pod: None,
+        object: object.clone(),
+        problem,
+    };
+    let Some(bridge) = bridge else {
+        return vec![finding(Problem::Missing)];
+    };
+    let mut out = Vec::new();
+    if !bridge.up {
+        out.push(finding(Problem::Down));
+    }
+    for address in &node.bridge_addresses {
+        if !bridge.addresses.contains(address) {
+            out.push(finding(Problem::AddressMissing { address: *address }));
+        }
+    }
+    out
+}
+
+/// The actions that repair the node bridge (empty if it is fine).
+pub fn plan_bridge_repair(node: &NodeNetwork, bridge: Option<&LinkInfo>) -> Vec<Action> {
+    if check_bridge(node, bridge).is_empty() {
+        Vec::new()
+    } else {
+        node.ensure_actions().to_vec()
+    }
+}
+
+/// What to do about one `Ready` pod after looking at the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repair {
+    /// Nothing is missing.
+    Nothing,
+    /// The namespace is gone: the pod is dead; remove whatever is left of it.
+    Remove,
+    /// Run these actions (best effort, in order).
+    Actions(Vec<Action>),
+}
+
+/// The repair for a pod whose record is `Ready`: restart a dead pause, re-create the veth
+/// wiring if either end is gone, else re-add what is missing piece by piece.
+pub fn plan_repair(record: &PodRecord, node: &NodeNetwork, observed: &Observed) -> Repair {
+    if !observed.netns_exists {
+        return Repair::Remove;
+    }
+    let mut actions = Vec::new();
+    if record.wants_pause() && observed.pause_alive != Some(true) {
+        if let Some(p) = record.pause {
+            // Dead already, or a stranger reusing the pid: stopping is a harmless no-op then.
+            actions.push(Action::StopPause {
+                id: record.id.clone(),
+                process: Some(p),
+            });
+        }
+        actions.push(Action::StartPause {
+            id: record.id.clone(),
+            netns: record.netns.clone(),
+        });
+    }
+    let netns = record.netns.clone();
+    let iface = record.interface.clone();
+    match (&observed.host_veth, &observed.pod_interface) {
+        (Some(host), Some(pod)) => {
+            if host.mtu != record.mtu {
+                actions.push(Action::SetMtu {
+                    netns: None,
+                    link: record.host_veth.clone(),
+                    mtu: record.mtu,
+                });
+            }
+            if host.master.as_ref() != Some(&node.bridge) {
+                actions.push(Action::SetMaster {
+                    link: record.host_veth.clone(),
+                    master: node.bridge.clone(),
+                });
+            }
+            if !host.up {
+                actions.push(Action::LinkUp {
+                    netns: None,
+                    link: record.host_veth.clone(),
+                });
+            }
+            if pod.mtu != record.mtu {
+                actions.push(Action::SetMtu {
+                    netns: Some(netns.clone()),
+                    link: iface.clone(),
+                    mtu: record.mtu,
+                });
+            }
+            let missing: Vec<IpNet> = record
+                .ips
+                .iter()
+                .filter(|a| !pod.addresses.contains(a))
+                .copied()
+                .collect();
+            if missing.iter().any(|a| matches!(a, IpNet::V6(_))) {
+                actions.push(Action::DisableDad {
+                    netns: netns.clone(),
+                    link: iface.clone(),
+                });
+            }
+            for address in missing {
+                actions.push(Action::AddAddress {
+                    netns: netns.clone(),
+                    link: iface.clone(),
+                    address,
+                });
+            }
+            if !pod.up {
+                actions.push(Action::LinkUp {
+                    netns: Some(netns.clone()),
+                    link: iface.clone(),
+                });
+            }
+            for gateway in &record.gateways {
+                if !observed.default_routes.contains(gateway) {
+                    actions.push(Action::AddDefaultRoute {
+                        netns: netns.clone(),
+                        link: iface.clone(),
+                        gateway: *gateway,
+                    });
+                }
+            }
+        }
+        _ => {
+            // One end is gone (or the pod end was never renamed): start the wiring over.
+            actions.push(Action::DeleteLink {
+                netns: None,
+                link: record.host_veth.clone(),
+            });
+            actions.push(Action::DeleteLink {
+                netns: Some(netns.clone()),
+                link: record.id.temp_peer_name(),
+            });
+            actions.extend(wiring_steps(record, node).into_iter().map(|s| s.action));
+        }
+    }
+    if actions.is_empty() {
+        Repair::Nothing
+    } else {
+        Repair::Actions(actions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::state::NetnsOwnership;
+
+    fn record(name: &str, ownership: NetnsOwnership, dual: bool) -> PodRecord {
+        let name = PodName::new(name).unwrap();
+        let id = name.id();
+        let mut ips = vec!["10.88.0.2/16".parse().unwrap()];
+        let mut gateways = vec!["10.88.0.1".parse().unwrap()];
+        if dual {
+            ips.push("fd00::2/64".parse().unwrap());
+            gateways.push("fd00::1".parse().unwrap());
+        }
+        PodRecord {
+            netns: match ownership {
+                NetnsOwnership::Attached => PathBuf::from("/var/run/netns/cni-1234"),
+                _ => PathBuf::from("/run/netns").join(name.as_str()),
+            },
+            host_veth: id.host_veth_name(),
+            id,
+            name,
+            ownership,
+            pause: None,
+            ips,
+            gateways,
+            interface: IfName::pod_interface(),
+            annotations: BTreeMap::new(),
+            phase: Phase::Creating,
+            mtu: 1450,
+        }
+    }
+
+    fn node(dual: bool) -> NodeNetwork {
+        let mut bridge_addresses = vec!["10.88.0.1/16".parse().unwrap()];
+        if dual {
+            bridge_addresses.push("fd00::1/64".parse().unwrap());
+        }
+        NodeNetwork {
+            bridge: IfName::new("nh0").unwrap(),
+            bridge_addresses,
+        }
+    }
+
+    fn text(steps: &[Step]) -> Vec<String> {
+        steps
+            .iter()
+            .map(|s| match &s.undo {
+                Some(u) => format!("{} [undo: {u}]", s.action),
+                None => s.action.to_string(),
+            })
+            .collect()
+    }
+
+    fn web_id() -> PodId {
+        PodName::new("web").unwrap().id()
+    }
+
+    #[test]
+    fn create_v4_only_with_pause() {
+        let r = record("web", NetnsOwnership::Owned { pause: true }, false);
+        let id = web_id();
+        let h = id.host_veth_name();
+        let t = id.temp_peer_name();
+        assert_eq!(
+            text(&plan_create(&r, &node(false))),
+            vec![
+                "create netns /run/netns/web [undo: delete netns /run/netns/web]".to_string(),
+                format!(
+                    "start pause for pod {id} in /run/netns/web [undo: stop the pause just started for pod {id}]"
+                ),
+                "bring loopback up in /run/netns/web".to_string(),
+                "ensure bridge nh0 with 10.88.0.1/16".to_string(),
+                "enable IPv4 forwarding".to_string(),
+                format!(
+                    "create veth {h} <-> {t} in /run/netns/web (mtu 1450) [undo: delete link {h} in the host namespace]"
+                ),
+                format!("attach link {h} to bridge nh0"),
+                format!("set link {h} up in the host namespace"),
+                format!("rename link {t} to eth0 in /run/netns/web"),
+                "add address 10.88.0.2/16 to link eth0 in /run/netns/web".to_string(),
+                "set link eth0 up in /run/netns/web".to_string(),
+                "add default route via 10.88.0.1 dev eth0 in /run/netns/web".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn create_dual_stack_structured() {
+        let r = record("web", NetnsOwnership::Owned { pause: true }, true);
+        let id = web_id();
+        let ns = PathBuf::from("/run/netns/web");
+        let eth0 = IfName::pod_interface();
+        let host = id.host_veth_name();
+        let temp = id.temp_peer_name();
+        let expected = vec![
+            Step {
+                action: Action::CreateNetns { path: ns.clone() },
+                undo: Some(Action::DeleteNetns { path: ns.clone() }),
+            },
+            Step {
+                action: Action::StartPause {
+                    id: id.clone(),
+                    netns: ns.clone(),
+                },
+                undo: Some(Action::StopPause {
+                    id: id.clone(),
+                    process: None,
+                }),
+            },
+            Step::plain(Action::LoopbackUp { netns: ns.clone() }),
+            Step::plain(Action::EnsureBridge {
+                bridge: IfName::new("nh0").unwrap(),
+                addresses: vec![
+                    "10.88.0.1/16".parse().unwrap(),
+                    "fd00::1/64".parse().unwrap(),
+                ],
+            }),
+            Step::plain(Action::EnableForwarding { ipv6: true }),
+            Step {
+                action: Action::CreateVeth {
+                    host: host.clone(),
+                    peer: temp.clone(),
+                    netns: ns.clone(),
+                    mtu: 1450,
+                },
+                undo: Some(Action::DeleteLink {
+                    netns: None,
+                    link: host.clone(),
+                }),
+            },
+            Step::plain(Action::SetMaster {
+                link: host.clone(),
+                master: IfName::new("nh0").unwrap(),
+            }),
+            Step::plain(Action::LinkUp {
+                netns: None,
+                link: host.clone(),
+            }),
+            Step::plain(Action::RenameLink {
+                netns: ns.clone(),
+                from: temp,
+                to: eth0.clone(),
+            }),
+            Step::plain(Action::DisableDad {
+                netns: ns.clone(),
+                link: eth0.clone(),
+            }),
+            Step::plain(Action::AddAddress {
+                netns: ns.clone(),
+                link: eth0.clone(),
+                address: "10.88.0.2/16".parse().unwrap(),
+            }),
+            Step::plain(Action::AddAddress {
+                netns: ns.clone(),
+                link: eth0.clone(),
+                address: "fd00::2/64".parse().unwrap(),
+            }),
+            Step::plain(Action::LinkUp {
+                netns: Some(ns.clone()),
+                link: eth0.clone(),
+            }),
+            Step::plain(Action::AddDefaultRoute {
+                netns: ns.clone(),
+                link: eth0.clone(),
+                gateway: "10.88.0.1".parse().unwrap(),
+            }),
+            Step::plain(Action::AddDefaultRoute {
+                netns: ns.clone(),
+                link: eth0,
+                gateway: "fd00::1".parse().unwrap(),
+            }),
+        ];
+        assert_eq!(plan_create(&r, &node(true)), expected);
+    }
+
+    #[test]
+    fn create_no_pause() {
+        let r = record("web", NetnsOwnership::Owned { pause: false }, false);
+        let steps = text(&plan_create(&r, &node(false)));
+        assert_eq!(steps.len(), 11);
+        assert_eq!(
+            steps[0],
+            "create netns /run/netns/web [undo: delete netns /run/netns/web]"
+        );
+        assert_eq!(steps[1], "bring loopback up in /run/netns/web");
+        assert!(steps.iter().all(|s| !s.contains("pause")));
+    }
+
+    #[test]
+    fn attach_creates_no_netns_and_no_pause() {
+        let r = record("web", NetnsOwnership::Attached, false);
+        let id = web_id();
+        let h = id.host_veth_name();
+        let t = id.temp_peer_name();
+        let ns = "/var/run/netns/cni-1234";
+        assert_eq!(
+            text(&plan_create(&r, &node(false))),
+            vec![
+                format!("bring loopback up in {ns}"),
+                "ensure bridge nh0 with 10.88.0.1/16".to_string(),
+                "enable IPv4 forwarding".to_string(),
+                format!(
+                    "create veth {h} <-> {t} in {ns} (mtu 1450) [undo: delete link {h} in the host namespace]"
+                ),
+                format!("attach link {h} to bridge nh0"),
+                format!("set link {h} up in the host namespace"),
+                format!("rename link {t} to eth0 in {ns}"),
+                format!("add address 10.88.0.2/16 to link eth0 in {ns}"),
+                format!("set link eth0 up in {ns}"),
+                format!("add default route via 10.88.0.1 dev eth0 in {ns}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn remove_owned_with_pause_reverse_order() {
+        let mut r = record("web", NetnsOwnership::Owned { pause: true }, true);
+        let p = PauseProcess {
+            pid: 100,
+            start_time: 5,
+        };
+        r.pause = Some(p);
+        let extra = PauseProcess {
+            pid: 200,
+            start_time: 9,
+        };
+        let id = web_id();
+        assert_eq!(
+            plan_remove(&r, &[p, extra]),
+            vec![
+                Action::DeleteLink {
+                    netns: None,
+                    link: id.host_veth_name()
+                },
+                Action::StopPause {
+                    id: id.clone(),
+                    process: Some(p)
+                },
+                Action::StopPause {
+                    id,
+                    process: Some(extra)
+                },
+                Action::DeleteNetns {
+                    path: PathBuf::from("/run/netns/web")
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn remove_attached_never_deletes_netns() {
+        let r = record("web", NetnsOwnership::Attached, false);
+        assert_eq!(
+            plan_remove(&r, &[]),
+            vec![Action::DeleteLink {
+                netns: None,
+                link: web_id().host_veth_name()
+            }]
+        );
+    }
+
+    fn healthy(r: &PodRecord) -> Observed {
+        let link = LinkInfo {
+            up: true,
+            mtu: r.mtu,
+            master: Some(IfName::new("nh0").unwrap()),
+            addresses: vec![],
+        };
+        Observed {
+            netns_exists: true,
+            pause_alive: r.pause.map(|_| true),
+            host_veth: Some(link.clone()),
+            pod_interface: Some(LinkInfo {
+                master: None,
+                addresses: r.ips.clone(),
+                ..link
+            }),
+            default_routes: r.gateways.clone(),
+        }
+    }
+
+    fn ready(dual: bool) -> PodRecord {
+        let mut r = record("web", NetnsOwnership::Owned { pause: true }, dual);
+        r.pause = Some(PauseProcess {
+            pid: 100,
+            start_time: 5,
+        });
+        r.phase = Phase::Ready;
+        r
+    }
+
+    #[test]
+    fn healthy_pod_has_no_findings_and_no_repair() {
+        let r = ready(true);
+        assert_eq!(check_pod(&r, &node(true), &healthy(&r)), vec![]);
+        assert_eq!(plan_repair(&r, &node(true), &healthy(&r)), Repair::Nothing);
+    }
+
+    #[test]
+    fn findings_name_pod_object_and_problem() {
+        let r = ready(true);
+        let mut o = healthy(&r);
+        o.pause_alive = Some(false);
+        o.host_veth.as_mut().unwrap().master = None;
+        o.host_veth.as_mut().unwrap().up = false;
+        o.pod_interface.as_mut().unwrap().addresses.truncate(1);
+        o.pod_interface.as_mut().unwrap().mtu = 1500;
+        o.default_routes.clear();
+        let found: Vec<String> = check_pod(&r, &node(true), &o)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let h = web_id().host_veth_name();
+        assert_eq!(
+            found,
+            vec![
+                "pod web: pause pid 100 (start time 5): not running".to_string(),
+                format!("pod web: link {h}: not attached, expected bridge nh0"),
+                format!("pod web: link {h}: down"),
+                "pod web: link eth0 in /run/netns/web: mtu 1500, expected 1450".to_string(),
+                "pod web: link eth0 in /run/netns/web: address fd00::2/64 missing".to_string(),
+                "pod web: routes in /run/netns/web: default route via 10.88.0.1 missing"
+                    .to_string(),
+                "pod web: routes in /run/netns/web: default route via fd00::1 missing".to_string(),
+            ]
+        );
+        let Repair::Actions(actions) = plan_repair(&r, &node(true), &o) else {
+            panic!("expected actions")
+        };
+        let ns = PathBuf::from("/run/netns/web");
+        let eth0 = IfName::pod_interface();
+        assert_eq!(
+            actions,
+            vec![
+                Action::StopPause {
+                    id: web_id(),
+                    process: r.pause
+                },
+                Action::StartPause {
+                    id: web_id(),
+                    netns: ns.clone()
+                },
+                Action::SetMaster {
+                    link: h.clone(),
+                    master: IfName::new("nh0").unwrap()
+                },
+                Action::LinkUp {
+                    netns: None,
+                    link: h
+                },
+                Action::SetMtu {
+                    netns: Some(ns.clone()),
+                    link: eth0.clone(),
+                    mtu: 1450
+                },
+                Action::DisableDad {
+                    netns: ns.clone(),
+                    link: eth0.clone()
+                },
+                Action::AddAddress {
+                    netns: ns.clone(),
+                    link: eth0.clone(),
+                    address: "fd00::2/64".parse().unwrap()
+                },
+                Action::AddDefaultRoute {
+                    netns: ns.clone(),
+                    link: eth0.clone(),
+                    gateway: "10.88.0.1".parse().unwrap()
+                },
+                Action::AddDefaultRoute {
+                    netns: ns,
+                    link: eth0,
+                    gateway: "fd00::1".parse().unwrap()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_netns_means_remove() {
+        let r = ready(false);
+        let o = Observed {
+            netns_exists: false,
+            ..Observed::default()
+        };
+        let found = check_pod(&r, &node(false), &o);
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            found[0].to_string(),
+            "pod web: netns /run/netns/web: missing"
+        );
+        assert_eq!(plan_repair(&r, &node(false), &o), Repair::Remove);
+    }
+
+    #[test]
+    fn missing_veth_rewires() {
+        let r = ready(false);
+        let mut o = healthy(&r);
+        o.host_veth = None;
+        o.pod_interface = None;
+        o.default_routes.clear();
+        let found: Vec<String> = check_pod(&r, &node(false), &o)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                format!("pod web: link {}: missing", web_id().host_veth_name()),
+                "pod web: link eth0 in /run/netns/web: missing".to_string(),
+            ]
+        );
+        let Repair::Actions(actions) = plan_repair(&r, &node(false), &o) else {
+            panic!()
+        };
+        let mut expected = vec![
+            Action::DeleteLink {
+                netns: None,
+                link: web_id().host_veth_name(),
+            },
+            Action::DeleteLink {
+                netns: Some(PathBuf::from("/run/netns/web")),
+                link: web_id().temp_peer_name(),
+            },
+        ];
+        expected.extend(
+            plan_create(&r, &node(false))
+                .into_iter()
+                .skip(5)
+                .map(|s| s.action),
+        );
+        assert_eq!(actions, expected);
+    }
+
+    #[test]
+    fn unfinished_record_is_a_finding() {
+        let mut r = ready(false);
+        r.phase = Phase::Removing;
+        let found = check_pod(&r, &node(false), &healthy(&r));
+        assert_eq!(
+            found[0].problem,
+            Problem::Unfinished {
+                phase: Phase::Removing
+            }
+        );
+    }
+
+    #[test]
+    fn bridge_checks() {
+        let n = node(true);
+        assert_eq!(check_bridge(&n, None)[0].to_string(), "bridge nh0: missing");
+        let ok = LinkInfo {
+            up: true,
+            mtu: 1500,
+            master: None,
+            addresses: n.bridge_addresses.clone(),
+        };
+        assert!(check_bridge(&n, Some(&ok)).is_empty());
+        assert!(plan_bridge_repair(&n, Some(&ok)).is_empty());
+        let partial = LinkInfo {
+            addresses: vec![n.bridge_addresses[0]],
+            ..ok
+        };
+        assert_eq!(
+            check_bridge(&n, Some(&partial))[0].to_string(),
+            "bridge nh0: address fd00::1/64 missing"
+        );
+        assert_eq!(plan_bridge_repair(&n, Some(&partial)).len(), 2);
+    }
+
+    #[test]
+    fn findings_serialize_flat() {
+        let f = Finding {
+            pod: Some(PodName::new("web").unwrap()),
+            object: "link eth0".into(),
+            problem: Problem::AddressMissing {
+                address: "10.0.0.2/24".parse().unwrap(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&f).unwrap(),
+            r#"{"pod":"web","object":"link eth0","problem":"address_missing","address":"10.0.0.2/24"}"#
+        );
+    }
+}

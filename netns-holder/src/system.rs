@@ -1,0 +1,311 @@
+//! The seams to the kernel: the traits through which the planner's actions (and the
+//! inspections of `check`/`reconcile`) reach network namespaces, processes, netlink and
+//! sysctls.
+//!
+//! # Why asynchronous
+//!
+//! Every method returns `impl Future<Output = Result<T, SystemError>> + Send`. The real
+//! netlink implementation is `rtnetlink`, which is asynchronous and runs on tokio; the API
+//! server (tonic) is asynchronous too, and the manager serves many requests at once. With
+//! `Send` futures a generic `PodManager<S>` can be driven from spawned tokio tasks without
+//! `spawn_blocking` everywhere. Operations that are inherently thread-bound and blocking in
+//! the real implementation (entering a namespace with `setns`, creating a bind mount from a
+//! fresh `unshare`d thread, fork/exec of the pause) run on a dedicated thread there and
+//! resolve the future through a oneshot channel; their cost is then hidden behind the same
+//! interface. The in-memory fake ([`crate::fake::FakeSystem`]) yields once per call so
+//! that concurrent callers genuinely interleave in tests.
+//!
+//! # Contract shared by all implementations
+//!
+//! * Deletions and stops are idempotent: an object that is already gone is not an error;
+//!   they return `Ok(false)` instead of `Ok(true)`.
+//! * Creations of things owned by one pod are exclusive (an existing object is
+//!   [`SystemError::AlreadyExists`]); shared things (the bridge, its addresses, sysctls,
+//!   loopback) are "ensure" operations, safe to call concurrently and repeatedly.
+//! * `netns: Option<&Path>` means the host namespace when `None`, else the namespace bind
+//!   mounted (or otherwise reachable) at that path.
+//! * Every error names its object (path, interface, address, pid).
+
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::names::{IfName, PodId};
+
+/// A kernel-side failure, naming the object it concerns (e.g. `netns /run/netns/web`,
+/// `link nh0123456789ab`, `address 10.88.0.2/16 on eth0 in /run/netns/web`).
+#[derive(Debug, Error)]
+pub enum SystemError {
+    /// An object that must be created exclusively already exists.
+    #[error("{object}: already exists")]
+    AlreadyExists {
+        /// The object.
+        object: String,
+    },
+    /// An object that must exist for the operation is missing.
+    #[error("{object}: not found")]
+    NotFound {
+        /// The object.
+        object: String,
+    },
+    /// An operating system error.
+    #[error("{object}: {source}")]
+    Io {
+        /// The object.
+        object: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Any other failure (e.g. a netlink error message).
+    #[error("{object}: {message}")]
+    Other {
+        /// The object.
+        object: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl SystemError {
+    /// An [`SystemError::Io`] for `object`.
+    pub fn io(object: impl fmt::Display, source: std::io::Error) -> Self {
+        Self::Io {
+            object: object.to_string(),
+            source,
+        }
+    }
+
+    /// An [`SystemError::Other`] for `object`.
+    pub fn other(object: impl fmt::Display, message: impl Into<String>) -> Self {
+        Self::Other {
+            object: object.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The object the error is about.
+    pub fn object(&self) -> &str {
+        match self {
+            Self::AlreadyExists { object }
+            | Self::NotFound { object }
+            | Self::Io { object, .. }
+            | Self::Other { object, .. } => object,
+        }
+    }
+}
+
+/// A process identity that survives pid reuse: the pid plus its start time (field 22 of
+/// `/proc/<pid>/stat`, in clock ticks since boot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PauseProcess {
+    /// The process id.
+    pub pid: u32,
+    /// Start time in clock ticks since boot.
+    pub start_time: u64,
+}
+
+impl fmt::Display for PauseProcess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pid {} (start time {})", self.pid, self.start_time)
+    }
+}
+
+/// A pause process found running, with the pod id from its `argv[0]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningPause {
+    /// The pod id from `netns-holder-pause:<id>`.
+    pub id: PodId,
+    /// The process.
+    pub process: PauseProcess,
+}
+
+/// What `check` needs to know about one link.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LinkInfo {
+    /// Administratively up.
+    pub up: bool,
+    /// MTU.
+    pub mtu: u32,
+    /// The master device (bridge), if enslaved.
+    pub master: Option<IfName>,
+    /// Addresses configured on it (with prefix length).
+    pub addresses: Vec<IpNet>,
+}
+
+/// Network namespace bind mounts.
+pub trait Namespaces: Send + Sync {
+    /// Creates a new network namespace and bind-mounts it at `path` (exclusively: an
+    /// existing file there is [`SystemError::AlreadyExists`]).
+    fn create_netns(&self, path: &Path) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Unmounts and unlinks `path`. Returns `false` if it did not exist. The namespace
+    /// itself dies with its last user.
+    fn delete_netns(&self, path: &Path) -> impl Future<Output = Result<bool, SystemError>> + Send;
+
+    /// Whether `path` exists and is a network namespace.
+    fn netns_exists(&self, path: &Path) -> impl Future<Output = Result<bool, SystemError>> + Send;
+
+    /// Network namespace bind mounts directly inside `dir` (a missing `dir` is empty).
+    fn list_netns(
+        &self,
+        dir: &Path,
+    ) -> impl Future<Output = Result<Vec<PathBuf>, SystemError>> + Send;
+}
+
+/// The pause processes that hold namespaces open.
+pub trait Processes: Send + Sync {
+    /// Starts the pause binary inside the namespace at `netns` with `argv[0]` set to
+    /// [`PodId::pause_argv0`], detached from the daemon (it survives daemon restarts), and
+    /// returns its identity.
+    fn start_pause(
+        &self,
+        id: &PodId,
+        netns: &Path,
+    ) -> impl Future<Output = Result<PauseProcess, SystemError>> + Send;
+
+    /// Stops `process` (SIGKILL is fine: pause holds no state) if it is still the same
+    /// process (pid and start time match). Returns `false` if it was already gone.
+    fn stop_pause(
+        &self,
+        process: &PauseProcess,
+    ) -> impl Future<Output = Result<bool, SystemError>> + Send;
+
+    /// Whether `process` is alive (and still the same process).
+    fn pause_alive(
+        &self,
+        process: &PauseProcess,
+    ) -> impl Future<Output = Result<bool, SystemError>> + Send;
+
+    /// Every running pause process of ours (recognised by `argv[0]`).
+    fn list_pauses(&self) -> impl Future<Output = Result<Vec<RunningPause>, SystemError>> + Send;
+}
+
+/// Links, addresses and routes (rtnetlink in the real implementation).
+pub trait Netlink: Send + Sync {
+    /// Ensures the bridge `name` exists in the host namespace, is up and carries each of
+    /// `gateways`. Safe against concurrent callers and an already existing bridge.
+    fn ensure_bridge(
+        &self,
+        name: &IfName,
+        gateways: &[IpNet],
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Creates a veth pair: `host` in the host namespace and `peer` directly in the
+    /// namespace at `netns`, both with `mtu`. Exclusive on `host`.
+    fn create_veth(
+        &self,
+        host: &IfName,
+        peer: &IfName,
+        netns: &Path,
+        mtu: u32,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Enslaves the host link `link` to the bridge `master`.
+    fn set_master(
+        &self,
+        link: &IfName,
+        master: &IfName,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Sets `link` administratively up.
+    fn link_up(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Renames `from` to `to` inside the namespace at `netns` (the link is down).
+    fn rename_link(
+        &self,
+        netns: &Path,
+        from: &IfName,
+        to: &IfName,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Sets the MTU of `link`.
+    fn set_mtu(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+        mtu: u32,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Adds `address` to `link` in the namespace at `netns` (an identical existing address
+    /// is fine).
+    fn add_address(
+        &self,
+        netns: &Path,
+        link: &IfName,
+        address: IpNet,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Adds a default route via `gateway` over `link` in the namespace at `netns` (an
+    /// identical existing route is fine).
+    fn add_default_route(
+        &self,
+        netns: &Path,
+        link: &IfName,
+        gateway: IpAddr,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Sets `lo` up with 127.0.0.1/8 and ::1/128 in the namespace at `netns`.
+    fn loopback_up(&self, netns: &Path) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Deletes `link` (for a veth, both ends go). Returns `false` if it did not exist.
+    fn delete_link(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+    ) -> impl Future<Output = Result<bool, SystemError>> + Send;
+
+    /// State of `link`, or `None` if it does not exist.
+    fn link_info(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+    ) -> impl Future<Output = Result<Option<LinkInfo>, SystemError>> + Send;
+
+    /// Names of links in the namespace whose names start with `prefix`.
+    fn list_links(
+        &self,
+        netns: Option<&Path>,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<IfName>, SystemError>> + Send;
+
+    /// Gateways of the default routes (IPv4 and IPv6) in the namespace at `netns`.
+    fn default_routes(
+        &self,
+        netns: &Path,
+    ) -> impl Future<Output = Result<Vec<IpAddr>, SystemError>> + Send;
+
+    /// MTU of the interface carrying the host's IPv4 default route, if there is one (used
+    /// when the configuration sets no MTU).
+    fn default_route_mtu(&self) -> impl Future<Output = Result<Option<u32>, SystemError>> + Send;
+}
+
+/// Kernel parameters.
+pub trait Sysctl: Send + Sync {
+    /// Turns IP forwarding on in the host namespace (IPv4 and, if `ipv6`, IPv6).
+    fn enable_forwarding(&self, ipv6: bool)
+    -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Turns IPv6 duplicate address detection off for `link` in the namespace at `netns`
+    /// (`net.ipv6.conf.<link>.accept_dad = 0`).
+    fn disable_dad(
+        &self,
+        netns: &Path,
+        link: &IfName,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+}
+
+/// Everything the manager needs from the kernel. Implemented automatically for any type
+/// that implements the four concern traits.
+pub trait System: Namespaces + Processes + Netlink + Sysctl + Send + Sync + 'static {}
+
+impl<T> System for T where T: Namespaces + Processes + Netlink + Sysctl + Send + Sync + 'static {}
