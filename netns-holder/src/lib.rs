@@ -5,7 +5,7 @@
 //! management, persistent state, planning, plan execution with rollback, and the pod
 //! manager with its crash-recovery (reconcile) logic. The kernel is reached only through the
 //! traits in [`system`]; the real implementations (rtnetlink, namespace threads, pause
-//! processes) plug in there, and [`fake::FakeSystem`] stands in for them in tests.
+//! processes) plug in there, and `fake::FakeSystem` (feature `fake`) stands in for them in tests.
 //!
 //! Module map:
 //! * [`config`]: `Config` from TOML, defaults and validation.
@@ -15,12 +15,14 @@
 //! * [`system`]: the kernel traits and `SystemError`.
 //! * [`plan`]: `Action`s, create/remove/repair plans and drift findings.
 //! * [`executor`]: applies plans, rolling back on failure.
+//! * [`manager`]: `PodManager`, the API the daemon serves.
 
 pub mod config;
 pub mod executor;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod ipam;
+pub mod manager;
 pub mod names;
 pub mod plan;
 pub mod state;

@@ -463,6 +463,11 @@ pub enum Problem {
     },
     /// The object is ours but belongs to no pod record.
     Orphan,
+    /// The object could not be inspected.
+    CheckFailed {
+        /// The error.
+        error: String,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -487,6 +492,7 @@ impl fmt::Display for Problem {
             Self::RouteMissing { gateway } => write!(f, "default route via {gateway} missing"),
             Self::Unfinished { phase } => write!(f, "record stuck in phase {phase:?}"),
             Self::Orphan => f.write_str("belongs to no pod"),
+            Self::CheckFailed { error } => write!(f, "cannot be inspected: {error}"),
         }
     }
 }

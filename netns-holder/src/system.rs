@@ -12,7 +12,7 @@
 //! the real implementation (entering a namespace with `setns`, creating a bind mount from a
 //! fresh `unshare`d thread, fork/exec of the pause) run on a dedicated thread there and
 //! resolve the future through a oneshot channel; their cost is then hidden behind the same
-//! interface. The in-memory fake ([`crate::fake::FakeSystem`]) yields once per call so
+//! interface. The in-memory fake (`fake::FakeSystem`, feature `fake`) yields once per call so
 //! that concurrent callers genuinely interleave in tests.
 //!
 //! # Contract shared by all implementations

@@ -1,0 +1,1135 @@
+//! The pod manager: the operations the daemon's API serves (`create`, `attach`, `remove`,
+//! `get`, `list`, `check`, `repair`, `gc`, `status`) and the start-up `reconcile`.
+//!
+//! # Crash model
+//!
+//! A pod's record, with its IP allocations, is saved in phase `Creating` before the kernel
+//! is touched and switched to `Ready` afterwards; teardown saves `Removing` first. So after
+//! a crash, [`PodManager::reconcile`] knows what each leftover is: `Creating` and `Removing`
+//! records are torn down completely (the caller of `create` was never answered), `Ready`
+//! records whose namespace still exists get their missing pieces re-created, `Ready` records
+//! whose namespace is gone are removed, and everything of ours that belongs to no record
+//! (host veths with our name shape, pause processes tagged `netns-holder-pause:<id>`,
+//! namespace bind mounts in the ownership journal) is removed. IP allocations are always
+//! rebuilt from the records, so they cannot leak.
+//!
+//! # Concurrency
+//!
+//! * A per-pod-name async mutex serializes operations on the same pod.
+//! * A short `std::sync::Mutex` guards the in-memory state and IPAM; it is held only for
+//!   bookkeeping and the state file save (a few small writes and fsyncs), never across
+//!   kernel work, so creates of different pods run their kernel steps concurrently while
+//!   allocation stays race-free.
+//! * A tokio `RwLock` "barrier": single-pod operations take it shared; the whole-node
+//!   operations (`check`, `repair`/`reconcile`, `gc`) take it exclusively, so they never see
+//!   or sweep a half-created pod of a request still in flight.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use slog::{Logger, error, info, warn};
+use thiserror::Error;
+
+use crate::config::{Config, ConfigError};
+use crate::executor::{self, ExecError, StepFailure};
+use crate::ipam::{Ipam, IpamError, PoolUsage};
+use crate::names::{HOST_VETH_PREFIX, IfName, PodId, PodName, is_host_veth_name};
+use crate::plan::{self, Action, Finding, NodeNetwork, Observed, Problem, Repair};
+use crate::state::{NetnsOwnership, Phase, PodRecord, State, StateError, StateStore};
+use crate::system::{PauseProcess, System, SystemError};
+
+/// MTU used when the configuration sets none and the host has no default route.
+pub const FALLBACK_MTU: u32 = 1500;
+
+/// One failure while tearing a pod down.
+#[derive(Debug, Error)]
+pub enum RemoveFailure {
+    /// A teardown action failed.
+    #[error("{0}")]
+    Step(StepFailure),
+    /// The pause processes could not be listed.
+    #[error("listing pause processes: {0}")]
+    ListPauses(SystemError),
+    /// The state could not be saved.
+    #[error("{0}")]
+    State(StateError),
+}
+
+fn join<T: fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A manager failure; every variant names the pod and the object concerned.
+#[derive(Debug, Error)]
+pub enum ManagerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The state file could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The loaded state contradicts itself.
+    #[error("state: pod {name}: {reason}")]
+    InconsistentState {
+        /// The pod.
+        name: String,
+        /// What is inconsistent.
+        reason: String,
+    },
+    /// No address could be allocated.
+    #[error("pod {name}: {source}")]
+    Ipam {
+        /// The pod.
+        name: PodName,
+        /// The IPAM error (naming the CIDR).
+        #[source]
+        source: IpamError,
+    },
+    /// The pod exists with different parameters.
+    #[error("pod {name} already exists with different parameters: {reason}")]
+    Conflict {
+        /// The pod.
+        name: PodName,
+        /// What differs.
+        reason: String,
+    },
+    /// Two pod names hash to the same id (practically impossible, but checked).
+    #[error("pod {name}: its id {id} is already used by pod {other}")]
+    IdCollision {
+        /// The new pod.
+        name: PodName,
+        /// The id.
+        id: PodId,
+        /// The pod holding it.
+        other: PodName,
+    },
+    /// `attach` was given a path that is not a network namespace.
+    #[error("pod {name}: netns {} does not exist or is not a network namespace", path.display())]
+    NetnsNotFound {
+        /// The pod.
+        name: PodName,
+        /// The path.
+        path: PathBuf,
+    },
+    /// The namespace path already belongs to another pod.
+    #[error("pod {name}: netns {} is already used by pod {other}", path.display())]
+    NetnsInUse {
+        /// The pod.
+        name: PodName,
+        /// The path.
+        path: PathBuf,
+        /// The pod using it.
+        other: PodName,
+    },
+    /// A kernel query needed before planning failed.
+    #[error("pod {name}: {source}")]
+    System {
+        /// The pod.
+        name: PodName,
+        /// The error (naming its object).
+        #[source]
+        source: SystemError,
+    },
+    /// A create step failed (the error names the step and object, and the rollback result).
+    #[error("creating pod {name}: {source}")]
+    Create {
+        /// The pod.
+        name: PodName,
+        /// The failed plan (boxed: it carries the failed and undo actions).
+        #[source]
+        source: Box<ExecError>,
+    },
+    /// Teardown left things behind; every failure is listed.
+    #[error("removing pod {name}: {} failure(s): {}", failures.len(), join(failures))]
+    Remove {
+        /// The pod.
+        name: PodName,
+        /// Every failure.
+        failures: Vec<RemoveFailure>,
+    },
+    /// The pod has an unfinished earlier create or remove that could not be cleaned up.
+    #[error(
+        "pod {name}: an earlier unfinished create/remove could not be cleaned up: {}",
+        join(failures)
+    )]
+    Unfinished {
+        /// The pod.
+        name: PodName,
+        /// Every failure of the cleanup.
+        failures: Vec<RemoveFailure>,
+    },
+}
+
+/// What `create` returns, and what the CLI prints as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodInfo {
+    /// The pod name.
+    pub name: PodName,
+    /// The pod id.
+    pub id: PodId,
+    /// The network namespace path.
+    pub netns: PathBuf,
+    /// The pause process id, `null` if there is none.
+    pub pause_pid: Option<u32>,
+    /// Addresses in CIDR notation (IPv4 first).
+    pub ips: Vec<IpNet>,
+    /// Default gateways.
+    pub gateways: Vec<IpAddr>,
+    /// Interface inside the pod (`eth0`).
+    pub interface: IfName,
+    /// Host-side veth.
+    pub host_veth: IfName,
+}
+
+impl From<&PodRecord> for PodInfo {
+    fn from(r: &PodRecord) -> Self {
+        Self {
+            name: r.name.clone(),
+            id: r.id.clone(),
+            netns: r.netns.clone(),
+            pause_pid: r.pause.map(|p| p.pid),
+            ips: r.ips.clone(),
+            gateways: r.gateways.clone(),
+            interface: r.interface.clone(),
+            host_veth: r.host_veth.clone(),
+        }
+    }
+}
+
+/// Parameters of `create`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateRequest {
+    /// The pod name.
+    pub name: PodName,
+    /// Do not start a pause process (the namespace is held by its bind mount only).
+    pub no_pause: bool,
+    /// Caller annotations (part of the parameters compared for idempotence).
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl CreateRequest {
+    /// A request for `name` with a pause process and no annotations.
+    pub fn new(name: PodName) -> Self {
+        Self {
+            name,
+            no_pause: false,
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+/// Parameters of `attach`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachRequest {
+    /// The pod name.
+    pub name: PodName,
+    /// The existing namespace to wire.
+    pub netns: PathBuf,
+    /// Caller annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A problem met by a whole-node operation, naming pod/object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeFailure {
+    /// The pod, if the failure concerns one.
+    pub pod: Option<PodName>,
+    /// The error, naming the object.
+    pub error: String,
+}
+
+impl fmt::Display for NodeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.pod {
+            Some(p) => write!(f, "pod {p}: {}", self.error),
+            None => f.write_str(&self.error),
+        }
+    }
+}
+
+/// What `reconcile`/`repair` did.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct ReconcileReport {
+    /// `Creating` records rolled back completely.
+    pub rolled_back: Vec<PodName>,
+    /// `Removing` records whose teardown was finished.
+    pub finished_removal: Vec<PodName>,
+    /// `Ready` pods whose namespace was gone, removed.
+    pub removed_dead: Vec<PodName>,
+    /// `Ready` pods that had pieces re-created, with the actions that did something.
+    pub repaired: BTreeMap<PodName, Vec<String>>,
+    /// Orphaned objects removed (host veths, pause processes, namespace mounts).
+    pub orphans_removed: Vec<String>,
+    /// Everything that failed.
+    pub failures: Vec<NodeFailure>,
+}
+
+/// What `gc` did.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct GcReport {
+    /// Pods removed.
+    pub removed: Vec<PodName>,
+    /// Pods kept.
+    pub kept: Vec<PodName>,
+    /// Pods whose removal failed.
+    pub failures: Vec<NodeFailure>,
+}
+
+/// Daemon status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Status {
+    /// Number of pod records.
+    pub pods: usize,
+    /// Of which `Ready`.
+    pub ready: usize,
+    /// Of which `Creating` or `Removing`.
+    pub unfinished: usize,
+    /// The node bridge.
+    pub bridge: IfName,
+    /// Address pool usage (IPv4 first).
+    pub pools: Vec<PoolUsage>,
+    /// The state file.
+    pub state_file: PathBuf,
+}
+
+/// State and IPAM, guarded together.
+struct Inner {
+    state: State,
+    ipam: Ipam,
+}
+
+/// Per-key async mutexes whose entries disappear when unused.
+#[derive(Default)]
+struct KeyedLocks {
+    map: Mutex<HashMap<PodName, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+struct KeyGuard<'a> {
+    locks: &'a KeyedLocks,
+    name: PodName,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl KeyedLocks {
+    async fn lock(&self, name: &PodName) -> KeyGuard<'_> {
+        let mutex = {
+            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(name.clone()).or_default().clone()
+        };
+        let guard = mutex.lock_owned().await;
+        KeyGuard {
+            locks: self,
+            name: name.clone(),
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut map = self.locks.map.lock().unwrap_or_else(|e| e.into_inner());
+        // Every waiter cloned the Arc under this map lock, so a count of 1 (the map's own)
+        // means nobody holds or awaits this mutex.
+        if map
+            .get(&self.name)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            map.remove(&self.name);
+        }
+    }
+}
+
+/// Rebuilds the IPAM from the records (and the persisted cursors).
+fn rebuild_ipam(config: &Config, state: &State, log: &Logger) -> Ipam {
+    let mut ipam = Ipam::new(config.pod_cidr_v4, config.pod_cidr_v6);
+    ipam.set_cursors(&state.ipam);
+    for record in state.pods.values() {
+        if let Err(e) = ipam.restore(&record.id, &record.ips) {
+            // E.g. the pod CIDR was changed: the pod keeps its addresses, which are outside
+            // the new pool and so cannot collide with new allocations.
+            warn!(log, "cannot restore IP allocation"; "pod" => %record.name, "error" => %e);
+        }
+    }
+    ipam
+}
+
+/// The pod manager. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct PodManager<S: System> {
+    config: Config,
+    system: S,
+    log: Logger,
+    store: StateStore,
+    node: NodeNetwork,
+    inner: Mutex<Inner>,
+    pod_locks: KeyedLocks,
+    barrier: tokio::sync::RwLock<()>,
+}
+
+impl<S: System> PodManager<S> {
+    /// Validates `config`, loads the state from its `state_dir` and rebuilds IPAM. Does not
+    /// touch the kernel: call [`PodManager::reconcile`] before serving.
+    pub fn open(config: Config, system: S, log: Logger) -> Result<Self, ManagerError> {
+        config.validate()?;
+        let store = StateStore::new(&config.state_dir);
+        let state = store.load()?;
+        for (name, record) in &state.pods {
+            if record.name != *name || record.id != name.id() {
+                return Err(ManagerError::InconsistentState {
+                    name: name.to_string(),
+                    reason: format!(
+                        "record has name {} and id {}, expected id {}",
+                        record.name,
+                        record.id,
+                        name.id()
+                    ),
+                });
+            }
+        }
+        let ipam = rebuild_ipam(&config, &state, &log);
+        let node = NodeNetwork {
+            bridge: config.bridge.clone(),
+            bridge_addresses: ipam.gateways(),
+        };
+        info!(log, "state loaded"; "pods" => state.pods.len(), "file" => %store.path().display());
+        Ok(Self {
+            config,
+            system,
+            log,
+            store,
+            node,
+            inner: Mutex::new(Inner { state, ipam }),
+            pod_locks: KeyedLocks::default(),
+            barrier: tokio::sync::RwLock::new(()),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The kernel interface.
+    pub fn system(&self) -> &S {
+        &self.system
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Saves the state (with the current IPAM cursors) while the lock is held.
+    fn save(&self, inner: &mut Inner) -> Result<(), StateError> {
+        inner.state.ipam = inner.ipam.cursors();
+        self.store.save(&inner.state)
+    }
+
+    fn record(&self, name: &PodName) -> Option<PodRecord> {
+        self.inner().state.pods.get(name).cloned()
+    }
+
+    // ---------------------------------------------------------------- create / attach
+
+    /// Creates pod `name` (namespace, pause unless `no_pause`, wiring), or returns it if it
+    /// already exists with the same parameters.
+    pub async fn create(&self, request: CreateRequest) -> Result<PodInfo, ManagerError> {
+        let name = request.name;
+        let netns = self.config.netns_path(&name);
+        let ownership = NetnsOwnership::Owned {
+            pause: !request.no_pause,
+        };
+        self.ensure(name, netns, ownership, request.annotations)
+            .await
+    }
+
+    /// Wires the existing namespace at `request.netns` as pod `request.name` (no namespace
+    /// creation, no pause; `remove` will not delete the namespace).
+    pub async fn attach(&self, request: AttachRequest) -> Result<PodInfo, ManagerError> {
+        self.ensure(
+            request.name,
+            request.netns,
+            NetnsOwnership::Attached,
+            request.annotations,
+        )
+        .await
+    }
+
+    async fn ensure(
+        &self,
+        name: PodName,
+        netns: PathBuf,
+        ownership: NetnsOwnership,
+        annotations: BTreeMap<String, String>,
+    ) -> Result<PodInfo, ManagerError> {
+        let _shared = self.barrier.read().await;
+        let _pod = self.pod_locks.lock(&name).await;
+
+        if let Some(existing) = self.record(&name) {
+            if existing.phase == Phase::Ready {
+                return compare(&existing, &netns, &ownership, &annotations)
+                    .map(|()| PodInfo::from(&existing));
+            }
+            // A leftover of a create/remove that could not finish: clear it first.
+            let failures = self.teardown(&existing).await;
+            if !failures.is_empty() {
+                return Err(ManagerError::Unfinished { name, failures });
+            }
+        }
+        if ownership == NetnsOwnership::Attached {
+            let exists =
+                self.system
+                    .netns_exists(&netns)
+                    .await
+                    .map_err(|source| ManagerError::System {
+                        name: name.clone(),
+                        source,
+                    })?;
+            if !exists {
+                return Err(ManagerError::NetnsNotFound { name, path: netns });
+            }
+        }
+        let mtu = match self.config.mtu {
+            Some(m) => m,
+            None => self
+                .system
+                .default_route_mtu()
+                .await
+                .map_err(|source| ManagerError::System {
+                    name: name.clone(),
+                    source,
+                })?
+                .unwrap_or(FALLBACK_MTU),
+        };
+
+        // Allocate and journal the record before touching the kernel.
+        let id = name.id();
+        let record = {
+            let mut inner = self.inner();
+            if let Some(other) = inner.state.pods.values().find(|r| r.id == id) {
+                return Err(ManagerError::IdCollision {
+                    name,
+                    id,
+                    other: other.name.clone(),
+                });
+            }
+            if let Some(other) = inner.state.pods.values().find(|r| r.netns == netns) {
+                return Err(ManagerError::NetnsInUse {
+                    name,
+                    path: netns,
+                    other: other.name.clone(),
+                });
+            }
+            let ips = inner
+                .ipam
+                .allocate(&id)
+                .map_err(|source| ManagerError::Ipam {
+                    name: name.clone(),
+                    source,
+                })?;
+            let gateways = inner
+                .ipam
+                .gateways()
+                .iter()
+                .map(IpNet::addr)
+                .filter(|g| ips.iter().any(|a| a.contains(g)))
+                .collect();
+            let record = PodRecord {
+                host_veth: id.host_veth_name(),
+                id: id.clone(),
+                name: name.clone(),
+                netns: netns.clone(),
+                ownership,
+                pause: None,
+                ips,
+                gateways,
+                interface: IfName::pod_interface(),
+                annotations,
+                phase: Phase::Creating,
+                mtu,
+            };
+            inner.state.pods.insert(name.clone(), record.clone());
+            let owned = record.netns_owned();
+            if owned {
+                inner.state.owned_netns.insert(netns.clone());
+            }
+            if let Err(e) = self.save(&mut inner) {
+                inner.state.pods.remove(&name);
+                inner.ipam.release(&id);
+                if owned {
+                    inner.state.owned_netns.remove(&netns);
+                }
+                return Err(e.into());
+            }
+            record
+        };
+        info!(self.log, "creating pod"; "pod" => %name, "netns" => %netns.display(), "ips" => ?record.ips);
+
+        let steps = plan::plan_create(&record, &self.node);
+        match executor::apply_plan(&self.system, &steps, &self.log).await {
+            Ok(applied) => {
+                let ready = {
+                    let mut inner = self.inner();
+                    let Some(r) = inner.state.pods.get_mut(&name) else {
+                        unreachable!("the record of {name} is held by its pod lock")
+                    };
+                    r.pause = applied.pause;
+                    r.phase = Phase::Ready;
+                    let ready = r.clone();
+                    self.save(&mut inner).map(|()| ready)
+                };
+                match ready {
+                    Ok(ready) => {
+                        info!(self.log, "pod ready"; "pod" => %name, "pause" => ?ready.pause.map(|p| p.pid));
+                        Ok(PodInfo::from(&ready))
+                    }
+                    Err(e) => {
+                        // The caller will be told it failed, so it must not exist.
+                        error!(self.log, "cannot record ready pod, tearing it down"; "pod" => %name, "error" => %e);
+                        let mut record = record;
+                        record.pause = applied.pause;
+                        self.teardown(&record).await;
+                        Err(e.into())
+                    }
+                }
+            }
+            Err(source) => {
+                if source.rolled_back() {
+                    let mut inner = self.inner();
+                    inner.state.pods.remove(&name);
+                    inner.ipam.release(&id);
+                    if record.netns_owned() {
+                        inner.state.owned_netns.remove(&netns);
+                    }
+                    if let Err(e) = self.save(&mut inner) {
+                        // The on-disk record stays `Creating`; reconcile rolls it back (a no-op).
+                        warn!(self.log, "cannot save after rollback"; "pod" => %name, "error" => %e);
+                    }
+                } else {
+                    error!(self.log, "rollback incomplete; record kept for repair"; "pod" => %name);
+                }
+                Err(ManagerError::Create {
+                    name,
+                    source: Box::new(source),
+                })
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- remove
+
+    /// Tears a pod down: journal `Removing`, then host veth, pause(s), namespace (if ours),
+    /// continuing past failures. On full success the record and its addresses are released;
+    /// otherwise the record stays `Removing` (addresses held) so a retry or reconcile can
+    /// finish.
+    async fn teardown(&self, record: &PodRecord) -> Vec<RemoveFailure> {
+        let mut failures = Vec::new();
+        {
+            let mut inner = self.inner();
+            if let Some(r) = inner.state.pods.get_mut(&record.name)
+                && r.phase != Phase::Removing
+            {
+                r.phase = Phase::Removing;
+                if let Err(e) = self.save(&mut inner) {
+                    warn!(self.log, "cannot journal removal"; "pod" => %record.name, "error" => %e);
+                }
+            }
+        }
+        let extra: Vec<PauseProcess> = match self.system.list_pauses().await {
+            Ok(list) => list
+                .into_iter()
+                .filter(|p| p.id == record.id)
+                .map(|p| p.process)
+                .collect(),
+            Err(e) => {
+                failures.push(RemoveFailure::ListPauses(e));
+                Vec::new()
+            }
+        };
+        let actions = plan::plan_remove(record, &extra);
+        let result = executor::apply_best_effort(&self.system, &actions, &self.log).await;
+        failures.extend(result.failures.into_iter().map(RemoveFailure::Step));
+        let mut inner = self.inner();
+        if failures.is_empty() {
+            inner.state.pods.remove(&record.name);
+            inner.ipam.release(&record.id);
+            if record.netns_owned() {
+                inner.state.owned_netns.remove(&record.netns);
+            }
+            if let Err(e) = self.save(&mut inner) {
+                failures.push(RemoveFailure::State(e));
+            }
+            info!(self.log, "pod removed"; "pod" => %record.name);
+        } else {
+            warn!(self.log, "pod removal incomplete"; "pod" => %record.name, "failures" => failures.len());
+        }
+        failures
+    }
+
+    /// Removes pod `name`. Idempotent: a pod that does not exist is `Ok(false)`; missing
+    /// pieces (namespace, link, pause) are not errors. Every failure is reported.
+    pub async fn remove(&self, name: &PodName) -> Result<bool, ManagerError> {
+        let _shared = self.barrier.read().await;
+        let _pod = self.pod_locks.lock(name).await;
+        let Some(record) = self.record(name) else {
+            return Ok(false);
+        };
+        let failures = self.teardown(&record).await;
+        if failures.is_empty() {
+            Ok(true)
+        } else {
+            Err(ManagerError::Remove {
+                name: name.clone(),
+                failures,
+            })
+        }
+    }
+
+    // ---------------------------------------------------------------- queries
+
+    /// The pod `name`, if it exists and is ready.
+    pub fn get(&self, name: &PodName) -> Option<PodInfo> {
+        self.record(name)
+            .filter(|r| r.phase == Phase::Ready)
+            .map(|r| PodInfo::from(&r))
+    }
+
+    /// Every ready pod, by name.
+    pub fn list(&self) -> Vec<PodInfo> {
+        self.inner()
+            .state
+            .pods
+            .values()
+            .filter(|r| r.phase == Phase::Ready)
+            .map(PodInfo::from)
+            .collect()
+    }
+
+    /// Every record, in any phase.
+    pub fn records(&self) -> Vec<PodRecord> {
+        self.inner().state.pods.values().cloned().collect()
+    }
+
+    /// Counts and pool usage.
+    pub fn status(&self) -> Status {
+        let inner = self.inner();
+        let ready = inner
+            .state
+            .pods
+            .values()
+            .filter(|r| r.phase == Phase::Ready)
+            .count();
+        Status {
+            pods: inner.state.pods.len(),
+            ready,
+            unfinished: inner.state.pods.len() - ready,
+            bridge: self.config.bridge.clone(),
+            pools: inner.ipam.usage(),
+            state_file: self.store.path().to_path_buf(),
+        }
+    }
+
+    async fn observe(&self, record: &PodRecord) -> Result<Observed, SystemError> {
+        let netns_exists = self.system.netns_exists(&record.netns).await?;
+        if !netns_exists {
+            return Ok(Observed::default());
+        }
+        let pause_alive = match &record.pause {
+            Some(p) => Some(self.system.pause_alive(p).await?),
+            None => None,
+        };
+        Ok(Observed {
+            netns_exists,
+            pause_alive,
+            host_veth: self.system.link_info(None, &record.host_veth).await?,
+            pod_interface: self
+                .system
+                .link_info(Some(&record.netns), &record.interface)
+                .await?,
+            default_routes: self.system.default_routes(&record.netns).await?,
+        })
+    }
+
+    /// Orphans: our objects that no record accounts for.
+    async fn orphans(&self, failures: &mut Vec<NodeFailure>) -> Vec<Action> {
+        let (veths, pauses, journal, ids) = {
+            let inner = self.inner();
+            let pods = inner.state.pods.values();
+            (
+                pods.clone()
+                    .map(|r| r.host_veth.clone())
+                    .collect::<BTreeSet<_>>(),
+                pods.clone()
+                    .filter_map(|r| r.pause)
+                    .collect::<BTreeSet<_>>(),
+                inner.state.owned_netns.clone(),
+                pods.filter(|r| r.pause.is_none())
+                    .map(|r| r.id.clone())
+                    .collect::<BTreeSet<_>>(),
+            )
+        };
+        let mut actions = Vec::new();
+        match self.system.list_links(None, HOST_VETH_PREFIX).await {
+            Ok(links) => actions.extend(
+                links
+                    .into_iter()
+                    .filter(|l| {
+                        is_host_veth_name(l.as_str())
+                            && *l != self.config.bridge
+                            && !veths.contains(l)
+                    })
+                    .map(|link| Action::DeleteLink { netns: None, link }),
+            ),
+            Err(e) => failures.push(NodeFailure {
+                pod: None,
+                error: format!("listing host links: {e}"),
+            }),
+        }
+        match self.system.list_pauses().await {
+            Ok(list) => actions.extend(
+                list.into_iter()
+                    // A pause of a record without a recorded pause is a leftover of that
+                    // record's create; it is an orphan too.
+                    .filter(|p| !pauses.contains(&p.process) || ids.contains(&p.id))
+                    .map(|p| Action::StopPause {
+                        id: p.id,
+                        process: Some(p.process),
+                    }),
+            ),
+            Err(e) => failures.push(NodeFailure {
+                pod: None,
+                error: format!("listing pause processes: {e}"),
+            }),
+        }
+        let recorded: BTreeSet<PathBuf> = self
+            .inner()
+            .state
+            .pods
+            .values()
+            .map(|r| r.netns.clone())
+            .collect();
+        let stale: Vec<&PathBuf> = journal.iter().filter(|p| !recorded.contains(*p)).collect();
+        if !stale.is_empty() {
+            match self.system.list_netns(&self.config.netns_dir).await {
+                Ok(mounted) => actions.extend(
+                    stale
+                        .into_iter()
+                        .filter(|p| mounted.contains(p))
+                        .map(|p| Action::DeleteNetns { path: p.clone() }),
+                ),
+                Err(e) => failures.push(NodeFailure {
+                    pod: None,
+                    error: format!("listing netns in {}: {e}", self.config.netns_dir.display()),
+                }),
+            }
+        }
+        actions
+    }
+
+    /// Compares the kernel with the records and reports every drift: per pod (namespace,
+    /// pause, host veth, pod interface, addresses, routes, unfinished records), the bridge,
+    /// and orphaned objects of ours.
+    pub async fn check(&self) -> Vec<Finding> {
+        let _exclusive = self.barrier.write().await;
+        let records = self.records();
+        let mut findings = Vec::new();
+        if !records.is_empty() {
+            match self.system.link_info(None, &self.config.bridge).await {
+                Ok(bridge) => findings.extend(plan::check_bridge(&self.node, bridge.as_ref())),
+                Err(e) => findings.push(Finding {
+                    pod: None,
+                    object: format!("bridge {}", self.config.bridge),
+                    problem: Problem::CheckFailed {
+                        error: e.to_string(),
+                    },
+                }),
+            }
+        }
+        for record in &records {
+            match self.observe(record).await {
+                Ok(observed) => findings.extend(plan::check_pod(record, &self.node, &observed)),
+                Err(e) => findings.push(Finding {
+                    pod: Some(record.name.clone()),
+                    object: e.object().to_string(),
+                    problem: Problem::CheckFailed {
+                        error: e.to_string(),
+                    },
+                }),
+            }
+        }
+        let mut failures = Vec::new();
+        for action in self.orphans(&mut failures).await {
+            let object = match &action {
+                Action::DeleteLink { link, .. } => format!("link {link}"),
+                Action::StopPause {
+                    id,
+                    process: Some(p),
+                } => format!("pause {p} of pod id {id}"),
+                Action::DeleteNetns { path } => format!("netns {}", path.display()),
+                other => other.to_string(),
+            };
+            findings.push(Finding {
+                pod: None,
+                object,
+                problem: Problem::Orphan,
+            });
+        }
+        for f in failures {
+            findings.push(Finding {
+                pod: f.pod,
+                object: "node".to_string(),
+                problem: Problem::CheckFailed { error: f.error },
+            });
+        }
+        findings
+    }
+
+    /// Runs at daemon start, before serving: finishes what a crash interrupted (see the
+    /// module documentation). Same as [`PodManager::repair`].
+    pub async fn reconcile(&self) -> ReconcileReport {
+        self.repair().await
+    }
+
+    /// Brings the kernel back in line with the records: unfinished records are torn down,
+    /// dead pods removed, missing pieces of live pods re-created, orphans removed.
+    pub async fn repair(&self) -> ReconcileReport {
+        let _exclusive = self.barrier.write().await;
+        let mut report = ReconcileReport::default();
+
+        for record in self
+            .records()
+            .into_iter()
+            .filter(|r| r.phase != Phase::Ready)
+        {
+            let failures = self.teardown(&record).await;
+            if failures.is_empty() {
+                if record.phase == Phase::Creating {
+                    report.rolled_back.push(record.name.clone());
+                } else {
+                    report.finished_removal.push(record.name.clone());
+                }
+            }
+            report.failures.extend(failures.iter().map(|f| NodeFailure {
+                pod: Some(record.name.clone()),
+                error: f.to_string(),
+            }));
+        }
+
+        let ready: Vec<PodRecord> = self
+            .records()
+            .into_iter()
+            .filter(|r| r.phase == Phase::Ready)
+            .collect();
+        if !ready.is_empty() {
+            match self.system.link_info(None, &self.config.bridge).await {
+                Ok(bridge) => {
+                    let actions = plan::plan_bridge_repair(&self.node, bridge.as_ref());
+                    let result =
+                        executor::apply_best_effort(&self.system, &actions, &self.log).await;
+                    report
+                        .failures
+                        .extend(result.failures.iter().map(|f| NodeFailure {
+                            pod: None,
+                            error: f.to_string(),
+                        }));
+                }
+                Err(e) => report.failures.push(NodeFailure {
+                    pod: None,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        for record in ready {
+            let observed = match self.observe(&record).await {
+                Ok(o) => o,
+                Err(e) => {
+                    report.failures.push(NodeFailure {
+                        pod: Some(record.name.clone()),
+                        error: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            match plan::plan_repair(&record, &self.node, &observed) {
+                Repair::Nothing => {}
+                Repair::Remove => {
+                    info!(self.log, "pod namespace is gone, removing pod"; "pod" => %record.name);
+                    let failures = self.teardown(&record).await;
+                    if failures.is_empty() {
+                        report.removed_dead.push(record.name.clone());
+                    }
+                    report.failures.extend(failures.iter().map(|f| NodeFailure {
+                        pod: Some(record.name.clone()),
+                        error: f.to_string(),
+                    }));
+                }
+                Repair::Actions(actions) => {
+                    info!(self.log, "repairing pod"; "pod" => %record.name, "actions" => actions.len());
+                    let result =
+                        executor::apply_best_effort(&self.system, &actions, &self.log).await;
+                    if let Some(pause) = result.pause {
+                        let mut inner = self.inner();
+                        if let Some(r) = inner.state.pods.get_mut(&record.name) {
+                            r.pause = Some(pause);
+                        }
+                        if let Err(e) = self.save(&mut inner) {
+                            report.failures.push(NodeFailure {
+                                pod: Some(record.name.clone()),
+                                error: e.to_string(),
+                            });
+                        }
+                    }
+                    report.repaired.insert(
+                        record.name.clone(),
+                        result.done.iter().map(ToString::to_string).collect(),
+                    );
+                    report
+                        .failures
+                        .extend(result.failures.iter().map(|f| NodeFailure {
+                            pod: Some(record.name.clone()),
+                            error: f.to_string(),
+                        }));
+                }
+            }
+        }
+
+        let mut failures = Vec::new();
+        let orphans = self.orphans(&mut failures).await;
+        report.failures.extend(failures);
+        let result = executor::apply_best_effort(&self.system, &orphans, &self.log).await;
+        report
+            .orphans_removed
+            .extend(result.done.iter().map(ToString::to_string));
+        report
+            .failures
+            .extend(result.failures.iter().map(|f| NodeFailure {
+                pod: None,
+                error: f.to_string(),
+            }));
+        {
+            let mut inner = self.inner();
+            let mut changed = false;
+            for action in &result.done {
+                if let Action::DeleteNetns { path } = action {
+                    changed |= inner.state.owned_netns.remove(path);
+                }
+            }
+            // Mounts that were already gone are dropped from the journal too.
+            let recorded: BTreeSet<PathBuf> =
+                inner.state.pods.values().map(|r| r.netns.clone()).collect();
+            let failed: BTreeSet<PathBuf> = result
+                .failures
+                .iter()
+                .filter_map(|f| match &f.action {
+                    Action::DeleteNetns { path } => Some(path.clone()),
+                    _ => None,
+                })
+                .collect();
+            let before = inner.state.owned_netns.len();
+            inner
+                .state
+                .owned_netns
+                .retain(|p| recorded.contains(p) || failed.contains(p));
+            changed |= inner.state.owned_netns.len() != before;
+            // Allocations are derived from the records; rebuilding drops any stray one.
+            inner.ipam = rebuild_ipam(&self.config, &inner.state, &self.log);
+            if changed && let Err(e) = self.save(&mut inner) {
+                report.failures.push(NodeFailure {
+                    pod: None,
+                    error: e.to_string(),
+                });
+            }
+        }
+        info!(self.log, "reconciled";
+            "rolled_back" => report.rolled_back.len(),
+            "removed_dead" => report.removed_dead.len(),
+            "repaired" => report.repaired.len(),
+            "orphans_removed" => report.orphans_removed.len(),
+            "failures" => report.failures.len());
+        report
+    }
+
+    /// Removes every pod whose name or id is not in `keep`.
+    pub async fn gc(&self, keep: &BTreeSet<String>) -> GcReport {
+        let _exclusive = self.barrier.write().await;
+        let mut report = GcReport::default();
+        for record in self.records() {
+            if keep.contains(record.name.as_str()) || keep.contains(record.id.as_str()) {
+                report.kept.push(record.name.clone());
+                continue;
+            }
+            let failures = self.teardown(&record).await;
+            if failures.is_empty() {
+                report.removed.push(record.name.clone());
+            } else {
+                report.failures.push(NodeFailure {
+                    pod: Some(record.name.clone()),
+                    error: ManagerError::Remove {
+                        name: record.name.clone(),
+                        failures,
+                    }
+                    .to_string(),
+                });
+            }
+        }
+        report
+    }
+
+    /// The state file path.
+    pub fn state_file(&self) -> &Path {
+        self.store.path()
+    }
+}
+
+/// Whether an existing ready record matches the requested parameters.
+fn compare(
+    existing: &PodRecord,
+    netns: &Path,
+    ownership: &NetnsOwnership,
+    annotations: &BTreeMap<String, String>,
+) -> Result<(), ManagerError> {
+    let describe = |o: &NetnsOwnership| match o {
+        NetnsOwnership::Owned { pause: true } => "created with a pause process",
+        NetnsOwnership::Owned { pause: false } => "created without a pause process (no_pause)",
+        NetnsOwnership::Attached => "attached to an existing netns",
+    };
+    let reason = if existing.ownership != *ownership {
+        Some(format!(
+            "it was {}, the request is for one {}",
+            describe(&existing.ownership),
+            describe(ownership)
+        ))
+    } else if existing.netns != netns {
+        Some(format!(
+            "its netns is {}, the request names {}",
+            existing.netns.display(),
+            netns.display()
+        ))
+    } else if existing.annotations != *annotations {
+        Some(format!(
+            "its annotations are {:?}, the request has {:?}",
+            existing.annotations, annotations
+        ))
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(ManagerError::Conflict {
+            name: existing.name.clone(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1028 @@
+//! Manager tests against the in-memory [`FakeSystem`]: create/remove, idempotence and
+//! conflicts, rollback at every step, crash at every step followed by reconcile, drift
+//! checks and repair, gc, orphan sweeping, persistence and concurrency.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use slog::{Logger, o};
+
+use super::*;
+use crate::fake::FakeSystem;
+use crate::state::StateStore;
+
+fn logger() -> Logger {
+    Logger::root(slog::Discard, o!())
+}
+
+fn name(s: &str) -> PodName {
+    PodName::new(s).unwrap()
+}
+
+fn netns(s: &str) -> PathBuf {
+    Path::new("/run/netns").join(s)
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    fake: FakeSystem,
+    config: Config,
+}
+
+impl Env {
+    fn new(v4: &str, v6: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            state_dir: dir.path().join("state"),
+            pod_cidr_v4: v4.parse().unwrap(),
+            pod_cidr_v6: v6.map(|v| v.parse().unwrap()),
+            ..Config::default()
+        };
+        Self {
+            dir,
+            fake: FakeSystem::new(),
+            config,
+        }
+    }
+
+    fn v4() -> Self {
+        Self::new("10.88.0.0/16", None)
+    }
+
+    fn dual() -> Self {
+        Self::new("10.88.0.0/16", Some("fd00:88::/64"))
+    }
+
+    fn manager(&self) -> PodManager<FakeSystem> {
+        PodManager::open(self.config.clone(), self.fake.clone(), logger()).unwrap()
+    }
+}
+
+fn allocated(m: &PodManager<FakeSystem>) -> usize {
+    m.status().pools.iter().map(|p| p.allocated).sum()
+}
+
+/// Nothing of any pod is left: no mounts, namespaces, processes, veths, records or
+/// allocations (the shared bridge may stay).
+fn assert_clean(env: &Env, m: &PodManager<FakeSystem>) {
+    let snap = env.fake.snapshot();
+    assert!(snap.mounts.is_empty(), "mounts left: {:?}", snap.mounts);
+    assert_eq!(snap.namespaces, 0, "namespaces left");
+    assert!(
+        snap.processes.is_empty(),
+        "processes left: {:?}",
+        snap.processes
+    );
+    assert!(
+        snap.host_links.iter().all(|l| l == "nh0"),
+        "links left: {:?}",
+        snap.host_links
+    );
+    assert!(m.records().is_empty(), "records left: {:?}", m.records());
+    assert_eq!(allocated(m), 0, "allocations left");
+    let on_disk = StateStore::new(&env.config.state_dir).load().unwrap();
+    assert!(
+        on_disk.pods.is_empty() && on_disk.owned_netns.is_empty(),
+        "state left: {on_disk:?}"
+    );
+}
+
+/// The pod is complete in the kernel and recorded as ready.
+async fn assert_complete(env: &Env, m: &PodManager<FakeSystem>, pod: &str) {
+    let info = m
+        .get(&name(pod))
+        .unwrap_or_else(|| panic!("pod {pod} not ready"));
+    let ns = info.netns.clone();
+    let eth0 = env
+        .fake
+        .peek_link(Some(&ns), "eth0")
+        .expect("eth0 in pod netns");
+    assert!(eth0.up);
+    for ip in &info.ips {
+        assert!(eth0.addresses.contains(ip), "{ip} missing");
+    }
+    let host = env
+        .fake
+        .peek_link(None, info.host_veth.as_str())
+        .expect("host veth");
+    assert!(host.up);
+    assert_eq!(host.master.as_ref().map(IfName::as_str), Some("nh0"));
+    let routes: Vec<IpAddr> = env
+        .fake
+        .routes_in(&ns)
+        .into_iter()
+        .map(|(_, g)| g)
+        .collect();
+    assert_eq!(routes.len(), info.gateways.len());
+    let findings: Vec<Finding> = m
+        .check()
+        .await
+        .into_iter()
+        .filter(|f| f.pod.as_ref() == Some(&name(pod)))
+        .collect();
+    assert!(findings.is_empty(), "{findings:?}");
+}
+
+#[tokio::test]
+async fn create_and_remove_v4() {
+    let env = Env::v4();
+    let m = env.manager();
+    let info = m.create(CreateRequest::new(name("web"))).await.unwrap();
+    let id = name("web").id();
+    assert_eq!(info.name, name("web"));
+    assert_eq!(info.id, id);
+    assert_eq!(info.netns, netns("web"));
+    assert_eq!(info.ips, vec!["10.88.0.2/16".parse::<IpNet>().unwrap()]);
+    assert_eq!(info.gateways, vec!["10.88.0.1".parse::<IpAddr>().unwrap()]);
+    assert_eq!(info.interface.as_str(), "eth0");
+    assert_eq!(info.host_veth, id.host_veth_name());
+    let pause = env.fake.snapshot().processes;
+    assert_eq!(pause.len(), 1);
+    assert_eq!(info.pause_pid, Some(pause[0].process.pid));
+    assert_eq!(pause[0].id, id);
+    assert_complete(&env, &m, "web").await;
+    assert_eq!(
+        env.fake.loopback_and_dad(&netns("web"), "eth0"),
+        Some((true, false))
+    );
+    assert_eq!(env.fake.forwarding(), (true, false));
+    let bridge = env.fake.peek_link(None, "nh0").unwrap();
+    assert_eq!(
+        bridge.addresses,
+        vec!["10.88.0.1/16".parse::<IpNet>().unwrap()]
+    );
+    assert_eq!(
+        env.fake
+            .peek_link(None, id.host_veth_name().as_str())
+            .unwrap()
+            .mtu,
+        1500
+    );
+
+    assert!(m.remove(&name("web")).await.unwrap());
+    assert_clean(&env, &m);
+    // Idempotent.
+    assert!(!m.remove(&name("web")).await.unwrap());
+}
+
+#[tokio::test]
+async fn create_dual_stack() {
+    let env = Env::dual();
+    let m = env.manager();
+    let info = m.create(CreateRequest::new(name("web"))).await.unwrap();
+    assert_eq!(
+        info.ips,
+        vec![
+            "10.88.0.2/16".parse::<IpNet>().unwrap(),
+            "fd00:88::2/64".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        info.gateways,
+        vec![
+            "10.88.0.1".parse::<IpAddr>().unwrap(),
+            "fd00:88::1".parse().unwrap()
+        ]
+    );
+    assert_complete(&env, &m, "web").await;
+    assert_eq!(
+        env.fake.loopback_and_dad(&netns("web"), "eth0"),
+        Some((true, true))
+    );
+    assert_eq!(env.fake.forwarding(), (true, true));
+    m.remove(&name("web")).await.unwrap();
+    assert_clean(&env, &m);
+}
+
+#[tokio::test]
+async fn pod_info_json_has_exactly_the_documented_fields() {
+    let env = Env::v4();
+    let m = env.manager();
+    let info = m
+        .create(CreateRequest {
+            no_pause: true,
+            ..CreateRequest::new(name("abc"))
+        })
+        .await
+        .unwrap();
+    let json = serde_json::to_value(&info).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "name": "abc",
+            "id": "ba7816bf8f01cfea",
+            "netns": "/run/netns/abc",
+            "pause_pid": null,
+            "ips": ["10.88.0.2/16"],
+            "gateways": ["10.88.0.1"],
+            "interface": "eth0",
+            "host_veth": "nhba7816bf8f01",
+        })
+    );
+    assert_eq!(serde_json::from_value::<PodInfo>(json).unwrap(), info);
+}
+
+#[tokio::test]
+async fn mtu_from_config_or_default_route() {
+    let env = Env::v4();
+    env.fake.set_default_route_mtu(Some(9000));
+    let m = env.manager();
+    let info = m.create(CreateRequest::new(name("a"))).await.unwrap();
+    assert_eq!(
+        env.fake
+            .peek_link(None, info.host_veth.as_str())
+            .unwrap()
+            .mtu,
+        9000
+    );
+    env.fake.set_default_route_mtu(None);
+    let info = m.create(CreateRequest::new(name("b"))).await.unwrap();
+    assert_eq!(
+        env.fake
+            .peek_link(None, info.host_veth.as_str())
+            .unwrap()
+            .mtu,
+        FALLBACK_MTU
+    );
+    let mut env2 = Env::v4();
+    env2.config.mtu = Some(1380);
+    let m2 = env2.manager();
+    let info = m2.create(CreateRequest::new(name("c"))).await.unwrap();
+    assert_eq!(
+        env2.fake.peek_link(Some(&info.netns), "eth0").unwrap().mtu,
+        1380
+    );
+    assert!(!env2.fake.calls().iter().any(|c| c == "default_route_mtu"));
+}
+
+#[tokio::test]
+async fn create_is_idempotent_and_conflicts_are_reported() {
+    let env = Env::v4();
+    let m = env.manager();
+    let annotations = BTreeMap::from([("k".to_string(), "v".to_string())]);
+    let req = CreateRequest {
+        annotations: annotations.clone(),
+        ..CreateRequest::new(name("web"))
+    };
+    let first = m.create(req.clone()).await.unwrap();
+    let calls = env.fake.call_count();
+    assert_eq!(m.create(req.clone()).await.unwrap(), first);
+    assert_eq!(
+        env.fake.call_count(),
+        calls,
+        "an identical create touches nothing"
+    );
+
+    let err = m
+        .create(CreateRequest {
+            no_pause: true,
+            ..req.clone()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ManagerError::Conflict { .. }), "{err}");
+    assert!(
+        err.to_string().contains("pod web") && err.to_string().contains("no_pause"),
+        "{err}"
+    );
+
+    let err = m.create(CreateRequest::new(name("web"))).await.unwrap_err();
+    assert!(err.to_string().contains("annotations"), "{err}");
+
+    env.fake
+        .add_foreign_netns(Path::new("/var/run/netns/other"));
+    let err = m
+        .attach(AttachRequest {
+            name: name("web"),
+            netns: "/var/run/netns/other".into(),
+            annotations,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("attached to an existing netns"),
+        "{err}"
+    );
+    assert_eq!(m.list(), vec![first]);
+}
+
+#[tokio::test]
+async fn no_pause_pod() {
+    let env = Env::v4();
+    let m = env.manager();
+    let info = m
+        .create(CreateRequest {
+            no_pause: true,
+            ..CreateRequest::new(name("np"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(info.pause_pid, None);
+    assert!(env.fake.snapshot().processes.is_empty());
+    assert_complete(&env, &m, "np").await;
+    m.remove(&name("np")).await.unwrap();
+    assert_clean(&env, &m);
+}
+
+#[tokio::test]
+async fn attach_wires_but_never_deletes_a_foreign_netns() {
+    let env = Env::v4();
+    let m = env.manager();
+    let foreign = PathBuf::from("/var/run/netns/cni-1234");
+    env.fake.add_foreign_netns(&foreign);
+    let req = AttachRequest {
+        name: name("ctr"),
+        netns: foreign.clone(),
+        annotations: BTreeMap::new(),
+    };
+    let info = m.attach(req.clone()).await.unwrap();
+    assert_eq!(info.netns, foreign);
+    assert_eq!(info.pause_pid, None);
+    assert!(
+        !env.fake
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("create_netns") || c.starts_with("start_pause"))
+    );
+    assert_complete(&env, &m, "ctr").await;
+    assert_eq!(m.attach(req).await.unwrap(), info);
+
+    // The same namespace cannot be attached twice.
+    let err = m
+        .attach(AttachRequest {
+            name: name("ctr2"),
+            netns: foreign.clone(),
+            annotations: BTreeMap::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ManagerError::NetnsInUse { .. }), "{err}");
+
+    assert!(m.remove(&name("ctr")).await.unwrap());
+    assert!(
+        !env.fake
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("delete_netns"))
+    );
+    assert_eq!(env.fake.snapshot().mounts, vec![foreign.clone()]);
+    assert_eq!(env.fake.links_in(&foreign), Some(vec![]));
+    assert!(m.records().is_empty());
+    assert_eq!(allocated(&m), 0);
+}
+
+#[tokio::test]
+async fn attach_to_missing_netns_fails_cleanly() {
+    let env = Env::v4();
+    let m = env.manager();
+    let err = m
+        .attach(AttachRequest {
+            name: name("ctr"),
+            netns: "/var/run/netns/nope".into(),
+            annotations: BTreeMap::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ManagerError::NetnsNotFound { .. }));
+    assert!(
+        err.to_string().contains("/var/run/netns/nope") && err.to_string().contains("ctr"),
+        "{err}"
+    );
+    assert_clean(&env, &m);
+}
+
+#[tokio::test]
+async fn existing_bind_mount_is_not_taken_over() {
+    let env = Env::v4();
+    env.fake.add_foreign_netns(&netns("web"));
+    let m = env.manager();
+    let err = m.create(CreateRequest::new(name("web"))).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("step 1 (create netns /run/netns/web)") && msg.contains("already exists"),
+        "{msg}"
+    );
+    // The foreign mount is untouched, nothing of ours is left.
+    assert_eq!(env.fake.snapshot().mounts, vec![netns("web")]);
+    assert!(m.records().is_empty());
+    assert_eq!(allocated(&m), 0);
+}
+
+#[tokio::test]
+async fn ipam_exhaustion_touches_nothing() {
+    let env = Env::new("10.9.0.0/30", None);
+    let m = env.manager();
+    m.create(CreateRequest::new(name("a"))).await.unwrap();
+    let calls = env.fake.call_count();
+    let err = m.create(CreateRequest::new(name("b"))).await.unwrap_err();
+    assert!(matches!(err, ManagerError::Ipam { .. }));
+    assert!(
+        err.to_string().contains("10.9.0.0/30") && err.to_string().contains("pod b"),
+        "{err}"
+    );
+    // Only the MTU query ran.
+    assert_eq!(env.fake.calls()[calls..], ["default_route_mtu".to_string()]);
+    assert_eq!(m.records().len(), 1);
+}
+
+/// Number of system calls one successful create makes, and their records.
+async fn create_calls(env: &Env, create: &(dyn Fn() -> Request + Sync)) -> Vec<String> {
+    let m = env.manager();
+    let before = env.fake.call_count();
+    run(&m, create()).await.unwrap();
+    env.fake.calls()[before..].to_vec()
+}
+
+#[derive(Clone)]
+enum Request {
+    Create(CreateRequest),
+    Attach(AttachRequest),
+}
+
+async fn run(m: &PodManager<FakeSystem>, r: Request) -> Result<PodInfo, ManagerError> {
+    match r {
+        Request::Create(c) => m.create(c).await,
+        Request::Attach(a) => m.attach(a).await,
+    }
+}
+
+/// A labelled way to set up an environment and the request to run in it.
+type Scenario = (
+    &'static str,
+    Box<dyn Fn() -> Env>,
+    Box<dyn Fn() -> Request + Sync>,
+);
+
+fn scenarios() -> Vec<Scenario> {
+    let foreign = PathBuf::from("/var/run/netns/cni-1");
+    vec![
+        (
+            "v4",
+            Box::new(Env::v4),
+            Box::new(|| Request::Create(CreateRequest::new(name("web")))),
+        ),
+        (
+            "dual",
+            Box::new(Env::dual),
+            Box::new(|| Request::Create(CreateRequest::new(name("web")))),
+        ),
+        (
+            "no_pause",
+            Box::new(Env::dual),
+            Box::new(|| {
+                Request::Create(CreateRequest {
+                    no_pause: true,
+                    ..CreateRequest::new(name("web"))
+                })
+            }),
+        ),
+        (
+            "attach",
+            Box::new(move || {
+                let env = Env::dual();
+                env.fake
+                    .add_foreign_netns(Path::new("/var/run/netns/cni-1"));
+                env
+            }),
+            Box::new(move || {
+                Request::Attach(AttachRequest {
+                    name: name("web"),
+                    netns: foreign.clone(),
+                    annotations: BTreeMap::new(),
+                })
+            }),
+        ),
+    ]
+}
+
+/// Nothing of pod "web" is in the kernel (foreign namespaces may stay, emptied).
+fn assert_web_gone(env: &Env, m: &PodManager<FakeSystem>, label: &str) {
+    let snap = env.fake.snapshot();
+    let host_veth = name("web").id().host_veth_name();
+    assert!(!snap.mounts.contains(&netns("web")), "{label}: netns left");
+    assert!(
+        snap.processes.is_empty(),
+        "{label}: processes left {:?}",
+        snap.processes
+    );
+    assert!(
+        !snap.host_links.iter().any(|l| l == host_veth.as_str()),
+        "{label}: host veth left"
+    );
+    assert_eq!(
+        snap.namespaces,
+        snap.mounts.len(),
+        "{label}: unmounted namespace kept alive"
+    );
+    for mount in &snap.mounts {
+        assert_eq!(
+            env.fake.links_in(mount),
+            Some(vec![]),
+            "{label}: links left in {}",
+            mount.display()
+        );
+    }
+    assert!(m.records().is_empty(), "{label}: record left");
+    assert_eq!(allocated(m), 0, "{label}: allocation left");
+}
+
+#[tokio::test]
+async fn rollback_at_every_step_leaves_nothing() {
+    for (label, make_env, request) in scenarios() {
+        let steps = create_calls(&make_env(), request.as_ref()).await;
+        assert!(steps.len() >= 10, "{label}: {steps:?}");
+        for k in 1..=steps.len() {
+            let env = make_env();
+            let m = env.manager();
+            let base = env.fake.call_count();
+            env.fake.fail_call(base + k);
+            let err = run(&m, request()).await.expect_err(&format!(
+                "{label}: failing call {k} ({}) must fail",
+                steps[k - 1]
+            ));
+            let msg = err.to_string();
+            assert!(msg.contains("web"), "{label} step {k}: {msg}");
+            if let ManagerError::Create { source, .. } = &err {
+                assert!(source.rolled_back(), "{label} step {k}: {msg}");
+                assert!(msg.contains("; rolled back"), "{label} step {k}: {msg}");
+            }
+            assert_web_gone(&env, &m, &format!("{label} step {k} ({})", steps[k - 1]));
+            // A retry then succeeds.
+            run(&m, request())
+                .await
+                .unwrap_or_else(|e| panic!("{label} step {k}: retry: {e}"));
+            assert_complete(&env, &m, "web").await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn error_names_step_and_object() {
+    let env = Env::dual();
+    let m = env.manager();
+    env.fake.fail_on("add_address fd00:88::2/64");
+    let err = m.create(CreateRequest::new(name("web"))).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("creating pod web: step 12 (add address fd00:88::2/64 to link eth0 in /run/netns/web) failed:"),
+        "{msg}"
+    );
+    assert!(msg.ends_with("; rolled back"), "{msg}");
+}
+
+#[tokio::test]
+async fn crash_at_every_step_then_reconcile_is_all_or_nothing() {
+    for (label, make_env, request) in scenarios() {
+        let steps = create_calls(&make_env(), request.as_ref()).await;
+        for k in 0..=steps.len() {
+            let env = make_env();
+            let base = env.fake.call_count();
+            {
+                let m = env.manager();
+                env.fake.crash_after(base + k);
+                let result = run(&m, request()).await;
+                assert_eq!(
+                    result.is_ok(),
+                    k == steps.len(),
+                    "{label} crash after {k}: {result:?}"
+                );
+            } // the daemon "dies"
+            env.fake.revive();
+            let m = env.manager();
+            let report = m.reconcile().await;
+            assert!(
+                report.failures.is_empty(),
+                "{label} crash after {k}: {report:?}"
+            );
+            let what = format!(
+                "{label} crash after {k} ({})",
+                if k == 0 { "-" } else { &steps[k - 1] }
+            );
+            if k == steps.len() {
+                assert_complete(&env, &m, "web").await;
+            } else {
+                assert_web_gone(&env, &m, &what);
+            }
+            assert!(m.check().await.is_empty(), "{what}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn ready_record_written_but_creating_on_disk_is_rolled_back() {
+    // Crash between the last kernel step and the Ready save: simulate by rewriting the phase.
+    let env = Env::dual();
+    {
+        let m = env.manager();
+        m.create(CreateRequest::new(name("web"))).await.unwrap();
+    }
+    let store = StateStore::new(&env.config.state_dir);
+    let mut state = store.load().unwrap();
+    state.pods.get_mut(&name("web")).unwrap().phase = Phase::Creating;
+    store.save(&state).unwrap();
+    let m = env.manager();
+    let report = m.reconcile().await;
+    assert_eq!(report.rolled_back, vec![name("web")]);
+    assert_clean(&env, &m);
+}
+
+#[tokio::test]
+async fn incomplete_rollback_keeps_the_record_until_cleaned() {
+    let env = Env::v4();
+    let m = env.manager();
+    env.fake.fail_on("add_default_route");
+    env.fake.fail_on("delete_link");
+    let err = m.create(CreateRequest::new(name("web"))).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("rollback incomplete, 1 undo step(s) failed: delete link"),
+        "{msg}"
+    );
+    let records = m.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].phase, Phase::Creating);
+    assert_eq!(
+        allocated(&m),
+        1,
+        "addresses stay held while kernel objects may use them"
+    );
+    assert!(m.get(&name("web")).is_none());
+    let findings = m.check().await;
+    assert!(
+        findings.iter().any(|f| f.problem
+            == Problem::Unfinished {
+                phase: Phase::Creating
+            }),
+        "{findings:?}"
+    );
+    env.fake.clear_failures();
+    // A new create first finishes the cleanup, then succeeds.
+    m.create(CreateRequest::new(name("web"))).await.unwrap();
+    assert_complete(&env, &m, "web").await;
+    assert_eq!(allocated(&m), 1);
+}
+
+#[tokio::test]
+async fn remove_keeps_going_and_reports_every_failure() {
+    let env = Env::v4();
+    let m = env.manager();
+    let info = m.create(CreateRequest::new(name("web"))).await.unwrap();
+    env.fake.fail_on("delete_link");
+    env.fake.fail_on("stop_pause");
+    let err = m.remove(&name("web")).await.unwrap_err();
+    let ManagerError::Remove { failures, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(failures.len(), 2, "{err}");
+    let msg = err.to_string();
+    assert!(msg.starts_with("removing pod web: 2 failure(s):"), "{msg}");
+    assert!(
+        msg.contains(&format!("delete link {}", info.host_veth)),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("stop pause pid {}", info.pause_pid.unwrap())),
+        "{msg}"
+    );
+    // It went on to delete the netns mount despite the failures.
+    assert!(
+        env.fake
+            .calls()
+            .iter()
+            .any(|c| c == "delete_netns /run/netns/web")
+    );
+    assert_eq!(m.records()[0].phase, Phase::Removing);
+    assert!(m.get(&name("web")).is_none());
+    env.fake.clear_failures();
+    assert!(m.remove(&name("web")).await.unwrap());
+    assert_clean(&env, &m);
+}
+
+#[tokio::test]
+async fn remove_tolerates_missing_pieces() {
+    let env = Env::v4();
+    let m = env.manager();
+    let info = m.create(CreateRequest::new(name("web"))).await.unwrap();
+    env.fake.kill(info.pause_pid.unwrap());
+    env.fake
+        .delete_link_externally(None, info.host_veth.as_str());
+    env.fake.remove_netns_externally(&info.netns);
+    assert!(m.remove(&name("web")).await.unwrap());
+    assert_clean(&env, &m);
+}
+
+#[tokio::test]
+async fn gc_keeps_only_the_keep_set() {
+    let env = Env::v4();
+    let m = env.manager();
+    for n in ["a", "b", "c", "d"] {
+        m.create(CreateRequest::new(name(n))).await.unwrap();
+    }
+    let keep: BTreeSet<String> = [
+        "a".to_string(),
+        name("c").id().to_string(),
+        "unknown".to_string(),
+    ]
+    .into();
+    let report = m.gc(&keep).await;
+    assert_eq!(report.removed, vec![name("b"), name("d")]);
+    assert_eq!(report.kept, vec![name("a"), name("c")]);
+    assert!(report.failures.is_empty());
+    assert_eq!(
+        m.list()
+            .iter()
+            .map(|p| p.name.to_string())
+            .collect::<Vec<_>>(),
+        ["a", "c"]
+    );
+    assert_eq!(env.fake.snapshot().mounts, vec![netns("a"), netns("c")]);
+    assert_eq!(env.fake.snapshot().processes.len(), 2);
+    assert_eq!(allocated(&m), 2);
+    let report = m.gc(&BTreeSet::new()).await;
+    assert_eq!(report.removed.len(), 2);
+    assert_clean(&env, &m);
+}
+
+#[tokio::test]
+async fn check_reports_drift_and_repair_fixes_it() {
+    let env = Env::dual();
+    let m = env.manager();
+    let a = m.create(CreateRequest::new(name("a"))).await.unwrap();
+    let b = m.create(CreateRequest::new(name("b"))).await.unwrap();
+    let c = m.create(CreateRequest::new(name("c"))).await.unwrap();
+    let d = m.create(CreateRequest::new(name("d"))).await.unwrap();
+    assert!(m.check().await.is_empty());
+
+    env.fake.delete_link_externally(None, a.host_veth.as_str()); // veth gone
+    env.fake.kill(b.pause_pid.unwrap()); // pause dead
+    env.fake.remove_netns_externally(&c.netns); // netns gone (pause keeps it alive)
+    env.fake
+        .modify_link_externally(Some(&d.netns), "eth0", |l| {
+            l.up = false;
+            l.addresses.retain(|a| a.addr().is_ipv4());
+        });
+    let orphan_id = name("ghost").id();
+    env.fake
+        .add_host_veth_externally(orphan_id.host_veth_name().as_str(), "ghostpeer");
+
+    let findings: Vec<String> = m.check().await.iter().map(ToString::to_string).collect();
+    let expect = [
+        format!("pod a: link {}: missing", a.host_veth),
+        "pod a: link eth0 in /run/netns/a: missing".to_string(),
+        format!("pod b: pause pid {} ", b.pause_pid.unwrap()),
+        "pod c: netns /run/netns/c: missing".to_string(),
+        "pod d: link eth0 in /run/netns/d: down".to_string(),
+        "pod d: link eth0 in /run/netns/d: address fd00:88::5/64 missing".to_string(),
+        "pod d: routes in /run/netns/d: default route via 10.88.0.1 missing".to_string(),
+        format!("link {}: belongs to no pod", orphan_id.host_veth_name()),
+    ];
+    for e in &expect {
+        assert!(
+            findings.iter().any(|f| f.starts_with(e.as_str())),
+            "missing {e:?} in {findings:#?}"
+        );
+    }
+    assert_eq!(findings.len(), 9, "{findings:#?}"); // d also misses its v6 route
+
+    let report = m.repair().await;
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert_eq!(report.removed_dead, vec![name("c")]);
+    assert_eq!(
+        report.repaired.keys().cloned().collect::<Vec<_>>(),
+        vec![name("a"), name("b"), name("d")]
+    );
+    assert_eq!(
+        report.orphans_removed,
+        vec![format!(
+            "delete link {} in the host namespace",
+            orphan_id.host_veth_name()
+        )]
+    );
+    assert!(m.check().await.is_empty());
+    for p in ["a", "b", "d"] {
+        assert_complete(&env, &m, p).await;
+    }
+    let b2 = m.get(&name("b")).unwrap();
+    assert_ne!(b2.pause_pid, b.pause_pid, "pause restarted");
+    assert!(m.get(&name("c")).is_none());
+    assert_eq!(allocated(&m), 6); // 3 pods, 2 families
+    // c's pause process (which kept its namespace alive) is gone; a, b (restarted) and d run.
+    assert_eq!(env.fake.snapshot().processes.len(), 3);
+    assert_eq!(env.fake.snapshot().namespaces, 3);
+    // The restarted pause survives a daemon restart.
+    let m2 = env.manager();
+    assert_eq!(m2.get(&name("b")).unwrap().pause_pid, b2.pause_pid);
+    assert!(m2.check().await.is_empty());
+}
+
+#[tokio::test]
+async fn reconcile_sweeps_orphans_but_not_foreign_objects() {
+    let env = Env::v4();
+    let m = env.manager();
+    m.create(CreateRequest::new(name("keep"))).await.unwrap();
+    m.create(CreateRequest::new(name("lost"))).await.unwrap();
+    // A stray pause for a pod we never had, a foreign netns in the shared directory, a
+    // foreign link that merely starts with "nh".
+    env.fake.add_foreign_netns(&netns("iproute2-made"));
+    let stray = env
+        .fake
+        .spawn_pause_externally(&name("ghost").id(), &netns("iproute2-made"));
+    env.fake.add_host_veth_externally("nhfoo", "nhbar");
+    drop(m);
+    // The record of "lost" disappears from the state file (e.g. hand-edited), but its
+    // mount stays in the ownership journal.
+    let store = StateStore::new(&env.config.state_dir);
+    let mut state = store.load().unwrap();
+    state.pods.remove(&name("lost"));
+    store.save(&state).unwrap();
+
+    let m = env.manager();
+    let report = m.reconcile().await;
+    assert!(report.failures.is_empty(), "{report:?}");
+    let lost = name("lost").id();
+    let mut removed = report.orphans_removed.clone();
+    removed.sort();
+    let mut expected = vec![
+        format!(
+            "delete link {} in the host namespace",
+            lost.host_veth_name()
+        ),
+        "delete netns /run/netns/lost".to_string(),
+        format!("stop pause {stray} of pod {}", name("ghost").id()),
+    ];
+    let lost_pause = removed
+        .iter()
+        .find(|r| r.contains(&format!("of pod {lost}")))
+        .cloned()
+        .expect("lost pause stopped");
+    expected.push(lost_pause);
+    expected.sort();
+    assert_eq!(removed, expected);
+    let snap = env.fake.snapshot();
+    assert_eq!(snap.mounts, vec![netns("iproute2-made"), netns("keep")]);
+    assert!(snap.host_links.contains(&"nhfoo".to_string()));
+    assert_eq!(snap.processes.len(), 1);
+    assert_complete(&env, &m, "keep").await;
+    assert!(
+        store
+            .load()
+            .unwrap()
+            .owned_netns
+            .iter()
+            .eq([netns("keep")].iter())
+    );
+}
+
+#[tokio::test]
+async fn state_survives_restart_and_ipam_continues_round_robin() {
+    let env = Env::v4();
+    {
+        let m = env.manager();
+        m.create(CreateRequest::new(name("a"))).await.unwrap();
+        m.create(CreateRequest::new(name("b"))).await.unwrap();
+        m.remove(&name("b")).await.unwrap();
+    }
+    let m = env.manager();
+    assert!(m.reconcile().await.failures.is_empty());
+    assert_eq!(m.list().len(), 1);
+    assert_eq!(allocated(&m), 1);
+    let c = m.create(CreateRequest::new(name("c"))).await.unwrap();
+    // .3 was b's: just freed, not reused.
+    assert_eq!(c.ips, vec!["10.88.0.4/16".parse::<IpNet>().unwrap()]);
+    let status = m.status();
+    assert_eq!((status.pods, status.ready, status.unfinished), (2, 2, 0));
+    assert_eq!(status.state_file, env.dir.path().join("state/state.json"));
+}
+
+#[tokio::test]
+async fn corrupt_state_file_stops_the_manager() {
+    let env = Env::v4();
+    std::fs::create_dir_all(&env.config.state_dir).unwrap();
+    std::fs::write(env.config.state_file(), "{not json").unwrap();
+    let err = PodManager::open(env.config.clone(), env.fake.clone(), logger())
+        .err()
+        .unwrap();
+    assert!(matches!(
+        err,
+        ManagerError::State(StateError::Corrupt { .. })
+    ));
+    assert!(err.to_string().contains("state.json"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_creates_get_distinct_addresses() {
+    let env = Env::dual();
+    let m = Arc::new(env.manager());
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let m = Arc::clone(&m);
+            tokio::spawn(async move {
+                m.create(CreateRequest::new(name(&format!("pod-{i}"))))
+                    .await
+            })
+        })
+        .collect();
+    let mut ips = BTreeSet::new();
+    for t in tasks {
+        for ip in t.await.unwrap().unwrap().ips {
+            assert!(ips.insert(ip.addr()), "duplicate {ip}");
+        }
+    }
+    assert_eq!(ips.len(), 100);
+    assert_eq!(m.list().len(), 50);
+    assert!(m.check().await.is_empty());
+    // The persisted state agrees.
+    assert_eq!(
+        StateStore::new(&env.config.state_dir)
+            .load()
+            .unwrap()
+            .pods
+            .len(),
+        50
+    );
+
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let m = Arc::clone(&m);
+            tokio::spawn(async move { m.remove(&name(&format!("pod-{i}"))).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap().unwrap());
+    }
+    assert_clean(&env, &m);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_of_one_name_make_one_pod() {
+    let env = Env::v4();
+    let m = Arc::new(env.manager());
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let m = Arc::clone(&m);
+            tokio::spawn(async move { m.create(CreateRequest::new(name("same"))).await })
+        })
+        .collect();
+    let mut infos = Vec::new();
+    for t in tasks {
+        infos.push(t.await.unwrap().unwrap());
+    }
+    assert!(infos.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(env.fake.snapshot().processes.len(), 1);
+    assert_eq!(allocated(&m), 1);
+    assert!(
+        m.pod_locks.map.lock().unwrap().is_empty(),
+        "per-pod locks are cleaned up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_waits_for_in_flight_creates() {
+    let env = Env::v4();
+    let m = Arc::new(env.manager());
+    let creates: Vec<_> = (0..10)
+        .map(|i| {
+            let m = Arc::clone(&m);
+            tokio::spawn(async move { m.create(CreateRequest::new(name(&format!("p{i}")))).await })
+        })
+        .collect();
+    let checker = {
+        let m = Arc::clone(&m);
+        tokio::spawn(async move { m.check().await })
+    };
+    // Whatever the interleaving, check never sees a half-made pod.
+    let findings = checker.await.unwrap();
+    assert!(findings.is_empty(), "{findings:?}");
+    for t in creates {
+        t.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn remove_after_crash_stops_the_unrecorded_pause() {
+    let env = Env::v4();
+    {
+        let m = env.manager();
+        // Crash right after the pause started: its pid was never recorded.
+        let calls = create_calls(&Env::v4(), &|| {
+            Request::Create(CreateRequest::new(name("web")))
+        })
+        .await;
+        let k = calls
+            .iter()
+            .position(|c| c.starts_with("start_pause"))
+            .unwrap()
+            + 1;
+        env.fake.crash_after(env.fake.call_count() + k);
+        m.create(CreateRequest::new(name("web"))).await.unwrap_err();
+    }
+    env.fake.revive();
+    assert_eq!(env.fake.snapshot().processes.len(), 1);
+    let m = env.manager();
+    assert_eq!(m.records()[0].pause, None);
+    // No reconcile: an explicit remove alone must find and stop the pause.
+    assert!(m.remove(&name("web")).await.unwrap());
+    assert_clean(&env, &m);
+}
