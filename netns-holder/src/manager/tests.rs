@@ -1026,3 +1026,42 @@ async fn remove_after_crash_stops_the_unrecorded_pause() {
     assert!(m.remove(&name("web")).await.unwrap());
     assert_clean(&env, &m);
 }
+
+#[tokio::test]
+async fn crash_at_every_step_of_remove_then_reconcile_finishes_it() {
+    for (label, make_env, request) in scenarios() {
+        let probe = make_env();
+        let m = probe.manager();
+        run(&m, request()).await.unwrap();
+        let before = probe.fake.call_count();
+        m.remove(&name("web")).await.unwrap();
+        let steps = probe.fake.calls()[before..].to_vec();
+        for k in 0..steps.len() {
+            let env = make_env();
+            {
+                let m = env.manager();
+                run(&m, request()).await.unwrap();
+                env.fake.crash_after(env.fake.call_count() + k);
+                assert!(
+                    m.remove(&name("web")).await.is_err(),
+                    "{label} crash after {k}"
+                );
+            }
+            env.fake.revive();
+            let m = env.manager();
+            // The caller was not answered, so the pod may not come back.
+            assert!(m.get(&name("web")).is_none(), "{label} crash after {k}");
+            let report = m.reconcile().await;
+            assert!(
+                report.failures.is_empty(),
+                "{label} crash after {k}: {report:?}"
+            );
+            assert_eq!(
+                report.finished_removal,
+                vec![name("web")],
+                "{label} crash after {k}"
+            );
+            assert_web_gone(&env, &m, &format!("{label} remove crash after {k}"));
+        }
+    }
+}
