@@ -25,6 +25,21 @@
 //! * `netns: Option<&Path>` means the host namespace when `None`, else the namespace bind
 //!   mounted (or otherwise reachable) at that path.
 //! * Every error names its object (path, interface, address, pid).
+//!
+//! # Notes for the real implementations
+//!
+//! * `create_netns`: create the mount point with `O_CREAT | O_EXCL` (that is the
+//!   exclusivity), `unshare(CLONE_NEWNET)` on a throwaway thread, bind-mount
+//!   `/proc/thread-self/ns/net` onto it; on failure remove the mount point again.
+//! * `start_pause`: fork/exec the static pause binary with `argv[0]` =
+//!   [`PodId::pause_argv0`], `setns` into the namespace before exec, a new session, no
+//!   inherited fds; read the start time from field 22 of `/proc/<pid>/stat`. The daemon must
+//!   not reap it as a child it waits for, so daemon restarts leave it running.
+//! * `list_pauses`: scan `/proc/*/cmdline` for [`crate::names::PAUSE_ARGV0_PREFIX`] and
+//!   parse the id with [`crate::names::pod_id_from_pause_argv0`].
+//! * `ensure_bridge`: treat `EEXIST` from a concurrent creator as success, then re-read.
+//! * `create_veth`: create the pair with the peer placed directly in the target namespace
+//!   (`IFLA_NET_NS_FD`), so a crash never leaves the temporary name in the host namespace.
 
 use std::fmt;
 use std::future::Future;

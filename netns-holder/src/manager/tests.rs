@@ -1065,3 +1065,49 @@ async fn crash_at_every_step_of_remove_then_reconcile_finishes_it() {
         }
     }
 }
+
+#[tokio::test]
+async fn deleted_bridge_is_reported_and_rebuilt_with_its_ports() {
+    let env = Env::dual();
+    let m = env.manager();
+    let a = m.create(CreateRequest::new(name("a"))).await.unwrap();
+    let b = m.create(CreateRequest::new(name("b"))).await.unwrap();
+    env.fake.delete_link_externally(None, "nh0");
+    let findings: Vec<String> = m.check().await.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        findings,
+        vec![
+            "bridge nh0: missing".to_string(),
+            format!(
+                "pod a: link {}: not attached, expected bridge nh0",
+                a.host_veth
+            ),
+            format!(
+                "pod b: link {}: not attached, expected bridge nh0",
+                b.host_veth
+            ),
+        ]
+    );
+    let report = m.repair().await;
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert!(m.check().await.is_empty());
+    let bridge = env.fake.peek_link(None, "nh0").unwrap();
+    assert!(bridge.up);
+    assert_eq!(
+        bridge.addresses,
+        vec![
+            "10.88.0.1/16".parse::<IpNet>().unwrap(),
+            "fd00:88::1/64".parse().unwrap()
+        ]
+    );
+}
+
+#[tokio::test]
+async fn no_pods_means_no_bridge_is_created_by_reconcile() {
+    let env = Env::v4();
+    let m = env.manager();
+    let report = m.reconcile().await;
+    assert_eq!(report, ReconcileReport::default());
+    assert!(env.fake.snapshot().host_links.is_empty());
+    assert!(m.check().await.is_empty());
+}
