@@ -21,6 +21,8 @@ fn main() {
         // Do not pad code to its own page-aligned segment.
         "-Wl,-z,noseparate-code",
         "-Wl,-z,noexecstack",
+        // One read+execute segment for headers, rodata and code: one resident page, not two.
+        "-Wl,--no-rosegment",
     ];
     for arg in args {
         println!("cargo:rustc-link-arg-bins={arg}");

@@ -23,7 +23,9 @@ pub fn require_root(test: &str) -> bool {
     if is_root() {
         return true;
     }
-    eprintln!("\n*** SKIPPED {test}: needs root (real namespaces, runc, nftables). Run `make test` as root. ***\n");
+    eprintln!(
+        "\n*** SKIPPED {test}: needs root (real namespaces, runc, nftables). Run `make test` as root. ***\n"
+    );
     false
 }
 
@@ -37,7 +39,10 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// The workspace root (the directory holding the top-level `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// Cargo's target directory for this workspace.
@@ -89,7 +94,9 @@ pub struct ChildGuard(pub Option<Child>);
 impl ChildGuard {
     /// Spawns `command`.
     pub fn spawn(command: &mut Command) -> Result<Self> {
-        let child = command.spawn().with_context(|| format!("spawning {command:?}"))?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("spawning {command:?}"))?;
         Ok(Self(Some(child)))
     }
 
@@ -138,7 +145,9 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
 
 /// Runs `command` to completion; an error (with stdout and stderr) unless it exits 0.
 pub fn run_ok(command: &mut Command) -> Result<Output> {
-    let output = command.output().with_context(|| format!("running {command:?}"))?;
+    let output = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
     if !output.status.success() {
         bail!(
             "{command:?} failed with {}:\nstdout: {}\nstderr: {}",
@@ -166,7 +175,9 @@ pub fn proc_state(pid: u32) -> Option<char> {
 
 /// Pids of every process whose parent is `parent`, with their state letters.
 pub fn children_of(parent: u32) -> Vec<(u32, char)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
@@ -184,7 +195,10 @@ pub fn children_of(parent: u32) -> Vec<(u32, char)> {
 /// Waits until `pid` sleeps (state `S`): the pause has reached its blocking wait.
 pub fn wait_sleeping(pid: u32) -> Result<()> {
     if !wait_until(Duration::from_secs(5), || proc_state(pid) == Some('S')) {
-        bail!("pid {pid} did not reach the sleeping state (state {:?})", proc_state(pid));
+        bail!(
+            "pid {pid} did not reach the sleeping state (state {:?})",
+            proc_state(pid)
+        );
     }
     Ok(())
 }
@@ -196,7 +210,8 @@ pub const BUSYBOX: &str = "/bin/busybox";
 pub fn busybox_rootfs(rootfs: &Path) -> Result<()> {
     let bin = rootfs.join("bin");
     std::fs::create_dir_all(&bin)?;
-    std::fs::copy(BUSYBOX, bin.join("busybox")).context("copying busybox (apt-get install busybox-static)")?;
+    std::fs::copy(BUSYBOX, bin.join("busybox"))
+        .context("copying busybox (apt-get install busybox-static)")?;
     std::os::unix::fs::symlink("busybox", bin.join("sh"))?;
     Ok(())
 }

@@ -36,7 +36,11 @@ const IGNORED_SIGNALS: &[(libc::c_int, &str)] = &[
 fn send(pid: u32, signal: libc::c_int) -> Result<()> {
     // SAFETY: kill has no memory preconditions; `pid` is a process this test started.
     let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
-    ensure!(rc == 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+    ensure!(
+        rc == 0,
+        "kill({pid}, {signal}): {}",
+        std::io::Error::last_os_error()
+    );
     Ok(())
 }
 
@@ -91,11 +95,18 @@ fn assert_orphans_reaped(reaper: u32) -> Result<()> {
         most = most.max(children_of(reaper).len());
         most >= ORPHANS
     });
-    ensure!(adopted, "only {most} of {ORPHANS} orphans were reparented to pid {reaper}");
+    ensure!(
+        adopted,
+        "only {most} of {ORPHANS} orphans were reparented to pid {reaper}"
+    );
     let reaped = wait_until(Duration::from_secs(15), || children_of(reaper).is_empty());
     let left = children_of(reaper);
     let zombies = left.iter().filter(|c| c.1 == 'Z').count();
-    ensure!(reaped, "{} children left under pid {reaper}, {zombies} of them zombies", left.len());
+    ensure!(
+        reaped,
+        "{} children left under pid {reaper}, {zombies} of them zombies",
+        left.len()
+    );
     Ok(())
 }
 
@@ -105,8 +116,15 @@ fn idle_pause_makes_no_wakeups_for_3s() -> Result<()> {
     let before = context_switches(pause.pid())?;
     std::thread::sleep(Duration::from_secs(3));
     let after = context_switches(pause.pid())?;
-    ensure!(before == after, "pause woke up {} times while idle", after - before);
-    ensure!(proc_state(pause.pid()) == Some('S'), "pause is not sleeping");
+    ensure!(
+        before == after,
+        "pause woke up {} times while idle",
+        after - before
+    );
+    ensure!(
+        proc_state(pause.pid()) == Some('S'),
+        "pause is not sleeping"
+    );
     Ok(())
 }
 
@@ -119,7 +137,10 @@ fn pause_as_pid1_reaps_every_orphan() -> Result<()> {
     assert_orphans_reaped(pause_pid)?;
     send(pause_pid, libc::SIGTERM)?;
     let status = unshare.wait_timeout(Duration::from_secs(5))?;
-    ensure!(status.code() == Some(0), "pause as PID 1 ended with {status} after SIGTERM");
+    ensure!(
+        status.code() == Some(0),
+        "pause as PID 1 ended with {status} after SIGTERM"
+    );
     Ok(())
 }
 
@@ -128,8 +149,11 @@ fn pause_not_pid1_is_a_subreaper_and_reaps_every_orphan() -> Result<()> {
     // The shell forks the orphan maker and then becomes the pause (same pid): the orphans'
     // nearest living ancestor is the pause, which only adopts them as a child subreaper.
     let script = format!("{} exec {}", orphan_maker(), pause_binary().display());
-    let mut pause =
-        ChildGuard::spawn(Command::new("sh").args(["-c", &script]).stdin(Stdio::null()))?;
+    let mut pause = ChildGuard::spawn(
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null()),
+    )?;
     assert_orphans_reaped(pause.pid())?;
     send(pause.pid(), libc::SIGTERM)?;
     let status = pause.wait_timeout(Duration::from_secs(5))?;
@@ -145,7 +169,10 @@ fn sigterm_and_sigint_from_the_parent_namespace_exit_0() -> Result<()> {
         let status = pause
             .wait_timeout(Duration::from_secs(2))
             .with_context(|| format!("after SIG{name}"))?;
-        ensure!(status.code() == Some(0), "SIG{name}: pause ended with {status}, want exit 0");
+        ensure!(
+            status.code() == Some(0),
+            "SIG{name}: pause ended with {status}, want exit 0"
+        );
     }
     if !require_root("sigterm_and_sigint_from_the_parent_namespace_exit_0 (PID 1 part)") {
         return Ok(());
@@ -156,7 +183,10 @@ fn sigterm_and_sigint_from_the_parent_namespace_exit_0() -> Result<()> {
         let status = unshare
             .wait_timeout(Duration::from_secs(2))
             .with_context(|| format!("after SIG{name}"))?;
-        ensure!(status.code() == Some(0), "SIG{name} to PID 1: ended with {status}, want 0");
+        ensure!(
+            status.code() == Some(0),
+            "SIG{name} to PID 1: ended with {status}, want 0"
+        );
     }
     Ok(())
 }
@@ -178,7 +208,10 @@ fn sigterm_and_sigint_from_inside_the_pid_namespace_exit_0() -> Result<()> {
         let status = unshare
             .wait_timeout(Duration::from_secs(2))
             .with_context(|| format!("after SIG{name} from inside"))?;
-        ensure!(status.code() == Some(0), "SIG{name} from inside: ended with {status}, want 0");
+        ensure!(
+            status.code() == Some(0),
+            "SIG{name} from inside: ended with {status}, want 0"
+        );
     }
     Ok(())
 }
@@ -191,11 +224,17 @@ fn other_catchable_signals_neither_end_nor_wake_the_pause() -> Result<()> {
         send(pause.pid(), signal)?;
         std::thread::sleep(Duration::from_millis(20));
         let state = proc_state(pause.pid());
-        ensure!(state == Some('S'), "after SIG{name} the pause is in state {state:?}, want S");
+        ensure!(
+            state == Some('S'),
+            "after SIG{name} the pause is in state {state:?}, want S"
+        );
     }
     // SIGCHLD is awaited (it reaps), so it is the only one allowed to wake the pause.
     let wakeups = context_switches(pause.pid())? - before;
-    ensure!(wakeups <= 1, "ignored signals woke the pause {wakeups} times");
+    ensure!(
+        wakeups <= 1,
+        "ignored signals woke the pause {wakeups} times"
+    );
     send(pause.pid(), libc::SIGTERM)?;
     let status = pause.wait_timeout(Duration::from_secs(2))?;
     ensure!(status.code() == Some(0), "pause ended with {status}");
@@ -205,12 +244,19 @@ fn other_catchable_signals_neither_end_nor_wake_the_pause() -> Result<()> {
     }
     let (mut unshare, pause_pid) = spawn_pid1_pause("")?;
     let names: Vec<&str> = IGNORED_SIGNALS.iter().map(|s| s.1).collect();
-    let script = names.iter().map(|n| format!("kill -{n} 1")).collect::<Vec<_>>().join("; ");
+    let script = names
+        .iter()
+        .map(|n| format!("kill -{n} 1"))
+        .collect::<Vec<_>>()
+        .join("; ");
     let target = pause_pid.to_string();
     run_ok(Command::new("nsenter").args(["-t", &target, "-p", "--", "sh", "-c", &script]))?;
     std::thread::sleep(Duration::from_millis(100));
     let state = proc_state(pause_pid);
-    ensure!(state == Some('S'), "PID 1 pause in state {state:?} after {names:?} from inside");
+    ensure!(
+        state == Some('S'),
+        "PID 1 pause in state {state:?} after {names:?} from inside"
+    );
     send(pause_pid, libc::SIGTERM)?;
     let status = unshare.wait_timeout(Duration::from_secs(2))?;
     ensure!(status.code() == Some(0), "PID 1 pause ended with {status}");
@@ -232,8 +278,15 @@ fn version_flag_prints_version_and_exits_0() -> Result<()> {
 
 #[test]
 fn unknown_arguments_print_one_usage_line_and_exit_2() -> Result<()> {
-    let cases: [&[&str]; 7] =
-        [&["--bogus"], &["-x"], &["-v", "extra"], &["version"], &[""], &["-vv"], &["--version="]];
+    let cases: [&[&str]; 7] = [
+        &["--bogus"],
+        &["-x"],
+        &["-v", "extra"],
+        &["version"],
+        &[""],
+        &["-vv"],
+        &["--version="],
+    ];
     for args in cases {
         let out = Command::new(pause_binary()).args(args).output()?;
         ensure!(out.status.code() == Some(2), "{args:?}: {}", out.status);
@@ -250,22 +303,37 @@ fn unknown_arguments_print_one_usage_line_and_exit_2() -> Result<()> {
 #[test]
 fn pause_is_a_static_executable_without_interpreter() -> Result<()> {
     let elf = std::fs::read(pause_binary())?;
-    ensure!(elf.len() > 64 && elf.starts_with(b"\x7fELF\x02\x01"), "not a 64-bit LE ELF");
+    ensure!(
+        elf.len() > 64 && elf.starts_with(b"\x7fELF\x02\x01"),
+        "not a 64-bit LE ELF"
+    );
     let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
     let u32_at = |o: usize| u32::from_le_bytes([elf[o], elf[o + 1], elf[o + 2], elf[o + 3]]);
     let e_type = u16_at(16);
-    ensure!(e_type == 2, "e_type {e_type}: want ET_EXEC (2), a non-PIE executable");
+    ensure!(
+        e_type == 2,
+        "e_type {e_type}: want ET_EXEC (2), a non-PIE executable"
+    );
     let phoff = u64::from_le_bytes(elf[32..40].try_into()?) as usize;
     let (phentsize, phnum) = (u16_at(54), u16_at(56));
     let mut loads = 0;
     for i in 0..phnum {
         let header = phoff + i * phentsize;
         let (p_type, p_flags) = (u32_at(header), u32_at(header + 4));
-        ensure!(p_type != 3, "PT_INTERP present: the binary needs a dynamic loader");
-        ensure!(p_type != 2, "PT_DYNAMIC present: the binary is dynamically linked");
+        ensure!(
+            p_type != 3,
+            "PT_INTERP present: the binary needs a dynamic loader"
+        );
+        ensure!(
+            p_type != 2,
+            "PT_DYNAMIC present: the binary is dynamically linked"
+        );
         if p_type == 1 {
             loads += 1;
-            ensure!(p_flags & 0b011 != 0b011, "a LOAD segment is writable and executable");
+            ensure!(
+                p_flags & 0b011 != 0b011,
+                "a LOAD segment is writable and executable"
+            );
         }
     }
     ensure!(loads > 0, "no LOAD segments");

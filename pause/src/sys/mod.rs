@@ -55,7 +55,8 @@ const SIGSET_SIZE: usize = core::mem::size_of::<SignalSet>();
 pub fn write_all(fd: usize, mut bytes: &[u8]) {
     while !bytes.is_empty() {
         // SAFETY: the pointer and length describe a live byte slice the kernel only reads.
-        let written = unsafe { arch::syscall3(arch::SYS_WRITE, fd, bytes.as_ptr() as usize, bytes.len()) };
+        let written =
+            unsafe { arch::syscall3(arch::SYS_WRITE, fd, bytes.as_ptr() as usize, bytes.len()) };
         if written == -EINTR {
             continue;
         }
@@ -81,7 +82,13 @@ pub fn exit(status: i32) -> ! {
 pub fn set_blocked_signals(set: &SignalSet) {
     // SAFETY: `set` is a valid sigset of SIGSET_SIZE bytes; the old-mask pointer is NULL.
     unsafe {
-        arch::syscall4(arch::SYS_RT_SIGPROCMASK, SIG_SETMASK, set as *const SignalSet as usize, 0, SIGSET_SIZE);
+        arch::syscall4(
+            arch::SYS_RT_SIGPROCMASK,
+            SIG_SETMASK,
+            set as *const SignalSet as usize,
+            0,
+            SIGSET_SIZE,
+        );
     }
 }
 
@@ -97,7 +104,15 @@ pub fn set_child_subreaper() {
 /// signal number, or a negative errno (EINTR after a stop/continue).
 pub fn wait_for_signal(set: &SignalSet) -> isize {
     // SAFETY: `set` is a valid sigset; NULL siginfo and NULL timeout (wait forever) are allowed.
-    unsafe { arch::syscall4(arch::SYS_RT_SIGTIMEDWAIT, set as *const SignalSet as usize, 0, 0, SIGSET_SIZE) }
+    unsafe {
+        arch::syscall4(
+            arch::SYS_RT_SIGTIMEDWAIT,
+            set as *const SignalSet as usize,
+            0,
+            0,
+            SIGSET_SIZE,
+        )
+    }
 }
 
 /// Reap one exited child without blocking; false when none is left to reap right now.
