@@ -1,0 +1,95 @@
+# netns-holder: pod network namespaces for a Kubernetes-style node. See README.md.
+#
+#   make demo    build what is needed and run the demo in a throwaway node namespace (root)
+#   make test    install missing Debian packages, then lint and run every test (root)
+#   make bench   footprint and latency benchmarks, side by side with the reference tools
+#   make install PREFIX=/usr/local DESTDIR=   install binaries, pause and the systemd unit
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := build
+
+CARGO ?= cargo
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+LIBEXECDIR ?= $(PREFIX)/libexec/netns-holder
+SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= /etc
+
+# One target directory for every build, test and benchmark.
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+TARGET := $(CARGO_TARGET_DIR)
+
+PAUSE_BIN := $(TARGET)/pause/pause
+export PAUSE_BIN
+IMAGE_DIR := $(TARGET)/image
+IMAGE_LAYOUT := $(IMAGE_DIR)/pause-oci
+IMAGE_ARCHIVE := $(IMAGE_DIR)/pause.oci.tar
+
+# Debian packages the tests, demo and benchmarks use (installed by `make deps` when missing).
+DEB_PACKAGES := iproute2 util-linux procps iputils-ping strace busybox-static \
+	runc crun podman skopeo catatonit nftables conntrack containernetworking-plugins
+
+.PHONY: build pause image demo test deps lint fmt bench install clean
+
+## build: the static pause and release builds of every binary
+build: pause
+	$(CARGO) build --workspace --release --locked
+
+## pause: the static, libc-free pause binary ($(PAUSE_BIN))
+pause:
+	$(CARGO) build -p pause --profile pause --locked
+	@ls -l $(PAUSE_BIN)
+
+## image: the pause OCI image layout and oci-archive, built by our own code
+image: pause
+	$(CARGO) build -p pause-image --release --locked
+	$(TARGET)/release/pause-image --pause $(PAUSE_BIN) \
+		--layout $(IMAGE_LAYOUT) --archive $(IMAGE_ARCHIVE)
+
+## demo: the main job for real, inside its own throwaway node network namespace
+demo: pause
+	demo/pause-demo.sh
+
+## deps: Debian packages (apt-get, only those missing) and crates (cargo fetch)
+deps:
+	@missing=""; \
+	for pkg in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q "install ok installed" \
+			|| missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing missing Debian packages:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	else \
+		echo "all Debian packages present"; \
+	fi
+	$(CARGO) fetch --locked
+
+## lint: formatting and clippy with warnings as errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## test: everything, privileged tests included (they skip loudly when not root)
+test: deps pause lint
+	$(CARGO) build --workspace --locked
+	$(CARGO) test --workspace --locked
+
+## bench: pause footprint vs catatonit -P (more benchmarks join as the daemon grows)
+bench: pause
+	$(CARGO) run -p nh-tests --bin bench_pause --release --locked
+
+## install: binaries, the pause, the systemd unit (honours PREFIX and DESTDIR)
+install: build
+	install -D -m 0755 $(TARGET)/release/netns-holder $(DESTDIR)$(BINDIR)/netns-holder
+	install -D -m 0755 $(TARGET)/release/cri-hook $(DESTDIR)$(BINDIR)/cri-hook
+	install -D -m 0755 $(TARGET)/release/pause-image $(DESTDIR)$(BINDIR)/pause-image
+	install -D -m 0755 $(PAUSE_BIN) $(DESTDIR)$(LIBEXECDIR)/pause
+
+clean:
+	$(CARGO) clean
