@@ -17,6 +17,9 @@
 //! * [`executor`]: applies plans, rolling back on failure.
 //! * [`manager`]: `PodManager`, the API the daemon serves.
 
+pub mod api;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod executor;
 #[cfg(any(test, feature = "fake"))]
@@ -25,5 +28,6 @@ pub mod ipam;
 pub mod manager;
 pub mod names;
 pub mod plan;
+pub mod server;
 pub mod state;
 pub mod system;

@@ -1,0 +1,415 @@
+//! The gRPC API's glue: conversions between the library's types and the
+//! `netns_holder.v1` protobuf messages ([`pb`]), and the mapping of library errors to gRPC
+//! status codes.
+//!
+//! Server side, records, findings and reports become messages; client side, messages are
+//! validated back into library types ([`pod_info`]), so a malformed answer is reported as a
+//! [`ResponseError`] naming the field rather than printed as if it were fine.
+//!
+//! Status codes (the message is always the library's error text, which names the pod and
+//! the object concerned):
+//!
+//! | error | code |
+//! |---|---|
+//! | malformed pod name, netns path, annotation, keep entry | `INVALID_ARGUMENT` |
+//! | `GetPod` of a missing pod; [`ManagerError::NetnsNotFound`] | `NOT_FOUND` |
+//! | [`ManagerError::Conflict`], [`ManagerError::IdCollision`] | `ALREADY_EXISTS` |
+//! | [`ManagerError::NetnsInUse`], [`ManagerError::Unfinished`] | `FAILED_PRECONDITION` |
+//! | [`ManagerError::Ipam`] (pool exhausted) | `RESOURCE_EXHAUSTED` |
+//! | kernel, state file, create/remove step failures | `INTERNAL` |
+//! | caller is not root (see `server::PeerCheck`) | `PERMISSION_DENIED` |
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use thiserror::Error;
+use tonic::{Code, Status};
+
+use crate::manager::{GcReport, ManagerError, NodeFailure, PodInfo, ReconcileReport};
+use crate::names::{IfName, NameError, PodId, PodName};
+use crate::plan::Finding;
+use crate::state::{Phase, PodRecord};
+
+/// The generated protobuf messages, client and server of `netns_holder.v1`.
+pub use netns_holder_proto::api::v1 as pb;
+
+/// A daemon answer that does not hold what the API promises, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ResponseError {
+    /// A required message field is absent.
+    #[error("the daemon's {method} answer has no {field}")]
+    Missing {
+        /// The RPC.
+        method: &'static str,
+        /// The absent field.
+        field: &'static str,
+    },
+    /// A field does not parse as its type.
+    #[error("the daemon sent an invalid {field} {value:?}: {reason}")]
+    Invalid {
+        /// The field, e.g. `pod.ips`.
+        field: &'static str,
+        /// The value received.
+        value: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+}
+
+fn invalid(field: &'static str, value: &str, reason: impl ToString) -> ResponseError {
+    ResponseError::Invalid {
+        field,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------- server side: messages
+
+/// The message for a pod returned by `create`/`attach`, with the annotations it was
+/// created with.
+pub fn pod_message(info: &PodInfo, annotations: &BTreeMap<String, String>) -> pb::Pod {
+    pb::Pod {
+        name: info.name.to_string(),
+        id: info.id.to_string(),
+        netns: info.netns.display().to_string(),
+        pause_pid: info.pause_pid,
+        ips: info.ips.iter().map(ToString::to_string).collect(),
+        gateways: info.gateways.iter().map(ToString::to_string).collect(),
+        interface: info.interface.to_string(),
+        host_veth: info.host_veth.to_string(),
+        annotations: annotations.clone(),
+    }
+}
+
+/// The message for a stored pod record (its annotations included).
+pub fn record_message(record: &PodRecord) -> pb::Pod {
+    pod_message(&PodInfo::from(record), &record.annotations)
+}
+
+/// The ready records, as messages, in name order.
+pub fn ready_pods(records: &[PodRecord]) -> Vec<pb::Pod> {
+    records
+        .iter()
+        .filter(|r| r.phase == Phase::Ready)
+        .map(record_message)
+        .collect()
+}
+
+/// The message for one drift finding. `details` holds the problem's parameters (e.g.
+/// `expected`/`actual` for an MTU mismatch) as text.
+pub fn finding_message(finding: &Finding) -> pb::Finding {
+    let mut problem = String::new();
+    let mut details = BTreeMap::new();
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&finding.problem) {
+        for (key, value) in fields {
+            match (key.as_str(), value) {
+                ("problem", serde_json::Value::String(kind)) => problem = kind,
+                (_, serde_json::Value::Null) => {}
+                (_, serde_json::Value::String(text)) => {
+                    details.insert(key, text);
+                }
+                (_, other) => {
+                    details.insert(key, other.to_string());
+                }
+            }
+        }
+    }
+    pb::Finding {
+        pod: finding.pod.as_ref().map(ToString::to_string),
+        object: finding.object.clone(),
+        problem,
+        message: finding.problem.to_string(),
+        details,
+    }
+}
+
+fn failure_message(failure: &NodeFailure) -> pb::NodeFailure {
+    pb::NodeFailure {
+        pod: failure.pod.as_ref().map(ToString::to_string),
+        error: failure.error.clone(),
+    }
+}
+
+fn names(pods: &[PodName]) -> Vec<String> {
+    pods.iter().map(ToString::to_string).collect()
+}
+
+/// The message for a repair (or start-up reconcile) report.
+pub fn repair_message(report: &ReconcileReport) -> pb::RepairResponse {
+    pb::RepairResponse {
+        rolled_back: names(&report.rolled_back),
+        finished_removal: names(&report.finished_removal),
+        removed_dead: names(&report.removed_dead),
+        repaired: report
+            .repaired
+            .iter()
+            .map(|(pod, actions)| pb::RepairedPod {
+                pod: pod.to_string(),
+                actions: actions.clone(),
+            })
+            .collect(),
+        orphans_removed: report.orphans_removed.clone(),
+        failures: report.failures.iter().map(failure_message).collect(),
+    }
+}
+
+/// The message for a gc report.
+pub fn gc_message(report: &GcReport) -> pb::GcResponse {
+    pb::GcResponse {
+        removed: names(&report.removed),
+        kept: names(&report.kept),
+        failures: report.failures.iter().map(failure_message).collect(),
+    }
+}
+
+/// The message for the daemon status; `socket` is the API socket it serves on.
+pub fn status_message(status: &crate::manager::Status, socket: &Path) -> pb::StatusResponse {
+    pb::StatusResponse {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pods: status.pods as u64,
+        ready: status.ready as u64,
+        unfinished: status.unfinished as u64,
+        bridge: status.bridge.to_string(),
+        pools: status
+            .pools
+            .iter()
+            .map(|p| pb::PoolUsage {
+                cidr: p.cidr.to_string(),
+                allocated: p.allocated as u64,
+                capacity: p.capacity.to_string(),
+            })
+            .collect(),
+        state_file: status.state_file.display().to_string(),
+        socket: socket.display().to_string(),
+    }
+}
+
+// ---------------------------------------------------------------- server side: requests
+
+/// Parses a pod name from a request; a bad one is `INVALID_ARGUMENT` naming it.
+pub fn request_name(name: &str) -> Result<PodName, Status> {
+    PodName::new(name).map_err(|e| name_status(&e))
+}
+
+/// `INVALID_ARGUMENT` for a rejected name.
+pub fn name_status(error: &NameError) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+/// Parses the netns path of an attach request: non-empty and absolute (the daemon's
+/// working directory means nothing to the caller).
+pub fn request_netns(path: &str) -> Result<PathBuf, Status> {
+    if path.is_empty() {
+        return Err(Status::invalid_argument("netns path is empty"));
+    }
+    let path = PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err(Status::invalid_argument(format!(
+            "netns path {:?} is not absolute",
+            path.display().to_string()
+        )));
+    }
+    Ok(path)
+}
+
+/// Validates annotation keys (non-empty) of a request.
+pub fn request_annotations(
+    annotations: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, Status> {
+    if annotations.contains_key("") {
+        return Err(Status::invalid_argument("annotation key is empty"));
+    }
+    Ok(annotations)
+}
+
+/// The gRPC code for a manager error (see the module documentation).
+pub fn error_code(error: &ManagerError) -> Code {
+    match error {
+        ManagerError::Conflict { .. } | ManagerError::IdCollision { .. } => Code::AlreadyExists,
+        ManagerError::NetnsNotFound { .. } => Code::NotFound,
+        ManagerError::NetnsInUse { .. } | ManagerError::Unfinished { .. } => {
+            Code::FailedPrecondition
+        }
+        ManagerError::Ipam { .. } => Code::ResourceExhausted,
+        ManagerError::Config(_)
+        | ManagerError::State(_)
+        | ManagerError::InconsistentState { .. }
+        | ManagerError::System { .. }
+        | ManagerError::Create { .. }
+        | ManagerError::Remove { .. } => Code::Internal,
+    }
+}
+
+/// The gRPC status for a manager error: [`error_code`] with the error's text.
+pub fn error_status(error: &ManagerError) -> Status {
+    Status::new(error_code(error), error.to_string())
+}
+
+/// `NOT_FOUND` for a pod that does not exist.
+pub fn pod_not_found(name: &PodName) -> Status {
+    Status::not_found(format!("pod {name} not found"))
+}
+
+// ---------------------------------------------------------------- client side
+
+/// Validates a pod message back into a [`PodInfo`] (annotations are not part of it).
+pub fn pod_info(pod: pb::Pod) -> Result<PodInfo, ResponseError> {
+    let name = PodName::new(pod.name.clone()).map_err(|e| invalid("pod.name", &pod.name, e))?;
+    let id = PodId::parse(&pod.id).map_err(|e| invalid("pod.id", &pod.id, e))?;
+    let ips = pod
+        .ips
+        .iter()
+        .map(|ip| {
+            ip.parse::<IpNet>()
+                .map_err(|e| invalid("pod.ips", ip, format!("not a CIDR: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let gateways = pod
+        .gateways
+        .iter()
+        .map(|gw| {
+            gw.parse::<IpAddr>()
+                .map_err(|e| invalid("pod.gateways", gw, format!("not an address: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let interface = IfName::new(pod.interface.clone())
+        .map_err(|e| invalid("pod.interface", &pod.interface, e))?;
+    let host_veth = IfName::new(pod.host_veth.clone())
+        .map_err(|e| invalid("pod.host_veth", &pod.host_veth, e))?;
+    if pod.netns.is_empty() {
+        return Err(invalid("pod.netns", &pod.netns, "empty"));
+    }
+    Ok(PodInfo {
+        name,
+        id,
+        netns: PathBuf::from(pod.netns),
+        pause_pid: pod.pause_pid,
+        ips,
+        gateways,
+        interface,
+        host_veth,
+    })
+}
+
+/// The pod of a `CreatePod`/`AttachPod`/`GetPod` answer, which must be present.
+pub fn required_pod(method: &'static str, pod: Option<pb::Pod>) -> Result<PodInfo, ResponseError> {
+    pod_info(pod.ok_or(ResponseError::Missing {
+        method,
+        field: "pod",
+    })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Problem;
+
+    fn sample_info() -> PodInfo {
+        let name = PodName::new("web").unwrap();
+        PodInfo {
+            id: name.id(),
+            host_veth: name.id().host_veth_name(),
+            name,
+            netns: PathBuf::from("/run/netns/web"),
+            pause_pid: Some(42),
+            ips: vec![
+                "10.88.0.2/16".parse().unwrap(),
+                "fd00::2/64".parse().unwrap(),
+            ],
+            gateways: vec!["10.88.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+            interface: IfName::pod_interface(),
+        }
+    }
+
+    #[test]
+    fn pod_round_trips() {
+        let info = sample_info();
+        let annotations = BTreeMap::from([("k".to_string(), "v".to_string())]);
+        let message = pod_message(&info, &annotations);
+        assert_eq!(message.ips, ["10.88.0.2/16", "fd00::2/64"]);
+        assert_eq!(message.annotations, annotations);
+        assert_eq!(pod_info(message).unwrap(), info);
+    }
+
+    #[test]
+    fn malformed_pod_is_named() {
+        let mut message = pod_message(&sample_info(), &BTreeMap::new());
+        message.ips.push("10.88.0.3".to_string());
+        let err = pod_info(message).unwrap_err();
+        assert!(err.to_string().contains("pod.ips"), "{err}");
+        assert!(err.to_string().contains("10.88.0.3"), "{err}");
+        let err = required_pod("GetPod", None).unwrap_err();
+        assert_eq!(err.to_string(), "the daemon's GetPod answer has no pod");
+    }
+
+    #[test]
+    fn finding_details() {
+        let finding = Finding {
+            pod: Some(PodName::new("web").unwrap()),
+            object: "link eth0".to_string(),
+            problem: Problem::MtuMismatch {
+                expected: 1500,
+                actual: 1400,
+            },
+        };
+        let message = finding_message(&finding);
+        assert_eq!(message.pod.as_deref(), Some("web"));
+        assert_eq!(message.problem, "mtu_mismatch");
+        assert_eq!(message.message, "mtu 1400, expected 1500");
+        assert_eq!(message.details["expected"], "1500");
+        assert_eq!(message.details["actual"], "1400");
+        let orphan = finding_message(&Finding {
+            pod: None,
+            object: "link nh0123456789ab".to_string(),
+            problem: Problem::Orphan,
+        });
+        assert_eq!(orphan.problem, "orphan");
+        assert!(orphan.details.is_empty());
+    }
+
+    #[test]
+    fn request_validation() {
+        let err = request_name("a/b").unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("\"a/b\""), "{}", err.message());
+        assert_eq!(request_netns("").unwrap_err().code(), Code::InvalidArgument);
+        assert!(
+            request_netns("rel/ns")
+                .unwrap_err()
+                .message()
+                .contains("not absolute")
+        );
+        assert_eq!(
+            request_netns("/proc/1/ns/net").unwrap(),
+            Path::new("/proc/1/ns/net")
+        );
+    }
+
+    #[test]
+    fn error_codes() {
+        let name = PodName::new("web").unwrap();
+        let conflict = ManagerError::Conflict {
+            name: name.clone(),
+            reason: "differs".to_string(),
+        };
+        assert_eq!(error_code(&conflict), Code::AlreadyExists);
+        let status = error_status(&conflict);
+        assert_eq!(status.message(), conflict.to_string());
+        let missing = ManagerError::NetnsNotFound {
+            name: name.clone(),
+            path: PathBuf::from("/proc/9/ns/net"),
+        };
+        assert_eq!(error_code(&missing), Code::NotFound);
+        let in_use = ManagerError::NetnsInUse {
+            name: name.clone(),
+            path: PathBuf::from("/run/netns/x"),
+            other: PodName::new("x").unwrap(),
+        };
+        assert_eq!(error_code(&in_use), Code::FailedPrecondition);
+        assert_eq!(pod_not_found(&name).code(), Code::NotFound);
+        assert_eq!(pod_not_found(&name).message(), "pod web not found");
+    }
+}

@@ -1,0 +1,661 @@
+//! The command line: argument definitions ([`Cli`]) and the client commands, which talk to
+//! the daemon through [`crate::client`] and produce what the binary prints.
+//!
+//! ```text
+//! netns-holder [--socket PATH] [-v] serve [--config FILE]
+//! netns-holder [--socket PATH] pod create NAME [--no-pause] [--annotation K=V]...
+//! netns-holder [--socket PATH] pod attach NAME --netns PATH [--annotation K=V]...
+//! netns-holder [--socket PATH] pod rm NAME
+//! netns-holder [--socket PATH] pod ls [--json]
+//! netns-holder [--socket PATH] pod inspect NAME
+//! netns-holder [--socket PATH] exec NAME -- CMD [ARG]...
+//! netns-holder [--socket PATH] check [--repair]
+//! netns-holder [--socket PATH] gc [--keep NAME]...
+//! netns-holder [--socket PATH] status
+//! ```
+//!
+//! Results go to stdout as one line of JSON (`pod ls` without `--json` prints a table);
+//! errors are for the binary to print as one `error: ...` line on stderr. Names and
+//! annotations are validated here before the daemon is contacted.
+//!
+//! Pods are printed as `{"name","id","netns","pause_pid","ips","gateways","interface",
+//! "host_veth"}` (the [`PodInfo`] serialization; `pause_pid` is `null` without a pause
+//! process, `ips` in CIDR form).
+//!
+//! Exit status: 0 on success; 1 on errors, on drift that `check` found and did not repair,
+//! and on `gc`/`check --repair` failures; 2 on usage errors (clap); `exec` passes the
+//! command's status through (126 if it cannot be run, 127 if it is not found).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use serde_json::json;
+use slog::{Logger, debug};
+use thiserror::Error;
+
+use crate::api::{self, ResponseError, pb};
+use crate::client::{Client, ClientError};
+use crate::config::DEFAULT_SOCKET;
+use crate::manager::PodInfo;
+use crate::names::{NameError, PodName};
+
+/// Default configuration file of the daemon (the systemd unit passes it explicitly).
+pub const DEFAULT_CONFIG: &str = "/etc/netns-holder/config.toml";
+
+/// `netns-holder`: the node daemon (`serve`) and its command-line client.
+#[derive(Debug, Parser)]
+#[command(name = "netns-holder", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Path of the daemon's API socket [default: /run/netns-holder/api.sock]. For `serve`,
+    /// set `socket` in the config file instead.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Log debug messages (to stderr).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// The socket clients connect to: `--socket` or the default.
+    pub fn client_socket(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+    }
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (logs to stderr; SIGTERM/SIGINT stop it, leaving
+    /// pods running).
+    Serve(ServeArgs),
+    /// The client commands.
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// Arguments of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file; without it the built-in defaults are used.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Test builds only: serve an in-memory fake kernel instead of the real one.
+    #[cfg(feature = "fake")]
+    #[arg(long, hide = true)]
+    pub fake: bool,
+}
+
+/// The commands that talk to a running daemon.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Create, attach, remove, list and inspect pods.
+    #[command(subcommand)]
+    Pod(PodCommand),
+    /// Run a command inside a pod's network namespace; its exit status is passed through.
+    Exec(ExecArgs),
+    /// Compare the kernel with the daemon's records and print the drift as JSON; exit 1 if
+    /// there is drift that was not repaired.
+    Check {
+        /// Repair the drift found (as the daemon does at start), then check again.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Remove every pod whose name or id is not given with --keep.
+    Gc {
+        /// A pod (name or id) to keep; may be repeated.
+        #[arg(long, value_name = "NAME", num_args = 1..)]
+        keep: Vec<String>,
+    },
+    /// Print the daemon's status as JSON.
+    Status,
+}
+
+/// The `pod` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PodCommand {
+    /// Create a pod (idempotent for identical parameters) and print it as JSON.
+    Create {
+        /// The pod name.
+        name: String,
+        /// Do not start a pause process; the namespace is held by its bind mount only.
+        #[arg(long)]
+        no_pause: bool,
+        /// An annotation KEY=VALUE; may be repeated.
+        #[arg(long = "annotation", value_name = "KEY=VALUE")]
+        annotations: Vec<String>,
+    },
+    /// Wire an existing network namespace as a pod and print it as JSON.
+    Attach {
+        /// The pod name.
+        name: String,
+        /// The namespace, e.g. /proc/PID/ns/net or a bind mount under /run/netns.
+        #[arg(long, value_name = "PATH")]
+        netns: PathBuf,
+        /// An annotation KEY=VALUE; may be repeated.
+        #[arg(long = "annotation", value_name = "KEY=VALUE")]
+        annotations: Vec<String>,
+    },
+    /// Remove a pod; succeeds (with "removed": false) if it does not exist.
+    #[command(alias = "remove")]
+    Rm {
+        /// The pod name.
+        name: String,
+    },
+    /// List pods as a table, or as a JSON array with --json.
+    #[command(alias = "list")]
+    Ls {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a pod as JSON; exit 1 if it does not exist.
+    Inspect {
+        /// The pod name.
+        name: String,
+    },
+}
+
+/// Arguments of `exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The pod name.
+    pub name: String,
+    /// The command and its arguments (after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// A command-line failure. The binary prints it as `error: <message>`.
+#[derive(Debug, Error)]
+pub enum CliError {
+    /// A pod name argument is invalid (the message names it).
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// An `--annotation` argument is invalid.
+    #[error("annotation {value:?} is invalid: {reason}")]
+    Annotation {
+        /// The argument.
+        value: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The `--netns` argument cannot be made absolute.
+    #[error("netns path {:?}: {source}", path.display().to_string())]
+    NetnsPath {
+        /// The argument.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Talking to the daemon failed, or it answered with an error (shown verbatim).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The daemon's answer is malformed.
+    #[error(transparent)]
+    Response(#[from] ResponseError),
+    /// The output could not be encoded.
+    #[error("cannot encode the output as JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// `exec`: the pod's namespace could not be entered.
+    #[error("cannot enter the network namespace {} of pod {pod}: {source}", netns.display())]
+    EnterNetns {
+        /// The pod.
+        pod: PodName,
+        /// The namespace path.
+        netns: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// `exec`: the command could not be run.
+    #[error("cannot run {:?} in pod {pod}: {source}", command.to_string_lossy())]
+    Exec {
+        /// The pod.
+        pod: PodName,
+        /// The program.
+        command: OsString,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl CliError {
+    /// The exit status for this error: 127 for a command that does not exist, 126 for
+    /// one that cannot be run, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Exec { source, .. } if source.kind() == io::ErrorKind::NotFound => 127,
+            Self::Exec { .. } => 126,
+            _ => 1,
+        }
+    }
+}
+
+/// What a client command produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Print `stdout` (without trailing newline) and exit with `code`.
+    Print {
+        /// The output.
+        stdout: String,
+        /// The exit status.
+        code: u8,
+    },
+    /// Enter `netns` and replace the process with `command` (see [`exec_in_netns`]).
+    Exec {
+        /// The pod.
+        pod: PodName,
+        /// Its network namespace.
+        netns: PathBuf,
+        /// The command and its arguments (not empty).
+        command: Vec<OsString>,
+    },
+}
+
+impl Outcome {
+    fn json(value: &impl Serialize, code: u8) -> Result<Self, CliError> {
+        Ok(Self::Print {
+            stdout: serde_json::to_string(value)?,
+            code,
+        })
+    }
+}
+
+/// Parses `KEY=VALUE` annotations (split at the first `=`; keys non-empty and unique).
+pub fn parse_annotations(args: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+    let mut out = BTreeMap::new();
+    for arg in args {
+        let bad = |reason| CliError::Annotation {
+            value: arg.clone(),
+            reason,
+        };
+        let (key, value) = arg
+            .split_once('=')
+            .ok_or_else(|| bad("expected KEY=VALUE"))?;
+        if key.is_empty() {
+            return Err(bad("the key is empty"));
+        }
+        if out.insert(key.to_string(), value.to_string()).is_some() {
+            return Err(bad("the key is given more than once"));
+        }
+    }
+    Ok(out)
+}
+
+/// A finding as printed by `check`.
+fn finding_json(f: &pb::Finding) -> serde_json::Value {
+    json!({
+        "pod": f.pod,
+        "object": f.object,
+        "problem": f.problem,
+        "message": f.message,
+        "details": f.details,
+    })
+}
+
+fn failures_json(failures: &[pb::NodeFailure]) -> serde_json::Value {
+    failures
+        .iter()
+        .map(|f| json!({"pod": f.pod, "error": f.error}))
+        .collect()
+}
+
+/// A repair report as printed by `check --repair` (the library's `ReconcileReport` shape).
+fn repair_json(r: &pb::RepairResponse) -> serde_json::Value {
+    let repaired: BTreeMap<&str, &Vec<String>> = r
+        .repaired
+        .iter()
+        .map(|p| (p.pod.as_str(), &p.actions))
+        .collect();
+    json!({
+        "rolled_back": r.rolled_back,
+        "finished_removal": r.finished_removal,
+        "removed_dead": r.removed_dead,
+        "repaired": repaired,
+        "orphans_removed": r.orphans_removed,
+        "failures": failures_json(&r.failures),
+    })
+}
+
+/// `status` output.
+#[derive(Serialize)]
+struct StatusView<'a> {
+    version: &'a str,
+    socket: &'a str,
+    pods: u64,
+    ready: u64,
+    unfinished: u64,
+    bridge: &'a str,
+    pools: Vec<PoolView<'a>>,
+    state_file: &'a str,
+}
+
+#[derive(Serialize)]
+struct PoolView<'a> {
+    cidr: &'a str,
+    allocated: u64,
+    capacity: u128,
+}
+
+fn status_view(s: &pb::StatusResponse) -> Result<StatusView<'_>, ResponseError> {
+    let pools = s
+        .pools
+        .iter()
+        .map(|p| {
+            let capacity = p.capacity.parse().map_err(|e: std::num::ParseIntError| {
+                ResponseError::Invalid {
+                    field: "status.pools.capacity",
+                    value: p.capacity.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            Ok(PoolView {
+                cidr: &p.cidr,
+                allocated: p.allocated,
+                capacity,
+            })
+        })
+        .collect::<Result<_, ResponseError>>()?;
+    Ok(StatusView {
+        version: &s.version,
+        socket: &s.socket,
+        pods: s.pods,
+        ready: s.ready,
+        unfinished: s.unfinished,
+        bridge: &s.bridge,
+        pools,
+        state_file: &s.state_file,
+    })
+}
+
+/// The `pod ls` table.
+pub fn pod_table(pods: &[PodInfo]) -> String {
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "ID".to_string(),
+        "IPS".to_string(),
+        "PAUSE".to_string(),
+        "NETNS".to_string(),
+    ]];
+    for p in pods {
+        rows.push([
+            p.name.to_string(),
+            p.id.to_string(),
+            p.ips
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            p.pause_pid
+                .map_or_else(|| "-".to_string(), |pid| pid.to_string()),
+            p.netns.display().to_string(),
+        ]);
+    }
+    let mut widths = [0usize; 5];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    rows.iter()
+        .map(|row| {
+            let mut line = String::new();
+            for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+                if i + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(&format!("{cell:<w$}  "));
+                }
+            }
+            line
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Runs a client command against the daemon at `socket`. Arguments are validated before
+/// connecting. `exec` does not run anything here: it returns [`Outcome::Exec`] for the
+/// caller to carry out with [`exec_in_netns`] once its async runtime is gone.
+pub async fn run(socket: &Path, command: ClientCommand, log: &Logger) -> Result<Outcome, CliError> {
+    match command {
+        ClientCommand::Pod(PodCommand::Create {
+            name,
+            no_pause,
+            annotations,
+        }) => {
+            let name = PodName::new(name)?;
+            let annotations = parse_annotations(&annotations)?;
+            let mut client = connect(socket, log).await?;
+            let r = client.create_pod(&name, no_pause, annotations).await?;
+            Outcome::json(&api::required_pod("CreatePod", r.pod)?, 0)
+        }
+        ClientCommand::Pod(PodCommand::Attach {
+            name,
+            netns,
+            annotations,
+        }) => {
+            let name = PodName::new(name)?;
+            let annotations = parse_annotations(&annotations)?;
+            let netns = std::path::absolute(&netns).map_err(|source| CliError::NetnsPath {
+                path: netns.clone(),
+                source,
+            })?;
+            let mut client = connect(socket, log).await?;
+            let r = client.attach_pod(&name, &netns, annotations).await?;
+            Outcome::json(&api::required_pod("AttachPod", r.pod)?, 0)
+        }
+        ClientCommand::Pod(PodCommand::Rm { name }) => {
+            let name = PodName::new(name)?;
+            let mut client = connect(socket, log).await?;
+            let r = client.remove_pod(&name).await?;
+            Outcome::json(&json!({"name": name.as_str(), "removed": r.removed}), 0)
+        }
+        ClientCommand::Pod(PodCommand::Ls { json }) => {
+            let mut client = connect(socket, log).await?;
+            let pods = client
+                .list_pods()
+                .await?
+                .pods
+                .into_iter()
+                .map(api::pod_info)
+                .collect::<Result<Vec<_>, _>>()?;
+            if json {
+                Outcome::json(&pods, 0)
+            } else {
+                Ok(Outcome::Print {
+                    stdout: pod_table(&pods),
+                    code: 0,
+                })
+            }
+        }
+        ClientCommand::Pod(PodCommand::Inspect { name }) => {
+            let name = PodName::new(name)?;
+            let mut client = connect(socket, log).await?;
+            let r = client.get_pod(&name).await?;
+            Outcome::json(&api::required_pod("GetPod", r.pod)?, 0)
+        }
+        ClientCommand::Exec(ExecArgs { name, command }) => {
+            let name = PodName::new(name)?;
+            let mut client = connect(socket, log).await?;
+            let pod = api::required_pod("GetPod", client.get_pod(&name).await?.pod)?;
+            Ok(Outcome::Exec {
+                pod: name,
+                netns: pod.netns,
+                command,
+            })
+        }
+        ClientCommand::Check { repair } => {
+            let mut client = connect(socket, log).await?;
+            let before = client.check().await?.findings;
+            let findings: Vec<_> = before.iter().map(finding_json).collect();
+            if before.is_empty() {
+                return Outcome::json(&json!({"drift": false, "findings": findings}), 0);
+            }
+            if !repair {
+                return Outcome::json(&json!({"drift": true, "findings": findings}), 1);
+            }
+            let report = client.repair().await?;
+            let after = client.check().await?.findings;
+            let code = u8::from(!after.is_empty() || !report.failures.is_empty());
+            Outcome::json(
+                &json!({
+                    "drift": true,
+                    "findings": findings,
+                    "repair": repair_json(&report),
+                    "remaining": after.iter().map(finding_json).collect::<Vec<_>>(),
+                }),
+                code,
+            )
+        }
+        ClientCommand::Gc { keep } => {
+            for k in &keep {
+                PodName::new(k.as_str())?;
+            }
+            let mut client = connect(socket, log).await?;
+            let r = client.gc(keep).await?;
+            let code = u8::from(!r.failures.is_empty());
+            Outcome::json(
+                &json!({
+                    "removed": r.removed,
+                    "kept": r.kept,
+                    "failures": failures_json(&r.failures),
+                }),
+                code,
+            )
+        }
+        ClientCommand::Status => {
+            let mut client = connect(socket, log).await?;
+            let status = client.status().await?;
+            Outcome::json(&status_view(&status)?, 0)
+        }
+    }
+}
+
+async fn connect(socket: &Path, log: &Logger) -> Result<Client, ClientError> {
+    debug!(log, "connecting"; "socket" => %socket.display());
+    Client::connect(socket).await
+}
+
+/// Enters the network namespace at `netns` (`setns(CLONE_NEWNET)` on the calling thread)
+/// and replaces the process with `command`. Returns only on failure.
+///
+/// Call it with no async runtime left running (other threads keep their namespace, but
+/// they all vanish with `execve`). Needs `CAP_SYS_ADMIN`.
+pub fn exec_in_netns(pod: &PodName, netns: &Path, command: &[OsString]) -> CliError {
+    let enter = |source| CliError::EnterNetns {
+        pod: pod.clone(),
+        netns: netns.to_path_buf(),
+        source,
+    };
+    let file = match File::open(netns) {
+        Ok(f) => f,
+        Err(e) => return enter(e),
+    };
+    if let Err(errno) = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET) {
+        return enter(io::Error::from(errno));
+    }
+    drop(file);
+    let Some((program, args)) = command.split_first() else {
+        return CliError::Exec {
+            pod: pod.clone(),
+            command: OsString::new(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "no command given"),
+        };
+    };
+    let source = std::process::Command::new(program).args(args).exec();
+    CliError::Exec {
+        pod: pod.clone(),
+        command: program.clone(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exec_takes_everything_after_the_name() {
+        let cli = Cli::try_parse_from(["nh", "exec", "web", "--", "ip", "-br", "a"]).unwrap();
+        let Command::Client(ClientCommand::Exec(args)) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(args.name, "web");
+        assert_eq!(args.command, ["ip", "-br", "a"]);
+        assert!(Cli::try_parse_from(["nh", "exec", "web"]).is_err());
+    }
+
+    #[test]
+    fn global_socket_and_gc_keep() {
+        let cli =
+            Cli::try_parse_from(["nh", "gc", "--keep", "a", "b", "--socket", "/tmp/s"]).unwrap();
+        assert_eq!(cli.client_socket(), Path::new("/tmp/s"));
+        let Command::Client(ClientCommand::Gc { keep }) = cli.command else {
+            panic!()
+        };
+        assert_eq!(keep, ["a", "b"]);
+        let cli = Cli::try_parse_from(["nh", "status"]).unwrap();
+        assert_eq!(cli.client_socket(), Path::new(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn annotations() {
+        let a = parse_annotations(&["k=v".into(), "x=a=b".into(), "e=".into()]).unwrap();
+        assert_eq!(a["k"], "v");
+        assert_eq!(a["x"], "a=b");
+        assert_eq!(a["e"], "");
+        for (bad, why) in [("novalue", "KEY=VALUE"), ("=v", "key is empty")] {
+            let err = parse_annotations(&[bad.into()]).unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+        let err = parse_annotations(&["k=1".into(), "k=2".into()]).unwrap_err();
+        assert!(err.to_string().contains("more than once"), "{err}");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let name = PodName::new("web").unwrap();
+        let pod = PodInfo {
+            id: name.id(),
+            host_veth: name.id().host_veth_name(),
+            name,
+            netns: PathBuf::from("/run/netns/web"),
+            pause_pid: None,
+            ips: vec!["10.88.0.2/16".parse().unwrap()],
+            gateways: vec![],
+            interface: crate::names::IfName::pod_interface(),
+        };
+        let table = pod_table(&[pod]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("NAME  ID "), "{table}");
+        assert!(lines[1].contains("10.88.0.2/16"), "{table}");
+        assert!(lines[1].contains("  -  "), "{table}");
+        assert_eq!(lines[0].find("IPS"), lines[1].find("10.88"), "{table}");
+    }
+}

@@ -1,0 +1,549 @@
+//! The daemon side of the API: the tonic service over a [`PodManager`], the root-only
+//! unix socket it listens on, the peer credential check, and [`run_daemon`], which wires
+//! them together (socket, state, reconcile, serve, shutdown).
+//!
+//! Everything here is generic over [`System`], so the same code serves the real kernel
+//! implementation in the daemon and `fake::FakeSystem` in tests.
+//!
+//! # The socket
+//!
+//! [`ApiSocket::bind`] creates the parent directory (mode 0700) if needed, refuses to start
+//! if another daemon answers on the path, removes a stale socket file nobody listens on,
+//! binds, and sets the socket's mode to 0600. The file is removed again when the
+//! [`ApiSocket`] is dropped, i.e. on shutdown or when start-up fails after binding.
+//!
+//! # Who may call
+//!
+//! [`PeerCheck`] reads the caller's credentials (`SO_PEERCRED`, which tonic puts in each
+//! request's extensions as [`UdsConnectInfo`]) and refuses every caller that is neither
+//! root nor the daemon's own user with `PERMISSION_DENIED`, logging the refusal. The 0600
+//! mode already keeps others out; the check holds even if the mode is loosened.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use slog::{Logger, debug, info, o, warn};
+use thiserror::Error;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::service::Interceptor;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use crate::api::{self, pb};
+use crate::config::Config;
+use crate::manager::{AttachRequest, CreateRequest, ManagerError, PodManager, ReconcileReport};
+use crate::system::System;
+
+use pb::netns_holder_server::{NetnsHolder, NetnsHolderServer};
+
+/// Mode of the API socket file.
+pub const SOCKET_MODE: u32 = 0o600;
+/// Mode of the socket's parent directory when the daemon creates it.
+pub const SOCKET_DIR_MODE: u32 = 0o700;
+
+/// A failure to set up or serve the API socket, naming the path.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// The socket's parent directory could not be created.
+    #[error("cannot create socket directory {}: {source}", path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Another process is serving on the socket path.
+    #[error(
+        "another netns-holder daemon is already listening on {}; refusing to start",
+        path.display()
+    )]
+    AlreadyRunning {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Something other than a socket is in the way.
+    #[error("{} exists and is not a unix socket; refusing to remove it", path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A stale socket file could not be inspected or removed.
+    #[error("cannot remove stale socket {}: {source}", path.display())]
+    RemoveStale {
+        /// The socket path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Binding the socket failed.
+    #[error("cannot bind API socket {}: {source}", path.display())]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Setting the socket's mode failed.
+    #[error("cannot set mode {SOCKET_MODE:o} on API socket {}: {source}", path.display())]
+    Chmod {
+        /// The socket path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("serving the API on {}: {source}", path.display())]
+    Transport {
+        /// The socket path.
+        path: PathBuf,
+        /// The transport error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// A failure of the daemon as a whole.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// The API socket could not be set up or served.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// The state could not be loaded.
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+}
+
+/// The bound API socket. Dropping it removes the socket file.
+#[derive(Debug)]
+pub struct ApiSocket {
+    path: PathBuf,
+    listener: Option<UnixListener>,
+}
+
+impl ApiSocket {
+    /// Prepares and binds the socket at `path` (see the module documentation). Does not
+    /// need a tokio runtime.
+    pub fn bind(path: &Path, log: &Logger) -> Result<Self, ServeError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(SOCKET_DIR_MODE)
+                .create(dir)
+                .map_err(|source| ServeError::CreateDir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(ServeError::AlreadyRunning {
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(e) => {
+                    info!(log, "removing stale API socket"; "socket" => %path.display(), "connect" => %e);
+                    std::fs::remove_file(path).map_err(|source| ServeError::RemoveStale {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                }
+            },
+            Ok(_) => {
+                return Err(ServeError::NotASocket {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ServeError::RemoveStale {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+        let listener = UnixListener::bind(path).map_err(|source| ServeError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // From here on, dropping `socket` removes the file.
+        let socket = Self {
+            path: path.to_path_buf(),
+            listener: Some(listener),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(
+            |source| ServeError::Chmod {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
+        if let Some(l) = &socket.listener {
+            l.set_nonblocking(true).map_err(|source| ServeError::Bind {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        info!(log, "API socket bound"; "socket" => %path.display());
+        Ok(socket)
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ApiSocket {
+    fn drop(&mut self) {
+        self.listener.take();
+        // Only we can have bound this path since `bind`, so the file is ours.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Uid of root, always allowed to call.
+const ROOT_UID: u32 = 0;
+
+/// The interceptor that admits only root (and the daemon's own user) by `SO_PEERCRED`.
+#[derive(Clone)]
+pub struct PeerCheck {
+    own_uid: u32,
+    log: Logger,
+}
+
+impl PeerCheck {
+    /// A check admitting root and the effective uid of this process.
+    pub fn new(log: Logger) -> Self {
+        Self {
+            own_uid: nix::unistd::geteuid().as_raw(),
+            log,
+        }
+    }
+}
+
+impl Interceptor for PeerCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let cred = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|info| info.peer_cred);
+        match cred {
+            Some(c) if c.uid() == ROOT_UID || c.uid() == self.own_uid => Ok(request),
+            Some(c) => {
+                let pid = c
+                    .pid()
+                    .map_or_else(|| "unknown".to_string(), |p| p.to_string());
+                warn!(self.log, "refused API call from non-root peer";
+                    "uid" => c.uid(), "gid" => c.gid(), "pid" => &pid);
+                Err(Status::permission_denied(format!(
+                    "permission denied: the netns-holder API is for root only; \
+                     caller uid {} (pid {pid}) is not allowed",
+                    c.uid()
+                )))
+            }
+            None => {
+                warn!(self.log, "refused API call: peer credentials unavailable");
+                Err(Status::permission_denied(
+                    "permission denied: cannot determine the caller's credentials (SO_PEERCRED)",
+                ))
+            }
+        }
+    }
+}
+
+/// The `NetnsHolder` gRPC service over a [`PodManager`].
+pub struct ApiService<S: System> {
+    manager: Arc<PodManager<S>>,
+    socket: PathBuf,
+    log: Logger,
+}
+
+impl<S: System> ApiService<S> {
+    /// A service over `manager`; `socket` is reported by `Status`.
+    pub fn new(manager: Arc<PodManager<S>>, socket: PathBuf, log: Logger) -> Self {
+        Self {
+            manager,
+            socket,
+            log,
+        }
+    }
+
+    /// Logs a failed call and turns the error into its status.
+    fn failed(&self, method: &'static str, error: &ManagerError) -> Status {
+        let status = api::error_status(error);
+        warn!(self.log, "API call failed"; "method" => method, "code" => ?status.code(), "error" => %error);
+        status
+    }
+
+    /// Logs a rejected request.
+    fn rejected(&self, method: &'static str, status: Status) -> Status {
+        info!(self.log, "API call rejected"; "method" => method, "code" => ?status.code(), "error" => status.message());
+        status
+    }
+}
+
+#[tonic::async_trait]
+impl<S: System> NetnsHolder for ApiService<S> {
+    async fn create_pod(
+        &self,
+        request: Request<pb::CreatePodRequest>,
+    ) -> Result<Response<pb::CreatePodResponse>, Status> {
+        const METHOD: &str = "CreatePod";
+        let r = request.into_inner();
+        let name = api::request_name(&r.name).map_err(|s| self.rejected(METHOD, s))?;
+        let annotations =
+            api::request_annotations(r.annotations).map_err(|s| self.rejected(METHOD, s))?;
+        debug!(self.log, "API call"; "method" => METHOD, "pod" => %name);
+        let info = self
+            .manager
+            .create(CreateRequest {
+                name,
+                no_pause: r.no_pause,
+                annotations: annotations.clone(),
+            })
+            .await
+            .map_err(|e| self.failed(METHOD, &e))?;
+        Ok(Response::new(pb::CreatePodResponse {
+            pod: Some(api::pod_message(&info, &annotations)),
+        }))
+    }
+
+    async fn attach_pod(
+        &self,
+        request: Request<pb::AttachPodRequest>,
+    ) -> Result<Response<pb::AttachPodResponse>, Status> {
+        const METHOD: &str = "AttachPod";
+        let r = request.into_inner();
+        let name = api::request_name(&r.name).map_err(|s| self.rejected(METHOD, s))?;
+        let netns = api::request_netns(&r.netns).map_err(|s| self.rejected(METHOD, s))?;
+        let annotations =
+            api::request_annotations(r.annotations).map_err(|s| self.rejected(METHOD, s))?;
+        debug!(self.log, "API call"; "method" => METHOD, "pod" => %name, "netns" => %netns.display());
+        let info = self
+            .manager
+            .attach(AttachRequest {
+                name,
+                netns,
+                annotations: annotations.clone(),
+            })
+            .await
+            .map_err(|e| self.failed(METHOD, &e))?;
+        Ok(Response::new(pb::AttachPodResponse {
+            pod: Some(api::pod_message(&info, &annotations)),
+        }))
+    }
+
+    async fn remove_pod(
+        &self,
+        request: Request<pb::RemovePodRequest>,
+    ) -> Result<Response<pb::RemovePodResponse>, Status> {
+        const METHOD: &str = "RemovePod";
+        let name =
+            api::request_name(&request.into_inner().name).map_err(|s| self.rejected(METHOD, s))?;
+        debug!(self.log, "API call"; "method" => METHOD, "pod" => %name);
+        let removed = self
+            .manager
+            .remove(&name)
+            .await
+            .map_err(|e| self.failed(METHOD, &e))?;
+        Ok(Response::new(pb::RemovePodResponse {
+            name: name.to_string(),
+            removed,
+        }))
+    }
+
+    async fn get_pod(
+        &self,
+        request: Request<pb::GetPodRequest>,
+    ) -> Result<Response<pb::GetPodResponse>, Status> {
+        const METHOD: &str = "GetPod";
+        let name =
+            api::request_name(&request.into_inner().name).map_err(|s| self.rejected(METHOD, s))?;
+        let records = self.manager.records();
+        let pod = api::ready_pods(&records)
+            .into_iter()
+            .find(|p| p.name == name.as_str())
+            .ok_or_else(|| api::pod_not_found(&name))?;
+        Ok(Response::new(pb::GetPodResponse { pod: Some(pod) }))
+    }
+
+    async fn list_pods(
+        &self,
+        _request: Request<pb::ListPodsRequest>,
+    ) -> Result<Response<pb::ListPodsResponse>, Status> {
+        Ok(Response::new(pb::ListPodsResponse {
+            pods: api::ready_pods(&self.manager.records()),
+        }))
+    }
+
+    async fn check(
+        &self,
+        _request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
+        let findings = self.manager.check().await;
+        info!(self.log, "check"; "findings" => findings.len());
+        Ok(Response::new(pb::CheckResponse {
+            findings: findings.iter().map(api::finding_message).collect(),
+        }))
+    }
+
+    async fn repair(
+        &self,
+        _request: Request<pb::RepairRequest>,
+    ) -> Result<Response<pb::RepairResponse>, Status> {
+        let report = self.manager.repair().await;
+        log_report(&self.log, "repair", &report);
+        Ok(Response::new(api::repair_message(&report)))
+    }
+
+    async fn gc(
+        &self,
+        request: Request<pb::GcRequest>,
+    ) -> Result<Response<pb::GcResponse>, Status> {
+        const METHOD: &str = "Gc";
+        let mut keep = BTreeSet::new();
+        for entry in request.into_inner().keep {
+            // Names and ids alike are valid pod names; anything else cannot match a pod
+            // and is most likely a mistake, which here would remove the pod it meant.
+            let name = api::request_name(&entry).map_err(|s| self.rejected(METHOD, s))?;
+            keep.insert(name.to_string());
+        }
+        let report = self.manager.gc(&keep).await;
+        info!(self.log, "gc"; "removed" => report.removed.len(), "kept" => report.kept.len(),
+            "failures" => report.failures.len());
+        for f in &report.failures {
+            warn!(self.log, "gc failure"; "error" => %f);
+        }
+        Ok(Response::new(api::gc_message(&report)))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        Ok(Response::new(api::status_message(
+            &self.manager.status(),
+            &self.socket,
+        )))
+    }
+}
+
+/// Logs what a reconcile or repair did: a summary, then every failure.
+pub fn log_report(log: &Logger, what: &'static str, report: &ReconcileReport) {
+    let repaired: BTreeMap<String, usize> = report
+        .repaired
+        .iter()
+        .map(|(pod, actions)| (pod.to_string(), actions.len()))
+        .collect();
+    info!(log, "{} done", what;
+        "rolled_back" => ?report.rolled_back.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "finished_removal" => ?report.finished_removal.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "removed_dead" => ?report.removed_dead.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "repaired" => ?repaired,
+        "orphans_removed" => ?report.orphans_removed,
+        "failures" => report.failures.len());
+    for failure in &report.failures {
+        warn!(log, "{} failure", what; "error" => %failure);
+    }
+}
+
+/// Serves the API for `manager` on `socket` until `shutdown` resolves, then stops
+/// accepting, lets in-flight calls finish and removes the socket file. Pods (and their
+/// pause processes) are left as they are.
+pub async fn serve<S: System>(
+    manager: Arc<PodManager<S>>,
+    mut socket: ApiSocket,
+    shutdown: impl Future<Output = ()>,
+    log: Logger,
+) -> Result<(), ServeError> {
+    let path = socket.path().to_path_buf();
+    let std_listener = socket
+        .listener
+        .take()
+        .expect("an ApiSocket holds its listener until served");
+    let listener =
+        tokio::net::UnixListener::from_std(std_listener).map_err(|source| ServeError::Bind {
+            path: path.clone(),
+            source,
+        })?;
+    let service = ApiService::new(manager, path.clone(), log.new(o!("component" => "api")));
+    let checked = NetnsHolderServer::with_interceptor(service, PeerCheck::new(log.clone()));
+    info!(log, "serving API"; "socket" => %path.display());
+    let result = tonic::transport::Server::builder()
+        .add_service(checked)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    drop(socket);
+    info!(log, "API stopped; pods and pause processes are left running"; "socket" => %path.display());
+    result.map_err(|source| ServeError::Transport { path, source })
+}
+
+/// The daemon: binds the API socket (refusing to start if another daemon serves on it),
+/// loads the state, reconciles the kernel with it, and serves until `shutdown` resolves.
+///
+/// Install the signal handlers that make up `shutdown` before calling this, so a signal
+/// arriving during reconcile is not lost.
+pub async fn run_daemon<S: System>(
+    config: Config,
+    system: S,
+    shutdown: impl Future<Output = ()>,
+    log: Logger,
+) -> Result<(), DaemonError> {
+    config.validate().map_err(ManagerError::from)?;
+    // Bind first: if another daemon is running, it must not be disturbed by our reconcile.
+    let socket = ApiSocket::bind(&config.socket, &log)?;
+    let manager = PodManager::open(config, system, log.clone())?;
+    let report = manager.reconcile().await;
+    log_report(&log, "reconcile", &report);
+    serve(Arc::new(manager), socket, shutdown, log).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logger() -> Logger {
+        Logger::root(slog::Discard, o!())
+    }
+
+    #[test]
+    fn bind_creates_private_dir_and_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/api.sock");
+        let socket = ApiSocket::bind(&path, &logger()).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&path), SOCKET_MODE);
+        assert_eq!(mode(&dir.path().join("sub")), SOCKET_DIR_MODE);
+        // A second daemon is refused while the first listens.
+        let err = ApiSocket::bind(&path, &logger()).unwrap_err();
+        assert!(matches!(err, ServeError::AlreadyRunning { .. }), "{err}");
+        assert!(err.to_string().contains(&path.display().to_string()));
+        drop(socket);
+        assert!(!path.exists(), "socket file removed on drop");
+    }
+
+    #[test]
+    fn stale_socket_is_replaced_other_files_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        // A socket file nobody listens on.
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let socket = ApiSocket::bind(&path, &logger()).unwrap();
+        drop(socket);
+        std::fs::write(&path, "not a socket").unwrap();
+        let err = ApiSocket::bind(&path, &logger()).unwrap_err();
+        assert!(matches!(err, ServeError::NotASocket { .. }), "{err}");
+        assert!(path.exists(), "a regular file is never removed");
+    }
+}
