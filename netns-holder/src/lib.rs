@@ -25,6 +25,7 @@ pub mod executor;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod ipam;
+pub mod linux;
 pub mod manager;
 pub mod names;
 pub mod plan;

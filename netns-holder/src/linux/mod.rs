@@ -1,0 +1,300 @@
+//! [`LinuxSystem`]: the real implementation of the [`crate::system`] traits on Linux.
+//!
+//! # The node network namespace
+//!
+//! The daemon runs inside a *node* network namespace: the host's in production, a throwaway
+//! one in tests and the demo. [`LinuxSystem::new`] opens `/proc/thread-self/ns/net` of the
+//! constructing thread and keeps that file descriptor. Everything "on the node side" (the
+//! bridge, the host ends of the veths, forwarding sysctls, the default-route MTU) is then done
+//! relative to that descriptor, never relative to whatever namespace the calling thread
+//! (a tokio worker) happens to be in:
+//!
+//! * node netlink goes through one cached rtnetlink connection whose socket was created on a
+//!   short-lived thread that had `setns`'d into the node namespace (a netlink socket stays
+//!   bound to the namespace it was created in);
+//! * node sysctls are written from a short-lived thread `setns`'d into the node namespace
+//!   (files under `/proc/sys/net` belong to the namespace of the *opening* thread).
+//!
+//! # Pod network namespaces
+//!
+//! Work "inside the pod namespace at `P`" opens `P`, creates a netlink socket on a
+//! short-lived thread that `setns`'d into it, and drives an rtnetlink connection over that
+//! socket for the duration of one trait call, polled in the caller's task (no spawned
+//! task), so the socket, which pins the namespace, is closed when the call returns. Nothing
+//! here ever `setns`es a thread that is not its own throwaway thread, and nothing ever execs
+//! `ip`.
+//!
+//! Namespace creation follows iproute2: the directory is made a shared mount (bind-mounted
+//! onto itself first if it is not a mount point), the mount point file is created with
+//! `O_CREAT | O_EXCL` (that is the exclusivity), and a fresh thread `unshare(CLONE_NEWNET)`s
+//! and bind-mounts its `/proc/thread-self/ns/net` there.
+//!
+//! # Pause processes
+//!
+//! The pause is spawned with `std::process::Command` from a dedicated thread (fork/exec;
+//! `setns` into the pod namespace and `setsid` in `pre_exec`, both raw async-signal-safe
+//! system calls), with `argv[0]` = [`PodId::pause_argv0`], an empty environment except
+//! [`PAUSE_NODE_ENV`], cwd `/`, stdio on `/dev/null` and every inherited descriptor
+//! close-on-exec. It is a direct child of the daemon in its own session: the daemon reaps it
+//! itself when it stops it or finds it dead; after a daemon restart, the old pauses have been
+//! re-parented to init (or the nearest subreaper), which reaps them (the reasoning is in the
+//! `pause` submodule). Stopping pins the identity with a pidfd and re-checks the start time
+//! (field 22 of `/proc/<pid>/stat`) before signalling, so a reused pid is never signalled:
+//! SIGTERM, a short grace period, then SIGKILL.
+//!
+//! Each pause carries the node namespace's inode in its environment ([`PAUSE_NODE_ENV`]), and
+//! [`Processes::list_pauses`] reports only the pauses of *this* node namespace, so several
+//! daemons (or parallel tests), each in its own node namespace on one host, never sweep each
+//! other's pauses as orphans.
+//!
+//! # IPv6 duplicate address detection
+//!
+//! Two layers, both cheap: [`crate::system::Sysctl::disable_dad`] writes
+//! `net.ipv6.conf.<link>.accept_dad = 0` inside the pod namespace (which also makes the
+//! link-local address usable at once), and every IPv6 address is added with `IFA_F_NODAD`,
+//! so an address is never tentative, also when added by a repair or on the bridge.
+
+mod netlink;
+mod netns;
+mod pause;
+mod sysctl;
+mod thread;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use slog::{Logger, info, warn};
+
+use crate::config::Config;
+use crate::names::{IfName, PodId};
+use crate::system::{
+    LinkInfo, Namespaces, Netlink, PauseProcess, Processes, RunningPause, Sysctl, SystemError,
+};
+
+pub use pause::PAUSE_NODE_ENV;
+
+/// The real kernel: network namespaces, rtnetlink, pause processes and sysctls.
+///
+/// Construct it on a thread that is in the node network namespace (see the
+/// [module documentation](self)); every method must then be called from inside a tokio
+/// runtime with the IO driver enabled (rtnetlink sockets are registered with it).
+pub struct LinuxSystem {
+    /// Path of the static pause binary.
+    pause_binary: PathBuf,
+    /// The node network namespace, captured at construction.
+    node: Arc<OwnedFd>,
+    /// Inode of the node network namespace (tags our pause processes).
+    node_inode: u64,
+    /// The cached node-side rtnetlink connection.
+    node_netlink: tokio::sync::OnceCell<rtnetlink::Handle>,
+    /// Serializes dumps on the node connection: the kernel runs one dump per netlink socket
+    /// at a time and answers a second one with `EBUSY`.
+    node_dump: tokio::sync::Mutex<()>,
+    log: Logger,
+}
+
+impl fmt::Debug for LinuxSystem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinuxSystem")
+            .field("pause_binary", &self.pause_binary)
+            .field("node_inode", &self.node_inode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinuxSystem {
+    /// Captures the calling thread's network namespace as the node namespace and takes the
+    /// pause binary path from `config.pause_binary`. Touches nothing else; the node
+    /// netlink connection is opened on first use.
+    pub fn new(config: &Config, log: Logger) -> Result<Self, SystemError> {
+        Self::with_pause_binary(config.pause_binary.clone(), log)
+    }
+
+    /// Like [`LinuxSystem::new`], with only the pause binary path.
+    pub fn with_pause_binary(
+        pause_binary: impl Into<PathBuf>,
+        log: Logger,
+    ) -> Result<Self, SystemError> {
+        let pause_binary = pause_binary.into();
+        let (node, node_inode) = netns::open_current()?;
+        if !pause_binary.is_file() {
+            warn!(log, "pause binary not found; starting pause processes will fail";
+                "pause_binary" => %pause_binary.display());
+        }
+        info!(log, "node network namespace captured"; "inode" => node_inode);
+        Ok(Self {
+            pause_binary,
+            node: Arc::new(node),
+            node_inode,
+            node_netlink: tokio::sync::OnceCell::new(),
+            node_dump: tokio::sync::Mutex::new(()),
+            log,
+        })
+    }
+
+    /// Inode number of the node network namespace captured at construction (the value of
+    /// [`PAUSE_NODE_ENV`] in the environment of the pause processes started by this system).
+    pub fn node_netns_inode(&self) -> u64 {
+        self.node_inode
+    }
+
+    /// The pause binary started by [`Processes::start_pause`].
+    pub fn pause_binary(&self) -> &Path {
+        &self.pause_binary
+    }
+}
+
+/// `link <name>` in the node namespace, `link <name> in <path>` elsewhere.
+pub(crate) fn link_object(netns: Option<&Path>, link: &str) -> String {
+    match netns {
+        None => format!("link {link}"),
+        Some(p) => format!("link {link} in {}", p.display()),
+    }
+}
+
+/// `netns <path>`.
+pub(crate) fn netns_object(path: &Path) -> String {
+    format!("netns {}", path.display())
+}
+
+impl Namespaces for LinuxSystem {
+    async fn create_netns(&self, path: &Path) -> Result<(), SystemError> {
+        netns::create(path).await
+    }
+
+    async fn delete_netns(&self, path: &Path) -> Result<bool, SystemError> {
+        netns::delete(path).await
+    }
+
+    async fn netns_exists(&self, path: &Path) -> Result<bool, SystemError> {
+        netns::exists(path)
+    }
+
+    async fn list_netns(&self, dir: &Path) -> Result<Vec<PathBuf>, SystemError> {
+        netns::list(dir)
+    }
+}
+
+impl Processes for LinuxSystem {
+    async fn start_pause(&self, id: &PodId, netns: &Path) -> Result<PauseProcess, SystemError> {
+        pause::start(self, id, netns).await
+    }
+
+    async fn stop_pause(&self, process: &PauseProcess) -> Result<bool, SystemError> {
+        pause::stop(self, *process).await
+    }
+
+    async fn pause_alive(&self, process: &PauseProcess) -> Result<bool, SystemError> {
+        pause::alive(*process)
+    }
+
+    async fn list_pauses(&self) -> Result<Vec<RunningPause>, SystemError> {
+        pause::list(self.node_inode).await
+    }
+}
+
+impl Netlink for LinuxSystem {
+    async fn ensure_bridge(&self, name: &IfName, gateways: &[IpNet]) -> Result<(), SystemError> {
+        netlink::ensure_bridge(self, name, gateways).await
+    }
+
+    async fn create_veth(
+        &self,
+        host: &IfName,
+        peer: &IfName,
+        netns: &Path,
+        mtu: u32,
+    ) -> Result<(), SystemError> {
+        netlink::create_veth(self, host, peer, netns, mtu).await
+    }
+
+    async fn set_master(&self, link: &IfName, master: &IfName) -> Result<(), SystemError> {
+        netlink::set_master(self, link, master).await
+    }
+
+    async fn link_up(&self, netns: Option<&Path>, link: &IfName) -> Result<(), SystemError> {
+        netlink::link_up(self, netns, link).await
+    }
+
+    async fn rename_link(
+        &self,
+        netns: &Path,
+        from: &IfName,
+        to: &IfName,
+    ) -> Result<(), SystemError> {
+        netlink::rename_link(self, netns, from, to).await
+    }
+
+    async fn set_mtu(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+        mtu: u32,
+    ) -> Result<(), SystemError> {
+        netlink::set_mtu(self, netns, link, mtu).await
+    }
+
+    async fn add_address(
+        &self,
+        netns: &Path,
+        link: &IfName,
+        address: IpNet,
+    ) -> Result<(), SystemError> {
+        netlink::add_address(self, netns, link, address).await
+    }
+
+    async fn add_default_route(
+        &self,
+        netns: &Path,
+        link: &IfName,
+        gateway: IpAddr,
+    ) -> Result<(), SystemError> {
+        netlink::add_default_route(self, netns, link, gateway).await
+    }
+
+    async fn loopback_up(&self, netns: &Path) -> Result<(), SystemError> {
+        netlink::loopback_up(self, netns).await
+    }
+
+    async fn delete_link(&self, netns: Option<&Path>, link: &IfName) -> Result<bool, SystemError> {
+        netlink::delete_link(self, netns, link).await
+    }
+
+    async fn link_info(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+    ) -> Result<Option<LinkInfo>, SystemError> {
+        netlink::link_info(self, netns, link).await
+    }
+
+    async fn list_links(
+        &self,
+        netns: Option<&Path>,
+        prefix: &str,
+    ) -> Result<Vec<IfName>, SystemError> {
+        netlink::list_links(self, netns, prefix).await
+    }
+
+    async fn default_routes(&self, netns: &Path) -> Result<Vec<IpAddr>, SystemError> {
+        netlink::default_routes(self, netns).await
+    }
+
+    async fn default_route_mtu(&self) -> Result<Option<u32>, SystemError> {
+        netlink::default_route_mtu(self).await
+    }
+}
+
+impl Sysctl for LinuxSystem {
+    async fn enable_forwarding(&self, ipv6: bool) -> Result<(), SystemError> {
+        sysctl::enable_forwarding(self, ipv6).await
+    }
+
+    async fn disable_dad(&self, netns: &Path, link: &IfName) -> Result<(), SystemError> {
+        sysctl::disable_dad(netns, link).await
+    }
+}

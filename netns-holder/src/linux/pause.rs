@@ -1,0 +1,398 @@
+//! Pause processes: start one inside a pod namespace, stop it safely against pid reuse,
+//! tell whether it lives, and find all of ours.
+//!
+//! # Who reaps the pause
+//!
+//! The pause is a direct child of the daemon: `Command::spawn` on a dedicated thread
+//! (fork/exec; the `pre_exec` hook only makes raw, async-signal-safe system calls). It runs
+//! in its own session, with no inherited descriptors, and is never waited for in the
+//! background, so:
+//!
+//! * while this daemon runs, it reaps the pauses it stops ([`stop`]) or finds dead
+//!   ([`alive`]) with a targeted, non-blocking `waitpid` on that one pid (never `waitpid(-1)`,
+//!   which would steal other children's statuses);
+//! * when the daemon exits or restarts, its pauses are simply re-parented to init (or the
+//!   nearest subreaper), which reaps them when they end; a new daemon finds them again by
+//!   `argv[0]` ([`list`]), and handles them exactly like its own (`waitpid` answers `ECHILD`
+//!   for them, and the pidfd still tells when they have exited).
+//!
+//! A double fork (so that init always reaps) was rejected: it needs a raw `clone` inside
+//! `pre_exec` plus a side channel for the grandchild's pid, and on hosts whose PID 1 does not
+//! reap (some container and microVM inits) every stopped pause would stay a zombie forever.
+//! A deployment under systemd must use `KillMode=process` (or run the daemon in its own
+//! cgroup), or a daemon restart kills the pauses with it; that holds for any strategy.
+
+use std::io::{self, ErrorKind};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use slog::{debug, warn};
+
+use super::netns::open_netns;
+use super::{LinuxSystem, thread};
+use crate::names::{PodId, pod_id_from_pause_argv0};
+use crate::system::{PauseProcess, RunningPause, SystemError};
+
+/// Environment variable carrying the inode of the node network namespace of the daemon that
+/// started a pause. [`list`] reports only the pauses of the caller's node namespace.
+pub const PAUSE_NODE_ENV: &str = "NETNS_HOLDER_NODE_NETNS";
+
+/// How long a pause gets to exit after SIGTERM before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_millis(500);
+/// How long to wait for the exit after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// What we need from `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    /// Field 3: `R`, `S`, `Z`, ...
+    state: u8,
+    /// Field 22: start time in clock ticks since boot.
+    start_time: u64,
+}
+
+impl Stat {
+    /// Exited (zombie or dead), whether reaped yet or not.
+    fn dead(&self) -> bool {
+        matches!(self.state, b'Z' | b'X' | b'x')
+    }
+}
+
+/// Parses the text of `/proc/<pid>/stat`.
+fn parse_stat(text: &str) -> Option<Stat> {
+    // `comm` (field 2) is in parentheses and may itself contain ')' and spaces.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state), so field 22 is fields[19].
+    Some(Stat {
+        state: *fields.first()?.as_bytes().first()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// `/proc/<pid>/stat`, or `None` if there is no such process.
+fn read_stat(pid: u32) -> Result<Option<Stat>, SystemError> {
+    let file = format!("/proc/{pid}/stat");
+    match std::fs::read_to_string(&file) {
+        Ok(text) => parse_stat(&text)
+            .map(Some)
+            .ok_or_else(|| SystemError::other(&file, "cannot parse")),
+        Err(e)
+            if matches!(e.kind(), ErrorKind::NotFound) || e.raw_os_error() == Some(libc::ESRCH) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(SystemError::io(file, e)),
+    }
+}
+
+/// The process `p` if it is still the same process (pid and start time match).
+fn same_process(p: PauseProcess) -> Result<Option<Stat>, SystemError> {
+    Ok(read_stat(p.pid)?.filter(|s| s.start_time == p.start_time))
+}
+
+/// Reaps `pid` if it is an exited child of ours; a no-op for anyone else's process.
+fn reap(pid: u32) {
+    let Ok(raw) = i32::try_from(pid) else { return };
+    // The exit was already observed, so the zombie is there or about to be: a few short
+    // non-blocking tries. (Never a blocking wait: with SIGCHLD ignored it would block.)
+    for _ in 0..50 {
+        match waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(1)),
+            Err(Errno::EINTR) => {}
+            // Reaped, or not our child (ECHILD), or anything else: nothing more to do.
+            _ => return,
+        }
+    }
+}
+
+/// `pidfd_open(pid)`.
+fn pidfd_open(pid: u32) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; it has
+    // no memory arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel just returned this new descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `pidfd_send_signal(pidfd, signal)`.
+fn pidfd_signal(pidfd: &OwnedFd, signal: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: a valid pidfd, a signal number, a null siginfo (allowed: the kernel fills in
+    // a default one) and flags 0.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Waits up to `timeout` for the process behind `pidfd` to exit; whether it did.
+fn wait_exit(pidfd: &OwnedFd, timeout: Duration) -> Result<bool, Errno> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid, writable pollfd, and the count 1.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        match n {
+            n if n > 0 => return Ok(true),
+            0 => return Ok(false),
+            _ => match Errno::last() {
+                Errno::EINTR => continue,
+                e => return Err(e),
+            },
+        }
+    }
+}
+
+/// Starts the pause for pod `id` inside the namespace at `netns`.
+pub(crate) async fn start(
+    sys: &LinuxSystem,
+    id: &PodId,
+    netns: &Path,
+) -> Result<PauseProcess, SystemError> {
+    let object = format!("pause of pod {id} in {}", netns.display());
+    let fd = open_netns(netns)?;
+    let binary = sys.pause_binary.clone();
+    let argv0 = id.pause_argv0();
+    let tag = sys.node_inode.to_string();
+    let thread_object = object.clone();
+    // fork/exec from a dedicated plain thread, never from a runtime worker.
+    let pid = thread::run(&object, None, move || {
+        spawn(&binary, &argv0, &tag, &fd).map_err(|e| {
+            SystemError::io(format!("{thread_object}: spawning {}", binary.display()), e)
+        })
+    })
+    .await?;
+    // `spawn` returns once the exec has succeeded, so /proc shows the pause already.
+    match read_stat(pid)? {
+        Some(stat) if !stat.dead() => {
+            debug!(sys.log, "pause started"; "pod_id" => %id, "pid" => pid);
+            Ok(PauseProcess {
+                pid,
+                start_time: stat.start_time,
+            })
+        }
+        _ => {
+            reap(pid);
+            Err(SystemError::other(
+                object,
+                format!("pid {pid} exited right after starting"),
+            ))
+        }
+    }
+}
+
+/// Forks and execs the pause binary; returns its pid.
+fn spawn(binary: &Path, argv0: &str, tag: &str, netns: &OwnedFd) -> io::Result<u32> {
+    let netns_fd = netns.as_raw_fd();
+    let mut command = Command::new(binary);
+    command
+        .arg0(argv0)
+        .env_clear()
+        .env(PAUSE_NODE_ENV, tag)
+        // Do not pin the daemon's working directory (or its mount) for the pod's lifetime.
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let hook = move || -> io::Result<()> {
+        // SAFETY: setns on a descriptor that is open in the child (the parent keeps it open
+        // across the spawn; it is close-on-exec, so the pause does not inherit it); a raw
+        // system call, async-signal-safe.
+        if unsafe { libc::setns(netns_fd, libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: setsid has no arguments; async-signal-safe. The fresh child is not a
+        // process group leader, so it succeeds.
+        if unsafe { libc::setsid() } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Whatever the daemon's libraries left without O_CLOEXEC is closed at exec. Best
+        // effort: kernels before 5.11 lack CLOSE_RANGE_CLOEXEC.
+        // SAFETY: close_range only changes descriptor flags; no memory arguments.
+        unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        Ok(())
+    };
+    // SAFETY: the hook runs between fork and exec in the child of a multi-threaded process;
+    // it only makes raw system calls (setns, setsid, close_range) and reads errno: no
+    // allocation, no locks, async-signal-safe throughout.
+    unsafe { command.pre_exec(hook) };
+    let child = command.spawn()?;
+    // Deliberately not waited for: see the module documentation.
+    Ok(child.id())
+}
+
+/// Stops `p` if it is still the same process; `false` if it was already gone.
+pub(crate) async fn stop(sys: &LinuxSystem, p: PauseProcess) -> Result<bool, SystemError> {
+    let log = sys.log.clone();
+    tokio::task::spawn_blocking(move || stop_blocking(p, &log))
+        .await
+        .map_err(|e| SystemError::other(format!("pause {p}"), format!("stop task failed: {e}")))?
+}
+
+fn stop_blocking(p: PauseProcess, log: &slog::Logger) -> Result<bool, SystemError> {
+    let object = format!("pause {p}");
+    if same_process(p)?.is_none() {
+        return Ok(false);
+    }
+    // Pin the identity: from here on a reused pid cannot be signalled by mistake.
+    let pidfd = match pidfd_open(p.pid) {
+        Ok(fd) => fd,
+        Err(Errno::ESRCH) => return Ok(false),
+        Err(e) => return Err(SystemError::io(format!("{object}: pidfd_open"), e.into())),
+    };
+    match same_process(p)? {
+        None => return Ok(false),
+        Some(stat) if stat.dead() => {
+            reap(p.pid);
+            return Ok(false);
+        }
+        Some(_) => {}
+    }
+    let signal = |signal| match pidfd_signal(&pidfd, signal) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(SystemError::io(
+            format!("{object}: signal {signal}"),
+            e.into(),
+        )),
+    };
+    let wait = |timeout| {
+        wait_exit(&pidfd, timeout)
+            .map_err(|e| SystemError::io(format!("{object}: waiting for exit"), e.into()))
+    };
+    signal(libc::SIGTERM)?;
+    if !wait(TERM_GRACE)? {
+        warn!(log, "pause ignored SIGTERM, killing it"; "pid" => p.pid);
+        signal(libc::SIGKILL)?;
+        if !wait(KILL_WAIT)? {
+            return Err(SystemError::other(object, "still running after SIGKILL"));
+        }
+    }
+    reap(p.pid);
+    Ok(true)
+}
+
+/// Whether `p` is alive and still the same process. A dead child of ours is reaped.
+pub(crate) fn alive(p: PauseProcess) -> Result<bool, SystemError> {
+    match same_process(p)? {
+        None => Ok(false),
+        Some(stat) if stat.dead() => {
+            reap(p.pid);
+            Ok(false)
+        }
+        Some(_) => Ok(true),
+    }
+}
+
+/// Reads a small `/proc/<pid>/<file>`; `None` if the process is gone or unreadable.
+fn read_proc(pid: &str, file: &str) -> Option<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/{file}")).ok()
+}
+
+/// Every live pause process of ours: `argv[0]` is `netns-holder-pause:<id>` and the
+/// environment carries the node namespace inode `node_inode`.
+pub(crate) async fn list(node_inode: u64) -> Result<Vec<RunningPause>, SystemError> {
+    tokio::task::spawn_blocking(move || list_blocking(node_inode))
+        .await
+        .map_err(|e| SystemError::other("pause processes", format!("list task failed: {e}")))?
+}
+
+fn list_blocking(node_inode: u64) -> Result<Vec<RunningPause>, SystemError> {
+    let tag = format!("{PAUSE_NODE_ENV}={node_inode}");
+    let entries = std::fs::read_dir("/proc").map_err(|e| SystemError::io("/proc", e))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| SystemError::io("/proc", e))?;
+        let name = entry.file_name();
+        let Some(pid_text) = name.to_str() else {
+            continue;
+        };
+        let Ok(pid) = pid_text.parse::<u32>() else {
+            continue;
+        };
+        // Processes come and go during the scan: anything unreadable is skipped.
+        let Some(cmdline) = read_proc(pid_text, "cmdline") else {
+            continue;
+        };
+        let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        let Some(id) = std::str::from_utf8(argv0)
+            .ok()
+            .and_then(pod_id_from_pause_argv0)
+        else {
+            continue;
+        };
+        let Some(environ) = read_proc(pid_text, "environ") else {
+            continue;
+        };
+        if !environ.split(|b| *b == 0).any(|v| v == tag.as_bytes()) {
+            continue;
+        }
+        match read_stat(pid) {
+            Ok(Some(stat)) if !stat.dead() => found.push(RunningPause {
+                id,
+                process: PauseProcess {
+                    pid,
+                    start_time: stat.start_time,
+                },
+            }),
+            _ => continue,
+        }
+    }
+    found.sort_by_key(|p| p.process.pid);
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parsing_handles_odd_comm() {
+        let text = "4242 (a) b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 \
+                    987654 1000 10 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0";
+        assert_eq!(
+            parse_stat(text),
+            Some(Stat {
+                state: b'S',
+                start_time: 987654
+            })
+        );
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn own_stat_is_readable() {
+        let me = read_stat(std::process::id()).unwrap().unwrap();
+        assert!(!me.dead());
+        assert!(me.start_time > 0);
+        assert_eq!(read_stat(u32::MAX).unwrap(), None);
+    }
+}

@@ -1,0 +1,66 @@
+//! Per-namespace sysctls under `/proc/sys/net`.
+//!
+//! The files under `/proc/sys/net` show the namespace of the thread that *opens* them, so
+//! every read and write happens on a throwaway thread that has entered the right namespace
+//! first (the node namespace, or a pod's).
+
+use std::io::ErrorKind;
+use std::path::Path;
+
+use super::netns::open_netns;
+use super::thread::{self, NsFd};
+use super::{LinuxSystem, link_object};
+use crate::names::IfName;
+use crate::system::SystemError;
+
+/// Sets the sysctl file `file` to `value` unless it already has it. `netns` names the
+/// namespace in errors.
+fn ensure_value(file: &str, value: &str, netns: &str) -> Result<(), SystemError> {
+    let object = || format!("sysctl {file} in {netns}");
+    match std::fs::read_to_string(file) {
+        Ok(current) if current.trim() == value => return Ok(()),
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(SystemError::NotFound { object: object() });
+        }
+        Err(e) => return Err(SystemError::io(object(), e)),
+    }
+    std::fs::write(file, value).map_err(|e| SystemError::io(object(), e))
+}
+
+/// `net.ipv4.ip_forward = 1` (and `net.ipv6.conf.all.forwarding = 1` if `ipv6`) in the node
+/// namespace.
+pub(crate) async fn enable_forwarding(sys: &LinuxSystem, ipv6: bool) -> Result<(), SystemError> {
+    let node = NsFd::Shared(sys.node.clone());
+    thread::run("forwarding sysctls", Some(node), move || {
+        ensure_value("/proc/sys/net/ipv4/ip_forward", "1", "the node namespace")?;
+        if ipv6 {
+            ensure_value(
+                "/proc/sys/net/ipv6/conf/all/forwarding",
+                "1",
+                "the node namespace",
+            )?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// `net.ipv6.conf.<link>.accept_dad = 0` inside the namespace at `netns`.
+pub(crate) async fn disable_dad(netns: &Path, link: &IfName) -> Result<(), SystemError> {
+    let fd = open_netns(netns)?;
+    let where_ = netns.display().to_string();
+    let file = format!("/proc/sys/net/ipv6/conf/{link}/accept_dad");
+    let object = link_object(Some(netns), link.as_str());
+    thread::run(object.clone(), Some(NsFd::Owned(fd)), move || {
+        ensure_value(&file, "0", &where_).map_err(|e| match e {
+            SystemError::NotFound { .. } if !Path::new("/proc/sys/net/ipv6/conf").exists() => {
+                SystemError::other(object, "IPv6 is disabled in its namespace")
+            }
+            // The per-link directory exists exactly while the link does.
+            SystemError::NotFound { .. } => SystemError::NotFound { object },
+            e => e,
+        })
+    })
+    .await
+}

@@ -1,0 +1,788 @@
+//! Privileged end-to-end tests of [`LinuxSystem`] driven through [`PodManager`].
+//!
+//! Every test runs in its own throwaway *node* network namespace (a thread `unshare`s one;
+//! the test body then runs on a tokio runtime built on a thread that `setns`'d into it, so
+//! its workers are there too) with its own `netns_dir` and state directory in a temporary
+//! directory. The machine's real network is never touched. A guard cleans up on every exit,
+//! panics included: it kills the pauses tagged with the node namespace, unmounts the pod
+//! namespaces and the directory's own bind mount, and the node namespace disappears with
+//! its last descriptor.
+//!
+//! Needs root (they print a loud `SKIPPED` line otherwise), `ip`, `ping` and `nsenter` (the
+//! *tests* exec those; the implementation never does), and the pause binary:
+//! `cargo build -p pause --profile pause` (or set `NH_PAUSE_BINARY`).
+//!
+//! Run: `cargo test -p netns-holder --test linux_system -- --test-threads=4`.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use netns_holder::config::Config;
+use netns_holder::linux::{LinuxSystem, PAUSE_NODE_ENV};
+use netns_holder::manager::{CreateRequest, PodInfo, PodManager};
+use netns_holder::names::{IfName, PodName};
+use netns_holder::plan::Problem;
+use netns_holder::system::{Namespaces, Netlink, PauseProcess, Processes, SystemError};
+use nix::fcntl::{OFlag, open};
+use nix::mount::{MntFlags, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::stat::Mode;
+use nix::sys::statfs::{NSFS_MAGIC, statfs};
+use nix::unistd::Pid;
+use slog::{Logger, o};
+
+// ------------------------------------------------------------------ environment
+
+/// Returns early (with a loud line) unless running as root.
+macro_rules! require_root {
+    () => {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "SKIPPED {}: needs root (network namespaces, bind mounts, netlink)",
+                module_path!()
+            );
+            return;
+        }
+    };
+}
+
+fn pause_binary() -> PathBuf {
+    let path = std::env::var_os("NH_PAUSE_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pause/pause"));
+    assert!(
+        path.is_file(),
+        "pause binary {} missing: run `cargo build -p pause --profile pause` or set NH_PAUSE_BINARY",
+        path.display()
+    );
+    path
+}
+
+fn logger() -> Logger {
+    if std::env::var_os("NH_TEST_LOG").is_some() {
+        use slog::Drain;
+        let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+        let drain = slog_term::FullFormat::new(decorator).build().fuse();
+        Logger::root(drain, o!())
+    } else {
+        Logger::root(slog::Discard, o!())
+    }
+}
+
+/// A throwaway node namespace plus a configuration whose directories are in a temp dir.
+#[derive(Clone)]
+struct Ctx {
+    node: Arc<OwnedFd>,
+    node_inode: u64,
+    config: Config,
+}
+
+/// Owns the temp dir and cleans up everything a test may leave behind.
+struct Env {
+    ctx: Ctx,
+    _tmp: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(v6: Option<&str>, mtu: Option<u32>) -> Self {
+        let node = std::thread::spawn(|| {
+            unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+            open(
+                "/proc/thread-self/ns/net",
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .expect("open own netns")
+        })
+        .join()
+        .expect("node namespace thread");
+        let node_inode = nix::sys::stat::fstat(&node).expect("fstat").st_ino;
+        let tmp = tempfile::Builder::new()
+            .prefix("nh-linux-test")
+            .tempdir()
+            .expect("tempdir");
+        let config = Config {
+            socket: tmp.path().join("api.sock"),
+            state_dir: tmp.path().join("state"),
+            netns_dir: tmp.path().join("netns"),
+            pod_cidr_v6: v6.map(|c| c.parse().expect("v6 cidr")),
+            mtu,
+            pause_binary: pause_binary(),
+            ..Config::default()
+        };
+        Self {
+            ctx: Ctx {
+                node: Arc::new(node),
+                node_inode,
+                config,
+            },
+            _tmp: tmp,
+        }
+    }
+
+    /// Runs `body` on a 2-worker tokio runtime whose threads are in the node namespace.
+    fn run<F, Fut>(&self, body: F)
+    where
+        F: FnOnce(Ctx) -> Fut + Send + 'static,
+        Fut: Future<Output = ()>,
+    {
+        let ctx = self.ctx.clone();
+        on_node_thread(&self.ctx.node, move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(body(ctx));
+        });
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Pauses started in this node namespace (our children: kill and reap).
+        for pid in tagged_pauses(self.ctx.node_inode) {
+            let pid = Pid::from_raw(pid as i32);
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        let dir = &self.ctx.config.netns_dir;
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let _ = umount2(&entry.path(), MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        // The directory's own bind mount (made shared by create_netns).
+        for _ in 0..4 {
+            if umount2(dir, MntFlags::MNT_DETACH).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// Runs `f` on a fresh thread inside the node namespace; re-raises its panic.
+fn on_node_thread<T: Send + 'static>(
+    node: &Arc<OwnedFd>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let node = node.clone();
+    std::thread::spawn(move || {
+        setns(&*node, CloneFlags::CLONE_NEWNET).expect("setns into node namespace");
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// Runs `f` on a fresh thread inside the namespace bind-mounted at `path`.
+fn on_pod_thread<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let fd = open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).expect("open netns");
+    std::thread::spawn(move || {
+        setns(&fd, CloneFlags::CLONE_NEWNET).expect("setns into pod namespace");
+        f()
+    })
+}
+
+/// Pids whose environment carries `PAUSE_NODE_ENV=<inode>` (zombies included).
+fn tagged_pauses(inode: u64) -> Vec<u32> {
+    let tag = format!("{PAUSE_NODE_ENV}={inode}");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ"))
+            && env.split(|b| *b == 0).any(|v| v == tag.as_bytes())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+// ------------------------------------------------------------------ command helpers
+
+fn output(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Runs `args` inside the pod namespace at `netns` (via nsenter).
+fn in_pod(netns: &Path, args: &[&str]) -> (bool, String) {
+    output(
+        Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .arg("--")
+            .args(args),
+    )
+}
+
+/// Runs `args` inside the node namespace.
+fn in_node(node: &Arc<OwnedFd>, args: &[&str]) -> (bool, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    on_node_thread(node, move || {
+        output(Command::new(&args[0]).args(&args[1..]))
+    })
+}
+
+/// `ping -c1 -W1`, up to 3 attempts (the first packet also resolves the neighbour).
+fn ping_ok(run: impl Fn(&[&str]) -> (bool, String), ip: IpAddr) -> Result<(), String> {
+    let ip = ip.to_string();
+    let mut last = String::new();
+    for _ in 0..3 {
+        let (ok, text) = run(&["ping", "-c1", "-W1", &ip]);
+        if ok {
+            return Ok(());
+        }
+        last = text;
+    }
+    Err(last)
+}
+
+/// Connects from pod `a` to a listener in pod `b` on `b_ip`; returns (client's local
+/// address as the client sees it, peer address as the server sees it).
+fn tcp_exchange(a: &Path, b: &Path, b_ip: IpAddr) -> (IpAddr, IpAddr) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = on_pod_thread(b, move || {
+        let listener = TcpListener::bind((b_ip, 0)).expect("bind in pod b");
+        tx.send(listener.local_addr().expect("local addr").port())
+            .expect("send port");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match listener.accept() {
+                Ok((_stream, peer)) => return peer.ip(),
+                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("accept in pod b: {e}"),
+            }
+        }
+    });
+    let port = rx.recv().expect("port from pod b");
+    let client = on_pod_thread(a, move || {
+        let stream =
+            TcpStream::connect_timeout(&SocketAddr::new(b_ip, port), Duration::from_secs(5))
+                .expect("connect from pod a");
+        stream.local_addr().expect("local addr").ip()
+    });
+    let local = client.join().expect("client thread");
+    let peer = server.join().expect("server thread");
+    (local, peer)
+}
+
+fn pod(name: &str) -> PodName {
+    PodName::new(name).unwrap()
+}
+
+fn ifname(name: &str) -> IfName {
+    IfName::new(name).unwrap()
+}
+
+fn is_nsfs(path: &Path) -> bool {
+    statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
+}
+
+/// The state letter of `/proc/<pid>/stat`, `None` if there is no such process.
+fn proc_state(pid: u32) -> Option<char> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    text[text.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+// ------------------------------------------------------------------ assertions
+
+/// Everything that must hold for a ready pod, checked with `ip` and /proc (not with the
+/// code under test).
+fn assert_pod_wired(ctx: &Ctx, info: &PodInfo, mtu: u32) {
+    let netns = &info.netns;
+    assert!(
+        is_nsfs(netns),
+        "{} is not an nsfs bind mount",
+        netns.display()
+    );
+    // The pause lives in exactly that namespace.
+    let pid = info.pause_pid.expect("pause pid");
+    let pause_ns = std::fs::metadata(format!("/proc/{pid}/ns/net")).expect("pause ns");
+    let mount = std::fs::metadata(netns).expect("netns mount");
+    assert_eq!(
+        (pause_ns.dev(), pause_ns.ino()),
+        (mount.dev(), mount.ino()),
+        "pause {pid} is not in {}",
+        netns.display()
+    );
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap();
+    assert_eq!(argv0, info.id.pause_argv0().as_bytes());
+    assert_ne!(proc_state(pid), Some('Z'));
+
+    let (ok, addrs) = in_pod(netns, &["ip", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(ok, "{addrs}");
+    for ip in &info.ips {
+        let family = if ip.addr().is_ipv4() {
+            "inet "
+        } else {
+            "inet6 "
+        };
+        let line = addrs
+            .lines()
+            .find(|l| l.contains(&format!("{family}{ip} ")))
+            .unwrap_or_else(|| panic!("{ip} missing on eth0: {addrs}"));
+        // Usable at once: never tentative (DAD off / IFA_F_NODAD).
+        assert!(!line.contains("tentative"), "tentative address: {line}");
+    }
+    let (_, link) = in_pod(netns, &["ip", "-o", "link", "show", "dev", "eth0"]);
+    assert!(link.contains("state UP"), "eth0 not up: {link}");
+    assert!(link.contains(&format!("mtu {mtu} ")), "eth0 mtu: {link}");
+
+    let (_, lo) = in_pod(netns, &["ip", "-o", "addr", "show", "dev", "lo"]);
+    assert!(lo.contains("inet 127.0.0.1/8"), "lo: {lo}");
+    let (_, lo_link) = in_pod(netns, &["ip", "-o", "link", "show", "dev", "lo"]);
+    assert!(lo_link.contains(",UP"), "lo not up: {lo_link}");
+
+    for gateway in &info.gateways {
+        let family = if gateway.is_ipv4() { "-4" } else { "-6" };
+        let (_, routes) = in_pod(netns, &["ip", family, "route", "show", "default"]);
+        assert!(
+            routes.contains(&format!("default via {gateway} dev eth0")),
+            "default route via {gateway}: {routes}"
+        );
+    }
+
+    let host = info.host_veth.as_str();
+    let (ok, host_link) = in_node(&ctx.node, &["ip", "-o", "link", "show", "dev", host]);
+    assert!(ok, "{host_link}");
+    let bridge = ctx.config.bridge.as_str();
+    assert!(
+        host_link.contains(&format!("master {bridge} ")),
+        "{host} not on {bridge}: {host_link}"
+    );
+    assert!(host_link.contains(",UP"), "{host} not up: {host_link}");
+    assert!(
+        host_link.contains(&format!("mtu {mtu} ")),
+        "{host} mtu: {host_link}"
+    );
+}
+
+/// Nothing of a removed pod is left.
+fn assert_pod_gone(ctx: &Ctx, info: &PodInfo) {
+    assert!(
+        !info.netns.exists(),
+        "{} still exists",
+        info.netns.display()
+    );
+    if let Some(pid) = info.pause_pid {
+        assert_eq!(proc_state(pid), None, "pause {pid} still exists (reaped?)");
+    }
+    let (ok, _) = in_node(
+        &ctx.node,
+        &["ip", "link", "show", "dev", info.host_veth.as_str()],
+    );
+    assert!(!ok, "{} still exists", info.host_veth);
+}
+
+/// Host links whose names start with `nh`, other than the bridge.
+fn node_pod_links(ctx: &Ctx) -> Vec<String> {
+    let (ok, text) = in_node(&ctx.node, &["ip", "-o", "link", "show"]);
+    assert!(ok, "{text}");
+    text.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap().to_string())
+        .filter(|n| n.starts_with("nh") && n != ctx.config.bridge.as_str())
+        .collect()
+}
+
+fn manager(ctx: &Ctx) -> PodManager<LinuxSystem> {
+    let system = LinuxSystem::new(&ctx.config, logger()).expect("LinuxSystem::new");
+    assert_eq!(system.node_netns_inode(), ctx.node_inode);
+    PodManager::open(ctx.config.clone(), system, logger()).expect("PodManager::open")
+}
+
+/// Two pods: wiring, pod <-> pod ping and TCP, node -> pod ping, check, restart + reconcile,
+/// remove. `v6` selects the dual-stack variant and the address family of the traffic.
+async fn two_pods(ctx: Ctx, v6: bool, mtu: u32) {
+    let mgr = manager(&ctx);
+    let report = mgr.reconcile().await;
+    assert!(report.failures.is_empty(), "{report:?}");
+
+    let started = Instant::now();
+    let a = mgr
+        .create(CreateRequest::new(pod("pod-a")))
+        .await
+        .expect("create a");
+    let first = started.elapsed();
+    let b = mgr
+        .create(CreateRequest::new(pod("pod-b")))
+        .await
+        .expect("create b");
+    eprintln!(
+        "create latency: first pod {:?} (bridge included), second {:?}",
+        first,
+        started.elapsed() - first
+    );
+    assert_eq!(a.ips.len(), if v6 { 2 } else { 1 });
+    assert_pod_wired(&ctx, &a, mtu);
+    assert_pod_wired(&ctx, &b, mtu);
+    let findings = mgr.check().await;
+    assert!(findings.is_empty(), "{findings:?}");
+
+    let pick = |info: &PodInfo| {
+        info.ips
+            .iter()
+            .map(|n| n.addr())
+            .find(|ip| ip.is_ipv6() == v6)
+            .expect("address of the family")
+    };
+    let (a_ip, b_ip) = (pick(&a), pick(&b));
+    ping_ok(|args| in_pod(&a.netns, args), b_ip).expect("ping a -> b");
+    ping_ok(|args| in_pod(&b.netns, args), a_ip).expect("ping b -> a");
+    let (local, peer) = tcp_exchange(&a.netns, &b.netns, b_ip);
+    assert_eq!(local, a_ip, "client source address");
+    assert_eq!(peer, a_ip, "server sees the sender's pod IP");
+    ping_ok(|args| in_node(&ctx.node, args), a_ip).expect("ping node -> a");
+    ping_ok(|args| in_node(&ctx.node, args), b_ip).expect("ping node -> b");
+
+    // A daemon restart: a new system and manager on the same state find everything intact.
+    drop(mgr);
+    let mgr = manager(&ctx);
+    let report = mgr.reconcile().await;
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert!(report.repaired.is_empty(), "{report:?}");
+    assert!(report.orphans_removed.is_empty(), "{report:?}");
+    assert!(report.removed_dead.is_empty(), "{report:?}");
+    assert_eq!(mgr.get(&pod("pod-a")), Some(a.clone()));
+    assert_pod_wired(&ctx, &a, mtu);
+
+    assert!(mgr.remove(&pod("pod-a")).await.expect("remove a"));
+    assert!(mgr.remove(&pod("pod-b")).await.expect("remove b"));
+    assert!(!mgr.remove(&pod("pod-a")).await.expect("remove a again"));
+    assert_pod_gone(&ctx, &a);
+    assert_pod_gone(&ctx, &b);
+    assert_eq!(node_pod_links(&ctx), Vec::<String>::new());
+    assert_eq!(mgr.system().list_pauses().await.unwrap(), vec![]);
+    assert_eq!(
+        mgr.system()
+            .list_netns(&ctx.config.netns_dir)
+            .await
+            .unwrap(),
+        Vec::<PathBuf>::new()
+    );
+    assert!(mgr.check().await.is_empty());
+}
+
+// ------------------------------------------------------------------ tests
+
+#[test]
+fn two_pods_ipv4() {
+    require_root!();
+    // No MTU configured and no default route in the node namespace: the 1500 fallback.
+    Env::new(None, None).run(|ctx| two_pods(ctx, false, 1500));
+}
+
+#[test]
+fn two_pods_dual_stack_over_ipv6() {
+    require_root!();
+    Env::new(Some("fd3c:9a1e:42b7::/64"), Some(1400)).run(|ctx| two_pods(ctx, true, 1400));
+}
+
+#[test]
+fn fifty_concurrent_pods() {
+    require_root!();
+    Env::new(Some("fd3c:9a1e:42b8::/64"), None).run(|ctx| async move {
+        const N: usize = 50;
+        let mgr = Arc::new(manager(&ctx));
+        // Warm up (bridge, node netlink connection) so the batch measures pods only.
+        let warm = Instant::now();
+        mgr.create(CreateRequest::new(pod("warm")))
+            .await
+            .expect("create warm");
+        eprintln!("first create (bridge included): {:?}", warm.elapsed());
+
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..N)
+            .map(|i| {
+                let mgr = mgr.clone();
+                tokio::spawn(
+                    async move { mgr.create(CreateRequest::new(pod(&format!("p{i}")))).await },
+                )
+            })
+            .collect();
+        let mut pods = Vec::new();
+        for task in tasks {
+            pods.push(task.await.expect("task").expect("create"));
+        }
+        let elapsed = started.elapsed();
+        eprintln!(
+            "{N} concurrent creates: {elapsed:?} total, {:?} per pod",
+            elapsed / N as u32
+        );
+
+        let ips: BTreeSet<IpAddr> = pods
+            .iter()
+            .flat_map(|p| p.ips.iter().map(|n| n.addr()))
+            .collect();
+        assert_eq!(ips.len(), 2 * N, "distinct addresses");
+        let pids: BTreeSet<u32> = pods.iter().map(|p| p.pause_pid.unwrap()).collect();
+        assert_eq!(pids.len(), N);
+        assert_eq!(mgr.system().list_pauses().await.unwrap().len(), N + 1);
+        assert!(mgr.check().await.is_empty());
+        for info in [&pods[0], &pods[N / 2], &pods[N - 1]] {
+            assert_pod_wired(&ctx, info, 1500);
+        }
+        for ip in &pods[N - 1].ips {
+            ping_ok(|args| in_pod(&pods[0].netns, args), ip.addr()).expect("ping first -> last");
+        }
+
+        let started = Instant::now();
+        let tasks: Vec<_> = pods
+            .iter()
+            .map(|p| {
+                let mgr = mgr.clone();
+                let name = p.name.clone();
+                tokio::spawn(async move { mgr.remove(&name).await })
+            })
+            .collect();
+        for task in tasks {
+            assert!(task.await.expect("task").expect("remove"));
+        }
+        eprintln!("{N} concurrent removes: {:?}", started.elapsed());
+        assert!(mgr.remove(&pod("warm")).await.unwrap());
+        for info in &pods {
+            assert_pod_gone(&ctx, info);
+        }
+        assert_eq!(node_pod_links(&ctx), Vec::<String>::new());
+        assert_eq!(mgr.system().list_pauses().await.unwrap(), vec![]);
+        assert_eq!(std::fs::read_dir(&ctx.config.netns_dir).unwrap().count(), 0);
+        assert!(mgr.list().is_empty());
+    });
+}
+
+#[test]
+fn killed_pause_is_reported_and_restarted_in_the_same_netns() {
+    require_root!();
+    Env::new(None, None).run(|ctx| async move {
+        let mgr = manager(&ctx);
+        let info = mgr
+            .create(CreateRequest::new(pod("victim")))
+            .await
+            .expect("create");
+        let old = info.pause_pid.unwrap();
+        kill(Pid::from_raw(old as i32), Signal::SIGKILL).expect("kill -9");
+        // Our child: it stays a zombie until reaped.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while proc_state(old) != Some('Z') && proc_state(old).is_some() {
+            assert!(Instant::now() < deadline, "pause {old} did not die");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+
+        let findings = mgr.check().await;
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].pod, Some(pod("victim")));
+        assert_eq!(findings[0].problem, Problem::NotRunning);
+        assert!(
+            findings[0].object.contains(&old.to_string()),
+            "{findings:?}"
+        );
+        // The zombie was reaped by the liveness check.
+        assert_eq!(proc_state(old), None);
+
+        let report = mgr.repair().await;
+        assert!(report.failures.is_empty(), "{report:?}");
+        assert!(report.repaired.contains_key(&pod("victim")), "{report:?}");
+        let repaired = mgr.get(&pod("victim")).expect("still there");
+        let new = repaired.pause_pid.expect("new pause");
+        assert_ne!(new, old);
+        assert_pod_wired(&ctx, &repaired, 1500);
+        assert!(mgr.check().await.is_empty());
+        // The namespace held its wiring throughout: still reachable from the node.
+        ping_ok(|args| in_node(&ctx.node, args), repaired.ips[0].addr()).expect("ping node -> pod");
+        assert!(mgr.remove(&pod("victim")).await.unwrap());
+        assert_pod_gone(&ctx, &repaired);
+    });
+}
+
+#[test]
+fn system_primitives() {
+    require_root!();
+    Env::new(None, None).run(|ctx| async move {
+        let sys = Arc::new(LinuxSystem::new(&ctx.config, logger()).expect("new"));
+        let dir = ctx.config.netns_dir.clone();
+        let a = dir.join("a");
+
+        // Namespaces: exclusive create, existence, listing, idempotent delete.
+        assert!(!sys.netns_exists(&a).await.unwrap());
+        assert_eq!(sys.list_netns(&dir).await.unwrap(), Vec::<PathBuf>::new());
+        sys.create_netns(&a).await.expect("create a");
+        assert!(matches!(
+            sys.create_netns(&a).await,
+            Err(SystemError::AlreadyExists { .. })
+        ));
+        assert!(sys.netns_exists(&a).await.unwrap());
+        std::fs::write(dir.join("plain-file"), b"").unwrap();
+        assert!(!sys.netns_exists(&dir.join("plain-file")).await.unwrap());
+        assert!(matches!(
+            sys.create_netns(&dir.join("plain-file")).await,
+            Err(SystemError::AlreadyExists { .. })
+        ));
+        assert_eq!(sys.list_netns(&dir).await.unwrap(), vec![a.clone()]);
+        assert!(sys.delete_netns(&a).await.unwrap());
+        assert!(!sys.delete_netns(&a).await.unwrap());
+        assert!(!a.exists());
+        assert!(sys.delete_netns(&dir.join("plain-file")).await.unwrap());
+
+        // Errors name their object.
+        let missing = dir.join("missing");
+        let err = sys.loopback_up(&missing).await.unwrap_err();
+        assert!(matches!(err, SystemError::NotFound { .. }), "{err}");
+        assert!(err.to_string().contains("missing"), "{err}");
+        assert!(
+            !sys.delete_link(Some(&missing), &ifname("eth0"))
+                .await
+                .unwrap()
+        );
+
+        // Bridge: concurrent ensures, then a link of another kind under the name.
+        let bridge = ifname("nhtest0");
+        let gateways = [
+            "10.99.0.1/24".parse().unwrap(),
+            "fd3c:9a1e:42b9::1/64".parse().unwrap(),
+        ];
+        let ensures: Vec<_> = (0..8)
+            .map(|_| {
+                let sys = sys.clone();
+                let bridge = bridge.clone();
+                tokio::spawn(async move { sys.ensure_bridge(&bridge, &gateways).await })
+            })
+            .collect();
+        for e in ensures {
+            e.await.unwrap().expect("ensure_bridge");
+        }
+        let info = sys.link_info(None, &bridge).await.unwrap().expect("bridge");
+        assert!(info.up);
+        for g in gateways {
+            assert!(info.addresses.contains(&g), "{info:?}");
+        }
+        let (ok, text) = in_node(
+            &ctx.node,
+            &[
+                "ip", "link", "add", "nhother", "type", "veth", "peer", "name", "nhother1",
+            ],
+        );
+        assert!(ok, "{text}");
+        let err = sys
+            .ensure_bridge(&ifname("nhother"), &[])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("nhother"), "{err}");
+        assert!(err.to_string().contains("not a bridge"), "{err}");
+        assert_eq!(
+            sys.list_links(None, "nh").await.unwrap(),
+            vec![ifname("nhother"), ifname("nhother1"), ifname("nhtest0")]
+        );
+        assert!(sys.delete_link(None, &ifname("nhother")).await.unwrap());
+        // The peer went with it.
+        assert!(!sys.delete_link(None, &ifname("nhother1")).await.unwrap());
+
+        // Default route MTU: none, then the MTU of the default route's link.
+        assert_eq!(sys.default_route_mtu().await.unwrap(), None);
+        for args in [
+            &[
+                "ip", "link", "add", "uplink", "mtu", "1234", "type", "veth", "peer", "name",
+                "uplink1",
+            ][..],
+            &["ip", "link", "set", "uplink", "up"],
+            &["ip", "link", "set", "uplink1", "up"],
+            &["ip", "addr", "add", "192.0.2.2/24", "dev", "uplink"],
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                "192.0.2.1",
+                "dev",
+                "uplink",
+            ],
+        ] {
+            let (ok, text) = in_node(&ctx.node, args);
+            assert!(ok, "{args:?}: {text}");
+        }
+        assert_eq!(sys.default_route_mtu().await.unwrap(), Some(1234));
+
+        // Veth: exclusive on the host end.
+        sys.create_netns(&a).await.expect("create a");
+        let host = ifname("nhveth0");
+        sys.create_veth(&host, &ifname("nhp0"), &a, 1300)
+            .await
+            .expect("veth");
+        let err = sys
+            .create_veth(&host, &ifname("nhp1"), &a, 1300)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SystemError::AlreadyExists { .. }), "{err}");
+        assert!(err.to_string().contains("nhveth0"), "{err}");
+        let peer = sys
+            .link_info(Some(&a), &ifname("nhp0"))
+            .await
+            .unwrap()
+            .expect("peer");
+        assert_eq!(peer.mtu, 1300);
+        assert!(
+            sys.link_info(None, &ifname("nhp0"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // Pause identity: a wrong start time is not ours to stop.
+        let id = pod("prim").id();
+        let pause = sys.start_pause(&id, &a).await.expect("start pause");
+        assert!(sys.pause_alive(&pause).await.unwrap());
+        let impostor = PauseProcess {
+            pid: pause.pid,
+            start_time: pause.start_time + 1,
+        };
+        assert!(!sys.pause_alive(&impostor).await.unwrap());
+        assert!(!sys.stop_pause(&impostor).await.unwrap());
+        assert!(sys.pause_alive(&pause).await.unwrap());
+        let listed = sys.list_pauses().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].id.clone(), listed[0].process), (id, pause));
+        assert!(sys.stop_pause(&pause).await.unwrap());
+        assert!(!sys.stop_pause(&pause).await.unwrap());
+        assert!(!sys.pause_alive(&pause).await.unwrap());
+        assert_eq!(proc_state(pause.pid), None, "stopped pause was reaped");
+        assert!(sys.list_pauses().await.unwrap().is_empty());
+
+        // A missing pause binary is an error naming it.
+        let mut broken = ctx.config.clone();
+        broken.pause_binary = PathBuf::from("/nonexistent/pause");
+        let broken = LinuxSystem::new(&broken, logger()).unwrap();
+        let err = broken.start_pause(&pod("x").id(), &a).await.unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/pause"), "{err}");
+
+        assert!(sys.delete_link(None, &host).await.unwrap());
+        assert!(sys.delete_netns(&a).await.unwrap());
+    });
+}
