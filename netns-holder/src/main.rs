@@ -1,6 +1,148 @@
-//! netns-holder: the node daemon (its API and wiring arrive with the daemon work).
+//! `netns-holder`: the node daemon (`serve`) and its command-line client.
+//!
+//! This file only builds the root logger (stderr), parses the command line, runs the
+//! daemon or a client command on a tokio runtime, prints results (stdout) and errors (one
+//! `error: ...` line on stderr), and performs `exec` after the runtime is gone. See
+//! [`netns_holder::cli`] for the commands and [`netns_holder::server`] for the daemon.
 
-fn main() {
-    eprintln!("netns-holder: the daemon is not built yet");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use slog::{Drain, Logger, info, o};
+
+use netns_holder::cli::{self, Cli, ClientCommand, Command, Outcome, ServeArgs};
+use netns_holder::config::Config;
+
+/// Builds the one root logger: human-readable lines on stderr, written by a background
+/// thread (the returned guard flushes it when dropped).
+fn root_logger(verbose: bool) -> (Logger, slog_async::AsyncGuard) {
+    let decorator = slog_term::PlainDecorator::new(std::io::stderr());
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    let level = if verbose {
+        slog::Level::Debug
+    } else {
+        slog::Level::Info
+    };
+    let drain = slog::LevelFilter::new(drain, level).fuse();
+    let (drain, guard) = slog_async::Async::new(drain)
+        .chan_size(4096)
+        .build_with_guard();
+    (Logger::root(drain.fuse(), o!()), guard)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (log, guard) = root_logger(cli.verbose);
+    let socket = cli.socket.clone();
+    let code = match cli.command {
+        Command::Serve(args) => match serve(args, socket, log.clone()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                slog::error!(log, "daemon failed"; "error" => %e);
+                drop(log);
+                drop(guard);
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::Client(command) => {
+            let socket =
+                socket.unwrap_or_else(|| PathBuf::from(netns_holder::config::DEFAULT_SOCKET));
+            client(command, &socket, &log)
+        }
+    };
+    drop(log);
+    drop(guard);
+    code
+}
+
+/// Runs a client command; `exec` replaces the process once the runtime has shut down.
+fn client(command: ClientCommand, socket: &std::path::Path, log: &Logger) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(cli::run(socket, command, log));
+    // No runtime (and no runtime thread) may outlive this point: `exec` follows.
+    drop(runtime);
+    match outcome {
+        Ok(Outcome::Print { stdout, code }) => {
+            println!("{stdout}");
+            ExitCode::from(code)
+        }
+        Ok(Outcome::Exec {
+            pod,
+            netns,
+            command,
+        }) => {
+            let error = cli::exec_in_netns(&pod, &netns, &command);
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives. The handlers are installed by this call, so
+/// signals arriving before the future is first polled are not lost.
+fn shutdown_signal(log: Logger) -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(log, "shutting down"; "signal" => name);
+    })
+}
+
+/// `serve`: loads the configuration, then runs the daemon until a signal.
+fn serve(args: ServeArgs, socket: Option<PathBuf>, log: Logger) -> anyhow::Result<()> {
+    if socket.is_some() {
+        anyhow::bail!("--socket does not apply to serve; set `socket` in the config file");
+    }
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    info!(log, "starting";
+        "version" => env!("CARGO_PKG_VERSION"),
+        "config" => args.config.as_ref().map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string()),
+        "socket" => %config.socket.display(),
+        "state_dir" => %config.state_dir.display(),
+        "netns_dir" => %config.netns_dir.display(),
+        "bridge" => %config.bridge,
+        "pod_cidr_v4" => %config.pod_cidr_v4,
+        "pod_cidr_v6" => ?config.pod_cidr_v6.map(|n| n.to_string()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = shutdown_signal(log.clone())?;
+        #[cfg(feature = "fake")]
+        if args.fake {
+            slog::warn!(log, "serving a FAKE in-memory kernel (test builds only)");
+            let system = netns_holder::fake::FakeSystem::new();
+            return Ok(netns_holder::server::run_daemon(config, system, shutdown, log).await?);
+        }
+        // The real kernel implementation, once `netns_holder::linux` is in the library:
+        // let system = netns_holder::linux::LinuxSystem::new(&config, log.clone())?;
+        // Ok(netns_holder::server::run_daemon(config, system, shutdown, log).await?)
+        drop(shutdown);
+        anyhow::bail!("the Linux kernel implementation is not built into this binary yet")
+    })
 }
