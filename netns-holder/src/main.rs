@@ -139,10 +139,9 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>, log: Logger) -> anyhow::Resul
             let system = netns_holder::fake::FakeSystem::new();
             return Ok(netns_holder::server::run_daemon(config, system, shutdown, log).await?);
         }
-        // The real kernel implementation, once `netns_holder::linux` is in the library:
-        // let system = netns_holder::linux::LinuxSystem::new(&config, log.clone())?;
-        // Ok(netns_holder::server::run_daemon(config, system, shutdown, log).await?)
-        drop(shutdown);
-        anyhow::bail!("the Linux kernel implementation is not built into this binary yet")
+        // The real kernel. `block_on` runs this on the main thread, whose network namespace
+        // LinuxSystem captures as the node's.
+        let system = netns_holder::linux::LinuxSystem::new(&config, log.clone())?;
+        Ok(netns_holder::server::run_daemon(config, system, shutdown, log).await?)
     })
 }
