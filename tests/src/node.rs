@@ -7,6 +7,7 @@
 //! lives in the node namespace except the pod bind mounts and the pause processes, which
 //! [`Daemon`]'s drop removes, so a failing test leaks nothing.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -68,6 +69,145 @@ impl Node {
     pub fn run(&self, argv: &[&str]) -> Result<Output> {
         run_ok(&mut self.command(argv))
     }
+
+    /// The inode of the node's network namespace: what a daemon serving in it puts into the
+    /// environment of its pause processes (`NETNS_HOLDER_NODE_NETNS=<inode>`).
+    pub fn netns_inode(&self) -> Result<u64> {
+        let path = self.netns_path();
+        Ok(std::fs::metadata(&path)
+            .with_context(|| format!("stat {}", path.display()))?
+            .ino())
+    }
+
+    /// The names of every link in the node (`lo`, the bridge, host veths, ...).
+    pub fn links(&self) -> Result<Vec<String>> {
+        let out = self.run(&["ip", "-j", "link", "show"])?;
+        let links: Value = serde_json::from_slice(&out.stdout).context("ip -j link show")?;
+        Ok(links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .collect())
+    }
+
+    /// Live pause processes started by a daemon serving in this node, as `(pid, pod id)`:
+    /// `argv[0]` is `netns-holder-pause:<id>` and the environment names this node's
+    /// namespace. Zombies (exited, not yet reaped) are not listed.
+    pub fn pause_processes(&self) -> Result<Vec<(u32, String)>> {
+        let tag = format!("{PAUSE_NODE_ENV}={}", self.netns_inode()?);
+        Ok(pause_processes()
+            .into_iter()
+            .filter(|(pid, _)| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == tag.as_bytes()))
+            })
+            .collect())
+    }
+}
+
+/// The environment variable naming the node namespace inode in every pause's environment.
+pub const PAUSE_NODE_ENV: &str = "NETNS_HOLDER_NODE_NETNS";
+
+/// The prefix of `argv[0]` of every pause a daemon starts; the pod id follows.
+pub const PAUSE_ARGV0_PREFIX: &str = "netns-holder-pause:";
+
+/// Every live (not zombie) process on the machine whose `argv[0]` is
+/// `netns-holder-pause:<id>`, as `(pid, id)`, whichever daemon started it.
+pub fn pause_processes() -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<(u32, String)> = entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let argv0 = cmdline.split(|b| *b == 0).next()?;
+            let id = std::str::from_utf8(argv0)
+                .ok()?
+                .strip_prefix(PAUSE_ARGV0_PREFIX)?
+                .to_string();
+            (!matches!(crate::proc_state(pid), None | Some('Z' | 'X'))).then_some((pid, id))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Whether `pid` is a live (not zombie) pause process of pod `id`.
+pub fn pause_alive(pid: u32, id: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    argv0 == format!("{PAUSE_ARGV0_PREFIX}{id}").as_bytes()
+        && !matches!(crate::proc_state(pid), None | Some('Z' | 'X'))
+}
+
+/// Mount points at or below `dir` in this process's mount namespace (from
+/// `/proc/self/mountinfo`; octal escapes such as `\040` are decoded).
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mountinfo(field)))
+        .filter(|path| path.starts_with(dir))
+        .collect()
+}
+
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() {
+            if let Some(n) = std::str::from_utf8(&bytes[i + 1..i + 4])
+                .ok()
+                .and_then(|digits| u8::from_str_radix(digits, 8).ok())
+            {
+                out.push(n);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Runs `f` on a new thread that first enters the network namespace at `netns`
+/// (`setns(CLONE_NEWNET)`, which affects that thread only), and returns its result.
+///
+/// Sockets keep the namespace they were created in: a listener or a connected stream made
+/// by `f` can be returned and used from any thread.
+pub fn in_netns_thread<T, F>(netns: &Path, f: F) -> Result<T>
+where
+    T: Send,
+    F: FnOnce() -> Result<T> + Send,
+{
+    use std::os::fd::AsRawFd;
+    let file =
+        std::fs::File::open(netns).with_context(|| format!("opening netns {}", netns.display()))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // SAFETY: setns on a valid, open namespace descriptor; it changes only the
+                // calling thread's network namespace, and this thread ends with `f`.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                if rc != 0 {
+                    bail!(
+                        "setns({}): {}",
+                        netns.display(),
+                        std::io::Error::last_os_error()
+                    );
+                }
+                drop(file);
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in netns {} panicked", netns.display()))?
+    })
 }
 
 impl Drop for Node {
@@ -231,6 +371,11 @@ impl Daemon {
         self.scratch.path().join("state")
     }
 
+    /// The node bridge the daemon is configured with.
+    pub fn bridge(&self) -> &str {
+        &self.options.bridge
+    }
+
     /// The config file.
     pub fn config_path(&self) -> &Path {
         &self.config_path
@@ -321,17 +466,40 @@ impl Drop for Daemon {
             let _ = self.stop();
         }
         // Whatever is left after a crash: pause processes of our pods (checked by their
-        // argv[0] tag, so a recycled pid is never hit) and bind mounts under our netns dir.
-        for pid in self.recorded_pause_pids() {
+        // argv[0] tag, so a recycled pid is never hit), including those started by a create
+        // that a crash cut short before their pid was recorded (found by the node namespace
+        // in their environment) ...
+        let mut pids = self.recorded_pause_pids();
+        let tag = std::fs::metadata(&self.node_netns)
+            .ok()
+            .map(|m| format!("{PAUSE_NODE_ENV}={}", m.ino()));
+        for (pid, _) in pause_processes() {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            if tag
+                .as_ref()
+                .is_some_and(|tag| environ.split(|b| *b == 0).any(|v| v == tag.as_bytes()))
+            {
+                pids.push(pid);
+            }
+        }
+        for pid in pids {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if cmdline.starts_with(b"netns-holder-pause:") {
+            if cmdline.starts_with(PAUSE_ARGV0_PREFIX.as_bytes()) {
                 // SAFETY: plain kill of a pause our daemon started.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             }
         }
+        // ... bind mounts under our netns dir, then the netns dir itself, which the daemon
+        // bind-mounts onto itself to make it a shared mount (else the scratch dir stays).
         if let Ok(entries) = std::fs::read_dir(self.netns_dir()) {
             for entry in entries.flatten() {
                 let _ = nix_umount(&entry.path());
+            }
+        }
+        for _ in 0..8 {
+            if mounts_under(&self.netns_dir()).is_empty() || nix_umount(&self.netns_dir()).is_err()
+            {
+                break;
             }
         }
     }
