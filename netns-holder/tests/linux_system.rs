@@ -683,6 +683,48 @@ fn system_primitives() {
         for g in gateways {
             assert!(info.addresses.contains(&g), "{info:?}");
         }
+        // The bridge keeps its MAC when a port with a lower one joins (it was set explicitly),
+        // so pods never see the gateway's MAC change.
+        let mac = |ctx: &Ctx| {
+            let (ok, text) = in_node(&ctx.node, &["ip", "-o", "link", "show", "nhtest0"]);
+            assert!(ok, "{text}");
+            let mac = text.split("link/ether ").nth(1).expect("link/ether");
+            mac.split_whitespace().next().unwrap().to_string()
+        };
+        let before = mac(&ctx);
+        for args in [
+            &[
+                "ip",
+                "link",
+                "add",
+                "nhlow",
+                "address",
+                "02:00:00:00:00:01",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "nhlow1",
+            ][..],
+            &["ip", "link", "set", "nhlow1", "up"],
+        ] {
+            let (ok, text) = in_node(&ctx.node, args);
+            assert!(ok, "{args:?}: {text}");
+        }
+        sys.set_master(&ifname("nhlow"), &bridge)
+            .await
+            .expect("set_master");
+        sys.link_up(None, &ifname("nhlow")).await.expect("link_up");
+        let port = sys
+            .link_info(None, &ifname("nhlow"))
+            .await
+            .unwrap()
+            .expect("port");
+        assert_eq!(port.master, Some(bridge.clone()));
+        assert!(port.up);
+        assert_eq!(mac(&ctx), before, "bridge MAC changed");
+        assert!(sys.delete_link(None, &ifname("nhlow")).await.unwrap());
+
         let (ok, text) = in_node(
             &ctx.node,
             &[

@@ -19,10 +19,12 @@
 //!
 //! Work "inside the pod namespace at `P`" opens `P`, creates a netlink socket on a
 //! short-lived thread that `setns`'d into it, and drives an rtnetlink connection over that
-//! socket for the duration of one trait call, polled in the caller's task (no spawned
-//! task), so the socket, which pins the namespace, is closed when the call returns. Nothing
-//! here ever `setns`es a thread that is not its own throwaway thread, and nothing ever execs
-//! `ip`.
+//! socket. The connection is cached by the namespace's identity (nsfs device and inode) and
+//! dropped after a second without use, or at once when the namespace is deleted through
+//! [`Namespaces::delete_netns`] (a socket pins its namespace); a create's half a dozen
+//! pod-side calls share one socket. Sysctls inside a pod (`accept_dad`) are written from a
+//! throwaway thread that entered it. Nothing here ever `setns`es a thread that is not its
+//! own throwaway thread, and nothing ever execs `ip`.
 //!
 //! Namespace creation follows iproute2: the directory is made a shared mount (bind-mounted
 //! onto itself first if it is not a mount point), the mount point file is created with
@@ -54,6 +56,7 @@
 //! link-local address usable at once), and every IPv6 address is added with `IFA_F_NODAD`,
 //! so an address is never tentative, also when added by a repair or on the bridge.
 
+mod conn;
 mod netlink;
 mod netns;
 mod pause;
@@ -89,11 +92,10 @@ pub struct LinuxSystem {
     node: Arc<OwnedFd>,
     /// Inode of the node network namespace (tags our pause processes).
     node_inode: u64,
-    /// The cached node-side rtnetlink connection.
-    node_netlink: tokio::sync::OnceCell<rtnetlink::Handle>,
-    /// Serializes dumps on the node connection: the kernel runs one dump per netlink socket
-    /// at a time and answers a second one with `EBUSY`.
-    node_dump: tokio::sync::Mutex<()>,
+    /// The node-side rtnetlink connection, opened on first use.
+    node_netlink: tokio::sync::OnceCell<conn::Conn>,
+    /// Recently used pod-side rtnetlink connections.
+    pods: conn::PodConns,
     log: Logger,
 }
 
@@ -131,7 +133,7 @@ impl LinuxSystem {
             node: Arc::new(node),
             node_inode,
             node_netlink: tokio::sync::OnceCell::new(),
-            node_dump: tokio::sync::Mutex::new(()),
+            pods: conn::PodConns::default(),
             log,
         })
     }
@@ -167,6 +169,10 @@ impl Namespaces for LinuxSystem {
     }
 
     async fn delete_netns(&self, path: &Path) -> Result<bool, SystemError> {
+        // Our cached socket would keep the namespace alive after the unmount.
+        if let Ok(Some(key)) = netns::key(path) {
+            self.pods.evict(key);
+        }
         netns::delete(path).await
     }
 

@@ -1,14 +1,11 @@
 //! Links, addresses and routes over rtnetlink, in the node namespace or inside a pod's.
 //!
-//! * Node side: one cached connection ([`node_handle`]) whose socket was created on a thread
-//!   that had entered the node namespace.
-//! * Pod side ([`in_netns`]): per trait call, a socket created on a thread that entered the
-//!   pod namespace; its connection is polled together with the operation in the caller's
-//!   task and dropped (closing the socket, which pins the namespace) when the call returns.
+//! Every operation gets its connection from [`super::conn`]: the node connection, or a
+//! (briefly cached) connection whose socket was created inside the pod namespace.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use futures::TryStreamExt;
@@ -22,93 +19,19 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
 };
-use rtnetlink::sys::{Socket, TokioSocket, protocols::NETLINK_ROUTE};
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 use slog::{debug, info};
 
+use super::conn;
+
 use super::netns::open_netns;
-use super::thread::{self, NsFd};
 use super::{LinuxSystem, link_object};
 use crate::names::IfName;
 use crate::system::{LinkInfo, SystemError};
 
 // ------------------------------------------------------------------ connections
-
-/// Creates a raw rtnetlink socket in the calling thread's network namespace.
-fn new_socket(object: &str) -> Result<Socket, SystemError> {
-    Socket::new(NETLINK_ROUTE)
-        .map_err(|e| SystemError::io(format!("{object}: opening a netlink socket"), e))
-}
-
-/// Wraps a socket (created in whatever namespace) into an rtnetlink connection and handle.
-#[allow(clippy::type_complexity)]
-fn connect(
-    socket: Socket,
-    object: &str,
-) -> Result<
-    (
-        rtnetlink::proto::Connection<rtnetlink::packet_route::RouteNetlinkMessage, TokioSocket>,
-        Handle,
-    ),
-    SystemError,
-> {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return Err(SystemError::other(
-            object,
-            "netlink needs to be driven from inside a tokio runtime",
-        ));
-    }
-    // SAFETY: `socket` is an open netlink socket that we own; `into_raw_fd` gives up that
-    // ownership, which passes to the TokioSocket (it closes the descriptor when dropped).
-    let socket = unsafe { TokioSocket::from_raw_fd(socket.into_raw_fd()) };
-    let (connection, handle, _unsolicited) = rtnetlink::from_socket(socket);
-    Ok((connection, handle))
-}
-
-/// The cached node-side handle, connecting on first use.
-async fn node_handle(sys: &LinuxSystem) -> Result<Handle, SystemError> {
-    sys.node_netlink
-        .get_or_try_init(|| async {
-            let object = "netlink in the node namespace";
-            let socket = thread::run(object, Some(NsFd::Shared(sys.node.clone())), move || {
-                new_socket(object)
-            })
-            .await?;
-            let (connection, handle) = connect(socket, object)?;
-            tokio::spawn(connection);
-            debug!(sys.log, "node netlink connection opened");
-            Ok(handle)
-        })
-        .await
-        .cloned()
-}
-
-/// Runs `op` with a handle whose socket lives in the network namespace at `netns`.
-async fn in_pod<T, F, Fut>(netns: &Path, op: F) -> Result<T, SystemError>
-where
-    F: FnOnce(Handle) -> Fut,
-    Fut: Future<Output = Result<T, SystemError>>,
-{
-    let fd = open_netns(netns)?;
-    let object = format!("netlink in {}", netns.display());
-    let socket = {
-        let object = object.clone();
-        thread::run(object.clone(), Some(NsFd::Owned(fd)), move || {
-            new_socket(&object)
-        })
-        .await?
-    };
-    let (connection, handle) = connect(socket, &object)?;
-    let op = op(handle);
-    tokio::pin!(op);
-    tokio::pin!(connection);
-    tokio::select! {
-        result = &mut op => result,
-        () = &mut connection => Err(SystemError::other(object, "netlink connection closed")),
-    }
-}
 
 /// Whether an operation issues netlink dump requests (see [`in_netns`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,8 +41,7 @@ enum Dumps {
 }
 
 /// Runs `op` with a handle for `netns` (`None`: the node namespace). Operations that dump
-/// hold the node connection's dump lock there (a pod connection serves one call only, whose
-/// dumps are sequential).
+/// hold the connection's dump lock (one dump per socket at a time).
 async fn in_netns<T, F, Fut>(
     sys: &LinuxSystem,
     netns: Option<&Path>,
@@ -130,17 +52,20 @@ where
     F: FnOnce(Handle) -> Fut,
     Fut: Future<Output = Result<T, SystemError>>,
 {
-    match netns {
-        None => {
-            let handle = node_handle(sys).await?;
-            let _dump = match dumps {
-                Dumps::Yes => Some(sys.node_dump.lock().await),
-                Dumps::No => None,
-            };
-            op(handle).await
-        }
-        Some(path) => in_pod(path, op).await,
-    }
+    let conn = match netns {
+        None => conn::node(sys).await?,
+        Some(path) => conn::pod(sys, path).await?,
+    };
+    let _dump = match dumps {
+        Dumps::Yes => Some(conn.dumps.lock().await),
+        Dumps::No => None,
+    };
+    op(conn.handle.clone()).await
+}
+
+/// The node handle, for operations that never dump.
+async fn node_handle(sys: &LinuxSystem) -> Result<Handle, SystemError> {
+    Ok(conn::node(sys).await?.handle)
 }
 
 // ------------------------------------------------------------------ errors and parsing
@@ -718,9 +643,10 @@ pub(crate) async fn default_routes(
 
 pub(crate) async fn default_route_mtu(sys: &LinuxSystem) -> Result<Option<u32>, SystemError> {
     let object = "IPv4 default route in the node namespace";
-    let h = node_handle(sys).await?;
+    let node = conn::node(sys).await?;
+    let h = node.handle.clone();
     let routes = {
-        let _dump = sys.node_dump.lock().await;
+        let _dump = node.dumps.lock().await;
         dump_routes(&h, false)
             .await
             .map_err(|e| nl_err(object, e))?

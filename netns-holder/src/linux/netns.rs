@@ -10,7 +10,7 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, open};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
-use nix::sys::stat::{Mode, fstat};
+use nix::sys::stat::{Mode, fstat, stat};
 use nix::sys::statfs::{NSFS_MAGIC, statfs};
 
 use super::{netns_object, thread};
@@ -31,6 +31,38 @@ pub(crate) fn open_current() -> Result<(OwnedFd, u64), SystemError> {
         .map_err(|e| SystemError::io(format!("netns {THREAD_NETNS}"), e.into()))?
         .st_ino;
     Ok((fd, inode))
+}
+
+/// The identity of a namespace: device and inode of its nsfs file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct NetnsKey {
+    /// `st_dev` (the nsfs superblock).
+    pub(crate) dev: u64,
+    /// `st_ino` (the namespace's inode number).
+    pub(crate) ino: u64,
+}
+
+/// The identity of whatever is at `path` (`None` if nothing is). Only meaningful as a
+/// namespace identity if `path` is one; a key of any other file never equals a namespace's,
+/// as its device differs.
+pub(crate) fn key(path: &Path) -> Result<Option<NetnsKey>, SystemError> {
+    match stat(path) {
+        Ok(st) => Ok(Some(NetnsKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(SystemError::io(netns_object(path), e.into())),
+    }
+}
+
+/// The identity of the namespace open as `fd` (opened from `path`, which names it in errors).
+pub(crate) fn fd_key(fd: &OwnedFd, path: &Path) -> Result<NetnsKey, SystemError> {
+    let st = fstat(fd).map_err(|e| SystemError::io(netns_object(path), e.into()))?;
+    Ok(NetnsKey {
+        dev: st.st_dev,
+        ino: st.st_ino,
+    })
 }
 
 /// Whether the open descriptor `fd` is a network namespace (nsfs, type `CLONE_NEWNET`).
@@ -220,13 +252,17 @@ pub(crate) async fn delete(path: &Path) -> Result<bool, SystemError> {
 
 fn delete_blocking(path: &Path) -> Result<bool, SystemError> {
     let object = || netns_object(path);
-    let unmounted = match umount2(path, MntFlags::MNT_DETACH) {
-        Ok(()) => true,
-        // Not a mount point (e.g. a crash between creating the file and mounting).
-        Err(Errno::EINVAL) => false,
-        Err(Errno::ENOENT) => return Ok(false),
-        Err(e) => return Err(SystemError::io(format!("{}: unmount", object()), e.into())),
-    };
+    let mut unmounted = false;
+    // Normally one mount; more if someone stacked mounts there. EINVAL: no (more) mount
+    // (e.g. a crash between creating the file and mounting).
+    for _ in 0..16 {
+        match umount2(path, MntFlags::MNT_DETACH) {
+            Ok(()) => unmounted = true,
+            Err(Errno::EINVAL) => break,
+            Err(Errno::ENOENT) => return Ok(unmounted),
+            Err(e) => return Err(SystemError::io(format!("{}: unmount", object()), e.into())),
+        }
+    }
     match std::fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(unmounted),

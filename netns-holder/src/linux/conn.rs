@@ -1,0 +1,213 @@
+//! rtnetlink connections bound to a network namespace.
+//!
+//! A netlink socket belongs to the namespace of the thread that created it, for good. So
+//! each socket is created on a throwaway thread that entered the wanted namespace first
+//! ([`super::thread::run`]) and then wrapped into an rtnetlink connection driven by a tokio
+//! task; requests can be sent from any thread afterwards.
+//!
+//! * The node connection is opened on first use and kept.
+//! * Pod connections are cached by the namespace's identity (device and inode of its nsfs
+//!   file; a cached socket pins its namespace, so the inode cannot be reused while the entry
+//!   lives) and dropped after [`POD_IDLE`] without use, by a sweeper task that runs while the
+//!   cache is not empty, or at once when the namespace is deleted through us
+//!   ([`PodConns::evict`]). A create issues half a dozen pod-side calls within milliseconds;
+//!   they share one socket instead of paying a thread and a socket each, while a namespace
+//!   that someone else deletes is pinned by us for at most about [`POD_IDLE`] longer.
+//!
+//! The kernel runs one dump per netlink socket at a time (a second one gets `EBUSY`), so
+//! every connection carries a lock that dumping operations hold.
+
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use rtnetlink::Handle;
+use rtnetlink::sys::{Socket, TokioSocket, protocols::NETLINK_ROUTE};
+use slog::debug;
+
+use super::LinuxSystem;
+use super::netns::{self, NetnsKey};
+use super::thread::{self, NsFd};
+use crate::system::SystemError;
+
+/// How long an unused pod connection is kept.
+pub(crate) const POD_IDLE: Duration = Duration::from_secs(1);
+
+/// A connection: its handle and its dump lock.
+#[derive(Clone)]
+pub(crate) struct Conn {
+    /// Sends requests.
+    pub(crate) handle: Handle,
+    /// Held by operations that dump.
+    pub(crate) dumps: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Creates a raw rtnetlink socket in the calling thread's network namespace.
+fn new_socket(object: &str) -> Result<Socket, SystemError> {
+    Socket::new(NETLINK_ROUTE)
+        .map_err(|e| SystemError::io(format!("{object}: opening a netlink socket"), e))
+}
+
+/// Wraps `socket` (created in whatever namespace) into a connection driven by a new task.
+fn connect(socket: Socket, object: &str) -> Result<Conn, SystemError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(SystemError::other(
+            object,
+            "netlink needs to be driven from inside a tokio runtime",
+        ));
+    }
+    // SAFETY: `socket` is an open netlink socket that we own; `into_raw_fd` gives up that
+    // ownership, which passes to the TokioSocket (it closes the descriptor when dropped).
+    let socket = unsafe { TokioSocket::from_raw_fd(socket.into_raw_fd()) };
+    let (connection, handle, _unsolicited) = rtnetlink::from_socket(socket);
+    // The task ends (closing the socket) once every handle is dropped.
+    tokio::spawn(connection);
+    Ok(Conn {
+        handle,
+        dumps: Arc::default(),
+    })
+}
+
+/// Opens a connection inside the namespace `enter`; `object` names it in errors.
+async fn open_in(enter: NsFd, object: String) -> Result<Conn, SystemError> {
+    let thread_object = object.clone();
+    let socket = thread::run(&object, Some(enter), move || new_socket(&thread_object)).await?;
+    connect(socket, &object)
+}
+
+/// The node connection, opened on first use.
+pub(crate) async fn node(sys: &LinuxSystem) -> Result<Conn, SystemError> {
+    sys.node_netlink
+        .get_or_try_init(|| async {
+            let conn = open_in(
+                NsFd::Shared(sys.node.clone()),
+                "netlink in the node namespace".to_string(),
+            )
+            .await?;
+            debug!(sys.log, "node netlink connection opened");
+            Ok(conn)
+        })
+        .await
+        .cloned()
+}
+
+/// A connection inside the namespace bind-mounted at `path`, cached.
+pub(crate) async fn pod(sys: &LinuxSystem, path: &Path) -> Result<Conn, SystemError> {
+    if let Some(conn) = netns::key(path)?.and_then(|key| sys.pods.get(key)) {
+        return Ok(conn);
+    }
+    let fd = netns::open_netns(path)?;
+    // The key of what was actually opened (the path may have changed since).
+    let key = netns::fd_key(&fd, path)?;
+    let conn = open_in(NsFd::Owned(fd), format!("netlink in {}", path.display())).await?;
+    Ok(sys.pods.insert(key, conn))
+}
+
+struct Entry {
+    conn: Conn,
+    last_used: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<NetnsKey, Entry>,
+    /// The sweeper task, while the cache is not empty (changed only under the lock). A task
+    /// that ended with its runtime counts as finished, so a new one is started then.
+    sweeper: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The pod connection cache.
+#[derive(Default)]
+pub(crate) struct PodConns {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl PodConns {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cached connection for `key`, marked used.
+    fn get(&self, key: NetnsKey) -> Option<Conn> {
+        let mut inner = self.lock();
+        let entry = inner.entries.get_mut(&key)?;
+        entry.last_used = Instant::now();
+        Some(entry.conn.clone())
+    }
+
+    /// Caches `conn` for `key` unless a concurrent caller did first; returns the cached one.
+    fn insert(&self, key: NetnsKey, conn: Conn) -> Conn {
+        let mut inner = self.lock();
+        let cached = inner
+            .entries
+            .entry(key)
+            .or_insert(Entry {
+                conn,
+                last_used: Instant::now(),
+            })
+            .conn
+            .clone();
+        if inner.sweeper.as_ref().is_none_or(|t| t.is_finished()) {
+            inner.sweeper = Some(tokio::spawn(sweep(Arc::downgrade(&self.inner))));
+        }
+        cached
+    }
+
+    /// Drops the connection for `key` (its namespace is going away).
+    pub(crate) fn evict(&self, key: NetnsKey) {
+        self.lock().entries.remove(&key);
+    }
+
+    /// Number of cached connections.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+}
+
+/// Drops idle entries until the cache is empty (or gone).
+async fn sweep(cache: Weak<Mutex<Inner>>) {
+    loop {
+        tokio::time::sleep(POD_IDLE / 2).await;
+        let Some(cache) = cache.upgrade() else { return };
+        let mut inner = cache.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .entries
+            .retain(|_, e| e.last_used.elapsed() < POD_IDLE);
+        if inner.entries.is_empty() {
+            inner.sweeper = None;
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> Conn {
+        let (_connection, handle, _) = rtnetlink::new_connection().expect("netlink socket");
+        Conn {
+            handle,
+            dumps: Arc::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_entries_are_swept_and_first_insert_wins() {
+        let cache = PodConns::default();
+        let key = NetnsKey { dev: 1, ino: 2 };
+        let first = cache.insert(key, conn());
+        let second = cache.insert(key, conn());
+        assert!(Arc::ptr_eq(&first.dumps, &second.dumps));
+        assert!(cache.get(key).is_some());
+        tokio::time::sleep(POD_IDLE * 2).await;
+        assert_eq!(cache.len(), 0);
+        assert!(cache.lock().sweeper.is_none());
+        cache.insert(key, conn());
+        cache.evict(key);
+        assert!(cache.get(key).is_none());
+    }
+}
