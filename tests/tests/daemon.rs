@@ -1,0 +1,968 @@
+//! End-to-end tests of the real daemon: `netns-holder serve` inside a throwaway node network
+//! namespace ([`nh_tests::node`]), driven through its CLI as an operator or an adapter would.
+//!
+//! The Kubernetes network model:
+//! * pod to pod on one node, IPv4 and IPv6: ping both ways; TCP where the receiver sees the
+//!   sender's pod IP (no NAT), the sender's socket is bound to that same IP, and each pod's
+//!   own `eth0` carries exactly the addresses the API reported;
+//! * node to pod (ping, and TCP that arrives from the bridge address) and pod to node (ping
+//!   of the gateway, which is the node bridge's address and the pod's default route);
+//! * two runc app containers joined to one pod's namespace by its bind-mount path reach
+//!   each other on localhost and both see `eth0` with the pod IP.
+//!
+//! Lifecycle:
+//! * 200 pods created, then removed, leave no host veth, no address allocation, no bind
+//!   mount and no pause process;
+//! * `kill -9` of the daemon at swept points of a create, then a restart: every pod is
+//!   either fully working or completely gone (and never gone if its create was answered);
+//! * 50 concurrent creates get 50 distinct, working addresses, and `gc` removes them all.
+//!
+//! Every test runs its own node and daemon and uses unique pod names; the guards remove
+//! everything even when an assertion fails, and a failure prints the daemon's log.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use nh_tests::node::{
+    Daemon, DaemonOptions, Node, in_netns, in_netns_thread, mounts_under, netns_holder_binary,
+    pause_alive, pause_processes,
+};
+use nh_tests::oci::{Bundle, ContainerSpec, Namespace, Runner, Runtime};
+use nh_tests::{ChildGuard, ScratchDir, busybox_rootfs, require_root, run_ok, unique_name};
+use serde_json::Value;
+
+/// The IPv6 pod CIDR of the dual-stack tests (a ULA: never routed off the machine).
+const POD_CIDR_V6: &str = "fd00:10:244::/64";
+
+/// How long a TCP connect or read may take between pods of one node.
+const TCP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long an app container may take to finish its work.
+const CONTAINER_TIMEOUT: Duration = Duration::from_secs(20);
+
+// ------------------------------------------------------------------------------- helpers
+
+/// An address family of the pod network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn of(ip: &IpAddr) -> Self {
+        if ip.is_ipv4() { Self::V4 } else { Self::V6 }
+    }
+
+    fn ping_flag(self) -> &'static str {
+        match self {
+            Self::V4 => "-4",
+            Self::V6 => "-6",
+        }
+    }
+}
+
+/// A pod as the API prints it (`pod create`, `pod inspect`).
+#[derive(Debug, Clone)]
+struct Pod {
+    name: String,
+    id: String,
+    netns: PathBuf,
+    pause_pid: Option<u32>,
+    /// Addresses with their prefix lengths, as in the API's CIDR strings.
+    ips: Vec<(IpAddr, u8)>,
+    gateways: Vec<IpAddr>,
+    host_veth: String,
+}
+
+impl Pod {
+    fn from_json(value: &Value) -> Result<Self> {
+        let text = |key: &str| -> Result<String> {
+            value[key]
+                .as_str()
+                .map(str::to_string)
+                .with_context(|| format!("no string {key:?} in pod JSON {value}"))
+        };
+        let list = |key: &str| -> Result<Vec<String>> {
+            value[key]
+                .as_array()
+                .with_context(|| format!("no array {key:?} in pod JSON {value}"))?
+                .iter()
+                .map(|v| v.as_str().map(str::to_string).context("not a string"))
+                .collect()
+        };
+        let ips = list("ips")?
+            .iter()
+            .map(|cidr| {
+                let (ip, prefix) = cidr
+                    .split_once('/')
+                    .with_context(|| format!("pod IP {cidr:?} is not in CIDR form"))?;
+                Ok((ip.parse()?, prefix.parse()?))
+            })
+            .collect::<Result<_>>()?;
+        let gateways = list("gateways")?
+            .iter()
+            .map(|g| g.parse().with_context(|| format!("gateway {g:?}")))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            name: text("name")?,
+            id: text("id")?,
+            netns: PathBuf::from(text("netns")?),
+            pause_pid: value["pause_pid"].as_u64().map(|p| p as u32),
+            ips,
+            gateways,
+            host_veth: text("host_veth")?,
+        })
+    }
+
+    /// The pod's address of `family`.
+    fn ip(&self, family: Family) -> Result<IpAddr> {
+        self.ips
+            .iter()
+            .map(|(ip, _)| *ip)
+            .find(|ip| Family::of(ip) == family)
+            .with_context(|| {
+                format!(
+                    "pod {} has no {family:?} address: {:?}",
+                    self.name, self.ips
+                )
+            })
+    }
+
+    /// The pod's gateway of `family`.
+    fn gateway(&self, family: Family) -> Result<IpAddr> {
+        self.gateways
+            .iter()
+            .copied()
+            .find(|ip| Family::of(ip) == family)
+            .with_context(|| {
+                format!(
+                    "pod {} has no {family:?} gateway: {:?}",
+                    self.name, self.gateways
+                )
+            })
+    }
+}
+
+/// Starts a node and a daemon in it, runs `body`, and prints the daemon's log if it fails.
+/// The node and daemon guards clean up either way.
+fn on_node(
+    test: &str,
+    options: DaemonOptions,
+    body: impl FnOnce(&Node, &mut Daemon) -> Result<()>,
+) -> Result<()> {
+    let node = Node::new()?;
+    let mut daemon = Daemon::start(&node, options)?;
+    let started = Instant::now();
+    let result = body(&node, &mut daemon);
+    match &result {
+        Ok(()) => eprintln!("{test}: passed in {:.1?}", started.elapsed()),
+        Err(e) => eprintln!(
+            "\n*** {test} FAILED: {e:#}\n--- daemon log ---\n{}--- end of daemon log ---\n",
+            daemon.log()
+        ),
+    }
+    result
+}
+
+fn dual_stack() -> DaemonOptions {
+    DaemonOptions {
+        pod_cidr_v6: Some(POD_CIDR_V6.into()),
+        ..DaemonOptions::default()
+    }
+}
+
+/// `pod create NAME` → the pod.
+fn create(daemon: &Daemon, name: &str) -> Result<Pod> {
+    Pod::from_json(&daemon.create_pod(name, &[])?)
+}
+
+/// `pod rm NAME`, which must report that it removed the pod.
+fn remove(daemon: &Daemon, name: &str) -> Result<()> {
+    let out = daemon.remove_pod(name)?;
+    ensure!(
+        out["removed"] == Value::Bool(true),
+        "pod rm {name} did not remove it: {out}"
+    );
+    Ok(())
+}
+
+/// `pod inspect NAME`: the pod, or `None` if the daemon does not know it.
+fn inspect(daemon: &Daemon, name: &str) -> Result<Option<Pod>> {
+    let out = daemon.cli(&["pod", "inspect", name])?;
+    if out.status.success() {
+        let value: Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("pod inspect {name}: stdout is not JSON"))?;
+        return Pod::from_json(&value).map(Some);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        stderr.contains("not found"),
+        "pod inspect {name} failed with {} for another reason than \"not found\": {stderr}",
+        out.status
+    );
+    Ok(None)
+}
+
+/// `check`: must exit 0 and report no drift.
+fn check_no_drift(daemon: &Daemon) -> Result<()> {
+    let out = daemon.cli(&["check"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "check exited with {} (drift?): {stdout} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: Value = serde_json::from_str(&stdout).context("check output is not JSON")?;
+    ensure!(
+        value["drift"] == Value::Bool(false),
+        "check reports drift: {value}"
+    );
+    Ok(())
+}
+
+/// The pod id of `name`, computed as the daemon does (the first 16 hex characters of the
+/// SHA-256 of the name), for pods whose create was never answered.
+fn pod_id_of(name: &str) -> Result<String> {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running sha256sum")?;
+    child
+        .stdin
+        .take()
+        .context("sha256sum stdin")?
+        .write_all(name.as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(out.status.success(), "sha256sum failed");
+    let text = String::from_utf8(out.stdout)?;
+    Ok(text
+        .get(..16)
+        .context("short sha256sum output")?
+        .to_string())
+}
+
+/// Pings `ip` once from the network namespace at `netns`.
+fn ping(netns: &Path, ip: IpAddr) -> Result<()> {
+    let ip_text = ip.to_string();
+    run_ok(&mut in_netns(
+        netns,
+        &[
+            "ping",
+            Family::of(&ip).ping_flag(),
+            "-c1",
+            "-W2",
+            ip_text.as_str(),
+        ],
+    ))
+    .with_context(|| format!("ping {ip} from netns {}", netns.display()))?;
+    Ok(())
+}
+
+/// The global addresses of `dev` in the namespace at `netns` (`ip -j addr show`).
+fn addresses(netns: &Path, dev: &str) -> Result<BTreeSet<(IpAddr, u8)>> {
+    let out = run_ok(&mut in_netns(
+        netns,
+        &["ip", "-j", "addr", "show", "dev", dev],
+    ))?;
+    let links: Value = serde_json::from_slice(&out.stdout).context("ip -j addr show")?;
+    let mut found = BTreeSet::new();
+    for link in links.as_array().into_iter().flatten() {
+        for addr in link["addr_info"].as_array().into_iter().flatten() {
+            if addr["scope"] != "global" {
+                continue;
+            }
+            let ip: IpAddr = addr["local"]
+                .as_str()
+                .context("address without \"local\"")?
+                .parse()?;
+            let prefix = addr["prefixlen"].as_u64().context("no prefixlen")? as u8;
+            found.insert((ip, prefix));
+        }
+    }
+    Ok(found)
+}
+
+/// The gateway of the default route of `family` in the namespace at `netns`.
+fn default_gateway(netns: &Path, family: Family) -> Result<IpAddr> {
+    let out = run_ok(&mut in_netns(
+        netns,
+        &["ip", family.ping_flag(), "-j", "route", "show", "default"],
+    ))?;
+    let routes: Value = serde_json::from_slice(&out.stdout).context("ip -j route")?;
+    routes
+        .as_array()
+        .and_then(|r| r.first())
+        .and_then(|r| r["gateway"].as_str())
+        .with_context(|| format!("no {family:?} default route with a gateway: {routes}"))?
+        .parse()
+        .context("gateway")
+}
+
+/// The network namespace identity (`net:[inode]`) of a bind-mounted namespace.
+fn netns_id(path: &Path) -> Result<String> {
+    let ino = std::fs::metadata(path)
+        .with_context(|| format!("stat {}", path.display()))?
+        .ino();
+    Ok(format!("net:[{ino}]"))
+}
+
+/// What one TCP connection looked like from both ends.
+#[derive(Debug)]
+struct TcpSeen {
+    /// The client socket's own address.
+    client_local: IpAddr,
+    /// The peer address the server's accepted socket reports.
+    server_peer: IpAddr,
+    /// The server socket's own address.
+    server_local: IpAddr,
+}
+
+/// Connects from the namespace at `from` to `to_ip` on a listener in the namespace at
+/// `to`, sends a token, and reports the addresses both ends see.
+fn tcp(from: &Path, to: &Path, to_ip: IpAddr) -> Result<TcpSeen> {
+    let listener = in_netns_thread(to, || {
+        TcpListener::bind(SocketAddr::new(to_ip, 0))
+            .with_context(|| format!("binding a listener to {to_ip} in {}", to.display()))
+    })?;
+    let target = SocketAddr::new(to_ip, listener.local_addr()?.port());
+    let token = format!("token from {}", from.display());
+    let client = in_netns_thread(from, || {
+        let mut stream = TcpStream::connect_timeout(&target, TCP_TIMEOUT)
+            .with_context(|| format!("connecting to {target} from {}", from.display()))?;
+        stream.write_all(token.as_bytes())?;
+        stream.shutdown(Shutdown::Write)?;
+        Ok(stream)
+    })?;
+    // The handshake is complete (the connection waits in the backlog): accept it.
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + TCP_TIMEOUT;
+    let (mut conn, peer) = loop {
+        match listener.accept() {
+            Ok(accepted) => break accepted,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => bail!("accepting on {target}: {e}"),
+        }
+    };
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(TCP_TIMEOUT))?;
+    let mut received = String::new();
+    conn.read_to_string(&mut received)?;
+    ensure!(
+        received == token,
+        "the listener on {target} received {received:?}, not {token:?}"
+    );
+    Ok(TcpSeen {
+        client_local: client.local_addr()?.ip(),
+        server_peer: peer.ip(),
+        server_local: conn.local_addr()?.ip(),
+    })
+}
+
+/// A pod works: its pause is alive and holds the pod's namespace, `eth0` carries exactly
+/// the API's addresses, and the node reaches every address.
+fn assert_pod_works(node: &Node, pod: &Pod) -> Result<()> {
+    let pid = pod
+        .pause_pid
+        .with_context(|| format!("pod {} has no pause", pod.name))?;
+    ensure!(
+        pause_alive(pid, &pod.id),
+        "pod {}: pause {pid} is not a live netns-holder-pause:{}",
+        pod.name,
+        pod.id
+    );
+    let held = Namespace::Network.id_of(pid)?;
+    ensure!(
+        held == netns_id(&pod.netns)?,
+        "pod {}: the pause holds {held}, the bind mount {} is {}",
+        pod.name,
+        pod.netns.display(),
+        netns_id(&pod.netns)?
+    );
+    let seen = addresses(&pod.netns, "eth0")?;
+    let reported: BTreeSet<(IpAddr, u8)> = pod.ips.iter().copied().collect();
+    ensure!(
+        seen == reported,
+        "pod {}: eth0 has {seen:?}, the API reported {reported:?}",
+        pod.name
+    );
+    for (ip, _) in &pod.ips {
+        ping(&node.netns_path(), *ip).with_context(|| format!("node to pod {}", pod.name))?;
+    }
+    Ok(())
+}
+
+/// The node matches exactly the pods in `live`: no drift, the daemon's counts and address
+/// allocations, host veths, namespace bind mounts and pause processes are those of `live`
+/// and nothing else.
+fn assert_node_matches(node: &Node, daemon: &Daemon, live: &[Pod]) -> Result<()> {
+    check_no_drift(daemon)?;
+
+    let status = daemon.cli_json(&["status"])?;
+    for key in ["pods", "ready"] {
+        ensure!(
+            status[key].as_u64() == Some(live.len() as u64),
+            "status {key} is {}, expected {}: {status}",
+            status[key],
+            live.len()
+        );
+    }
+    ensure!(
+        status["unfinished"].as_u64() == Some(0),
+        "unfinished records: {status}"
+    );
+    for pool in status["pools"].as_array().into_iter().flatten() {
+        ensure!(
+            pool["allocated"].as_u64() == Some(live.len() as u64),
+            "pool {} has {} addresses allocated, expected {}: {status}",
+            pool["cidr"],
+            pool["allocated"],
+            live.len()
+        );
+    }
+
+    let listed = daemon.cli_json(&["pod", "ls", "--json"])?;
+    let listed: BTreeSet<&str> = listed
+        .as_array()
+        .context("pod ls --json is not an array")?
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    let names: BTreeSet<&str> = live.iter().map(|p| p.name.as_str()).collect();
+    ensure!(
+        listed == names,
+        "pod ls lists {listed:?}, expected {names:?}"
+    );
+
+    let links: BTreeSet<String> = node
+        .links()?
+        .into_iter()
+        .filter(|l| l != "lo" && l != daemon.bridge())
+        .collect();
+    let veths: BTreeSet<String> = live.iter().map(|p| p.host_veth.clone()).collect();
+    ensure!(
+        links == veths,
+        "node links besides lo and {}: {links:?}, expected the host veths {veths:?}",
+        daemon.bridge()
+    );
+
+    let netns_dir = daemon.netns_dir();
+    let mut entries = BTreeSet::new();
+    if let Ok(dir) = std::fs::read_dir(&netns_dir) {
+        for entry in dir {
+            entries.insert(netns_dir.join(entry?.file_name()));
+        }
+    }
+    let mounts: BTreeSet<PathBuf> = mounts_under(&netns_dir)
+        .into_iter()
+        .filter(|m| *m != netns_dir)
+        .collect();
+    let paths: BTreeSet<PathBuf> = live.iter().map(|p| p.netns.clone()).collect();
+    ensure!(
+        entries == paths,
+        "{} holds {entries:?}, expected {paths:?}",
+        netns_dir.display()
+    );
+    ensure!(
+        mounts == paths,
+        "mounts under {}: {mounts:?}, expected {paths:?}",
+        netns_dir.display()
+    );
+
+    let pauses: BTreeSet<(u32, String)> = node.pause_processes()?.into_iter().collect();
+    let expected: BTreeSet<(u32, String)> = live
+        .iter()
+        .filter_map(|p| Some((p.pause_pid?, p.id.clone())))
+        .collect();
+    ensure!(
+        pauses == expected,
+        "pause processes of this node: {pauses:?}, expected {expected:?}"
+    );
+    Ok(())
+}
+
+/// Nothing of `removed` is left: besides [`assert_node_matches`] with no pods, none of
+/// their recorded pause pids is alive and no pause on the machine carries their ids.
+fn assert_nothing_left(node: &Node, daemon: &Daemon, removed: &[Pod]) -> Result<()> {
+    assert_node_matches(node, daemon, &[])?;
+    for pod in removed {
+        if let Some(pid) = pod.pause_pid {
+            ensure!(
+                !pause_alive(pid, &pod.id),
+                "pod {}: its pause {pid} is still alive",
+                pod.name
+            );
+        }
+    }
+    let ids: BTreeSet<&str> = removed.iter().map(|p| p.id.as_str()).collect();
+    let left: Vec<(u32, String)> = pause_processes()
+        .into_iter()
+        .filter(|(_, id)| ids.contains(id.as_str()))
+        .collect();
+    ensure!(left.is_empty(), "pause processes left: {left:?}");
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------- the model
+
+/// Pod to pod (ping both ways, TCP both ways without NAT), node to pod, pod to node, with
+/// the addresses of `family`.
+fn pod_network(node: &Node, daemon: &Daemon, family: Family) -> Result<()> {
+    let a = create(daemon, &unique_name("pa"))?;
+    let b = create(daemon, &unique_name("pb"))?;
+    let (ip_a, ip_b) = (a.ip(family)?, b.ip(family)?);
+    ensure!(ip_a != ip_b, "both pods got {ip_a}");
+
+    // Each pod's own view of its addresses is what the API reported.
+    for pod in [&a, &b] {
+        let seen = addresses(&pod.netns, "eth0")?;
+        let reported: BTreeSet<(IpAddr, u8)> = pod.ips.iter().copied().collect();
+        ensure!(
+            seen == reported,
+            "pod {}: eth0 has {seen:?}, the API reported {reported:?}",
+            pod.name
+        );
+    }
+
+    // Pod to pod, both ways.
+    ping(&a.netns, ip_b).context("pod A to pod B")?;
+    ping(&b.netns, ip_a).context("pod B to pod A")?;
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        let (from_ip, to_ip) = (from.ip(family)?, to.ip(family)?);
+        let seen = tcp(&from.netns, &to.netns, to_ip)?;
+        ensure!(
+            seen.server_peer == from_ip,
+            "pod {} saw the connection from pod {} come from {}, not from its pod IP {from_ip} (NAT?)",
+            to.name,
+            from.name,
+            seen.server_peer
+        );
+        ensure!(
+            seen.client_local == from_ip,
+            "pod {} connected from {}, not from its pod IP {from_ip}",
+            from.name,
+            seen.client_local
+        );
+        ensure!(
+            seen.server_local == to_ip,
+            "pod {} accepted on {}, not on its pod IP {to_ip}",
+            to.name,
+            seen.server_local
+        );
+        eprintln!(
+            "  {family:?} TCP {} ({}) -> {} ({}): the receiver sees the peer {}",
+            from.name, seen.client_local, to.name, seen.server_local, seen.server_peer
+        );
+    }
+
+    // Node and pods: the gateway is the bridge's address on the node and the pods' default
+    // route; the node reaches the pods, the pods reach the node.
+    let bridge: BTreeSet<IpAddr> = addresses(&node.netns_path(), daemon.bridge())?
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .collect();
+    for pod in [&a, &b] {
+        let ip = pod.ip(family)?;
+        let gateway = pod.gateway(family)?;
+        ensure!(
+            bridge.contains(&gateway),
+            "pod {}: gateway {gateway} is not an address of bridge {} ({bridge:?})",
+            pod.name,
+            daemon.bridge()
+        );
+        let route = default_gateway(&pod.netns, family)?;
+        ensure!(
+            route == gateway,
+            "pod {}: default route via {route}, the API reported gateway {gateway}",
+            pod.name
+        );
+        ping(&node.netns_path(), ip).with_context(|| format!("node to pod {}", pod.name))?;
+        ping(&pod.netns, gateway).with_context(|| format!("pod {} to node", pod.name))?;
+        let seen = tcp(&node.netns_path(), &pod.netns, ip)?;
+        ensure!(
+            seen.server_peer == gateway && seen.client_local == gateway,
+            "node to pod {}: the node connected from {} and the pod saw {}, expected the \
+             bridge address {gateway} on both ends",
+            pod.name,
+            seen.client_local,
+            seen.server_peer
+        );
+    }
+
+    remove(daemon, &a.name)?;
+    remove(daemon, &b.name)?;
+    assert_nothing_left(node, daemon, &[a, b])
+}
+
+#[test]
+fn pod_network_ipv4() -> Result<()> {
+    if !require_root("pod_network_ipv4") {
+        return Ok(());
+    }
+    on_node(
+        "pod_network_ipv4",
+        DaemonOptions::default(),
+        |node, daemon| pod_network(node, daemon, Family::V4),
+    )
+}
+
+#[test]
+fn pod_network_ipv6() -> Result<()> {
+    if !require_root("pod_network_ipv6") {
+        return Ok(());
+    }
+    on_node("pod_network_ipv6", dual_stack(), |node, daemon| {
+        pod_network(node, daemon, Family::V6)
+    })
+}
+
+/// The `inet` addresses in `busybox ip -o addr show` output, as `ip/prefix` strings.
+fn busybox_inet(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == "inet")?;
+            words.next().map(str::to_string)
+        })
+        .collect()
+}
+
+#[test]
+fn two_runc_containers_share_one_pod() -> Result<()> {
+    if !require_root("two_runc_containers_share_one_pod") {
+        return Ok(());
+    }
+    if !Runtime::Runc.is_available() {
+        eprintln!("\n*** SKIPPED two_runc_containers_share_one_pod: runc is not installed. ***\n");
+        return Ok(());
+    }
+    on_node(
+        "two_runc_containers_share_one_pod",
+        DaemonOptions::default(),
+        |node, daemon| {
+            let pod = create(daemon, &unique_name("app"))?;
+            let (ip, prefix) = *pod
+                .ips
+                .iter()
+                .find(|(ip, _)| ip.is_ipv4())
+                .context("no IPv4")?;
+            let pod_cidr = format!("{ip}/{prefix}");
+            let pod_ns = netns_id(&pod.netns)?;
+
+            let scratch = ScratchDir::new("apps")?;
+            let rootfs = scratch.path().join("rootfs");
+            busybox_rootfs(&rootfs)?;
+            let runner = Runner::new(Runtime::Runc)?;
+            // Both apps join the pod's namespace by the bind-mount path the API reported.
+            let spec = |script: String| {
+                ContainerSpec::new(["/bin/sh", "-c", script.as_str()])
+                    .rootfs(&rootfs)
+                    .readonly_root(true)
+                    .join_namespace(Namespace::Network, &pod.netns)
+            };
+            let port: u16 = 18081;
+            let token = format!("hello-from-{}", pod.name);
+
+            // App A: prints its eth0, then serves the token once on 127.0.0.1 only.
+            let server_bundle = Bundle::create(scratch.path().join("server"))?;
+            server_bundle.write_config(&spec(format!(
+                "busybox ip -o addr show eth0; \
+                 exec busybox nc -l -p {port} 127.0.0.1 -e busybox echo {token}"
+            )))?;
+            let mut server = runner.spawn("server", &server_bundle)?;
+            let server_pid = server.pid()?;
+            let server_ns = Namespace::Network.id_of(server_pid)?;
+            ensure!(
+                server_ns == pod_ns,
+                "app A is in {server_ns}, the pod's bind mount is {pod_ns}"
+            );
+            let listening = format!("0100007F:{port:04X} 00000000:0000 0A");
+            ensure!(
+                nh_tests::wait_until(CONTAINER_TIMEOUT, || {
+                    std::fs::read_to_string(format!("/proc/{server_pid}/net/tcp"))
+                        .is_ok_and(|t| t.contains(&listening))
+                }),
+                "app A does not listen on 127.0.0.1:{port}: {}",
+                server.stderr().unwrap_or_default()
+            );
+
+            // App B: prints its eth0 and namespace, then fetches the token over localhost.
+            let client_bundle = Bundle::create(scratch.path().join("client"))?;
+            client_bundle.write_config(&spec(format!(
+                "busybox ip -o addr show eth0; busybox readlink /proc/self/ns/net; \
+                 echo ---; busybox nc -w 5 127.0.0.1 {port} </dev/null"
+            )))?;
+            let client = runner.run("client", &client_bundle, CONTAINER_TIMEOUT)?;
+            ensure!(
+                client.status.success(),
+                "app B failed with {}: {}{}",
+                client.status,
+                client.stdout,
+                client.stderr
+            );
+            let (head, answer) = client
+                .stdout
+                .split_once("---\n")
+                .with_context(|| format!("app B output: {}", client.stdout))?;
+            ensure!(
+                answer.trim() == token,
+                "app B got {answer:?} from 127.0.0.1:{port}, expected {token:?}"
+            );
+            ensure!(
+                head.lines().any(|l| l.trim() == pod_ns),
+                "app B is not in the pod's namespace {pod_ns}: {head}"
+            );
+            ensure!(
+                busybox_inet(head) == [pod_cidr.clone()],
+                "app B sees eth0 with {:?}, the pod IP is {pod_cidr}",
+                busybox_inet(head)
+            );
+
+            // App A served its one connection and exits.
+            let status = server.wait(CONTAINER_TIMEOUT)?;
+            ensure!(status.success(), "app A exited with {status}");
+            let server_out = server.stdout()?;
+            ensure!(
+                busybox_inet(&server_out) == [pod_cidr.clone()],
+                "app A sees eth0 with {:?}, the pod IP is {pod_cidr}",
+                busybox_inet(&server_out)
+            );
+            server.delete()?;
+            eprintln!("  apps A and B in {pod_ns} both see eth0 {pod_cidr}; B got A's token");
+
+            remove(daemon, &pod.name)?;
+            assert_nothing_left(node, daemon, &[pod])
+        },
+    )
+}
+
+// ------------------------------------------------------------------------------- lifecycle
+
+#[test]
+fn create_and_remove_200_pods_leaves_nothing() -> Result<()> {
+    if !require_root("create_and_remove_200_pods_leaves_nothing") {
+        return Ok(());
+    }
+    on_node(
+        "create_and_remove_200_pods_leaves_nothing",
+        DaemonOptions::default(),
+        |node, daemon| {
+            const PODS: usize = 200;
+            let prefix = unique_name("lc");
+            let started = Instant::now();
+            let mut pods = Vec::with_capacity(PODS);
+            for i in 0..PODS {
+                pods.push(create(daemon, &format!("{prefix}-{i}"))?);
+            }
+            let created = started.elapsed();
+            let ips: BTreeSet<IpAddr> = pods.iter().map(|p| p.ips[0].0).collect();
+            ensure!(
+                ips.len() == PODS,
+                "{PODS} pods got {} distinct IPs",
+                ips.len()
+            );
+            assert_node_matches(node, daemon, &pods)?;
+            for pod in [&pods[0], &pods[PODS / 2], &pods[PODS - 1]] {
+                assert_pod_works(node, pod)?;
+            }
+            let removing = Instant::now();
+            for pod in &pods {
+                remove(daemon, &pod.name)?;
+            }
+            eprintln!(
+                "  {PODS} pods: created in {created:.1?}, removed in {:.1?}",
+                removing.elapsed()
+            );
+            assert_nothing_left(node, daemon, &pods)
+        },
+    )
+}
+
+#[test]
+fn kill9_during_create_then_restart_is_all_or_nothing() -> Result<()> {
+    if !require_root("kill9_during_create_then_restart_is_all_or_nothing") {
+        return Ok(());
+    }
+    on_node(
+        "kill9_during_create_then_restart_is_all_or_nothing",
+        DaemonOptions::default(),
+        |node, daemon| {
+            // How long a whole create takes here, CLI start-up included.
+            let mut samples = Vec::new();
+            for _ in 0..5 {
+                let name = unique_name("warm");
+                let t = Instant::now();
+                create(daemon, &name)?;
+                samples.push(t.elapsed());
+                remove(daemon, &name)?;
+            }
+            samples.sort();
+            let full = samples[samples.len() / 2];
+            // Kill points from "before the request arrives" to "after the answer".
+            const STEPS: u32 = 40;
+            let span = full * 2;
+            let scratch = ScratchDir::new("crash")?;
+            let (mut survived, mut vanished, mut answered_count) = (0, 0, 0);
+            let mut live: Vec<Pod> = Vec::new();
+            for step in 0..STEPS {
+                let delay = span * step / STEPS;
+                let name = unique_name("crash");
+                let mut cli = ChildGuard::spawn(
+                    Command::new(netns_holder_binary())
+                        .arg("--socket")
+                        .arg(daemon.socket())
+                        .args(["pod", "create", &name])
+                        .stdin(Stdio::null())
+                        .stdout(File::create(scratch.path().join(format!("{name}.out")))?)
+                        .stderr(File::create(scratch.path().join(format!("{name}.err")))?),
+                )?;
+                std::thread::sleep(delay);
+                daemon.kill9();
+                let answered = cli.wait_timeout(Duration::from_secs(10))?.success();
+                answered_count += usize::from(answered);
+                daemon
+                    .spawn()
+                    .with_context(|| format!("restarting the daemon after kill -9 ({name})"))?;
+                let outcome = match inspect(daemon, &name)? {
+                    Some(pod) => {
+                        assert_pod_works(node, &pod).with_context(|| {
+                            format!("pod {name} exists after the crash but does not work")
+                        })?;
+                        survived += 1;
+                        live.push(pod);
+                        "complete"
+                    }
+                    None => {
+                        ensure!(
+                            !answered,
+                            "the create of {name} was answered before the kill, \
+                             but the pod is gone after the restart"
+                        );
+                        let id = pod_id_of(&name)?;
+                        let left: Vec<(u32, String)> = pause_processes()
+                            .into_iter()
+                            .filter(|(_, i)| *i == id)
+                            .collect();
+                        ensure!(
+                            left.is_empty(),
+                            "pod {name} is gone, its pause is not: {left:?}"
+                        );
+                        let veth = format!("nh{}", &id[..12]);
+                        ensure!(
+                            !node.links()?.contains(&veth),
+                            "pod {name} is gone, its host veth {veth} is not"
+                        );
+                        let path = daemon.netns_dir().join(&name);
+                        ensure!(
+                            !path.exists() && !mounts_under(&path).contains(&path),
+                            "pod {name} is gone, its netns {} is not",
+                            path.display()
+                        );
+                        vanished += 1;
+                        "absent"
+                    }
+                };
+                // Whatever the outcome: exactly the surviving pods, nothing else, no drift,
+                // and no address held by the vanished ones.
+                assert_node_matches(node, daemon, &live)
+                    .with_context(|| format!("after the kill at {delay:?} ({name})"))?;
+                eprintln!(
+                    "  kill -9 after {delay:>12.3?}: create answered {answered:<5} -> pod {outcome}"
+                );
+            }
+            eprintln!(
+                "  crash sweep over {STEPS} kill points, 0..{span:.1?} (a create takes {full:.1?}): \
+                 {survived} complete, {vanished} absent; {answered_count} answered before the kill"
+            );
+            // The survivors still work after all the later crashes and restarts.
+            for pod in &live {
+                assert_pod_works(node, pod)?;
+            }
+            let gc = daemon.cli_json(&["gc"])?;
+            ensure!(
+                gc["removed"].as_array().map(Vec::len) == Some(live.len()),
+                "gc removed {}, expected the {} survivors",
+                gc["removed"],
+                live.len()
+            );
+            assert_nothing_left(node, daemon, &live)
+        },
+    )
+}
+
+#[test]
+fn fifty_concurrent_creates_then_gc() -> Result<()> {
+    if !require_root("fifty_concurrent_creates_then_gc") {
+        return Ok(());
+    }
+    on_node(
+        "fifty_concurrent_creates_then_gc",
+        DaemonOptions::default(),
+        |node, daemon| {
+            const PODS: usize = 50;
+            let prefix = unique_name("cc");
+            let names: Vec<String> = (0..PODS).map(|i| format!("{prefix}-{i}")).collect();
+            let daemon_ref: &Daemon = daemon;
+            let started = Instant::now();
+            let results: Vec<Result<Pod>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = names
+                    .iter()
+                    .map(|name| scope.spawn(move || create(daemon_ref, name)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(anyhow!("a create thread panicked")))
+                    })
+                    .collect()
+            });
+            let elapsed = started.elapsed();
+            let failed: Vec<String> = results
+                .iter()
+                .filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}")))
+                .collect();
+            ensure!(
+                failed.is_empty(),
+                "{} of {PODS} concurrent creates failed: {failed:#?}",
+                failed.len()
+            );
+            let pods: Vec<Pod> = results.into_iter().collect::<Result<_>>()?;
+            let ips: BTreeSet<IpAddr> = pods.iter().map(|p| p.ips[0].0).collect();
+            ensure!(
+                ips.len() == PODS,
+                "{PODS} concurrent creates got {} distinct IPs",
+                ips.len()
+            );
+            for pod in &pods {
+                assert_pod_works(node, pod)?;
+            }
+            assert_node_matches(node, daemon, &pods)?;
+            let gc = daemon.cli_json(&["gc"])?;
+            let removed: BTreeSet<&str> = gc["removed"]
+                .as_array()
+                .context("gc output")?
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            ensure!(
+                removed == names.iter().map(String::as_str).collect(),
+                "gc removed {removed:?}, expected all {PODS} pods: {gc}"
+            );
+            eprintln!("  {PODS} concurrent creates took {elapsed:.1?}; gc removed them all");
+            assert_nothing_left(node, daemon, &pods)
+        },
+    )
+}
