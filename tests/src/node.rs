@@ -496,6 +496,9 @@ impl Drop for Daemon {
                 let _ = nix_umount(&entry.path());
             }
         }
+        // The daemon makes its netns dir a shared bind mount of itself; without this the
+        // scratch dir cannot be removed and a mount leaks per test.
+        let _ = nix_umount(&self.netns_dir());
         for _ in 0..8 {
             if mounts_under(&self.netns_dir()).is_empty() || nix_umount(&self.netns_dir()).is_err()
             {
