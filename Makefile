@@ -50,7 +50,8 @@ image: pause
 
 ## demo: the main job for real, inside its own throwaway node network namespace
 demo: pause
-	demo/pause-demo.sh
+	$(CARGO) build -p netns-holder --locked
+	NETNS_HOLDER_BIN=$(TARGET)/debug/netns-holder PAUSE_BIN=$(PAUSE_BIN) demo/demo.sh
 
 ## deps: Debian packages (apt-get, only those missing) and crates (cargo fetch)
 deps:
@@ -80,9 +81,11 @@ test: deps pause lint
 	$(CARGO) build --workspace --locked
 	$(CARGO) test --workspace --locked
 
-## bench: pause footprint vs catatonit -P (more benchmarks join as the daemon grows)
+## bench: pause footprint vs catatonit -P; pod create/remove vs the CNI reference chain
 bench: pause
-	$(CARGO) run -p nh-tests --bin bench_pause --release --locked
+	$(CARGO) build -p netns-holder -p nh-tests --release --locked
+	$(TARGET)/release/bench_pause
+	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_pods
 
 ## install: binaries, the pause, the systemd unit (honours PREFIX and DESTDIR)
 install: build
