@@ -46,9 +46,10 @@ use slog::{Logger, o};
 macro_rules! require_root {
     () => {
         if !nix::unistd::geteuid().is_root() {
+            // The test harness names each test's thread after the test.
             eprintln!(
-                "SKIPPED {}: needs root (network namespaces, bind mounts, netlink)",
-                module_path!()
+                "\n*** SKIPPED {}: needs root (network namespaces, bind mounts, netlink) ***\n",
+                std::thread::current().name().unwrap_or(module_path!())
             );
             return;
         }

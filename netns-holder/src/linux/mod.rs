@@ -55,6 +55,13 @@
 //! `net.ipv6.conf.<link>.accept_dad = 0` inside the pod namespace (which also makes the
 //! link-local address usable at once), and every IPv6 address is added with `IFA_F_NODAD`,
 //! so an address is never tentative, also when added by a repair or on the bridge.
+//!
+//! # The bridge
+//!
+//! Created with an explicit random (locally administered) MAC address: otherwise the kernel
+//! gives it the lowest MAC of its ports, changing as pods come and go, and pods keep stale
+//! neighbour entries for their gateway. `EEXIST` from a concurrent creator is success; the
+//! existing link must be a bridge.
 
 mod conn;
 mod netlink;
@@ -84,7 +91,9 @@ pub use pause::PAUSE_NODE_ENV;
 ///
 /// Construct it on a thread that is in the node network namespace (see the
 /// [module documentation](self)); every method must then be called from inside a tokio
-/// runtime with the IO driver enabled (rtnetlink sockets are registered with it).
+/// runtime with the IO driver enabled (rtnetlink sockets are registered with it). The
+/// node connection's task lives on the runtime of the first netlink call, so one
+/// `LinuxSystem` belongs to one runtime.
 pub struct LinuxSystem {
     /// Path of the static pause binary.
     pause_binary: PathBuf,

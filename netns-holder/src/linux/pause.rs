@@ -40,7 +40,8 @@ use crate::names::{PodId, pod_id_from_pause_argv0};
 use crate::system::{PauseProcess, RunningPause, SystemError};
 
 /// Environment variable carrying the inode of the node network namespace of the daemon that
-/// started a pause. [`list`] reports only the pauses of the caller's node namespace.
+/// started a pause. [`crate::system::Processes::list_pauses`] of a [`super::LinuxSystem`]
+/// reports only the pauses of its own node namespace.
 pub const PAUSE_NODE_ENV: &str = "NETNS_HOLDER_NODE_NETNS";
 
 /// How long a pause gets to exit after SIGTERM before SIGKILL.
