@@ -647,8 +647,8 @@ impl<S: System> PodManager<S> {
         // A pause that is not in the record can only exist after a crash between starting it
         // and recording it (create or repair cut short). Ready records with their pause
         // recorded skip the /proc scan, whose cost grows with every process on the node.
-        let may_have_unrecorded_pause = record.phase != Phase::Ready
-            || (record.wants_pause() && record.pause.is_none());
+        let may_have_unrecorded_pause =
+            record.phase != Phase::Ready || (record.wants_pause() && record.pause.is_none());
         let listed = if may_have_unrecorded_pause {
             self.system.list_pauses().await
         } else {
