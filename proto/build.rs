@@ -12,9 +12,17 @@ const INCLUDE: &str = "proto";
 /// The files to compile, relative to [`INCLUDE`].
 const PROTOS: &[&str] = &["netns_holder/v1/api.proto"];
 
+/// Files compiled into messages only (plain prost, no tonic services): NRI and the ttRPC
+/// envelope, whose services are ttRPC and are served and called by `cri-hook` itself.
+const MESSAGE_PROTOS: &[&str] = &[
+    "google/rpc/status.proto",
+    "ttrpc/request.proto",
+    "nri/pkg/api/v1alpha1/api.proto",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={INCLUDE}");
-    for proto in PROTOS {
+    for proto in PROTOS.iter().chain(MESSAGE_PROTOS) {
         println!(
             "cargo:rerun-if-changed={}",
             Path::new(INCLUDE).join(proto).display()
@@ -26,6 +34,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Ordered maps: deterministic output, and the library uses `BTreeMap` for annotations.
         .btree_map(".")
+        .compile_fds(fds)?;
+    // google.protobuf.Any maps to prost-types (prost-build's default extern path).
+    let fds = protox::compile(MESSAGE_PROTOS, [INCLUDE])?;
+    prost_build::Config::new()
+        .btree_map(["."])
         .compile_fds(fds)?;
     Ok(())
 }
