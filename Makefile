@@ -87,12 +87,24 @@ bench: pause
 	$(TARGET)/release/bench_pause
 	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_pods
 
-## install: binaries, the pause, the systemd unit (honours PREFIX and DESTDIR)
+## install: binaries, the pause, the systemd unit and a config (honours PREFIX, DESTDIR)
 install: build
 	install -D -m 0755 $(TARGET)/release/netns-holder $(DESTDIR)$(BINDIR)/netns-holder
 	install -D -m 0755 $(TARGET)/release/cri-hook $(DESTDIR)$(BINDIR)/cri-hook
 	install -D -m 0755 $(TARGET)/release/pause-image $(DESTDIR)$(BINDIR)/pause-image
 	install -D -m 0755 $(PAUSE_BIN) $(DESTDIR)$(LIBEXECDIR)/pause
+	install -d -m 0755 $(DESTDIR)$(SYSTEMDDIR)
+	sed -e 's|/usr/local/bin/netns-holder|$(BINDIR)/netns-holder|' \
+		-e 's|/etc/netns-holder/config.toml|$(SYSCONFDIR)/netns-holder/config.toml|' \
+		netns-holder/netns-holder.service > $(DESTDIR)$(SYSTEMDDIR)/netns-holder.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDDIR)/netns-holder.service
+	@# An operator's config is never overwritten; a new one points at the installed pause.
+	if [ ! -e $(DESTDIR)$(SYSCONFDIR)/netns-holder/config.toml ]; then \
+		install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/netns-holder; \
+		sed -e 's|^pause_binary = .*|pause_binary = "$(LIBEXECDIR)/pause"|' \
+			netns-holder/netns-holder.example.toml > $(DESTDIR)$(SYSCONFDIR)/netns-holder/config.toml; \
+		chmod 0644 $(DESTDIR)$(SYSCONFDIR)/netns-holder/config.toml; \
+	fi
 
 clean:
 	$(CARGO) clean
