@@ -8,6 +8,7 @@
 //! netns-holder [--socket PATH] pod rm NAME
 //! netns-holder [--socket PATH] pod ls [--json]
 //! netns-holder [--socket PATH] pod inspect NAME
+//! netns-holder [--socket PATH] pod spec NAME [--rootfs DIR] [--out DIR] [--force] -- CMD [ARG]...
 //! netns-holder [--socket PATH] exec NAME -- CMD [ARG]...
 //! netns-holder [--socket PATH] check [--repair]
 //! netns-holder [--socket PATH] gc [--keep NAME]...
@@ -164,6 +165,33 @@ pub enum PodCommand {
         /// The pod name.
         name: String,
     },
+    /// Write an OCI bundle config (config.json) for an app container that joins the pod's
+    /// network namespace; print {"pod","netns","config"} as JSON.
+    Spec(SpecArgs),
+}
+
+/// Arguments of `pod spec`.
+#[derive(Debug, Args)]
+pub struct SpecArgs {
+    /// The pod name.
+    pub name: String,
+    /// The container's root file system: absolute, or relative to the bundle directory.
+    #[arg(long, value_name = "DIR", default_value = "rootfs")]
+    pub rootfs: PathBuf,
+    /// The bundle directory to write config.json into (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub out: PathBuf,
+    /// Replace an existing config.json.
+    #[arg(long)]
+    pub force: bool,
+    /// The command and its arguments (after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<String>,
 }
 
 /// Arguments of `exec`.
@@ -210,6 +238,9 @@ pub enum CliError {
     /// The daemon's answer is malformed.
     #[error(transparent)]
     Response(#[from] ResponseError),
+    /// `pod spec`: the bundle config could not be made or written.
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
     /// The output could not be encoded.
     #[error("cannot encode the output as JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -492,6 +523,26 @@ pub async fn run(socket: &Path, command: ClientCommand, log: &Logger) -> Result<
             let r = client.get_pod(&name).await?;
             Outcome::json(&api::required_pod("GetPod", r.pod)?, 0)
         }
+        ClientCommand::Pod(PodCommand::Spec(args)) => {
+            let name = PodName::new(args.name)?;
+            let mut client = connect(socket, log).await?;
+            let pod = api::required_pod("GetPod", client.get_pod(&name).await?.pod)?;
+            let spec = crate::spec::pod_spec(&crate::spec::PodSpecParams {
+                pod: name.clone(),
+                netns: pod.netns.clone(),
+                rootfs: args.rootfs,
+                args: args.command,
+            })?;
+            std::fs::create_dir_all(&args.out).map_err(|source| crate::spec::SpecError::Write {
+                path: args.out.clone(),
+                source,
+            })?;
+            let config = crate::spec::write_config(&name, &args.out, &spec, args.force)?;
+            Outcome::json(
+                &json!({"pod": name.as_str(), "netns": pod.netns, "config": config}),
+                0,
+            )
+        }
         ClientCommand::Exec(ExecArgs { name, command }) => {
             let name = PodName::new(name)?;
             let mut client = connect(socket, log).await?;
@@ -607,6 +658,22 @@ mod tests {
         assert_eq!(args.name, "web");
         assert_eq!(args.command, ["ip", "-br", "a"]);
         assert!(Cli::try_parse_from(["nh", "exec", "web"]).is_err());
+    }
+
+    #[test]
+    fn pod_spec_takes_the_command_after_dashes() {
+        let cli = Cli::try_parse_from([
+            "nh", "pod", "spec", "web", "--out", "/b", "--", "/bin/sh", "-c", "x",
+        ])
+        .unwrap();
+        let Command::Client(ClientCommand::Pod(PodCommand::Spec(args))) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(args.name, "web");
+        assert_eq!(args.out, Path::new("/b"));
+        assert_eq!(args.rootfs, Path::new("rootfs"));
+        assert_eq!(args.command, ["/bin/sh", "-c", "x"]);
+        assert!(Cli::try_parse_from(["nh", "pod", "spec", "web"]).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! * [`plan`]: `Action`s, create/remove/repair plans and drift findings.
 //! * [`executor`]: applies plans, rolling back on failure.
 //! * [`manager`]: `PodManager`, the API the daemon serves.
+//! * [`spec`]: OCI `config.json` for app containers that join a pod (`pod spec`).
 
 pub mod api;
 pub mod cli;
@@ -30,5 +31,6 @@ pub mod manager;
 pub mod names;
 pub mod plan;
 pub mod server;
+pub mod spec;
 pub mod state;
 pub mod system;
