@@ -2,14 +2,28 @@
 //! runtime event becomes a call to the netns-holder daemon's API
 //! ([`netns_holder::client::Client`]).
 //!
-//! The NRI plugin's protocol stack, bottom up (the plugin itself follows):
+//! Today this is the NRI plugin (`cri-hook nri`). Its stack, bottom up:
 //!
 //! * [`ttrpc`]: ttRPC frames, statuses, a unary client and server (PROTOCOL.md §1).
 //! * [`mux`]: the NRI connection multiplexer's framing, with the Go-compatible split rule
 //!   for everything sent (§2.4) and a streaming decoder accepting any frame size.
 //! * [`conn`]: one unix stream carrying several logical ttRPC connections, with one
 //!   writer task and one reader task.
+//! * [`nri`]: NRI constants (services, connection ids, events, identity rules).
+//! * [`pod`]: what a pod sandbox means for netns-holder: the daemon pod name derived from
+//!   it, its network namespace, and the `netns-holder.io/` annotation options.
+//! * [`network`]: the [`network::PodNetwork`] trait the plugin drives, and its real
+//!   implementation over the daemon API with bounded call times.
+//! * [`plugin`]: the NRI Plugin service (Configure, Synchronize with reconciliation, pod
+//!   events).
+//! * [`run`]: obtaining the connection (dial or inherited fd 3), registration, reconnection
+//!   with backoff, shutdown.
 
 pub mod conn;
 pub mod mux;
+pub mod network;
+pub mod nri;
+pub mod plugin;
+pub mod pod;
+pub mod run;
 pub mod ttrpc;

@@ -1,0 +1,280 @@
+//! The pod network operations the plugin needs ([`PodNetwork`]) and their real
+//! implementation over the netns-holder daemon API ([`DaemonNetwork`]).
+//!
+//! Every daemon call, connection included, is bounded by a deadline the caller gives and
+//! by the configured call timeout (1.5 s by default), whichever comes first, so that the
+//! plugin answers the runtime well within its 2 s budget: a daemon that is not running is
+//! reported at once ("cannot connect to netns-holder at PATH"), one that hangs after the
+//! timeout, each as an error naming the socket and the call. The gRPC channel is kept
+//! between calls and re-made after a connection failure.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use netns_holder::client::{Client, ClientError};
+use netns_holder::names::PodName;
+use thiserror::Error;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// A pod as the daemon reports it (what the plugin looks at).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkPod {
+    /// The pod name.
+    pub name: PodName,
+    /// Its annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Its addresses in CIDR form.
+    pub ips: Vec<String>,
+    /// The network namespace path.
+    pub netns: String,
+}
+
+/// A failed pod network operation, naming the daemon and the call.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NetworkError {
+    /// The daemon's socket cannot be connected to.
+    #[error("netns-holder daemon unreachable: {message}")]
+    Unreachable {
+        /// The client's message (names the socket and the reason).
+        message: String,
+    },
+    /// The daemon did not answer in time.
+    #[error("netns-holder daemon at {} did not answer {method} within {after:?}", socket.display())]
+    Timeout {
+        /// The daemon's socket.
+        socket: PathBuf,
+        /// The call.
+        method: &'static str,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// The daemon answered with an error.
+    #[error("netns-holder {method} failed: {message}")]
+    Rejected {
+        /// The call.
+        method: &'static str,
+        /// The daemon's gRPC code.
+        code: tonic::Code,
+        /// The daemon's message (names the pod and the object).
+        message: String,
+    },
+    /// The daemon's answer lacks something it must hold.
+    #[error("netns-holder {method} answer is malformed: {message}")]
+    BadAnswer {
+        /// The call.
+        method: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The pod network operations of the plugin; every call finishes by `deadline`.
+pub trait PodNetwork: Send + Sync + 'static {
+    /// Ensures the pod `name` is wired in the existing namespace `netns` (idempotent: an
+    /// identical existing pod is returned unchanged).
+    fn ensure(
+        &self,
+        name: &PodName,
+        netns: &Path,
+        annotations: BTreeMap<String, String>,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<NetworkPod, NetworkError>> + Send;
+
+    /// The pod `name`, if it exists.
+    fn get(
+        &self,
+        name: &PodName,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Option<NetworkPod>, NetworkError>> + Send;
+
+    /// Removes the pod `name`; `false` if there was none.
+    fn remove(
+        &self,
+        name: &PodName,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<bool, NetworkError>> + Send;
+
+    /// Every pod.
+    fn list(
+        &self,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Vec<NetworkPod>, NetworkError>> + Send;
+}
+
+/// Default bound of one daemon call.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// [`PodNetwork`] over the daemon API.
+pub struct DaemonNetwork {
+    socket: PathBuf,
+    call_timeout: Duration,
+    client: Mutex<Option<Client>>,
+}
+
+impl DaemonNetwork {
+    /// A network backed by the daemon at `socket`; each call takes at most `call_timeout`.
+    pub fn new(socket: impl Into<PathBuf>, call_timeout: Duration) -> Self {
+        Self {
+            socket: socket.into(),
+            call_timeout,
+            client: Mutex::new(None),
+        }
+    }
+
+    /// The daemon's socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn client(&self) -> Result<Client, ClientError> {
+        let mut cached = self.client.lock().await;
+        if let Some(client) = cached.as_ref() {
+            return Ok(client.clone());
+        }
+        let client = Client::connect(&self.socket).await?;
+        *cached = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Runs `call` on a client within the deadline, mapping errors.
+    async fn run<T, F, Fut>(
+        &self,
+        method: &'static str,
+        deadline: Instant,
+        call: F,
+    ) -> Result<T, NetworkError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let started = Instant::now();
+        let deadline = deadline.min(started + self.call_timeout);
+        let attempt = async {
+            let client = self.client().await?;
+            call(client).await
+        };
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => {
+                let error = map_error(method, error);
+                let broken = match &error {
+                    NetworkError::Unreachable { .. } => true,
+                    NetworkError::Rejected { code, .. } => matches!(
+                        code,
+                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                    ),
+                    _ => false,
+                };
+                if broken {
+                    // The channel may be broken: make a new one next time.
+                    *self.client.lock().await = None;
+                }
+                Err(error)
+            }
+            Err(_) => {
+                *self.client.lock().await = None;
+                Err(NetworkError::Timeout {
+                    socket: self.socket.clone(),
+                    method,
+                    after: started.elapsed(),
+                })
+            }
+        }
+    }
+}
+
+fn map_error(method: &'static str, error: ClientError) -> NetworkError {
+    match error {
+        ClientError::Connect { .. } => NetworkError::Unreachable {
+            message: error.to_string(),
+        },
+        ClientError::Rpc { status, .. } => NetworkError::Rejected {
+            method,
+            code: status.code(),
+            message: if status.message().is_empty() {
+                format!("{:?}", status.code())
+            } else {
+                status.message().to_string()
+            },
+        },
+    }
+}
+
+fn network_pod(
+    method: &'static str,
+    pod: Option<netns_holder::api::pb::Pod>,
+) -> Result<NetworkPod, NetworkError> {
+    let pod = pod.ok_or_else(|| NetworkError::BadAnswer {
+        method,
+        message: "no pod".into(),
+    })?;
+    let name = PodName::new(pod.name).map_err(|e| NetworkError::BadAnswer {
+        method,
+        message: e.to_string(),
+    })?;
+    Ok(NetworkPod {
+        name,
+        annotations: pod.annotations,
+        ips: pod.ips,
+        netns: pod.netns,
+    })
+}
+
+impl PodNetwork for DaemonNetwork {
+    async fn ensure(
+        &self,
+        name: &PodName,
+        netns: &Path,
+        annotations: BTreeMap<String, String>,
+        deadline: Instant,
+    ) -> Result<NetworkPod, NetworkError> {
+        let answer = self
+            .run("AttachPod", deadline, |mut client| async move {
+                client.attach_pod(name, netns, annotations).await
+            })
+            .await?;
+        network_pod("AttachPod", answer.pod)
+    }
+
+    async fn get(
+        &self,
+        name: &PodName,
+        deadline: Instant,
+    ) -> Result<Option<NetworkPod>, NetworkError> {
+        let answer = self
+            .run("GetPod", deadline, |mut client| async move {
+                match client.get_pod(name).await {
+                    Ok(answer) => Ok(Some(answer)),
+                    Err(e) if e.code() == Some(tonic::Code::NotFound) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        answer.map(|a| network_pod("GetPod", a.pod)).transpose()
+    }
+
+    async fn remove(&self, name: &PodName, deadline: Instant) -> Result<bool, NetworkError> {
+        let answer = self
+            .run("RemovePod", deadline, |mut client| async move {
+                client.remove_pod(name).await
+            })
+            .await?;
+        Ok(answer.removed)
+    }
+
+    async fn list(&self, deadline: Instant) -> Result<Vec<NetworkPod>, NetworkError> {
+        let answer = self
+            .run("ListPods", deadline, |mut client| async move {
+                client.list_pods().await
+            })
+            .await?;
+        answer
+            .pods
+            .into_iter()
+            .map(|p| network_pod("ListPods", Some(p)))
+            .collect()
+    }
+}
