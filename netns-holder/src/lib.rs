@@ -16,6 +16,8 @@
 //! * [`plan`]: `Action`s, create/remove/repair plans and drift findings.
 //! * [`executor`]: applies plans, rolling back on failure.
 //! * [`manager`]: `PodManager`, the API the daemon serves.
+//! * [`ports`]: host port mappings and the `--publish` parser.
+//! * [`firewall`]: the nftables table for host ports, as data and text.
 //! * [`spec`]: OCI `config.json` for app containers that join a pod (`pod spec`).
 
 pub mod api;
@@ -25,11 +27,13 @@ pub mod config;
 pub mod executor;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+pub mod firewall;
 pub mod ipam;
 pub mod linux;
 pub mod manager;
 pub mod names;
 pub mod plan;
+pub mod ports;
 pub mod server;
 pub mod spec;
 pub mod state;

@@ -463,6 +463,10 @@ pub enum Problem {
     },
     /// The object is ours but belongs to no pod record.
     Orphan,
+    /// The object sits in a place we own (our nftables table) but we did not put it there.
+    Foreign,
+    /// The route is ours but belongs to no peer.
+    NoPeer,
     /// The object could not be inspected.
     CheckFailed {
         /// The error.
@@ -492,6 +496,8 @@ impl fmt::Display for Problem {
             Self::RouteMissing { gateway } => write!(f, "default route via {gateway} missing"),
             Self::Unfinished { phase } => write!(f, "record stuck in phase {phase:?}"),
             Self::Orphan => f.write_str("belongs to no pod"),
+            Self::Foreign => f.write_str("foreign (not put there by netns-holder)"),
+            Self::NoPeer => f.write_str("belongs to no peer"),
             Self::CheckFailed { error } => write!(f, "cannot be inspected: {error}"),
         }
     }
