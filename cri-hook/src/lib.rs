@@ -19,10 +19,12 @@
 //! * [`run`]: obtaining the connection (dial or inherited fd 3), registration, reconnection
 //!   with backoff, shutdown.
 
+pub mod cni;
 pub mod conn;
 pub mod mux;
 pub mod network;
 pub mod nri;
+pub mod oci_hook;
 pub mod plugin;
 pub mod pod;
 pub mod run;

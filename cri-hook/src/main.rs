@@ -3,6 +3,8 @@
 //! ```text
 //! cri-hook [-v] nri [--nri-socket PATH] [--daemon-socket PATH]
 //!                   [--plugin-name NAME] [--plugin-index NN] [--daemon-timeout-ms MS]
+//! cri-hook oci createRuntime|poststop|auto [--daemon-socket PATH] [--timeout-ms MS]
+//! CNI_COMMAND=ADD|DEL|CHECK|STATUS|GC|VERSION ... cri-hook   (CNI plugin; see cri_hook::cni)
 //! ```
 //!
 //! `nri` runs the NRI plugin until SIGTERM or SIGINT (see [`cri_hook::run`]). Started by the
@@ -58,6 +60,9 @@ enum Command {
     /// Run the NRI plugin (containerd, CRI-O): pod sandboxes get their network from the
     /// daemon at RunPodSandbox and lose it at RemovePodSandbox.
     Nri(NriArgs),
+    /// Run as an OCI hook (createRuntime, poststop, or auto) with the OCI state on stdin; see
+    /// `cri_hook::oci_hook`.
+    Oci(cri_hook::oci_hook::OciArgs),
 }
 
 /// Arguments of `nri`.
@@ -101,9 +106,14 @@ fn root_logger(verbose: bool) -> (Logger, slog_async::AsyncGuard) {
 }
 
 fn main() -> ExitCode {
+    // Run by a container runtime as a CNI plugin (e.g. as /opt/cni/bin/netns-holder).
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        return cri_hook::cni::main();
+    }
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Nri(args)) => args,
+        Some(Command::Oci(args)) => return cri_hook::oci_hook::main(args),
         None if std::env::var_os(nri::ENV_PLUGIN_SOCKET).is_some() => {
             // Launched by the runtime without arguments: `nri` with the defaults.
             match Cli::try_parse_from(["cri-hook", "nri"]) {

@@ -1,0 +1,600 @@
+//! The CNI wire formats (spec 1.1 and the older versions we answer): the environment
+//! (`CNI_*` variables), the network configuration on stdin, the `Result` and the error
+//! object on stdout.
+//!
+//! Everything here is pure: parsing and rendering, no daemon calls.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// The newest CNI spec version this plugin implements.
+pub const CURRENT_VERSION: &str = "1.1.0";
+
+/// Every CNI spec version this plugin answers, oldest first (what `VERSION` reports).
+pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// The only interface name inside the pod this plugin can create (the daemon names the pod
+/// end of the veth `eth0`).
+pub const POD_IFNAME: &str = netns_holder::names::POD_IFNAME;
+
+/// Well-known CNI error codes, and ours (50 and up; see the [`super`] documentation).
+pub mod code {
+    /// Incompatible CNI version.
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    /// Unsupported field in the network configuration (the message names it).
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    /// The container is unknown or does not exist.
+    pub const UNKNOWN_CONTAINER: u32 = 3;
+    /// Invalid or missing environment variables (the message names them).
+    pub const INVALID_ENV: u32 = 4;
+    /// I/O failure (e.g. reading stdin).
+    pub const IO: u32 = 5;
+    /// Content could not be decoded (e.g. the configuration is not JSON).
+    pub const DECODE: u32 = 6;
+    /// Invalid network configuration.
+    pub const INVALID_CONFIG: u32 = 7;
+    /// Try again later (a transient condition: the daemon timed out or is busy).
+    pub const TRY_AGAIN_LATER: u32 = 11;
+    /// The daemon is not reachable; the plugin cannot serve ADD (also STATUS's "not
+    /// available").
+    pub const DAEMON_UNREACHABLE: u32 = 50;
+    /// The daemon refused or failed the request (its message is passed on).
+    pub const DAEMON_FAILED: u32 = 100;
+    /// The pod address pool is exhausted.
+    pub const POOL_EXHAUSTED: u32 = 101;
+    /// A daemon pod already exists for this name or namespace with other parameters.
+    pub const CONFLICT: u32 = 102;
+    /// CHECK found the pod network different from what ADD set up.
+    pub const CHECK_FAILED: u32 = 103;
+    /// The daemon's answer is malformed.
+    pub const BAD_ANSWER: u32 = 104;
+}
+
+/// A CNI error: printed as `{"cniVersion","code","msg","details"}` on stdout, exit status 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniError {
+    /// The error code (see [`code`]).
+    pub code: u32,
+    /// One line naming the problem.
+    pub msg: String,
+    /// More context (may be empty).
+    pub details: String,
+}
+
+impl CniError {
+    /// An error with `code` and `msg`, no details.
+    pub fn new(code: u32, msg: impl Into<String>) -> Self {
+        Self {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+
+    /// Adds details.
+    pub fn details(mut self, details: impl Into<String>) -> Self {
+        self.details = details.into();
+        self
+    }
+
+    /// The JSON object printed on stdout, for spec version `version`.
+    pub fn to_json(&self, version: &str) -> Value {
+        let mut error = json!({
+            "cniVersion": version,
+            "code": self.code,
+            "msg": self.msg,
+        });
+        if !self.details.is_empty() {
+            error["details"] = json!(self.details);
+        }
+        error
+    }
+}
+
+impl fmt::Display for CniError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CNI error {}: {}", self.code, self.msg)?;
+        if !self.details.is_empty() {
+            write!(f, " ({})", self.details)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CniError {}
+
+/// `CNI_COMMAND`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Add the container to the network.
+    Add,
+    /// Remove the container from the network.
+    Del,
+    /// Check the container's network.
+    Check,
+    /// Report whether the plugin can serve ADD.
+    Status,
+    /// Remove stale attachments.
+    Gc,
+    /// Report the supported versions.
+    Version,
+}
+
+impl Command {
+    /// Parses a `CNI_COMMAND` value.
+    pub fn parse(value: &str) -> Result<Self, CniError> {
+        match value {
+            "ADD" => Ok(Self::Add),
+            "DEL" => Ok(Self::Del),
+            "CHECK" => Ok(Self::Check),
+            "STATUS" => Ok(Self::Status),
+            "GC" => Ok(Self::Gc),
+            "VERSION" => Ok(Self::Version),
+            other => Err(CniError::new(
+                code::INVALID_ENV,
+                format!("CNI_COMMAND={other:?} is not one of ADD, DEL, CHECK, STATUS, GC, VERSION"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Add => "ADD",
+            Self::Del => "DEL",
+            Self::Check => "CHECK",
+            Self::Status => "STATUS",
+            Self::Gc => "GC",
+            Self::Version => "VERSION",
+        })
+    }
+}
+
+/// The `CNI_*` environment of one invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Env {
+    /// `CNI_COMMAND`.
+    pub command: Command,
+    /// `CNI_CONTAINERID`.
+    pub container_id: Option<String>,
+    /// `CNI_NETNS`.
+    pub netns: Option<PathBuf>,
+    /// `CNI_IFNAME`.
+    pub ifname: Option<String>,
+    /// `CNI_ARGS`, split into `KEY=VALUE` pairs.
+    pub args: BTreeMap<String, String>,
+}
+
+impl Env {
+    /// Reads the environment through `var` (a lookup of one variable; empty counts as unset).
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, CniError> {
+        let get = |key: &str| var(key).filter(|v| !v.is_empty());
+        let command = get("CNI_COMMAND")
+            .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_COMMAND is not set"))?;
+        let command = Command::parse(&command)?;
+        let netns = get("CNI_NETNS").map(PathBuf::from);
+        if let Some(path) = &netns
+            && !path.is_absolute()
+        {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!("CNI_NETNS={:?} is not an absolute path", path.display()),
+            ));
+        }
+        Ok(Self {
+            command,
+            container_id: get("CNI_CONTAINERID"),
+            netns,
+            ifname: get("CNI_IFNAME"),
+            args: parse_cni_args(&get("CNI_ARGS").unwrap_or_default())?,
+        })
+    }
+
+    /// `CNI_CONTAINERID`, which `command` requires.
+    pub fn require_container_id(&self) -> Result<&str, CniError> {
+        self.container_id.as_deref().ok_or_else(|| {
+            CniError::new(
+                code::INVALID_ENV,
+                format!("CNI_CONTAINERID is not set (required for {})", self.command),
+            )
+        })
+    }
+
+    /// `CNI_IFNAME`, which `command` requires.
+    pub fn require_ifname(&self) -> Result<&str, CniError> {
+        self.ifname.as_deref().ok_or_else(|| {
+            CniError::new(
+                code::INVALID_ENV,
+                format!("CNI_IFNAME is not set (required for {})", self.command),
+            )
+        })
+    }
+
+    /// `CNI_NETNS`, which `command` requires.
+    pub fn require_netns(&self) -> Result<&std::path::Path, CniError> {
+        self.netns.as_deref().ok_or_else(|| {
+            CniError::new(
+                code::INVALID_ENV,
+                format!("CNI_NETNS is not set (required for {})", self.command),
+            )
+        })
+    }
+}
+
+/// Parses `CNI_ARGS`: `KEY=VALUE` pairs separated by `;` (empty pairs skipped).
+pub fn parse_cni_args(text: &str) -> Result<BTreeMap<String, String>, CniError> {
+    let mut args = BTreeMap::new();
+    for pair in text.split(';').filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!("CNI_ARGS entry {pair:?} is not KEY=VALUE"),
+            ));
+        };
+        args.insert(key.to_string(), value.to_string());
+    }
+    Ok(args)
+}
+
+/// One entry of `runtimeConfig.portMappings` (the `portMappings` capability).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    /// The node port.
+    pub host_port: u32,
+    /// The pod port.
+    pub container_port: u32,
+    /// `tcp` (default), `udp` or `sctp`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// The node address to publish on; empty or absent: every address.
+    #[serde(default, rename = "hostIP")]
+    pub host_ip: Option<String>,
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(ip) = self.host_ip.as_deref().filter(|ip| !ip.is_empty()) {
+            write!(f, "{ip}:")?;
+        }
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host_port,
+            self.container_port,
+            self.protocol.as_deref().unwrap_or("tcp")
+        )
+    }
+}
+
+/// `runtimeConfig`: the capability arguments the runtime passes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeConfig {
+    /// Host ports to publish.
+    #[serde(default)]
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// One entry of `cni.dev/valid-attachments`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+pub struct Attachment {
+    /// The container id of a still valid attachment.
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// Its interface name.
+    pub ifname: String,
+}
+
+/// The network configuration on stdin (the fields this plugin reads; others are ignored).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    /// The spec version of the configuration and of our answer.
+    pub cni_version: String,
+    /// The network name.
+    pub name: String,
+    /// The plugin type (the executable's name).
+    #[serde(rename = "type", default)]
+    pub plugin_type: String,
+    /// The daemon's API socket; default `/run/netns-holder/api.sock`.
+    #[serde(default)]
+    pub daemon_socket: Option<PathBuf>,
+    /// Bound of the whole daemon conversation, in milliseconds; default 10000.
+    #[serde(default)]
+    pub daemon_timeout_ms: Option<u64>,
+    /// Capability arguments.
+    #[serde(default)]
+    pub runtime_config: RuntimeConfig,
+    /// The previous result (CHECK, DEL, and chained ADD).
+    #[serde(default)]
+    pub prev_result: Option<Value>,
+    /// GC: the attachments to keep.
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<Attachment>>,
+    /// GC: the same list under the name an early 1.1 draft used (libcni sends both).
+    #[serde(default, rename = "cni.dev/attachments")]
+    pub attachments: Option<Vec<Attachment>>,
+}
+
+impl NetConf {
+    /// Parses the configuration from stdin's bytes and checks the version and the name.
+    pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
+        let conf: Self = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(
+                code::DECODE,
+                format!("the network configuration on stdin is not valid: {e}"),
+            )
+        })?;
+        if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
+            return Err(CniError::new(
+                code::INCOMPATIBLE_VERSION,
+                format!(
+                    "cniVersion {:?} is not supported (supported: {})",
+                    conf.cni_version,
+                    SUPPORTED_VERSIONS.join(", ")
+                ),
+            ));
+        }
+        if conf.name.is_empty() {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                "the network configuration has no name",
+            ));
+        }
+        if conf.daemon_timeout_ms == Some(0) {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                "daemonTimeoutMs must be positive",
+            ));
+        }
+        Ok(conf)
+    }
+
+    /// GC's valid attachments (`cni.dev/valid-attachments`, else `cni.dev/attachments`).
+    pub fn gc_attachments(&self) -> Option<&[Attachment]> {
+        self.valid_attachments
+            .as_deref()
+            .or(self.attachments.as_deref())
+    }
+}
+
+/// The `cniVersion` of a configuration that could not be fully parsed, if it names a
+/// supported one (for the error object); else [`CURRENT_VERSION`].
+pub fn answer_version(stdin: &[u8]) -> String {
+    serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
+        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
+        .unwrap_or_else(|| CURRENT_VERSION.to_string())
+}
+
+/// The `VERSION` answer.
+pub fn version_info() -> Value {
+    json!({
+        "cniVersion": CURRENT_VERSION,
+        "supportedVersions": SUPPORTED_VERSIONS,
+    })
+}
+
+/// What ADD reports about a pod (taken from the daemon's answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodNetwork {
+    /// The host end of the veth (in the node's network namespace).
+    pub host_veth: String,
+    /// The interface inside the pod (`eth0`).
+    pub interface: String,
+    /// The pod's network namespace (the `sandbox` of the pod interface).
+    pub sandbox: PathBuf,
+    /// The pod's addresses with their prefix lengths.
+    pub ips: Vec<IpNet>,
+    /// The default gateways (one per family).
+    pub gateways: Vec<IpAddr>,
+}
+
+/// The ADD `Result` for `network` in spec version `version`: the host veth and the pod
+/// interface, each pod address (on interface 1, with the gateway of its family) and a
+/// default route per family through that gateway. Versions before 1.0.0 also get each
+/// address's `version` (`"4"` or `"6"`).
+pub fn add_result(version: &str, network: &PodNetwork) -> Value {
+    let legacy = version.starts_with("0.");
+    let gateway_of = |ip: &IpNet| {
+        network
+            .gateways
+            .iter()
+            .copied()
+            .find(|g| g.is_ipv4() == ip.addr().is_ipv4())
+    };
+    let ips: Vec<Value> = network
+        .ips
+        .iter()
+        .map(|ip| {
+            let mut entry = json!({"address": ip.to_string(), "interface": 1});
+            if let Some(gw) = gateway_of(ip) {
+                entry["gateway"] = json!(gw.to_string());
+            }
+            if legacy {
+                entry["version"] = json!(if ip.addr().is_ipv4() { "4" } else { "6" });
+            }
+            entry
+        })
+        .collect();
+    let routes: Vec<Value> = network
+        .gateways
+        .iter()
+        .map(|gw| {
+            let dst = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
+            json!({"dst": dst, "gw": gw.to_string()})
+        })
+        .collect();
+    json!({
+        "cniVersion": version,
+        "interfaces": [
+            {"name": network.host_veth},
+            {"name": network.interface, "sandbox": network.sandbox},
+        ],
+        "ips": ips,
+        "routes": routes,
+        "dns": {},
+    })
+}
+
+/// The addresses (`ips[].address`) of a previous result; `None` if it has none.
+pub fn prev_result_addresses(prev: &Value) -> Result<Vec<IpNet>, CniError> {
+    let Some(ips) = prev.get("ips").and_then(Value::as_array) else {
+        return Ok(Vec::new());
+    };
+    ips.iter()
+        .map(|ip| {
+            let text = ip.get("address").and_then(Value::as_str).ok_or_else(|| {
+                CniError::new(
+                    code::DECODE,
+                    format!("prevResult.ips entry {ip} has no address"),
+                )
+            })?;
+            text.parse::<IpNet>().map_err(|e| {
+                CniError::new(
+                    code::DECODE,
+                    format!("prevResult address {text:?} is not a CIDR: {e}"),
+                )
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Result<Env, CniError> {
+        let vars: BTreeMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Env::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn environment() {
+        let e = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_NETNS", "/run/netns/x"),
+            ("CNI_IFNAME", "eth0"),
+            (
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(e.command, Command::Add);
+        assert_eq!(e.require_container_id().unwrap(), "abc");
+        assert_eq!(e.args["K8S_POD_NAME"], "web");
+        let err = env(&[]).unwrap_err();
+        assert_eq!(err.code, code::INVALID_ENV);
+        assert!(err.msg.contains("CNI_COMMAND"), "{err}");
+        let err = env(&[("CNI_COMMAND", "FROB")]).unwrap_err();
+        assert!(err.msg.contains("FROB"), "{err}");
+        let err = env(&[("CNI_COMMAND", "ADD"), ("CNI_NETNS", "rel")]).unwrap_err();
+        assert!(err.msg.contains("absolute"), "{err}");
+        let err = env(&[("CNI_COMMAND", "DEL"), ("CNI_ARGS", "novalue")]).unwrap_err();
+        assert!(err.msg.contains("novalue"), "{err}");
+        let del = env(&[("CNI_COMMAND", "DEL")]).unwrap();
+        let err = del.require_container_id().unwrap_err();
+        assert!(err.msg.contains("CNI_CONTAINERID"), "{err}");
+        assert!(err.msg.contains("DEL"), "{err}");
+    }
+
+    #[test]
+    fn configuration() {
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.1.0","name":"nh","type":"netns-holder",
+                 "daemonSocket":"/tmp/s","ipam":{},
+                 "runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]},
+                 "cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(conf.daemon_socket.as_deref(), Some("/tmp/s".as_ref()));
+        assert_eq!(conf.runtime_config.port_mappings[0].host_port, 8080);
+        assert_eq!(
+            conf.runtime_config.port_mappings[0].to_string(),
+            "8080:80/tcp"
+        );
+        assert_eq!(conf.gc_attachments().unwrap()[0].container_id, "a");
+
+        let err = NetConf::parse(br#"{"cniVersion":"2.0.0","name":"n"}"#).unwrap_err();
+        assert_eq!(err.code, code::INCOMPATIBLE_VERSION);
+        assert!(err.msg.contains("2.0.0"), "{err}");
+        let err = NetConf::parse(b"not json").unwrap_err();
+        assert_eq!(err.code, code::DECODE);
+        let err = NetConf::parse(br#"{"cniVersion":"1.0.0","name":""}"#).unwrap_err();
+        assert_eq!(err.code, code::INVALID_CONFIG);
+        assert_eq!(answer_version(br#"{"cniVersion":"0.4.0"}"#), "0.4.0");
+        assert_eq!(answer_version(br#"{"cniVersion":"9"}"#), CURRENT_VERSION);
+        assert_eq!(answer_version(b"{"), CURRENT_VERSION);
+    }
+
+    fn network() -> PodNetwork {
+        PodNetwork {
+            host_veth: "nh0123456789ab".into(),
+            interface: "eth0".into(),
+            sandbox: PathBuf::from("/run/netns/x"),
+            ips: vec![
+                "10.244.0.2/24".parse().unwrap(),
+                "fd00::2/64".parse().unwrap(),
+            ],
+            gateways: vec!["10.244.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn result_shape() {
+        let r = add_result("1.1.0", &network());
+        assert_eq!(r["cniVersion"], "1.1.0");
+        assert_eq!(r["interfaces"][0], json!({"name": "nh0123456789ab"}));
+        assert_eq!(
+            r["interfaces"][1],
+            json!({"name": "eth0", "sandbox": "/run/netns/x"})
+        );
+        assert_eq!(
+            r["ips"][0],
+            json!({"address": "10.244.0.2/24", "gateway": "10.244.0.1", "interface": 1})
+        );
+        assert_eq!(r["ips"][1]["gateway"], "fd00::1");
+        assert_eq!(
+            r["routes"],
+            json!([{"dst": "0.0.0.0/0", "gw": "10.244.0.1"}, {"dst": "::/0", "gw": "fd00::1"}])
+        );
+        let legacy = add_result("0.4.0", &network());
+        assert_eq!(legacy["ips"][0]["version"], "4");
+        assert_eq!(legacy["ips"][1]["version"], "6");
+        assert_eq!(
+            prev_result_addresses(&r).unwrap(),
+            network().ips,
+            "a result reads back"
+        );
+    }
+
+    #[test]
+    fn error_object() {
+        let e = CniError::new(code::DAEMON_UNREACHABLE, "daemon down").details("socket /x");
+        assert_eq!(
+            e.to_json("1.0.0"),
+            json!({"cniVersion": "1.0.0", "code": 50, "msg": "daemon down", "details": "socket /x"})
+        );
+        assert!(
+            CniError::new(7, "x")
+                .to_json("1.1.0")
+                .get("details")
+                .is_none()
+        );
+        assert_eq!(version_info()["supportedVersions"][4], "1.1.0");
+    }
+}
