@@ -16,6 +16,11 @@ BINDIR ?= $(PREFIX)/bin
 LIBEXECDIR ?= $(PREFIX)/libexec/netns-holder
 SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
 SYSCONFDIR ?= /etc
+# podman reads hooks from /usr/share/containers/oci/hooks.d and /etc/containers/oci/hooks.d
+# (PREFIX=/usr installs there; otherwise pass --hooks-dir or set hooks_dir in containers.conf).
+HOOKSDIR ?= $(PREFIX)/share/containers/oci/hooks.d
+# Where runtimes look for CNI plugins; the plugin is a symlink named after its `type`.
+CNIBINDIR ?= /opt/cni/bin
 
 # One target directory for every build, test and benchmark.
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
@@ -91,6 +96,12 @@ bench: pause
 install: build
 	install -D -m 0755 $(TARGET)/release/netns-holder $(DESTDIR)$(BINDIR)/netns-holder
 	install -D -m 0755 $(TARGET)/release/cri-hook $(DESTDIR)$(BINDIR)/cri-hook
+	install -d -m 0755 $(DESTDIR)$(HOOKSDIR)
+	sed -e 's|/usr/local/bin/cri-hook|$(BINDIR)/cri-hook|' \
+		cri-hook/hooks.d/netns-holder.json > $(DESTDIR)$(HOOKSDIR)/netns-holder.json
+	chmod 0644 $(DESTDIR)$(HOOKSDIR)/netns-holder.json
+	install -d -m 0755 $(DESTDIR)$(CNIBINDIR)
+	ln -sfn $(BINDIR)/cri-hook $(DESTDIR)$(CNIBINDIR)/netns-holder
 	install -D -m 0755 $(TARGET)/release/pause-image $(DESTDIR)$(BINDIR)/pause-image
 	install -D -m 0755 $(PAUSE_BIN) $(DESTDIR)$(LIBEXECDIR)/pause
 	install -d -m 0755 $(DESTDIR)$(SYSTEMDDIR)
