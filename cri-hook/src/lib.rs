@@ -18,6 +18,12 @@
 //!   events).
 //! * [`run`]: obtaining the connection (dial or inherited fd 3), registration, reconnection
 //!   with backoff, shutdown.
+//!
+//! Beside it, sharing [`pod`]'s annotation options and owner annotation:
+//!
+//! * [`oci_hook`]: `cri-hook oci createRuntime|poststop|auto`, the OCI hook for runc, crun
+//!   and podman (`hooks.d/netns-holder.json`).
+//! * [`cni`]: the CNI plugin entry (the binary run with `CNI_COMMAND` set).
 
 pub mod cni;
 pub mod conn;
