@@ -11,6 +11,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::names::IfName;
+use crate::peers::{self, Peer};
 
 /// Default API socket path.
 pub const DEFAULT_SOCKET: &str = "/run/netns-holder/api.sock";
@@ -86,6 +87,8 @@ pub struct Config {
     pub mtu: Option<u32>,
     /// Path of the static pause binary.
     pub pause_binary: PathBuf,
+    /// Peer nodes whose pod CIDRs are routed via their address (see [`crate::peers`]).
+    pub peers: Vec<Peer>,
 }
 
 impl Default for Config {
@@ -101,6 +104,7 @@ impl Default for Config {
             pod_cidr_v6: None,
             mtu: None,
             pause_binary: PathBuf::from(DEFAULT_PAUSE_BINARY),
+            peers: Vec::new(),
         }
     }
 }
@@ -117,6 +121,15 @@ struct RawConfig {
     pod_cidr_v6: Option<String>,
     mtu: Option<i64>,
     pause_binary: Option<String>,
+    peers: Option<Vec<RawPeer>>,
+}
+
+/// One `peers` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    pod_cidr: String,
+    via: String,
 }
 
 fn invalid(key: &'static str, value: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -255,6 +268,26 @@ impl Config {
                 .transpose()?,
             mtu,
             pause_binary: absolute_path("pause_binary", raw.pause_binary, DEFAULT_PAUSE_BINARY)?,
+            peers: raw
+                .peers
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    let shown = format!("{{ pod_cidr = {:?}, via = {:?} }}", p.pod_cidr, p.via);
+                    let pod_cidr = p.pod_cidr.parse().map_err(|_| {
+                        invalid(
+                            "peers",
+                            shown.clone(),
+                            "pod_cidr is not a CIDR (ADDRESS/PREFIX)",
+                        )
+                    })?;
+                    let via = p
+                        .via
+                        .parse()
+                        .map_err(|_| invalid("peers", shown.clone(), "via is not an IP address"))?;
+                    Ok(Peer { pod_cidr, via })
+                })
+                .collect::<Result<_, ConfigError>>()?,
         };
         config.validate()?;
         Ok(config)
@@ -289,7 +322,47 @@ impl Config {
                 format!("must be between {MIN_MTU} and {MAX_MTU}"),
             ));
         }
+        // The bridge name appears in the nftables table, quoted.
+        if !self
+            .bridge
+            .as_str()
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(invalid(
+                "bridge",
+                self.bridge.to_string(),
+                "only ASCII letters, digits, '-', '_' and '.' are allowed",
+            ));
+        }
+        let own = self.pod_cidrs();
+        for (i, peer) in self.peers.iter().enumerate() {
+            peers::validate(peer, &own, &self.peers[..i]).map_err(|e| {
+                invalid(
+                    "peers",
+                    format!(
+                        "{{ pod_cidr = \"{}\", via = \"{}\" }}",
+                        peer.pod_cidr, peer.via
+                    ),
+                    e.to_string(),
+                )
+            })?;
+            if self.peers[..i].iter().any(|p| p.pod_cidr == peer.pod_cidr) {
+                return Err(invalid(
+                    "peers",
+                    peer.to_string(),
+                    "this pod CIDR is listed twice",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// This node's pod CIDRs (IPv4 first).
+    pub fn pod_cidrs(&self) -> Vec<ipnet::IpNet> {
+        let mut out = vec![ipnet::IpNet::V4(self.pod_cidr_v4)];
+        out.extend(self.pod_cidr_v6.map(ipnet::IpNet::V6));
+        out
     }
 
     /// Path of the state file inside [`Config::state_dir`].
@@ -371,6 +444,59 @@ mod tests {
     fn wrong_type_rejected() {
         let err = parse("mtu = \"big\"").unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    }
+
+    #[test]
+    fn peers() {
+        let c = parse(
+            r#"
+            pod_cidr_v4 = "10.244.0.0/24"
+            peers = [
+              { pod_cidr = "10.244.1.0/24", via = "192.168.50.2" },
+              { pod_cidr = "fd00:b::/64", via = "fd99::2" },
+            ]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.peers[0].to_string(), "10.244.1.0/24 via 192.168.50.2");
+        assert_invalid(
+            "peers = [{ pod_cidr = \"10.244.1.0\", via = \"192.168.50.2\" }]",
+            "peers",
+            "pod_cidr is not a CIDR",
+        );
+        assert_invalid(
+            "peers = [{ pod_cidr = \"10.244.1.0/24\", via = \"nodeb\" }]",
+            "peers",
+            "via is not an IP address",
+        );
+        assert_invalid(
+            "peers = [{ pod_cidr = \"10.88.0.0/24\", via = \"192.168.50.2\" }]",
+            "peers",
+            "overlaps this node's pod CIDR 10.88.0.0/16",
+        );
+        assert_invalid(
+            "peers = [{ pod_cidr = \"10.99.0.0/24\", via = \"192.168.50.2\" }, \
+             { pod_cidr = \"10.99.0.0/16\", via = \"192.168.50.3\" }]",
+            "peers",
+            "overlaps peer 10.99.0.0/24 via 192.168.50.2",
+        );
+        assert_invalid(
+            "peers = [{ pod_cidr = \"10.99.0.0/24\", via = \"192.168.50.2\" }, \
+             { pod_cidr = \"10.99.0.0/24\", via = \"192.168.50.3\" }]",
+            "peers",
+            "listed twice",
+        );
+        assert!(matches!(
+            parse("peers = [{ pod_cidr = \"10.99.0.0/24\", via = \"1.2.3.4\", node = \"b\" }]"),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn bridge_name_must_be_plain() {
+        assert_invalid("bridge = \"nh\\\"0\"", "bridge", "only ASCII letters");
+        assert!(parse("bridge = \"br-pods.1_a\"").is_ok());
     }
 
     #[test]

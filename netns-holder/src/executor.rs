@@ -162,6 +162,27 @@ pub async fn run_action<S: System>(system: &S, action: &Action) -> Result<Outcom
             .add_default_route(netns, link, *gateway)
             .await
             .map(|()| Outcome::Done),
+        Action::SetHairpin { link } => system.set_hairpin(link).await.map(|()| Outcome::Done),
+        Action::EnableRouteLocalnet { link } => system
+            .enable_route_localnet(link)
+            .await
+            .map(|()| Outcome::Done),
+        Action::AddHostPorts { elements, .. } => {
+            system.add_elements(elements).await.map(|()| Outcome::Done)
+        }
+        Action::RemoveHostPorts { elements, .. } => {
+            system.delete_elements(elements).await.map(|n| done(n > 0))
+        }
+        Action::FlushConntrack { flushes, .. } => {
+            system.flush_conntrack(flushes).await.map(|_| Outcome::Done)
+        }
+        Action::ReplaceFirewall { table } => {
+            system.replace_table(table).await.map(|()| Outcome::Done)
+        }
+        Action::AddRoute { cidr, via } => {
+            system.add_route(*cidr, *via).await.map(|()| Outcome::Done)
+        }
+        Action::DeleteRoute { cidr, via } => system.delete_route(*cidr, *via).await.map(done),
     }
 }
 

@@ -22,9 +22,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::IpNet;
 
+use crate::firewall::{
+    self, ConntrackFlush, FirewallBase, FirewallTable, HostPortElement, HostPortMap, Listener,
+    ObservedTable,
+};
 use crate::names::{IfName, PodId};
+use crate::ports::{Family, Protocol};
 use crate::system::{
-    LinkInfo, Namespaces, Netlink, PauseProcess, Processes, RunningPause, Sysctl, SystemError,
+    Firewall, LinkInfo, Namespaces, Netlink, PauseProcess, Processes, RunningPause, Sysctl,
+    SystemError,
 };
 
 const HOST: u64 = 0;
@@ -52,6 +58,28 @@ struct Net {
     dad_off: BTreeSet<String>,
 }
 
+type ElementKey = (HostPortMap, Option<IpAddr>, Protocol, u16);
+
+/// The nftables table of the node namespace.
+#[derive(Debug, Clone)]
+struct FakeTable {
+    base: FirewallBase,
+    elements: BTreeMap<ElementKey, HostPortElement>,
+    /// Lines added by "someone else" (foreign rules).
+    extra_lines: Vec<String>,
+    /// Lines of the base removed by "someone else".
+    removed_lines: Vec<String>,
+}
+
+/// One UDP conntrack entry: its family, reply source and original destination port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FakeConntrack {
+    /// The reply source (the pod for a DNATed flow).
+    pub reply_source: IpAddr,
+    /// The original destination port.
+    pub destination_port: u16,
+}
+
 #[derive(Debug, Clone)]
 struct FakeProcess {
     id: PodId,
@@ -75,6 +103,15 @@ struct Model {
     crash_after: Option<usize>,
     crashed: bool,
     yield_each_call: bool,
+    table: Option<FakeTable>,
+    /// Our peer routes in the host namespace, (destination, gateway).
+    peer_routes: BTreeSet<(IpNet, IpAddr)>,
+    /// Destinations of routes in the host namespace that are not ours.
+    foreign_routes: BTreeSet<IpNet>,
+    hairpin: BTreeSet<String>,
+    route_localnet: BTreeSet<String>,
+    listeners: Vec<Listener>,
+    conntrack: Vec<FakeConntrack>,
 }
 
 impl Default for Model {
@@ -100,6 +137,13 @@ impl Default for Model {
             crash_after: None,
             crashed: false,
             yield_each_call: true,
+            table: None,
+            peer_routes: BTreeSet::new(),
+            foreign_routes: BTreeSet::new(),
+            hairpin: BTreeSet::new(),
+            route_localnet: BTreeSet::new(),
+            listeners: Vec::new(),
+            conntrack: Vec::new(),
         }
     }
 }
@@ -151,6 +195,10 @@ impl Model {
         let Some(link) = self.net(net).links.remove(name) else {
             return;
         };
+        if net == HOST {
+            self.hairpin.remove(name);
+            self.route_localnet.remove(name);
+        }
         let n = self.net(net);
         n.routes.retain(|(dev, _)| dev != name);
         n.dad_off.remove(name);
@@ -479,6 +527,104 @@ impl FakeSystem {
         if !l.up {
             m.net(id).routes.retain(|(dev, _)| dev != link);
         }
+    }
+
+    // ---- host ports, peers (inspection and out-of-band changes) ----
+
+    /// The elements in the table, `None` if there is no table.
+    pub fn firewall_elements(&self) -> Option<Vec<HostPortElement>> {
+        let m = self.lock();
+        m.table
+            .as_ref()
+            .map(|t| t.elements.values().copied().collect())
+    }
+
+    /// Installs an empty table for `base`, as a daemon start would have.
+    pub fn install_table(&self, base: FirewallBase) {
+        self.lock().table = Some(FakeTable {
+            base,
+            elements: BTreeMap::new(),
+            extra_lines: Vec::new(),
+            removed_lines: Vec::new(),
+        });
+    }
+
+    /// `nft flush ruleset` behind the daemon's back: the table is gone.
+    pub fn flush_ruleset_externally(&self) {
+        self.lock().table = None;
+    }
+
+    /// Adds a rule line to the table behind the daemon's back (nothing if there is none).
+    pub fn add_foreign_rule_externally(&self, line: &str) {
+        if let Some(t) = self.lock().table.as_mut() {
+            t.extra_lines.push(line.to_string());
+        }
+    }
+
+    /// Deletes a line of the base table behind the daemon's back.
+    pub fn remove_rule_externally(&self, line: &str) {
+        if let Some(t) = self.lock().table.as_mut() {
+            t.removed_lines.push(line.to_string());
+        }
+    }
+
+    /// Adds (or overwrites) an element behind the daemon's back.
+    pub fn add_element_externally(&self, element: HostPortElement) {
+        if let Some(t) = self.lock().table.as_mut() {
+            t.elements.insert(element.key(), element);
+        }
+    }
+
+    /// Deletes an element behind the daemon's back.
+    pub fn delete_element_externally(&self, element: &HostPortElement) {
+        if let Some(t) = self.lock().table.as_mut() {
+            t.elements.remove(&element.key());
+        }
+    }
+
+    /// Our peer routes, (destination, gateway).
+    pub fn peer_route_list(&self) -> Vec<(IpNet, IpAddr)> {
+        self.lock().peer_routes.iter().copied().collect()
+    }
+
+    /// Deletes one of our routes behind the daemon's back.
+    pub fn delete_route_externally(&self, cidr: IpNet, via: IpAddr) {
+        self.lock().peer_routes.remove(&(cidr, via));
+    }
+
+    /// Adds a route of ours behind the daemon's back (e.g. left by an earlier run).
+    pub fn add_peer_route_externally(&self, cidr: IpNet, via: IpAddr) {
+        self.lock().peer_routes.insert((cidr, via));
+    }
+
+    /// Adds a route to `cidr` that is not ours.
+    pub fn add_foreign_route(&self, cidr: IpNet) {
+        self.lock().foreign_routes.insert(cidr);
+    }
+
+    /// Whether hairpin mode is on for the host link `link`.
+    pub fn hairpin(&self, link: &str) -> bool {
+        self.lock().hairpin.contains(link)
+    }
+
+    /// Whether `route_localnet` is on for the host link `link`.
+    pub fn route_localnet(&self, link: &str) -> bool {
+        self.lock().route_localnet.contains(link)
+    }
+
+    /// Sets the sockets [`Firewall::listeners`] reports (filtered by port).
+    pub fn set_listeners(&self, listeners: Vec<Listener>) {
+        self.lock().listeners = listeners;
+    }
+
+    /// Adds UDP conntrack entries.
+    pub fn add_conntrack(&self, entries: &[FakeConntrack]) {
+        self.lock().conntrack.extend_from_slice(entries);
+    }
+
+    /// The UDP conntrack entries.
+    pub fn conntrack(&self) -> Vec<FakeConntrack> {
+        self.lock().conntrack.clone()
     }
 }
 
@@ -833,6 +979,45 @@ impl Netlink for FakeSystem {
         let m = self.call("default_route_mtu".to_string()).await?;
         Ok(m.default_route_mtu)
     }
+
+    async fn set_hairpin(&self, link: &IfName) -> Result<(), SystemError> {
+        let mut m = self.call(format!("set_hairpin {link}")).await?;
+        let l = m.link_mut(None, link)?;
+        if l.master.is_none() {
+            return Err(SystemError::other(
+                format!("link {link}"),
+                "is not a bridge port",
+            ));
+        }
+        m.hairpin.insert(link.to_string());
+        Ok(())
+    }
+
+    async fn add_route(&self, cidr: IpNet, via: IpAddr) -> Result<(), SystemError> {
+        let mut m = self.call(format!("add_route {cidr} {via}")).await?;
+        if m.foreign_routes.contains(&cidr) {
+            return Err(SystemError::AlreadyExists {
+                object: format!("route {cidr} (not ours)"),
+            });
+        }
+        if let Some(other) = m.peer_routes.iter().find(|(c, v)| *c == cidr && *v != via) {
+            return Err(SystemError::AlreadyExists {
+                object: format!("route {} via {}", other.0, other.1),
+            });
+        }
+        m.peer_routes.insert((cidr, via));
+        Ok(())
+    }
+
+    async fn delete_route(&self, cidr: IpNet, via: IpAddr) -> Result<bool, SystemError> {
+        let mut m = self.call(format!("delete_route {cidr} {via}")).await?;
+        Ok(m.peer_routes.remove(&(cidr, via)))
+    }
+
+    async fn peer_routes(&self) -> Result<Vec<(IpNet, IpAddr)>, SystemError> {
+        let m = self.call("peer_routes".to_string()).await?;
+        Ok(m.peer_routes.iter().copied().collect())
+    }
 }
 
 impl Sysctl for FakeSystem {
@@ -851,6 +1036,115 @@ impl Sysctl for FakeSystem {
         let id = m.net_id(Some(netns))?;
         m.net(id).dad_off.insert(link.to_string());
         Ok(())
+    }
+
+    async fn enable_route_localnet(&self, link: &IfName) -> Result<(), SystemError> {
+        let mut m = self.call(format!("enable_route_localnet {link}")).await?;
+        m.link_mut(None, link)?;
+        m.route_localnet.insert(link.to_string());
+        Ok(())
+    }
+}
+
+impl Firewall for FakeSystem {
+    async fn replace_table(&self, table: &FirewallTable) -> Result<(), SystemError> {
+        let mut m = self
+            .call(format!("replace_table {}", table.elements.len()))
+            .await?;
+        let mut elements = BTreeMap::new();
+        for e in &table.elements {
+            if elements.insert(e.key(), *e).is_some() {
+                return Err(SystemError::AlreadyExists { object: e.object() });
+            }
+        }
+        m.table = Some(FakeTable {
+            base: table.base.clone(),
+            elements,
+            extra_lines: Vec::new(),
+            removed_lines: Vec::new(),
+        });
+        Ok(())
+    }
+
+    async fn add_elements(&self, elements: &[HostPortElement]) -> Result<(), SystemError> {
+        let texts: Vec<String> = elements.iter().map(ToString::to_string).collect();
+        let mut m = self
+            .call(format!("add_elements {}", texts.join(", ")))
+            .await?;
+        let Some(table) = m.table.as_mut() else {
+            return Err(SystemError::NotFound {
+                object: firewall::table_object(),
+            });
+        };
+        let mut keys = BTreeSet::new();
+        for e in elements {
+            if table.elements.contains_key(&e.key()) || !keys.insert(e.key()) {
+                return Err(SystemError::AlreadyExists { object: e.object() });
+            }
+        }
+        for e in elements {
+            table.elements.insert(e.key(), *e);
+        }
+        Ok(())
+    }
+
+    async fn delete_elements(&self, elements: &[HostPortElement]) -> Result<usize, SystemError> {
+        let texts: Vec<String> = elements.iter().map(|e| e.key_text()).collect();
+        let mut m = self
+            .call(format!("delete_elements {}", texts.join(", ")))
+            .await?;
+        let Some(table) = m.table.as_mut() else {
+            return Ok(0);
+        };
+        Ok(elements
+            .iter()
+            .filter(|e| table.elements.remove(&e.key()).is_some())
+            .count())
+    }
+
+    async fn inspect_table(&self) -> Result<Option<ObservedTable>, SystemError> {
+        let m = self.call("inspect_table".to_string()).await?;
+        Ok(m.table.as_ref().map(|t| {
+            let mut lines = firewall::expected_lines(&t.base);
+            for removed in &t.removed_lines {
+                if let Some(i) = lines.iter().position(|l| l == removed) {
+                    lines.remove(i);
+                }
+            }
+            lines.extend(t.extra_lines.iter().cloned());
+            ObservedTable {
+                lines,
+                elements: t.elements.values().copied().collect(),
+                unparsed: Vec::new(),
+            }
+        }))
+    }
+
+    async fn listeners(&self, ports: &[(Protocol, u16)]) -> Result<Vec<Listener>, SystemError> {
+        let texts: Vec<String> = ports.iter().map(|(p, n)| format!("{p}/{n}")).collect();
+        let m = self.call(format!("listeners {}", texts.join(","))).await?;
+        Ok(m.listeners
+            .iter()
+            .filter(|l| ports.contains(&(l.protocol, l.port)))
+            .cloned()
+            .collect())
+    }
+
+    async fn flush_conntrack(&self, flushes: &[ConntrackFlush]) -> Result<u64, SystemError> {
+        let texts: Vec<String> = flushes.iter().map(ToString::to_string).collect();
+        let mut m = self
+            .call(format!("flush_conntrack {}", texts.join(", ")))
+            .await?;
+        let before = m.conntrack.len();
+        m.conntrack.retain(|entry| {
+            !flushes.iter().any(|f| match f {
+                ConntrackFlush::ReplySource { address } => entry.reply_source == *address,
+                ConntrackFlush::DestinationPort { family, port } => {
+                    entry.destination_port == *port && Family::of(entry.reply_source) == *family
+                }
+            })
+        });
+        Ok((before - m.conntrack.len()) as u64)
     }
 }
 

@@ -18,6 +18,7 @@
 //! * [`manager`]: `PodManager`, the API the daemon serves.
 //! * [`ports`]: host port mappings and the `--publish` parser.
 //! * [`firewall`]: the nftables table for host ports, as data and text.
+//! * [`peers`]: routes to other nodes' pod CIDRs.
 //! * [`spec`]: OCI `config.json` for app containers that join a pod (`pod spec`).
 
 pub mod api;
@@ -32,6 +33,7 @@ pub mod ipam;
 pub mod linux;
 pub mod manager;
 pub mod names;
+pub mod peers;
 pub mod plan;
 pub mod ports;
 pub mod server;

@@ -37,6 +37,7 @@ use thiserror::Error;
 
 use crate::config::{Config, ConfigError};
 use crate::executor::{self, ExecError, StepFailure};
+use crate::firewall::FirewallBase;
 use crate::ipam::{Ipam, IpamError, PoolUsage};
 use crate::names::{HOST_VETH_PREFIX, IfName, PodId, PodName, is_host_veth_name};
 use crate::plan::{self, Action, Finding, NodeNetwork, Observed, Problem, Repair};
@@ -400,6 +401,11 @@ impl<S: System> PodManager<S> {
         let node = NodeNetwork {
             bridge: config.bridge.clone(),
             bridge_addresses: ipam.gateways(),
+            firewall: FirewallBase {
+                bridge: config.bridge.clone(),
+                pod_cidr_v4: config.pod_cidr_v4,
+                pod_cidr_v6: config.pod_cidr_v6,
+            },
         };
         info!(log, "state loaded"; "pods" => state.pods.len(), "file" => %store.path().display());
         Ok(Self {
@@ -556,6 +562,7 @@ impl<S: System> PodManager<S> {
                 annotations,
                 phase: Phase::Creating,
                 mtu,
+                ports: Vec::new(),
             };
             inner.state.pods.insert(name.clone(), record.clone());
             let owned = record.netns_owned();

@@ -18,7 +18,9 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::firewall::{self, ConntrackFlush, FirewallBase, FirewallTable, HostPortElement};
 use crate::names::{IfName, PodId, PodName};
+use crate::ports::Family;
 use crate::state::{Phase, PodRecord};
 use crate::system::{LinkInfo, PauseProcess};
 
@@ -143,6 +145,60 @@ pub enum Action {
         /// The gateway.
         gateway: IpAddr,
     },
+    /// Turn hairpin mode on for the bridge port `link` (a pod reaching its own host port
+    /// through the node comes back out of the port it went in by, when the bridge runs the
+    /// IP hooks itself, i.e. with `br_netfilter`).
+    SetHairpin {
+        /// The host veth (a port of the bridge).
+        link: IfName,
+    },
+    /// Let `link` (the bridge) route 127.0.0.0/8 sources and destinations
+    /// (`net.ipv4.conf.<link>.route_localnet = 1`), so the node reaches host ports on
+    /// 127.0.0.1.
+    EnableRouteLocalnet {
+        /// The bridge.
+        link: IfName,
+    },
+    /// Publish the host ports of `pod`: add its map elements in one atomic transaction.
+    AddHostPorts {
+        /// The pod.
+        pod: PodName,
+        /// Its elements.
+        elements: Vec<HostPortElement>,
+    },
+    /// Withdraw the host ports of `pod`: delete its map elements (missing ones are fine).
+    RemoveHostPorts {
+        /// The pod.
+        pod: PodName,
+        /// Its elements.
+        elements: Vec<HostPortElement>,
+    },
+    /// Delete UDP conntrack entries of `pod`'s addresses and host ports.
+    FlushConntrack {
+        /// The pod.
+        pod: PodName,
+        /// What to delete.
+        flushes: Vec<ConntrackFlush>,
+    },
+    /// Replace the whole nftables table (base and every element) in one transaction.
+    ReplaceFirewall {
+        /// The table.
+        table: FirewallTable,
+    },
+    /// Route `cidr` (a peer node's pod CIDR) via `via` in the node namespace.
+    AddRoute {
+        /// The destination.
+        cidr: IpNet,
+        /// The peer node's address.
+        via: IpAddr,
+    },
+    /// Delete our route to `cidr` via `via` in the node namespace.
+    DeleteRoute {
+        /// The destination.
+        cidr: IpNet,
+        /// The gateway.
+        via: IpAddr,
+    },
 }
 
 struct Ns<'a>(&'a Option<PathBuf>);
@@ -227,6 +283,37 @@ impl fmt::Display for Action {
                     netns.display()
                 )
             }
+            Self::SetHairpin { link } => write!(f, "set hairpin mode on bridge port {link}"),
+            Self::EnableRouteLocalnet { link } => {
+                write!(f, "enable route_localnet on {link}")
+            }
+            Self::AddHostPorts { pod, elements } => write!(
+                f,
+                "publish {} host port element(s) of pod {pod} in {}",
+                elements.len(),
+                firewall::table_object()
+            ),
+            Self::RemoveHostPorts { pod, elements } => write!(
+                f,
+                "withdraw {} host port element(s) of pod {pod} from {}",
+                elements.len(),
+                firewall::table_object()
+            ),
+            Self::FlushConntrack { pod, flushes } => {
+                write!(f, "flush conntrack of pod {pod}:")?;
+                for (i, flush) in flushes.iter().enumerate() {
+                    write!(f, "{} {flush}", if i == 0 { "" } else { "," })?;
+                }
+                Ok(())
+            }
+            Self::ReplaceFirewall { table } => write!(
+                f,
+                "replace {} ({} host port element(s))",
+                firewall::table_object(),
+                table.elements.len()
+            ),
+            Self::AddRoute { cidr, via } => write!(f, "add route {cidr} via {via}"),
+            Self::DeleteRoute { cidr, via } => write!(f, "delete route {cidr} via {via}"),
         }
     }
 }
@@ -260,6 +347,8 @@ pub struct NodeNetwork {
     pub bridge: IfName,
     /// The gateway addresses on the bridge (IPv4 first) with prefix lengths.
     pub bridge_addresses: Vec<IpNet>,
+    /// What the nftables table depends on.
+    pub firewall: FirewallBase,
 }
 
 impl NodeNetwork {
@@ -305,6 +394,11 @@ fn wiring_steps(record: &PodRecord, node: &NodeNetwork) -> Vec<Step> {
             link: host.clone(),
             master: node.bridge.clone(),
         }),
+    ];
+    if !record.ports.is_empty() {
+        steps.push(Step::plain(Action::SetHairpin { link: host.clone() }));
+    }
+    steps.extend([
         Step::plain(Action::LinkUp {
             netns: None,
             link: host,
@@ -314,7 +408,7 @@ fn wiring_steps(record: &PodRecord, node: &NodeNetwork) -> Vec<Step> {
             from: temp,
             to: iface.clone(),
         }),
-    ];
+    ]);
     if record.ips.iter().any(|a| matches!(a, IpNet::V6(_))) {
         steps.push(Step::plain(Action::DisableDad {
             netns: netns.clone(),
@@ -372,7 +466,43 @@ pub fn plan_create(record: &PodRecord, node: &NodeNetwork) -> Vec<Step> {
     }));
     steps.extend(node.ensure_actions().into_iter().map(Step::plain));
     steps.extend(wiring_steps(record, node));
+    let elements = record_elements(record);
+    if !elements.is_empty() {
+        if elements.iter().any(|e| e.map.family() == Family::V4) {
+            steps.push(Step::plain(Action::EnableRouteLocalnet {
+                link: node.bridge.clone(),
+            }));
+        }
+        steps.push(Step::new(
+            Action::AddHostPorts {
+                pod: record.name.clone(),
+                elements: elements.clone(),
+            },
+            Action::RemoveHostPorts {
+                pod: record.name.clone(),
+                elements: elements.clone(),
+            },
+        ));
+        let flushes = firewall::conntrack_flushes(&elements);
+        if !flushes.is_empty() {
+            steps.push(Step::plain(Action::FlushConntrack {
+                pod: record.name.clone(),
+                flushes,
+            }));
+        }
+    }
     steps
+}
+
+/// The host port map elements of `record` (none without ports). A record's ports were
+/// checked against its addresses when it was created, so every mapping yields elements.
+pub fn record_elements(record: &PodRecord) -> Vec<HostPortElement> {
+    let ips: Vec<IpAddr> = record.ips.iter().map(IpNet::addr).collect();
+    record
+        .ports
+        .iter()
+        .flat_map(|p| firewall::elements_for(std::slice::from_ref(p), &ips).unwrap_or_default())
+        .collect()
 }
 
 /// The actions that remove the pod of `record`, in reverse creation order: the host veth
@@ -380,10 +510,18 @@ pub fn plan_create(record: &PodRecord, node: &NodeNetwork) -> Vec<Step> {
 /// namespace if we created it. `extra_pauses` are further pause processes found running for
 /// this pod (e.g. started by a create that crashed before recording them).
 pub fn plan_remove(record: &PodRecord, extra_pauses: &[PauseProcess]) -> Vec<Action> {
-    let mut actions = vec![Action::DeleteLink {
+    let elements = record_elements(record);
+    let mut actions = Vec::new();
+    if !elements.is_empty() {
+        actions.push(Action::RemoveHostPorts {
+            pod: record.name.clone(),
+            elements: elements.clone(),
+        });
+    }
+    actions.push(Action::DeleteLink {
         netns: None,
         link: record.host_veth.clone(),
-    }];
+    });
     let mut pauses: Vec<PauseProcess> = record.pause.iter().copied().collect();
     for p in extra_pauses {
         if !pauses.contains(p) {
@@ -399,6 +537,13 @@ pub fn plan_remove(record: &PodRecord, extra_pauses: &[PauseProcess]) -> Vec<Act
     if record.netns_owned() {
         actions.push(Action::DeleteNetns {
             path: record.netns.clone(),
+        });
+    }
+    let flushes = firewall::conntrack_flushes(&elements);
+    if !flushes.is_empty() {
+        actions.push(Action::FlushConntrack {
+            pod: record.name.clone(),
+            flushes,
         });
     }
     actions
@@ -708,6 +853,12 @@ pub fn plan_repair(record: &PodRecord, node: &NodeNetwork, observed: &Observed) 
                     link: record.host_veth.clone(),
                     master: node.bridge.clone(),
                 });
+                // A port leaving its bridge loses its hairpin mode.
+                if !record.ports.is_empty() {
+                    actions.push(Action::SetHairpin {
+                        link: record.host_veth.clone(),
+                    });
+                }
             }
             if !host.up {
                 actions.push(Action::LinkUp {
@@ -809,6 +960,7 @@ mod tests {
             annotations: BTreeMap::new(),
             phase: Phase::Creating,
             mtu: 1450,
+            ports: Vec::new(),
         }
     }
 
@@ -820,6 +972,11 @@ mod tests {
         NodeNetwork {
             bridge: IfName::new("nh0").unwrap(),
             bridge_addresses,
+            firewall: FirewallBase {
+                bridge: IfName::new("nh0").unwrap(),
+                pod_cidr_v4: "10.88.0.0/16".parse().unwrap(),
+                pod_cidr_v6: dual.then(|| "fd00::/64".parse().unwrap()),
+            },
         }
     }
 

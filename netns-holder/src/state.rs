@@ -20,6 +20,8 @@ use thiserror::Error;
 
 use crate::ipam::IpamCursors;
 use crate::names::{IfName, PodId, PodName};
+use crate::peers::PeerRecord;
+use crate::ports::PortMapping;
 use crate::system::PauseProcess;
 
 /// File name of the state file inside the state directory.
@@ -117,6 +119,9 @@ pub struct PodRecord {
     pub phase: Phase,
     /// MTU of the pod interface (and its host end).
     pub mtu: u32,
+    /// Published host ports, part of the create parameters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
 }
 
 impl PodRecord {
@@ -149,6 +154,10 @@ pub struct State {
     /// `netns_dir` (such as `/run/netns`) without ever touching foreign ones.
     #[serde(default)]
     pub owned_netns: BTreeSet<PathBuf>,
+    /// Peer nodes whose pod CIDRs are routed via them, from the configuration and the API
+    /// (by pod CIDR).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerRecord>,
 }
 
 impl Default for State {
@@ -158,6 +167,7 @@ impl Default for State {
             pods: BTreeMap::new(),
             ipam: IpamCursors::default(),
             owned_netns: BTreeSet::new(),
+            peers: Vec::new(),
         }
     }
 }
@@ -270,6 +280,11 @@ mod tests {
             annotations: BTreeMap::from([("k8s.pod".to_string(), "default/web".to_string())]),
             phase: Phase::Ready,
             mtu: 1500,
+            ports: vec![crate::ports::PortMapping::new(
+                8080,
+                80,
+                crate::ports::Protocol::Udp,
+            )],
         }
     }
 

@@ -50,7 +50,9 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::firewall::{ConntrackFlush, FirewallTable, HostPortElement, Listener, ObservedTable};
 use crate::names::{IfName, PodId};
+use crate::ports::Protocol;
 
 /// A kernel-side failure, naming the object it concerns (e.g. `netns /run/netns/web`,
 /// `link nh0123456789ab`, `address 10.88.0.2/16 on eth0 in /run/netns/web`).
@@ -302,6 +304,30 @@ pub trait Netlink: Send + Sync {
     /// MTU of the interface carrying the host's IPv4 default route, if there is one (used
     /// when the configuration sets no MTU).
     fn default_route_mtu(&self) -> impl Future<Output = Result<Option<u32>, SystemError>> + Send;
+
+    /// Turns hairpin mode on for the bridge port `link` (host namespace).
+    fn set_hairpin(&self, link: &IfName) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Adds a route to `cidr` via `via` in the node namespace's main table, tagged with
+    /// [`crate::peers::ROUTE_PROTOCOL`]. An identical route of ours is fine; a route to
+    /// `cidr` that is not ours is [`SystemError::AlreadyExists`].
+    fn add_route(
+        &self,
+        cidr: IpNet,
+        via: IpAddr,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Deletes our route to `cidr` via `via`. Returns `false` if there was none.
+    fn delete_route(
+        &self,
+        cidr: IpNet,
+        via: IpAddr,
+    ) -> impl Future<Output = Result<bool, SystemError>> + Send;
+
+    /// Our routes (tagged [`crate::peers::ROUTE_PROTOCOL`]) in the node namespace's main
+    /// table, as (destination, gateway).
+    fn peer_routes(&self)
+    -> impl Future<Output = Result<Vec<(IpNet, IpAddr)>, SystemError>> + Send;
 }
 
 /// Kernel parameters.
@@ -317,10 +343,66 @@ pub trait Sysctl: Send + Sync {
         netns: &Path,
         link: &IfName,
     ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// `net.ipv4.conf.<link>.route_localnet = 1` in the host namespace.
+    fn enable_route_localnet(
+        &self,
+        link: &IfName,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+}
+
+/// The daemon's nftables table and the node facts host ports depend on. The text and the
+/// elements are built by [`crate::firewall`]; implementations only apply and read them.
+pub trait Firewall: Send + Sync {
+    /// Replaces our table with `table` in one transaction (creating it if missing).
+    fn replace_table(
+        &self,
+        table: &FirewallTable,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Adds `elements` in one transaction: all or none. An existing key (of anybody) fails
+    /// it with [`SystemError::AlreadyExists`]; a missing table with
+    /// [`SystemError::NotFound`].
+    fn add_elements(
+        &self,
+        elements: &[HostPortElement],
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Deletes `elements` by key (in one transaction when they are all present); missing
+    /// ones (or a missing table) are fine. Returns how many were deleted.
+    fn delete_elements(
+        &self,
+        elements: &[HostPortElement],
+    ) -> impl Future<Output = Result<usize, SystemError>> + Send;
+
+    /// Our table as it is, `None` if it does not exist.
+    fn inspect_table(
+        &self,
+    ) -> impl Future<Output = Result<Option<ObservedTable>, SystemError>> + Send;
+
+    /// Sockets in the node namespace that hold one of `ports` (TCP listeners, bound
+    /// unconnected UDP sockets), with their owners where they can be found.
+    fn listeners(
+        &self,
+        ports: &[(Protocol, u16)],
+    ) -> impl Future<Output = Result<Vec<Listener>, SystemError>> + Send;
+
+    /// Deletes the UDP conntrack entries described by `flushes` in the node namespace.
+    /// Returns how many were deleted.
+    fn flush_conntrack(
+        &self,
+        flushes: &[ConntrackFlush],
+    ) -> impl Future<Output = Result<u64, SystemError>> + Send;
 }
 
 /// Everything the manager needs from the kernel. Implemented automatically for any type
-/// that implements the four concern traits.
-pub trait System: Namespaces + Processes + Netlink + Sysctl + Send + Sync + 'static {}
+/// that implements the five concern traits.
+pub trait System:
+    Namespaces + Processes + Netlink + Sysctl + Firewall + Send + Sync + 'static
+{
+}
 
-impl<T> System for T where T: Namespaces + Processes + Netlink + Sysctl + Send + Sync + 'static {}
+impl<T> System for T where
+    T: Namespaces + Processes + Netlink + Sysctl + Firewall + Send + Sync + 'static
+{
+}

@@ -26,11 +26,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netns_holder::config::Config;
+use netns_holder::firewall::{self, FirewallBase, FirewallTable, HostPortElement, HostPortMap};
 use netns_holder::linux::{LinuxSystem, PAUSE_NODE_ENV};
 use netns_holder::manager::{CreateRequest, PodInfo, PodManager};
 use netns_holder::names::{IfName, PodName};
 use netns_holder::plan::Problem;
-use netns_holder::system::{Namespaces, Netlink, PauseProcess, Processes, SystemError};
+use netns_holder::ports::{PortMapping, Protocol};
+use netns_holder::system::{
+    Firewall, Namespaces, Netlink, PauseProcess, Processes, Sysctl, SystemError,
+};
 use nix::fcntl::{OFlag, open};
 use nix::mount::{MntFlags, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
@@ -513,6 +517,7 @@ fn fifty_concurrent_pods() {
     Env::new(Some("fd3c:9a1e:42b8::/64"), None).run(|ctx| async move {
         const N: usize = 50;
         let mgr = Arc::new(manager(&ctx));
+        mgr.reconcile().await;
         // Warm up (bridge, node netlink connection) so the batch measures pods only.
         let warm = Instant::now();
         mgr.create(CreateRequest::new(pod("warm")))
@@ -584,6 +589,7 @@ fn killed_pause_is_reported_and_restarted_in_the_same_netns() {
     require_root!();
     Env::new(None, None).run(|ctx| async move {
         let mgr = manager(&ctx);
+        mgr.reconcile().await;
         let info = mgr
             .create(CreateRequest::new(pod("victim")))
             .await
@@ -827,5 +833,239 @@ fn system_primitives() {
 
         assert!(sys.delete_link(None, &host).await.unwrap());
         assert!(sys.delete_netns(&a).await.unwrap());
+    });
+}
+
+// ------------------------------------------------------------------ host ports, peers
+
+fn elem(map: HostPortMap, host: Option<&str>, port: u16, pod: &str) -> HostPortElement {
+    HostPortElement {
+        map,
+        host_ip: host.map(|h| h.parse().unwrap()),
+        protocol: Protocol::Tcp,
+        host_port: port,
+        pod_ip: pod.parse().unwrap(),
+        pod_port: 80,
+    }
+}
+
+fn sorted(mut v: Vec<HostPortElement>) -> Vec<HostPortElement> {
+    v.sort();
+    v
+}
+
+/// The table through the real kernel: `nft -f` replace, netlink element batches (atomic,
+/// exclusive, idempotent deletes), `nft list` read back exactly as rendered.
+#[test]
+fn nftables_table_and_element_batches() {
+    require_root!();
+    Env::new(None, None).run(|ctx| async move {
+        let sys = LinuxSystem::new(&ctx.config, logger()).expect("LinuxSystem::new");
+        let base = FirewallBase {
+            bridge: IfName::new("nh0").unwrap(),
+            pod_cidr_v4: "10.88.0.0/16".parse().unwrap(),
+            pod_cidr_v6: Some("fd00:88::/64".parse().unwrap()),
+        };
+        assert_eq!(sys.inspect_table().await.unwrap(), None);
+        assert!(matches!(
+            sys.add_elements(&[elem(HostPortMap::AnyV4, None, 1, "10.88.0.2")])
+                .await,
+            Err(SystemError::NotFound { .. })
+        ));
+        assert_eq!(
+            sys.delete_elements(&[elem(HostPortMap::AnyV4, None, 1, "10.88.0.2")])
+                .await
+                .unwrap(),
+            0
+        );
+        let first = vec![
+            elem(HostPortMap::AnyV4, None, 8080, "10.88.0.2"),
+            elem(HostPortMap::V6, Some("fd99::1"), 8443, "fd00:88::2"),
+        ];
+        sys.replace_table(&FirewallTable {
+            base: base.clone(),
+            elements: first.clone(),
+        })
+        .await
+        .expect("replace");
+        let seen = sys.inspect_table().await.unwrap().expect("table");
+        assert_eq!(seen.lines, firewall::expected_lines(&base));
+        assert_eq!(sorted(seen.elements.clone()), sorted(first.clone()));
+        assert!(seen.unparsed.is_empty());
+        assert!(firewall::check_table(&base, &[(pod("a"), first.clone())], Some(&seen)).is_empty());
+
+        // Netlink batches: every key kind, then an exclusive clash fails the whole batch.
+        let second = vec![
+            elem(HostPortMap::V4, Some("192.168.1.1"), 9000, "10.88.0.3"),
+            elem(HostPortMap::AnyV6, None, 9000, "fd00:88::3"),
+            HostPortElement {
+                protocol: Protocol::Udp,
+                ..elem(HostPortMap::AnyV4, None, 9000, "10.88.0.3")
+            },
+            HostPortElement {
+                protocol: Protocol::Sctp,
+                ..elem(HostPortMap::AnyV4, None, 9001, "10.88.0.3")
+            },
+        ];
+        sys.add_elements(&second).await.expect("add");
+        let all: Vec<HostPortElement> = first.iter().chain(&second).copied().collect();
+        let seen = sys.inspect_table().await.unwrap().unwrap();
+        assert_eq!(sorted(seen.elements), sorted(all.clone()));
+        let clash = [
+            elem(HostPortMap::AnyV4, None, 7777, "10.88.0.4"),
+            elem(HostPortMap::AnyV4, None, 8080, "10.88.0.4"),
+        ];
+        let err = sys.add_elements(&clash).await.unwrap_err();
+        assert!(matches!(err, SystemError::AlreadyExists { .. }), "{err}");
+        assert!(
+            err.to_string().contains("tcp . 8080 : 10.88.0.4 . 80"),
+            "{err}"
+        );
+        let seen = sys.inspect_table().await.unwrap().unwrap();
+        assert_eq!(sorted(seen.elements), sorted(all.clone()), "all or nothing");
+
+        // Deleting: present and missing mixed; only ours by key.
+        let n = sys
+            .delete_elements(&[second[0], clash[0], second[1]])
+            .await
+            .expect("delete");
+        assert_eq!(n, 2);
+        let seen = sys.inspect_table().await.unwrap().unwrap();
+        assert_eq!(
+            sorted(seen.elements),
+            sorted(vec![first[0], first[1], second[2], second[3]])
+        );
+
+        // Replacing again swaps everything in one go; a flushed ruleset reads as no table.
+        sys.replace_table(&FirewallTable {
+            base: base.clone(),
+            elements: vec![],
+        })
+        .await
+        .expect("replace again");
+        assert!(
+            sys.inspect_table()
+                .await
+                .unwrap()
+                .unwrap()
+                .elements
+                .is_empty()
+        );
+        let (ok, out) = in_node(&ctx.node, &["nft", "flush", "ruleset"]);
+        assert!(ok, "{out}");
+        assert_eq!(sys.inspect_table().await.unwrap(), None);
+    });
+}
+
+/// Sockets of the node namespace holding a port are found, with their process.
+#[test]
+fn node_listeners_are_found_with_their_owner() {
+    require_root!();
+    Env::new(None, None).run(|ctx| async move {
+        let sys = LinuxSystem::new(&ctx.config, logger()).expect("LinuxSystem::new");
+        let (tcp, udp) = on_node_thread(&ctx.node, || {
+            (
+                TcpListener::bind("0.0.0.0:0").expect("tcp"),
+                std::net::UdpSocket::bind("[::]:0").expect("udp"),
+            )
+        });
+        let tport = tcp.local_addr().unwrap().port();
+        let uport = udp.local_addr().unwrap().port();
+        let found = sys
+            .listeners(&[
+                (Protocol::Tcp, tport),
+                (Protocol::Udp, uport),
+                (Protocol::Tcp, 1),
+            ])
+            .await
+            .expect("listeners");
+        assert_eq!(found.len(), 2, "{found:?}");
+        let me = format!("pid {} (", std::process::id());
+        for l in &found {
+            assert!(l.owner.as_deref().unwrap_or("").starts_with(&me), "{l}");
+        }
+        assert!(
+            found[0]
+                .to_string()
+                .starts_with(&format!("a listening TCP socket on 0.0.0.0:{tport} of pid"))
+        );
+        let mapping = PortMapping::new(tport, 80, Protocol::Tcp);
+        assert!(mapping.overlaps_socket(found[0].protocol, found[0].address, found[0].port));
+        drop((tcp, udp));
+        assert!(
+            sys.listeners(&[(Protocol::Tcp, tport)])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    });
+}
+
+/// Peer routes carry our protocol; foreign routes are neither listed nor replaced; hairpin
+/// and route_localnet reach the kernel.
+#[test]
+fn peer_routes_hairpin_and_route_localnet() {
+    require_root!();
+    Env::new(None, None).run(|ctx| async move {
+        let sys = LinuxSystem::new(&ctx.config, logger()).expect("LinuxSystem::new");
+        for cmd in [
+            &[
+                "ip", "link", "add", "u0", "type", "veth", "peer", "name", "u1",
+            ][..],
+            &["ip", "addr", "add", "192.168.77.1/24", "dev", "u0"],
+            &["ip", "link", "set", "u0", "up"],
+            &["ip", "link", "set", "u1", "up"],
+            &["ip", "route", "add", "10.95.0.0/16", "via", "192.168.77.9"],
+        ] {
+            let (ok, out) = in_node(&ctx.node, cmd);
+            assert!(ok, "{cmd:?}: {out}");
+        }
+        let cidr = "10.89.0.0/16".parse().unwrap();
+        let via: IpAddr = "192.168.77.2".parse().unwrap();
+        sys.add_route(cidr, via).await.expect("add route");
+        sys.add_route(cidr, via).await.expect("idempotent");
+        assert_eq!(sys.peer_routes().await.unwrap(), [(cidr, via)]);
+        let (_, shown) = in_node(&ctx.node, &["ip", "route", "show", "proto", "78"]);
+        assert!(
+            shown.contains("10.89.0.0/16 via 192.168.77.2 dev u0"),
+            "{shown}"
+        );
+        let err = sys
+            .add_route("10.95.0.0/16".parse().unwrap(), via)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SystemError::AlreadyExists { .. }), "{err}");
+        assert!(err.to_string().contains("(not ours)"), "{err}");
+        assert!(sys.delete_route(cidr, via).await.unwrap());
+        assert!(!sys.delete_route(cidr, via).await.unwrap());
+        assert!(sys.peer_routes().await.unwrap().is_empty());
+        let (_, shown) = in_node(&ctx.node, &["ip", "route"]);
+        assert!(
+            shown.contains("10.95.0.0/16"),
+            "foreign route kept: {shown}"
+        );
+
+        let bridge = IfName::new("nh0").unwrap();
+        sys.ensure_bridge(&bridge, &["10.88.0.1/16".parse().unwrap()])
+            .await
+            .unwrap();
+        sys.enable_route_localnet(&bridge).await.unwrap();
+        let (_, value) = in_node(
+            &ctx.node,
+            &["sysctl", "-n", "net.ipv4.conf.nh0.route_localnet"],
+        );
+        assert_eq!(value.trim(), "1");
+        for cmd in [
+            &[
+                "ip", "link", "add", "hp0", "type", "veth", "peer", "name", "hp1",
+            ][..],
+            &["ip", "link", "set", "hp0", "master", "nh0"],
+        ] {
+            let (ok, out) = in_node(&ctx.node, cmd);
+            assert!(ok, "{cmd:?}: {out}");
+        }
+        sys.set_hairpin(&IfName::new("hp0").unwrap()).await.unwrap();
+        let (_, shown) = in_node(&ctx.node, &["bridge", "-d", "link", "show", "dev", "hp0"]);
+        assert!(shown.contains("hairpin on"), "{shown}");
     });
 }

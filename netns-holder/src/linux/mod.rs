@@ -66,7 +66,9 @@
 mod conn;
 mod netlink;
 mod netns;
+pub mod nft;
 mod pause;
+mod sockets;
 mod sysctl;
 mod thread;
 
@@ -80,9 +82,12 @@ use ipnet::IpNet;
 use slog::{Logger, info, warn};
 
 use crate::config::Config;
+use crate::firewall::{ConntrackFlush, FirewallTable, HostPortElement, Listener, ObservedTable};
 use crate::names::{IfName, PodId};
+use crate::ports::Protocol;
 use crate::system::{
-    LinkInfo, Namespaces, Netlink, PauseProcess, Processes, RunningPause, Sysctl, SystemError,
+    Firewall, LinkInfo, Namespaces, Netlink, PauseProcess, Processes, RunningPause, Sysctl,
+    SystemError,
 };
 
 pub use pause::PAUSE_NODE_ENV;
@@ -105,6 +110,8 @@ pub struct LinuxSystem {
     node_netlink: tokio::sync::OnceCell<conn::Conn>,
     /// Recently used pod-side rtnetlink connections.
     pods: conn::PodConns,
+    /// The node's nfnetlink socket (host port elements), opened on first use.
+    nf_socket: tokio::sync::OnceCell<nft::NfSocket>,
     log: Logger,
 }
 
@@ -143,6 +150,7 @@ impl LinuxSystem {
             node_inode,
             node_netlink: tokio::sync::OnceCell::new(),
             pods: conn::PodConns::default(),
+            nf_socket: tokio::sync::OnceCell::new(),
             log,
         })
     }
@@ -302,6 +310,22 @@ impl Netlink for LinuxSystem {
     async fn default_route_mtu(&self) -> Result<Option<u32>, SystemError> {
         netlink::default_route_mtu(self).await
     }
+
+    async fn set_hairpin(&self, link: &IfName) -> Result<(), SystemError> {
+        netlink::set_hairpin(self, link).await
+    }
+
+    async fn add_route(&self, cidr: IpNet, via: IpAddr) -> Result<(), SystemError> {
+        netlink::add_route(self, cidr, via).await
+    }
+
+    async fn delete_route(&self, cidr: IpNet, via: IpAddr) -> Result<bool, SystemError> {
+        netlink::delete_route(self, cidr, via).await
+    }
+
+    async fn peer_routes(&self) -> Result<Vec<(IpNet, IpAddr)>, SystemError> {
+        netlink::peer_routes(self).await
+    }
 }
 
 impl Sysctl for LinuxSystem {
@@ -311,5 +335,35 @@ impl Sysctl for LinuxSystem {
 
     async fn disable_dad(&self, netns: &Path, link: &IfName) -> Result<(), SystemError> {
         sysctl::disable_dad(netns, link).await
+    }
+
+    async fn enable_route_localnet(&self, link: &IfName) -> Result<(), SystemError> {
+        sysctl::enable_route_localnet(self, link).await
+    }
+}
+
+impl Firewall for LinuxSystem {
+    async fn replace_table(&self, table: &FirewallTable) -> Result<(), SystemError> {
+        nft::replace_table(self, table).await
+    }
+
+    async fn add_elements(&self, elements: &[HostPortElement]) -> Result<(), SystemError> {
+        nft::add_elements(self, elements).await
+    }
+
+    async fn delete_elements(&self, elements: &[HostPortElement]) -> Result<usize, SystemError> {
+        nft::delete_elements(self, elements).await
+    }
+
+    async fn inspect_table(&self) -> Result<Option<ObservedTable>, SystemError> {
+        nft::inspect_table(self).await
+    }
+
+    async fn listeners(&self, ports: &[(Protocol, u16)]) -> Result<Vec<Listener>, SystemError> {
+        sockets::listeners(self, ports).await
+    }
+
+    async fn flush_conntrack(&self, flushes: &[ConntrackFlush]) -> Result<u64, SystemError> {
+        sockets::flush_conntrack(self, flushes).await
     }
 }

@@ -17,10 +17,11 @@ use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
 };
 use slog::{debug, info};
 
@@ -29,6 +30,7 @@ use super::conn;
 use super::netns::open_netns;
 use super::{LinuxSystem, link_object};
 use crate::names::IfName;
+use crate::peers::ROUTE_PROTOCOL;
 use crate::system::{LinkInfo, SystemError};
 
 // ------------------------------------------------------------------ connections
@@ -663,4 +665,146 @@ pub(crate) async fn default_route_mtu(sys: &LinuxSystem) -> Result<Option<u32>, 
         .await
         .map_err(|e| nl_err(format!("{object}: its link {oif}"), e))?;
     Ok(link.as_ref().and_then(attr_mtu))
+}
+
+// ------------------------------------------------------------------ hairpin and peer routes
+
+pub(crate) async fn set_hairpin(sys: &LinuxSystem, link: &IfName) -> Result<(), SystemError> {
+    let h = node_handle(sys).await?;
+    let object = link_object(None, link.as_str());
+    let index = require_index(&h, link.as_str(), &object).await?;
+    h.link()
+        .set_port(LinkBridgePort::new(index).hairpin(true).build())
+        .execute()
+        .await
+        .map_err(|e| nl_err(format!("{object}: setting hairpin mode"), e))
+}
+
+/// A route message for `cidr` via `via` with our protocol, in the main table.
+fn peer_route_message(cidr: IpNet, via: IpAddr) -> Option<RouteMessage> {
+    let protocol = RouteProtocol::Other(ROUTE_PROTOCOL);
+    Some(match (cidr, via) {
+        (IpNet::V4(net), IpAddr::V4(gw)) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(net.network(), net.prefix_len())
+            .gateway(gw)
+            .protocol(protocol)
+            .build(),
+        (IpNet::V6(net), IpAddr::V6(gw)) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(net.network(), net.prefix_len())
+            .gateway(gw)
+            .protocol(protocol)
+            .build(),
+        _ => return None,
+    })
+}
+
+fn route_destination(r: &RouteMessage) -> Option<IpNet> {
+    let addr = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    })?;
+    IpNet::new(addr, r.header.destination_prefix_length).ok()
+}
+
+/// Every main-table route to `cidr` in the node namespace, with whether it is ours and its
+/// gateway.
+async fn routes_to(
+    sys: &LinuxSystem,
+    cidr: Option<IpNet>,
+) -> Result<Vec<(IpNet, Option<IpAddr>, bool, RouteMessage)>, SystemError> {
+    let object = "routes in the node namespace";
+    let node = conn::node(sys).await?;
+    let _dump = node.dumps.lock().await;
+    let mut out = Vec::new();
+    for v6 in [false, true] {
+        if cidr.is_some_and(|c| c.addr().is_ipv6() != v6) {
+            continue;
+        }
+        for r in dump_routes(&node.handle, v6)
+            .await
+            .map_err(|e| nl_err(object, e))?
+        {
+            if route_table(&r) != u32::from(RouteHeader::RT_TABLE_MAIN) {
+                continue;
+            }
+            let Some(dst) = route_destination(&r) else {
+                continue;
+            };
+            if cidr.is_some_and(|c| c != dst) {
+                continue;
+            }
+            let ours = r.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL);
+            out.push((dst, route_gateway(&r), ours, r));
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) async fn add_route(
+    sys: &LinuxSystem,
+    cidr: IpNet,
+    via: IpAddr,
+) -> Result<(), SystemError> {
+    let object = format!("route {cidr} via {via}");
+    let message = peer_route_message(cidr, via)
+        .ok_or_else(|| SystemError::other(&object, "address families differ"))?;
+    let h = node_handle(sys).await?;
+    match h.route().add(message).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e) == Some(libc::EEXIST) => {
+            let existing = routes_to(sys, Some(cidr)).await?;
+            if existing
+                .iter()
+                .any(|(_, gw, ours, _)| *ours && *gw == Some(via))
+            {
+                return Ok(());
+            }
+            let described = existing
+                .iter()
+                .map(|(dst, gw, ours, _)| {
+                    format!(
+                        "{dst}{}{}",
+                        gw.map(|g| format!(" via {g}")).unwrap_or_default(),
+                        if *ours { " (ours)" } else { " (not ours)" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(SystemError::AlreadyExists {
+                object: format!("{object}: the node already routes {described}"),
+            })
+        }
+        Err(e) => Err(nl_err(object, e)),
+    }
+}
+
+pub(crate) async fn delete_route(
+    sys: &LinuxSystem,
+    cidr: IpNet,
+    via: IpAddr,
+) -> Result<bool, SystemError> {
+    let object = format!("route {cidr} via {via}");
+    let Some((_, _, _, message)) = routes_to(sys, Some(cidr))
+        .await?
+        .into_iter()
+        .find(|(_, gw, ours, _)| *ours && *gw == Some(via))
+    else {
+        return Ok(false);
+    };
+    let h = node_handle(sys).await?;
+    match h.route().del(message).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(false),
+        Err(e) => Err(nl_err(format!("{object}: delete"), e)),
+    }
+}
+
+pub(crate) async fn peer_routes(sys: &LinuxSystem) -> Result<Vec<(IpNet, IpAddr)>, SystemError> {
+    Ok(routes_to(sys, None)
+        .await?
+        .into_iter()
+        .filter(|(_, _, ours, _)| *ours)
+        .filter_map(|(dst, gw, _, _)| Some((dst, gw?)))
+        .collect())
 }

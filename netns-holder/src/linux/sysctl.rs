@@ -46,6 +46,24 @@ pub(crate) async fn enable_forwarding(sys: &LinuxSystem, ipv6: bool) -> Result<(
     .await
 }
 
+/// `net.ipv4.conf.<link>.route_localnet = 1` in the node namespace.
+pub(crate) async fn enable_route_localnet(
+    sys: &LinuxSystem,
+    link: &IfName,
+) -> Result<(), SystemError> {
+    let node = NsFd::Shared(sys.node.clone());
+    let file = format!("/proc/sys/net/ipv4/conf/{link}/route_localnet");
+    let object = link_object(None, link.as_str());
+    thread::run(object.clone(), Some(node), move || {
+        ensure_value(&file, "1", "the node namespace").map_err(|e| match e {
+            // The per-link directory exists exactly while the link does.
+            SystemError::NotFound { .. } => SystemError::NotFound { object },
+            e => e,
+        })
+    })
+    .await
+}
+
 /// `net.ipv6.conf.<link>.accept_dad = 0` inside the namespace at `netns`.
 pub(crate) async fn disable_dad(netns: &Path, link: &IfName) -> Result<(), SystemError> {
     let fd = open_netns(netns)?;
