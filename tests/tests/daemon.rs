@@ -627,6 +627,63 @@ fn pod_network_ipv6() -> Result<()> {
     })
 }
 
+#[test]
+fn pause_runs_without_any_privilege() -> Result<()> {
+    if !require_root("pause_runs_without_any_privilege") {
+        return Ok(());
+    }
+    on_node(
+        "pause_runs_without_any_privilege",
+        DaemonOptions::default(),
+        |node, daemon| {
+            let pod = create(daemon, &unique_name("priv"))?;
+            let pid = pod.pause_pid.context("the pod has no pause")?;
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+            let field = |key: &str| -> Result<String> {
+                status
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix(&format!("{key}:"))
+                            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+                    })
+                    .with_context(|| format!("{key} missing from /proc/{pid}/status"))
+            };
+            ensure!(
+                field("Uid")? == "65535 65535 65535 65535",
+                "pause Uid: {}",
+                field("Uid")?
+            );
+            ensure!(
+                field("Gid")? == "65535 65535 65535 65535",
+                "pause Gid: {}",
+                field("Gid")?
+            );
+            ensure!(
+                field("Groups")?.is_empty(),
+                "pause supplementary groups: {}",
+                field("Groups")?
+            );
+            for caps in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+                ensure!(
+                    field(caps)? == "0000000000000000",
+                    "pause {caps}: {}",
+                    field(caps)?
+                );
+            }
+            ensure!(
+                field("NoNewPrivs")? == "1",
+                "pause NoNewPrivs: {}",
+                field("NoNewPrivs")?
+            );
+            // Unprivileged, it still holds the pod's namespace and the pod still works.
+            ensure!(netns_id(&pod.netns)? == netns_id(Path::new(&format!("/proc/{pid}/ns/net")))?);
+            assert_pod_works(node, &pod)?;
+            remove(daemon, &pod.name)?;
+            assert_nothing_left(node, daemon, &[pod])
+        },
+    )
+}
+
 /// The `inet` addresses in `busybox ip -o addr show` output, as `ip/prefix` strings.
 fn busybox_inet(output: &str) -> Vec<String> {
     output

@@ -204,6 +204,10 @@ pub(crate) async fn start(
     }
 }
 
+/// The uid and gid the pause runs as (as the pause image's `User`): it needs no privilege at
+/// all to hold a namespace, wait for signals and reap children, so it gets none.
+pub const PAUSE_UID_GID: u32 = 65535;
+
 /// Forks and execs the pause binary; returns its pid.
 fn spawn(binary: &Path, argv0: &str, tag: &str, netns: &OwnedFd) -> io::Result<u32> {
     let netns_fd = netns.as_raw_fd();
@@ -229,6 +233,30 @@ fn spawn(binary: &Path, argv0: &str, tag: &str, netns: &OwnedFd) -> io::Result<u
         if unsafe { libc::setsid() } < 0 {
             return Err(io::Error::last_os_error());
         }
+        // Drop every privilege after the last privileged call (setns): no supplementary
+        // groups, then gid and uid 65535 (a non-root exec keeps no capabilities), and no way
+        // back through setuid binaries. Raw system calls: they change only this thread, the
+        // only one in the child, without libc's all-threads set*id broadcast.
+        // SAFETY: setgroups with size 0 and a null list; plain integer arguments otherwise.
+        unsafe {
+            if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0
+                || libc::syscall(
+                    libc::SYS_setresgid,
+                    PAUSE_UID_GID,
+                    PAUSE_UID_GID,
+                    PAUSE_UID_GID,
+                ) != 0
+                || libc::syscall(
+                    libc::SYS_setresuid,
+                    PAUSE_UID_GID,
+                    PAUSE_UID_GID,
+                    PAUSE_UID_GID,
+                ) != 0
+                || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
         // Whatever the daemon's libraries left without O_CLOEXEC is closed at exec. Best
         // effort: kernels before 5.11 lack CLOSE_RANGE_CLOEXEC.
         // SAFETY: close_range only changes descriptor flags; no memory arguments.
@@ -243,8 +271,8 @@ fn spawn(binary: &Path, argv0: &str, tag: &str, netns: &OwnedFd) -> io::Result<u
         Ok(())
     };
     // SAFETY: the hook runs between fork and exec in the child of a multi-threaded process;
-    // it only makes raw system calls (setns, setsid, close_range) and reads errno: no
-    // allocation, no locks, async-signal-safe throughout.
+    // it only makes raw system calls (setns, setsid, set*id, prctl, close_range) and reads
+    // errno: no allocation, no locks, async-signal-safe throughout.
     unsafe { command.pre_exec(hook) };
     let child = command.spawn()?;
     // Deliberately not waited for: see the module documentation.
