@@ -11,10 +11,12 @@
 //!
 //! | error | code |
 //! |---|---|
-//! | malformed pod name, netns path, annotation, keep entry | `INVALID_ARGUMENT` |
+//! | malformed pod name, netns path, annotation, keep entry, port mapping, peer | `INVALID_ARGUMENT` |
+//! | [`ManagerError::Ports`], [`ManagerError::PortAddress`], an invalid peer | `INVALID_ARGUMENT` |
 //! | `GetPod` of a missing pod; [`ManagerError::NetnsNotFound`] | `NOT_FOUND` |
-//! | [`ManagerError::Conflict`], [`ManagerError::IdCollision`] | `ALREADY_EXISTS` |
+//! | [`ManagerError::Conflict`], [`ManagerError::IdCollision`], a peer CIDR routed elsewhere | `ALREADY_EXISTS` |
 //! | [`ManagerError::NetnsInUse`], [`ManagerError::Unfinished`] | `FAILED_PRECONDITION` |
+//! | [`ManagerError::PortInUse`], removing a configured peer, a foreign route in the way | `FAILED_PRECONDITION` |
 //! | [`ManagerError::Ipam`] (pool exhausted) | `RESOURCE_EXHAUSTED` |
 //! | kernel, state file, create/remove step failures | `INTERNAL` |
 //! | caller is not root (see `server::PeerCheck`) | `PERMISSION_DENIED` |
@@ -27,10 +29,13 @@ use ipnet::IpNet;
 use thiserror::Error;
 use tonic::{Code, Status};
 
-use crate::manager::{GcReport, ManagerError, NodeFailure, PodInfo, ReconcileReport};
+use crate::manager::{GcReport, ManagerError, NodeFailure, PodInfo, ReconcileReport, ReloadReport};
 use crate::names::{IfName, NameError, PodId, PodName};
+use crate::peers::{Peer, PeerError, PeerRecord, PeerSource};
 use crate::plan::Finding;
+use crate::ports::{self, PortMapping, Protocol};
 use crate::state::{Phase, PodRecord};
+use crate::system::SystemError;
 
 /// The generated protobuf messages, client and server of `netns_holder.v1`.
 pub use netns_holder_proto::api::v1 as pb;
@@ -81,6 +86,102 @@ pub fn pod_message(info: &PodInfo, annotations: &BTreeMap<String, String>) -> pb
         interface: info.interface.to_string(),
         host_veth: info.host_veth.to_string(),
         annotations: annotations.clone(),
+        ports: info.ports.iter().map(port_message).collect(),
+    }
+}
+
+/// The message for one host port.
+pub fn port_message(p: &PortMapping) -> pb::PortMapping {
+    pb::PortMapping {
+        protocol: match p.protocol {
+            Protocol::Tcp => pb::Protocol::Tcp,
+            Protocol::Udp => pb::Protocol::Udp,
+            Protocol::Sctp => pb::Protocol::Sctp,
+        } as i32,
+        host_ip: p.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        host_port: u32::from(p.host_port),
+        container_port: u32::from(p.container_port),
+    }
+}
+
+/// A host port from its message (server and client side); the error says what is wrong.
+pub fn port_mapping(m: &pb::PortMapping) -> Result<PortMapping, String> {
+    let protocol = match pb::Protocol::try_from(m.protocol) {
+        Ok(pb::Protocol::Tcp) => Protocol::Tcp,
+        Ok(pb::Protocol::Udp) => Protocol::Udp,
+        Ok(pb::Protocol::Sctp) => Protocol::Sctp,
+        Err(_) => {
+            return Err(format!(
+                "protocol {} is not tcp (0), udp (1) or sctp (2)",
+                m.protocol
+            ));
+        }
+    };
+    ports::from_parts(&m.host_ip, m.host_port, m.container_port, protocol)
+        .map_err(|e| e.to_string())
+}
+
+/// The host ports of a create/attach request, validated as a list; `INVALID_ARGUMENT`
+/// naming the mapping otherwise.
+pub fn request_ports(messages: &[pb::PortMapping]) -> Result<Vec<PortMapping>, Status> {
+    let ports = messages
+        .iter()
+        .map(|m| {
+            port_mapping(m).map_err(|e| Status::invalid_argument(format!("port mapping: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    ports::validate(&ports).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(ports)
+}
+
+/// The message for a peer.
+pub fn peer_message(p: &PeerRecord) -> pb::Peer {
+    pb::Peer {
+        pod_cidr: p.pod_cidr.to_string(),
+        via: p.via.to_string(),
+        from_config: p.source == PeerSource::Config,
+    }
+}
+
+/// A peer from request fields; `INVALID_ARGUMENT` naming the field otherwise.
+pub fn request_peer(pod_cidr: &str, via: &str) -> Result<Peer, Status> {
+    let pod_cidr = pod_cidr.parse().map_err(|_| {
+        Status::invalid_argument(format!(
+            "peer pod CIDR {pod_cidr:?} is not a CIDR (ADDRESS/PREFIX)"
+        ))
+    })?;
+    let via = via.parse().map_err(|_| {
+        Status::invalid_argument(format!("peer node address {via:?} is not an IP address"))
+    })?;
+    Ok(Peer { pod_cidr, via })
+}
+
+/// The peer of a message (client side), naming the bad field otherwise.
+pub fn peer_record(p: &pb::Peer) -> Result<PeerRecord, ResponseError> {
+    Ok(PeerRecord {
+        pod_cidr: p
+            .pod_cidr
+            .parse()
+            .map_err(|e| invalid("peer.pod_cidr", &p.pod_cidr, format!("not a CIDR: {e}")))?,
+        via: p
+            .via
+            .parse()
+            .map_err(|e| invalid("peer.via", &p.via, format!("not an address: {e}")))?,
+        source: if p.from_config {
+            PeerSource::Config
+        } else {
+            PeerSource::Api
+        },
+    })
+}
+
+/// The message for a reload report.
+pub fn reload_message(report: &ReloadReport) -> pb::ReloadResponse {
+    pb::ReloadResponse {
+        host_port_elements: report.host_port_elements as u64,
+        peer_routes: report.peer_routes as u64,
+        actions: report.actions.clone(),
+        failures: report.failures.iter().map(failure_message).collect(),
     }
 }
 
@@ -153,6 +254,7 @@ pub fn repair_message(report: &ReconcileReport) -> pb::RepairResponse {
             .collect(),
         orphans_removed: report.orphans_removed.clone(),
         failures: report.failures.iter().map(failure_message).collect(),
+        node_actions: report.node_actions.clone(),
     }
 }
 
@@ -184,6 +286,8 @@ pub fn status_message(status: &crate::manager::Status, socket: &Path) -> pb::Sta
             .collect(),
         state_file: status.state_file.display().to_string(),
         socket: socket.display().to_string(),
+        peers: status.peers.iter().map(peer_message).collect(),
+        host_ports: status.host_ports as u64,
     }
 }
 
@@ -234,6 +338,16 @@ pub fn error_code(error: &ManagerError) -> Code {
             Code::FailedPrecondition
         }
         ManagerError::Ipam { .. } => Code::ResourceExhausted,
+        ManagerError::Ports { .. } | ManagerError::PortAddress { .. } => Code::InvalidArgument,
+        ManagerError::PortInUse { .. } => Code::FailedPrecondition,
+        ManagerError::Peer(PeerError::Exists { .. }) => Code::AlreadyExists,
+        ManagerError::Peer(PeerError::FromConfig { .. }) => Code::FailedPrecondition,
+        ManagerError::Peer(_) => Code::InvalidArgument,
+        ManagerError::PeerRoute {
+            source: SystemError::AlreadyExists { .. },
+            ..
+        } => Code::FailedPrecondition,
+        ManagerError::PeerRoute { .. } => Code::Internal,
         ManagerError::Config(_)
         | ManagerError::State(_)
         | ManagerError::InconsistentState { .. }
@@ -282,6 +396,11 @@ pub fn pod_info(pod: pb::Pod) -> Result<PodInfo, ResponseError> {
     if pod.netns.is_empty() {
         return Err(invalid("pod.netns", &pod.netns, "empty"));
     }
+    let ports = pod
+        .ports
+        .iter()
+        .map(|m| port_mapping(m).map_err(|e| invalid("pod.ports", &format!("{m:?}"), e)))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(PodInfo {
         name,
         id,
@@ -291,6 +410,7 @@ pub fn pod_info(pod: pb::Pod) -> Result<PodInfo, ResponseError> {
         gateways,
         interface,
         host_veth,
+        ports,
     })
 }
 
@@ -321,6 +441,11 @@ mod tests {
             ],
             gateways: vec!["10.88.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
             interface: IfName::pod_interface(),
+            ports: vec![
+                PortMapping::new(8080, 80, Protocol::Tcp),
+                PortMapping::new(53, 5353, Protocol::Udp).on("fd00::9".parse().unwrap()),
+                PortMapping::new(9, 9, Protocol::Sctp).on("0.0.0.0".parse().unwrap()),
+            ],
         }
     }
 
@@ -330,6 +455,9 @@ mod tests {
         let annotations = BTreeMap::from([("k".to_string(), "v".to_string())]);
         let message = pod_message(&info, &annotations);
         assert_eq!(message.ips, ["10.88.0.2/16", "fd00::2/64"]);
+        assert_eq!(message.ports[1].host_ip, "fd00::9");
+        assert_eq!(message.ports[1].protocol, pb::Protocol::Udp as i32);
+        assert_eq!(message.ports[0].host_ip, "");
         assert_eq!(message.annotations, annotations);
         assert_eq!(pod_info(message).unwrap(), info);
     }
@@ -411,5 +539,80 @@ mod tests {
         assert_eq!(error_code(&in_use), Code::FailedPrecondition);
         assert_eq!(pod_not_found(&name).code(), Code::NotFound);
         assert_eq!(pod_not_found(&name).message(), "pod web not found");
+    }
+
+    #[test]
+    fn port_requests_are_checked() {
+        let ok = pb::PortMapping {
+            protocol: pb::Protocol::Udp as i32,
+            host_ip: String::new(),
+            host_port: 53,
+            container_port: 5353,
+        };
+        assert_eq!(
+            request_ports(std::slice::from_ref(&ok)).unwrap(),
+            [PortMapping::new(53, 5353, Protocol::Udp)]
+        );
+        for (bad, part) in [
+            (
+                pb::PortMapping {
+                    host_port: 0,
+                    ..ok.clone()
+                },
+                "host port 0",
+            ),
+            (
+                pb::PortMapping {
+                    container_port: 70000,
+                    ..ok.clone()
+                },
+                "container port 70000",
+            ),
+            (
+                pb::PortMapping {
+                    protocol: 7,
+                    ..ok.clone()
+                },
+                "protocol 7",
+            ),
+            (
+                pb::PortMapping {
+                    host_ip: "x".into(),
+                    ..ok.clone()
+                },
+                "\"x\"",
+            ),
+        ] {
+            let status = request_ports(&[bad]).unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(status.message().contains(part), "{}", status.message());
+        }
+        let dup = request_ports(&[ok.clone(), ok]).unwrap_err();
+        assert!(
+            dup.message().contains("claim the same host port"),
+            "{}",
+            dup.message()
+        );
+    }
+
+    #[test]
+    fn peers_round_trip() {
+        let peer = request_peer("10.244.1.0/24", "192.168.50.2").unwrap();
+        let record = PeerRecord {
+            pod_cidr: peer.pod_cidr,
+            via: peer.via,
+            source: PeerSource::Config,
+        };
+        assert_eq!(peer_record(&peer_message(&record)).unwrap(), record);
+        assert_eq!(
+            request_peer("10.244.1.0", "1.2.3.4").unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        assert!(
+            request_peer("10.244.1.0/24", "b")
+                .unwrap_err()
+                .message()
+                .contains("\"b\"")
+        );
     }
 }

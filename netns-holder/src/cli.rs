@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! netns-holder [--socket PATH] [-v] serve [--config FILE]
-//! netns-holder [--socket PATH] pod create NAME [--no-pause] [--annotation K=V]...
-//! netns-holder [--socket PATH] pod attach NAME --netns PATH [--annotation K=V]...
+//! netns-holder [--socket PATH] pod create NAME [--no-pause] [--annotation K=V]... [--publish SPEC]...
+//! netns-holder [--socket PATH] pod attach NAME --netns PATH [--annotation K=V]... [--publish SPEC]...
 //! netns-holder [--socket PATH] pod rm NAME
 //! netns-holder [--socket PATH] pod ls [--json]
 //! netns-holder [--socket PATH] pod inspect NAME
@@ -13,15 +13,24 @@
 //! netns-holder [--socket PATH] check [--repair]
 //! netns-holder [--socket PATH] gc [--keep NAME]...
 //! netns-holder [--socket PATH] status
+//! netns-holder [--socket PATH] reload
+//! netns-holder [--socket PATH] peer add POD_CIDR VIA
+//! netns-holder [--socket PATH] peer rm POD_CIDR
+//! netns-holder [--socket PATH] peer ls
 //! ```
+//!
+//! `--publish [HOSTIP:]HOSTPORT:PORT[/tcp|udp|sctp]` (or a range
+//! `HOSTPORT-HOSTPORT:PORT-PORT`; an IPv6 `HOSTIP` in brackets) publishes a host port; see
+//! [`crate::ports`].
 //!
 //! Results go to stdout as one line of JSON (`pod ls` without `--json` prints a table);
 //! errors are for the binary to print as one `error: ...` line on stderr. Names and
 //! annotations are validated here before the daemon is contacted.
 //!
 //! Pods are printed as `{"name","id","netns","pause_pid","ips","gateways","interface",
-//! "host_veth"}` (the [`PodInfo`] serialization; `pause_pid` is `null` without a pause
-//! process, `ips` in CIDR form).
+//! "host_veth","ports"}` (the [`PodInfo`] serialization; `pause_pid` is `null` without a
+//! pause process, `ips` in CIDR form, `ports` a list of `{"host_ip","host_port",
+//! "container_port","protocol"}` with `host_ip` `null` for every address, empty when none).
 //!
 //! Exit status: 0 on success; 1 on errors, on drift that `check` found and did not repair,
 //! and on `gc`/`check --repair` failures; 2 on usage errors (clap); `exec` passes the
@@ -45,6 +54,8 @@ use crate::client::{Client, ClientError};
 use crate::config::DEFAULT_SOCKET;
 use crate::manager::PodInfo;
 use crate::names::{NameError, PodName};
+use crate::peers::{Peer, PeerRecord};
+use crate::ports::{self, PortSpecError};
 
 /// Default configuration file of the daemon (the systemd unit passes it explicitly).
 pub const DEFAULT_CONFIG: &str = "/etc/netns-holder/config.toml";
@@ -120,6 +131,33 @@ pub enum ClientCommand {
     },
     /// Print the daemon's status as JSON.
     Status,
+    /// Re-create the host port nftables table from the daemon's records (one transaction)
+    /// and put the peer routes back in line, as at daemon start.
+    Reload,
+    /// Add, remove and list peer nodes (routes to their pod CIDRs).
+    #[command(subcommand)]
+    Peer(PeerCommand),
+}
+
+/// The `peer` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PeerCommand {
+    /// Route a peer node's pod CIDR via its address (idempotent) and print the peer.
+    Add {
+        /// The peer's pod CIDR, e.g. 10.244.1.0/24.
+        pod_cidr: String,
+        /// The peer node's address, e.g. 192.168.50.2.
+        via: String,
+    },
+    /// Remove a peer added with `peer add`, and its route.
+    #[command(alias = "remove")]
+    Rm {
+        /// The peer's pod CIDR.
+        pod_cidr: String,
+    },
+    /// List the peers as JSON.
+    #[command(alias = "list")]
+    Ls,
 }
 
 /// The `pod` subcommands.
@@ -135,6 +173,10 @@ pub enum PodCommand {
         /// An annotation KEY=VALUE; may be repeated.
         #[arg(long = "annotation", value_name = "KEY=VALUE")]
         annotations: Vec<String>,
+        /// Publish a host port: [HOSTIP:]HOSTPORT:PORT[/tcp|udp|sctp], or a range
+        /// HOSTPORT-HOSTPORT:PORT-PORT; an IPv6 HOSTIP in brackets. May be repeated.
+        #[arg(long = "publish", short = 'p', value_name = "SPEC")]
+        publish: Vec<String>,
     },
     /// Wire an existing network namespace as a pod and print it as JSON.
     Attach {
@@ -146,6 +188,9 @@ pub enum PodCommand {
         /// An annotation KEY=VALUE; may be repeated.
         #[arg(long = "annotation", value_name = "KEY=VALUE")]
         annotations: Vec<String>,
+        /// Publish a host port (as for `pod create`). May be repeated.
+        #[arg(long = "publish", short = 'p', value_name = "SPEC")]
+        publish: Vec<String>,
     },
     /// Remove a pod; succeeds (with "removed": false) if it does not exist.
     #[command(alias = "remove")]
@@ -222,6 +267,19 @@ pub enum CliError {
         value: String,
         /// Why.
         reason: &'static str,
+    },
+    /// A `--publish` argument is invalid (the message names it and the bad part).
+    #[error(transparent)]
+    Publish(#[from] PortSpecError),
+    /// A peer argument is invalid.
+    #[error("{what} {value:?} is not {expected}")]
+    PeerArg {
+        /// `pod CIDR` or `node address`.
+        what: &'static str,
+        /// The argument.
+        value: String,
+        /// What was expected.
+        expected: &'static str,
     },
     /// The `--netns` argument cannot be made absolute.
     #[error("netns path {:?}: {source}", path.display().to_string())]
@@ -362,6 +420,7 @@ fn repair_json(r: &pb::RepairResponse) -> serde_json::Value {
         "removed_dead": r.removed_dead,
         "repaired": repaired,
         "orphans_removed": r.orphans_removed,
+        "node_actions": r.node_actions,
         "failures": failures_json(&r.failures),
     })
 }
@@ -377,6 +436,8 @@ struct StatusView<'a> {
     bridge: &'a str,
     pools: Vec<PoolView<'a>>,
     state_file: &'a str,
+    host_ports: u64,
+    peers: Vec<PeerRecord>,
 }
 
 #[derive(Serialize)]
@@ -414,6 +475,28 @@ fn status_view(s: &pb::StatusResponse) -> Result<StatusView<'_>, ResponseError> 
         bridge: &s.bridge,
         pools,
         state_file: &s.state_file,
+        host_ports: s.host_ports,
+        peers: s
+            .peers
+            .iter()
+            .map(api::peer_record)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// Parses `peer add` arguments.
+fn peer_args(pod_cidr: &str, via: &str) -> Result<Peer, CliError> {
+    Ok(Peer {
+        pod_cidr: pod_cidr.parse().map_err(|_| CliError::PeerArg {
+            what: "pod CIDR",
+            value: pod_cidr.to_string(),
+            expected: "a CIDR (ADDRESS/PREFIX)",
+        })?,
+        via: via.parse().map_err(|_| CliError::PeerArg {
+            what: "node address",
+            value: via.to_string(),
+            expected: "an IP address",
+        })?,
     })
 }
 
@@ -471,26 +554,34 @@ pub async fn run(socket: &Path, command: ClientCommand, log: &Logger) -> Result<
             name,
             no_pause,
             annotations,
+            publish,
         }) => {
             let name = PodName::new(name)?;
             let annotations = parse_annotations(&annotations)?;
+            let ports = ports::parse_publish_all(&publish)?;
             let mut client = connect(socket, log).await?;
-            let r = client.create_pod(&name, no_pause, annotations).await?;
+            let r = client
+                .create_pod_with_ports(&name, no_pause, annotations, &ports)
+                .await?;
             Outcome::json(&api::required_pod("CreatePod", r.pod)?, 0)
         }
         ClientCommand::Pod(PodCommand::Attach {
             name,
             netns,
             annotations,
+            publish,
         }) => {
             let name = PodName::new(name)?;
             let annotations = parse_annotations(&annotations)?;
+            let ports = ports::parse_publish_all(&publish)?;
             let netns = std::path::absolute(&netns).map_err(|source| CliError::NetnsPath {
                 path: netns.clone(),
                 source,
             })?;
             let mut client = connect(socket, log).await?;
-            let r = client.attach_pod(&name, &netns, annotations).await?;
+            let r = client
+                .attach_pod_with_ports(&name, &netns, annotations, &ports)
+                .await?;
             Outcome::json(&api::required_pod("AttachPod", r.pod)?, 0)
         }
         ClientCommand::Pod(PodCommand::Rm { name }) => {
@@ -597,6 +688,51 @@ pub async fn run(socket: &Path, command: ClientCommand, log: &Logger) -> Result<
             let status = client.status().await?;
             Outcome::json(&status_view(&status)?, 0)
         }
+        ClientCommand::Reload => {
+            let mut client = connect(socket, log).await?;
+            let r = client.reload().await?;
+            let code = u8::from(!r.failures.is_empty());
+            Outcome::json(
+                &json!({
+                    "host_port_elements": r.host_port_elements,
+                    "peer_routes": r.peer_routes,
+                    "actions": r.actions,
+                    "failures": failures_json(&r.failures),
+                }),
+                code,
+            )
+        }
+        ClientCommand::Peer(PeerCommand::Add { pod_cidr, via }) => {
+            let peer = peer_args(&pod_cidr, &via)?;
+            let mut client = connect(socket, log).await?;
+            let r = client.add_peer(&peer).await?;
+            let record = api::peer_record(&r.peer.ok_or(ResponseError::Missing {
+                method: "AddPeer",
+                field: "peer",
+            })?)?;
+            Outcome::json(&json!({"peer": record, "added": r.added}), 0)
+        }
+        ClientCommand::Peer(PeerCommand::Rm { pod_cidr }) => {
+            let cidr: ipnet::IpNet = pod_cidr.parse().map_err(|_| CliError::PeerArg {
+                what: "pod CIDR",
+                value: pod_cidr.clone(),
+                expected: "a CIDR (ADDRESS/PREFIX)",
+            })?;
+            let mut client = connect(socket, log).await?;
+            let r = client.remove_peer(&cidr).await?;
+            Outcome::json(&json!({"pod_cidr": cidr, "removed": r.removed}), 0)
+        }
+        ClientCommand::Peer(PeerCommand::Ls) => {
+            let mut client = connect(socket, log).await?;
+            let peers = client
+                .list_peers()
+                .await?
+                .peers
+                .iter()
+                .map(api::peer_record)
+                .collect::<Result<Vec<_>, _>>()?;
+            Outcome::json(&peers, 0)
+        }
     }
 }
 
@@ -690,6 +826,36 @@ mod tests {
     }
 
     #[test]
+    fn publish_and_peer_arguments() {
+        let cli = Cli::try_parse_from([
+            "nh",
+            "pod",
+            "create",
+            "web",
+            "--publish",
+            "8080:80",
+            "-p",
+            "[fd00::1]:53:53/udp",
+        ])
+        .unwrap();
+        let Command::Client(ClientCommand::Pod(PodCommand::Create { publish, .. })) = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(publish, ["8080:80", "[fd00::1]:53:53/udp"]);
+        assert_eq!(ports::parse_publish_all(&publish).unwrap().len(), 2);
+        let cli =
+            Cli::try_parse_from(["nh", "peer", "add", "10.244.1.0/24", "192.168.50.2"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Client(ClientCommand::Peer(PeerCommand::Add { .. }))
+        ));
+        let err = peer_args("10.244.1.0", "1.2.3.4").unwrap_err();
+        assert!(err.to_string().contains("\"10.244.1.0\""), "{err}");
+        assert!(Cli::try_parse_from(["nh", "reload"]).is_ok());
+    }
+
+    #[test]
     fn annotations() {
         let a = parse_annotations(&["k=v".into(), "x=a=b".into(), "e=".into()]).unwrap();
         assert_eq!(a["k"], "v");
@@ -716,6 +882,7 @@ mod tests {
             ips: vec!["10.88.0.2/16".parse().unwrap()],
             gateways: vec![],
             interface: crate::names::IfName::pod_interface(),
+            ports: vec![],
         };
         let table = pod_table(&[pod]);
         let lines: Vec<&str> = table.lines().collect();

@@ -15,8 +15,10 @@ use thiserror::Error;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
 
-use crate::api::pb;
+use crate::api::{self, pb};
 use crate::names::PodName;
+use crate::peers::Peer;
+use crate::ports::PortMapping;
 
 use pb::netns_holder_client::NetnsHolderClient;
 
@@ -112,32 +114,58 @@ impl Client {
         &mut self.inner
     }
 
-    /// `CreatePod`.
+    /// `CreatePod` without host ports.
     pub async fn create_pod(
         &mut self,
         name: &PodName,
         no_pause: bool,
         annotations: BTreeMap<String, String>,
     ) -> Result<pb::CreatePodResponse, ClientError> {
+        self.create_pod_with_ports(name, no_pause, annotations, &[])
+            .await
+    }
+
+    /// `CreatePod` publishing `ports`.
+    pub async fn create_pod_with_ports(
+        &mut self,
+        name: &PodName,
+        no_pause: bool,
+        annotations: BTreeMap<String, String>,
+        ports: &[PortMapping],
+    ) -> Result<pb::CreatePodResponse, ClientError> {
         let request = pb::CreatePodRequest {
             name: name.to_string(),
             no_pause,
             annotations,
+            ports: ports.iter().map(api::port_message).collect(),
         };
         rpc("CreatePod", self.inner.create_pod(request).await)
     }
 
-    /// `AttachPod`; `netns` must be absolute.
+    /// `AttachPod` without host ports; `netns` must be absolute.
     pub async fn attach_pod(
         &mut self,
         name: &PodName,
         netns: &Path,
         annotations: BTreeMap<String, String>,
     ) -> Result<pb::AttachPodResponse, ClientError> {
+        self.attach_pod_with_ports(name, netns, annotations, &[])
+            .await
+    }
+
+    /// `AttachPod` publishing `ports`; `netns` must be absolute.
+    pub async fn attach_pod_with_ports(
+        &mut self,
+        name: &PodName,
+        netns: &Path,
+        annotations: BTreeMap<String, String>,
+        ports: &[PortMapping],
+    ) -> Result<pb::AttachPodResponse, ClientError> {
         let request = pb::AttachPodRequest {
             name: name.to_string(),
             netns: netns.display().to_string(),
             annotations,
+            ports: ports.iter().map(api::port_message).collect(),
         };
         rpc("AttachPod", self.inner.attach_pod(request).await)
     }
@@ -187,6 +215,39 @@ impl Client {
     /// `Status`.
     pub async fn status(&mut self) -> Result<pb::StatusResponse, ClientError> {
         rpc("Status", self.inner.status(pb::StatusRequest {}).await)
+    }
+
+    /// `AddPeer`.
+    pub async fn add_peer(&mut self, peer: &Peer) -> Result<pb::AddPeerResponse, ClientError> {
+        let request = pb::AddPeerRequest {
+            pod_cidr: peer.pod_cidr.to_string(),
+            via: peer.via.to_string(),
+        };
+        rpc("AddPeer", self.inner.add_peer(request).await)
+    }
+
+    /// `RemovePeer`.
+    pub async fn remove_peer(
+        &mut self,
+        pod_cidr: &ipnet::IpNet,
+    ) -> Result<pb::RemovePeerResponse, ClientError> {
+        let request = pb::RemovePeerRequest {
+            pod_cidr: pod_cidr.to_string(),
+        };
+        rpc("RemovePeer", self.inner.remove_peer(request).await)
+    }
+
+    /// `ListPeers`.
+    pub async fn list_peers(&mut self) -> Result<pb::ListPeersResponse, ClientError> {
+        rpc(
+            "ListPeers",
+            self.inner.list_peers(pb::ListPeersRequest {}).await,
+        )
+    }
+
+    /// `Reload`.
+    pub async fn reload(&mut self) -> Result<pb::ReloadResponse, ClientError> {
+        rpc("Reload", self.inner.reload(pb::ReloadRequest {}).await)
     }
 }
 

@@ -37,10 +37,12 @@ use thiserror::Error;
 
 use crate::config::{Config, ConfigError};
 use crate::executor::{self, ExecError, StepFailure};
-use crate::firewall::FirewallBase;
+use crate::firewall::{self, ElementError, FirewallBase, FirewallTable, HostPortElement};
 use crate::ipam::{Ipam, IpamError, PoolUsage};
 use crate::names::{HOST_VETH_PREFIX, IfName, PodId, PodName, is_host_veth_name};
+use crate::peers::{self, Peer, PeerError, PeerRecord, PeerSource};
 use crate::plan::{self, Action, Finding, NodeNetwork, Observed, Problem, Repair};
+use crate::ports::{self, Family, PortMapping, PortSpecError, Protocol};
 use crate::state::{NetnsOwnership, Phase, PodRecord, State, StateError, StateStore};
 use crate::system::{PauseProcess, System, SystemError};
 
@@ -157,6 +159,46 @@ pub enum ManagerError {
         /// Every failure.
         failures: Vec<RemoveFailure>,
     },
+    /// The requested host ports are invalid (the error names the mapping).
+    #[error("pod {name}: {source}")]
+    Ports {
+        /// The pod.
+        name: PodName,
+        /// What is wrong.
+        #[source]
+        source: PortSpecError,
+    },
+    /// A host port cannot be forwarded to the pod (no address of its family).
+    #[error("pod {name}: {source}")]
+    PortAddress {
+        /// The pod.
+        name: PodName,
+        /// What is wrong.
+        #[source]
+        source: ElementError,
+    },
+    /// A host port is already published by another pod or held by a socket on the node.
+    #[error("pod {name}: host port {mapping} is already taken by {holder}")]
+    PortInUse {
+        /// The pod.
+        name: PodName,
+        /// The requested mapping.
+        mapping: PortMapping,
+        /// Who holds it: `pod NAME (MAPPING)` or a socket on the node, with its process.
+        holder: String,
+    },
+    /// A peer was refused (the error names it).
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// A peer's route could not be installed or removed.
+    #[error("peer {peer}: {source}")]
+    PeerRoute {
+        /// The peer.
+        peer: Peer,
+        /// The error (naming the route).
+        #[source]
+        source: SystemError,
+    },
     /// The pod has an unfinished earlier create or remove that could not be cleaned up.
     #[error(
         "pod {name}: an earlier unfinished create/remove could not be cleaned up: {}",
@@ -190,6 +232,8 @@ pub struct PodInfo {
     pub interface: IfName,
     /// Host-side veth.
     pub host_veth: IfName,
+    /// Published host ports (empty when none).
+    pub ports: Vec<PortMapping>,
 }
 
 impl From<&PodRecord> for PodInfo {
@@ -203,6 +247,7 @@ impl From<&PodRecord> for PodInfo {
             gateways: r.gateways.clone(),
             interface: r.interface.clone(),
             host_veth: r.host_veth.clone(),
+            ports: r.ports.clone(),
         }
     }
 }
@@ -216,15 +261,18 @@ pub struct CreateRequest {
     pub no_pause: bool,
     /// Caller annotations (part of the parameters compared for idempotence).
     pub annotations: BTreeMap<String, String>,
+    /// Host ports to publish (part of the parameters compared for idempotence).
+    pub ports: Vec<PortMapping>,
 }
 
 impl CreateRequest {
-    /// A request for `name` with a pause process and no annotations.
+    /// A request for `name` with a pause process, no annotations and no host ports.
     pub fn new(name: PodName) -> Self {
         Self {
             name,
             no_pause: false,
             annotations: BTreeMap::new(),
+            ports: Vec::new(),
         }
     }
 }
@@ -238,6 +286,8 @@ pub struct AttachRequest {
     pub netns: PathBuf,
     /// Caller annotations.
     pub annotations: BTreeMap<String, String>,
+    /// Host ports to publish.
+    pub ports: Vec<PortMapping>,
 }
 
 /// A problem met by a whole-node operation, naming pod/object.
@@ -271,6 +321,22 @@ pub struct ReconcileReport {
     pub repaired: BTreeMap<PodName, Vec<String>>,
     /// Orphaned objects removed (host veths, pause processes, namespace mounts).
     pub orphans_removed: Vec<String>,
+    /// Node-level actions that did something (the nftables table replaced, peer routes
+    /// added or removed, the bridge rebuilt).
+    pub node_actions: Vec<String>,
+    /// Everything that failed.
+    pub failures: Vec<NodeFailure>,
+}
+
+/// What `reload` did.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct ReloadReport {
+    /// Host port elements installed with the table.
+    pub host_port_elements: usize,
+    /// Peer routes in place afterwards.
+    pub peer_routes: usize,
+    /// The actions that did something.
+    pub actions: Vec<String>,
     /// Everything that failed.
     pub failures: Vec<NodeFailure>,
 }
@@ -301,6 +367,10 @@ pub struct Status {
     pub pools: Vec<PoolUsage>,
     /// The state file.
     pub state_file: PathBuf,
+    /// Peers (routes to other nodes' pod CIDRs), by CIDR.
+    pub peers: Vec<PeerRecord>,
+    /// Host ports published (mappings, over every pod).
+    pub host_ports: usize,
 }
 
 /// State and IPAM, guarded together.
@@ -375,6 +445,8 @@ pub struct PodManager<S: System> {
     inner: Mutex<Inner>,
     pod_locks: KeyedLocks,
     barrier: tokio::sync::RwLock<()>,
+    /// Serializes peer changes.
+    peer_lock: tokio::sync::Mutex<()>,
 }
 
 impl<S: System> PodManager<S> {
@@ -407,7 +479,25 @@ impl<S: System> PodManager<S> {
                 pod_cidr_v6: config.pod_cidr_v6,
             },
         };
-        info!(log, "state loaded"; "pods" => state.pods.len(), "file" => %store.path().display());
+        let mut state = state;
+        let merged = peers::merge_config(&state.peers, &config.peers);
+        if merged != state.peers {
+            // Configured peers apply at every start; stored API peers that now clash with
+            // the configuration (or this node's CIDRs) are dropped, with a warning.
+            let own = config.pod_cidrs();
+            let mut kept: Vec<PeerRecord> = Vec::new();
+            for record in merged {
+                let others: Vec<Peer> = kept.iter().map(PeerRecord::peer).collect();
+                match peers::validate(&record.peer(), &own, &others) {
+                    Ok(()) => kept.push(record),
+                    Err(e) => warn!(log, "dropping stored peer"; "error" => %e),
+                }
+            }
+            state.peers = kept;
+            store.save(&state)?;
+        }
+        info!(log, "state loaded"; "pods" => state.pods.len(), "peers" => state.peers.len(),
+            "file" => %store.path().display());
         Ok(Self {
             config,
             system,
@@ -417,6 +507,7 @@ impl<S: System> PodManager<S> {
             inner: Mutex::new(Inner { state, ipam }),
             pod_locks: KeyedLocks::default(),
             barrier: tokio::sync::RwLock::new(()),
+            peer_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -454,7 +545,7 @@ impl<S: System> PodManager<S> {
         let ownership = NetnsOwnership::Owned {
             pause: !request.no_pause,
         };
-        self.ensure(name, netns, ownership, request.annotations)
+        self.ensure(name, netns, ownership, request.annotations, request.ports)
             .await
     }
 
@@ -466,8 +557,46 @@ impl<S: System> PodManager<S> {
             request.netns,
             NetnsOwnership::Attached,
             request.annotations,
+            request.ports,
         )
         .await
+    }
+
+    /// Refuses `ports` if a socket on the node holds one of them (checked in the node
+    /// namespace, before anything is recorded).
+    async fn check_listeners(
+        &self,
+        name: &PodName,
+        ports: &[PortMapping],
+    ) -> Result<(), ManagerError> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        let mut wanted: Vec<(Protocol, u16)> =
+            ports.iter().map(|p| (p.protocol, p.host_port)).collect();
+        wanted.sort();
+        wanted.dedup();
+        let listeners =
+            self.system
+                .listeners(&wanted)
+                .await
+                .map_err(|source| ManagerError::System {
+                    name: name.clone(),
+                    source,
+                })?;
+        for mapping in ports {
+            if let Some(l) = listeners
+                .iter()
+                .find(|l| mapping.overlaps_socket(l.protocol, l.address, l.port))
+            {
+                return Err(ManagerError::PortInUse {
+                    name: name.clone(),
+                    mapping: *mapping,
+                    holder: format!("{l} in the node network namespace"),
+                });
+            }
+        }
+        Ok(())
     }
 
     async fn ensure(
@@ -476,13 +605,18 @@ impl<S: System> PodManager<S> {
         netns: PathBuf,
         ownership: NetnsOwnership,
         annotations: BTreeMap<String, String>,
+        ports: Vec<PortMapping>,
     ) -> Result<PodInfo, ManagerError> {
         let _shared = self.barrier.read().await;
         let _pod = self.pod_locks.lock(&name).await;
+        ports::validate(&ports).map_err(|source| ManagerError::Ports {
+            name: name.clone(),
+            source,
+        })?;
 
         if let Some(existing) = self.record(&name) {
             if existing.phase == Phase::Ready {
-                return compare(&existing, &netns, &ownership, &annotations)
+                return compare(&existing, &netns, &ownership, &annotations, &ports)
                     .map(|()| PodInfo::from(&existing));
             }
             // A leftover of a create/remove that could not finish: clear it first.
@@ -516,6 +650,7 @@ impl<S: System> PodManager<S> {
                 })?
                 .unwrap_or(FALLBACK_MTU),
         };
+        self.check_listeners(&name, &ports).await?;
 
         // Allocate and journal the record before touching the kernel.
         let id = name.id();
@@ -535,6 +670,18 @@ impl<S: System> PodManager<S> {
                     other: other.name.clone(),
                 });
             }
+            // Under the state lock, so two concurrent creates cannot both take a port.
+            for other in inner.state.pods.values() {
+                for mapping in &ports {
+                    if let Some(theirs) = other.ports.iter().find(|o| mapping.overlaps(o)) {
+                        return Err(ManagerError::PortInUse {
+                            name,
+                            mapping: *mapping,
+                            holder: format!("pod {} ({theirs})", other.name),
+                        });
+                    }
+                }
+            }
             let ips = inner
                 .ipam
                 .allocate(&id)
@@ -542,6 +689,11 @@ impl<S: System> PodManager<S> {
                     name: name.clone(),
                     source,
                 })?;
+            let addresses: Vec<IpAddr> = ips.iter().map(IpNet::addr).collect();
+            if let Err(source) = firewall::elements_for(&ports, &addresses) {
+                inner.ipam.release(&id);
+                return Err(ManagerError::PortAddress { name, source });
+            }
             let gateways = inner
                 .ipam
                 .gateways()
@@ -562,7 +714,7 @@ impl<S: System> PodManager<S> {
                 annotations,
                 phase: Phase::Creating,
                 mtu,
-                ports: Vec::new(),
+                ports,
             };
             inner.state.pods.insert(name.clone(), record.clone());
             let owned = record.netns_owned();
@@ -752,7 +904,210 @@ impl<S: System> PodManager<S> {
             bridge: self.config.bridge.clone(),
             pools: inner.ipam.usage(),
             state_file: self.store.path().to_path_buf(),
+            peers: inner.state.peers.clone(),
+            host_ports: inner.state.pods.values().map(|r| r.ports.len()).sum(),
         }
+    }
+
+    /// Every record's host port elements, by pod.
+    fn all_elements(&self) -> Vec<(PodName, Vec<HostPortElement>)> {
+        self.inner()
+            .state
+            .pods
+            .values()
+            .map(|r| (r.name.clone(), plan::record_elements(r)))
+            .collect()
+    }
+
+    /// The whole nftables table the records call for.
+    fn firewall_table(&self) -> FirewallTable {
+        FirewallTable {
+            base: self.node.firewall.clone(),
+            elements: self
+                .all_elements()
+                .into_iter()
+                .flat_map(|(_, e)| e)
+                .collect(),
+        }
+    }
+
+    /// The peers, by CIDR.
+    pub fn peers(&self) -> Vec<PeerRecord> {
+        self.inner().state.peers.clone()
+    }
+
+    /// Findings about the node-level objects host ports and peers depend on: our nftables
+    /// table and the peer routes.
+    async fn node_findings(&self) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        match self.system.inspect_table().await {
+            Ok(observed) => findings.extend(firewall::check_table(
+                &self.node.firewall,
+                &self.all_elements(),
+                observed.as_ref(),
+            )),
+            Err(e) => findings.push(Finding {
+                pod: None,
+                object: firewall::table_object(),
+                problem: Problem::CheckFailed {
+                    error: e.to_string(),
+                },
+            }),
+        }
+        let peers = self.peers();
+        match self.system.peer_routes().await {
+            Ok(observed) => findings.extend(peers::check_routes(&peers, &observed)),
+            Err(e) => findings.push(Finding {
+                pod: None,
+                object: "peer routes".to_string(),
+                problem: Problem::CheckFailed {
+                    error: e.to_string(),
+                },
+            }),
+        }
+        findings
+    }
+
+    /// Brings the nftables table and the peer routes in line with the records: the table is
+    /// replaced if it drifted (or always, with `force`), routes are added and removed.
+    /// Runs under the exclusive barrier (callers hold it).
+    async fn repair_node(&self, force: bool, report: &mut ReconcileReport) -> (usize, usize) {
+        let mut actions = Vec::new();
+        let table = self.firewall_table();
+        let elements = table.elements.len();
+        let replace = force
+            || match self.system.inspect_table().await {
+                Ok(observed) => {
+                    observed.is_none()
+                        || !firewall::check_table(
+                            &self.node.firewall,
+                            &self.all_elements(),
+                            observed.as_ref(),
+                        )
+                        .is_empty()
+                }
+                Err(e) => {
+                    warn!(self.log, "cannot inspect the nftables table; replacing it"; "error" => %e);
+                    true
+                }
+            };
+        if replace {
+            actions.push(Action::ReplaceFirewall { table });
+        }
+        let peers = self.peers();
+        match self.system.peer_routes().await {
+            Ok(observed) => actions.extend(peers::plan_routes(&peers, &observed)),
+            Err(e) => report.failures.push(NodeFailure {
+                pod: None,
+                error: format!("listing peer routes: {e}"),
+            }),
+        }
+        let result = executor::apply_best_effort(&self.system, &actions, &self.log).await;
+        report
+            .node_actions
+            .extend(result.done.iter().map(ToString::to_string));
+        report
+            .failures
+            .extend(result.failures.iter().map(|f| NodeFailure {
+                pod: None,
+                error: f.to_string(),
+            }));
+        (elements, peers.len())
+    }
+
+    /// Re-creates the nftables table from the records in one transaction (whatever it holds
+    /// now) and brings the peer routes in line: what the daemon does at start, on demand
+    /// (e.g. after `nft flush ruleset`).
+    pub async fn reload(&self) -> ReloadReport {
+        let _exclusive = self.barrier.write().await;
+        let mut report = ReconcileReport::default();
+        let (elements, routes) = self.repair_node(true, &mut report).await;
+        info!(self.log, "reloaded"; "host_port_elements" => elements, "peer_routes" => routes,
+            "failures" => report.failures.len());
+        ReloadReport {
+            host_port_elements: elements,
+            peer_routes: routes,
+            actions: report.node_actions,
+            failures: report.failures,
+        }
+    }
+
+    /// Adds a peer and its route. Idempotent for an identical peer (`Ok(false)`); a peer of
+    /// the same CIDR with another address is refused.
+    pub async fn add_peer(&self, peer: Peer) -> Result<bool, ManagerError> {
+        let _shared = self.barrier.read().await;
+        let _peers = self.peer_lock.lock().await;
+        let existing = self.peers();
+        if let Some(same) = existing.iter().find(|p| p.pod_cidr == peer.pod_cidr) {
+            if same.via == peer.via {
+                return Ok(false);
+            }
+            return Err(PeerError::Exists {
+                existing: same.peer(),
+                requested: peer,
+            }
+            .into());
+        }
+        let others: Vec<Peer> = existing.iter().map(PeerRecord::peer).collect();
+        peers::validate(&peer, &self.config.pod_cidrs(), &others)?;
+        // Journal first: after a crash, reconcile adds the route.
+        {
+            let mut inner = self.inner();
+            inner.state.peers.push(PeerRecord {
+                pod_cidr: peer.pod_cidr,
+                via: peer.via,
+                source: PeerSource::Api,
+            });
+            inner.state.peers.sort();
+            if let Err(e) = self.save(&mut inner) {
+                inner.state.peers.retain(|p| p.pod_cidr != peer.pod_cidr);
+                return Err(e.into());
+            }
+        }
+        if let Err(source) = self.system.add_route(peer.pod_cidr, peer.via).await {
+            let mut inner = self.inner();
+            inner.state.peers.retain(|p| p.pod_cidr != peer.pod_cidr);
+            if let Err(e) = self.save(&mut inner) {
+                warn!(self.log, "cannot save after a failed peer add"; "peer" => %peer, "error" => %e);
+            }
+            return Err(ManagerError::PeerRoute { peer, source });
+        }
+        info!(self.log, "peer added"; "peer" => %peer);
+        Ok(true)
+    }
+
+    /// Removes an API-added peer and its route; `Ok(false)` if there is no such peer.
+    pub async fn remove_peer(&self, pod_cidr: IpNet) -> Result<bool, ManagerError> {
+        let _shared = self.barrier.read().await;
+        let _peers = self.peer_lock.lock().await;
+        let Some(record) = self.peers().into_iter().find(|p| p.pod_cidr == pod_cidr) else {
+            return Ok(false);
+        };
+        if record.source == PeerSource::Config {
+            return Err(PeerError::FromConfig {
+                peer: record.peer(),
+            }
+            .into());
+        }
+        // Forget first: after a crash, reconcile removes the route of no peer.
+        {
+            let mut inner = self.inner();
+            inner.state.peers.retain(|p| p.pod_cidr != pod_cidr);
+            if let Err(e) = self.save(&mut inner) {
+                inner.state.peers.push(record);
+                inner.state.peers.sort();
+                return Err(e.into());
+            }
+        }
+        self.system
+            .delete_route(record.pod_cidr, record.via)
+            .await
+            .map_err(|source| ManagerError::PeerRoute {
+                peer: record.peer(),
+                source,
+            })?;
+        info!(self.log, "peer removed"; "peer" => %record.peer());
+        Ok(true)
     }
 
     async fn observe(&self, record: &PodRecord) -> Result<Observed, SystemError> {
@@ -907,6 +1262,7 @@ impl<S: System> PodManager<S> {
                 problem: Problem::CheckFailed { error: f.error },
             });
         }
+        findings.extend(self.node_findings().await);
         findings
     }
 
@@ -949,9 +1305,22 @@ impl<S: System> PodManager<S> {
         if !ready.is_empty() {
             match self.system.link_info(None, &self.config.bridge).await {
                 Ok(bridge) => {
-                    let actions = plan::plan_bridge_repair(&self.node, bridge.as_ref());
+                    let mut actions = plan::plan_bridge_repair(&self.node, bridge.as_ref());
+                    let v4_ports = ready.iter().any(|r| {
+                        plan::record_elements(r)
+                            .iter()
+                            .any(|e| e.map.family() == Family::V4)
+                    });
+                    if !actions.is_empty() && v4_ports {
+                        actions.push(Action::EnableRouteLocalnet {
+                            link: self.config.bridge.clone(),
+                        });
+                    }
                     let result =
                         executor::apply_best_effort(&self.system, &actions, &self.log).await;
+                    report
+                        .node_actions
+                        .extend(result.done.iter().map(ToString::to_string));
                     report
                         .failures
                         .extend(result.failures.iter().map(|f| NodeFailure {
@@ -1019,6 +1388,10 @@ impl<S: System> PodManager<S> {
             }
         }
 
+        // Host port elements and peer routes, after dead pods are gone (their elements
+        // are then no longer wanted).
+        self.repair_node(false, &mut report).await;
+
         let mut failures = Vec::new();
         let orphans = self.orphans(&mut failures).await;
         report.failures.extend(failures);
@@ -1071,6 +1444,7 @@ impl<S: System> PodManager<S> {
             "removed_dead" => report.removed_dead.len(),
             "repaired" => report.repaired.len(),
             "orphans_removed" => report.orphans_removed.len(),
+            "node_actions" => report.node_actions.len(),
             "failures" => report.failures.len());
         report
     }
@@ -1113,6 +1487,7 @@ fn compare(
     netns: &Path,
     ownership: &NetnsOwnership,
     annotations: &BTreeMap<String, String>,
+    ports: &[PortMapping],
 ) -> Result<(), ManagerError> {
     let describe = |o: &NetnsOwnership| match o {
         NetnsOwnership::Owned { pause: true } => "created with a pause process",
@@ -1135,6 +1510,22 @@ fn compare(
         Some(format!(
             "its annotations are {:?}, the request has {:?}",
             existing.annotations, annotations
+        ))
+    } else if ports::canonical(&existing.ports) != ports::canonical(ports) {
+        let list = |p: &[PortMapping]| {
+            if p.is_empty() {
+                "none".to_string()
+            } else {
+                p.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        Some(format!(
+            "its host ports are [{}], the request has [{}]",
+            list(&existing.ports),
+            list(ports)
         ))
     } else {
         None

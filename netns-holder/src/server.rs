@@ -302,13 +302,15 @@ impl<S: System> NetnsHolder for ApiService<S> {
         let name = api::request_name(&r.name).map_err(|s| self.rejected(METHOD, s))?;
         let annotations =
             api::request_annotations(r.annotations).map_err(|s| self.rejected(METHOD, s))?;
-        debug!(self.log, "API call"; "method" => METHOD, "pod" => %name);
+        let ports = api::request_ports(&r.ports).map_err(|s| self.rejected(METHOD, s))?;
+        debug!(self.log, "API call"; "method" => METHOD, "pod" => %name, "ports" => ports.len());
         let info = self
             .manager
             .create(CreateRequest {
                 name,
                 no_pause: r.no_pause,
                 annotations: annotations.clone(),
+                ports,
             })
             .await
             .map_err(|e| self.failed(METHOD, &e))?;
@@ -327,6 +329,7 @@ impl<S: System> NetnsHolder for ApiService<S> {
         let netns = api::request_netns(&r.netns).map_err(|s| self.rejected(METHOD, s))?;
         let annotations =
             api::request_annotations(r.annotations).map_err(|s| self.rejected(METHOD, s))?;
+        let ports = api::request_ports(&r.ports).map_err(|s| self.rejected(METHOD, s))?;
         debug!(self.log, "API call"; "method" => METHOD, "pod" => %name, "netns" => %netns.display());
         let info = self
             .manager
@@ -334,6 +337,7 @@ impl<S: System> NetnsHolder for ApiService<S> {
                 name,
                 netns,
                 annotations: annotations.clone(),
+                ports,
             })
             .await
             .map_err(|e| self.failed(METHOD, &e))?;
@@ -435,6 +439,78 @@ impl<S: System> NetnsHolder for ApiService<S> {
             &self.socket,
         )))
     }
+
+    async fn add_peer(
+        &self,
+        request: Request<pb::AddPeerRequest>,
+    ) -> Result<Response<pb::AddPeerResponse>, Status> {
+        const METHOD: &str = "AddPeer";
+        let r = request.into_inner();
+        let peer = api::request_peer(&r.pod_cidr, &r.via).map_err(|s| self.rejected(METHOD, s))?;
+        let added = self
+            .manager
+            .add_peer(peer)
+            .await
+            .map_err(|e| self.failed(METHOD, &e))?;
+        let record = self
+            .manager
+            .peers()
+            .into_iter()
+            .find(|p| p.pod_cidr == peer.pod_cidr)
+            .ok_or_else(|| Status::internal(format!("peer {peer} vanished")))?;
+        Ok(Response::new(pb::AddPeerResponse {
+            peer: Some(api::peer_message(&record)),
+            added,
+        }))
+    }
+
+    async fn remove_peer(
+        &self,
+        request: Request<pb::RemovePeerRequest>,
+    ) -> Result<Response<pb::RemovePeerResponse>, Status> {
+        const METHOD: &str = "RemovePeer";
+        let r = request.into_inner();
+        let pod_cidr = r.pod_cidr.parse().map_err(|_| {
+            self.rejected(
+                METHOD,
+                Status::invalid_argument(format!(
+                    "peer pod CIDR {:?} is not a CIDR (ADDRESS/PREFIX)",
+                    r.pod_cidr
+                )),
+            )
+        })?;
+        let removed = self
+            .manager
+            .remove_peer(pod_cidr)
+            .await
+            .map_err(|e| self.failed(METHOD, &e))?;
+        Ok(Response::new(pb::RemovePeerResponse {
+            pod_cidr: r.pod_cidr,
+            removed,
+        }))
+    }
+
+    async fn list_peers(
+        &self,
+        _request: Request<pb::ListPeersRequest>,
+    ) -> Result<Response<pb::ListPeersResponse>, Status> {
+        Ok(Response::new(pb::ListPeersResponse {
+            peers: self.manager.peers().iter().map(api::peer_message).collect(),
+        }))
+    }
+
+    async fn reload(
+        &self,
+        _request: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ReloadResponse>, Status> {
+        let report = self.manager.reload().await;
+        info!(self.log, "reload"; "host_port_elements" => report.host_port_elements,
+            "peer_routes" => report.peer_routes, "failures" => report.failures.len());
+        for f in &report.failures {
+            warn!(self.log, "reload failure"; "error" => %f);
+        }
+        Ok(Response::new(api::reload_message(&report)))
+    }
 }
 
 /// Logs what a reconcile or repair did: a summary, then every failure.
@@ -450,6 +526,7 @@ pub fn log_report(log: &Logger, what: &'static str, report: &ReconcileReport) {
         "removed_dead" => ?report.removed_dead.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "repaired" => ?repaired,
         "orphans_removed" => ?report.orphans_removed,
+        "node_actions" => ?report.node_actions,
         "failures" => report.failures.len());
     for failure in &report.failures {
         warn!(log, "{} failure", what; "error" => %failure);

@@ -181,7 +181,7 @@ impl Daemon {
     }
 }
 
-const POD_KEYS: [&str; 8] = [
+const POD_KEYS: [&str; 9] = [
     "name",
     "id",
     "netns",
@@ -190,6 +190,7 @@ const POD_KEYS: [&str; 8] = [
     "gateways",
     "interface",
     "host_veth",
+    "ports",
 ];
 
 fn keys(v: &Value) -> BTreeSet<&str> {
@@ -223,6 +224,7 @@ async fn create_prints_the_pod_with_exact_keys() {
     assert_eq!(pod["gateways"], serde_json::json!(["10.88.0.1"]));
     assert_eq!(pod["interface"], "eth0");
     assert_eq!(pod["host_veth"], name.id().host_veth_name().as_str());
+    assert_eq!(pod["ports"], serde_json::json!([]));
     // The same shape as the library's PodInfo (which denies unknown fields).
     let info: PodInfo = serde_json::from_value(pod).unwrap();
     assert_eq!(info.name, name);
@@ -456,11 +458,15 @@ async fn status_reports_counts_and_pools() {
             "unfinished",
             "bridge",
             "pools",
-            "state_file"
+            "state_file",
+            "host_ports",
+            "peers"
         ]
         .into_iter()
         .collect()
     );
+    assert_eq!(status["host_ports"], 0);
+    assert_eq!(status["peers"], serde_json::json!([]));
     assert_eq!(status["pods"], 1);
     assert_eq!(status["ready"], 1);
     assert_eq!(status["unfinished"], 0);
@@ -921,4 +927,185 @@ async fn serve_binary_runs_refuses_a_second_instance_and_stops_on_sigterm() {
 fn example_config_is_valid_and_shows_the_defaults() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("netns-holder.example.toml");
     assert_eq!(Config::load(&path).unwrap(), Config::default());
+}
+
+// ---------------------------------------------------------------- host ports, peers, reload
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_lists_ports_and_refuses_taken_ones() {
+    let d = Daemon::start().await;
+    let pod = d
+        .json(&[
+            "pod",
+            "create",
+            "web",
+            "--publish",
+            "8080:80",
+            "-p",
+            "10.0.0.1:5353-5354:53-54/udp",
+        ])
+        .await;
+    assert_eq!(keys(&pod), POD_KEYS.into_iter().collect());
+    assert_eq!(
+        pod["ports"],
+        serde_json::json!([
+            {"host_ip": null, "host_port": 8080, "container_port": 80, "protocol": "tcp"},
+            {"host_ip": "10.0.0.1", "host_port": 5353, "container_port": 53, "protocol": "udp"},
+            {"host_ip": "10.0.0.1", "host_port": 5354, "container_port": 54, "protocol": "udp"},
+        ])
+    );
+    let listed = d.json(&["pod", "ls", "--json"]).await;
+    assert_eq!(listed[0]["ports"], pod["ports"]);
+    assert_eq!(d.json(&["pod", "inspect", "web"]).await, pod);
+
+    let (code, message) = d
+        .status_error(&["pod", "create", "db", "--publish", "8080:8080"])
+        .await;
+    assert_eq!(code, Code::FailedPrecondition);
+    assert_eq!(
+        message,
+        "pod db: host port tcp 8080 -> 8080 is already taken by pod web (tcp 8080 -> 80)"
+    );
+    assert!(
+        d.json(&["pod", "ls", "--json"])
+            .await
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    );
+
+    // Bad specs are refused before the daemon is contacted, naming the spec.
+    for (spec, part) in [
+        ("0:80", "host port \"0\""),
+        (
+            "80-81:90",
+            "the host range has 2 port(s) but the container range has 1",
+        ),
+        ("80:80/icmp", "protocol \"icmp\""),
+        ("fd00::1:80:80", "brackets"),
+    ] {
+        match d.run(&["pod", "create", "x", "--publish", spec]).await {
+            Err(e @ CliError::Publish(_)) => {
+                assert!(e.to_string().contains(part), "{spec}: {e}");
+                assert!(e.to_string().contains(spec), "{spec}: {e}");
+            }
+            other => panic!("{spec}: {other:?}"),
+        }
+    }
+    // ... and by the daemon for raw API callers.
+    let mut client = d.client().await;
+    let err = client
+        .raw()
+        .create_pod(pb::CreatePodRequest {
+            name: "raw".into(),
+            ports: vec![pb::PortMapping {
+                protocol: 9,
+                host_ip: String::new(),
+                host_port: 1,
+                container_port: 1,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("protocol 9"), "{}", err.message());
+
+    let status = d.json(&["status"]).await;
+    assert_eq!(status["host_ports"], 3);
+    d.json(&["pod", "rm", "web"]).await;
+    let pod = d
+        .json(&["pod", "create", "db", "--publish", "8080:8080"])
+        .await;
+    assert_eq!(pod["ports"][0]["host_port"], 8080);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_through_the_cli() {
+    let d = Daemon::start().await;
+    let added = d
+        .json(&["peer", "add", "10.89.0.0/16", "192.168.50.2"])
+        .await;
+    assert_eq!(
+        added,
+        serde_json::json!({
+            "peer": {"pod_cidr": "10.89.0.0/16", "via": "192.168.50.2", "source": "api"},
+            "added": true
+        })
+    );
+    let again = d
+        .json(&["peer", "add", "10.89.0.0/16", "192.168.50.2"])
+        .await;
+    assert_eq!(again["added"], false);
+    let (code, message) = d
+        .status_error(&["peer", "add", "10.89.0.0/16", "192.168.50.3"])
+        .await;
+    assert_eq!(code, Code::AlreadyExists);
+    assert!(
+        message.contains("10.89.0.0/16 via 192.168.50.2 already exists"),
+        "{message}"
+    );
+    let (code, _) = d
+        .status_error(&["peer", "add", "10.88.0.0/24", "192.168.50.3"])
+        .await;
+    assert_eq!(code, Code::InvalidArgument);
+    assert_eq!(
+        d.json(&["peer", "ls"]).await,
+        serde_json::json!([{"pod_cidr": "10.89.0.0/16", "via": "192.168.50.2", "source": "api"}])
+    );
+    assert_eq!(
+        d.json(&["status"]).await["peers"].as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(
+        d.fake.peer_route_list(),
+        [(
+            "10.89.0.0/16".parse().unwrap(),
+            "192.168.50.2".parse().unwrap()
+        )]
+    );
+    // A deleted route is drift that `check --repair` fixes.
+    d.fake.delete_route_externally(
+        "10.89.0.0/16".parse().unwrap(),
+        "192.168.50.2".parse().unwrap(),
+    );
+    let (out, code) = d.print(&["check", "--repair"]).await;
+    assert_eq!(code, 0, "{out}");
+    let out: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        out["findings"][0]["object"],
+        "route 10.89.0.0/16 via 192.168.50.2"
+    );
+    assert_eq!(out["findings"][0]["problem"], "missing");
+    assert_eq!(
+        out["repair"]["node_actions"],
+        serde_json::json!(["add route 10.89.0.0/16 via 192.168.50.2"])
+    );
+    assert_eq!(d.fake.peer_route_list().len(), 1);
+    let removed = d.json(&["peer", "rm", "10.89.0.0/16"]).await;
+    assert_eq!(
+        removed,
+        serde_json::json!({"pod_cidr": "10.89.0.0/16", "removed": true})
+    );
+    assert!(d.fake.peer_route_list().is_empty());
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_recreates_a_flushed_table() {
+    let d = Daemon::start().await;
+    d.json(&["pod", "create", "web", "-p", "8080:80"]).await;
+    d.fake.flush_ruleset_externally();
+    let (out, code) = d.print(&["check"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("nftables table inet netns_holder"), "{out}");
+    let reload = d.json(&["reload"]).await;
+    assert_eq!(reload["host_port_elements"], 1);
+    assert_eq!(reload["failures"], serde_json::json!([]));
+    assert_eq!(d.fake.firewall_elements().unwrap().len(), 1);
+    let (out, code) = d.print(&["check"]).await;
+    assert_eq!(code, 0, "{out}");
+    d.stop().await;
 }

@@ -25,6 +25,10 @@ fn netns(s: &str) -> PathBuf {
     Path::new("/run/netns").join(s)
 }
 
+fn ports(specs: &[&str]) -> Vec<PortMapping> {
+    crate::ports::parse_publish_all(specs).unwrap()
+}
+
 struct Env {
     dir: tempfile::TempDir,
     fake: FakeSystem,
@@ -40,11 +44,14 @@ impl Env {
             pod_cidr_v6: v6.map(|v| v.parse().unwrap()),
             ..Config::default()
         };
-        Self {
-            dir,
-            fake: FakeSystem::new(),
-            config,
-        }
+        let fake = FakeSystem::new();
+        // The table a daemon start creates.
+        fake.install_table(crate::firewall::FirewallBase {
+            bridge: config.bridge.clone(),
+            pod_cidr_v4: config.pod_cidr_v4,
+            pod_cidr_v6: config.pod_cidr_v6,
+        });
+        Self { dir, fake, config }
     }
 
     fn v4() -> Self {
@@ -219,6 +226,7 @@ async fn pod_info_json_has_exactly_the_documented_fields() {
             "gateways": ["10.88.0.1"],
             "interface": "eth0",
             "host_veth": "nhba7816bf8f01",
+            "ports": [],
         })
     );
     assert_eq!(serde_json::from_value::<PodInfo>(json).unwrap(), info);
@@ -298,6 +306,7 @@ async fn create_is_idempotent_and_conflicts_are_reported() {
             name: name("web"),
             netns: "/var/run/netns/other".into(),
             annotations,
+            ports: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -336,6 +345,7 @@ async fn attach_wires_but_never_deletes_a_foreign_netns() {
         name: name("ctr"),
         netns: foreign.clone(),
         annotations: BTreeMap::new(),
+        ports: Vec::new(),
     };
     let info = m.attach(req.clone()).await.unwrap();
     assert_eq!(info.netns, foreign);
@@ -355,6 +365,7 @@ async fn attach_wires_but_never_deletes_a_foreign_netns() {
             name: name("ctr2"),
             netns: foreign.clone(),
             annotations: BTreeMap::new(),
+            ports: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -382,6 +393,7 @@ async fn attach_to_missing_netns_fails_cleanly() {
             name: name("ctr"),
             netns: "/var/run/netns/nope".into(),
             annotations: BTreeMap::new(),
+            ports: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -479,6 +491,16 @@ fn scenarios() -> Vec<Scenario> {
             }),
         ),
         (
+            "ports",
+            Box::new(Env::dual),
+            Box::new(|| {
+                Request::Create(CreateRequest {
+                    ports: ports(&["8080:80", "53:5353/udp", "[::]:9443:443"]),
+                    ..CreateRequest::new(name("web"))
+                })
+            }),
+        ),
+        (
             "attach",
             Box::new(move || {
                 let env = Env::dual();
@@ -491,6 +513,7 @@ fn scenarios() -> Vec<Scenario> {
                     name: name("web"),
                     netns: foreign.clone(),
                     annotations: BTreeMap::new(),
+                    ports: Vec::new(),
                 })
             }),
         ),
@@ -526,6 +549,11 @@ fn assert_web_gone(env: &Env, m: &PodManager<FakeSystem>, label: &str) {
     }
     assert!(m.records().is_empty(), "{label}: record left");
     assert_eq!(allocated(m), 0, "{label}: allocation left");
+    assert_eq!(
+        env.fake.firewall_elements(),
+        Some(vec![]),
+        "{label}: host port elements left"
+    );
 }
 
 #[tokio::test]
@@ -1110,4 +1138,470 @@ async fn no_pods_means_no_bridge_is_created_by_reconcile() {
     assert_eq!(report, ReconcileReport::default());
     assert!(env.fake.snapshot().host_links.is_empty());
     assert!(m.check().await.is_empty());
+}
+
+// ---------------------------------------------------------------- host ports
+
+fn with_ports(pod: &str, specs: &[&str]) -> CreateRequest {
+    CreateRequest {
+        ports: ports(specs),
+        ..CreateRequest::new(name(pod))
+    }
+}
+
+fn element_texts(env: &Env) -> Vec<String> {
+    env.fake
+        .firewall_elements()
+        .unwrap_or_default()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn host_ports_are_published_and_removing_a_pod_removes_exactly_its_elements() {
+    let env = Env::dual();
+    let m = env.manager();
+    let web = m
+        .create(with_ports("web", &["8080:80", "10.0.0.1:8443:443/tcp"]))
+        .await
+        .unwrap();
+    assert_eq!(web.ports, ports(&["8080:80", "10.0.0.1:8443:443"]));
+    let db = m
+        .create(with_ports("db", &["5432:5432", "8080:80/udp"]))
+        .await
+        .unwrap();
+    let mut expected = vec![
+        "10.0.0.1 . tcp . 8443 : 10.88.0.2 . 443 in hostport_v4",
+        "tcp . 8080 : 10.88.0.2 . 80 in hostport_any_v4",
+        "tcp . 5432 : 10.88.0.3 . 5432 in hostport_any_v4",
+        "udp . 8080 : 10.88.0.3 . 80 in hostport_any_v4",
+        "tcp . 8080 : fd00:88::2 . 80 in hostport_any_v6",
+        "tcp . 5432 : fd00:88::3 . 5432 in hostport_any_v6",
+        "udp . 8080 : fd00:88::3 . 80 in hostport_any_v6",
+    ];
+    let mut actual = element_texts(&env);
+    expected.sort();
+    actual.sort();
+    assert_eq!(actual, expected);
+    assert!(env.fake.hairpin(web.host_veth.as_str()));
+    assert!(env.fake.hairpin(db.host_veth.as_str()));
+    assert!(env.fake.route_localnet("nh0"));
+    assert_complete(&env, &m, "web").await;
+    assert_eq!(m.status().host_ports, 4);
+
+    // Idempotent with the same ports in any order; different ports are a conflict.
+    let again = m
+        .create(with_ports("web", &["10.0.0.1:8443:443", "8080:80"]))
+        .await
+        .unwrap();
+    assert_eq!(again, web);
+    let err = m.create(with_ports("web", &["8080:80"])).await.unwrap_err();
+    assert!(matches!(err, ManagerError::Conflict { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("its host ports are [tcp 8080 -> 80, tcp 10.0.0.1:8443 -> 443], the request has [tcp 8080 -> 80]"),
+        "{err}"
+    );
+
+    m.remove(&name("web")).await.unwrap();
+    let left: Vec<String> = element_texts(&env)
+        .into_iter()
+        .filter(|e| e.contains("10.88.0.2") || e.contains("fd00:88::2"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(element_texts(&env).len(), 4, "db's elements stay");
+    assert!(m.check().await.is_empty());
+    m.remove(&name("db")).await.unwrap();
+    assert_eq!(env.fake.firewall_elements(), Some(vec![]));
+    assert_clean(&env, &m);
+}
+
+#[tokio::test]
+async fn a_port_of_another_pod_is_refused_and_nothing_changes() {
+    let env = Env::dual();
+    let m = env.manager();
+    m.create(with_ports("db", &["10.0.0.1:8080:80"]))
+        .await
+        .unwrap();
+    let before_elements = element_texts(&env);
+    let before_links = env.fake.snapshot().host_links;
+    for spec in ["8080:80", "10.0.0.1:8080:81", "0.0.0.0:8080:80"] {
+        let err = m.create(with_ports("web", &[spec])).await.unwrap_err();
+        assert!(
+            matches!(err, ManagerError::PortInUse { .. }),
+            "{spec}: {err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "pod web: host port {} is already taken by pod db (tcp 10.0.0.1:8080 -> 80)",
+                ports(&[spec])[0]
+            )
+        );
+        assert_eq!(
+            crate::api::error_code(&err),
+            tonic::Code::FailedPrecondition
+        );
+    }
+    // Other addresses, families and protocols are free.
+    for spec in ["10.0.0.2:8080:80", "[::]:8080:80", "8080:80/udp"] {
+        let pod = format!("ok-{}", spec.len());
+        m.create(with_ports(&pod, &[spec])).await.unwrap();
+        m.remove(&name(&pod)).await.unwrap();
+    }
+    assert_eq!(element_texts(&env), before_elements);
+    assert_eq!(env.fake.snapshot().host_links, before_links);
+    assert_eq!(m.records().len(), 1);
+    assert_eq!(allocated(&m), 2);
+    assert!(m.get(&name("web")).is_none());
+}
+
+#[tokio::test]
+async fn a_port_held_by_a_socket_on_the_node_is_refused() {
+    let env = Env::v4();
+    let m = env.manager();
+    env.fake.set_listeners(vec![crate::firewall::Listener {
+        protocol: Protocol::Tcp,
+        address: "::".parse().unwrap(),
+        port: 8080,
+        owner: Some("pid 42 (nginx)".to_string()),
+    }]);
+    let calls = env.fake.call_count();
+    let err = m
+        .create(with_ports("web", &["10.0.0.1:8080:80"]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "pod web: host port tcp 10.0.0.1:8080 -> 80 is already taken by a listening TCP socket \
+         on [::]:8080 of pid 42 (nginx) in the node network namespace"
+    );
+    // Only the queries ran: nothing was recorded or created.
+    assert_eq!(
+        env.fake.calls()[calls..],
+        [
+            "default_route_mtu".to_string(),
+            "listeners tcp/8080".to_string()
+        ]
+    );
+    assert!(m.records().is_empty());
+    // UDP on the same port is free.
+    m.create(with_ports("web", &["8080:80/udp"])).await.unwrap();
+}
+
+#[tokio::test]
+async fn ports_must_fit_the_pod_families_and_be_distinct() {
+    let env = Env::v4();
+    let m = env.manager();
+    let err = m
+        .create(with_ports("web", &["[fd00::1]:80:80"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ManagerError::PortAddress { .. }), "{err}");
+    assert!(err.to_string().contains("no ipv6 address"), "{err}");
+    assert_eq!(allocated(&m), 0);
+    let dup = CreateRequest {
+        ports: vec![
+            PortMapping::new(80, 80, Protocol::Tcp),
+            PortMapping::new(80, 81, Protocol::Tcp),
+        ],
+        ..CreateRequest::new(name("web"))
+    };
+    let err = m.create(dup).await.unwrap_err();
+    assert!(matches!(err, ManagerError::Ports { .. }), "{err}");
+    assert!(m.records().is_empty());
+}
+
+#[tokio::test]
+async fn rollback_when_the_firewall_step_fails() {
+    let env = Env::v4();
+    let m = env.manager();
+    env.fake.fail_on("add_elements");
+    let err = m.create(with_ports("web", &["8080:80"])).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("publish 1 host port element(s) of pod web"),
+        "{msg}"
+    );
+    assert!(msg.ends_with("; rolled back"), "{msg}");
+    assert_web_gone(&env, &m, "firewall failure");
+    env.fake.clear_failures();
+    // An element somebody else put in our map with the same key fails the transaction
+    // and is left alone.
+    let foreign = crate::firewall::HostPortElement {
+        map: crate::firewall::HostPortMap::AnyV4,
+        host_ip: None,
+        protocol: Protocol::Tcp,
+        host_port: 8080,
+        pod_ip: "10.1.2.3".parse().unwrap(),
+        pod_port: 1,
+    };
+    env.fake.add_element_externally(foreign);
+    let err = m.create(with_ports("web", &["8080:80"])).await.unwrap_err();
+    assert!(
+        err.to_string().contains("element { tcp . 8080 : 10.88.0."),
+        "{err}"
+    );
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert_eq!(env.fake.firewall_elements(), Some(vec![foreign]));
+    env.fake.delete_element_externally(&foreign);
+    m.create(with_ports("web", &["8080:80"])).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_cannot_both_take_a_port() {
+    let env = Env::v4();
+    let m = Arc::new(env.manager());
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let m = m.clone();
+            tokio::spawn(async move { m.create(with_ports(&format!("p{i}"), &["8080:80"])).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert!(matches!(e, ManagerError::PortInUse { .. }), "{e}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(env.fake.firewall_elements().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn udp_conntrack_is_flushed_on_create_and_remove() {
+    use crate::fake::FakeConntrack;
+    let env = Env::v4();
+    let m = env.manager();
+    let entry = |src: &str, port| FakeConntrack {
+        reply_source: src.parse().unwrap(),
+        destination_port: port,
+    };
+    // A client hammering the port before it is published; an unrelated flow.
+    env.fake
+        .add_conntrack(&[entry("10.9.9.9", 5353), entry("10.9.9.9", 9999)]);
+    m.create(with_ports("dns", &["5353:53/udp", "8080:80"]))
+        .await
+        .unwrap();
+    assert_eq!(env.fake.conntrack(), [entry("10.9.9.9", 9999)]);
+    // Flows DNATed to the pod, then the pod goes.
+    env.fake
+        .add_conntrack(&[entry("10.88.0.2", 40000), entry("10.9.9.9", 5353)]);
+    m.remove(&name("dns")).await.unwrap();
+    assert_eq!(env.fake.conntrack(), [entry("10.9.9.9", 9999)]);
+    // TCP-only pods do not touch conntrack.
+    let calls = env.fake.call_count();
+    m.create(with_ports("web", &["8081:80"])).await.unwrap();
+    assert!(
+        !env.fake.calls()[calls..]
+            .iter()
+            .any(|c| c.starts_with("flush_conntrack")),
+        "{:?}",
+        env.fake.calls()
+    );
+}
+
+#[tokio::test]
+async fn check_finds_firewall_drift_and_repair_or_reload_restores_it() {
+    let env = Env::dual();
+    let m = env.manager();
+    m.create(with_ports("web", &["8080:80"])).await.unwrap();
+    let web_elements = env.fake.firewall_elements().unwrap();
+    env.fake.delete_element_externally(&web_elements[0]);
+    env.fake
+        .add_foreign_rule_externally("tcp dport 22 dnat ip to 10.9.9.9");
+    env.fake
+        .remove_rule_externally("iifname \"nh0\" ip daddr 127.0.0.0/8 drop");
+    let found: Vec<String> = m.check().await.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        found,
+        [
+            "nftables table inet netns_holder: `iifname \"nh0\" ip daddr 127.0.0.0/8 drop`: missing",
+            "nftables table inet netns_holder: `tcp dport 22 dnat ip to 10.9.9.9`: foreign (not put there by netns-holder)",
+            "pod web: element { tcp . 8080 : 10.88.0.2 . 80 } of map hostport_any_v4: missing",
+        ]
+    );
+    let report = m.repair().await;
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert_eq!(
+        report.node_actions,
+        ["replace nftables table inet netns_holder (2 host port element(s))"]
+    );
+    assert!(m.check().await.is_empty());
+
+    // `nft flush ruleset`: reported, and a restarted daemon (reconcile) re-creates it.
+    env.fake.flush_ruleset_externally();
+    assert_eq!(
+        m.check()
+            .await
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["nftables table inet netns_holder: missing"]
+    );
+    let m = env.manager();
+    m.reconcile().await;
+    assert_eq!(env.fake.firewall_elements().unwrap().len(), 2);
+    assert!(m.check().await.is_empty());
+
+    // reload always replaces the table, drift or not.
+    env.fake.flush_ruleset_externally();
+    let reload = m.reload().await;
+    assert_eq!(reload.host_port_elements, 2);
+    assert!(reload.failures.is_empty());
+    assert!(m.check().await.is_empty());
+    let reload = m.reload().await;
+    assert_eq!(reload.actions.len(), 1, "{reload:?}");
+}
+
+#[tokio::test]
+async fn a_rebuilt_bridge_gets_route_localnet_and_its_ports_hairpin_back() {
+    let env = Env::v4();
+    let m = env.manager();
+    let web = m.create(with_ports("web", &["8080:80"])).await.unwrap();
+    env.fake.delete_link_externally(None, "nh0");
+    assert!(!env.fake.route_localnet("nh0"));
+    m.repair().await;
+    assert!(env.fake.route_localnet("nh0"));
+    assert!(env.fake.hairpin(web.host_veth.as_str()));
+    assert!(m.check().await.is_empty());
+}
+
+// ---------------------------------------------------------------- peers
+
+fn peer(cidr: &str, via: &str) -> Peer {
+    Peer {
+        pod_cidr: cidr.parse().unwrap(),
+        via: via.parse().unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn peers_are_added_persisted_repaired_and_removed() {
+    let env = Env::v4();
+    let m = env.manager();
+    let b = peer("10.89.0.0/16", "192.168.50.2");
+    assert!(m.add_peer(b).await.unwrap());
+    assert!(!m.add_peer(b).await.unwrap(), "idempotent");
+    assert_eq!(env.fake.peer_route_list(), [(b.pod_cidr, b.via)]);
+    let err = m
+        .add_peer(peer("10.89.0.0/16", "192.168.50.3"))
+        .await
+        .unwrap_err();
+    assert_eq!(crate::api::error_code(&err), tonic::Code::AlreadyExists);
+    for (bad, part) in [
+        (
+            peer("10.88.1.0/24", "192.168.50.3"),
+            "overlaps this node's pod CIDR",
+        ),
+        (
+            peer("10.89.1.0/24", "192.168.50.3"),
+            "overlaps peer 10.89.0.0/16",
+        ),
+        (
+            peer("10.90.0.0/16", "10.88.0.9"),
+            "inside pod CIDR 10.88.0.0/16",
+        ),
+    ] {
+        let err = m.add_peer(bad).await.unwrap_err();
+        assert!(err.to_string().contains(part), "{err}");
+        assert_eq!(crate::api::error_code(&err), tonic::Code::InvalidArgument);
+    }
+    assert_eq!(m.peers().len(), 1);
+    assert!(m.check().await.is_empty());
+
+    // Persisted: a restarted daemon has it; a deleted route is reported and re-added.
+    let m = env.manager();
+    assert_eq!(m.peers().len(), 1);
+    env.fake.delete_route_externally(b.pod_cidr, b.via);
+    let found: Vec<String> = m.check().await.iter().map(ToString::to_string).collect();
+    assert_eq!(found, ["route 10.89.0.0/16 via 192.168.50.2: missing"]);
+    let report = m.repair().await;
+    assert_eq!(
+        report.node_actions,
+        ["add route 10.89.0.0/16 via 192.168.50.2"]
+    );
+    assert_eq!(env.fake.peer_route_list(), [(b.pod_cidr, b.via)]);
+
+    // A route of ours that belongs to no peer goes on repair.
+    let stale = peer("10.91.0.0/16", "192.168.50.9");
+    env.fake
+        .add_peer_route_externally(stale.pod_cidr, stale.via);
+    assert_eq!(
+        m.check()
+            .await
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["route 10.91.0.0/16 via 192.168.50.9: belongs to no peer"]
+    );
+    m.repair().await;
+    assert_eq!(env.fake.peer_route_list(), [(b.pod_cidr, b.via)]);
+
+    assert!(m.remove_peer(b.pod_cidr).await.unwrap());
+    assert!(!m.remove_peer(b.pod_cidr).await.unwrap());
+    assert!(env.fake.peer_route_list().is_empty());
+    assert!(env.manager().peers().is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_route_leaves_no_peer_behind() {
+    let env = Env::v4();
+    let m = env.manager();
+    let b = peer("10.89.0.0/16", "192.168.50.2");
+    env.fake.add_foreign_route(b.pod_cidr);
+    let err = m.add_peer(b).await.unwrap_err();
+    assert!(
+        err.to_string().contains("route 10.89.0.0/16 (not ours)"),
+        "{err}"
+    );
+    assert_eq!(
+        crate::api::error_code(&err),
+        tonic::Code::FailedPrecondition
+    );
+    assert!(m.peers().is_empty());
+    assert!(env.manager().peers().is_empty());
+}
+
+#[tokio::test]
+async fn configured_peers_apply_at_start_and_cannot_be_removed_through_the_api() {
+    let mut env = Env::v4();
+    let api_peer = peer("10.90.0.0/16", "192.168.50.3");
+    {
+        let m = env.manager();
+        m.add_peer(api_peer).await.unwrap();
+    }
+    let b = peer("10.89.0.0/16", "192.168.50.2");
+    env.config.peers = vec![b];
+    let m = env.manager();
+    let report = m.reconcile().await;
+    assert_eq!(
+        report.node_actions,
+        ["add route 10.89.0.0/16 via 192.168.50.2"]
+    );
+    assert_eq!(m.peers().len(), 2);
+    let err = m.remove_peer(b.pod_cidr).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("comes from the configuration file"),
+        "{err}"
+    );
+    assert_eq!(
+        crate::api::error_code(&err),
+        tonic::Code::FailedPrecondition
+    );
+    // Dropped from the configuration: gone at the next start, route included.
+    env.config.peers = Vec::new();
+    let m = env.manager();
+    let report = m.reconcile().await;
+    assert_eq!(
+        report.node_actions,
+        ["delete route 10.89.0.0/16 via 192.168.50.2"]
+    );
+    assert_eq!(
+        m.peers().iter().map(|p| p.peer()).collect::<Vec<_>>(),
+        [api_peer]
+    );
 }
