@@ -229,6 +229,10 @@ pub struct DaemonOptions {
     pub bridge: String,
     /// Extra environment for the daemon (e.g. fault injection).
     pub env: Vec<(String, String)>,
+    /// `peers`: (pod CIDR, node address) of other nodes, routed via that address.
+    pub peers: Vec<(String, String)>,
+    /// Further TOML lines appended to the config as they are.
+    pub extra_config: String,
 }
 
 impl Default for DaemonOptions {
@@ -238,6 +242,8 @@ impl Default for DaemonOptions {
             pod_cidr_v6: None,
             bridge: "nh0".into(),
             env: Vec::new(),
+            peers: Vec::new(),
+            extra_config: String::new(),
         }
     }
 }
@@ -270,6 +276,15 @@ impl Daemon {
         if let Some(v6) = &options.pod_cidr_v6 {
             config.push_str(&format!("pod_cidr_v6 = \"{v6}\"\n"));
         }
+        if !options.peers.is_empty() {
+            let peers: Vec<String> = options
+                .peers
+                .iter()
+                .map(|(cidr, via)| format!("{{ pod_cidr = \"{cidr}\", via = \"{via}\" }}"))
+                .collect();
+            config.push_str(&format!("peers = [{}]\n", peers.join(", ")));
+        }
+        config.push_str(&options.extra_config);
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, config)?;
         let mut daemon = Self {
@@ -526,4 +541,193 @@ pub fn in_netns(netns: &Path, argv: &[&str]) -> Command {
         .arg("--")
         .args(argv);
     command
+}
+
+// ------------------------------------------------------------------ underlay and traffic
+
+impl Node {
+    /// Joins this namespace and `other` with a veth pair, `here` on this side and `there`
+    /// on the other, both up with the given addresses (`ADDR/PREFIX`; IPv6 ones without
+    /// duplicate address detection, so they are usable at once).
+    pub fn veth_to(
+        &self,
+        other: &Node,
+        here: (&str, &[&str]),
+        there: (&str, &[&str]),
+    ) -> Result<()> {
+        self.run(&[
+            "ip",
+            "link",
+            "add",
+            here.0,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            there.0,
+            "netns",
+            other.name(),
+        ])?;
+        for (node, (link, addresses)) in [(self, here), (other, there)] {
+            for address in addresses {
+                let mut argv = vec!["ip", "addr", "add", address, "dev", link];
+                if address.contains(':') {
+                    argv.push("nodad");
+                }
+                node.run(&argv)?;
+            }
+            node.run(&["ip", "link", "set", link, "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Runs `argv` in the node and returns its stdout (an error unless it exits 0).
+    pub fn stdout(&self, argv: &[&str]) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.run(argv)?.stdout).into_owned())
+    }
+}
+
+/// A transport protocol for [`Echo`] and the probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// A server inside a network namespace that answers every TCP connection or UDP datagram
+/// with `peer <address>`: the source address it saw. Stops on drop.
+pub struct Echo {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Echo {
+    /// Listens on `[::]:port` (dual-stack) in the namespace at `netns`.
+    pub fn start(netns: &Path, proto: Proto, port: u16) -> Result<Self> {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = match proto {
+            Proto::Tcp => {
+                let listener = in_netns_thread(netns, move || {
+                    Ok(std::net::TcpListener::bind(("::", port))?)
+                })?;
+                listener.set_nonblocking(true)?;
+                std::thread::spawn(move || {
+                    while !flag.load(Ordering::Relaxed) {
+                        match listener.accept() {
+                            Ok((mut stream, peer)) => {
+                                let _ = writeln!(stream, "peer {}", peer.ip().to_canonical());
+                            }
+                            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                        }
+                    }
+                })
+            }
+            Proto::Udp => {
+                let socket =
+                    in_netns_thread(netns, move || Ok(std::net::UdpSocket::bind(("::", port))?))?;
+                socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 512];
+                    while !flag.load(Ordering::Relaxed) {
+                        if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                            let reply = format!("peer {}\n", peer.ip().to_canonical());
+                            let _ = socket.send_to(reply.as_bytes(), peer);
+                        }
+                    }
+                })
+            }
+        };
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn parse_peer(reply: &str) -> Result<std::net::IpAddr> {
+    reply
+        .trim()
+        .strip_prefix("peer ")
+        .and_then(|ip| ip.parse().ok())
+        .with_context(|| format!("unexpected echo reply {reply:?}"))
+}
+
+/// Connects over TCP from the namespace at `netns` to `to` and returns the source address
+/// the [`Echo`] server saw.
+pub fn tcp_probe(netns: &Path, to: std::net::SocketAddr) -> Result<std::net::IpAddr> {
+    use std::io::Read;
+    let mut stream = in_netns_thread(netns, move || {
+        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))
+            .with_context(|| format!("connecting to {to} from {}", netns.display()))
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reply = String::new();
+    stream
+        .read_to_string(&mut reply)
+        .with_context(|| format!("reading from {to}"))?;
+    parse_peer(&reply)
+}
+
+/// A UDP socket inside a namespace (its source port stays the same across probes, so the
+/// probes share one conntrack entry).
+pub struct UdpClient {
+    socket: std::net::UdpSocket,
+}
+
+impl UdpClient {
+    /// Binds `[::]:0` (or `0.0.0.0:0` with `v4`) in the namespace at `netns`.
+    pub fn new(netns: &Path, v4: bool) -> Result<Self> {
+        let socket = in_netns_thread(netns, move || {
+            Ok(if v4 {
+                std::net::UdpSocket::bind("0.0.0.0:0")?
+            } else {
+                std::net::UdpSocket::bind("[::]:0")?
+            })
+        })?;
+        Ok(Self { socket })
+    }
+
+    /// The local port.
+    pub fn port(&self) -> u16 {
+        self.socket.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Sends one datagram to `to` without waiting for anything.
+    pub fn send(&self, to: std::net::SocketAddr) -> Result<()> {
+        self.socket.send_to(b"ping", to)?;
+        Ok(())
+    }
+
+    /// Sends to `to` and waits up to `timeout` for the echo's reply (resending every
+    /// 200 ms); returns the source address the server saw.
+    pub fn probe(&self, to: std::net::SocketAddr, timeout: Duration) -> Result<std::net::IpAddr> {
+        let deadline = std::time::Instant::now() + timeout;
+        self.socket
+            .set_read_timeout(Some(Duration::from_millis(200)))?;
+        let mut buf = [0u8; 512];
+        loop {
+            self.socket.send_to(b"ping", to)?;
+            match self.socket.recv_from(&mut buf) {
+                Ok((n, _)) => return parse_peer(&String::from_utf8_lossy(&buf[..n])),
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    bail!("no UDP reply from {to} within {timeout:?}: {e}")
+                }
+                Err(_) => {}
+            }
+        }
+    }
 }
