@@ -4,6 +4,7 @@
 //! run in parallel and a failing assertion does not leak containers, namespaces or processes.
 
 pub mod node;
+pub mod nri_peer;
 pub mod oci;
 
 use std::path::{Path, PathBuf};

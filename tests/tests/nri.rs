@@ -1,0 +1,683 @@
+//! End-to-end tests of `cri-hook nri`, the real binary, between a runtime-side NRI peer
+//! ([`nh_tests::nri_peer`], containerd's behaviour per shared/nri/PROTOCOL.md) and a real
+//! netns-holder daemon in a throwaway node network namespace ([`nh_tests::node`]).
+//!
+//! * registration by dialing the runtime socket, and on an inherited fd 3 with only the
+//!   three NRI environment variables (as a launched plugin), Configure's event mask,
+//!   UNIMPLEMENTED for methods not served, a clean exit on SIGTERM;
+//! * a split, large Synchronize that garbage-collects a stale `owner=nri` pod, keeps a
+//!   manual pod and ensures a listed one;
+//! * RunPodSandbox (dedicated and StateChange) → a pod the node can ping; Stop keeps it;
+//!   Remove leaves no veth and no daemon pod;
+//! * a malformed annotation fails the pod with INVALID_ARGUMENT naming it;
+//! * messages of 20 KiB and more both ways, checked against the Go reader model;
+//! * a runtime restart: the plugin reconnects and registers again;
+//! * an absent or hanging daemon: a clear error well inside the 2 s budget.
+//!
+//! Each test checks the peer saw no protocol violation. Pod network namespaces are made
+//! with `ip netns add` under unique names and deleted by guards.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use netns_holder::client::Client;
+use netns_holder::names::PodName;
+use netns_holder_proto::nri::v1alpha1 as pb;
+use nh_tests::node::{Daemon, DaemonOptions, Node};
+use nh_tests::nri_peer::{NriRuntime, PeerError, PeerOptions, PluginConn, container, pod_sandbox};
+use nh_tests::{ChildGuard, ScratchDir, require_root, run_ok, target_dir, unique_name};
+use prost::Message;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+// ------------------------------------------------------------------------------- helpers
+
+/// The cri-hook binary from the workspace build (`$CRI_HOOK_BIN` overrides).
+fn cri_hook_binary() -> PathBuf {
+    let path = std::env::var_os("CRI_HOOK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("debug").join("cri-hook"));
+    assert!(
+        path.is_file(),
+        "cri-hook binary {} not found: run `cargo build --workspace` (or set CRI_HOOK_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// A 64-hex-character sandbox id, unique per call (its first 12 characters too).
+fn sandbox_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let state = RandomState::new();
+    let name = unique_name("sb");
+    (0..4)
+        .map(|i| format!("{:016x}", state.hash_one((&name, i))))
+        .collect()
+}
+
+/// The daemon pod name the plugin derives (`<namespace>_<name>_<id[..12]>`).
+fn daemon_name(pod: &pb::PodSandbox) -> String {
+    format!("{}_{}_{}", pod.namespace, pod.name, &pod.id[..12])
+}
+
+/// A pod network namespace made with `ip netns add`, deleted on drop.
+struct PodNetns {
+    name: String,
+}
+
+impl PodNetns {
+    fn new() -> Result<Self> {
+        let name = unique_name("nhq");
+        run_ok(Command::new("ip").args(["netns", "add", &name]))?;
+        Ok(Self { name })
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// Link names inside the namespace.
+    fn links(&self) -> Result<Vec<String>> {
+        let out = run_ok(Command::new("ip").args(["-n", &self.name, "-j", "link", "show"]))?;
+        let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .collect())
+    }
+}
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A running `cri-hook nri`, SIGTERMed (then killed) on drop; its stderr goes to a log.
+struct PluginProcess {
+    child: ChildGuard,
+    log: PathBuf,
+}
+
+impl PluginProcess {
+    fn spawn(command: &mut Command, scratch: &ScratchDir) -> Result<Self> {
+        let log = scratch
+            .path()
+            .join(format!("{}.log", unique_name("plugin")));
+        command
+            .stderr(std::fs::File::create(&log)?)
+            .stdout(Stdio::null());
+        Ok(Self {
+            child: ChildGuard::spawn(command)?,
+            log,
+        })
+    }
+
+    /// `cri-hook -v nri --nri-socket NRI --daemon-socket DAEMON`.
+    fn dial(nri: &Path, daemon: &Path, scratch: &ScratchDir) -> Result<Self> {
+        let mut command = Command::new(cri_hook_binary());
+        command
+            .args(["-v", "nri", "--nri-socket"])
+            .arg(nri)
+            .arg("--daemon-socket")
+            .arg(daemon)
+            .stdin(Stdio::null());
+        Self::spawn(&mut command, scratch)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        // SAFETY: plain kill of the child we started (still unreaped, so the pid is ours).
+        unsafe { libc::kill(self.child.pid() as libc::pid_t, libc::SIGTERM) };
+        self.child.wait_timeout(Duration::from_secs(5))
+    }
+}
+
+impl Drop for PluginProcess {
+    fn drop(&mut self) {
+        if self.child.0.is_some() {
+            let _ = self.terminate();
+        }
+    }
+}
+
+/// Node, daemon, fake runtime socket and a dialing plugin, registered and configured.
+struct Env {
+    node: Node,
+    daemon: Daemon,
+    scratch: ScratchDir,
+    runtime: Option<NriRuntime>,
+    plugin: PluginProcess,
+    conn: PluginConn,
+}
+
+impl Env {
+    async fn start() -> Result<Self> {
+        let node = Node::new()?;
+        let daemon = Daemon::start(&node, DaemonOptions::default())?;
+        let scratch = ScratchDir::new("nri")?;
+        let socket = scratch.path().join("nri.sock");
+        let runtime = NriRuntime::bind(&socket, PeerOptions::default())?;
+        let plugin = PluginProcess::dial(&socket, &daemon.socket(), &scratch)?;
+        let conn = runtime
+            .accept(WAIT)
+            .await
+            .context("plugin did not connect")?;
+        let handshake = conn.handshake().await.context("handshake")?;
+        ensure!(handshake.events == 0x7, "events {:#x}", handshake.events);
+        Ok(Self {
+            node,
+            daemon,
+            scratch,
+            runtime: Some(runtime),
+            plugin,
+            conn,
+        })
+    }
+
+    async fn client(&self) -> Result<Client> {
+        Ok(Client::connect(self.daemon.socket()).await?)
+    }
+
+    /// The daemon pod, if it exists.
+    async fn daemon_pod(&self, name: &str) -> Result<Option<netns_holder::api::pb::Pod>> {
+        let mut client = self.client().await?;
+        match client.get_pod(&PodName::new(name)?).await {
+            Ok(answer) => Ok(answer.pod),
+            // 5 = NOT_FOUND.
+            Err(e) if e.code().map(|c| c as i32) == Some(5) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn ping(&self, cidr: &str) -> Result<()> {
+        let ip = cidr.split('/').next().unwrap_or(cidr);
+        self.node
+            .run(&["ping", "-c", "1", "-W", "2", ip])
+            .with_context(|| format!("ping {ip} from the node"))?;
+        Ok(())
+    }
+
+    fn no_violations(&self) -> Result<()> {
+        let violations = self.conn.violations();
+        ensure!(
+            violations.is_empty(),
+            "protocol violations: {violations:#?}\nplugin log:\n{}",
+            self.plugin.log()
+        );
+        Ok(())
+    }
+}
+
+/// Runs an async test body on a runtime of its own, printing the plugin log on failure is
+/// up to the body.
+fn run_async<F: std::future::Future<Output = Result<()>>>(f: F) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+fn status_of(result: Result<(), PeerError>) -> Result<(i32, String)> {
+    match result {
+        Err(PeerError::Status { code, message }) => Ok((code, message)),
+        other => bail!("expected an error status, got {other:?}"),
+    }
+}
+
+// ------------------------------------------------------------------------------- tests
+
+#[test]
+fn nri_registers_by_dialing_and_stops_on_sigterm() -> Result<()> {
+    if !require_root("nri_registers_by_dialing_and_stops_on_sigterm") {
+        return Ok(());
+    }
+    run_async(async {
+        let node = Node::new()?;
+        let daemon = Daemon::start(&node, DaemonOptions::default())?;
+        let scratch = ScratchDir::new("nri")?;
+        let socket = scratch.path().join("nri.sock");
+        let runtime = NriRuntime::bind(&socket, PeerOptions::default())?;
+        let mut plugin = PluginProcess::dial(&socket, &daemon.socket(), &scratch)?;
+        let conn = runtime.accept(WAIT).await?;
+        let handshake = conn.handshake().await?;
+        assert_eq!(handshake.registration.plugin_name, "netns-holder");
+        assert_eq!(handshake.registration.plugin_idx, "10");
+        assert!(!handshake.registration.nri_version.is_empty());
+        assert_eq!(handshake.events, 0x7, "RUN|STOP|REMOVE_POD_SANDBOX");
+        let reply = conn.synchronize(vec![], vec![]).await?;
+        assert!(!reply.more && reply.update.is_empty());
+        for method in ["PostCreateContainer", "CreateContainer", "NoSuchMethod"] {
+            let err = conn.call_raw(method, vec![]).await.unwrap_err();
+            assert_eq!(err.code(), Some(12), "{method}: {err}");
+        }
+        let status = plugin.terminate()?;
+        assert!(status.success(), "exit {status}; log:\n{}", plugin.log());
+        assert!(plugin.log().contains("SIGTERM"), "{}", plugin.log());
+        assert!(conn.violations().is_empty(), "{:?}", conn.violations());
+        Ok(())
+    })
+}
+
+/// Spawns `cri-hook ARGS` as the runtime launches a plugin: its end of a socketpair as
+/// fd 3, only the three NRI variables, no stdin/stdout.
+fn launch_on_fd3(
+    args: &[&std::ffi::OsStr],
+    name: &str,
+    index: &str,
+    scratch: &ScratchDir,
+) -> Result<(PluginProcess, tokio::net::UnixStream)> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let fd = theirs.as_raw_fd();
+    let mut command = Command::new(cri_hook_binary());
+    command
+        .args(args)
+        .env_clear()
+        .env("NRI_PLUGIN_NAME", name)
+        .env("NRI_PLUGIN_IDX", index)
+        .env("NRI_PLUGIN_SOCKET", "3")
+        .stdin(Stdio::null());
+    // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) are made;
+    // `fd` stays open in the parent until after spawn returns.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // dup2 onto itself keeps CLOEXEC: clear it explicitly.
+            if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let plugin = PluginProcess::spawn(&mut command, scratch)?;
+    drop(theirs);
+    ours.set_nonblocking(true)?;
+    Ok((plugin, tokio::net::UnixStream::from_std(ours)?))
+}
+
+#[test]
+fn nri_registers_on_inherited_fd3() -> Result<()> {
+    if !require_root("nri_registers_on_inherited_fd3") {
+        return Ok(());
+    }
+    run_async(async {
+        let scratch = ScratchDir::new("nri")?;
+        // Exactly as launched: no arguments at all.
+        let (mut plugin, stream) = launch_on_fd3(&[], "netns-holder", "05", &scratch)?;
+        let conn = PluginConn::from_stream(stream, PeerOptions::default());
+        let handshake = conn.handshake().await.with_context(|| plugin.log())?;
+        assert_eq!(handshake.registration.plugin_name, "netns-holder");
+        assert_eq!(handshake.registration.plugin_idx, "05");
+        assert_eq!(handshake.events, 0x7);
+        // The runtime going away ends a launched plugin, successfully.
+        conn.close("runtime stopped").await;
+        let status = plugin.child.wait_timeout(WAIT)?;
+        assert!(status.success(), "exit {status}; log:\n{}", plugin.log());
+        assert!(conn.violations().is_empty(), "{:?}", conn.violations());
+
+        // With the daemon socket given, a pod comes up through fd 3 too.
+        let node = Node::new()?;
+        let daemon = Daemon::start(&node, DaemonOptions::default())?;
+        let socket = daemon.socket();
+        let args = [
+            std::ffi::OsStr::new("nri"),
+            std::ffi::OsStr::new("--daemon-socket"),
+            socket.as_os_str(),
+        ];
+        let (plugin, stream) = launch_on_fd3(&args, "netns-holder-fd", "42", &scratch)?;
+        let conn = PluginConn::from_stream(stream, PeerOptions::default());
+        let handshake = conn.handshake().await.with_context(|| plugin.log())?;
+        assert_eq!(handshake.registration.plugin_name, "netns-holder-fd");
+        conn.synchronize(vec![], vec![]).await?;
+        let netns = PodNetns::new()?;
+        let pod = pod_sandbox("default", "fd3", &sandbox_id(), Some(&netns.path()), &[]);
+        conn.run_pod_sandbox(&pod)
+            .await
+            .with_context(|| plugin.log())?;
+        let json = daemon.cli_json(&["pod", "inspect", &daemon_name(&pod)])?;
+        let ip = json["ips"][0].as_str().context("pod ip")?.to_string();
+        node.run(&[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            ip.split('/').next().unwrap_or(&ip),
+        ])?;
+        conn.remove_pod_sandbox(&pod).await?;
+        assert!(conn.violations().is_empty(), "{:?}", conn.violations());
+        Ok(())
+    })
+}
+
+#[test]
+fn nri_run_stop_remove_pod_sandbox() -> Result<()> {
+    if !require_root("nri_run_stop_remove_pod_sandbox") {
+        return Ok(());
+    }
+    run_async(async {
+        let env = Env::start().await?;
+        env.conn.synchronize(vec![], vec![]).await?;
+        let netns = PodNetns::new()?;
+        let pod = pod_sandbox("default", "web", &sandbox_id(), Some(&netns.path()), &[]);
+        let name = daemon_name(&pod);
+
+        env.conn
+            .run_pod_sandbox(&pod)
+            .await
+            .with_context(|| env.plugin.log())?;
+        let wired = env
+            .daemon_pod(&name)
+            .await?
+            .context("no daemon pod after RunPodSandbox")?;
+        assert_eq!(wired.netns, netns.path().display().to_string());
+        assert_eq!(wired.annotations["netns-holder.io/owner"], "nri");
+        assert_eq!(wired.annotations["netns-holder.io/sandbox-id"], pod.id);
+        assert_eq!(wired.annotations["netns-holder.io/pod"], "default/web");
+        env.ping(&wired.ips[0])?;
+        // Idempotent.
+        env.conn.run_pod_sandbox(&pod).await?;
+        assert_eq!(
+            env.daemon_pod(&name).await?.map(|p| p.ips),
+            Some(wired.ips.clone())
+        );
+        // Stop keeps the network (host ports would be released here).
+        env.conn.stop_pod_sandbox(&pod).await?;
+        env.ping(&wired.ips[0])?;
+        // Remove tears it all down.
+        env.conn.remove_pod_sandbox(&pod).await?;
+        assert!(env.daemon_pod(&name).await?.is_none());
+        assert!(
+            !env.node.links()?.contains(&wired.host_veth),
+            "host veth left"
+        );
+        assert_eq!(netns.links()?, ["lo"], "pod side left");
+
+        // The same through StateChange (NRI < v0.12 runtimes, and the fallback).
+        let other = PodNetns::new()?;
+        let pod = pod_sandbox("team-a", "db", &sandbox_id(), Some(&other.path()), &[]);
+        env.conn
+            .state_change(pb::Event::RunPodSandbox, &pod)
+            .await?;
+        let wired = env
+            .daemon_pod(&daemon_name(&pod))
+            .await?
+            .context("StateChange run")?;
+        env.ping(&wired.ips[0])?;
+        env.conn
+            .state_change(pb::Event::StopPodSandbox, &pod)
+            .await?;
+        env.conn
+            .state_change(pb::Event::RemovePodSandbox, &pod)
+            .await?;
+        assert!(env.daemon_pod(&daemon_name(&pod)).await?.is_none());
+        assert!(!env.node.links()?.contains(&wired.host_veth));
+
+        // A host-network pod (no network namespace) is nothing to do.
+        let host = pod_sandbox("kube-system", "agent", &sandbox_id(), None, &[]);
+        env.conn.run_pod_sandbox(&host).await?;
+        assert!(env.daemon_pod(&daemon_name(&host)).await?.is_none());
+        env.no_violations()
+    })
+}
+
+#[test]
+fn nri_split_synchronize_collects_stale_and_ensures_listed() -> Result<()> {
+    if !require_root("nri_split_synchronize_collects_stale_and_ensures_listed") {
+        return Ok(());
+    }
+    run_async(async {
+        let env = Env::start().await?;
+        let stale = unique_name("stale");
+        env.daemon
+            .create_pod(&stale, &["--annotation", "netns-holder.io/owner=nri"])?;
+        let manual = unique_name("manual");
+        env.daemon.create_pod(&manual, &[])?;
+
+        let netns = PodNetns::new()?;
+        let listed = pod_sandbox("default", "listed", &sandbox_id(), Some(&netns.path()), &[]);
+        // Many stopped pods (no network namespace, §10.5) and their containers: a big part.
+        let stopped: Vec<pb::PodSandbox> = (0..120)
+            .map(|i| pod_sandbox("default", &format!("stopped-{i}"), &sandbox_id(), None, &[]))
+            .collect();
+        let containers: Vec<pb::Container> = stopped
+            .iter()
+            .enumerate()
+            .map(|(i, p)| container(p, i))
+            .collect();
+        let mut first = vec![listed.clone()];
+        first.extend(stopped);
+        let part = pb::SynchronizeRequest {
+            pods: first.clone(),
+            containers: containers.clone(),
+            more: true,
+        };
+        assert!(part.encode_to_vec().len() >= 20 * 1024);
+        let host = pod_sandbox("kube-system", "hostnet", &sandbox_id(), None, &[]);
+        let replies = env
+            .conn
+            .synchronize_split(vec![
+                (first, containers),
+                (vec![host], vec![]),
+                (vec![], vec![]),
+            ])
+            .await
+            .with_context(|| env.plugin.log())?;
+        assert_eq!(
+            replies.iter().map(|r| r.more).collect::<Vec<_>>(),
+            [true, true, false]
+        );
+        assert!(replies.iter().all(|r| r.update.is_empty()));
+
+        assert!(
+            env.daemon_pod(&stale).await?.is_none(),
+            "stale nri pod not collected"
+        );
+        assert!(
+            env.daemon_pod(&manual).await?.is_some(),
+            "manual pod collected"
+        );
+        let wired = env
+            .daemon_pod(&daemon_name(&listed))
+            .await?
+            .with_context(|| format!("listed pod not ensured; log:\n{}", env.plugin.log()))?;
+        env.ping(&wired.ips[0])?;
+        env.conn.remove_pod_sandbox(&listed).await?;
+        env.no_violations()
+    })
+}
+
+#[test]
+fn nri_malformed_annotation_fails_the_pod() -> Result<()> {
+    if !require_root("nri_malformed_annotation_fails_the_pod") {
+        return Ok(());
+    }
+    run_async(async {
+        let env = Env::start().await?;
+        env.conn.synchronize(vec![], vec![]).await?;
+        let netns = PodNetns::new()?;
+        let pod = pod_sandbox(
+            "default",
+            "bad",
+            &sandbox_id(),
+            Some(&netns.path()),
+            &[("netns-holder.io/skip", "sometimes")],
+        );
+        let (code, message) = status_of(env.conn.run_pod_sandbox(&pod).await)?;
+        assert_eq!(code, 3, "INVALID_ARGUMENT: {message}");
+        assert!(message.contains("netns-holder.io/skip"), "{message}");
+        assert!(
+            message.contains("\"sometimes\" is not a boolean"),
+            "{message}"
+        );
+        assert!(env.daemon_pod(&daemon_name(&pod)).await?.is_none());
+        assert_eq!(netns.links()?, ["lo"]);
+        env.no_violations()
+    })
+}
+
+#[test]
+fn nri_large_messages_both_directions() -> Result<()> {
+    if !require_root("nri_large_messages_both_directions") {
+        return Ok(());
+    }
+    run_async(async {
+        let env = Env::start().await?;
+        // Runtime → plugin: a Synchronize of 300 pods and containers (containerd frames
+        // it [4096, rest]).
+        let pods: Vec<pb::PodSandbox> = (0..300)
+            .map(|i| pod_sandbox("default", &format!("gone-{i}"), &sandbox_id(), None, &[]))
+            .collect();
+        let containers: Vec<pb::Container> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| container(p, i))
+            .collect();
+        let size = pb::SynchronizeRequest {
+            pods: pods.clone(),
+            containers: containers.clone(),
+            more: false,
+        }
+        .encoded_len();
+        assert!(size >= 100 * 1024, "{size}");
+        env.conn.synchronize(pods, containers).await?;
+
+        // Plugin → runtime: an error reply listing 400 malformed options (> 20 KiB), which
+        // must reach containerd's reader intact (no ENOMEM: checked by the peer's model).
+        let netns = PodNetns::new()?;
+        let options: Vec<(String, String)> = (0..400)
+            .map(|i| {
+                (
+                    format!("netns-holder.io/unknown-option-{i:05}"),
+                    "x".to_string(),
+                )
+            })
+            .collect();
+        let refs: Vec<(&str, &str)> = options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let pod = pod_sandbox("default", "many", &sandbox_id(), Some(&netns.path()), &refs);
+        let (code, message) = status_of(env.conn.run_pod_sandbox(&pod).await)?;
+        assert_eq!(code, 3);
+        assert!(message.len() >= 20 * 1024, "{}", message.len());
+        assert!(message.contains("400 malformed"));
+        let big_frames: Vec<usize> = env
+            .conn
+            .frames()
+            .into_iter()
+            .filter(|(conn, len)| *conn == 1 && *len > 4096)
+            .map(|(_, len)| len)
+            .collect();
+        assert!(!big_frames.is_empty(), "the reply was sent [4096, rest]");
+        // And the connection still works.
+        let ok = PodNetns::new()?;
+        let pod = pod_sandbox("default", "after", &sandbox_id(), Some(&ok.path()), &[]);
+        env.conn.run_pod_sandbox(&pod).await?;
+        env.conn.remove_pod_sandbox(&pod).await?;
+        env.no_violations()
+    })
+}
+
+#[test]
+fn nri_reconnects_after_runtime_restart() -> Result<()> {
+    if !require_root("nri_reconnects_after_runtime_restart") {
+        return Ok(());
+    }
+    run_async(async {
+        let mut env = Env::start().await?;
+        env.conn.synchronize(vec![], vec![]).await?;
+        env.no_violations()?;
+        // The runtime restarts: connection closed, socket gone, then back.
+        let socket = env.scratch.path().join("nri.sock");
+        env.conn.close("containerd restarting").await;
+        env.runtime = None;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let runtime = NriRuntime::bind(&socket, PeerOptions::default())?;
+        let started = Instant::now();
+        let conn = runtime
+            .accept(WAIT)
+            .await
+            .with_context(|| format!("no reconnection; log:\n{}", env.plugin.log()))?;
+        let handshake = conn.handshake().await?;
+        assert_eq!(handshake.registration.plugin_name, "netns-holder");
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "{:?}",
+            started.elapsed()
+        );
+        // Synchronize brings the daemon in line; events work again.
+        conn.synchronize(vec![], vec![]).await?;
+        let netns = PodNetns::new()?;
+        let pod = pod_sandbox("default", "again", &sandbox_id(), Some(&netns.path()), &[]);
+        conn.run_pod_sandbox(&pod).await?;
+        let wired = env.daemon_pod(&daemon_name(&pod)).await?.context("pod")?;
+        env.ping(&wired.ips[0])?;
+        conn.remove_pod_sandbox(&pod).await?;
+        assert!(conn.violations().is_empty(), "{:?}", conn.violations());
+        assert!(
+            env.plugin.log().contains("reconnecting"),
+            "{}",
+            env.plugin.log()
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn nri_absent_or_hanging_daemon_fails_fast() -> Result<()> {
+    if !require_root("nri_absent_or_hanging_daemon_fails_fast") {
+        return Ok(());
+    }
+    run_async(async {
+        let scratch = ScratchDir::new("nri")?;
+        // A "daemon" that accepts connections and never answers.
+        let hanging = scratch.path().join("hanging.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&hanging)?;
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                held.push(stream);
+            }
+        });
+        let netns = PodNetns::new()?;
+        for (daemon, min, max) in [
+            (scratch.path().join("absent.sock"), 0, 1000),
+            (hanging, 1300, 1950),
+        ] {
+            let socket = scratch.path().join(format!("{}.sock", unique_name("nri")));
+            let runtime = NriRuntime::bind(&socket, PeerOptions::default())?;
+            let plugin = PluginProcess::dial(&socket, &daemon, &scratch)?;
+            let conn = runtime.accept(WAIT).await?;
+            conn.handshake().await?;
+            let pod = pod_sandbox("default", "web", &sandbox_id(), Some(&netns.path()), &[]);
+            let started = Instant::now();
+            let (code, message) =
+                status_of(conn.run_pod_sandbox(&pod).await).with_context(|| plugin.log())?;
+            let took = started.elapsed().as_millis();
+            assert_eq!(code, 14, "UNAVAILABLE: {message}");
+            assert!(message.contains(&daemon.display().to_string()), "{message}");
+            assert!(
+                (min..max).contains(&took),
+                "answered after {took} ms ({message})"
+            );
+            assert!(conn.violations().is_empty(), "{:?}", conn.violations());
+        }
+        Ok(())
+    })
+}
