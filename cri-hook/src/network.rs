@@ -223,6 +223,16 @@ fn network_pod(
     })
 }
 
+/// Whether two paths name the same network namespace (same nsfs device and inode, whatever
+/// the path: a bind mount, `/proc/<pid>/ns/net`, a symlink).
+fn same_namespace(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 impl PodNetwork for DaemonNetwork {
     async fn ensure(
         &self,
@@ -231,12 +241,26 @@ impl PodNetwork for DaemonNetwork {
         annotations: BTreeMap<String, String>,
         deadline: Instant,
     ) -> Result<NetworkPod, NetworkError> {
-        let answer = self
+        let pod = self
             .run("AttachPod", deadline, |mut client| async move {
-                client.attach_pod(name, netns, annotations).await
+                match client.attach_pod(name, netns, annotations).await {
+                    Ok(answer) => Ok(answer.pod),
+                    // The CNI entry wires the same sandbox under the same derived name (with its
+                    // own owner annotations, hence the conflict). If that pod holds this very
+                    // namespace, the sandbox's network is already ensured.
+                    Err(conflict) if conflict.code() == Some(tonic::Code::AlreadyExists) => {
+                        match client.get_pod(name).await?.pod {
+                            Some(existing) if same_namespace(Path::new(&existing.netns), netns) => {
+                                Ok(Some(existing))
+                            }
+                            _ => Err(conflict),
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
             })
             .await?;
-        network_pod("AttachPod", answer.pod)
+        network_pod("AttachPod", pod)
     }
 
     async fn get(

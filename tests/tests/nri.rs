@@ -17,6 +17,7 @@
 //! Each test checks the peer saw no protocol violation. Pod network namespaces are made
 //! with `ip netns add` under unique names and deleted by guards.
 
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -433,6 +434,96 @@ fn nri_run_stop_remove_pod_sandbox() -> Result<()> {
         env.conn.run_pod_sandbox(&host).await?;
         assert!(env.daemon_pod(&daemon_name(&host)).await?.is_none());
         env.no_violations()
+    })
+}
+
+/// containerd runs CNI before RunPodSandbox reaches NRI: when our CNI entry already wired the
+/// sandbox, RunPodSandbox must succeed on that same pod instead of conflicting with it.
+#[test]
+fn nri_run_pod_sandbox_already_wired_by_the_cni_entry() -> Result<()> {
+    if !require_root("nri_run_pod_sandbox_already_wired_by_the_cni_entry") {
+        return Ok(());
+    }
+    run_async(async {
+        let env = Env::start().await?;
+        env.conn.synchronize(vec![], vec![]).await?;
+        let netns = PodNetns::new()?;
+        let pod = pod_sandbox(
+            "default",
+            "cnifirst",
+            &sandbox_id(),
+            Some(&netns.path()),
+            &[],
+        );
+        let name = daemon_name(&pod);
+
+        let config = serde_json::json!({
+            "cniVersion": "1.1.0",
+            "name": "nhtest",
+            "type": "netns-holder",
+            "daemonSocket": env.daemon.socket(),
+        });
+        let mut cni = Command::new(cri_hook_binary())
+            .env_clear()
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", &pod.id)
+            .env("CNI_NETNS", netns.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/opt/cni/bin")
+            .env(
+                "CNI_ARGS",
+                format!(
+                    "K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+                    pod.namespace, pod.name
+                ),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        cni.stdin
+            .take()
+            .context("stdin")?
+            .write_all(config.to_string().as_bytes())?;
+        let added = cni.wait_with_output()?;
+        ensure!(
+            added.status.success(),
+            "CNI ADD failed: {}{}",
+            String::from_utf8_lossy(&added.stdout),
+            String::from_utf8_lossy(&added.stderr)
+        );
+        let by_cni = env
+            .daemon_pod(&name)
+            .await?
+            .context("CNI ADD made no pod of that name")?;
+        ensure!(
+            by_cni
+                .annotations
+                .get("netns-holder.io/owner")
+                .map(String::as_str)
+                == Some("cni")
+        );
+
+        env.conn
+            .run_pod_sandbox(&pod)
+            .await
+            .with_context(|| env.plugin.log())?;
+        let after = env
+            .daemon_pod(&name)
+            .await?
+            .context("pod gone after RunPodSandbox")?;
+        ensure!(
+            after.ips == by_cni.ips,
+            "RunPodSandbox rewired the pod: {:?} -> {:?}",
+            by_cni.ips,
+            after.ips
+        );
+        ensure!(
+            after.host_veth == by_cni.host_veth,
+            "a second veth was made"
+        );
+        env.ping(&after.ips[0])?;
+        Ok(())
     })
 }
 
