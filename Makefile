@@ -88,9 +88,11 @@ test: deps pause lint
 
 ## bench: pause footprint vs catatonit -P; pod create/remove vs the CNI reference chain
 bench: pause
-	$(CARGO) build -p netns-holder -p nh-tests --release --locked
+	$(CARGO) build -p netns-holder -p cri-hook -p nh-tests --release --locked
 	$(TARGET)/release/bench_pause
 	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_pods
+	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder CRI_HOOK_BIN=$(TARGET)/release/cri-hook \
+		$(TARGET)/release/bench_nri
 
 ## install: binaries, the pause, the systemd unit and a config (honours PREFIX, DESTDIR)
 install: build
