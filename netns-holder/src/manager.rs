@@ -1449,6 +1449,55 @@ impl<S: System> PodManager<S> {
         report
     }
 
+    /// Restarts, into the same namespace, the pause of every ready pod whose pause has died;
+    /// returns those pods. Nothing else is repaired here (that is `check --repair`'s job): a
+    /// pod whose pause died must not stay without a holder until someone looks. Costs one
+    /// `/proc` read per pod when nothing died.
+    pub async fn restart_dead_pauses(&self) -> Vec<PodName> {
+        let mut restarted = Vec::new();
+        let candidates = self
+            .records()
+            .into_iter()
+            .filter(|r| r.phase == Phase::Ready && r.wants_pause());
+        for record in candidates {
+            if let Some(pause) = record.pause
+                && self.system.pause_alive(&pause).await.unwrap_or(true)
+            {
+                continue;
+            }
+            let _shared = self.barrier.read().await;
+            let _pod = self.pod_locks.lock(&record.name).await;
+            // Removed, replaced or repaired while we waited for the lock: not ours to touch.
+            match self.record(&record.name) {
+                Some(current) if current.phase == Phase::Ready && current.pause == record.pause => {
+                }
+                _ => continue,
+            }
+            let start = [Action::StartPause {
+                id: record.id.clone(),
+                netns: record.netns.clone(),
+            }];
+            let result = executor::apply_best_effort(&self.system, &start, &self.log).await;
+            let Some(pause) = result.pause else {
+                for failure in &result.failures {
+                    warn!(self.log, "cannot restart the pause"; "pod" => %record.name, "error" => %failure);
+                }
+                continue;
+            };
+            let mut inner = self.inner();
+            if let Some(r) = inner.state.pods.get_mut(&record.name) {
+                r.pause = Some(pause);
+            }
+            if let Err(e) = self.save(&mut inner) {
+                warn!(self.log, "cannot record the restarted pause"; "pod" => %record.name, "error" => %e);
+            }
+            info!(self.log, "pause died, restarted in the same namespace";
+                "pod" => %record.name, "old" => ?record.pause.map(|p| p.pid), "new" => pause.pid);
+            restarted.push(record.name.clone());
+        }
+        restarted
+    }
+
     /// Removes every pod whose name or id is not in `keep`.
     pub async fn gc(&self, keep: &BTreeSet<String>) -> GcReport {
         let _exclusive = self.barrier.write().await;

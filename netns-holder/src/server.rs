@@ -26,6 +26,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use slog::{Logger, debug, info, o, warn};
 use thiserror::Error;
@@ -581,8 +582,50 @@ pub async fn run_daemon<S: System>(
     let manager = PodManager::open(config, system, log.clone())?;
     let report = manager.reconcile().await;
     log_report(&log, "reconcile", &report);
-    serve(Arc::new(manager), socket, shutdown, log).await?;
+    let manager = Arc::new(manager);
+    let watcher = tokio::spawn(watch_pauses(
+        manager.clone(),
+        log.new(o!("component" => "pauses")),
+    ));
+    let served = serve(manager, socket, shutdown, log).await;
+    watcher.abort();
+    served?;
     Ok(())
+}
+
+/// How often pauses that are not our children (started by an earlier daemon, so no SIGCHLD
+/// reaches us when they die) are checked.
+pub const PAUSE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Restarts dead pauses: at once when one of ours exits (SIGCHLD), and every
+/// [`PAUSE_CHECK_INTERVAL`] for those adopted from an earlier daemon.
+async fn watch_pauses<S: System>(manager: Arc<PodManager<S>>, log: Logger) {
+    let mut children = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            warn!(log, "no SIGCHLD stream; dead pauses are found by the periodic check only"; "error" => %e);
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(PAUSE_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        match children.as_mut() {
+            Some(stream) => {
+                tokio::select! {
+                    _ = stream.recv() => {}
+                    _ = tick.tick() => {}
+                }
+            }
+            None => {
+                tick.tick().await;
+            }
+        }
+        let restarted = manager.restart_dead_pauses().await;
+        if !restarted.is_empty() {
+            debug!(log, "pauses restarted"; "pods" => restarted.len());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -684,6 +684,69 @@ fn pause_runs_without_any_privilege() -> Result<()> {
     )
 }
 
+/// Kills the pod's pause with SIGKILL and waits until the daemon reports a new, live pause
+/// holding the same namespace; returns it.
+fn kill_pause_and_await_restart(daemon: &Daemon, pod: &Pod, within: Duration) -> Result<u32> {
+    let old = pod.pause_pid.context("the pod has no pause")?;
+    // SAFETY: plain kill of the pause our daemon started for this test's pod.
+    let killed = unsafe { libc::kill(old as libc::pid_t, libc::SIGKILL) };
+    ensure!(killed == 0, "kill {old}: {}", std::io::Error::last_os_error());
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(now) = inspect(daemon, &pod.name)?
+            && let Some(new) = now.pause_pid
+            && new != old
+            && Path::new(&format!("/proc/{new}")).exists()
+        {
+            ensure!(
+                netns_id(&pod.netns)? == netns_id(Path::new(&format!("/proc/{new}/ns/net")))?,
+                "the restarted pause {new} is not in the pod's namespace"
+            );
+            return Ok(new);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "pause {old} of {} not restarted within {within:?}",
+            pod.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_dead_pause_is_restarted_into_the_same_namespace() -> Result<()> {
+    if !require_root("a_dead_pause_is_restarted_into_the_same_namespace") {
+        return Ok(());
+    }
+    on_node(
+        "a_dead_pause_is_restarted_into_the_same_namespace",
+        DaemonOptions::default(),
+        |node, daemon| {
+            let mut pod = create(daemon, &unique_name("phoenix"))?;
+            // Our own child: SIGCHLD makes the daemon restart it at once.
+            pod.pause_pid = Some(kill_pause_and_await_restart(
+                daemon,
+                &pod,
+                Duration::from_secs(3),
+            )?);
+            check_no_drift(daemon)?;
+            assert_pod_works(node, &pod)?;
+            // After a daemon restart the pause is no longer its child: the periodic check finds it.
+            daemon.stop()?;
+            daemon.spawn()?;
+            pod.pause_pid = Some(kill_pause_and_await_restart(
+                daemon,
+                &pod,
+                Duration::from_secs(15),
+            )?);
+            check_no_drift(daemon)?;
+            assert_pod_works(node, &pod)?;
+            remove(daemon, &pod.name)?;
+            assert_nothing_left(node, daemon, &[pod])
+        },
+    )
+}
+
 /// The `inet` addresses in `busybox ip -o addr show` output, as `ip/prefix` strings.
 fn busybox_inet(output: &str) -> Vec<String> {
     output
