@@ -1,15 +1,19 @@
 //! The node facts host ports depend on, outside nftables:
 //!
 //! * [`listeners`]: sockets of the node namespace that hold a port (TCP listeners, bound
-//!   unconnected UDP sockets), read from `/proc/thread-self/net/{tcp,tcp6,udp,udp6}` by a
-//!   thread that entered the node namespace (those files show the namespace of the reading
-//!   thread). Their owners are found only when there is a match (a scan of `/proc/*/fd` for
-//!   the socket's inode), i.e. only on the error path.
+//!   unconnected UDP sockets), from `NETLINK_SOCK_DIAG` dumps on a socket created by a
+//!   thread in the node namespace. The TCP dump asks for `LISTEN` sockets only, so the kernel
+//!   walks just the listening hash, whereas reading `/proc/net/tcp` walks the whole
+//!   established hash of the machine (shared by every namespace): 2.3 ms per `read` call
+//!   here, 15 ms per create. Owners are found only when there is a match (a scan of
+//!   `/proc/*/fd` for the socket's inode), i.e. only on the error path.
 //! * [`flush_conntrack`]: deletes UDP conntrack entries with the `conntrack` tool (run in the
 //!   node namespace). Only pods with UDP ports pay for it.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use rtnetlink::sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 
 use super::LinuxSystem;
 use super::nft::{run_in_node, tool};
@@ -18,59 +22,105 @@ use crate::firewall::{ConntrackFlush, Listener};
 use crate::ports::{Family, Protocol};
 use crate::system::SystemError;
 
-/// TCP state `LISTEN` in `/proc/net/tcp`.
-const TCP_LISTEN: &str = "0A";
-/// UDP "state" of a socket that is bound but not connected (`TCP_CLOSE`).
-const UDP_UNCONNECTED: &str = "07";
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_DUMP: u16 = 0x300;
+/// TCP state `LISTEN`.
+const TCP_LISTEN: u8 = 10;
+/// The "state" of a bound, unconnected UDP socket (`TCP_CLOSE`).
+const UDP_UNCONNECTED: u8 = 7;
+/// Size of `struct inet_diag_msg`.
+const DIAG_MSG_LEN: usize = 72;
 
-/// One parsed line of `/proc/net/{tcp,udp}[6]`.
+/// One socket of a sock_diag dump.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ProcSocket {
+pub(crate) struct DiagSocket {
+    pub(crate) state: u8,
     pub(crate) address: IpAddr,
     pub(crate) port: u16,
     pub(crate) remote_port: u16,
-    pub(crate) state: String,
-    pub(crate) inode: u64,
+    pub(crate) inode: u32,
 }
 
-/// Parses `ADDR:PORT` of `/proc/net/*`: the address is the in-memory bytes of each 32-bit
-/// word in host order, printed as hex.
-fn parse_endpoint(text: &str) -> Option<(IpAddr, u16)> {
-    let (addr, port) = text.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let words: Vec<u32> = (0..addr.len() / 8)
-        .map(|i| u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16).ok())
-        .collect::<Option<_>>()?;
-    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    let ip = match bytes.len() {
-        4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?)),
-        16 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?)),
-        _ => return None,
-    };
-    Some((ip, port))
+/// The `SOCK_DIAG_BY_FAMILY` dump request (`struct inet_diag_req_v2`) for sockets of
+/// `family`/`protocol` in `state`.
+pub(crate) fn diag_request(family: u8, protocol: u8, state: u8, seq: u32) -> Vec<u8> {
+    let mut m = Vec::with_capacity(72);
+    m.extend_from_slice(&72u32.to_ne_bytes());
+    m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&[family, protocol, 0, 0]);
+    m.extend_from_slice(&(1u32 << state).to_ne_bytes());
+    m.extend_from_slice(&[0u8; 48]); // struct inet_diag_sockid: no filter
+    m
 }
 
-/// Parses a `/proc/net/{tcp,udp}[6]` table.
-pub(crate) fn parse_proc_net(text: &str) -> Vec<ProcSocket> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (address, port) = parse_endpoint(f.get(1)?)?;
-            let (_, remote_port) = parse_endpoint(f.get(2)?)?;
-            Some(ProcSocket {
-                address,
-                port,
-                remote_port,
-                state: f.get(3)?.to_string(),
-                inode: f.get(9)?.parse().ok()?,
-            })
-        })
-        .collect()
+/// Parses the `inet_diag_msg`s of one receive buffer; `Ok(true)` once the dump is done.
+pub(crate) fn parse_diag(buf: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool, i32> {
+    let mut at = 0;
+    while at + 16 <= buf.len() {
+        let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
+        if len < 16 || at + len > buf.len() {
+            break;
+        }
+        let body = &buf[at + 16..at + len];
+        match kind {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR if body.len() >= 4 => {
+                let code = i32::from_ne_bytes(body[..4].try_into().expect("4 bytes"));
+                if code != 0 {
+                    return Err(-code);
+                }
+            }
+            SOCK_DIAG_BY_FAMILY if body.len() >= DIAG_MSG_LEN => {
+                let address = match body[0] {
+                    2 => IpAddr::V4(Ipv4Addr::from(
+                        <[u8; 4]>::try_from(&body[8..12]).expect("4 bytes"),
+                    )),
+                    _ => IpAddr::V6(Ipv6Addr::from(
+                        <[u8; 16]>::try_from(&body[8..24]).expect("16 bytes"),
+                    )),
+                };
+                out.push(DiagSocket {
+                    state: body[1],
+                    port: u16::from_be_bytes([body[4], body[5]]),
+                    remote_port: u16::from_be_bytes([body[6], body[7]]),
+                    address,
+                    inode: u32::from_ne_bytes(body[68..72].try_into().expect("4 bytes")),
+                });
+            }
+            _ => {}
+        }
+        at += (len + 3) & !3;
+    }
+    Ok(false)
+}
+
+/// Dumps the sockets of `family`/`protocol` in `state` (in the namespace `socket` was made in).
+fn dump(socket: &Socket, family: u8, protocol: u8, state: u8) -> std::io::Result<Vec<DiagSocket>> {
+    socket.send(&diag_request(family, protocol, state, 1), 0)?;
+    let mut out = Vec::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+    loop {
+        buf.clear();
+        socket.recv(&mut buf, 0)?;
+        match parse_diag(&buf, &mut out) {
+            Ok(true) => return Ok(out),
+            Ok(false) => {}
+            // No IPv6 (or no UDP diag) in this kernel or namespace: nothing to report.
+            Err(libc::EAFNOSUPPORT) | Err(libc::ENOENT) => return Ok(Vec::new()),
+            Err(errno) => return Err(std::io::Error::from_raw_os_error(errno)),
+        }
+    }
 }
 
 /// The holder of a socket inode: `pid N (comm)`, scanning `/proc/*/fd`.
-fn owner_of(inode: u64) -> Option<String> {
+fn owner_of(inode: u32) -> Option<String> {
     let target = format!("socket:[{inode}]");
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry
@@ -103,26 +153,24 @@ pub(crate) async fn listeners(
     let ports = ports.to_vec();
     let object = "sockets in the node namespace";
     thread::run(object, Some(NsFd::Shared(sys.node.clone())), move || {
-        let mut found: BTreeMap<(Protocol, u16, IpAddr), u64> = BTreeMap::new();
-        for (file, protocol, state) in [
-            ("tcp", Protocol::Tcp, TCP_LISTEN),
-            ("tcp6", Protocol::Tcp, TCP_LISTEN),
-            ("udp", Protocol::Udp, UDP_UNCONNECTED),
-            ("udp6", Protocol::Udp, UDP_UNCONNECTED),
+        let socket = Socket::new(NETLINK_SOCK_DIAG)
+            .map_err(|e| SystemError::io(format!("{object}: sock_diag socket"), e))?;
+        let mut found: BTreeMap<(Protocol, u16, IpAddr), u32> = BTreeMap::new();
+        for (protocol, number, state) in [
+            (Protocol::Tcp, libc::IPPROTO_TCP as u8, TCP_LISTEN),
+            (Protocol::Udp, libc::IPPROTO_UDP as u8, UDP_UNCONNECTED),
         ] {
             if !ports.iter().any(|(p, _)| *p == protocol) {
                 continue;
             }
-            let path = format!("/proc/thread-self/net/{file}");
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                // No IPv6 in the namespace.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(SystemError::io(path, e)),
-            };
-            for s in parse_proc_net(&text) {
-                if s.state == state && s.remote_port == 0 && ports.contains(&(protocol, s.port)) {
-                    found.insert((protocol, s.port, s.address), s.inode);
+            for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+                let sockets = dump(&socket, family, number, state)
+                    .map_err(|e| SystemError::io(format!("{object}: {protocol} dump"), e))?;
+                for s in sockets {
+                    if s.state == state && s.remote_port == 0 && ports.contains(&(protocol, s.port))
+                    {
+                        found.insert((protocol, s.port, s.address), s.inode);
+                    }
                 }
             }
         }
@@ -203,29 +251,62 @@ pub(crate) async fn flush_conntrack(
 mod tests {
     use super::*;
 
+    fn diag_message(family: u8, state: u8, addr: &[u8], port: u16, inode: u32) -> Vec<u8> {
+        let mut body = vec![family, state, 0, 0];
+        body.extend_from_slice(&port.to_be_bytes());
+        body.extend_from_slice(&0u16.to_be_bytes());
+        let mut src = addr.to_vec();
+        src.resize(16, 0);
+        body.extend_from_slice(&src);
+        body.extend_from_slice(&[0u8; 16 + 4 + 8 + 16]);
+        body.extend_from_slice(&inode.to_ne_bytes());
+        let mut m = Vec::new();
+        m.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        m.extend_from_slice(&[0u8; 10]);
+        m.extend_from_slice(&body);
+        m
+    }
+
     #[test]
-    fn proc_net_parses_v4_and_v6() {
-        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0
-   1: 0200F40A:0050 0100F40A:D431 01 00000000:00000000 00:00000000 00000000     0        0 0 1 0000000000000000 20 4 30 10 -1
-";
-        let v = parse_proc_net(tcp);
-        assert_eq!(v.len(), 2);
-        assert_eq!(v[0].address, "127.0.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(v[0].port, 8080);
-        assert_eq!(v[0].state, "0A");
-        assert_eq!(v[0].inode, 12345);
-        assert_eq!(v[1].address, "10.244.0.2".parse::<IpAddr>().unwrap());
-        assert_eq!(v[1].remote_port, 0xd431);
-        let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 777 1 0000000000000000 100 0 0 10 0
-   1: 0000FDFD000000000000000001000000:0035 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 778 2 0000000000000000 0
-";
-        let v = parse_proc_net(tcp6);
-        assert_eq!(v[0].address, "::".parse::<IpAddr>().unwrap());
-        assert_eq!(v[0].port, 8080);
-        assert_eq!(v[1].address, "fdfd::1".parse::<IpAddr>().unwrap());
-        assert_eq!(v[1].port, 53);
+    fn diag_request_and_replies() {
+        let r = diag_request(2, 6, TCP_LISTEN, 7);
+        assert_eq!(r.len(), 72);
+        assert_eq!(u32::from_ne_bytes(r[20..24].try_into().unwrap()), 1 << 10);
+        let mut buf = diag_message(2, TCP_LISTEN, &[127, 0, 0, 1], 8080, 12345);
+        buf.extend(diag_message(
+            10,
+            UDP_UNCONNECTED,
+            &"fdfd::1".parse::<Ipv6Addr>().unwrap().octets(),
+            53,
+            778,
+        ));
+        let mut out = Vec::new();
+        assert_eq!(parse_diag(&buf, &mut out), Ok(false));
+        assert_eq!(
+            out,
+            [
+                DiagSocket {
+                    state: TCP_LISTEN,
+                    address: "127.0.0.1".parse().unwrap(),
+                    port: 8080,
+                    remote_port: 0,
+                    inode: 12345
+                },
+                DiagSocket {
+                    state: UDP_UNCONNECTED,
+                    address: "fdfd::1".parse().unwrap(),
+                    port: 53,
+                    remote_port: 0,
+                    inode: 778
+                }
+            ]
+        );
+        let mut done = vec![20, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(parse_diag(&done, &mut out), Ok(true));
+        done[4] = 2;
+        done[16..20].copy_from_slice(&(-libc::EPERM).to_ne_bytes());
+        assert_eq!(parse_diag(&done, &mut out), Err(libc::EPERM));
     }
 
     #[test]
