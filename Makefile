@@ -94,6 +94,23 @@ bench: pause
 	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder CRI_HOOK_BIN=$(TARGET)/release/cri-hook \
 		$(TARGET)/release/bench_nri
 
+# `make fuzz`: the proptest fuzz targets of cri-hook (ttRPC/mux, and every other parser of
+# outside input) with FUZZ_CASES cases each, each target stopping after FUZZ_SECONDS and each
+# test binary killed after FUZZ_TIMEOUT seconds; the corpus is tests/fuzz-corpus/.
+FUZZ_CASES ?= 1000000
+FUZZ_SECONDS ?= 30
+FUZZ_TIMEOUT ?= 900
+FUZZ_TESTS := fuzz_corpus fuzz_parsers fuzz
+.PHONY: fuzz
+
+## fuzz: every fuzz target with many cases, each bounded in time (FUZZ_CASES, FUZZ_SECONDS)
+fuzz:
+	$(CARGO) test -p cri-hook --locked --no-run $(addprefix --test ,$(FUZZ_TESTS))
+	for t in $(FUZZ_TESTS); do \
+		FUZZ_CASES=$(FUZZ_CASES) FUZZ_SECONDS=$(FUZZ_SECONDS) PROPTEST_CASES=$(FUZZ_CASES) \
+			timeout $(FUZZ_TIMEOUT) $(CARGO) test -p cri-hook --locked --test $$t -- --nocapture; \
+	done
+
 ## install: binaries, the pause, the systemd unit and a config (honours PREFIX, DESTDIR)
 install: build
 	install -D -m 0755 $(TARGET)/release/netns-holder $(DESTDIR)$(BINDIR)/netns-holder
