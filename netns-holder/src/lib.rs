@@ -36,6 +36,7 @@ pub mod names;
 pub mod peers;
 pub mod plan;
 pub mod ports;
+pub mod privileges;
 pub mod server;
 pub mod spec;
 pub mod state;

@@ -34,6 +34,15 @@ fn root_logger(verbose: bool) -> (Logger, slog_async::AsyncGuard) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any other thread exists (capabilities are per thread): the logger thread and
+    // the runtime's workers then start with only what the daemon needs.
+    if matches!(cli.command, Command::Serve(_))
+        && nix::unistd::geteuid().is_root()
+        && let Err(e) = netns_holder::privileges::drop_privileges()
+    {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let (log, guard) = root_logger(cli.verbose);
     let socket = cli.socket.clone();
     let code = match cli.command {

@@ -684,13 +684,78 @@ fn pause_runs_without_any_privilege() -> Result<()> {
     )
 }
 
+#[test]
+fn daemon_threads_keep_only_the_capabilities_they_need() -> Result<()> {
+    if !require_root("daemon_threads_keep_only_the_capabilities_they_need") {
+        return Ok(());
+    }
+    // NET_ADMIN (12), SYS_ADMIN (21), SYS_PTRACE (19), DAC_READ_SEARCH (2), KILL (5),
+    // SETUID (7), SETGID (6).
+    let expected = format!(
+        "{:016x}",
+        (1u64 << 12) | (1 << 21) | (1 << 19) | (1 << 2) | (1 << 5) | (1 << 7) | (1 << 6)
+    );
+    on_node(
+        "daemon_threads_keep_only_the_capabilities_they_need",
+        DaemonOptions::default(),
+        |node, daemon| {
+            // Exercise it first, so every worker thread exists and has done privileged work.
+            let pod = create(daemon, &unique_name("caps"))?;
+            assert_pod_works(node, &pod)?;
+            let pid = daemon.pid().context("daemon not running")?;
+            let mut threads = 0;
+            for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+                let status = std::fs::read_to_string(task?.path().join("status"))?;
+                let field = |key: &str| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix(&format!("{key}:\t")))
+                        .unwrap_or("?")
+                        .to_string()
+                };
+                for (set, want) in [
+                    ("CapEff", &expected),
+                    ("CapPrm", &expected),
+                    ("CapBnd", &expected),
+                ] {
+                    ensure!(
+                        field(set) == *want,
+                        "thread {}: {set} {} want {want}",
+                        field("Pid"),
+                        field(set)
+                    );
+                }
+                for set in ["CapInh", "CapAmb"] {
+                    ensure!(
+                        field(set) == "0000000000000000",
+                        "thread {}: {set} {}",
+                        field("Pid"),
+                        field(set)
+                    );
+                }
+                threads += 1;
+            }
+            ensure!(
+                threads > 1,
+                "expected a multi-threaded daemon, saw {threads} thread(s)"
+            );
+            remove(daemon, &pod.name)?;
+            assert_nothing_left(node, daemon, &[pod])
+        },
+    )
+}
+
 /// Kills the pod's pause with SIGKILL and waits until the daemon reports a new, live pause
 /// holding the same namespace; returns it.
 fn kill_pause_and_await_restart(daemon: &Daemon, pod: &Pod, within: Duration) -> Result<u32> {
     let old = pod.pause_pid.context("the pod has no pause")?;
     // SAFETY: plain kill of the pause our daemon started for this test's pod.
     let killed = unsafe { libc::kill(old as libc::pid_t, libc::SIGKILL) };
-    ensure!(killed == 0, "kill {old}: {}", std::io::Error::last_os_error());
+    ensure!(
+        killed == 0,
+        "kill {old}: {}",
+        std::io::Error::last_os_error()
+    );
     let deadline = Instant::now() + within;
     loop {
         if let Some(now) = inspect(daemon, &pod.name)?
