@@ -33,6 +33,7 @@ pub mod ipam;
 pub mod linux;
 pub mod manager;
 pub mod names;
+pub mod netns_path;
 pub mod peers;
 pub mod plan;
 pub mod ports;

@@ -745,6 +745,131 @@ fn daemon_threads_keep_only_the_capabilities_they_need() -> Result<()> {
     )
 }
 
+/// `ip netns del` and unmount of what the attach test made, even when it fails.
+struct AttachFixture {
+    netns_name: String,
+    bind: std::path::PathBuf,
+    sleeper: Option<ChildGuard>,
+}
+
+impl Drop for AttachFixture {
+    fn drop(&mut self) {
+        self.sleeper = None;
+        let _ = Command::new("umount").arg(&self.bind).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns_name])
+            .status();
+    }
+}
+
+#[test]
+fn attach_accepts_only_pod_namespaces_in_their_places() -> Result<()> {
+    if !require_root("attach_accepts_only_pod_namespaces_in_their_places") {
+        return Ok(());
+    }
+    on_node(
+        "attach_accepts_only_pod_namespaces_in_their_places",
+        DaemonOptions::default(),
+        |node, daemon| {
+            let scratch = ScratchDir::new("att")?;
+            let mut fixture = AttachFixture {
+                netns_name: unique_name("nha"),
+                bind: scratch.path().join("elsewhere"),
+                sleeper: None,
+            };
+            run_ok(Command::new("ip").args(["netns", "add", &fixture.netns_name]))?;
+            let system_path = std::path::PathBuf::from("/run/netns").join(&fixture.netns_name);
+            // The same real namespace, bind-mounted outside the accepted directories.
+            std::fs::write(&fixture.bind, b"")?;
+            run_ok(
+                Command::new("mount")
+                    .arg("--bind")
+                    .arg(&system_path)
+                    .arg(&fixture.bind),
+            )?;
+            // A symlink inside the daemon's own netns dir.
+            std::fs::create_dir_all(daemon.netns_dir())?;
+            let link = daemon.netns_dir().join("sneaky");
+            std::os::unix::fs::symlink(&system_path, &link)?;
+            let daemon_pid = daemon.pid().context("daemon pid")?;
+            let refusals = [
+                (fixture.bind.clone(), "not in"),
+                (link.clone(), "symlink"),
+                (
+                    std::path::PathBuf::from(format!("/proc/{daemon_pid}/ns/net")),
+                    "the daemon's own",
+                ),
+                (std::path::PathBuf::from("/proc/self/ns/net"), "symlink"),
+            ];
+            let before = daemon.cli_json(&["status"])?;
+            for (path, why) in &refusals {
+                let out = daemon.cli(&[
+                    "pod",
+                    "attach",
+                    "refused",
+                    "--netns",
+                    &path.display().to_string(),
+                ])?;
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                ensure!(
+                    !out.status.success(),
+                    "attach of {} was accepted",
+                    path.display()
+                );
+                ensure!(
+                    stderr.contains(why) && stderr.contains(&path.display().to_string()),
+                    "attach of {}: want an error naming it and saying {why:?}, got {stderr}",
+                    path.display()
+                );
+            }
+            ensure!(
+                daemon.cli_json(&["status"])? == before,
+                "a refused attach changed the daemon's state"
+            );
+            ensure!(
+                node.links()?
+                    .iter()
+                    .all(|l| !l.starts_with("nh") || l == &daemon.bridge()),
+                "a refused attach left a link"
+            );
+            std::fs::remove_file(&link)?;
+
+            // Accepted: a namespace in /run/netns, and a process's own namespace link.
+            let named = daemon.cli_json(&[
+                "pod",
+                "attach",
+                "named",
+                "--netns",
+                &system_path.display().to_string(),
+            ])?;
+            ensure!(
+                named["netns"] == system_path.display().to_string(),
+                "{named}"
+            );
+            remove(daemon, "named")?;
+            fixture.sleeper = Some(ChildGuard::spawn(
+                Command::new("unshare").args(["--net", "sleep", "60"]),
+            )?);
+            let pid = fixture.sleeper.as_ref().map(ChildGuard::pid).unwrap_or(0);
+            let proc_path = format!("/proc/{pid}/ns/net");
+            ensure!(
+                nh_tests::wait_until(Duration::from_secs(5), || netns_id(Path::new(&proc_path))
+                    .ok()
+                    .zip(netns_id(Path::new("/proc/self/ns/net")).ok())
+                    .is_some_and(|(a, b)| a != b)),
+                "unshare --net never entered its namespace"
+            );
+            let by_pid = daemon.cli_json(&["pod", "attach", "bypid", "--netns", &proc_path])?;
+            ensure!(
+                by_pid["ips"].as_array().is_some_and(|ips| !ips.is_empty()),
+                "{by_pid}"
+            );
+            remove(daemon, "bypid")?;
+            check_no_drift(daemon)
+        },
+    )
+}
+
 /// Kills the pod's pause with SIGKILL and waits until the daemon reports a new, live pause
 /// holding the same namespace; returns it.
 fn kill_pause_and_await_restart(daemon: &Daemon, pod: &Pod, within: Duration) -> Result<u32> {
