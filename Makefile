@@ -93,6 +93,7 @@ bench: pause
 	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_pods
 	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder CRI_HOOK_BIN=$(TARGET)/release/cri-hook \
 		$(TARGET)/release/bench_nri
+	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_hostports
 
 # `make fuzz`: the proptest fuzz targets of cri-hook (ttRPC/mux, and every other parser of
 # outside input) with FUZZ_CASES cases each, each target stopping after FUZZ_SECONDS and each
