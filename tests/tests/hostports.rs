@@ -195,6 +195,10 @@ fn host_ports_reach_the_pod_from_the_client_the_node_and_the_pods() -> Result<()
     // packet from its own address); another pod of this node too.
     assert_eq!(tcp_probe(&web.netns, at(NODE_IP, 8080))?, gateway);
     assert_eq!(tcp_probe(&web.netns, at("10.244.10.1", 8080))?, gateway);
+    assert_eq!(
+        tcp_probe(&web.netns, at(NODE_IP6, 8080))?,
+        ip("fd00:10:244:a::1")
+    );
     let other = site.create("other", &[])?;
     assert_eq!(tcp_probe(&other.netns, at(NODE_IP, 8080))?, gateway);
     // Pod to pod directly: no NAT at all.
