@@ -936,6 +936,37 @@ fn nftables_table_and_element_batches() {
             sorted(vec![first[0], first[1], second[2], second[3]])
         );
 
+        // The per-pod path's cost, printed (not asserted): one element added and deleted
+        // through netlink, with 1 and with 10 000 elements in the map.
+        for size in [1u16, 10_000] {
+            let filler: Vec<HostPortElement> = (0..size)
+                .map(|i| elem(HostPortMap::AnyV4, None, 20_000 + i, "10.88.0.9"))
+                .collect();
+            sys.replace_table(&FirewallTable {
+                base: base.clone(),
+                elements: filler,
+            })
+            .await
+            .expect("replace with filler");
+            let one = [elem(HostPortMap::V4, Some("10.0.0.1"), 1, "10.88.0.9")];
+            let mut adds = Vec::new();
+            let mut deletes = Vec::new();
+            for _ in 0..200 {
+                let t = Instant::now();
+                sys.add_elements(&one).await.expect("add");
+                adds.push(t.elapsed());
+                let t = Instant::now();
+                assert_eq!(sys.delete_elements(&one).await.expect("delete"), 1);
+                deletes.push(t.elapsed());
+            }
+            adds.sort();
+            deletes.sort();
+            eprintln!(
+                "netlink element batch with {size} element(s) in the map: add median {:?}, delete median {:?}",
+                adds[100], deletes[100]
+            );
+        }
+
         // Replacing again swaps everything in one go; a flushed ruleset reads as no table.
         sys.replace_table(&FirewallTable {
             base: base.clone(),
