@@ -30,9 +30,28 @@ pub fn netns_holder_binary() -> PathBuf {
     path
 }
 
+/// The test-only daemon with its crash switch (`netns-holder-fault`, built with the
+/// `fault-injection` feature by `cargo test --workspace`; `$NETNS_HOLDER_FAULT_BIN`
+/// overrides).
+pub fn fault_binary() -> PathBuf {
+    let path = std::env::var_os("NETNS_HOLDER_FAULT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("debug").join("netns-holder-fault"));
+    assert!(
+        path.is_file(),
+        "test-only daemon {} not found: run `make test`, `cargo test --workspace`, or \
+         `cargo build -p netns-holder --features fault-injection --bin netns-holder-fault` \
+         (or set NETNS_HOLDER_FAULT_BIN)",
+        path.display()
+    );
+    path
+}
+
 /// A network namespace standing in for a node, deleted on drop.
 pub struct Node {
     name: String,
+    /// Links the test made itself (underlays, dummies), not the daemon.
+    test_links: std::sync::Mutex<Vec<String>>,
 }
 
 impl Node {
@@ -40,9 +59,45 @@ impl Node {
     pub fn new() -> Result<Self> {
         let name = unique_name("nhn");
         run_ok(Command::new("ip").args(["netns", "add", &name]))?;
-        let node = Self { name };
+        let node = Self {
+            name,
+            test_links: std::sync::Mutex::new(Vec::new()),
+        };
         node.run(&["ip", "link", "set", "lo", "up"])?;
         Ok(node)
+    }
+
+    /// The links the test made in this node ([`Node::veth_to`], [`Node::add_underlay`]).
+    pub fn test_links(&self) -> Vec<String> {
+        self.test_links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn record_test_link(&self, link: &str) {
+        self.test_links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(link.to_string());
+    }
+
+    /// Adds a stand-in underlay link `name`, up, with `addresses` (`ADDR/PREFIX`), through
+    /// which routes to other nodes can be installed: one end of a veth pair whose other end
+    /// (`<name>p`, also up) stays in the node too (no `dummy` module needed).
+    pub fn add_underlay(&self, name: &str, addresses: &[&str]) -> Result<()> {
+        let peer = format!("{name}p");
+        self.run(&[
+            "ip", "link", "add", name, "type", "veth", "peer", "name", &peer,
+        ])?;
+        self.record_test_link(name);
+        self.record_test_link(&peer);
+        for address in addresses {
+            self.run(&["ip", "addr", "add", address, "dev", name])?;
+        }
+        self.run(&["ip", "link", "set", &peer, "up"])?;
+        self.run(&["ip", "link", "set", name, "up"])?;
+        Ok(())
     }
 
     /// The namespace's `ip netns` name.
@@ -233,6 +288,8 @@ pub struct DaemonOptions {
     pub peers: Vec<(String, String)>,
     /// Further TOML lines appended to the config as they are.
     pub extra_config: String,
+    /// The daemon binary, if not [`netns_holder_binary`] (e.g. [`fault_binary`]).
+    pub binary: Option<PathBuf>,
 }
 
 impl Default for DaemonOptions {
@@ -244,6 +301,7 @@ impl Default for DaemonOptions {
             env: Vec::new(),
             peers: Vec::new(),
             extra_config: String::new(),
+            binary: None,
         }
     }
 }
@@ -309,7 +367,12 @@ impl Daemon {
         command
             .arg(format!("--net={}", self.node_netns.display()))
             .arg("--")
-            .arg(netns_holder_binary())
+            .arg(
+                self.options
+                    .binary
+                    .clone()
+                    .unwrap_or_else(netns_holder_binary),
+            )
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .envs(self.options.env.iter().map(|(k, v)| (k, v)))
@@ -342,6 +405,25 @@ impl Daemon {
             return Some(std::process::ExitStatus::from_raw(status));
         }
         None
+    }
+
+    /// Replaces the daemon's extra environment for the next [`Daemon::spawn`] (e.g. to arm
+    /// or disarm fault injection across a restart).
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.options.env = env;
+    }
+
+    /// Waits up to `timeout` for the daemon to exit on its own (a deliberate crash) and
+    /// returns its status; the daemon can then be [`Daemon::spawn`]ed again.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let mut process = self.process.take().context("daemon not running")?;
+        match process.wait_timeout(timeout) {
+            Ok(status) => Ok(status),
+            Err(e) => {
+                self.process = Some(process);
+                Err(e)
+            }
+        }
     }
 
     /// The daemon's pid, while it runs.
@@ -569,6 +651,7 @@ impl Node {
             other.name(),
         ])?;
         for (node, (link, addresses)) in [(self, here), (other, there)] {
+            node.record_test_link(link);
             for address in addresses {
                 let mut argv = vec!["ip", "addr", "add", address, "dev", link];
                 if address.contains(':') {

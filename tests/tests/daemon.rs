@@ -24,15 +24,18 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use nh_tests::invariants::{
+    Family, Pod, addresses, assert_node_matches, assert_nothing_left, assert_pod_works,
+    check_no_drift, create, inspect, netns_id, on_node, ping, pod_id_of, remove,
+};
 use nh_tests::node::{
     Daemon, DaemonOptions, Node, in_netns, in_netns_thread, mounts_under, netns_holder_binary,
-    pause_alive, pause_processes,
+    pause_processes,
 };
 use nh_tests::oci::{Bundle, ContainerSpec, Namespace, Runner, Runtime};
 use nh_tests::{ChildGuard, ScratchDir, busybox_rootfs, require_root, run_ok, unique_name};
@@ -48,248 +51,13 @@ const TCP_TIMEOUT: Duration = Duration::from_secs(5);
 const CONTAINER_TIMEOUT: Duration = Duration::from_secs(20);
 
 // ------------------------------------------------------------------------------- helpers
-
-/// An address family of the pod network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    fn of(ip: &IpAddr) -> Self {
-        if ip.is_ipv4() { Self::V4 } else { Self::V6 }
-    }
-
-    fn ping_flag(self) -> &'static str {
-        match self {
-            Self::V4 => "-4",
-            Self::V6 => "-6",
-        }
-    }
-}
-
-/// A pod as the API prints it (`pod create`, `pod inspect`).
-#[derive(Debug, Clone)]
-struct Pod {
-    name: String,
-    id: String,
-    netns: PathBuf,
-    pause_pid: Option<u32>,
-    /// Addresses with their prefix lengths, as in the API's CIDR strings.
-    ips: Vec<(IpAddr, u8)>,
-    gateways: Vec<IpAddr>,
-    host_veth: String,
-}
-
-impl Pod {
-    fn from_json(value: &Value) -> Result<Self> {
-        let text = |key: &str| -> Result<String> {
-            value[key]
-                .as_str()
-                .map(str::to_string)
-                .with_context(|| format!("no string {key:?} in pod JSON {value}"))
-        };
-        let list = |key: &str| -> Result<Vec<String>> {
-            value[key]
-                .as_array()
-                .with_context(|| format!("no array {key:?} in pod JSON {value}"))?
-                .iter()
-                .map(|v| v.as_str().map(str::to_string).context("not a string"))
-                .collect()
-        };
-        let ips = list("ips")?
-            .iter()
-            .map(|cidr| {
-                let (ip, prefix) = cidr
-                    .split_once('/')
-                    .with_context(|| format!("pod IP {cidr:?} is not in CIDR form"))?;
-                Ok((ip.parse()?, prefix.parse()?))
-            })
-            .collect::<Result<_>>()?;
-        let gateways = list("gateways")?
-            .iter()
-            .map(|g| g.parse().with_context(|| format!("gateway {g:?}")))
-            .collect::<Result<_>>()?;
-        Ok(Self {
-            name: text("name")?,
-            id: text("id")?,
-            netns: PathBuf::from(text("netns")?),
-            pause_pid: value["pause_pid"].as_u64().map(|p| p as u32),
-            ips,
-            gateways,
-            host_veth: text("host_veth")?,
-        })
-    }
-
-    /// The pod's address of `family`.
-    fn ip(&self, family: Family) -> Result<IpAddr> {
-        self.ips
-            .iter()
-            .map(|(ip, _)| *ip)
-            .find(|ip| Family::of(ip) == family)
-            .with_context(|| {
-                format!(
-                    "pod {} has no {family:?} address: {:?}",
-                    self.name, self.ips
-                )
-            })
-    }
-
-    /// The pod's gateway of `family`.
-    fn gateway(&self, family: Family) -> Result<IpAddr> {
-        self.gateways
-            .iter()
-            .copied()
-            .find(|ip| Family::of(ip) == family)
-            .with_context(|| {
-                format!(
-                    "pod {} has no {family:?} gateway: {:?}",
-                    self.name, self.gateways
-                )
-            })
-    }
-}
-
-/// Starts a node and a daemon in it, runs `body`, and prints the daemon's log if it fails.
-/// The node and daemon guards clean up either way.
-fn on_node(
-    test: &str,
-    options: DaemonOptions,
-    body: impl FnOnce(&Node, &mut Daemon) -> Result<()>,
-) -> Result<()> {
-    let node = Node::new()?;
-    let mut daemon = Daemon::start(&node, options)?;
-    let started = Instant::now();
-    let result = body(&node, &mut daemon);
-    match &result {
-        Ok(()) => eprintln!("{test}: passed in {:.1?}", started.elapsed()),
-        Err(e) => eprintln!(
-            "\n*** {test} FAILED: {e:#}\n--- daemon log ---\n{}--- end of daemon log ---\n",
-            daemon.log()
-        ),
-    }
-    result
-}
+// (Pods, invariants and the node checks are shared: `nh_tests::invariants`.)
 
 fn dual_stack() -> DaemonOptions {
     DaemonOptions {
         pod_cidr_v6: Some(POD_CIDR_V6.into()),
         ..DaemonOptions::default()
     }
-}
-
-/// `pod create NAME` → the pod.
-fn create(daemon: &Daemon, name: &str) -> Result<Pod> {
-    Pod::from_json(&daemon.create_pod(name, &[])?)
-}
-
-/// `pod rm NAME`, which must report that it removed the pod.
-fn remove(daemon: &Daemon, name: &str) -> Result<()> {
-    let out = daemon.remove_pod(name)?;
-    ensure!(
-        out["removed"] == Value::Bool(true),
-        "pod rm {name} did not remove it: {out}"
-    );
-    Ok(())
-}
-
-/// `pod inspect NAME`: the pod, or `None` if the daemon does not know it.
-fn inspect(daemon: &Daemon, name: &str) -> Result<Option<Pod>> {
-    let out = daemon.cli(&["pod", "inspect", name])?;
-    if out.status.success() {
-        let value: Value = serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("pod inspect {name}: stdout is not JSON"))?;
-        return Pod::from_json(&value).map(Some);
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        stderr.contains("not found"),
-        "pod inspect {name} failed with {} for another reason than \"not found\": {stderr}",
-        out.status
-    );
-    Ok(None)
-}
-
-/// `check`: must exit 0 and report no drift.
-fn check_no_drift(daemon: &Daemon) -> Result<()> {
-    let out = daemon.cli(&["check"])?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        out.status.success(),
-        "check exited with {} (drift?): {stdout} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let value: Value = serde_json::from_str(&stdout).context("check output is not JSON")?;
-    ensure!(
-        value["drift"] == Value::Bool(false),
-        "check reports drift: {value}"
-    );
-    Ok(())
-}
-
-/// The pod id of `name`, computed as the daemon does (the first 16 hex characters of the
-/// SHA-256 of the name), for pods whose create was never answered.
-fn pod_id_of(name: &str) -> Result<String> {
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running sha256sum")?;
-    child
-        .stdin
-        .take()
-        .context("sha256sum stdin")?
-        .write_all(name.as_bytes())?;
-    let out = child.wait_with_output()?;
-    ensure!(out.status.success(), "sha256sum failed");
-    let text = String::from_utf8(out.stdout)?;
-    Ok(text
-        .get(..16)
-        .context("short sha256sum output")?
-        .to_string())
-}
-
-/// Pings `ip` once from the network namespace at `netns`.
-fn ping(netns: &Path, ip: IpAddr) -> Result<()> {
-    let ip_text = ip.to_string();
-    run_ok(&mut in_netns(
-        netns,
-        &[
-            "ping",
-            Family::of(&ip).ping_flag(),
-            "-c1",
-            "-W2",
-            ip_text.as_str(),
-        ],
-    ))
-    .with_context(|| format!("ping {ip} from netns {}", netns.display()))?;
-    Ok(())
-}
-
-/// The global addresses of `dev` in the namespace at `netns` (`ip -j addr show`).
-fn addresses(netns: &Path, dev: &str) -> Result<BTreeSet<(IpAddr, u8)>> {
-    let out = run_ok(&mut in_netns(
-        netns,
-        &["ip", "-j", "addr", "show", "dev", dev],
-    ))?;
-    let links: Value = serde_json::from_slice(&out.stdout).context("ip -j addr show")?;
-    let mut found = BTreeSet::new();
-    for link in links.as_array().into_iter().flatten() {
-        for addr in link["addr_info"].as_array().into_iter().flatten() {
-            if addr["scope"] != "global" {
-                continue;
-            }
-            let ip: IpAddr = addr["local"]
-                .as_str()
-                .context("address without \"local\"")?
-                .parse()?;
-            let prefix = addr["prefixlen"].as_u64().context("no prefixlen")? as u8;
-            found.insert((ip, prefix));
-        }
-    }
-    Ok(found)
 }
 
 /// The gateway of the default route of `family` in the namespace at `netns`.
@@ -306,14 +74,6 @@ fn default_gateway(netns: &Path, family: Family) -> Result<IpAddr> {
         .with_context(|| format!("no {family:?} default route with a gateway: {routes}"))?
         .parse()
         .context("gateway")
-}
-
-/// The network namespace identity (`net:[inode]`) of a bind-mounted namespace.
-fn netns_id(path: &Path) -> Result<String> {
-    let ino = std::fs::metadata(path)
-        .with_context(|| format!("stat {}", path.display()))?
-        .ino();
-    Ok(format!("net:[{ino}]"))
 }
 
 /// What one TCP connection looked like from both ends.
@@ -368,150 +128,6 @@ fn tcp(from: &Path, to: &Path, to_ip: IpAddr) -> Result<TcpSeen> {
         server_peer: peer.ip(),
         server_local: conn.local_addr()?.ip(),
     })
-}
-
-/// A pod works: its pause is alive and holds the pod's namespace, `eth0` carries exactly
-/// the API's addresses, and the node reaches every address.
-fn assert_pod_works(node: &Node, pod: &Pod) -> Result<()> {
-    let pid = pod
-        .pause_pid
-        .with_context(|| format!("pod {} has no pause", pod.name))?;
-    ensure!(
-        pause_alive(pid, &pod.id),
-        "pod {}: pause {pid} is not a live netns-holder-pause:{}",
-        pod.name,
-        pod.id
-    );
-    let held = Namespace::Network.id_of(pid)?;
-    ensure!(
-        held == netns_id(&pod.netns)?,
-        "pod {}: the pause holds {held}, the bind mount {} is {}",
-        pod.name,
-        pod.netns.display(),
-        netns_id(&pod.netns)?
-    );
-    let seen = addresses(&pod.netns, "eth0")?;
-    let reported: BTreeSet<(IpAddr, u8)> = pod.ips.iter().copied().collect();
-    ensure!(
-        seen == reported,
-        "pod {}: eth0 has {seen:?}, the API reported {reported:?}",
-        pod.name
-    );
-    for (ip, _) in &pod.ips {
-        ping(&node.netns_path(), *ip).with_context(|| format!("node to pod {}", pod.name))?;
-    }
-    Ok(())
-}
-
-/// The node matches exactly the pods in `live`: no drift, the daemon's counts and address
-/// allocations, host veths, namespace bind mounts and pause processes are those of `live`
-/// and nothing else.
-fn assert_node_matches(node: &Node, daemon: &Daemon, live: &[Pod]) -> Result<()> {
-    check_no_drift(daemon)?;
-
-    let status = daemon.cli_json(&["status"])?;
-    for key in ["pods", "ready"] {
-        ensure!(
-            status[key].as_u64() == Some(live.len() as u64),
-            "status {key} is {}, expected {}: {status}",
-            status[key],
-            live.len()
-        );
-    }
-    ensure!(
-        status["unfinished"].as_u64() == Some(0),
-        "unfinished records: {status}"
-    );
-    for pool in status["pools"].as_array().into_iter().flatten() {
-        ensure!(
-            pool["allocated"].as_u64() == Some(live.len() as u64),
-            "pool {} has {} addresses allocated, expected {}: {status}",
-            pool["cidr"],
-            pool["allocated"],
-            live.len()
-        );
-    }
-
-    let listed = daemon.cli_json(&["pod", "ls", "--json"])?;
-    let listed: BTreeSet<&str> = listed
-        .as_array()
-        .context("pod ls --json is not an array")?
-        .iter()
-        .filter_map(|p| p["name"].as_str())
-        .collect();
-    let names: BTreeSet<&str> = live.iter().map(|p| p.name.as_str()).collect();
-    ensure!(
-        listed == names,
-        "pod ls lists {listed:?}, expected {names:?}"
-    );
-
-    let links: BTreeSet<String> = node
-        .links()?
-        .into_iter()
-        .filter(|l| l != "lo" && l != daemon.bridge())
-        .collect();
-    let veths: BTreeSet<String> = live.iter().map(|p| p.host_veth.clone()).collect();
-    ensure!(
-        links == veths,
-        "node links besides lo and {}: {links:?}, expected the host veths {veths:?}",
-        daemon.bridge()
-    );
-
-    let netns_dir = daemon.netns_dir();
-    let mut entries = BTreeSet::new();
-    if let Ok(dir) = std::fs::read_dir(&netns_dir) {
-        for entry in dir {
-            entries.insert(netns_dir.join(entry?.file_name()));
-        }
-    }
-    let mounts: BTreeSet<PathBuf> = mounts_under(&netns_dir)
-        .into_iter()
-        .filter(|m| *m != netns_dir)
-        .collect();
-    let paths: BTreeSet<PathBuf> = live.iter().map(|p| p.netns.clone()).collect();
-    ensure!(
-        entries == paths,
-        "{} holds {entries:?}, expected {paths:?}",
-        netns_dir.display()
-    );
-    ensure!(
-        mounts == paths,
-        "mounts under {}: {mounts:?}, expected {paths:?}",
-        netns_dir.display()
-    );
-
-    let pauses: BTreeSet<(u32, String)> = node.pause_processes()?.into_iter().collect();
-    let expected: BTreeSet<(u32, String)> = live
-        .iter()
-        .filter_map(|p| Some((p.pause_pid?, p.id.clone())))
-        .collect();
-    ensure!(
-        pauses == expected,
-        "pause processes of this node: {pauses:?}, expected {expected:?}"
-    );
-    Ok(())
-}
-
-/// Nothing of `removed` is left: besides [`assert_node_matches`] with no pods, none of
-/// their recorded pause pids is alive and no pause on the machine carries their ids.
-fn assert_nothing_left(node: &Node, daemon: &Daemon, removed: &[Pod]) -> Result<()> {
-    assert_node_matches(node, daemon, &[])?;
-    for pod in removed {
-        if let Some(pid) = pod.pause_pid {
-            ensure!(
-                !pause_alive(pid, &pod.id),
-                "pod {}: its pause {pid} is still alive",
-                pod.name
-            );
-        }
-    }
-    let ids: BTreeSet<&str> = removed.iter().map(|p| p.id.as_str()).collect();
-    let left: Vec<(u32, String)> = pause_processes()
-        .into_iter()
-        .filter(|(_, id)| ids.contains(id.as_str()))
-        .collect();
-    ensure!(left.is_empty(), "pause processes left: {left:?}");
-    Ok(())
 }
 
 // ------------------------------------------------------------------------------- the model
