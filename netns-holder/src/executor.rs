@@ -5,7 +5,10 @@
 //!   steps K-1..1 run in reverse order; the error names the failed step, its object and
 //!   every undo that failed too (each undo is attempted even if an earlier one failed).
 //! * [`apply_best_effort`] (remove, repair, reconcile): every action is attempted in order,
-//!   failures are collected and returned together.
+//!   failures are collected and returned together; [`apply_teardown`] is the same for a
+//!   pod's removal plan.
+//!
+//! The [`fault`] module holds the test-only crash switch (feature `fault-injection`).
 
 use std::fmt;
 
@@ -212,9 +215,14 @@ pub async fn apply_plan<S: System>(
 ) -> Result<Applied, ExecError> {
     let mut undo_log: Vec<Action> = Vec::new();
     let mut applied = Applied::default();
+    fault::after_step(fault::Plan::Create, 0, None);
     for (index, step) in steps.iter().enumerate() {
         debug!(log, "applying"; "step" => index + 1, "action" => %step.action);
-        match run_action(system, &step.action).await {
+        let result = run_action(system, &step.action).await;
+        if result.is_ok() {
+            fault::after_step(fault::Plan::Create, index + 1, Some(&step.action));
+        }
+        match result {
             Ok(outcome) => {
                 if let Outcome::Started(p) = outcome {
                     applied.pause = Some(p);
@@ -265,10 +273,32 @@ pub async fn apply_best_effort<S: System>(
     actions: &[Action],
     log: &Logger,
 ) -> BestEffort {
+    best_effort(system, actions, log, None).await
+}
+
+/// [`apply_best_effort`] for the removal plan of one pod (the fault switch counts its
+/// steps as `remove`).
+pub async fn apply_teardown<S: System>(system: &S, actions: &[Action], log: &Logger) -> BestEffort {
+    best_effort(system, actions, log, Some(fault::Plan::Remove)).await
+}
+
+async fn best_effort<S: System>(
+    system: &S,
+    actions: &[Action],
+    log: &Logger,
+    plan: Option<fault::Plan>,
+) -> BestEffort {
     let mut result = BestEffort::default();
-    for action in actions {
+    if let Some(plan) = plan {
+        fault::after_step(plan, 0, None);
+    }
+    for (index, action) in actions.iter().enumerate() {
         debug!(log, "applying"; "action" => %action);
-        match run_action(system, action).await {
+        let outcome = run_action(system, action).await;
+        if let Some(plan) = plan {
+            fault::after_step(plan, index + 1, Some(action));
+        }
+        match outcome {
             Ok(Outcome::Absent) => {}
             Ok(outcome) => {
                 if let Outcome::Started(p) = outcome {
@@ -286,4 +316,161 @@ pub async fn apply_best_effort<S: System>(
         }
     }
     result
+}
+
+/// The crash switch for the chaos tests: makes the daemon abort right after step K of the
+/// next create or remove plan, like a `kill -9` at that point (no unwinding, no cleanup, no
+/// state saved).
+///
+/// It exists only with the cargo feature `fault-injection`, which only the test crate
+/// (`nh-tests`, as a dev-dependency) enables, and it is armed only by the test-only binary
+/// `netns-holder-fault` (`required-features = ["fault-injection"]`), from
+/// `NETNS_HOLDER_FAULT=crash-after-step:create:K` or `...:remove:K`. Production builds
+/// (`make build`, `make install`, `cargo build --workspace --release`) compile neither that
+/// binary nor any of this module except the no-op [`after_step`] and the variable's name,
+/// which `netns-holder serve` uses to warn that it ignores the variable.
+///
+/// Steps count from 1 in plan order: for a create, the steps of [`crate::plan::plan_create`]
+/// (`K = 0` is right after the `Creating` record is saved, before the kernel is touched);
+/// for a remove, the actions of [`crate::plan::plan_remove`] (`K = 0` is right after the
+/// `Removing` record is saved). A create step that fails does not count (its rollback
+/// follows); a remove action counts whether it succeeded or not.
+pub mod fault {
+    use crate::plan::Action;
+
+    /// The environment variable read by `netns-holder-fault`.
+    pub const ENV: &str = "NETNS_HOLDER_FAULT";
+
+    /// Which plan a fault point belongs to.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Plan {
+        /// The create (or attach) plan.
+        Create,
+        /// A pod's removal plan.
+        Remove,
+    }
+
+    /// Called after step `step` of `plan` (0: before the first step); aborts the process
+    /// if the armed fault says so. A no-op unless built with `fault-injection` and armed.
+    #[inline]
+    pub(crate) fn after_step(plan: Plan, step: usize, action: Option<&Action>) {
+        #[cfg(feature = "fault-injection")]
+        armed::hit(plan, step, action);
+        #[cfg(not(feature = "fault-injection"))]
+        let _ = (plan, step, action);
+    }
+
+    #[cfg(feature = "fault-injection")]
+    pub use armed::{Fault, arm, armed, parse};
+
+    #[cfg(feature = "fault-injection")]
+    mod armed {
+        use std::fmt;
+        use std::io::Write as _;
+        use std::sync::OnceLock;
+
+        use super::Plan;
+        use crate::plan::Action;
+
+        /// An armed fault: abort after step `step` of the first `plan` that reaches it.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct Fault {
+            /// The plan.
+            pub plan: Plan,
+            /// The step (0 = before the first one).
+            pub step: usize,
+        }
+
+        impl fmt::Display for Fault {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let plan = match self.plan {
+                    Plan::Create => "create",
+                    Plan::Remove => "remove",
+                };
+                write!(f, "crash-after-step:{plan}:{}", self.step)
+            }
+        }
+
+        static FAULT: OnceLock<Fault> = OnceLock::new();
+
+        /// Parses `crash-after-step:create:K` or `crash-after-step:remove:K`.
+        pub fn parse(spec: &str) -> Result<Fault, String> {
+            let bad = || {
+                format!(
+                    "{}={spec:?}: expected crash-after-step:create:K or crash-after-step:remove:K",
+                    super::ENV
+                )
+            };
+            let mut parts = spec.trim().split(':');
+            if parts.next() != Some("crash-after-step") {
+                return Err(bad());
+            }
+            let plan = match parts.next() {
+                Some("create") => Plan::Create,
+                Some("remove") => Plan::Remove,
+                _ => return Err(bad()),
+            };
+            let step = parts.next().and_then(|k| k.parse().ok()).ok_or_else(bad)?;
+            if parts.next().is_some() {
+                return Err(bad());
+            }
+            Ok(Fault { plan, step })
+        }
+
+        /// Arms `fault` for the rest of the process (only the first call counts).
+        pub fn arm(fault: Fault) {
+            let _ = FAULT.set(fault);
+        }
+
+        /// The armed fault, if any.
+        pub fn armed() -> Option<Fault> {
+            FAULT.get().copied()
+        }
+
+        pub(super) fn hit(plan: Plan, step: usize, action: Option<&Action>) {
+            let Some(fault) = FAULT.get() else { return };
+            if fault.plan != plan || fault.step != step {
+                return;
+            }
+            // Straight to stderr (the logger's thread would not get to write it).
+            let what = action.map_or_else(|| "before step 1".to_string(), |a| a.to_string());
+            let _ = writeln!(
+                std::io::stderr(),
+                "FAULT INJECTION: {fault}: aborting after step {step} ({what})"
+            );
+            std::process::abort();
+        }
+
+        #[cfg(test)]
+        mod tests {
+            use super::*;
+
+            #[test]
+            fn parses_specs() {
+                assert_eq!(
+                    parse("crash-after-step:create:3"),
+                    Ok(Fault {
+                        plan: Plan::Create,
+                        step: 3
+                    })
+                );
+                assert_eq!(
+                    parse("crash-after-step:remove:0").map(|f| f.to_string()),
+                    Ok("crash-after-step:remove:0".to_string())
+                );
+                for bad in [
+                    "",
+                    "crash-after-step",
+                    "crash-after-step:create",
+                    "crash-after-step:attach:1",
+                    "crash-after-step:create:-1",
+                    "crash-after-step:create:1:2",
+                    "crash:create:1",
+                ] {
+                    let err = parse(bad).unwrap_err();
+                    assert!(err.contains("NETNS_HOLDER_FAULT"), "{err}");
+                }
+            }
+        }
+    }
 }

@@ -32,7 +32,8 @@ fn root_logger(verbose: bool) -> (Logger, slog_async::AsyncGuard) {
     (Logger::root(drain.fuse(), o!()), guard)
 }
 
-fn main() -> ExitCode {
+/// The entry point (also of the test-only `netns-holder-fault`, which includes this file).
+pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     // Before any other thread exists (capabilities are per thread): the logger thread and
     // the runtime's workers then start with only what the daemon needs.
@@ -118,6 +119,22 @@ fn shutdown_signal(log: Logger) -> anyhow::Result<impl Future<Output = ()>> {
     })
 }
 
+/// Logs loudly that the test-only crash switch is armed (only `netns-holder-fault` arms it),
+/// or that `NETNS_HOLDER_FAULT` is ignored by this binary.
+fn report_fault_switch(log: &Logger) {
+    use netns_holder::executor::fault;
+    #[cfg(feature = "fault-injection")]
+    if let Some(armed) = fault::armed() {
+        slog::warn!(log, "FAULT INJECTION ARMED (test-only binary): the daemon will abort on purpose";
+            "fault" => %armed);
+        return;
+    }
+    if let Some(value) = std::env::var_os(fault::ENV) {
+        slog::warn!(log, "ignoring NETNS_HOLDER_FAULT: this binary has no fault injection \
+            (only the test-only netns-holder-fault has)"; "value" => ?value);
+    }
+}
+
 /// `serve`: loads the configuration, then runs the daemon until a signal.
 fn serve(args: ServeArgs, socket: Option<PathBuf>, log: Logger) -> anyhow::Result<()> {
     if socket.is_some() {
@@ -136,6 +153,7 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>, log: Logger) -> anyhow::Resul
         "bridge" => %config.bridge,
         "pod_cidr_v4" => %config.pod_cidr_v4,
         "pod_cidr_v6" => ?config.pod_cidr_v6.map(|n| n.to_string()));
+    report_fault_switch(&log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

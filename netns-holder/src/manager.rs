@@ -825,7 +825,7 @@ impl<S: System> PodManager<S> {
             }
         };
         let actions = plan::plan_remove(record, &extra);
-        let result = executor::apply_best_effort(&self.system, &actions, &self.log).await;
+        let result = executor::apply_teardown(&self.system, &actions, &self.log).await;
         failures.extend(result.failures.into_iter().map(RemoveFailure::Step));
         let mut inner = self.inner();
         if failures.is_empty() {

@@ -1,0 +1,11 @@
+//! The chaos suite: the real daemon in throwaway node namespaces, made to crash, churned
+//! under `kill -9`, interfered with from outside, starved of disk, and driven by a
+//! misbehaving NRI runtime. Each module says what it asserts; every test cleans up after
+//! itself (also on failure) and skips loudly when not root.
+//!
+//! Run alone: `cargo test -p nh-tests --test chaos` (after `cargo test --workspace --no-run`
+//! or `make test` has built the test-only `netns-holder-fault`).
+
+mod common;
+mod crash;
+mod fault_switch;
