@@ -98,6 +98,10 @@ pub async fn run_action<S: System>(system: &S, action: &Action) -> Result<Outcom
     match action {
         Action::CreateNetns { path } => system.create_netns(path).await.map(|()| Outcome::Done),
         Action::DeleteNetns { path } => system.delete_netns(path).await.map(done),
+        Action::RestoreNetns { path, pause } => system
+            .restore_netns(path, pause)
+            .await
+            .map(|()| Outcome::Done),
         Action::StartPause { id, netns } => {
             system.start_pause(id, netns).await.map(Outcome::Started)
         }

@@ -667,6 +667,27 @@ impl Namespaces for FakeSystem {
             .cloned()
             .collect())
     }
+
+    async fn restore_netns(&self, path: &Path, holder: &PauseProcess) -> Result<(), SystemError> {
+        let mut m = self
+            .call(format!("restore_netns {} {}", path.display(), holder.pid))
+            .await?;
+        let net = m
+            .processes
+            .get(&holder.pid)
+            .filter(|p| p.start_time == holder.start_time)
+            .map(|p| p.net)
+            .ok_or_else(|| SystemError::NotFound {
+                object: format!("pause {holder}"),
+            })?;
+        if m.mounts.contains_key(path) {
+            return Err(SystemError::AlreadyExists {
+                object: format!("netns {}", path.display()),
+            });
+        }
+        m.mounts.insert(path.to_path_buf(), net);
+        Ok(())
+    }
 }
 
 impl Processes for FakeSystem {

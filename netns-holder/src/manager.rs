@@ -7,11 +7,12 @@
 //! is touched and switched to `Ready` afterwards; teardown saves `Removing` first. So after
 //! a crash, [`PodManager::reconcile`] knows what each leftover is: `Creating` and `Removing`
 //! records are torn down completely (the caller of `create` was never answered), `Ready`
-//! records whose namespace still exists get their missing pieces re-created, `Ready` records
-//! whose namespace is gone are removed, and everything of ours that belongs to no record
-//! (host veths with our name shape, pause processes tagged `netns-holder-pause:<id>`,
-//! namespace bind mounts in the ownership journal) is removed. IP allocations are always
-//! rebuilt from the records, so they cannot leak.
+//! records whose namespace still exists get their missing pieces re-created (a namespace whose
+//! bind mount someone removed while the pod's pause still holds it is mounted again from the
+//! pause first), `Ready` records whose namespace is gone are removed, and everything of ours
+//! that belongs to no record (host veths with our name shape, pause processes tagged
+//! `netns-holder-pause:<id>`, namespace bind mounts in the ownership journal) is removed. IP
+//! allocations are always rebuilt from the records, so they cannot leak.
 //!
 //! # Concurrency
 //!
@@ -1113,7 +1114,15 @@ impl<S: System> PodManager<S> {
     async fn observe(&self, record: &PodRecord) -> Result<Observed, SystemError> {
         let netns_exists = self.system.netns_exists(&record.netns).await?;
         if !netns_exists {
-            return Ok(Observed::default());
+            // Only the bind mount may be gone: a live pause of ours still holds the namespace.
+            let pause_alive = match &record.pause {
+                Some(p) if record.netns_owned() => Some(self.system.pause_alive(p).await?),
+                _ => None,
+            };
+            return Ok(Observed {
+                pause_alive,
+                ..Observed::default()
+            });
         }
         let pause_alive = match &record.pause {
             Some(p) => Some(self.system.pause_alive(p).await?),
@@ -1360,8 +1369,33 @@ impl<S: System> PodManager<S> {
                 }
                 Repair::Actions(actions) => {
                     info!(self.log, "repairing pod"; "pod" => %record.name, "actions" => actions.len());
-                    let result =
+                    let mut result =
                         executor::apply_best_effort(&self.system, &actions, &self.log).await;
+                    // The namespace is mounted again: now the rest of the pod can be seen
+                    // (and repaired) too.
+                    let restored = actions
+                        .iter()
+                        .any(|a| matches!(a, Action::RestoreNetns { .. }));
+                    if restored && result.failures.is_empty() {
+                        match self.observe(&record).await {
+                            Ok(observed) => {
+                                if let Repair::Actions(next) =
+                                    plan::plan_repair(&record, &self.node, &observed)
+                                {
+                                    let again =
+                                        executor::apply_best_effort(&self.system, &next, &self.log)
+                                            .await;
+                                    result.pause = again.pause.or(result.pause);
+                                    result.done.extend(again.done);
+                                    result.failures.extend(again.failures);
+                                }
+                            }
+                            Err(e) => report.failures.push(NodeFailure {
+                                pod: Some(record.name.clone()),
+                                error: e.to_string(),
+                            }),
+                        }
+                    }
                     if let Some(pause) = result.pause {
                         let mut inner = self.inner();
                         if let Some(r) = inner.state.pods.get_mut(&record.name) {

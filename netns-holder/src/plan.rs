@@ -38,6 +38,13 @@ pub enum Action {
         /// The bind mount.
         path: PathBuf,
     },
+    /// Bind-mount the namespace `pause` holds at `path` again (someone unmounted it).
+    RestoreNetns {
+        /// The bind mount.
+        path: PathBuf,
+        /// The pod's live pause, which is in that namespace.
+        pause: PauseProcess,
+    },
     /// Start the pause process for pod `id` inside `netns`.
     StartPause {
         /// The pod id (tagged into `argv[0]`).
@@ -217,6 +224,9 @@ impl fmt::Display for Action {
         match self {
             Self::CreateNetns { path } => write!(f, "create netns {}", path.display()),
             Self::DeleteNetns { path } => write!(f, "delete netns {}", path.display()),
+            Self::RestoreNetns { path, pause } => {
+                write!(f, "restore netns {} from pause {pause}", path.display())
+            }
             Self::StartPause { id, netns } => {
                 write!(f, "start pause for pod {id} in {}", netns.display())
             }
@@ -555,7 +565,8 @@ pub fn plan_remove(record: &PodRecord, extra_pauses: &[PauseProcess]) -> Vec<Act
 pub struct Observed {
     /// Whether the namespace exists.
     pub netns_exists: bool,
-    /// Whether the recorded pause process is alive (`None` if none is recorded).
+    /// Whether the recorded pause process is alive (`None` if none is recorded). Also
+    /// looked at when the namespace's bind mount is gone (the pause may still hold it).
     pub pause_alive: Option<bool>,
     /// The host veth, if present.
     pub host_veth: Option<LinkInfo>,
@@ -817,10 +828,23 @@ pub enum Repair {
     Actions(Vec<Action>),
 }
 
-/// The repair for a pod whose record is `Ready`: restart a dead pause, re-create the veth
-/// wiring if either end is gone, else re-add what is missing piece by piece.
+/// The repair for a pod whose record is `Ready`: mount its namespace again from its live
+/// pause if only the bind mount is gone (a namespace of ours whose pause died with it is
+/// gone for good: the pod is removed), restart a dead pause, re-create the veth wiring if
+/// either end is gone, else re-add what is missing piece by piece.
 pub fn plan_repair(record: &PodRecord, node: &NodeNetwork, observed: &Observed) -> Repair {
     if !observed.netns_exists {
+        if let Some(pause) = record.pause
+            && record.netns_owned()
+            && observed.pause_alive == Some(true)
+        {
+            // Whatever else drifted shows once the namespace is back (the manager looks
+            // again after this action).
+            return Repair::Actions(vec![Action::RestoreNetns {
+                path: record.netns.clone(),
+                pause,
+            }]);
+        }
         return Repair::Remove;
     }
     let mut actions = Vec::new();
@@ -1382,6 +1406,31 @@ mod tests {
                 phase: Phase::Removing
             }
         );
+    }
+
+    #[test]
+    fn unmounted_netns_is_restored_from_its_live_pause_else_the_pod_is_removed() {
+        let r = ready(false);
+        let held = Observed {
+            pause_alive: Some(true),
+            ..Observed::default()
+        };
+        assert_eq!(
+            plan_repair(&r, &node(false), &held),
+            Repair::Actions(vec![Action::RestoreNetns {
+                path: r.netns.clone(),
+                pause: r.pause.unwrap(),
+            }])
+        );
+        let gone = Observed {
+            pause_alive: Some(false),
+            ..Observed::default()
+        };
+        assert_eq!(plan_repair(&r, &node(false), &gone), Repair::Remove);
+        // A namespace someone else made is never mounted by us.
+        let mut attached = r.clone();
+        attached.ownership = NetnsOwnership::Attached;
+        assert_eq!(plan_repair(&attached, &node(false), &held), Repair::Remove);
     }
 
     #[test]

@@ -173,6 +173,16 @@ pub trait Namespaces: Send + Sync {
         &self,
         dir: &Path,
     ) -> impl Future<Output = Result<Vec<PathBuf>, SystemError>> + Send;
+
+    /// Bind-mounts at `path` again the network namespace that `holder` (a pod's pause) is
+    /// in, after someone unmounted it: the namespace lives on as long as its pause holds
+    /// it. Fails unless `holder` is still that same process (pid and start time); the empty
+    /// mount point file an unmount leaves behind is reused, a missing one is created.
+    fn restore_netns(
+        &self,
+        path: &Path,
+        holder: &PauseProcess,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
 }
 
 /// The pause processes that hold namespaces open.

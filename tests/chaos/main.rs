@@ -9,3 +9,4 @@
 mod common;
 mod crash;
 mod fault_switch;
+mod interference;

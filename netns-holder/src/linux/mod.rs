@@ -200,6 +200,18 @@ impl Namespaces for LinuxSystem {
     async fn list_netns(&self, dir: &Path) -> Result<Vec<PathBuf>, SystemError> {
         netns::list(dir)
     }
+
+    async fn restore_netns(&self, path: &Path, holder: &PauseProcess) -> Result<(), SystemError> {
+        let path = path.to_path_buf();
+        let holder = *holder;
+        let object = netns_object(&path);
+        tokio::task::spawn_blocking(move || {
+            let ns = pause::netns_of(holder)?;
+            netns::restore(&path, &ns)
+        })
+        .await
+        .map_err(|e| SystemError::other(object, format!("restore task failed: {e}")))?
+    }
 }
 
 impl Processes for LinuxSystem {

@@ -240,6 +240,53 @@ fn create_blocking(path: &Path) -> Result<(), SystemError> {
     made
 }
 
+/// Bind-mounts the network namespace open as `ns` at `path` (blocking): the mount point
+/// file is reused if it exists (an unmount leaves it behind) and created otherwise; a
+/// namespace already mounted there is [`SystemError::AlreadyExists`].
+pub(crate) fn restore(path: &Path, ns: &OwnedFd) -> Result<(), SystemError> {
+    let object = || netns_object(path);
+    match is_netns_fd(ns) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(SystemError::other(
+                object(),
+                "source is not a network namespace",
+            ));
+        }
+        Err(e) => return Err(SystemError::io(object(), e.into())),
+    }
+    if exists(path)? {
+        return Err(SystemError::AlreadyExists { object: object() });
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .ok_or_else(|| SystemError::other(object(), "path has no parent directory"))?;
+    prepare_dir(dir)?;
+    match open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_CREAT | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => drop(fd),
+        Err(e) => {
+            return Err(SystemError::io(
+                format!("{}: creating the mount point", object()),
+                e.into(),
+            ));
+        }
+    }
+    let source = format!("/proc/self/fd/{}", ns.as_raw_fd());
+    mount(
+        Some(source.as_str()),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| SystemError::io(format!("{}: bind mount", object()), e.into()))
+}
+
 /// Unmounts and unlinks `path`; `false` if there was neither a mount nor a file.
 pub(crate) async fn delete(path: &Path) -> Result<bool, SystemError> {
     let path = path.to_path_buf();

@@ -279,6 +279,42 @@ fn spawn(binary: &Path, argv0: &str, tag: &str, netns: &OwnedFd) -> io::Result<u
     Ok(child.id())
 }
 
+/// Opens the network namespace `p` is in (`/proc/<pid>/ns/net`), making sure `p` is still
+/// the same live process before and after (a pidfd pins it, so a reused pid cannot slip in
+/// between the checks).
+pub(crate) fn netns_of(p: PauseProcess) -> Result<OwnedFd, SystemError> {
+    let object = format!("pause {p}");
+    let gone = || SystemError::NotFound {
+        object: object.clone(),
+    };
+    let pidfd = match pidfd_open(p.pid) {
+        Ok(fd) => fd,
+        Err(Errno::ESRCH) => return Err(gone()),
+        Err(e) => return Err(SystemError::io(format!("{object}: pidfd_open"), e.into())),
+    };
+    let live = || -> Result<bool, SystemError> {
+        Ok(same_process(p)?.is_some_and(|s| !s.dead())
+            && !wait_exit(&pidfd, Duration::ZERO)
+                .map_err(|e| SystemError::io(format!("{object}: pidfd poll"), e.into()))?)
+    };
+    if !live()? {
+        return Err(gone());
+    }
+    let path = format!("/proc/{}/ns/net", p.pid);
+    let fd = nix::fcntl::open(
+        path.as_str(),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| SystemError::io(format!("{object}: {path}"), e.into()))?;
+    // The pid could have been reused between pidfd_open's check and the open: not if the
+    // pinned process is still alive now.
+    if !live()? {
+        return Err(gone());
+    }
+    Ok(fd)
+}
+
 /// Stops `p` if it is still the same process; `false` if it was already gone.
 pub(crate) async fn stop(sys: &LinuxSystem, p: PauseProcess) -> Result<bool, SystemError> {
     let log = sys.log.clone();

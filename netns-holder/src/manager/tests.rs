@@ -781,11 +781,14 @@ async fn check_reports_drift_and_repair_fixes_it() {
     let b = m.create(CreateRequest::new(name("b"))).await.unwrap();
     let c = m.create(CreateRequest::new(name("c"))).await.unwrap();
     let d = m.create(CreateRequest::new(name("d"))).await.unwrap();
+    let e = m.create(CreateRequest::new(name("e"))).await.unwrap();
     assert!(m.check().await.is_empty());
 
     env.fake.delete_link_externally(None, a.host_veth.as_str()); // veth gone
     env.fake.kill(b.pause_pid.unwrap()); // pause dead
-    env.fake.remove_netns_externally(&c.netns); // netns gone (pause keeps it alive)
+    env.fake.remove_netns_externally(&c.netns); // netns unmounted (pause keeps it alive)
+    env.fake.remove_netns_externally(&e.netns); // netns unmounted and ...
+    env.fake.kill(e.pause_pid.unwrap()); // ... its pause dead: the namespace is gone
     env.fake
         .modify_link_externally(Some(&d.netns), "eth0", |l| {
             l.up = false;
@@ -801,6 +804,7 @@ async fn check_reports_drift_and_repair_fixes_it() {
         "pod a: link eth0 in /run/netns/a: missing".to_string(),
         format!("pod b: pause pid {} ", b.pause_pid.unwrap()),
         "pod c: netns /run/netns/c: missing".to_string(),
+        "pod e: netns /run/netns/e: missing".to_string(),
         "pod d: link eth0 in /run/netns/d: down".to_string(),
         "pod d: link eth0 in /run/netns/d: address fd00:88::5/64 missing".to_string(),
         "pod d: routes in /run/netns/d: default route via 10.88.0.1 missing".to_string(),
@@ -812,14 +816,30 @@ async fn check_reports_drift_and_repair_fixes_it() {
             "missing {e:?} in {findings:#?}"
         );
     }
-    assert_eq!(findings.len(), 9, "{findings:#?}"); // d also misses its v6 route
+    assert_eq!(findings.len(), 10, "{findings:#?}"); // d also misses its v6 route
 
     let report = m.repair().await;
     assert!(report.failures.is_empty(), "{report:?}");
-    assert_eq!(report.removed_dead, vec![name("c")]);
+    // c's namespace is mounted again from its live pause; e's is gone for good.
+    assert_eq!(report.removed_dead, vec![name("e")]);
     assert_eq!(
         report.repaired.keys().cloned().collect::<Vec<_>>(),
-        vec![name("a"), name("b"), name("d")]
+        vec![name("a"), name("b"), name("c"), name("d")]
+    );
+    assert_eq!(
+        report.repaired[&name("c")],
+        vec![format!(
+            "restore netns /run/netns/c from pause pid {} (start time {})",
+            c.pause_pid.unwrap(),
+            env.fake
+                .snapshot()
+                .processes
+                .iter()
+                .find(|p| p.process.pid == c.pause_pid.unwrap())
+                .unwrap()
+                .process
+                .start_time
+        )]
     );
     assert_eq!(
         report.orphans_removed,
@@ -829,16 +849,21 @@ async fn check_reports_drift_and_repair_fixes_it() {
         )]
     );
     assert!(m.check().await.is_empty());
-    for p in ["a", "b", "d"] {
+    for p in ["a", "b", "c", "d"] {
         assert_complete(&env, &m, p).await;
     }
     let b2 = m.get(&name("b")).unwrap();
     assert_ne!(b2.pause_pid, b.pause_pid, "pause restarted");
-    assert!(m.get(&name("c")).is_none());
-    assert_eq!(allocated(&m), 6); // 3 pods, 2 families
-    // c's pause process (which kept its namespace alive) is gone; a, b (restarted) and d run.
-    assert_eq!(env.fake.snapshot().processes.len(), 3);
-    assert_eq!(env.fake.snapshot().namespaces, 3);
+    assert_eq!(
+        m.get(&name("c")).unwrap().pause_pid,
+        c.pause_pid,
+        "same pause"
+    );
+    assert!(m.get(&name("e")).is_none());
+    assert_eq!(allocated(&m), 8); // 4 pods, 2 families
+    // a, b (restarted), c (its namespace mounted again) and d run; e is gone.
+    assert_eq!(env.fake.snapshot().processes.len(), 4);
+    assert_eq!(env.fake.snapshot().namespaces, 4);
     // The restarted pause survives a daemon restart.
     let m2 = env.manager();
     assert_eq!(m2.get(&name("b")).unwrap().pause_pid, b2.pause_pid);
