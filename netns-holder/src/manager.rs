@@ -374,6 +374,19 @@ pub struct Status {
     pub host_ports: usize,
 }
 
+/// Whether a teardown may go ahead when its `Removing` phase cannot be saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Journal {
+    /// A removal a caller asked for (`remove`, `gc`): if it cannot be recorded, nothing is
+    /// touched, so the caller is never told "failed" about a pod that is half gone or gone
+    /// in the kernel while the state file still has it.
+    Required,
+    /// Cleanup of a pod the state file already says must not exist (an unfinished create or
+    /// remove, a create whose caller is told it failed, a pod whose namespace is gone): it
+    /// goes ahead regardless.
+    BestEffort,
+}
+
 /// State and IPAM, guarded together.
 struct Inner {
     state: State,
@@ -621,7 +634,7 @@ impl<S: System> PodManager<S> {
                     .map(|()| PodInfo::from(&existing));
             }
             // A leftover of a create/remove that could not finish: clear it first.
-            let failures = self.teardown(&existing).await;
+            let failures = self.teardown(&existing, Journal::BestEffort).await;
             if !failures.is_empty() {
                 return Err(ManagerError::Unfinished { name, failures });
             }
@@ -757,7 +770,7 @@ impl<S: System> PodManager<S> {
                         error!(self.log, "cannot record ready pod, tearing it down"; "pod" => %name, "error" => %e);
                         let mut record = record;
                         record.pause = applied.pause;
-                        self.teardown(&record).await;
+                        self.teardown(&record, Journal::BestEffort).await;
                         Err(e.into())
                     }
                 }
@@ -790,16 +803,27 @@ impl<S: System> PodManager<S> {
     /// Tears a pod down: journal `Removing`, then host veth, pause(s), namespace (if ours),
     /// continuing past failures. On full success the record and its addresses are released;
     /// otherwise the record stays `Removing` (addresses held) so a retry or reconcile can
-    /// finish.
-    async fn teardown(&self, record: &PodRecord) -> Vec<RemoveFailure> {
+    /// finish. With [`Journal::Required`], a `Removing` that cannot be saved stops it before
+    /// the kernel is touched.
+    async fn teardown(&self, record: &PodRecord, journal: Journal) -> Vec<RemoveFailure> {
         let mut failures = Vec::new();
         {
             let mut inner = self.inner();
             if let Some(r) = inner.state.pods.get_mut(&record.name)
                 && r.phase != Phase::Removing
             {
+                let previous = r.phase;
                 r.phase = Phase::Removing;
                 if let Err(e) = self.save(&mut inner) {
+                    if journal == Journal::Required {
+                        // Nothing is touched: the pod keeps working, the state file keeps
+                        // matching the kernel, and the caller learns why.
+                        if let Some(r) = inner.state.pods.get_mut(&record.name) {
+                            r.phase = previous;
+                        }
+                        warn!(self.log, "cannot journal removal; pod left as it is"; "pod" => %record.name, "error" => %e);
+                        return vec![RemoveFailure::State(e)];
+                    }
                     warn!(self.log, "cannot journal removal"; "pod" => %record.name, "error" => %e);
                 }
             }
@@ -853,7 +877,7 @@ impl<S: System> PodManager<S> {
         let Some(record) = self.record(name) else {
             return Ok(false);
         };
-        let failures = self.teardown(&record).await;
+        let failures = self.teardown(&record, Journal::Required).await;
         if failures.is_empty() {
             Ok(true)
         } else {
@@ -1292,7 +1316,7 @@ impl<S: System> PodManager<S> {
             .into_iter()
             .filter(|r| r.phase != Phase::Ready)
         {
-            let failures = self.teardown(&record).await;
+            let failures = self.teardown(&record, Journal::BestEffort).await;
             if failures.is_empty() {
                 if record.phase == Phase::Creating {
                     report.rolled_back.push(record.name.clone());
@@ -1358,7 +1382,7 @@ impl<S: System> PodManager<S> {
                 Repair::Nothing => {}
                 Repair::Remove => {
                     info!(self.log, "pod namespace is gone, removing pod"; "pod" => %record.name);
-                    let failures = self.teardown(&record).await;
+                    let failures = self.teardown(&record, Journal::BestEffort).await;
                     if failures.is_empty() {
                         report.removed_dead.push(record.name.clone());
                     }
@@ -1541,7 +1565,7 @@ impl<S: System> PodManager<S> {
                 report.kept.push(record.name.clone());
                 continue;
             }
-            let failures = self.teardown(&record).await;
+            let failures = self.teardown(&record, Journal::Required).await;
             if failures.is_empty() {
                 report.removed.push(record.name.clone());
             } else {

@@ -8,5 +8,6 @@
 
 mod common;
 mod crash;
+mod disk;
 mod fault_switch;
 mod interference;

@@ -742,6 +742,33 @@ async fn remove_tolerates_missing_pieces() {
 }
 
 #[tokio::test]
+async fn a_removal_that_cannot_be_recorded_touches_nothing() {
+    let env = Env::v4();
+    let m = env.manager();
+    let web = m.create(CreateRequest::new(name("web"))).await.unwrap();
+    // Every save fails from now on (a directory where the temporary file goes), as on a
+    // full or read-only disk.
+    let blocker = env.config.state_dir.join("state.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let err = m.remove(&name("web")).await.unwrap_err().to_string();
+    assert!(
+        err.starts_with("removing pod web: 1 failure(s): state file")
+            && err.contains(&blocker.display().to_string()),
+        "{err}"
+    );
+    // Still all there, in memory, on disk and in the kernel.
+    assert_eq!(m.get(&name("web")), Some(web.clone()));
+    assert_complete(&env, &m, "web").await;
+    let report = m.gc(&BTreeSet::new()).await;
+    assert_eq!(report.failures.len(), 1, "{report:?}");
+    assert_complete(&env, &m, "web").await;
+
+    std::fs::remove_dir(&blocker).unwrap();
+    assert!(m.remove(&name("web")).await.unwrap());
+    assert_clean(&env, &m);
+}
+
+#[tokio::test]
 async fn gc_keeps_only_the_keep_set() {
     let env = Env::v4();
     let m = env.manager();
