@@ -6,6 +6,7 @@
 //! Run alone: `cargo test -p nh-tests --test chaos` (after `cargo test --workspace --no-run`
 //! or `make test` has built the test-only `netns-holder-fault`).
 
+mod churn;
 mod common;
 mod crash;
 mod disk;
