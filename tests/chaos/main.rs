@@ -12,3 +12,4 @@ mod crash;
 mod disk;
 mod fault_switch;
 mod interference;
+mod nri;

@@ -5,6 +5,7 @@
 
 pub mod invariants;
 pub mod node;
+pub mod nri_harness;
 pub mod nri_peer;
 pub mod oci;
 
