@@ -158,7 +158,10 @@ mod tests {
         std::os::unix::fs::symlink(elsewhere.join("pod"), netns_dir.join("link")).unwrap();
         std::os::unix::fs::symlink(&netns_dir, dir.path().join("dirlink")).unwrap();
 
-        assert_eq!(check_attach_path(&netns_dir.join("pod"), &netns_dir), Ok(()));
+        assert_eq!(
+            check_attach_path(&netns_dir.join("pod"), &netns_dir),
+            Ok(())
+        );
         // A symlinked directory that resolves to the netns dir is the netns dir.
         assert_eq!(
             check_attach_path(&dir.path().join("dirlink/pod"), &netns_dir),
@@ -176,7 +179,10 @@ mod tests {
         refused(&elsewhere.join("pod"), "not in");
         refused(&netns_dir.join("link"), "symlink");
         // Missing, but in the right place: left to the existence check.
-        assert_eq!(check_attach_path(&netns_dir.join("missing"), &netns_dir), Ok(()));
+        assert_eq!(
+            check_attach_path(&netns_dir.join("missing"), &netns_dir),
+            Ok(())
+        );
         refused(&elsewhere.join("missing"), "not in");
         refused(Path::new("relative/pod"), "not absolute");
         refused(&netns_dir.join("../elsewhere/pod"), "`..`");
