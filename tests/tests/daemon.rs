@@ -445,7 +445,7 @@ fn attach_accepts_only_pod_namespaces_in_their_places() -> Result<()> {
             ensure!(
                 node.links()?
                     .iter()
-                    .all(|l| !l.starts_with("nh") || l == &daemon.bridge()),
+                    .all(|l| !l.starts_with("nh") || l.as_str() == daemon.bridge()),
                 "a refused attach left a link"
             );
             std::fs::remove_file(&link)?;
