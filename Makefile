@@ -95,22 +95,25 @@ bench: pause
 		$(TARGET)/release/bench_nri
 	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_hostports
 
-# `make fuzz`: the proptest fuzz targets of cri-hook (ttRPC/mux, and every other parser of
-# outside input) with FUZZ_CASES cases each, each target stopping after FUZZ_SECONDS and each
-# test binary killed after FUZZ_TIMEOUT seconds; the corpus is tests/fuzz-corpus/.
+# `make fuzz`: the proptest fuzz targets of cri-hook with many cases. The parser targets
+# (fuzz_parsers) run FUZZ_CASES cases each and stop after FUZZ_SECONDS; the ttRPC/mux targets
+# (fuzz) have no time bound of their own and run FUZZ_TTRPC_CASES (PROPTEST_CASES) cases. Each
+# test binary is killed (and make fails) after FUZZ_TIMEOUT seconds. Corpus: tests/fuzz-corpus/.
 FUZZ_CASES ?= 1000000
 FUZZ_SECONDS ?= 30
+FUZZ_TTRPC_CASES ?= 10000
 FUZZ_TIMEOUT ?= 900
-FUZZ_TESTS := fuzz_corpus fuzz_parsers fuzz
 .PHONY: fuzz
 
 ## fuzz: every fuzz target with many cases, each bounded in time (FUZZ_CASES, FUZZ_SECONDS)
 fuzz:
-	$(CARGO) test -p cri-hook --locked --no-run $(addprefix --test ,$(FUZZ_TESTS))
-	for t in $(FUZZ_TESTS); do \
-		FUZZ_CASES=$(FUZZ_CASES) FUZZ_SECONDS=$(FUZZ_SECONDS) PROPTEST_CASES=$(FUZZ_CASES) \
+	$(CARGO) test -p cri-hook --locked --no-run --test fuzz_corpus --test fuzz_parsers --test fuzz
+	for t in fuzz_corpus fuzz_parsers; do \
+		FUZZ_CASES=$(FUZZ_CASES) FUZZ_SECONDS=$(FUZZ_SECONDS) \
 			timeout $(FUZZ_TIMEOUT) $(CARGO) test -p cri-hook --locked --test $$t -- --nocapture; \
 	done
+	PROPTEST_CASES=$(FUZZ_TTRPC_CASES) \
+		timeout $(FUZZ_TIMEOUT) $(CARGO) test -p cri-hook --locked --test fuzz -- --nocapture
 
 ## install: binaries, the pause, the systemd unit and a config (honours PREFIX, DESTDIR)
 install: build
