@@ -86,7 +86,7 @@ test: deps pause lint
 	$(CARGO) build --workspace --locked
 	$(CARGO) test --workspace --locked
 
-## bench: pause footprint vs catatonit -P; pod create/remove vs the CNI reference chain
+## bench: pause footprint vs catatonit -P; pod create/remove vs the CNI reference chain; load (1000 pods, 32 clients)
 bench: pause
 	$(CARGO) build -p netns-holder -p cri-hook -p nh-tests --release --locked
 	$(TARGET)/release/bench_pause
@@ -94,6 +94,7 @@ bench: pause
 	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder CRI_HOOK_BIN=$(TARGET)/release/cri-hook \
 		$(TARGET)/release/bench_nri
 	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_hostports
+	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_load
 
 # `make fuzz`: the proptest fuzz targets of cri-hook with many cases. The parser targets
 # (fuzz_parsers) run FUZZ_CASES cases each and stop after FUZZ_SECONDS; the ttRPC/mux targets
