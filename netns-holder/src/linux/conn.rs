@@ -13,6 +13,10 @@
 //!   ([`PodConns::evict`]). A create issues half a dozen pod-side calls within milliseconds;
 //!   they share one socket instead of paying a thread and a socket each, while a namespace
 //!   that someone else deletes is pinned by us for at most about [`POD_IDLE`] longer.
+//! * At most [`POD_CACHE_MAX`] pod connections are cached; beyond that the least recently
+//!   used one is dropped. Without the cap, `check` or the reconcile at start, which look at
+//!   every pod within a second, kept one socket per pod open: with 1000 pods about 1000
+//!   descriptors, at systemd's default soft limit of 1024.
 //!
 //! The kernel runs one dump per netlink socket at a time (a second one gets `EBUSY`), so
 //! every connection carries a lock that dumping operations hold.
@@ -34,6 +38,10 @@ use crate::system::SystemError;
 
 /// How long an unused pod connection is kept.
 pub(crate) const POD_IDLE: Duration = Duration::from_secs(1);
+
+/// How many pod connections are cached at most (each is a socket, i.e. a descriptor): more
+/// than the pods being created or inspected at the same time, far below descriptor limits.
+pub(crate) const POD_CACHE_MAX: usize = 64;
 
 /// A connection: its handle and its dump lock.
 #[derive(Clone)]
@@ -138,6 +146,8 @@ impl PodConns {
     }
 
     /// Caches `conn` for `key` unless a concurrent caller did first; returns the cached one.
+    /// Drops the least recently used entries beyond [`POD_CACHE_MAX`] (their users keep
+    /// their clones; the socket closes with the last one).
     fn insert(&self, key: NetnsKey, conn: Conn) -> Conn {
         let mut inner = self.lock();
         let cached = inner
@@ -149,6 +159,18 @@ impl PodConns {
             })
             .conn
             .clone();
+        while inner.entries.len() > POD_CACHE_MAX {
+            let Some(oldest) = inner
+                .entries
+                .iter()
+                .filter(|(k, _)| **k != key)
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            inner.entries.remove(&oldest);
+        }
         if inner.sweeper.as_ref().is_none_or(|t| t.is_finished()) {
             inner.sweeper = Some(tokio::spawn(sweep(Arc::downgrade(&self.inner))));
         }
@@ -209,5 +231,27 @@ mod tests {
         cache.insert(key, conn());
         cache.evict(key);
         assert!(cache.get(key).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_cache_keeps_at_most_its_cap_dropping_the_least_recently_used() {
+        let cache = PodConns::default();
+        let key = |ino: u64| NetnsKey { dev: 1, ino };
+        for ino in 0..POD_CACHE_MAX as u64 {
+            cache.insert(key(ino), conn());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Key 0 is used again, so key 1 is now the least recently used.
+        assert!(cache.get(key(0)).is_some());
+        for ino in 1000..1010 {
+            cache.insert(key(ino), conn());
+            assert_eq!(cache.len(), POD_CACHE_MAX);
+            assert!(cache.get(key(ino)).is_some(), "the newest entry stays");
+        }
+        assert!(cache.get(key(0)).is_some(), "a recently used entry stays");
+        assert!(
+            cache.get(key(1)).is_none(),
+            "the least recently used went first"
+        );
     }
 }
