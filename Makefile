@@ -21,6 +21,9 @@ SYSCONFDIR ?= /etc
 HOOKSDIR ?= $(PREFIX)/share/containers/oci/hooks.d
 # Where runtimes look for CNI plugins; the plugin is a symlink named after its `type`.
 CNIBINDIR ?= /opt/cni/bin
+# Where containerd (plugin_path) and CRI-O (nri_plugin_dir) start pre-installed NRI plugins;
+# the file name's NN- prefix is the plugin index.
+NRIPLUGINDIR ?= /opt/nri/plugins
 
 # One target directory for every build, test and benchmark.
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
@@ -126,6 +129,9 @@ install: build
 	chmod 0644 $(DESTDIR)$(HOOKSDIR)/netns-holder.json
 	install -d -m 0755 $(DESTDIR)$(CNIBINDIR)
 	ln -sfn $(BINDIR)/cri-hook $(DESTDIR)$(CNIBINDIR)/netns-holder
+	@# Started by the runtime with NRI_PLUGIN_SOCKET=3, cri-hook runs as the NRI plugin.
+	install -d -m 0755 $(DESTDIR)$(NRIPLUGINDIR)
+	ln -sfn $(BINDIR)/cri-hook $(DESTDIR)$(NRIPLUGINDIR)/10-netns-holder
 	install -D -m 0755 $(TARGET)/release/pause-image $(DESTDIR)$(BINDIR)/pause-image
 	install -D -m 0755 $(PAUSE_BIN) $(DESTDIR)$(LIBEXECDIR)/pause
 	install -d -m 0755 $(DESTDIR)$(SYSTEMDDIR)
