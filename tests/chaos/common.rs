@@ -32,12 +32,17 @@ pub fn restart_with_fault(daemon: &mut Daemon, spec: Option<&str>) -> Result<()>
         spec.map(|s| vec![(fault::ENV.to_string(), s.to_string())])
             .unwrap_or_default(),
     );
+    let logged = daemon.log().len();
     daemon.spawn()?;
     if let Some(spec) = spec {
+        // This start's lines only (the log is appended to across restarts).
+        let log = daemon.log();
+        let new = log.get(logged..).unwrap_or_default();
+        let armed = format!("fault: {spec}");
         ensure!(
-            daemon.log().contains("FAULT INJECTION ARMED") && daemon.log().contains(spec),
-            "the daemon did not report {spec} armed; log:\n{}",
-            daemon.log()
+            new.lines()
+                .any(|l| l.contains("FAULT INJECTION ARMED") && l.ends_with(&armed)),
+            "the daemon did not report {spec} armed; log:\n{log}"
         );
     }
     Ok(())
