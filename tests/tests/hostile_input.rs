@@ -14,8 +14,8 @@
 //!   file and pause processes are exactly what they were before the suite started.
 //!
 //! Each case has a rule. `must refuse`: anything but a clean refusal fails the suite.
-//! `known gap`: an input the code has no rule against yet (SECURITY.md lists them, e.g.
-//! `attach` accepting any real network namespace): acceptance is reported loudly as a
+//! `known gap`: an input the code has no rule against yet (e.g. a pod CIDR overlapping the
+//! node's own networks, or a refusal too long to be delivered): acceptance is reported as a
 //! GAP line, the pod it made is removed and the state must be back to the baseline; with
 //! `NH_HOSTILE_STRICT=1` gaps fail the suite too. `no change`: acceptance is fine (e.g. an
 //! OCI poststop naming a pod the hook did not make) but nothing may change.
@@ -1035,23 +1035,25 @@ impl Suite {
                 p(&self.target_netns.path()),
                 vec![],
             ),
+            // Refused since "attach accepts only pod namespaces in their places, never the
+            // node's own" (c291cf3); accepted before.
             (
-                Rule::Gap,
+                Rule::Refuse,
                 "a symlink to a real namespace outside netns_dir",
                 p(&to_target),
-                vec![],
+                vec![p(&to_target)],
             ),
             (
-                Rule::Gap,
+                Rule::Refuse,
                 "the daemon's own namespace via /proc/self/ns/net",
                 "/proc/self/ns/net".into(),
-                vec![],
+                vec!["/proc/self/ns/net".into()],
             ),
             (
-                Rule::Gap,
+                Rule::Refuse,
                 "the node's own namespace (the daemon's, as a bind mount)",
                 p(&node_netns),
-                vec![],
+                vec![p(&node_netns)],
             ),
         ];
         for (i, (rule, label, path, expect)) in cases.into_iter().enumerate() {
@@ -2449,10 +2451,10 @@ impl Suite {
                 "-",
             ),
             (
-                Rule::Gap,
+                Rule::Refuse,
                 "CNI_NETNS the node's own namespace",
                 vec![("CNI_CONTAINERID", "hx-cni-e9"), ("CNI_NETNS", &node_netns)],
-                vec![],
+                vec!["CNI error", &node_netns],
                 "hx-cni-e9",
             ),
             (
