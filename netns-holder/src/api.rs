@@ -319,12 +319,22 @@ pub fn request_netns(path: &str) -> Result<PathBuf, Status> {
     Ok(path)
 }
 
-/// Validates annotation keys (non-empty) of a request.
+/// The most annotation bytes (keys plus values) a pod may carry, as Kubernetes allows: they
+/// are stored in the state file and returned by every read.
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+
+/// Validates annotation keys (non-empty) and the annotations' total size of a request.
 pub fn request_annotations(
     annotations: BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, Status> {
     if annotations.contains_key("") {
         return Err(Status::invalid_argument("annotation key is empty"));
+    }
+    let size: usize = annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_ANNOTATIONS_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "annotations are {size} bytes in all; at most {MAX_ANNOTATIONS_BYTES} are allowed"
+        )));
     }
     Ok(annotations)
 }
@@ -425,6 +435,22 @@ pub fn required_pod(method: &'static str, pod: Option<pb::Pod>) -> Result<PodInf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn annotations_are_bounded_in_size() {
+        let mut big = BTreeMap::new();
+        big.insert("k".to_string(), "v".repeat(MAX_ANNOTATIONS_BYTES));
+        let err = request_annotations(big).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().contains("at most 262144"),
+            "{}",
+            err.message()
+        );
+        let mut fits = BTreeMap::new();
+        fits.insert("k".to_string(), "v".repeat(MAX_ANNOTATIONS_BYTES - 1));
+        assert!(request_annotations(fits).is_ok());
+    }
     use crate::plan::Problem;
 
     fn sample_info() -> PodInfo {

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -130,6 +130,31 @@ struct RawConfig {
 struct RawPeer {
     pod_cidr: String,
     via: String,
+}
+
+/// Ranges that can never carry pod addresses: a bridge or pod address there breaks the
+/// node (loopback, "this network"), cannot be assigned (multicast, reserved/broadcast), or is
+/// not routable between nodes (link-local).
+const SPECIAL_PURPOSE: [(&str, &str); 8] = [
+    ("0.0.0.0/8", "\"this network\" (0.0.0.0/8)"),
+    ("127.0.0.0/8", "loopback (127.0.0.0/8)"),
+    ("169.254.0.0/16", "link-local (169.254.0.0/16)"),
+    ("224.0.0.0/4", "multicast (224.0.0.0/4)"),
+    ("240.0.0.0/4", "reserved and broadcast (240.0.0.0/4)"),
+    ("::/127", "the unspecified and loopback addresses (::/127)"),
+    ("fe80::/10", "link-local (fe80::/10)"),
+    ("ff00::/8", "multicast (ff00::/8)"),
+];
+
+/// Refuses a pod CIDR that overlaps a [`SPECIAL_PURPOSE`] range.
+fn special_purpose(key: &'static str, cidr: IpNet) -> Result<(), ConfigError> {
+    for (range, what) in SPECIAL_PURPOSE {
+        let range: IpNet = range.parse().expect("valid special-purpose range");
+        if range.contains(&cidr.network()) || cidr.contains(&range.network()) {
+            return Err(invalid(key, cidr.to_string(), format!("overlaps {what}")));
+        }
+    }
+    Ok(())
 }
 
 fn invalid(key: &'static str, value: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -310,8 +335,10 @@ impl Config {
             }
         }
         cidr::<Ipv4Net>("pod_cidr_v4", &self.pod_cidr_v4.to_string(), MAX_PREFIX_V4)?;
+        special_purpose("pod_cidr_v4", IpNet::V4(self.pod_cidr_v4))?;
         if let Some(v6) = self.pod_cidr_v6 {
             cidr::<Ipv6Net>("pod_cidr_v6", &v6.to_string(), MAX_PREFIX_V6)?;
+            special_purpose("pod_cidr_v6", IpNet::V6(v6))?;
         }
         if let Some(m) = self.mtu
             && !(MIN_MTU..=MAX_MTU).contains(&m)
@@ -333,6 +360,13 @@ impl Config {
                 "bridge",
                 self.bridge.to_string(),
                 "only ASCII letters, digits, '-', '_' and '.' are allowed",
+            ));
+        }
+        if self.bridge.as_str() == "lo" {
+            return Err(invalid(
+                "bridge",
+                "lo",
+                "the loopback interface cannot be the pod bridge",
             ));
         }
         let own = self.pod_cidrs();
@@ -379,6 +413,34 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn special_purpose_pod_cidrs_and_a_loopback_bridge_are_refused() {
+        for (key, value) in [
+            ("pod_cidr_v4", "127.0.0.0/8"),
+            ("pod_cidr_v4", "0.0.0.0/0"),
+            ("pod_cidr_v4", "169.254.0.0/16"),
+            ("pod_cidr_v4", "224.0.0.0/24"),
+            ("pod_cidr_v4", "255.255.255.0/24"),
+            ("pod_cidr_v6", "fe80::/64"),
+            ("pod_cidr_v6", "ff00::/64"),
+            ("pod_cidr_v6", "::/64"),
+        ] {
+            let toml = format!("{key} = \"{value}\"");
+            match Config::from_toml_str(&toml, "<test>") {
+                Err(ConfigError::Invalid { key: k, reason, .. }) => {
+                    assert_eq!(k, key, "{value}");
+                    assert!(reason.starts_with("overlaps"), "{value}: {reason}");
+                }
+                other => panic!("{key} = {value}: {other:?}"),
+            }
+        }
+        assert!(Config::from_toml_str("pod_cidr_v4 = \"10.244.0.0/16\"", "<test>").is_ok());
+        assert!(matches!(
+            Config::from_toml_str("bridge = \"lo\"", "<test>"),
+            Err(ConfigError::Invalid { key: "bridge", .. })
+        ));
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(text, "<test>")

@@ -80,6 +80,25 @@ pub enum NameError {
 #[serde(try_from = "String", into = "String")]
 pub struct PodName(String);
 
+/// How much of an over-long name an error message shows.
+const ERROR_PREVIEW_CHARS: usize = 64;
+
+/// Unicode format characters that render as nothing or reorder text (zero-width spaces and
+/// joiners, bidirectional overrides and isolates, the byte-order mark, tags...): a name made
+/// with them looks like another name to whoever reads it.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}'
+        | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
+        | '\u{FFF0}'..='\u{FFFB}'
+        | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0000}'..='\u{E0FFF}')
+}
+
 impl PodName {
     /// Validates `name` as a pod name.
     pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
@@ -89,16 +108,23 @@ impl PodName {
         }
         if name.len() > MAX_POD_NAME_LEN {
             let len = name.len();
+            // Only the start: echoing megabytes back would itself break the caller (gRPC
+            // carries the message in a header) and flood logs.
+            let name: String = name.chars().take(ERROR_PREVIEW_CHARS).collect::<String>() + "...";
             return Err(NameError::PodNameTooLong { name, len });
         }
         if let Some(c) = name
             .chars()
-            .find(|c| *c == '/' || c.is_control() || c.is_whitespace())
+            .find(|c| *c == '/' || c.is_control() || c.is_whitespace() || is_invisible(*c))
         {
             let what = match c {
                 '/' => "'/'".to_string(),
                 c if c.is_control() => format!("the control character U+{:04X}", c as u32),
-                c => format!("the whitespace character U+{:04X}", c as u32),
+                c if c.is_whitespace() => format!("the whitespace character U+{:04X}", c as u32),
+                c => format!(
+                    "the invisible or direction-changing character U+{:04X}",
+                    c as u32
+                ),
             };
             return Err(NameError::PodNameBadChar { name, what });
         }
@@ -298,6 +324,26 @@ impl fmt::Display for IfName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invisible_characters_are_refused_and_long_names_are_not_echoed_whole() {
+        for bad in [
+            "hx\u{202E}gnp.exe",
+            "hx\u{200B}base",
+            "a\u{FEFF}b",
+            "a\u{2066}b",
+        ] {
+            let err = PodName::new(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("invisible or direction-changing"),
+                "{bad:?}: {err}"
+            );
+        }
+        let err = PodName::new("x".repeat(1 << 20)).unwrap_err().to_string();
+        assert!(err.len() < 300, "error is {} bytes", err.len());
+        assert!(err.contains("1048576 bytes long"), "{err}");
+        assert!(PodName::new("caf\u{e9}-web").is_ok());
+    }
 
     #[test]
     fn valid_pod_names() {

@@ -19,12 +19,21 @@ pub const SYSTEM_NETNS_DIR: &str = "/run/netns";
 
 /// `attach` was given a path outside the accepted places.
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("netns path {} is not accepted: {reason}", path.display())]
+#[error("netns path {} is not accepted: {reason}", shown(path))]
 pub struct NetnsPathError {
     /// The path as given.
     pub path: PathBuf,
     /// Why it is refused.
     pub reason: String,
+}
+
+/// The path as an error shows it: control characters escaped, at most 256 characters.
+fn shown(path: &Path) -> String {
+    let text: String = path.to_string_lossy().escape_debug().collect();
+    match text.char_indices().nth(256) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &text[..cut], path.as_os_str().len()),
+        None => text,
+    }
 }
 
 fn refuse(path: &Path, reason: impl Into<String>) -> NetnsPathError {
