@@ -3,6 +3,7 @@
 //! Every test creates its own uniquely named objects and removes them on drop, so tests can
 //! run in parallel and a failing assertion does not leak containers, namespaces or processes.
 
+pub mod bench;
 pub mod invariants;
 pub mod node;
 pub mod nri_harness;

@@ -19,58 +19,23 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use netns_holder::client::Client;
 use netns_holder::names::PodName;
 use netns_holder::ports::{PortMapping, Protocol};
+use nh_tests::bench::{NetnsCleanup, Series, cni_exec, enter_netns, env_count, ms, us};
 use nh_tests::node::{Daemon, DaemonOptions, Echo, Node, Proto, in_netns_thread};
 use nh_tests::{ScratchDir, proc_status_field, run_ok, unique_name};
 
-const CNI_BIN_DIR: &str = "/usr/lib/cni";
 const NODE_IP: &str = "192.168.74.1";
 const CLIENT_IP: &str = "192.168.74.2";
 const FIRST_HOST_PORT: u16 = 20000;
 /// Pods created after the main run to compare creates with and without a port.
 const EXTRA_PODS: u16 = 20;
-
-/// Latency samples in the order they were taken.
-#[derive(Clone, Default)]
-struct Series(Vec<Duration>);
-
-impl Series {
-    fn stats(&self, range: std::ops::Range<usize>) -> (Duration, Duration) {
-        let end = range.end.min(self.0.len());
-        let mut window: Vec<Duration> = self.0[range.start.min(end)..end].to_vec();
-        window.sort();
-        if window.is_empty() {
-            return (Duration::ZERO, Duration::ZERO);
-        }
-        let median = window[window.len() / 2];
-        let p99 = window[((window.len() * 99).div_ceil(100)).saturating_sub(1)];
-        (median, p99)
-    }
-
-    fn all(&self) -> (Duration, Duration) {
-        self.stats(0..self.0.len())
-    }
-
-    fn median(&self) -> Duration {
-        self.all().0
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
 
 /// A node with an outside client on an underlay veth.
 fn node_with_client() -> Result<(Node, Node)> {
@@ -259,67 +224,6 @@ fn nft_stdin(text: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs one CNI plugin per the spec; returns its stdout (the result).
-fn cni_exec(plugin: &str, command: &str, id: &str, netns: &Path, config: &str) -> Result<String> {
-    let mut child = Command::new(Path::new(CNI_BIN_DIR).join(plugin))
-        .env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", netns)
-        .env(
-            "CNI_IFNAME",
-            if plugin == "loopback" { "lo" } else { "eth0" },
-        )
-        .env("CNI_PATH", CNI_BIN_DIR)
-        // portmap runs iptables from PATH.
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("exec {plugin} (apt-get install containernetworking-plugins)"))?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(config.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "{plugin} {command} for {id}: {}: {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Enters `netns` on this thread only (children spawned from it start there).
-fn enter_netns(netns: &Path) -> Result<()> {
-    let file = std::fs::File::open(netns).with_context(|| format!("open {}", netns.display()))?;
-    // SAFETY: a valid namespace fd; affects only the calling thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    ensure!(
-        rc == 0,
-        "setns {}: {}",
-        netns.display(),
-        std::io::Error::last_os_error()
-    );
-    Ok(())
-}
-
-/// Deletes the `ip netns` namespaces it lists on drop.
-struct NetnsCleanup(Vec<String>);
-
-impl Drop for NetnsCleanup {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
 /// The CNI chain with portmap: per pod, loopback ADD + bridge ADD + portmap ADD.
 struct Cni {
     side: Side,
@@ -447,13 +351,6 @@ fn print_latency(label: &str, ours: &Series, cni: &Series) {
         us(cni.all().0),
         us(cni.all().1),
     );
-}
-
-fn env_count(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() -> Result<()> {

@@ -26,30 +26,12 @@ use anyhow::{Context, Result, anyhow, ensure};
 use netns_holder::client::Client;
 use netns_holder::names::PodName;
 use netns_holder::ports::{PortMapping, Protocol};
+use nh_tests::bench::{Series, env_count, ms};
 use nh_tests::invariants::assert_state_matches_kernel;
 use nh_tests::node::{Daemon, DaemonOptions, Echo, Node, Proto, tcp_probe};
 use nh_tests::{proc_status_field, unique_name};
 
 const FIRST_HOST_PORT: u16 = 20000;
-
-/// Latency samples.
-#[derive(Default)]
-struct Series(Vec<Duration>);
-
-impl Series {
-    fn percentile(&self, p: usize) -> Duration {
-        let mut sorted = self.0.clone();
-        sorted.sort();
-        if sorted.is_empty() {
-            return Duration::ZERO;
-        }
-        sorted[((sorted.len() * p).div_ceil(100)).saturating_sub(1)]
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 /// The daemon's resident memory (KiB), open descriptors and threads.
 #[derive(Debug, Clone, Copy)]
@@ -79,13 +61,6 @@ fn footprint(pid: u32) -> Result<Footprint> {
 /// What one create answered.
 struct Created {
     ips: Vec<IpAddr>,
-}
-
-fn env_count(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// Runs `op(i)` for i in 0..count on `clients` threads (each with its own runtime and

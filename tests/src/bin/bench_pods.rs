@@ -13,44 +13,16 @@
 //! full pod count. `BENCH_PODS` (default 1000) sets the count.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use netns_holder::client::Client;
 use netns_holder::names::PodName;
+use nh_tests::bench::{NetnsCleanup, Series, cni_exec, enter_netns, ms};
 use nh_tests::node::{Daemon, DaemonOptions, Node};
 use nh_tests::{ScratchDir, proc_status_field, run_ok, unique_name};
-
-const CNI_BIN_DIR: &str = "/usr/lib/cni";
-
-/// Latency samples in the order the pods were handled.
-struct Series(Vec<Duration>);
-
-impl Series {
-    fn stats(&self, range: std::ops::Range<usize>) -> (Duration, Duration) {
-        let end = range.end.min(self.0.len());
-        let mut window: Vec<Duration> = self.0[range.start.min(end)..end].to_vec();
-        window.sort();
-        if window.is_empty() {
-            return (Duration::ZERO, Duration::ZERO);
-        }
-        let median = window[window.len() / 2];
-        let p99 = window[((window.len() * 99).div_ceil(100)).saturating_sub(1)];
-        (median, p99)
-    }
-
-    fn all(&self) -> (Duration, Duration) {
-        self.stats(0..self.0.len())
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 /// Ours: create then remove `count` pods through the API; returns (create, remove, rss KiB).
 fn bench_ours(count: usize) -> Result<(Series, Series, u64)> {
@@ -93,54 +65,6 @@ fn bench_ours(count: usize) -> Result<(Series, Series, u64)> {
     })?;
     drop(daemon);
     Ok((Series(creates), Series(removes), rss))
-}
-
-/// Runs one CNI plugin per the spec: config on stdin, parameters in the environment.
-fn cni_exec(plugin: &str, command: &str, id: &str, netns: &Path, config: &str) -> Result<()> {
-    let mut child = Command::new(Path::new(CNI_BIN_DIR).join(plugin))
-        .env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", netns)
-        .env(
-            "CNI_IFNAME",
-            if plugin == "loopback" { "lo" } else { "eth0" },
-        )
-        .env("CNI_PATH", CNI_BIN_DIR)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("exec {plugin} (apt-get install containernetworking-plugins)"))?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(config.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "{plugin} {command} for {id}: {}: {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// Enters `netns` on this thread only (children spawned from it start there).
-fn enter_netns(netns: &Path) -> Result<()> {
-    let file = std::fs::File::open(netns).with_context(|| format!("open {}", netns.display()))?;
-    // SAFETY: a valid namespace fd; affects only the calling thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    ensure!(
-        rc == 0,
-        "setns {}: {}",
-        netns.display(),
-        std::io::Error::last_os_error()
-    );
-    Ok(())
 }
 
 /// The CNI reference chain: loopback ADD + bridge ADD (host-local), then DEL both.
@@ -197,17 +121,6 @@ fn bench_cni(count: usize) -> Result<(Series, Series)> {
     });
     drop(node);
     result
-}
-
-/// Deletes the `ip netns` namespaces it lists on drop.
-struct NetnsCleanup(Vec<String>);
-
-impl Drop for NetnsCleanup {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
 }
 
 fn print_row(label: &str, ours: (Duration, Duration), cni: (Duration, Duration)) {

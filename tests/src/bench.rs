@@ -1,0 +1,138 @@
+//! Pieces the benchmark binaries share: latency series and their statistics, and driving
+//! the CNI reference plugins per the spec from a thread inside a node namespace.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+
+/// Where Debian's `containernetworking-plugins` puts the CNI plugins.
+pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+
+/// Latencies in the order they were measured.
+#[derive(Clone, Default)]
+pub struct Series(pub Vec<Duration>);
+
+impl Series {
+    /// Median and p99 of the samples in `range` (clamped to the samples there are).
+    pub fn stats(&self, range: std::ops::Range<usize>) -> (Duration, Duration) {
+        let end = range.end.min(self.0.len());
+        let mut window: Vec<Duration> = self.0[range.start.min(end)..end].to_vec();
+        window.sort();
+        if window.is_empty() {
+            return (Duration::ZERO, Duration::ZERO);
+        }
+        let median = window[window.len() / 2];
+        let p99 = window[((window.len() * 99).div_ceil(100)).saturating_sub(1)];
+        (median, p99)
+    }
+
+    /// Median and p99 of every sample.
+    pub fn all(&self) -> (Duration, Duration) {
+        self.stats(0..self.0.len())
+    }
+
+    /// Median of every sample.
+    pub fn median(&self) -> Duration {
+        self.all().0
+    }
+
+    /// The `p`th percentile (nearest rank) of every sample.
+    pub fn percentile(&self, p: usize) -> Duration {
+        let mut sorted = self.0.clone();
+        sorted.sort();
+        if sorted.is_empty() {
+            return Duration::ZERO;
+        }
+        sorted[((sorted.len() * p).div_ceil(100)).saturating_sub(1)]
+    }
+}
+
+/// Milliseconds.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Microseconds.
+pub fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// A count from the environment (`BENCH_PODS=100`), or `default`.
+pub fn env_count(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs one CNI plugin per the spec (config on stdin, parameters in the environment);
+/// returns its stdout (the result JSON).
+pub fn cni_exec(
+    plugin: &str,
+    command: &str,
+    id: &str,
+    netns: &Path,
+    config: &str,
+) -> Result<String> {
+    let mut child = Command::new(Path::new(CNI_BIN_DIR).join(plugin))
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env(
+            "CNI_IFNAME",
+            if plugin == "loopback" { "lo" } else { "eth0" },
+        )
+        .env("CNI_PATH", CNI_BIN_DIR)
+        // portmap runs iptables from PATH.
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("exec {plugin} (apt-get install containernetworking-plugins)"))?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(config.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{plugin} {command} for {id}: {}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Enters `netns` on this thread only (children spawned from it start there).
+pub fn enter_netns(netns: &Path) -> Result<()> {
+    let file = std::fs::File::open(netns).with_context(|| format!("open {}", netns.display()))?;
+    // SAFETY: a valid namespace fd; affects only the calling thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    ensure!(
+        rc == 0,
+        "setns {}: {}",
+        netns.display(),
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// Deletes the `ip netns` namespaces it lists on drop.
+pub struct NetnsCleanup(pub Vec<String>);
+
+impl Drop for NetnsCleanup {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
