@@ -71,6 +71,18 @@ fn fuzz_config_toml() {
     );
 }
 
+/// The ranges the daemon refuses as pod CIDRs (netns_holder::config).
+const SPECIAL_PURPOSE: [&str; 8] = [
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/127",
+    "fe80::/10",
+    "ff00::/8",
+];
+
 #[test]
 fn config_cidrs_round_trip() {
     // Any network a pod CIDR may be is accepted as written and read back unchanged; the
@@ -84,6 +96,31 @@ fn config_cidrs_round_trip() {
             let mut text = format!("pod_cidr_v4 = \"{v4}\"\n");
             if let Some(v6) = v6 {
                 text.push_str(&format!("pod_cidr_v6 = \"{v6}\"\n"));
+            }
+            // Networks overlapping a special-purpose range (loopback, link-local, multicast,
+            // ...) must be refused naming the key; every other one must round-trip.
+            let special = |net: ipnet::IpNet| {
+                SPECIAL_PURPOSE.iter().any(|r| {
+                    let r: ipnet::IpNet = r.parse().expect("range");
+                    r.contains(&net.network()) || net.contains(&r.network())
+                })
+            };
+            let refused_key = if special(ipnet::IpNet::V4(v4)) {
+                Some("pod_cidr_v4")
+            } else if v6.is_some_and(|v6| special(ipnet::IpNet::V6(v6))) {
+                Some("pod_cidr_v6")
+            } else {
+                None
+            };
+            if let Some(key) = refused_key {
+                let err = netns_holder::config::Config::from_toml_str(&text, "<fuzz>")
+                    .err()
+                    .ok_or_else(|| {
+                        TestCaseError::fail(format!("{text}: special-purpose accepted"))
+                    })?
+                    .to_string();
+                prop_assert!(err.contains(key) && err.contains("overlaps"), "{}", err);
+                return fuzzing::check_config(text.as_bytes());
             }
             let config = netns_holder::config::Config::from_toml_str(&text, "<fuzz>")
                 .map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
