@@ -13,12 +13,12 @@
 //! |---|---|
 //! | malformed pod name, netns path, annotation, keep entry, port mapping, peer | `INVALID_ARGUMENT` |
 //! | [`ManagerError::Ports`], [`ManagerError::PortAddress`], an invalid peer | `INVALID_ARGUMENT` |
-//! | `GetPod` of a missing pod; [`ManagerError::NetnsNotFound`] | `NOT_FOUND` |
+//! | `GetPod` of a missing pod; [`ManagerError::NetnsNotFound`], [`ManagerError::NotFound`] | `NOT_FOUND` |
 //! | [`ManagerError::Conflict`], [`ManagerError::IdCollision`], a peer CIDR routed elsewhere | `ALREADY_EXISTS` |
 //! | [`ManagerError::NetnsInUse`], [`ManagerError::Unfinished`] | `FAILED_PRECONDITION` |
 //! | [`ManagerError::PortInUse`], removing a configured peer, a foreign route in the way | `FAILED_PRECONDITION` |
 //! | [`ManagerError::Ipam`] (pool exhausted) | `RESOURCE_EXHAUSTED` |
-//! | kernel, state file, create/remove step failures | `INTERNAL` |
+//! | kernel, state file, create/remove/release step failures | `INTERNAL` |
 //! | caller is not root (see `server::PeerCheck`) | `PERMISSION_DENIED` |
 
 use std::collections::BTreeMap;
@@ -87,6 +87,7 @@ pub fn pod_message(info: &PodInfo, annotations: &BTreeMap<String, String>) -> pb
         host_veth: info.host_veth.to_string(),
         annotations: annotations.clone(),
         ports: info.ports.iter().map(port_message).collect(),
+        ports_released: info.ports_released,
     }
 }
 
@@ -343,7 +344,7 @@ pub fn request_annotations(
 pub fn error_code(error: &ManagerError) -> Code {
     match error {
         ManagerError::Conflict { .. } | ManagerError::IdCollision { .. } => Code::AlreadyExists,
-        ManagerError::NetnsNotFound { .. } => Code::NotFound,
+        ManagerError::NetnsNotFound { .. } | ManagerError::NotFound { .. } => Code::NotFound,
         ManagerError::NetnsInUse { .. } | ManagerError::Unfinished { .. } => {
             Code::FailedPrecondition
         }
@@ -363,7 +364,8 @@ pub fn error_code(error: &ManagerError) -> Code {
         | ManagerError::InconsistentState { .. }
         | ManagerError::System { .. }
         | ManagerError::Create { .. }
-        | ManagerError::Remove { .. } => Code::Internal,
+        | ManagerError::Remove { .. }
+        | ManagerError::Release { .. } => Code::Internal,
     }
 }
 
@@ -421,6 +423,7 @@ pub fn pod_info(pod: pb::Pod) -> Result<PodInfo, ResponseError> {
         interface,
         host_veth,
         ports,
+        ports_released: pod.ports_released,
     })
 }
 
@@ -472,6 +475,7 @@ mod tests {
                 PortMapping::new(53, 5353, Protocol::Udp).on("fd00::9".parse().unwrap()),
                 PortMapping::new(9, 9, Protocol::Sctp).on("0.0.0.0".parse().unwrap()),
             ],
+            ports_released: true,
         }
     }
 
@@ -564,6 +568,12 @@ mod tests {
         };
         assert_eq!(error_code(&in_use), Code::FailedPrecondition);
         assert_eq!(pod_not_found(&name).code(), Code::NotFound);
+        let unknown = ManagerError::NotFound { name: name.clone() };
+        assert_eq!(error_code(&unknown), Code::NotFound);
+        assert_eq!(
+            error_status(&unknown).message(),
+            pod_not_found(&name).message()
+        );
         assert_eq!(pod_not_found(&name).message(), "pod web not found");
     }
 

@@ -6,6 +6,7 @@
 //! netns-holder [--socket PATH] pod create NAME [--no-pause] [--annotation K=V]... [--publish SPEC]...
 //! netns-holder [--socket PATH] pod attach NAME --netns PATH [--annotation K=V]... [--publish SPEC]...
 //! netns-holder [--socket PATH] pod rm NAME
+//! netns-holder [--socket PATH] pod release-ports NAME
 //! netns-holder [--socket PATH] pod ls [--json]
 //! netns-holder [--socket PATH] pod inspect NAME
 //! netns-holder [--socket PATH] pod spec NAME [--rootfs DIR] [--out DIR] [--force] -- CMD [ARG]...
@@ -28,9 +29,14 @@
 //! annotations are validated here before the daemon is contacted.
 //!
 //! Pods are printed as `{"name","id","netns","pause_pid","ips","gateways","interface",
-//! "host_veth","ports"}` (the [`PodInfo`] serialization; `pause_pid` is `null` without a
-//! pause process, `ips` in CIDR form, `ports` a list of `{"host_ip","host_port",
-//! "container_port","protocol"}` with `host_ip` `null` for every address, empty when none).
+//! "host_veth","ports","ports_released"}` (the [`PodInfo`] serialization; `pause_pid` is
+//! `null` without a pause process, `ips` in CIDR form, `ports` a list of `{"host_ip",
+//! "host_port","container_port","protocol"}` with `host_ip` `null` for every address, empty
+//! when none; `ports_released` is `true` once `pod release-ports` withdrew them).
+//!
+//! `pod release-ports NAME` withdraws a pod's host ports (frees them for other pods) and
+//! prints `{"name","released"}`; `released` is `false` when there was nothing left to
+//! release. A pod that does not exist is an error (exit 1).
 //!
 //! Exit status: 0 on success; 1 on errors, on drift that `check` found and did not repair,
 //! and on `gc`/`check --repair` failures; 2 on usage errors (clap); `exec` passes the
@@ -195,6 +201,12 @@ pub enum PodCommand {
     /// Remove a pod; succeeds (with "removed": false) if it does not exist.
     #[command(alias = "remove")]
     Rm {
+        /// The pod name.
+        name: String,
+    },
+    /// Withdraw a pod's host ports, freeing them for other pods (the pod stays wired).
+    /// Idempotent; an error if the pod does not exist.
+    ReleasePorts {
         /// The pod name.
         name: String,
     },
@@ -590,6 +602,12 @@ pub async fn run(socket: &Path, command: ClientCommand, log: &Logger) -> Result<
             let r = client.remove_pod(&name).await?;
             Outcome::json(&json!({"name": name.as_str(), "removed": r.removed}), 0)
         }
+        ClientCommand::Pod(PodCommand::ReleasePorts { name }) => {
+            let name = PodName::new(name)?;
+            let mut client = connect(socket, log).await?;
+            let r = client.release_pod_ports(&name).await?;
+            Outcome::json(&json!({"name": name.as_str(), "released": r.released}), 0)
+        }
         ClientCommand::Pod(PodCommand::Ls { json }) => {
             let mut client = connect(socket, log).await?;
             let pods = client
@@ -883,6 +901,7 @@ mod tests {
             gateways: vec![],
             interface: crate::names::IfName::pod_interface(),
             ports: vec![],
+            ports_released: false,
         };
         let table = pod_table(&[pod]);
         let lines: Vec<&str> = table.lines().collect();

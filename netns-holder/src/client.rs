@@ -181,6 +181,20 @@ impl Client {
         rpc("RemovePod", self.inner.remove_pod(request).await)
     }
 
+    /// `ReleasePodPorts`: withdraws the pod's host ports (NOT_FOUND if there is no such pod).
+    pub async fn release_pod_ports(
+        &mut self,
+        name: &PodName,
+    ) -> Result<pb::ReleasePodPortsResponse, ClientError> {
+        let request = pb::ReleasePodPortsRequest {
+            name: name.to_string(),
+        };
+        rpc(
+            "ReleasePodPorts",
+            self.inner.release_pod_ports(request).await,
+        )
+    }
+
     /// `GetPod`.
     pub async fn get_pod(&mut self, name: &PodName) -> Result<pb::GetPodResponse, ClientError> {
         let request = pb::GetPodRequest {

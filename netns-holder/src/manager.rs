@@ -1,5 +1,6 @@
 //! The pod manager: the operations the daemon's API serves (`create`, `attach`, `remove`,
-//! `get`, `list`, `check`, `repair`, `gc`, `status`) and the start-up `reconcile`.
+//! `release_pod_ports`, `get`, `list`, `check`, `repair`, `gc`, `status`) and the start-up
+//! `reconcile`.
 //!
 //! # Crash model
 //!
@@ -178,6 +179,21 @@ pub enum ManagerError {
         #[source]
         source: ElementError,
     },
+    /// The pod does not exist (or is not ready).
+    #[error("pod {name} not found")]
+    NotFound {
+        /// The pod.
+        name: PodName,
+    },
+    /// Withdrawing a pod's host ports failed part-way; its record already says they are
+    /// released, so `repair` removes what is left.
+    #[error("releasing the host ports of pod {name}: {}", join(failures))]
+    Release {
+        /// The pod.
+        name: PodName,
+        /// Every failed step (naming its object).
+        failures: Vec<StepFailure>,
+    },
     /// A host port is already published by another pod or held by a socket on the node.
     #[error("pod {name}: host port {mapping} is already taken by {holder}")]
     PortInUse {
@@ -233,8 +249,12 @@ pub struct PodInfo {
     pub interface: IfName,
     /// Host-side veth.
     pub host_veth: IfName,
-    /// Published host ports (empty when none).
+    /// The host ports the pod was created with (empty when none); published unless
+    /// `ports_released`.
     pub ports: Vec<PortMapping>,
+    /// The ports were withdrawn ([`PodManager::release_pod_ports`]).
+    #[serde(default)]
+    pub ports_released: bool,
 }
 
 impl From<&PodRecord> for PodInfo {
@@ -249,6 +269,7 @@ impl From<&PodRecord> for PodInfo {
             interface: r.interface.clone(),
             host_veth: r.host_veth.clone(),
             ports: r.ports.clone(),
+            ports_released: r.ports_released,
         }
     }
 }
@@ -406,6 +427,14 @@ struct KeyGuard<'a> {
 }
 
 impl KeyedLocks {
+    /// Whether somebody holds or awaits the lock of `name`.
+    fn busy(&self, name: &PodName) -> bool {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(name)
+    }
+
     async fn lock(&self, name: &PodName) -> KeyGuard<'_> {
         let mutex = {
             let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -685,7 +714,12 @@ impl<S: System> PodManager<S> {
                 });
             }
             // Under the state lock, so two concurrent creates cannot both take a port.
-            for other in inner.state.pods.values() {
+            for other in inner
+                .state
+                .pods
+                .values()
+                .filter(|other| self.holds_ports(other))
+            {
                 for mapping in &ports {
                     if let Some(theirs) = other.ports.iter().find(|o| mapping.overlaps(o)) {
                         return Err(ManagerError::PortInUse {
@@ -729,6 +763,7 @@ impl<S: System> PodManager<S> {
                 phase: Phase::Creating,
                 mtu,
                 ports,
+                ports_released: false,
             };
             inner.state.pods.insert(name.clone(), record.clone());
             let owned = record.netns_owned();
@@ -888,6 +923,73 @@ impl<S: System> PodManager<S> {
         }
     }
 
+    /// Whether the ports of `record` are held against other pods: unless they are released,
+    /// and even then while an operation on that pod is in flight (a release between saving
+    /// its record and deleting its elements, whose keys a new pod's elements would clash
+    /// with). Called under the state lock.
+    fn holds_ports(&self, record: &PodRecord) -> bool {
+        !record.ports_released || self.pod_locks.busy(&record.name)
+    }
+
+    /// Withdraws the host ports of pod `name` and frees them for other pods; the pod stays
+    /// wired otherwise (what a runtime's StopPodSandbox calls for). The record is saved
+    /// released first, then the map elements are deleted and UDP conntrack entries flushed
+    /// as `remove` does, so a crash in between leaves only elements no record wants, which
+    /// `check` reports and `repair` (and the start-up reconcile) removes. Idempotent:
+    /// `Ok(false)` when the pod has no ports or they were released already (their elements
+    /// are not touched again: another pod may own those keys now). A later `create` or
+    /// `attach` of the pod with the same ports returns it unchanged, without publishing them
+    /// again. A pod that does not exist (or is not ready) is [`ManagerError::NotFound`].
+    pub async fn release_pod_ports(&self, name: &PodName) -> Result<bool, ManagerError> {
+        let _shared = self.barrier.read().await;
+        let _pod = self.pod_locks.lock(name).await;
+        let record = match self.record(name) {
+            Some(r) if r.phase == Phase::Ready => r,
+            _ => return Err(ManagerError::NotFound { name: name.clone() }),
+        };
+        if record.ports.is_empty() || record.ports_released {
+            return Ok(false);
+        }
+        let elements = plan::record_elements(&PodRecord {
+            ports_released: false,
+            ..record.clone()
+        });
+        {
+            let mut inner = self.inner();
+            if let Some(r) = inner.state.pods.get_mut(name) {
+                r.ports_released = true;
+            }
+            if let Err(e) = self.save(&mut inner) {
+                if let Some(r) = inner.state.pods.get_mut(name) {
+                    r.ports_released = false;
+                }
+                return Err(e.into());
+            }
+        }
+        let mut actions = vec![Action::RemoveHostPorts {
+            pod: name.clone(),
+            elements: elements.clone(),
+        }];
+        let flushes = firewall::conntrack_flushes(&elements);
+        if !flushes.is_empty() {
+            actions.push(Action::FlushConntrack {
+                pod: name.clone(),
+                flushes,
+            });
+        }
+        let result = executor::apply_best_effort(&self.system, &actions, &self.log).await;
+        if !result.failures.is_empty() {
+            warn!(self.log, "host ports released in the record, but withdrawing them failed; repair removes them";
+                "pod" => %name, "failures" => result.failures.len());
+            return Err(ManagerError::Release {
+                name: name.clone(),
+                failures: result.failures,
+            });
+        }
+        info!(self.log, "host ports released"; "pod" => %name, "ports" => record.ports.len());
+        Ok(true)
+    }
+
     // ---------------------------------------------------------------- queries
 
     /// The pod `name`, if it exists and is ready.
@@ -930,7 +1032,13 @@ impl<S: System> PodManager<S> {
             pools: inner.ipam.usage(),
             state_file: self.store.path().to_path_buf(),
             peers: inner.state.peers.clone(),
-            host_ports: inner.state.pods.values().map(|r| r.ports.len()).sum(),
+            host_ports: inner
+                .state
+                .pods
+                .values()
+                .filter(|r| !r.ports_released)
+                .map(|r| r.ports.len())
+                .sum(),
         }
     }
 

@@ -504,9 +504,13 @@ pub fn plan_create(record: &PodRecord, node: &NodeNetwork) -> Vec<Step> {
     steps
 }
 
-/// The host port map elements of `record` (none without ports). A record's ports were
-/// checked against its addresses when it was created, so every mapping yields elements.
+/// The host port map elements of `record` (none without ports, and none once its ports
+/// are released: they may belong to another pod by then). A record's ports were checked
+/// against its addresses when it was created, so every mapping yields elements.
 pub fn record_elements(record: &PodRecord) -> Vec<HostPortElement> {
+    if record.ports_released {
+        return Vec::new();
+    }
     let ips: Vec<IpAddr> = record.ips.iter().map(IpNet::addr).collect();
     record
         .ports
@@ -985,6 +989,7 @@ mod tests {
             phase: Phase::Creating,
             mtu: 1450,
             ports: Vec::new(),
+            ports_released: false,
         }
     }
 

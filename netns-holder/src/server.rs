@@ -368,6 +368,25 @@ impl<S: System> NetnsHolder for ApiService<S> {
         }))
     }
 
+    async fn release_pod_ports(
+        &self,
+        request: Request<pb::ReleasePodPortsRequest>,
+    ) -> Result<Response<pb::ReleasePodPortsResponse>, Status> {
+        const METHOD: &str = "ReleasePodPorts";
+        let name =
+            api::request_name(&request.into_inner().name).map_err(|s| self.rejected(METHOD, s))?;
+        debug!(self.log, "API call"; "method" => METHOD, "pod" => %name);
+        let released = self
+            .manager
+            .release_pod_ports(&name)
+            .await
+            .map_err(|e| self.failed(METHOD, &e))?;
+        Ok(Response::new(pb::ReleasePodPortsResponse {
+            name: name.to_string(),
+            released,
+        }))
+    }
+
     async fn get_pod(
         &self,
         request: Request<pb::GetPodRequest>,

@@ -122,6 +122,12 @@ pub struct PodRecord {
     /// Published host ports, part of the create parameters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortMapping>,
+    /// The host ports were withdrawn (`ReleasePodPorts`, a runtime's StopPodSandbox): they
+    /// are no longer published nor held against other pods, and nothing publishes them
+    /// again. Saved before the elements are deleted, so a crash in between leaves elements
+    /// that no record wants, which check reports and repair removes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ports_released: bool,
 }
 
 impl PodRecord {
@@ -285,6 +291,7 @@ mod tests {
                 80,
                 crate::ports::Protocol::Udp,
             )],
+            ports_released: false,
         }
     }
 

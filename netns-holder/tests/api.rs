@@ -181,7 +181,7 @@ impl Daemon {
     }
 }
 
-const POD_KEYS: [&str; 9] = [
+const POD_KEYS: [&str; 10] = [
     "name",
     "id",
     "netns",
@@ -191,6 +191,7 @@ const POD_KEYS: [&str; 9] = [
     "interface",
     "host_veth",
     "ports",
+    "ports_released",
 ];
 
 fn keys(v: &Value) -> BTreeSet<&str> {
@@ -225,6 +226,7 @@ async fn create_prints_the_pod_with_exact_keys() {
     assert_eq!(pod["interface"], "eth0");
     assert_eq!(pod["host_veth"], name.id().host_veth_name().as_str());
     assert_eq!(pod["ports"], serde_json::json!([]));
+    assert_eq!(pod["ports_released"], false);
     // The same shape as the library's PodInfo (which denies unknown fields).
     let info: PodInfo = serde_json::from_value(pod).unwrap();
     assert_eq!(info.name, name);
@@ -362,6 +364,80 @@ async fn rm_twice_then_inspect_is_not_found() {
     let (code, _) = d.status_error(&["exec", "web", "--", "true"]).await;
     assert_eq!(code, Code::NotFound);
     assert!(d.fake.snapshot().mounts.is_empty());
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_ports_frees_them_is_idempotent_and_unknown_pods_are_not_found() {
+    let d = Daemon::start().await;
+    let web = d
+        .json(&[
+            "pod",
+            "create",
+            "web",
+            "--publish",
+            "8080:80",
+            "-p",
+            "53:53/udp",
+        ])
+        .await;
+    assert_eq!(web["ports_released"], false);
+    let (code, text) = d
+        .status_error(&["pod", "create", "db", "--publish", "8080:8080"])
+        .await;
+    assert_eq!(code, Code::FailedPrecondition);
+    assert!(text.contains("taken by pod web"), "{text}");
+    assert_eq!(d.fake.firewall_elements().unwrap().len(), 2);
+
+    let released = d.json(&["pod", "release-ports", "web"]).await;
+    assert_eq!(
+        released,
+        serde_json::json!({"name": "web", "released": true})
+    );
+    assert_eq!(d.fake.firewall_elements().unwrap(), vec![]);
+    let again = d.json(&["pod", "release-ports", "web"]).await;
+    assert_eq!(again, serde_json::json!({"name": "web", "released": false}));
+    let inspected = d.json(&["pod", "inspect", "web"]).await;
+    assert_eq!(inspected["ports_released"], true);
+    assert_eq!(inspected["ports"], web["ports"], "the parameters stay");
+    // Creating it again with the same ports is idempotent and publishes nothing.
+    let same = d
+        .json(&[
+            "pod",
+            "create",
+            "web",
+            "-p",
+            "53:53/udp",
+            "--publish",
+            "8080:80",
+        ])
+        .await;
+    assert_eq!(same, inspected);
+    assert_eq!(d.fake.firewall_elements().unwrap(), vec![]);
+    // The port is free for another pod now.
+    d.json(&["pod", "create", "db", "--publish", "8080:8080"])
+        .await;
+    assert_eq!(d.fake.firewall_elements().unwrap().len(), 1);
+    let status = d.client().await.status().await.unwrap();
+    assert_eq!(status.host_ports, 1, "released ports are not counted");
+
+    let (code, text) = d.status_error(&["pod", "release-ports", "ghost"]).await;
+    assert_eq!(code, Code::NotFound);
+    assert_eq!(text, "pod ghost not found");
+    let mut client = d.client().await;
+    let answer = client
+        .release_pod_ports(&PodName::new("db").unwrap())
+        .await
+        .unwrap();
+    assert_eq!((answer.name.as_str(), answer.released), ("db", true));
+    let status = client
+        .raw()
+        .release_pod_ports(pb::ReleasePodPortsRequest { name: "a/b".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("\"a/b\""), "{}", status.message());
+    assert!(d.fake.firewall_elements().unwrap().is_empty());
     d.stop().await;
 }
 

@@ -227,6 +227,7 @@ async fn pod_info_json_has_exactly_the_documented_fields() {
             "interface": "eth0",
             "host_veth": "nhba7816bf8f01",
             "ports": [],
+            "ports_released": false,
         })
     );
     assert_eq!(serde_json::from_value::<PodInfo>(json).unwrap(), info);
@@ -1656,4 +1657,155 @@ async fn configured_peers_apply_at_start_and_cannot_be_removed_through_the_api()
         m.peers().iter().map(|p| p.peer()).collect::<Vec<_>>(),
         [api_peer]
     );
+}
+
+// ---------------------------------------------------------------- release-ports
+
+#[tokio::test]
+async fn releasing_ports_withdraws_exactly_that_pods_elements_and_frees_them() {
+    use crate::fake::FakeConntrack;
+    let env = Env::dual();
+    let m = env.manager();
+    let web = m
+        .create(with_ports("web", &["8080:80", "5353:53/udp"]))
+        .await
+        .unwrap();
+    m.create(with_ports("db", &["5432:5432"])).await.unwrap();
+    let db_elements: Vec<String> = element_texts(&env)
+        .into_iter()
+        .filter(|e| e.contains("5432"))
+        .collect();
+    assert_eq!(db_elements.len(), 2, "{db_elements:?}");
+    env.fake.add_conntrack(&[FakeConntrack {
+        reply_source: "10.88.0.2".parse().unwrap(),
+        destination_port: 40000,
+    }]);
+
+    assert!(m.release_pod_ports(&name("web")).await.unwrap());
+    // Only db's elements are left; web's UDP flows are flushed; web stays wired.
+    assert_eq!(element_texts(&env), db_elements);
+    assert!(env.fake.conntrack().is_empty());
+    assert_complete(&env, &m, "web").await;
+    let info = m.get(&name("web")).unwrap();
+    assert!(info.ports_released);
+    assert_eq!(info.ports, web.ports, "the create parameters are kept");
+    assert_eq!(m.status().host_ports, 1);
+    assert!(m.check().await.is_empty(), "{:?}", m.check().await);
+
+    // Idempotent: nothing is touched the second time.
+    let calls = env.fake.call_count();
+    assert!(!m.release_pod_ports(&name("web")).await.unwrap());
+    assert_eq!(env.fake.calls()[calls..], [] as [String; 0]);
+    // A pod without ports has nothing to release.
+    m.create(CreateRequest::new(name("plain"))).await.unwrap();
+    assert!(!m.release_pod_ports(&name("plain")).await.unwrap());
+
+    // The ports are free: another pod takes them.
+    m.create(with_ports("web2", &["8080:80", "5353:53/udp"]))
+        .await
+        .unwrap();
+    assert!(m.check().await.is_empty());
+    // Ensuring web again with the same ports (e.g. a plugin's Synchronize) is idempotent,
+    // publishes nothing and does not fail although web2 holds them now; other ports are
+    // still a conflict.
+    let calls = env.fake.call_count();
+    let again = m
+        .create(with_ports("web", &["5353:53/udp", "8080:80"]))
+        .await
+        .unwrap();
+    assert!(again.ports_released);
+    assert!(
+        !env.fake.calls()[calls..]
+            .iter()
+            .any(|c| c.starts_with("add_elements")),
+        "{:?}",
+        &env.fake.calls()[calls..]
+    );
+    let err = m.create(with_ports("web", &["8080:80"])).await.unwrap_err();
+    assert!(matches!(err, ManagerError::Conflict { .. }), "{err}");
+
+    // A restarted daemon keeps it released and does not publish it again.
+    let m = env.manager();
+    let report = m.reconcile().await;
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert!(report.node_actions.is_empty(), "{report:?}");
+    assert!(m.get(&name("web")).unwrap().ports_released);
+    assert!(m.check().await.is_empty());
+    // Removing the released pod leaves web2's elements (same keys) alone.
+    let before = element_texts(&env);
+    m.remove(&name("web")).await.unwrap();
+    assert_eq!(element_texts(&env), before);
+    assert!(m.check().await.is_empty());
+}
+
+#[tokio::test]
+async fn releasing_ports_of_an_unknown_pod_is_not_found() {
+    let env = Env::v4();
+    let m = env.manager();
+    let err = m.release_pod_ports(&name("ghost")).await.unwrap_err();
+    assert!(matches!(err, ManagerError::NotFound { .. }), "{err}");
+    assert_eq!(err.to_string(), "pod ghost not found");
+    assert_eq!(crate::api::error_code(&err), tonic::Code::NotFound);
+    assert!(m.records().is_empty());
+}
+
+#[tokio::test]
+async fn a_crash_between_saving_the_release_and_the_firewall_is_repaired() {
+    let env = Env::v4();
+    let m = env.manager();
+    m.create(with_ports("web", &["8080:80"])).await.unwrap();
+    // The deletion fails (as if the daemon died right after saving): the record says
+    // released, the element is still in the map.
+    env.fake.fail_on("delete_elements");
+    let err = m.release_pod_ports(&name("web")).await.unwrap_err();
+    assert!(matches!(err, ManagerError::Release { .. }), "{err}");
+    assert!(err.to_string().contains("pod web"), "{err}");
+    assert_eq!(crate::api::error_code(&err), tonic::Code::Internal);
+    env.fake.clear_failures();
+    assert_eq!(element_texts(&env).len(), 1);
+    drop(m);
+
+    let m = env.manager();
+    assert!(m.get(&name("web")).unwrap().ports_released, "persisted");
+    let found: Vec<String> = m.check().await.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        found,
+        [
+            "element { tcp . 8080 : 10.88.0.2 . 80 } of map hostport_any_v4: foreign (not put there by netns-holder)"
+        ]
+    );
+    let report = m.reconcile().await;
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert_eq!(
+        report.node_actions,
+        ["replace nftables table inet netns_holder (0 host port element(s))"]
+    );
+    assert!(element_texts(&env).is_empty());
+    assert!(m.check().await.is_empty());
+    // The port is free for another pod, and releasing again is a no-op.
+    m.create(with_ports("other", &["8080:80"])).await.unwrap();
+    assert!(!m.release_pod_ports(&name("web")).await.unwrap());
+    assert_eq!(element_texts(&env).len(), 1);
+    assert!(m.check().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_release_that_cannot_be_saved_changes_nothing() {
+    let env = Env::v4();
+    let m = env.manager();
+    m.create(with_ports("web", &["8080:80"])).await.unwrap();
+    // Every save fails (as in a_removal_that_cannot_be_recorded_touches_nothing).
+    let blocker = env.config.state_dir.join("state.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let err = m.release_pod_ports(&name("web")).await.unwrap_err();
+    assert!(matches!(err, ManagerError::State(_)), "{err}");
+    assert!(!m.get(&name("web")).unwrap().ports_released);
+    assert_eq!(element_texts(&env).len(), 1);
+    assert!(m.check().await.is_empty());
+    // Still held: another pod cannot take the port.
+    let err = m.create(with_ports("db", &["8080:80"])).await.unwrap_err();
+    assert!(matches!(err, ManagerError::PortInUse { .. }), "{err}");
+    std::fs::remove_dir(&blocker).unwrap();
+    assert!(m.release_pod_ports(&name("web")).await.unwrap());
+    assert!(element_texts(&env).is_empty());
 }
