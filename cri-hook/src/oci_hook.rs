@@ -21,7 +21,8 @@
 //!
 //! The container's annotations under `netns-holder.io/` are the pod options shared with the
 //! NRI plugin ([`crate::pod::parse_options`]): `netns-holder.io/name=NAME` names the daemon
-//! pod (default: the container id), `netns-holder.io/skip=true` makes the hook do nothing.
+//! pod (default: the container id), `netns-holder.io/skip=true` makes the hook do nothing,
+//! `netns-holder.io/ports=8080:80,...` publishes host ports with the pod (gone at poststop).
 //! Any other key under the prefix, or a malformed value, fails the hook with an error naming
 //! the annotation.
 //!
@@ -53,7 +54,7 @@ use std::time::Duration;
 
 use netns_holder::api::{self, pb};
 use netns_holder::client::{Client, ClientError};
-use netns_holder::names::{NameError, PodName};
+use netns_holder::names::{NameError, PodName, escaped, quoted};
 use oci_spec::runtime::{ContainerState, State};
 use thiserror::Error;
 
@@ -103,21 +104,38 @@ pub struct OciArgs {
     pub timeout_ms: u64,
 }
 
+/// The parser's message, which may echo a piece of the input (`unknown variant ...`): its
+/// control and invisible characters escaped, and at most about 300 characters of it (the
+/// start and the position at the end).
+fn parse_error(e: &serde_json::Error) -> String {
+    let text = escaped(&e.to_string());
+    let count = text.chars().count();
+    if count <= 300 {
+        return text;
+    }
+    let start: String = text.chars().take(200).collect();
+    let end: String = text.chars().skip(count - 80).collect();
+    format!("{start}...{end}")
+}
+
 /// Why the hook failed; every variant names the container (and the pod, when there is one).
+/// Texts from the state (the container id, the daemon's namespace path) are shown quoted
+/// with their control and invisible characters escaped ([`quoted`]).
 #[derive(Debug, Error)]
 pub enum HookError {
     /// stdin could not be read.
     #[error("cannot read the OCI state from stdin: {0}")]
     ReadState(#[source] std::io::Error),
     /// stdin is not an OCI state.
-    #[error("the OCI state on stdin is invalid: {0}")]
+    #[error("the OCI state on stdin is invalid: {}", parse_error(.0))]
     ParseState(#[source] serde_json::Error),
     /// The state has no container id.
     #[error("the OCI state on stdin has no container id")]
     NoId,
     /// `auto` met a status that belongs to neither stage.
     #[error(
-        "container {container}: status {status} is neither createRuntime's (creating, created) nor poststop's (stopped)"
+        "container {}: status {status} is neither createRuntime's (creating, created) nor poststop's (stopped)",
+        quoted(container)
     )]
     UnknownStage {
         /// The container id.
@@ -126,7 +144,7 @@ pub enum HookError {
         status: ContainerState,
     },
     /// Option annotations are malformed.
-    #[error("container {container}: {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    #[error("container {}: {}", quoted(container), problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Options {
         /// The container id.
         container: String,
@@ -134,7 +152,10 @@ pub enum HookError {
         problems: Vec<AnnotationProblem>,
     },
     /// The container id cannot be a pod name (and no `netns-holder.io/name` was given).
-    #[error("container {container}: its id cannot name a pod (set netns-holder.io/name): {source}")]
+    #[error(
+        "container {}: its id cannot name a pod (set netns-holder.io/name): {source}",
+        quoted(container)
+    )]
     PodName {
         /// The container id.
         container: String,
@@ -143,7 +164,10 @@ pub enum HookError {
         source: NameError,
     },
     /// The state has no pid (createRuntime needs the container's process).
-    #[error("container {container}: the OCI state (status {status}) has no pid")]
+    #[error(
+        "container {}: the OCI state (status {status}) has no pid",
+        quoted(container)
+    )]
     NoPid {
         /// The container id.
         container: String,
@@ -151,7 +175,7 @@ pub enum HookError {
         status: ContainerState,
     },
     /// The container's network namespace cannot be opened.
-    #[error("container {container}: cannot open {}: {source}", path.display())]
+    #[error("container {}: cannot open {}: {source}", quoted(container), path.display())]
     Netns {
         /// The container id.
         container: String,
@@ -163,7 +187,8 @@ pub enum HookError {
     },
     /// The container shares the host's (or the hook's) network namespace.
     #[error(
-        "container {container}: pid {pid} is in the host network namespace ({}); refusing to wire it",
+        "container {}: pid {pid} is in the host network namespace ({}); refusing to wire it",
+        quoted(container),
         which
     )]
     HostNetns {
@@ -176,7 +201,9 @@ pub enum HookError {
     },
     /// The named pod exists in another network namespace.
     #[error(
-        "container {container}: pod {pod} exists with network namespace {netns}, which is not the container's (pid {pid}); refusing to wire or join it"
+        "container {}: pod {pod} exists with network namespace {}, which is not the container's (pid {pid}); refusing to wire or join it",
+        quoted(container),
+        quoted(netns)
     )]
     ForeignPod {
         /// The container id.
@@ -190,7 +217,8 @@ pub enum HookError {
     },
     /// The pid stopped being the container's process while the pod was being attached.
     #[error(
-        "container {container}: pid {pid} exited or was reused while pod {pod} was being attached; the pod was removed again"
+        "container {}: pid {pid} exited or was reused while pod {pod} was being attached; the pod was removed again",
+        quoted(container)
     )]
     PidChanged {
         /// The container id.
@@ -201,7 +229,7 @@ pub enum HookError {
         pod: PodName,
     },
     /// A daemon call failed.
-    #[error("container {container}: pod {pod}: {source}")]
+    #[error("container {}: pod {pod}: {source}", quoted(container))]
     Daemon {
         /// The container id.
         container: String,
@@ -212,7 +240,7 @@ pub enum HookError {
         source: ClientError,
     },
     /// The daemon's answer is malformed.
-    #[error("container {container}: pod {pod}: {source}")]
+    #[error("container {}: pod {pod}: {source}", quoted(container))]
     Answer {
         /// The container id.
         container: String,
@@ -223,7 +251,7 @@ pub enum HookError {
         source: api::ResponseError,
     },
     /// The daemon did not answer in time.
-    #[error("container {container}: pod {pod}: netns-holder at {} did not answer within {after:?}", socket.display())]
+    #[error("container {}: pod {pod}: netns-holder at {} did not answer within {after:?}", quoted(container), socket.display())]
     Timeout {
         /// The container id.
         container: String,
@@ -452,7 +480,12 @@ impl Run<'_> {
         }
         let attached = self
             .client
-            .attach_pod(&plan.pod, &target.netns, pod_annotations(&plan.container))
+            .attach_pod_with_ports(
+                &plan.pod,
+                &target.netns,
+                pod_annotations(&plan.container),
+                &plan.options.ports,
+            )
             .await;
         if let Err(e) = attached {
             return Err(self.daemon_error(e));
@@ -591,6 +624,42 @@ mod tests {
             "ociVersion": "1.0.2", "id": "", "status": "created", "bundle": "/b"
         }));
         assert!(matches!(plan(Stage::Poststop, &s), Err(HookError::NoId)));
+    }
+
+    #[test]
+    fn refusals_show_control_and_invisible_characters_escaped() {
+        let s = state(serde_json::json!({
+            "ociVersion": "1.0.2", "id": "ctr\u{1b}[2J\u{202e}1", "status": "created",
+            "bundle": "/b", "annotations": {"netns-holder.io/skip": "w\u{7}eb"}
+        }));
+        let text = plan(Stage::CreateRuntime, &s).unwrap_err().to_string();
+        assert!(
+            text.contains(r#"container "ctr\u{1b}[2J\u{202e}1""#),
+            "{text}"
+        );
+        assert!(text.contains(r#""w\u{7}eb""#), "{text}");
+        assert!(
+            !text.contains(['\u{1b}', '\u{202e}', '\u{7}']),
+            "{text:?} has raw characters"
+        );
+        // The id cannot name a pod: the container and the name error both escape it.
+        let s = state(serde_json::json!({
+            "ociVersion": "1.0.2", "id": "ctr\u{200b}1", "status": "stopped", "bundle": "/b"
+        }));
+        let text = plan(Stage::Poststop, &s).unwrap_err().to_string();
+        assert!(text.contains(r#""ctr\u{200b}1""#), "{text}");
+        assert!(!text.contains('\u{200b}'), "{text:?} has the raw character");
+        // A parse error that echoes a value escapes it and stays short.
+        let bad = format!(
+            r#"{{"ociVersion":"1.0.2","id":"c","status":"x\u001b[2J{}","bundle":"/b"}}"#,
+            "y".repeat(100_000)
+        );
+        let e = serde_json::from_str::<State>(&bad).unwrap_err();
+        let text = HookError::ParseState(e).to_string();
+        assert!(text.contains(r"x\u{1b}[2J"), "{text}");
+        assert!(!text.contains('\u{1b}'), "{text:?} has the raw character");
+        assert!(text.len() < 400, "{} bytes", text.len());
+        assert!(text.contains("at line 1 column"), "{text}");
     }
 
     #[test]

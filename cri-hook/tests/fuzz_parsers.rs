@@ -152,6 +152,7 @@ fn host_ip() -> impl Strategy<Value = Option<IpAddr>> {
         Just(None),
         any::<[u8; 4]>().prop_map(|o| Some(IpAddr::V4(Ipv4Addr::from(o)))),
         any::<[u16; 8]>().prop_map(|s| Some(IpAddr::V6(Ipv6Addr::from(s)))),
+        any::<[u8; 4]>().prop_map(|o| Some(IpAddr::V6(Ipv4Addr::from(o).to_ipv6_mapped()))),
         Just(Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED))),
         Just(Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED))),
     ]
@@ -211,7 +212,7 @@ fn publish_specs_round_trip() {
             let spec = render_spec(ip, (h, h + extra), (c, c + extra), proto);
             let refused_ip = ip.is_some_and(|ip| match ip {
                 IpAddr::V4(v4) => v4.is_multicast() || v4.is_broadcast(),
-                IpAddr::V6(v6) => v6.is_multicast(),
+                IpAddr::V6(v6) => v6.is_multicast() || v6.to_ipv4_mapped().is_some(),
             });
             match netns_holder::ports::parse_publish(&spec) {
                 Ok(mappings) => {

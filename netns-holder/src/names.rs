@@ -32,7 +32,10 @@ pub enum NameError {
     #[error("pod name is empty")]
     EmptyPodName,
     /// The pod name is longer than [`MAX_POD_NAME_LEN`] bytes.
-    #[error("pod name {name:?} is {len} bytes long; at most {MAX_POD_NAME_LEN} are allowed")]
+    #[error(
+        "pod name {} is {len} bytes long; at most {MAX_POD_NAME_LEN} are allowed",
+        quoted(name)
+    )]
     PodNameTooLong {
         /// The rejected name (possibly long).
         name: String,
@@ -40,7 +43,7 @@ pub enum NameError {
         len: usize,
     },
     /// The pod name contains a character that cannot appear in it.
-    #[error("pod name {name:?} contains {what}, which is not allowed")]
+    #[error("pod name {} contains {what}, which is not allowed", quoted(name))]
     PodNameBadChar {
         /// The rejected name.
         name: String,
@@ -48,25 +51,25 @@ pub enum NameError {
         what: String,
     },
     /// The pod name starts with `.` (hidden file, `.` and `..`).
-    #[error("pod name {name:?} starts with '.', which is not allowed")]
+    #[error("pod name {} starts with '.', which is not allowed", quoted(name))]
     PodNameLeadingDot {
         /// The rejected name.
         name: String,
     },
     /// The pod name contains `..`.
-    #[error("pod name {name:?} contains \"..\", which is not allowed")]
+    #[error("pod name {} contains \"..\", which is not allowed", quoted(name))]
     PodNameDotDot {
         /// The rejected name.
         name: String,
     },
     /// A pod id is not 16 lowercase hex characters.
-    #[error("pod id {id:?} is not 16 lowercase hex characters")]
+    #[error("pod id {} is not 16 lowercase hex characters", quoted(id))]
     BadPodId {
         /// The rejected id.
         id: String,
     },
     /// An interface name is not acceptable to the kernel.
-    #[error("interface name {name:?} is invalid: {reason}")]
+    #[error("interface name {} is invalid: {reason}", quoted(name))]
     BadIfName {
         /// The rejected interface name.
         name: String,
@@ -82,6 +85,56 @@ pub struct PodName(String);
 
 /// How much of an over-long name an error message shows.
 const ERROR_PREVIEW_CHARS: usize = 64;
+
+/// `text` in double quotes, escaped for an error message or a log line so that an operator
+/// sees exactly what was sent: like `{:?}` (`\n`, `\u{1b}`, `\"`, ...), and in addition every
+/// invisible or direction-changing character (see [`PodName::new`]) as `\u{...}`, also those
+/// that `{:?}` leaves raw (e.g. U+3164, a Hangul filler). A text longer than
+/// [`QUOTED_MAX_CHARS`] characters shows its start followed by `...` after the quotes.
+pub fn quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(4 * QUOTED_MAX_CHARS) + 2);
+    out.push('"');
+    let mut chars = text.chars();
+    for c in chars.by_ref().take(QUOTED_MAX_CHARS) {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => push_escaped(&mut out, c),
+        }
+    }
+    out.push('"');
+    if chars.next().is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
+/// `text` (e.g. a library's error message that may echo input) with the characters an
+/// operator could not see escaped as [`quoted`] does (controls, invisible and
+/// direction-changing characters), without quotes and without shortening it; quotes and
+/// backslashes stay as they are.
+pub fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        push_escaped(&mut out, c);
+    }
+    out
+}
+
+/// Appends `c`, escaped if it is a control, invisible or direction-changing character (or
+/// anything else `{:?}` escapes); quotes and backslashes are appended as they are.
+fn push_escaped(out: &mut String, c: char) {
+    match c {
+        '"' | '\'' | '\\' => out.push(c),
+        c if is_invisible(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        c => out.extend(c.escape_debug()),
+    }
+}
+
+/// At most this many characters of a text are shown by [`quoted`].
+pub const QUOTED_MAX_CHARS: usize = 256;
 
 /// Unicode format characters that render as nothing or reorder text (zero-width spaces and
 /// joiners, bidirectional overrides and isolates, the byte-order mark, tags...): a name made
@@ -343,6 +396,33 @@ mod tests {
         assert!(err.len() < 300, "error is {} bytes", err.len());
         assert!(err.contains("1048576 bytes long"), "{err}");
         assert!(PodName::new("caf\u{e9}-web").is_ok());
+    }
+
+    #[test]
+    fn quoted_escapes_what_an_operator_could_not_see() {
+        assert_eq!(quoted("web-1"), "\"web-1\"");
+        assert_eq!(quoted("it's \"x\""), r#""it's \"x\"""#);
+        assert_eq!(quoted("a\nb\u{1b}[2J"), r#""a\nb\u{1b}[2J""#);
+        assert_eq!(quoted("hx\u{202e}gnp.exe"), r#""hx\u{202e}gnp.exe""#);
+        // `{:?}` leaves these raw; `quoted` does not.
+        assert_eq!(format!("{:?}", "a\u{3164}b"), "\"a\u{3164}b\"");
+        assert_eq!(quoted("a\u{3164}b"), r#""a\u{3164}b""#);
+        assert_eq!(quoted("caf\u{e9}"), "\"caf\u{e9}\"");
+        let long = quoted(&"x".repeat(QUOTED_MAX_CHARS + 1));
+        assert_eq!(long, format!("\"{}\"...", "x".repeat(QUOTED_MAX_CHARS)));
+        assert_eq!(
+            quoted(&"x".repeat(QUOTED_MAX_CHARS)).len(),
+            QUOTED_MAX_CHARS + 2
+        );
+        assert_eq!(
+            escaped("unknown variant `a\u{1b}[31m\u{202e}\"'\\`"),
+            r#"unknown variant `a\u{1b}[31m\u{202e}"'\`"#
+        );
+        for bad in ["hx\u{202e}gnp.exe", "a\u{3164}b", "a\u{7}b"] {
+            let err = PodName::new(bad).unwrap_err().to_string();
+            assert!(err.contains(&quoted(bad)), "{err}");
+            assert!(!err.contains(bad), "{err} shows the raw name");
+        }
     }
 
     #[test]

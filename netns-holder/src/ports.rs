@@ -415,13 +415,8 @@ pub fn parse_publish(spec: &str) -> Result<Vec<PortMapping>, PortSpecError> {
                 (IpAddr::V6(_), false) => return Err(bad("an IPv6 address without brackets")),
                 _ => {}
             }
-            if ip.is_multicast() {
-                return Err(bad("a multicast address"));
-            }
-            if let IpAddr::V4(v4) = ip
-                && v4.is_broadcast()
-            {
-                return Err(bad("the broadcast address"));
+            if let Some(reason) = host_ip_problem(ip) {
+                return Err(bad(reason));
             }
             Some(ip)
         }
@@ -502,8 +497,28 @@ pub fn validate(ports: &[PortMapping]) -> Result<(), PortSpecError> {
     Ok(())
 }
 
+/// Why `ip` cannot be the host IP of a mapping, `None` if it can. The one rule for both
+/// ways in: `--publish` specs ([`parse_publish`]) and the API's mappings ([`from_parts`]).
+///
+/// Refused: multicast and the IPv4 broadcast address (no socket of the node is ever
+/// addressed by them, so the mapping could never match) and IPv4-mapped IPv6 addresses
+/// (`::ffff:a.b.c.d`, also `::ffff:0.0.0.0`): IPv4 traffic never arrives under them, and
+/// the mapping would neither be the IPv4 mapping it looks like nor an IPv6 wildcard.
+pub fn host_ip_problem(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        ip if ip.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
+            Some("an IPv4-mapped IPv6 address (give the IPv4 address itself)")
+        }
+        _ => None,
+    }
+}
+
 /// A mapping from numbers as the API carries them (`host_ip` empty for every address),
-/// range-checked.
+/// range-checked, its host IP checked by the same rule as a `--publish` spec's
+/// ([`host_ip_problem`]). A bad host IP is a [`PortSpecError::BadHostIp`] whose `spec` is
+/// the mapping written as a `--publish` spec, e.g. `"224.0.0.1:80:80/tcp"`.
 pub fn from_parts(
     host_ip: &str,
     host_port: u32,
@@ -514,6 +529,8 @@ pub fn from_parts(
         1..=65535 => Ok(value as u16),
         _ => Err(PortSpecError::OutOfRange { what, value }),
     };
+    let host_port = port("host port", host_port)?;
+    let container_port = port("container port", container_port)?;
     let host_ip = if host_ip.is_empty() {
         None
     } else {
@@ -521,19 +538,23 @@ pub fn from_parts(
             .strip_prefix('[')
             .and_then(|s| s.strip_suffix(']'))
             .unwrap_or(host_ip);
-        Some(
-            text.parse::<IpAddr>()
-                .map_err(|_| PortSpecError::BadHostIp {
-                    spec: host_ip.to_string(),
-                    ip: host_ip.to_string(),
-                    reason: "not an IP address",
-                })?,
-        )
+        let bad = |reason| PortSpecError::BadHostIp {
+            spec: format!("{host_ip}:{host_port}:{container_port}/{protocol}"),
+            ip: host_ip.to_string(),
+            reason,
+        };
+        let ip = text
+            .parse::<IpAddr>()
+            .map_err(|_| bad("not an IP address"))?;
+        if let Some(reason) = host_ip_problem(ip) {
+            return Err(bad(reason));
+        }
+        Some(ip)
     };
     Ok(PortMapping {
         host_ip,
-        host_port: port("host port", host_port)?,
-        container_port: port("container port", container_port)?,
+        host_port,
+        container_port,
         protocol,
     })
 }
@@ -637,6 +658,8 @@ mod tests {
             ("[zz::1]:80:90", "host IP \"zz::1\" is not an IP address"),
             ("224.0.0.1:80:90", "a multicast address"),
             ("255.255.255.255:80:90", "the broadcast address"),
+            ("[ff02::1]:80:90", "a multicast address"),
+            ("[::ffff:10.0.0.1]:80:90", "an IPv4-mapped IPv6 address"),
             ("8080", "no ':' between host port and container port"),
             ("", "it is empty"),
             ("80 :90", "whitespace"),
@@ -777,5 +800,55 @@ mod tests {
             })
         ));
         assert!(from_parts("nope", 80, 80, Protocol::Tcp).is_err());
+    }
+
+    /// The API path refuses what `--publish` refuses, and its error names the mapping and
+    /// the address.
+    #[test]
+    fn from_parts_checks_the_host_ip_like_publish() {
+        // (as the API carries it, as `--publish` writes it, why it is refused)
+        let cases: &[(&str, &str, &str)] = &[
+            ("224.0.0.1", "224.0.0.1", "a multicast address"),
+            (
+                "255.255.255.255",
+                "255.255.255.255",
+                "the broadcast address",
+            ),
+            ("ff02::1", "[ff02::1]", "a multicast address"),
+            (
+                "::ffff:10.0.0.1",
+                "[::ffff:10.0.0.1]",
+                "an IPv4-mapped IPv6 address",
+            ),
+            (
+                "::ffff:0.0.0.0",
+                "[::ffff:0.0.0.0]",
+                "an IPv4-mapped IPv6 address",
+            ),
+        ];
+        for (api, cli, reason) in cases {
+            let e = from_parts(api, 8080, 80, Protocol::Udp)
+                .expect_err(api)
+                .to_string();
+            assert!(e.contains(reason), "{api}: {e}");
+            assert!(e.contains(&format!("{api:?}")), "{api}: {e}");
+            assert!(e.contains(&format!("{api}:8080:80/udp")), "{api}: {e}");
+            // The CLI spelling of the same address is refused for the same reason.
+            let spec = format!("{cli}:8080:80/udp");
+            let refused = err(&spec).to_string();
+            assert!(refused.contains(reason), "{spec}: {refused}");
+        }
+        // Unspecified addresses of either family, link-local and ordinary ones stay fine.
+        for ok in [
+            "0.0.0.0",
+            "::",
+            "[::]",
+            "169.254.1.1",
+            "fe80::1",
+            "10.0.0.1",
+            "fd00::1",
+        ] {
+            assert!(from_parts(ok, 8080, 80, Protocol::Tcp).is_ok(), "{ok}");
+        }
     }
 }
