@@ -8,9 +8,9 @@
 //!
 //! | command | what it does |
 //! |---|---|
-//! | `ADD` | `AttachPod` of `CNI_NETNS` under the pod name (below), marked as ours; prints the `Result` |
-//! | `DEL` | removes the daemon pod of this container if it is ours; missing pod, missing netns: success |
-//! | `CHECK` | the pod exists, is ours, has the namespace `CNI_NETNS` and `prevResult`'s addresses, and the daemon's `Check` finds no drift on it |
+//! | `ADD` | `AttachPod` of `CNI_NETNS` under the pod name (below), marked as ours, publishing `runtimeConfig.portMappings`; prints the `Result`. Idempotent: the same ADD again returns the same pod |
+//! | `DEL` | removes the daemon pod of this container if it is ours, with its host ports; missing pod, missing netns: success |
+//! | `CHECK` | the pod exists, is ours, has the namespace `CNI_NETNS`, `prevResult`'s addresses and exactly the configuration's `portMappings` (published, not released), and the daemon's `Check` finds no drift on it (its host port elements included) |
 //! | `STATUS` | succeeds when the daemon answers `Status` |
 //! | `GC` | removes every pod of this network that is ours and not in `cni.dev/valid-attachments` |
 //! | `VERSION` | prints the supported versions |
@@ -23,12 +23,25 @@
 //!  "capabilities": {"portMappings": true}}
 //! ```
 //!
-//! `daemonSocket` and `daemonTimeoutMs` (the bound of the whole conversation with the daemon)
-//! are optional; the defaults are shown. Addresses, bridge and MTU are the daemon's, not the
-//! configuration's. `runtimeConfig.portMappings` (the `portMappings` capability) is read, but
-//! the daemon API has no host ports yet: a non-empty list is refused with code 2 naming it.
-//! A `prevResult` given to ADD (a plugin before us in the chain) is not passed on: this
-//! plugin creates the pod interface and reports only what it made.
+//! `type` is required (code 7 without it), as are `cniVersion` and `name`. `daemonSocket`
+//! and `daemonTimeoutMs` (the bound of the whole conversation with the daemon) are optional;
+//! the defaults are shown. Addresses, bridge and MTU are the daemon's, not the
+//! configuration's. A `prevResult` given to ADD (a plugin before us in the chain) is not
+//! passed on: this plugin creates the pod interface and reports only what it made.
+//!
+//! # Host ports
+//!
+//! With the `portMappings` capability the runtime passes the CRI `hostPort`s as
+//! `runtimeConfig.portMappings`, entries as the reference `portmap` plugin reads them:
+//! `{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "10.0.0.1"}`.
+//! `protocol` defaults to `tcp` (`udp`, `sctp`; any case), `hostIP` absent or empty means
+//! every node address (in each family the pod has; `0.0.0.0` / `::` one family only, as
+//! for `netns-holder pod create --publish`). ADD publishes them with the pod in one daemon
+//! call (the daemon's nftables maps, no `portmap` plugin needed in the chain); DEL removes
+//! them with the pod. A malformed entry is code 7 naming its index, the entry and the
+//! problem, checked before the daemon is called, so nothing is left behind; a port another
+//! pod (or a socket on the node) holds is code 102 naming the holder. `portMappings` are
+//! only read by ADD and CHECK: a DEL never fails on them.
 //!
 //! # Pod names and ownership
 //!
@@ -45,22 +58,24 @@
 //! # Errors
 //!
 //! Errors are the CNI error object on stdout (`{"cniVersion","code","msg","details"}`) and
-//! exit status 1; the message is also written to stderr as one line. Codes:
+//! exit status 1; the message is also written to stderr as one line. Its `cniVersion` is
+//! the configuration's whenever that can be read, even if other fields are invalid (wrong
+//! types, invalid UTF-8, truncated JSON; see [`wire::answer_version`]), else the newest we
+//! support. Codes:
 //!
 //! | code | meaning |
 //! |---|---|
 //! | 1 | the configuration's `cniVersion` is not supported |
-//! | 2 | unsupported field (non-empty `portMappings`) |
 //! | 3 | CHECK: no pod for this container; ADD: the namespace does not exist |
 //! | 4 | a `CNI_*` variable is missing or invalid (named) |
 //! | 5 | stdin could not be read |
 //! | 6 | the configuration or `prevResult` cannot be decoded |
-//! | 7 | invalid configuration (no name, GC without `cni.dev/valid-attachments`) |
+//! | 7 | invalid configuration (no name or type, a malformed `portMappings` entry, GC without `cni.dev/valid-attachments`) |
 //! | 11 | the daemon did not answer in time, or is shutting down: try again later |
 //! | 50 | the daemon is not reachable (STATUS: the plugin is not available) |
 //! | 100 | the daemon refused or failed the request (its message is passed on) |
 //! | 101 | the pod address pool is exhausted |
-//! | 102 | a pod of that name or namespace exists with other parameters |
+//! | 102 | a pod of that name or namespace exists with other parameters, or a host port is taken (the holder named) |
 //! | 103 | CHECK: the pod network differs from what ADD set up |
 //! | 104 | the daemon's answer is malformed |
 
@@ -76,6 +91,7 @@ use netns_holder::api::{self, pb};
 use netns_holder::client::{Client, ClientError};
 use netns_holder::manager::PodInfo;
 use netns_holder::names::PodName;
+use netns_holder::ports::{self, PortMapping};
 use serde_json::Value;
 
 pub use wire::{CniError, Command, Env, NetConf, code};
@@ -274,24 +290,13 @@ async fn add(env: &Env, conf: &NetConf, socket: &Path) -> Result<Value, CniError
             ),
         ));
     }
-    if let Some(first) = conf.runtime_config.port_mappings.first() {
-        return Err(CniError::new(
-            code::UNSUPPORTED_FIELD,
-            format!(
-                "runtimeConfig.portMappings ({first}{}) is not supported: the netns-holder API has no host ports yet",
-                match conf.runtime_config.port_mappings.len() {
-                    1 => String::new(),
-                    n => format!(" and {} more", n - 1),
-                }
-            ),
-        ));
-    }
+    let ports = conf.port_mappings()?;
     let name = pod_name(env)?;
     let annotations = pod_annotations(&conf.name, container_id, ifname);
     let mut daemon = Daemon::connect(socket).await?;
     let answer = daemon
         .client
-        .attach_pod(&name, netns, annotations)
+        .attach_pod_with_ports(&name, netns, annotations, &ports)
         .await
         .map_err(daemon_error)?;
     let pod = api::required_pod("AttachPod", answer.pod).map_err(bad_answer)?;
@@ -374,6 +379,20 @@ async fn check(env: &Env, conf: &NetConf, socket: &Path) -> Result<(), CniError>
     };
     let drift = |msg: String| CniError::new(code::CHECK_FAILED, format!("pod {name}: {msg}"));
     let info = api::pod_info(pod).map_err(bad_answer)?;
+    let wanted = conf.port_mappings()?;
+    if ports::canonical(&info.ports) != ports::canonical(&wanted) {
+        return Err(drift(format!(
+            "its host ports are [{}], runtimeConfig.portMappings has [{}]",
+            port_list(&info.ports),
+            port_list(&wanted)
+        )));
+    }
+    if info.ports_released && !wanted.is_empty() {
+        return Err(drift(format!(
+            "its host ports [{}] were released (ReleasePodPorts): they are no longer published",
+            port_list(&info.ports)
+        )));
+    }
     if info.netns != netns {
         return Err(drift(format!(
             "its network namespace is {}, not CNI_NETNS {}",
@@ -406,6 +425,18 @@ async fn check(env: &Env, conf: &NetConf, socket: &Path) -> Result<(), CniError>
         return Err(drift(findings.join("; ")));
     }
     Ok(())
+}
+
+/// `tcp 8080 -> 80, udp 53 -> 5353`, or `none`.
+fn port_list(ports: &[PortMapping]) -> String {
+    if ports.is_empty() {
+        return "none".to_string();
+    }
+    ports
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn status(socket: &Path) -> Result<(), CniError> {

@@ -13,8 +13,10 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use netns_holder::api;
 use netns_holder::client::{Client, ClientError};
 use netns_holder::names::PodName;
+use netns_holder::ports::{self, PortMapping};
 use thiserror::Error;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -73,15 +75,25 @@ pub enum NetworkError {
 
 /// The pod network operations of the plugin; every call finishes by `deadline`.
 pub trait PodNetwork: Send + Sync + 'static {
-    /// Ensures the pod `name` is wired in the existing namespace `netns` (idempotent: an
-    /// identical existing pod is returned unchanged).
+    /// Ensures the pod `name` is wired in the existing namespace `netns`, publishing
+    /// `ports` (idempotent: an identical existing pod is returned unchanged, its ports not
+    /// published again if they were released).
     fn ensure(
         &self,
         name: &PodName,
         netns: &Path,
         annotations: BTreeMap<String, String>,
+        ports: &[PortMapping],
         deadline: Instant,
     ) -> impl Future<Output = Result<NetworkPod, NetworkError>> + Send;
+
+    /// Withdraws the host ports of pod `name` (the daemon's `ReleasePodPorts`); `false` if
+    /// there was nothing to release, the pod included.
+    fn release_ports(
+        &self,
+        name: &PodName,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<bool, NetworkError>> + Send;
 
     /// The pod `name`, if it exists.
     fn get(
@@ -223,6 +235,39 @@ fn network_pod(
     })
 }
 
+/// Why an existing pod (made by someone else for the same namespace) does not serve a
+/// request for `wanted` host ports: `None` if it does (no ports asked for, or the same).
+fn other_ports(existing: &api::pb::Pod, wanted: &[PortMapping]) -> Option<String> {
+    if wanted.is_empty() {
+        return None;
+    }
+    let list = |p: &[PortMapping]| {
+        if p.is_empty() {
+            "none".to_string()
+        } else {
+            p.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let have: Result<Vec<PortMapping>, String> =
+        existing.ports.iter().map(api::port_mapping).collect();
+    match have {
+        Ok(have) if ports::canonical(&have) == ports::canonical(wanted) => None,
+        Ok(have) => Some(format!(
+            "it already holds this namespace (made by {}) with host ports [{}], not the requested [{}]",
+            existing
+                .annotations
+                .get(crate::pod::OWNER_ANNOTATION)
+                .map_or("someone else", String::as_str),
+            list(&have),
+            list(wanted)
+        )),
+        Err(e) => Some(format!("its host ports cannot be read: {e}")),
+    }
+}
+
 /// Whether two paths name the same network namespace (same nsfs device and inode, whatever
 /// the path: a bind mount, `/proc/<pid>/ns/net`, a symlink).
 fn same_namespace(a: &Path, b: &Path) -> bool {
@@ -239,19 +284,31 @@ impl PodNetwork for DaemonNetwork {
         name: &PodName,
         netns: &Path,
         annotations: BTreeMap<String, String>,
+        ports: &[PortMapping],
         deadline: Instant,
     ) -> Result<NetworkPod, NetworkError> {
         let pod = self
             .run("AttachPod", deadline, |mut client| async move {
-                match client.attach_pod(name, netns, annotations).await {
-                    Ok(answer) => Ok(answer.pod),
+                match client
+                    .attach_pod_with_ports(name, netns, annotations, ports)
+                    .await
+                {
+                    Ok(answer) => Ok(Ok(answer.pod)),
                     // The CNI entry wires the same sandbox under the same derived name (with its
                     // own owner annotations, hence the conflict). If that pod holds this very
-                    // namespace, the sandbox's network is already ensured.
+                    // namespace, the sandbox's network is already ensured, with the CNI
+                    // entry's ports; asking for other ones is an error.
                     Err(conflict) if conflict.code() == Some(tonic::Code::AlreadyExists) => {
                         match client.get_pod(name).await?.pod {
                             Some(existing) if same_namespace(Path::new(&existing.netns), netns) => {
-                                Ok(Some(existing))
+                                Ok(match other_ports(&existing, ports) {
+                                    Some(message) => Err(NetworkError::Rejected {
+                                        method: "AttachPod",
+                                        code: tonic::Code::AlreadyExists,
+                                        message: format!("pod {name}: {message}"),
+                                    }),
+                                    None => Ok(Some(existing)),
+                                })
                             }
                             _ => Err(conflict),
                         }
@@ -259,8 +316,19 @@ impl PodNetwork for DaemonNetwork {
                     Err(e) => Err(e),
                 }
             })
-            .await?;
+            .await??;
         network_pod("AttachPod", pod)
+    }
+
+    async fn release_ports(&self, name: &PodName, deadline: Instant) -> Result<bool, NetworkError> {
+        self.run("ReleasePodPorts", deadline, |mut client| async move {
+            match client.release_pod_ports(name).await {
+                Ok(answer) => Ok(answer.released),
+                Err(e) if e.code() == Some(tonic::Code::NotFound) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await
     }
 
     async fn get(

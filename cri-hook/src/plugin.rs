@@ -4,8 +4,8 @@
 //! |---|---|
 //! | Configure | records the runtime's request timeout; subscribes to RUN, STOP and REMOVE_POD_SANDBOX (mask 0x7) |
 //! | Synchronize | parts with `more = true` are collected and answered `more = true`, no updates; the last part triggers [`Plugin::reconcile`] and is answered `more = false` (§3.6) |
-//! | RunPodSandbox, StateChange(RUN_POD_SANDBOX) | [`Plugin::run_pod`]: ensure the pod network (attach, idempotent) |
-//! | StopPodSandbox, StateChange(STOP_POD_SANDBOX) | [`Plugin::stop_pod`]: the host-port hook (nothing yet) |
+//! | RunPodSandbox, StateChange(RUN_POD_SANDBOX) | [`Plugin::run_pod`]: ensure the pod network with the host ports of `netns-holder.io/ports` (attach, idempotent) |
+//! | StopPodSandbox, StateChange(STOP_POD_SANDBOX) | [`Plugin::stop_pod`]: release the pod's host ports (`ReleasePodPorts`); a pod never wired is fine |
 //! | RemovePodSandbox, StateChange(REMOVE_POD_SANDBOX) | [`Plugin::remove_pod`]: full teardown (remove) |
 //! | StateChange, other events | OK (never UNIMPLEMENTED: §10.2) |
 //! | Shutdown | OK |
@@ -114,13 +114,20 @@ impl<N: PodNetwork> Plugin<N> {
         let _guard = self.tracker.lock(&target.name, answer_by).await?;
         match self
             .net
-            .ensure(&target.name, netns, target.annotations.clone(), answer_by)
+            .ensure(
+                &target.name,
+                netns,
+                target.annotations.clone(),
+                &target.options.ports,
+                answer_by,
+            )
             .await
         {
             Ok(wired) => {
                 self.tracker.touch(&target.name, Touch::Ensured);
                 info!(log, "RunPodSandbox: pod network ready";
-                    "netns" => %netns.display(), "ips" => wired.ips.join(","));
+                    "netns" => %netns.display(), "ips" => wired.ips.join(","),
+                    "host_ports" => target.options.ports.len());
                 Ok(())
             }
             Err(e) => {
@@ -131,15 +138,46 @@ impl<N: PodNetwork> Plugin<N> {
     }
 
     /// StopPodSandbox. The runtime sends it after stopping the pod's containers and before
-    /// its own network teardown; the pod network stays until RemovePodSandbox.
-    ///
-    /// This is the hook for host ports (a later feature): the pod's node port forwards are
-    /// to be released here, so that a stopped pod no longer receives traffic. Nothing to
-    /// do yet.
-    pub async fn stop_pod(&self, pod: &pb::PodSandbox, _answer_by: Instant) -> Result<(), Status> {
-        debug!(self.log, "StopPodSandbox: nothing to release (no host ports yet)";
-            "pod" => pod::display_name(pod), "sandbox" => &pod.id);
-        Ok(())
+    /// its own network teardown; the pod network stays until RemovePodSandbox, but its host
+    /// ports are released (the daemon's `ReleasePodPorts`): a stopped pod receives nothing
+    /// on them and another pod may take them. Only a daemon pod this plugin made for this
+    /// very sandbox is touched (as for RemovePodSandbox); a sandbox that was never wired
+    /// (skipped, host network, unknown) succeeds. Releasing is idempotent, and a later
+    /// Synchronize does not publish the ports again.
+    pub async fn stop_pod(&self, pod: &pb::PodSandbox, answer_by: Instant) -> Result<(), Status> {
+        let name = lenient_name(pod).map_err(|e| pod_status(&e))?;
+        let display = pod::display_name(pod);
+        let log = self.log.new(
+            slog::o!("pod" => display.clone(), "sandbox" => pod.id.clone(), "name" => name.to_string()),
+        );
+        let _guard = self.tracker.lock(&name, answer_by).await?;
+        let existing = self
+            .net
+            .get(&name, answer_by)
+            .await
+            .map_err(|e| network_status(&display, &name, &e))?;
+        let Some(existing) = existing else {
+            debug!(
+                log,
+                "StopPodSandbox: no such daemon pod, nothing to release"
+            );
+            return Ok(());
+        };
+        if !ours(&existing.annotations, &pod.id) {
+            debug!(log, "StopPodSandbox: the daemon pod of this name is not ours; left alone";
+                "annotations" => ?existing.annotations);
+            return Ok(());
+        }
+        match self.net.release_ports(&name, answer_by).await {
+            Ok(released) => {
+                info!(log, "StopPodSandbox: host ports released"; "released" => released);
+                Ok(())
+            }
+            Err(e) => {
+                error!(log, "StopPodSandbox: cannot release the host ports"; "error" => %e);
+                Err(network_status(&display, &name, &e))
+            }
+        }
     }
 
     /// RemovePodSandbox: removes the daemon pod of this sandbox, if it is one this plugin
@@ -293,6 +331,7 @@ impl<N: PodNetwork> Plugin<N> {
                 &target.name,
                 netns,
                 target.annotations.clone(),
+                &target.options.ports,
                 Instant::now() + self.call_timeout,
             )
             .await

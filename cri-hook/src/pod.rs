@@ -31,16 +31,37 @@
 //! |---|---|---|
 //! | `netns-holder.io/skip` | `true` or `false` | `true`: leave this pod's network alone |
 //! | `netns-holder.io/name` | a pod name | use it as the daemon pod name instead of the derived one |
+//! | `netns-holder.io/ports` | host ports, e.g. `8080:80/tcp,[::]:8443:443` | publish them (see below) |
 //!
 //! Any other key under the prefix, or a malformed value, is an error naming the annotation
 //! and the problem: RunPodSandbox then fails with INVALID_ARGUMENT (so a typo never goes
 //! unnoticed). Every problem of a pod is reported at once.
+//!
+//! ## Host ports
+//!
+//! `netns-holder.io/ports` is a comma-separated list of specs in the syntax of
+//! `netns-holder pod create --publish` (parsed by the same code,
+//! [`netns_holder::ports::parse_publish_all`]): `[HOSTIP:]HOSTPORT:PORT[/tcp|udp|sctp]`, a
+//! range `HOSTPORT-HOSTPORT:PORT-PORT`, an IPv6 `HOSTIP` in brackets (`[::]` is every IPv6
+//! address, `0.0.0.0` every IPv4 one, no `HOSTIP` every address of each family the pod
+//! has); the protocol defaults to `tcp`. Spaces around the commas are allowed; an empty
+//! value publishes nothing. Two specs claiming the same host port are an error.
+//!
+//! RunPodSandbox publishes the ports with the pod; StopPodSandbox withdraws them (the
+//! daemon's `ReleasePodPorts`), so a stopped pod receives nothing and another pod may take
+//! them; RemovePodSandbox tears the pod down. The NRI `PodSandbox` message carries no CRI
+//! port mappings (not in any NRI version, see PROTOCOL.md §5.3), so this annotation is the
+//! only source of host ports on the NRI path; the CRI `hostPort`s of a Kubernetes pod reach
+//! netns-holder through the CNI entry's `portMappings` instead. When the CNI entry wired the
+//! sandbox first, its pod (and its ports) is kept: the annotation may then be absent or
+//! name the same ports; other ports fail RunPodSandbox naming both lists.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
 use netns_holder::names::{MAX_POD_NAME_LEN, NameError, PodName};
+use netns_holder::ports::{self, PortMapping, PortSpecError};
 use thiserror::Error;
 
 use crate::nri::pb;
@@ -51,8 +72,10 @@ pub const ANNOTATION_PREFIX: &str = "netns-holder.io/";
 pub const OPTION_SKIP: &str = "netns-holder.io/skip";
 /// Option: the daemon pod name to use.
 pub const OPTION_NAME: &str = "netns-holder.io/name";
+/// Option: host ports to publish (comma-separated `--publish` specs).
+pub const OPTION_PORTS: &str = "netns-holder.io/ports";
 /// Every known option.
-pub const KNOWN_OPTIONS: [&str; 2] = [OPTION_NAME, OPTION_SKIP];
+pub const KNOWN_OPTIONS: [&str; 3] = [OPTION_NAME, OPTION_PORTS, OPTION_SKIP];
 
 /// Daemon pod annotation marking pods this plugin manages.
 pub const OWNER_ANNOTATION: &str = "netns-holder.io/owner";
@@ -155,6 +178,18 @@ pub struct PodOptions {
     pub skip: bool,
     /// Daemon pod name override.
     pub name: Option<PodName>,
+    /// Host ports to publish ([`OPTION_PORTS`]; empty when none).
+    pub ports: Vec<PortMapping>,
+}
+
+/// Parses the value of [`OPTION_PORTS`]: comma-separated `--publish` specs (see the module
+/// documentation); an empty value is no ports.
+pub fn parse_ports(value: &str) -> Result<Vec<PortMapping>, PortSpecError> {
+    if value.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let specs: Vec<&str> = value.split(',').map(str::trim).collect();
+    ports::parse_publish_all(&specs)
 }
 
 fn shown(value: &str) -> String {
@@ -184,6 +219,13 @@ pub fn parse_options(
                 }
                 "false" => None,
                 other => Some(format!("{} is not a boolean (true or false)", shown(other))),
+            },
+            OPTION_PORTS => match parse_ports(value) {
+                Ok(ports) => {
+                    options.ports = ports;
+                    None
+                }
+                Err(e) => Some(e.to_string()),
             },
             OPTION_NAME => match PodName::new(value.clone()) {
                 Ok(name) => {
@@ -430,6 +472,53 @@ mod tests {
             err.contains("annotation \"netns-holder.io/skp\": unknown option"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn ports_option_uses_the_publish_syntax() {
+        use netns_holder::ports::Protocol;
+        let annotations = BTreeMap::from([(
+            OPTION_PORTS.to_string(),
+            "8080:80/tcp, [::]:8443:443,53:5353/udp,10.0.0.1:9000-9001:90-91".to_string(),
+        )]);
+        let options = parse_options(&annotations).unwrap();
+        let any6: std::net::IpAddr = "::".parse().unwrap();
+        let ip: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            options.ports,
+            [
+                PortMapping::new(8080, 80, Protocol::Tcp),
+                PortMapping::new(8443, 443, Protocol::Tcp).on(any6),
+                PortMapping::new(53, 5353, Protocol::Udp),
+                PortMapping::new(9000, 90, Protocol::Tcp).on(ip),
+                PortMapping::new(9001, 91, Protocol::Tcp).on(ip),
+            ]
+        );
+        assert_eq!(parse_ports("").unwrap(), []);
+        assert_eq!(parse_ports(" ").unwrap(), []);
+        assert!(parse_options(&BTreeMap::new()).unwrap().ports.is_empty());
+    }
+
+    #[test]
+    fn malformed_ports_name_the_annotation_and_the_spec() {
+        for (value, part) in [
+            ("8080", "port spec \"8080\" is malformed"),
+            ("8080:80/icmp", "protocol \"icmp\" is not tcp, udp or sctp"),
+            ("8080:80,", "port spec \"\" is malformed: it is empty"),
+            ("70000:80", "host port \"70000\""),
+            ("8080:80,8080:81", "claim the same host port"),
+            ("fd00::1:80:80", "write an IPv6 host IP in brackets"),
+        ] {
+            let mut pod = sandbox("default", "web", ID);
+            pod.annotations.insert(OPTION_PORTS.into(), value.into());
+            let err = PodTarget::of(&pod).unwrap_err().to_string();
+            assert!(
+                err.contains("annotation \"netns-holder.io/ports\": "),
+                "{value}: {err}"
+            );
+            assert!(err.contains(part), "{value}: {err}");
+            assert!(err.contains("default/web"), "{value}: {err}");
+        }
     }
 
     #[test]

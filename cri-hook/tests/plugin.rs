@@ -168,6 +168,63 @@ async fn state_change_carries_the_same_events() {
 }
 
 #[tokio::test]
+async fn ports_annotation_is_published_at_run_and_released_at_stop() {
+    let s = setup();
+    let mut pod = sandbox("web", ID_A, Some("/var/run/netns/cni-a"));
+    pod.annotations.insert(
+        "netns-holder.io/ports".into(),
+        "8080:80,[::]:53:5353/udp".into(),
+    );
+    s.run(&pod).await.unwrap();
+    let stop = |pod: &pb::PodSandbox| pb::StopPodSandboxRequest {
+        pod: Some(pod.clone()),
+    };
+    let _: pb::StopPodSandboxResponse =
+        s.call(method::STOP_POD_SANDBOX, &stop(&pod)).await.unwrap();
+    // A sandbox never wired (host network) and one whose pod is not ours: nothing to release.
+    let _: pb::StopPodSandboxResponse = s
+        .call(
+            method::STOP_POD_SANDBOX,
+            &stop(&sandbox("host", ID_B, None)),
+        )
+        .await
+        .unwrap();
+    s.net().insert("default_other_bbbbbbbbbbbb", &[]);
+    let _: pb::StopPodSandboxResponse = s
+        .call(
+            method::STOP_POD_SANDBOX,
+            &stop(&sandbox("other", ID_B, None)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        *s.net().calls.lock().unwrap(),
+        [
+            "ensure default_web_aaaaaaaaaaaa ports [tcp 8080 -> 80, udp [::]:53 -> 5353]",
+            "get default_web_aaaaaaaaaaaa",
+            "release_ports default_web_aaaaaaaaaaaa",
+            "get default_host_bbbbbbbbbbbb",
+            "get default_other_bbbbbbbbbbbb",
+        ]
+    );
+    assert_eq!(
+        s.net().names(),
+        ["default_other_bbbbbbbbbbbb", "default_web_aaaaaaaaaaaa"]
+    );
+    // A failing daemon fails the Stop (the runtime only logs it) naming the pod.
+    *s.net().fail.lock().unwrap() = Some(NetworkError::Unreachable {
+        message: "cannot connect to netns-holder at /x.sock".into(),
+    });
+    let err = s
+        .call::<_, pb::StopPodSandboxResponse>(method::STOP_POD_SANDBOX, &stop(&pod))
+        .await
+        .unwrap_err();
+    let status = err.status().unwrap();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains("default/web"), "{status}");
+}
+
+#[tokio::test]
 async fn skip_option_and_host_network_are_left_alone() {
     let s = setup();
     let mut skipped = sandbox("skipped", ID_A, Some("/var/run/netns/cni-a"));

@@ -7,7 +7,11 @@
 //!   daemon reports, `eth0`'s `sandbox` is `CNI_NETNS`, the gateway and default route are
 //!   the bridge's, and the node pings the pod;
 //! * CHECK with the ADD result as `prevResult` succeeds, and fails with code 3 after DEL;
-//! * port mappings are refused with code 2 while the API has no host ports;
+//! * `runtimeConfig.portMappings` are host ports ([`cni_port_mappings`]): traffic to the
+//!   node port reaches the pod, CHECK compares them, ADD again is idempotent, DEL closes the
+//!   port and removes the rules (twice too); a malformed entry is code 7 naming it and a
+//!   port of another pod code 102 naming the owner, both leaving nothing behind; the error
+//!   object carries the configuration's `cniVersion`;
 //! * GC removes our pods of the network missing from `cni.dev/valid-attachments` and keeps
 //!   the valid ones and a pod made by hand;
 //! * DEL twice, and DEL without `CNI_NETNS`, succeed; STATUS reports the daemon (code 50
@@ -18,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use anyhow::{Context, Result, bail, ensure};
-use nh_tests::node::{Daemon, DaemonOptions, Node};
+use nh_tests::node::{Daemon, DaemonOptions, Echo, Node, Proto, UdpClient, tcp_probe};
 use nh_tests::{require_root, run_ok, target_dir, unique_name};
 use serde_json::{Value, json};
 
@@ -334,23 +338,15 @@ fn scenario(node: &Node, daemon: &Daemon) -> Result<()> {
     }
     .fails(103)?;
 
-    // Port mappings: not in the API yet, so refused, naming the field.
-    let with_ports = plugin_config(
-        &list,
-        0,
-        &json!({"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]}),
-        &[],
-    );
-    ensure!(
-        with_ports["runtimeConfig"]["portMappings"][0]["hostPort"] == 18080,
-        "{with_ports}"
-    );
-    let error = call("ADD", Some(id_b), Some(&path_b), &with_ports).fails(2)?;
+    // A configuration without a type is refused, naming the field.
+    let mut typeless = conf.clone();
+    typeless.as_object_mut().context("conf")?.remove("type");
+    let error = call("ADD", Some(id_b), Some(&path_b), &typeless).fails(7)?;
     ensure!(
         error["msg"]
             .as_str()
             .unwrap_or_default()
-            .contains("portMappings"),
+            .contains("no type"),
         "{error}"
     );
     ensure!(!pod_exists(daemon, id_b)?, "a refused ADD left pod {id_b}");
@@ -458,4 +454,200 @@ fn scenario(node: &Node, daemon: &Daemon) -> Result<()> {
         return Ok(());
     }
     bail!("pods left behind")
+}
+
+/// The elements of the daemon's host port maps in the node, as `nft -j` prints them.
+fn port_elements(node: &Node) -> Result<Vec<String>> {
+    let out = node.stdout(&["nft", "-j", "list", "table", "inet", "netns_holder"])?;
+    let json: Value = serde_json::from_str(&out)?;
+    let mut found = Vec::new();
+    for item in json["nftables"].as_array().into_iter().flatten() {
+        for elem in item["map"]["elem"].as_array().into_iter().flatten() {
+            found.push(elem.to_string());
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// A TCP probe that must fail (refused or timed out).
+fn tcp_closed(netns: &Path, to: std::net::SocketAddr) -> Result<()> {
+    match tcp_probe(netns, to) {
+        Err(_) => Ok(()),
+        Ok(peer) => bail!("{to} still answers (peer {peer})"),
+    }
+}
+
+/// `check` finds no drift.
+fn no_drift(daemon: &Daemon) -> Result<()> {
+    let check = daemon.cli_json(&["check"])?;
+    ensure!(check["drift"] == json!(false), "check: {check}");
+    Ok(())
+}
+
+#[test]
+fn cni_port_mappings() {
+    if !require_root("cni_port_mappings") {
+        return;
+    }
+    let node = Node::new().unwrap();
+    let daemon = Daemon::start(&node, DaemonOptions::default()).unwrap();
+    if let Err(e) = port_scenario(&node, &daemon) {
+        panic!("{e:#}\ndaemon log:\n{}", daemon.log());
+    }
+}
+
+fn port_scenario(node: &Node, daemon: &Daemon) -> Result<()> {
+    let list = conflist(&daemon.socket());
+    let mappings = json!({"portMappings": [
+        {"hostPort": 18080, "containerPort": 80, "protocol": "tcp"},
+        {"hostPort": 15353, "containerPort": 53, "protocol": "udp", "hostIP": ""},
+    ]});
+    let conf = plugin_config(&list, 0, &mappings, &[]);
+    ensure!(
+        conf["runtimeConfig"]["portMappings"][1]["hostPort"] == 15353,
+        "{conf}"
+    );
+    let netns_a = Netns::new()?;
+    let netns_b = Netns::new()?;
+    let id_a = format!("{:0>64}", unique_name("pa"));
+    let id_b = format!("{:0>64}", unique_name("pb"));
+    let args_a = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=ports-a".to_string();
+    let pod_a = format!("default_ports-a_{}", &id_a[..12]);
+    let (path_a, path_b) = (netns_a.path(), netns_b.path());
+    let node_ns = node.netns_path();
+    let local = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+
+    // ADD with port mappings: the node port reaches the pod.
+    let add_a = Call {
+        args: Some(&args_a),
+        ..call("ADD", Some(&id_a), Some(&path_a), &conf)
+    };
+    let result = add_a.ok()?;
+    let _tcp = Echo::start(&path_a, Proto::Tcp, 80)?;
+    let _udp = Echo::start(&path_a, Proto::Udp, 53)?;
+    let gateway: std::net::IpAddr = result["ips"][0]["gateway"]
+        .as_str()
+        .context("no gateway")?
+        .parse()?;
+    ensure!(
+        tcp_probe(&node_ns, local(18080))? == gateway,
+        "the node port did not reach the pod"
+    );
+    let udp = UdpClient::new(&node_ns, true)?;
+    ensure!(udp.probe(local(15353), std::time::Duration::from_secs(5))? == gateway);
+    let inspected = daemon.cli_json(&["pod", "inspect", &pod_a])?;
+    ensure!(
+        inspected["ports"].as_array().map(Vec::len) == Some(2),
+        "{inspected}"
+    );
+    let elements = port_elements(node)?;
+    ensure!(elements.len() == 2, "{elements:?}");
+    no_drift(daemon)?;
+
+    // CHECK with the result and the same mappings; CHECK with other mappings fails.
+    let check_conf = plugin_config(&list, 0, &mappings, &[("prevResult", result.clone())]);
+    let check_a = Call {
+        args: Some(&args_a),
+        ..call("CHECK", Some(&id_a), Some(&path_a), &check_conf)
+    };
+    check_a.ok()?;
+    let fewer = plugin_config(
+        &list,
+        0,
+        &json!({"portMappings": [{"hostPort": 18080, "containerPort": 80}]}),
+        &[("prevResult", result.clone())],
+    );
+    let error = Call {
+        args: Some(&args_a),
+        ..call("CHECK", Some(&id_a), Some(&path_a), &fewer)
+    }
+    .fails(103)?;
+    ensure!(
+        error["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("udp 15353 -> 53"),
+        "{error}"
+    );
+
+    // ADD again: the same pod, nothing added.
+    let again = add_a.ok()?;
+    ensure!(again["ips"] == result["ips"], "{again} vs {result}");
+    ensure!(
+        port_elements(node)? == elements,
+        "ADD again changed the rules"
+    );
+
+    // A port of pod A for another container: code 102 naming the owner; nothing left.
+    let taken = plugin_config(
+        &list,
+        0,
+        &json!({"portMappings": [{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}]}),
+        &[],
+    );
+    let error = call("ADD", Some(&id_b), Some(&path_b), &taken).fails(102)?;
+    let msg = error["msg"].as_str().unwrap_or_default();
+    ensure!(
+        msg.contains(&format!("already taken by pod {pod_a}")) && msg.contains("18080"),
+        "{error}"
+    );
+    ensure!(!pod_exists(daemon, &id_b)?, "a refused ADD left pod {id_b}");
+    ensure!(
+        port_elements(node)? == elements,
+        "a refused ADD changed the rules"
+    );
+
+    // Malformed entries: code 7 naming the entry, the configuration's cniVersion in the
+    // error object, nothing left behind.
+    for (bad, words) in [
+        (
+            json!([{"hostPort": 0, "containerPort": 80}]),
+            vec!["portMappings[0]", "hostPort 0"],
+        ),
+        (
+            json!([{"hostPort": 18090, "containerPort": 80}, {"hostPort": 18091, "containerPort": 80, "protocol": "icmp"}]),
+            vec!["portMappings[1]", "\"icmp\""],
+        ),
+        (
+            json!([{"hostPort": 18090, "containerPort": 80, "hostIP": "not-an-ip"}]),
+            vec!["portMappings[0]", "\"not-an-ip\""],
+        ),
+        (json!({"hostPort": 18090}), vec!["is not a list"]),
+    ] {
+        let mut conf = plugin_config(&list, 0, &json!({"portMappings": bad}), &[]);
+        conf["cniVersion"] = json!("0.4.0");
+        let error = call("ADD", Some(&id_b), Some(&path_b), &conf).fails(7)?;
+        let msg = error["msg"].as_str().unwrap_or_default();
+        for word in words {
+            ensure!(msg.contains(word), "{error} lacks {word}");
+        }
+        ensure!(error["cniVersion"] == "0.4.0", "{error}");
+        ensure!(!pod_exists(daemon, &id_b)?, "a refused ADD left pod {id_b}");
+        ensure!(
+            port_elements(node)? == elements,
+            "a refused ADD changed the rules"
+        );
+    }
+
+    // DEL: the port is closed and the rules are gone; DEL twice is fine.
+    let del_a = Call {
+        args: Some(&args_a),
+        ..call("DEL", Some(&id_a), Some(&path_a), &check_conf)
+    };
+    del_a.ok()?;
+    ensure!(!pod_exists(daemon, &pod_a)?, "pod {pod_a} left after DEL");
+    tcp_closed(&node_ns, local(18080))?;
+    let left = port_elements(node)?;
+    ensure!(left.is_empty(), "rules left after DEL: {left:?}");
+    del_a.ok()?;
+    no_drift(daemon)?;
+
+    // The port is free now: B takes it.
+    call("ADD", Some(&id_b), Some(&path_b), &taken).ok()?;
+    let _tcp_b = Echo::start(&path_b, Proto::Tcp, 8080)?;
+    ensure!(tcp_probe(&node_ns, local(18080))? == gateway);
+    call("DEL", Some(&id_b), Some(&path_b), &taken).ok()?;
+    ensure!(port_elements(node)?.is_empty(), "rules left after DEL of B");
+    no_drift(daemon)
 }

@@ -10,6 +10,11 @@
 //! * RunPodSandbox (dedicated and StateChange) → a pod the node can ping; Stop keeps it;
 //!   Remove leaves no veth and no daemon pod;
 //! * a malformed annotation fails the pod with INVALID_ARGUMENT naming it;
+//! * host ports from `netns-holder.io/ports`: RunPodSandbox publishes them (the node port
+//!   reaches the pod), StopPodSandbox releases them (the port no longer answers, another
+//!   pod takes it, a Synchronize does not bring them back), RemovePodSandbox leaves
+//!   nothing; a Stop of a sandbox never wired succeeds; a malformed value fails the pod
+//!   naming the annotation;
 //! * messages of 20 KiB and more both ways, checked against the Go reader model;
 //! * a runtime restart: the plugin reconnects and registers again;
 //! * an absent or hanging daemon: a clear error well inside the 2 s budget.
@@ -25,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use netns_holder_proto::nri::v1alpha1 as pb;
-use nh_tests::node::{Daemon, DaemonOptions, Node};
+use nh_tests::node::{Daemon, DaemonOptions, Echo, Node, Proto, tcp_probe};
 use nh_tests::nri_harness::{
     Env, PluginProcess, PodNetns, WAIT, cri_hook_binary, daemon_name, run_async, sandbox_id,
 };
@@ -201,7 +206,7 @@ fn nri_run_stop_remove_pod_sandbox() -> Result<()> {
             env.daemon_pod(&name).await?.map(|p| p.ips),
             Some(wired.ips.clone())
         );
-        // Stop keeps the network (host ports would be released here).
+        // Stop keeps the network (it only releases host ports, of which this pod has none).
         env.conn.stop_pod_sandbox(&pod).await?;
         env.ping(&wired.ips[0])?;
         // Remove tears it all down.
@@ -422,6 +427,186 @@ fn nri_malformed_annotation_fails_the_pod() -> Result<()> {
         );
         assert!(env.daemon_pod(&daemon_name(&pod)).await?.is_none());
         assert_eq!(netns.links()?, ["lo"]);
+        env.no_violations()
+    })
+}
+
+/// The elements of the daemon's host port maps in the node, as `nft -j` prints them.
+fn port_elements(node: &Node) -> Result<Vec<String>> {
+    let out = node.stdout(&["nft", "-j", "list", "table", "inet", "netns_holder"])?;
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    let mut found = Vec::new();
+    for item in json["nftables"].as_array().into_iter().flatten() {
+        for elem in item["map"]["elem"].as_array().into_iter().flatten() {
+            found.push(elem.to_string());
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+#[test]
+fn nri_host_ports_published_at_run_released_at_stop() -> Result<()> {
+    if !require_root("nri_host_ports_published_at_run_released_at_stop") {
+        return Ok(());
+    }
+    run_async(async {
+        let env = Env::start().await?;
+        env.conn.synchronize(vec![], vec![]).await?;
+        let node = env.node.netns_path();
+        let local = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let netns_a = PodNetns::new()?;
+        let a = pod_sandbox(
+            "default",
+            "ports-a",
+            &sandbox_id(),
+            Some(&netns_a.path()),
+            &[("netns-holder.io/ports", "18080:80/tcp, 15353:53/udp")],
+        );
+        let name_a = daemon_name(&a);
+
+        // RunPodSandbox publishes the ports: the node port reaches the pod.
+        env.conn
+            .run_pod_sandbox(&a)
+            .await
+            .with_context(|| env.plugin.log())?;
+        let wired = env
+            .daemon_pod(&name_a)
+            .await?
+            .context("no daemon pod after RunPodSandbox")?;
+        ensure!(wired.ports.len() == 2, "{wired:?}");
+        ensure!(!wired.ports_released);
+        let _echo_a = Echo::start(&netns_a.path(), Proto::Tcp, 80)?;
+        tcp_probe(&node, local(18080)).context("the node port does not reach pod A")?;
+        ensure!(port_elements(&env.node)?.len() == 2);
+        // Idempotent.
+        env.conn.run_pod_sandbox(&a).await?;
+
+        // StopPodSandbox releases them: the port no longer answers; the pod stays wired.
+        env.conn
+            .stop_pod_sandbox(&a)
+            .await
+            .with_context(|| env.plugin.log())?;
+        let stopped = env
+            .daemon_pod(&name_a)
+            .await?
+            .context("pod A gone at Stop")?;
+        ensure!(stopped.ports_released, "{stopped:?}");
+        ensure!(
+            port_elements(&env.node)?.is_empty(),
+            "rules left after Stop"
+        );
+        if let Ok(peer) = tcp_probe(&node, local(18080)) {
+            bail!("the released port still answers (peer {peer})");
+        }
+        env.ping(&wired.ips[0])?;
+        env.conn.stop_pod_sandbox(&a).await?;
+
+        // Another pod (through StateChange) takes the port now.
+        let netns_b = PodNetns::new()?;
+        let b = pod_sandbox(
+            "default",
+            "ports-b",
+            &sandbox_id(),
+            Some(&netns_b.path()),
+            &[("netns-holder.io/ports", "18080:8080")],
+        );
+        env.conn
+            .state_change(pb::Event::RunPodSandbox, &b)
+            .await
+            .with_context(|| env.plugin.log())?;
+        let _echo_b = Echo::start(&netns_b.path(), Proto::Tcp, 8080)?;
+        tcp_probe(&node, local(18080)).context("the node port does not reach pod B")?;
+        let rules_b = port_elements(&env.node)?;
+        ensure!(rules_b.len() == 1, "{rules_b:?}");
+
+        // A Synchronize listing both (e.g. after a plugin restart) neither publishes A's
+        // ports again nor fails; nothing drifts.
+        env.conn
+            .synchronize(vec![a.clone(), b.clone()], vec![])
+            .await?;
+        ensure!(
+            port_elements(&env.node)? == rules_b,
+            "Synchronize changed the rules"
+        );
+        ensure!(
+            env.daemon_pod(&name_a)
+                .await?
+                .is_some_and(|p| p.ports_released),
+            "pod A after Synchronize"
+        );
+        let check = env.daemon.cli_json(&["check"])?;
+        ensure!(check["drift"] == serde_json::json!(false), "check: {check}");
+        ensure!(
+            !env.plugin.log().contains("reconcile failure"),
+            "{}",
+            env.plugin.log()
+        );
+
+        // RemovePodSandbox of A: nothing of A left, B untouched.
+        env.conn.remove_pod_sandbox(&a).await?;
+        ensure!(env.daemon_pod(&name_a).await?.is_none());
+        ensure!(
+            !env.node.links()?.contains(&wired.host_veth),
+            "host veth left"
+        );
+        ensure!(netns_a.links()? == ["lo"], "pod side left");
+        ensure!(port_elements(&env.node)? == rules_b);
+        tcp_probe(&node, local(18080)).context("pod B lost its port")?;
+
+        // B through StateChange: Stop releases, Remove leaves nothing.
+        env.conn.state_change(pb::Event::StopPodSandbox, &b).await?;
+        ensure!(port_elements(&env.node)?.is_empty());
+        env.conn
+            .state_change(pb::Event::RemovePodSandbox, &b)
+            .await?;
+        ensure!(env.daemon_pod(&daemon_name(&b)).await?.is_none());
+
+        // Stop of a sandbox that was never wired (skipped, unknown) succeeds.
+        let never = pod_sandbox("default", "never", &sandbox_id(), None, &[]);
+        env.conn.stop_pod_sandbox(&never).await?;
+        let check = env.daemon.cli_json(&["check"])?;
+        ensure!(check["drift"] == serde_json::json!(false), "check: {check}");
+        env.no_violations()
+    })
+}
+
+#[test]
+fn nri_malformed_ports_annotation_fails_the_pod() -> Result<()> {
+    if !require_root("nri_malformed_ports_annotation_fails_the_pod") {
+        return Ok(());
+    }
+    run_async(async {
+        let env = Env::start().await?;
+        env.conn.synchronize(vec![], vec![]).await?;
+        let netns = PodNetns::new()?;
+        for (value, part) in [
+            ("8080", "no ':' between host port and container port"),
+            ("8080:80/icmp", "protocol \"icmp\""),
+            ("8080:80,8080:81", "claim the same host port"),
+        ] {
+            let pod = pod_sandbox(
+                "default",
+                "badports",
+                &sandbox_id(),
+                Some(&netns.path()),
+                &[("netns-holder.io/ports", value)],
+            );
+            let (code, message) = status_of(env.conn.run_pod_sandbox(&pod).await)?;
+            ensure!(
+                code == 3,
+                "INVALID_ARGUMENT expected for {value}: {code} {message}"
+            );
+            ensure!(
+                message.contains("annotation \"netns-holder.io/ports\""),
+                "{message}"
+            );
+            ensure!(message.contains(part), "{value}: {message}");
+            ensure!(message.contains("default/badports"), "{message}");
+            ensure!(env.daemon_pod(&daemon_name(&pod)).await?.is_none());
+        }
+        ensure!(netns.links()? == ["lo"]);
+        ensure!(port_elements(&env.node)?.is_empty());
         env.no_violations()
     })
 }

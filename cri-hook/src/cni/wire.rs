@@ -10,7 +10,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use netns_holder::ports;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// The newest CNI spec version this plugin implements.
@@ -243,44 +244,81 @@ pub fn parse_cni_args(text: &str) -> Result<BTreeMap<String, String>, CniError> 
     Ok(args)
 }
 
-/// One entry of `runtimeConfig.portMappings` (the `portMappings` capability).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PortMapping {
-    /// The node port.
-    pub host_port: u32,
-    /// The pod port.
-    pub container_port: u32,
-    /// `tcp` (default), `udp` or `sctp`.
-    #[serde(default)]
-    pub protocol: Option<String>,
-    /// The node address to publish on; empty or absent: every address.
-    #[serde(default, rename = "hostIP")]
-    pub host_ip: Option<String>,
+/// Most characters of a `portMappings` entry quoted in an error.
+const MAX_ENTRY_SHOWN: usize = 200;
+
+/// The text of a `portMappings` entry for an error (cut after [`MAX_ENTRY_SHOWN`]
+/// characters; JSON escapes every control character).
+fn entry_text(entry: &Value) -> String {
+    let text = entry.to_string();
+    if text.chars().count() > MAX_ENTRY_SHOWN {
+        let cut: String = text.chars().take(MAX_ENTRY_SHOWN).collect();
+        format!("{cut}...")
+    } else {
+        text
+    }
 }
 
-impl fmt::Display for PortMapping {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(ip) = self.host_ip.as_deref().filter(|ip| !ip.is_empty()) {
-            write!(f, "{ip}:")?;
-        }
-        write!(
-            f,
-            "{}:{}/{}",
-            self.host_port,
-            self.container_port,
-            self.protocol.as_deref().unwrap_or("tcp")
+/// Parses one entry of `runtimeConfig.portMappings` (the `portMappings` capability):
+/// `{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "10.0.0.1"}`.
+/// `protocol` is `tcp` (the default, also for `""`), `udp` or `sctp`, in any case;
+/// `hostIP` absent or `""` publishes on every node address (as the daemon's empty host IP);
+/// other keys are ignored. A bad entry is code 7 naming its index, the entry and the
+/// problem.
+pub fn port_mapping(index: usize, entry: &Value) -> Result<ports::PortMapping, CniError> {
+    let bad = |problem: String| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "runtimeConfig.portMappings[{index}] {}: {problem}",
+                entry_text(entry)
+            ),
         )
-    }
+    };
+    let Some(fields) = entry.as_object() else {
+        return Err(bad("not an object".to_string()));
+    };
+    let port = |key: &str| -> Result<u32, CniError> {
+        match fields.get(key) {
+            None | Some(Value::Null) => Err(bad(format!("{key} is missing"))),
+            Some(value) => value
+                .as_u64()
+                .filter(|n| (1..=65535).contains(n))
+                .map(|n| n as u32)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{key} {value} is not a port number between 1 and 65535"
+                    ))
+                }),
+        }
+    };
+    let host_port = port("hostPort")?;
+    let container_port = port("containerPort")?;
+    let protocol = match fields.get("protocol") {
+        None | Some(Value::Null) => ports::Protocol::Tcp,
+        Some(Value::String(p)) if p.is_empty() => ports::Protocol::Tcp,
+        Some(Value::String(p)) => p
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|_| bad(format!("protocol {p:?} is not tcp, udp or sctp")))?,
+        Some(other) => return Err(bad(format!("protocol {other} is not a string"))),
+    };
+    let host_ip = match fields.get("hostIP") {
+        None | Some(Value::Null) => "",
+        Some(Value::String(ip)) => ip.as_str(),
+        Some(other) => return Err(bad(format!("hostIP {other} is not a string"))),
+    };
+    ports::from_parts(host_ip, host_port, container_port, protocol).map_err(|e| bad(e.to_string()))
 }
 
 /// `runtimeConfig`: the capability arguments the runtime passes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeConfig {
-    /// Host ports to publish.
+    /// Host ports to publish, as sent: checked by [`NetConf::port_mappings`] (only for the
+    /// commands that use them, so a DEL never fails on them).
     #[serde(default)]
-    pub port_mappings: Vec<PortMapping>,
+    pub port_mappings: Option<Value>,
 }
 
 /// One entry of `cni.dev/valid-attachments`.
@@ -301,9 +339,9 @@ pub struct NetConf {
     pub cni_version: String,
     /// The network name.
     pub name: String,
-    /// The plugin type (the executable's name).
+    /// The plugin type (the executable's name); required.
     #[serde(rename = "type", default)]
-    pub plugin_type: String,
+    pub plugin_type: Option<String>,
     /// The daemon's API socket; default `/run/netns-holder/api.sock`.
     #[serde(default)]
     pub daemon_socket: Option<PathBuf>,
@@ -349,6 +387,21 @@ impl NetConf {
                 "the network configuration has no name",
             ));
         }
+        match conf.plugin_type.as_deref() {
+            None => {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    "the network configuration has no type (the plugin's executable name, e.g. \"netns-holder\")",
+                ));
+            }
+            Some("") => {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    "the network configuration's type is empty",
+                ));
+            }
+            Some(_) => {}
+        }
         if conf.daemon_timeout_ms == Some(0) {
             return Err(CniError::new(
                 code::INVALID_CONFIG,
@@ -356,6 +409,37 @@ impl NetConf {
             ));
         }
         Ok(conf)
+    }
+
+    /// The host ports of `runtimeConfig.portMappings` (none if absent or `null`), each
+    /// entry checked ([`port_mapping`]), then the list as a whole (no two entries claiming
+    /// the same host port, at most [`ports::MAX_PORTS_PER_POD`]); code 7 naming the entry.
+    pub fn port_mappings(&self) -> Result<Vec<ports::PortMapping>, CniError> {
+        let entries = match &self.runtime_config.port_mappings {
+            None | Some(Value::Null) => return Ok(Vec::new()),
+            Some(Value::Array(entries)) => entries,
+            Some(other) => {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    format!(
+                        "runtimeConfig.portMappings {} is not a list",
+                        entry_text(other)
+                    ),
+                ));
+            }
+        };
+        let mappings = entries
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| port_mapping(i, entry))
+            .collect::<Result<Vec<_>, _>>()?;
+        ports::validate(&mappings).map_err(|e| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("runtimeConfig.portMappings: {e}"),
+            )
+        })?;
+        Ok(mappings)
     }
 
     /// GC's valid attachments (`cni.dev/valid-attachments`, else `cni.dev/attachments`).
@@ -366,14 +450,46 @@ impl NetConf {
     }
 }
 
-/// The `cniVersion` of a configuration that could not be fully parsed, if it names a
-/// supported one (for the error object); else [`CURRENT_VERSION`].
+/// The `cniVersion` of the error object for `stdin`: the configuration's, if it names a
+/// supported one and can be read, whatever else is wrong with the configuration; else
+/// [`CURRENT_VERSION`]. Read as [`NetConf::parse`] reads it (other fields skipped unchecked,
+/// so invalid UTF-8 or a wrong type elsewhere does not matter), else from the JSON with
+/// invalid UTF-8 replaced, else, for JSON that does not parse (e.g. truncated), from the
+/// first top-level-looking `"cniVersion": "..."` in the text.
 pub fn answer_version(stdin: &[u8]) -> String {
-    serde_json::from_slice::<Value>(stdin)
-        .ok()
-        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
-        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
-        .unwrap_or_else(|| CURRENT_VERSION.to_string())
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        #[serde(rename = "cniVersion")]
+        cni_version: Option<Value>,
+    }
+    let supported = |v: &str| SUPPORTED_VERSIONS.contains(&v);
+    let from_value = |v: Option<Value>| match v {
+        Some(Value::String(v)) if supported(&v) => Some(v),
+        _ => None,
+    };
+    if let Ok(read) = serde_json::from_slice::<VersionOnly>(stdin) {
+        // The version was read: supported or not, scanning further would not improve it.
+        return from_value(read.cni_version).unwrap_or_else(|| CURRENT_VERSION.to_string());
+    }
+    let text = String::from_utf8_lossy(stdin);
+    if let Ok(read) = serde_json::from_str::<VersionOnly>(&text) {
+        return from_value(read.cni_version).unwrap_or_else(|| CURRENT_VERSION.to_string());
+    }
+    scan_version(&text)
+        .filter(|v| supported(v))
+        .map_or_else(|| CURRENT_VERSION.to_string(), str::to_string)
+}
+
+/// The string value of the first `"cniVersion"` key in `text` that is followed by `:` and
+/// a plain string (no escapes), for configurations that are not valid JSON.
+fn scan_version(text: &str) -> Option<&str> {
+    const KEY: &str = "\"cniVersion\"";
+    let at = text.find(KEY)?;
+    let rest = text[at + KEY.len()..].trim_start();
+    let rest = rest.strip_prefix(':')?.trim_start();
+    let rest = rest.strip_prefix('"')?;
+    let end = rest.find(['"', '\\'])?;
+    (rest.as_bytes()[end] == b'"').then(|| &rest[..end])
 }
 
 /// The `VERSION` answer.
@@ -522,10 +638,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(conf.daemon_socket.as_deref(), Some("/tmp/s".as_ref()));
-        assert_eq!(conf.runtime_config.port_mappings[0].host_port, 8080);
         assert_eq!(
-            conf.runtime_config.port_mappings[0].to_string(),
-            "8080:80/tcp"
+            conf.port_mappings().unwrap(),
+            [ports::PortMapping::new(8080, 80, ports::Protocol::Tcp)]
         );
         assert_eq!(conf.gc_attachments().unwrap()[0].container_id, "a");
 
@@ -534,11 +649,149 @@ mod tests {
         assert!(err.msg.contains("2.0.0"), "{err}");
         let err = NetConf::parse(b"not json").unwrap_err();
         assert_eq!(err.code, code::DECODE);
-        let err = NetConf::parse(br#"{"cniVersion":"1.0.0","name":""}"#).unwrap_err();
+        let err = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"","type":"t"}"#).unwrap_err();
         assert_eq!(err.code, code::INVALID_CONFIG);
+        let err = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n"}"#).unwrap_err();
+        assert_eq!(err.code, code::INVALID_CONFIG);
+        assert!(err.msg.contains("no type"), "{err}");
+        let err = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":""}"#).unwrap_err();
+        assert_eq!(err.code, code::INVALID_CONFIG);
+        assert!(err.msg.contains("type is empty"), "{err}");
         assert_eq!(answer_version(br#"{"cniVersion":"0.4.0"}"#), "0.4.0");
         assert_eq!(answer_version(br#"{"cniVersion":"9"}"#), CURRENT_VERSION);
         assert_eq!(answer_version(b"{"), CURRENT_VERSION);
+    }
+
+    #[test]
+    fn the_error_version_is_the_requested_one_whatever_else_is_wrong() {
+        // Invalid UTF-8 in a field NetConf skips, and in the name.
+        let mut bytes = br#"{"cniVersion":"0.4.0","name":"n","type":"t","x":"#.to_vec();
+        bytes.extend_from_slice(b"\"\xff\xfe\"}");
+        assert_eq!(answer_version(&bytes), "0.4.0");
+        let mut bytes = br#"{"cniVersion":"1.0.0","name":""#.to_vec();
+        bytes.extend_from_slice(b"\xc3\x28\",\"type\":\"t\"}");
+        assert!(NetConf::parse(&bytes).is_err());
+        assert_eq!(answer_version(&bytes), "1.0.0");
+        // Other fields of the wrong type, truncated or broken JSON.
+        assert_eq!(
+            answer_version(br#"{"cniVersion":"0.3.1","name":["x"],"runtimeConfig":"x"}"#),
+            "0.3.1"
+        );
+        assert_eq!(
+            answer_version(br#"{"cniVersion": "0.3.0", "name": "n", "ty"#),
+            "0.3.0"
+        );
+        assert_eq!(
+            answer_version(br#"{name: x, "cniVersion" : "1.0.0"}"#),
+            "1.0.0"
+        );
+        // Unsupported, escaped or not a string: the newest.
+        assert_eq!(answer_version(br#"{"cniVersion":"9.9.9""#), CURRENT_VERSION);
+        assert_eq!(
+            answer_version(br#"{"cniVersion":"1.0\u002e0""#),
+            CURRENT_VERSION
+        );
+        assert_eq!(answer_version(br#"{"cniVersion":1.0,"#), CURRENT_VERSION);
+        assert_eq!(answer_version(b"\xff\xff"), CURRENT_VERSION);
+        assert_eq!(answer_version(b""), CURRENT_VERSION);
+    }
+
+    fn mappings(json: Value) -> Result<Vec<ports::PortMapping>, CniError> {
+        let mut conf = json!({"cniVersion": "1.1.0", "name": "n", "type": "netns-holder"});
+        conf["runtimeConfig"] = json!({ "portMappings": json });
+        NetConf::parse(conf.to_string().as_bytes())
+            .unwrap()
+            .port_mappings()
+    }
+
+    #[test]
+    fn port_mappings_are_read_like_the_portmap_plugin() {
+        use ports::{PortMapping, Protocol};
+        assert_eq!(
+            mappings(json!([
+                {"hostPort": 8080, "containerPort": 80},
+                {"hostPort": 53, "containerPort": 5353, "protocol": "UDP", "hostIP": ""},
+                {"hostPort": 9, "containerPort": 9, "protocol": "sctp", "hostIP": "10.0.0.1"},
+                {"hostPort": 8443, "containerPort": 443, "protocol": "", "hostIP": "fd00::1", "extra": 1},
+            ]))
+            .unwrap(),
+            [
+                PortMapping::new(8080, 80, Protocol::Tcp),
+                PortMapping::new(53, 5353, Protocol::Udp),
+                PortMapping::new(9, 9, Protocol::Sctp).on("10.0.0.1".parse().unwrap()),
+                PortMapping::new(8443, 443, Protocol::Tcp).on("fd00::1".parse().unwrap()),
+            ]
+        );
+        assert_eq!(mappings(json!([])).unwrap(), []);
+        assert_eq!(mappings(Value::Null).unwrap(), []);
+    }
+
+    #[test]
+    fn bad_port_mappings_are_code_7_naming_the_entry() {
+        for (list, words) in [
+            (
+                json!({"a": 1}),
+                vec!["runtimeConfig.portMappings {\"a\":1} is not a list"],
+            ),
+            (json!([5]), vec!["portMappings[0] 5: not an object"]),
+            (
+                json!([{"hostPort": 80, "containerPort": 80}, {"containerPort": 80}]),
+                vec!["portMappings[1] {\"containerPort\":80}: hostPort is missing"],
+            ),
+            (
+                json!([{"hostPort": "80", "containerPort": 80}]),
+                vec!["portMappings[0]", "hostPort \"80\" is not a port number"],
+            ),
+            (
+                json!([{"hostPort": -1, "containerPort": 80}]),
+                vec!["hostPort -1 is not a port number"],
+            ),
+            (
+                json!([{"hostPort": 0, "containerPort": 80}]),
+                vec!["hostPort 0 is not a port number"],
+            ),
+            (
+                json!([{"hostPort": 80, "containerPort": 65536}]),
+                vec!["containerPort 65536 is not a port number"],
+            ),
+            (
+                json!([{"hostPort": 80, "containerPort": 8.5}]),
+                vec!["containerPort 8.5"],
+            ),
+            (
+                json!([{"hostPort": 80, "containerPort": 80, "protocol": "icmp"}]),
+                vec!["protocol \"icmp\" is not tcp, udp or sctp"],
+            ),
+            (
+                json!([{"hostPort": 80, "containerPort": 80, "protocol": 6}]),
+                vec!["protocol 6 is not a string"],
+            ),
+            (
+                json!([{"hostPort": 80, "containerPort": 80, "hostIP": "garbage"}]),
+                vec!["\"garbage\"", "not an IP address"],
+            ),
+            (
+                json!([{"hostPort": 80, "containerPort": 80, "hostIP": 1}]),
+                vec!["hostIP 1 is not a string"],
+            ),
+            (
+                json!([
+                    {"hostPort": 80, "containerPort": 80},
+                    {"hostPort": 80, "containerPort": 81, "hostIP": "10.0.0.1"}
+                ]),
+                vec!["claim the same host port", "tcp 80 -> 80"],
+            ),
+        ] {
+            let err = mappings(list.clone()).unwrap_err();
+            assert_eq!(err.code, code::INVALID_CONFIG, "{list}: {err}");
+            for word in words {
+                assert!(err.msg.contains(word), "{list}: {err}");
+            }
+        }
+        let long = json!([{"hostPort": 0, "containerPort": 80, "pad": "p".repeat(10_000)}]);
+        let err = mappings(long).unwrap_err();
+        assert!(err.msg.len() < 500, "{}", err.msg.len());
+        assert!(err.msg.contains("hostPort 0"), "{err}");
     }
 
     fn network() -> PodNetwork {

@@ -12,6 +12,7 @@ use cri_hook::mux::GO_FRAME_LIMIT;
 use cri_hook::network::{NetworkError, NetworkPod, PodNetwork};
 use cri_hook::ttrpc::frame::{self, Decoded, FrameDecoder, HEADER_LEN, MessageType};
 use netns_holder::names::PodName;
+use netns_holder::ports::PortMapping;
 use netns_holder_proto::ttrpc::{Request, Response};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,6 +33,8 @@ pub struct FakeNetwork {
     pub fail: Mutex<Option<NetworkError>>,
     /// Every call first sleeps this long.
     pub delay: Mutex<Duration>,
+    /// Pods whose ports were released.
+    pub released: Mutex<std::collections::BTreeSet<PodName>>,
 }
 
 impl FakeNetwork {
@@ -87,9 +90,16 @@ impl PodNetwork for FakeNetwork {
         name: &PodName,
         netns: &Path,
         annotations: BTreeMap<String, String>,
+        ports: &[PortMapping],
         deadline: Instant,
     ) -> Result<NetworkPod, NetworkError> {
-        self.enter(format!("ensure {name}"), deadline).await?;
+        let shown: Vec<String> = ports.iter().map(ToString::to_string).collect();
+        let call = if shown.is_empty() {
+            format!("ensure {name}")
+        } else {
+            format!("ensure {name} ports [{}]", shown.join(", "))
+        };
+        self.enter(call, deadline).await?;
         let mut pods = self.pods.lock().unwrap();
         let n = pods.len();
         let pod = pods.entry(name.clone()).or_insert_with(|| NetworkPod {
@@ -115,6 +125,13 @@ impl PodNetwork for FakeNetwork {
     ) -> Result<Option<NetworkPod>, NetworkError> {
         self.enter(format!("get {name}"), deadline).await?;
         Ok(self.pods.lock().unwrap().get(name).cloned())
+    }
+
+    async fn release_ports(&self, name: &PodName, deadline: Instant) -> Result<bool, NetworkError> {
+        self.enter(format!("release_ports {name}"), deadline)
+            .await?;
+        let pods = self.pods.lock().unwrap();
+        Ok(pods.contains_key(name) && self.released.lock().unwrap().insert(name.clone()))
     }
 
     async fn remove(&self, name: &PodName, deadline: Instant) -> Result<bool, NetworkError> {
