@@ -2108,14 +2108,16 @@ impl Suite {
             ),
             &out,
         );
-        // The CNI error object is the answer: it must be one JSON object with code and msg.
+        // The CNI error object is the answer: it must be one JSON object with code, msg and
+        // the cniVersion (shown last, so cases can expect the version the error carries).
         if !out.status.success() {
             match serde_json::from_slice::<Value>(&out.stdout) {
                 Ok(v) if v["code"].is_u64() && v["msg"].is_string() => {
                     attempt.message = format!(
-                        "CNI error {}: {}",
+                        "CNI error {}: {} [cniVersion {}]",
                         v["code"],
-                        v["msg"].as_str().unwrap_or("")
+                        v["msg"].as_str().unwrap_or(""),
+                        v["cniVersion"].as_str().unwrap_or("missing")
                     );
                 }
                 _ => {
@@ -2264,59 +2266,144 @@ impl Suite {
                 conf(json!({"runtimeConfig": "x"})),
                 vec!["CNI error 6"],
             ),
+            // portMappings: every entry checked before the daemon is called (code 7 naming
+            // the entry), a port of another pod refused by the daemon (code 102 naming it).
             (
                 Rule::Refuse,
                 "portMappings an object",
                 pm(json!({"a": 1})),
-                vec!["CNI error 6"],
+                vec![
+                    "CNI error 7",
+                    "runtimeConfig.portMappings {\"a\":1} is not a list",
+                ],
             ),
             (
                 Rule::Refuse,
                 "hostPort a string",
                 pm(json!([{"hostPort": "80", "containerPort": 80}])),
-                vec!["CNI error 6"],
+                vec!["CNI error 7", "portMappings[0]", "hostPort \"80\""],
             ),
             (
                 Rule::Refuse,
                 "hostPort -1",
                 pm(json!([{"hostPort": -1, "containerPort": 80}])),
-                vec!["CNI error 6"],
+                vec!["CNI error 7", "portMappings[0]", "hostPort -1"],
             ),
             (
                 Rule::Refuse,
                 "hostPort 0",
                 pm(json!([{"hostPort": 0, "containerPort": 80}])),
-                vec!["CNI error", "0:80"],
+                vec!["CNI error 7", "portMappings[0]", "hostPort 0"],
             ),
             (
                 Rule::Refuse,
                 "hostPort 65536",
                 pm(json!([{"hostPort": 65536, "containerPort": 80}])),
-                vec!["CNI error", "65536"],
+                vec!["CNI error 7", "portMappings[0]", "hostPort 65536"],
+            ),
+            (
+                Rule::Refuse,
+                "no containerPort",
+                pm(json!([{"hostPort": 8080}])),
+                vec!["CNI error 7", "portMappings[0]", "containerPort is missing"],
+            ),
+            (
+                Rule::Refuse,
+                "an entry that is not an object",
+                pm(json!([{"hostPort": 8080, "containerPort": 80}, "8081:81"])),
+                vec!["CNI error 7", "portMappings[1] \"8081:81\": not an object"],
             ),
             (
                 Rule::Refuse,
                 "protocol icmp",
                 pm(json!([{"hostPort": 8080, "containerPort": 80, "protocol": "icmp"}])),
-                vec!["CNI error", "icmp"],
+                vec!["CNI error 7", "portMappings[0]", "protocol \"icmp\""],
             ),
             (
                 Rule::Refuse,
                 "hostIP garbage",
                 pm(json!([{"hostPort": 8080, "containerPort": 80, "hostIP": "garbage"}])),
-                vec!["CNI error", "garbage"],
+                vec!["CNI error 7", "portMappings[0]", "\"garbage\""],
+            ),
+            (
+                Rule::Refuse,
+                "two entries claiming one host port",
+                pm(json!([
+                    {"hostPort": 8080, "containerPort": 80},
+                    {"hostPort": 8080, "containerPort": 81, "hostIP": "10.0.0.1"}
+                ])),
+                vec!["CNI error 7", "claim the same host port", "8080"],
+            ),
+            (
+                Rule::Refuse,
+                "4097 entries",
+                pm(Value::Array(
+                    (1..=4097u32)
+                        .map(|p| json!({"hostPort": 20000 + p, "containerPort": 80}))
+                        .collect(),
+                )),
+                vec!["CNI error 7", "4097 host ports"],
             ),
             (
                 Rule::Refuse,
                 "a baseline host port",
                 pm(json!([{"hostPort": 18080, "containerPort": 80}])),
-                vec!["CNI error", "18080"],
+                vec!["CNI error 102", "18080", BASE],
             ),
             (
-                Rule::Gap,
-                "no type (the plugin does not check it)",
+                Rule::Refuse,
+                "no type",
                 conf(json!({"type": null})),
-                vec![],
+                vec!["CNI error 7", "no type"],
+            ),
+            (
+                Rule::Refuse,
+                "empty type",
+                conf(json!({"type": ""})),
+                vec!["CNI error 7", "type is empty"],
+            ),
+            // The error object carries the configuration's cniVersion whatever else is wrong.
+            (
+                Rule::Refuse,
+                "cniVersion 0.4.0 with a bad portMappings entry",
+                conf(
+                    json!({"cniVersion": "0.4.0", "runtimeConfig": {"portMappings": [{"hostPort": 0, "containerPort": 80}]}}),
+                ),
+                vec!["CNI error 7", "[cniVersion 0.4.0]"],
+            ),
+            (
+                Rule::Refuse,
+                "cniVersion 0.3.1, invalid UTF-8 in an ignored field, no name",
+                {
+                    let mut c = conf(json!({"cniVersion": "0.3.1", "name": null}));
+                    c.pop();
+                    c.extend_from_slice(b",\"junk\":\"\xff\xfe\"}");
+                    c
+                },
+                vec!["CNI error 6", "name", "[cniVersion 0.3.1]"],
+            ),
+            (
+                Rule::Refuse,
+                "cniVersion 1.0.0, invalid UTF-8 in the name",
+                {
+                    let mut c = conf(json!({"cniVersion": "1.0.0", "name": null}));
+                    c.pop();
+                    c.extend_from_slice(b",\"name\":\"hx\xc3\x28\"}");
+                    c
+                },
+                vec!["CNI error 6", "[cniVersion 1.0.0]"],
+            ),
+            (
+                Rule::Refuse,
+                "cniVersion 0.4.0, truncated",
+                br#"{"cniVersion": "0.4.0", "name": "hx-net", "type": "netns-ho"#.to_vec(),
+                vec!["CNI error 6", "[cniVersion 0.4.0]"],
+            ),
+            (
+                Rule::Refuse,
+                "cniVersion 9.9.9 (the error says the newest)",
+                conf(json!({"cniVersion": "9.9.9"})),
+                vec!["CNI error 1", "[cniVersion 1.1.0]"],
             ),
         ];
         for (i, (rule, label, stdin, expect)) in config_cases.into_iter().enumerate() {
