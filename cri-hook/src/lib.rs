@@ -11,11 +11,12 @@
 //!   writer task and one reader task.
 //! * [`nri`]: NRI constants (services, connection ids, events, identity rules).
 //! * [`pod`]: what a pod sandbox means for netns-holder: the daemon pod name derived from
-//!   it, its network namespace, and the `netns-holder.io/` annotation options.
+//!   it, its network namespace, and the `netns-holder.io/` annotation options (name, skip,
+//!   host ports).
 //! * [`network`]: the [`network::PodNetwork`] trait the plugin drives, and its real
 //!   implementation over the daemon API with bounded call times.
 //! * [`plugin`]: the NRI Plugin service (Configure, Synchronize with reconciliation, pod
-//!   events).
+//!   events: run wires the pod with its host ports, stop releases them, remove tears down).
 //! * [`run`]: obtaining the connection (dial or inherited fd 3), registration, reconnection
 //!   with backoff, shutdown.
 //!
@@ -23,7 +24,8 @@
 //!
 //! * [`oci_hook`]: `cri-hook oci createRuntime|poststop|auto`, the OCI hook for runc, crun
 //!   and podman (`hooks.d/netns-holder.json`).
-//! * [`cni`]: the CNI plugin entry (the binary run with `CNI_COMMAND` set).
+//! * [`cni`]: the CNI plugin entry (the binary run with `CNI_COMMAND` set), host ports from
+//!   the `portMappings` capability included.
 
 pub mod cni;
 pub mod conn;
