@@ -19,9 +19,9 @@
 //!
 //! * A per-pod-name async mutex serializes operations on the same pod.
 //! * A short `std::sync::Mutex` guards the in-memory state and IPAM; it is held only for
-//!   bookkeeping and the state file save (a few small writes and fsyncs), never across
-//!   kernel work, so creates of different pods run their kernel steps concurrently while
-//!   allocation stays race-free.
+//!   bookkeeping and the state save (one journal record of what changed, appended and
+//!   fdatasynced, whatever the number of pods), never across kernel work, so creates of
+//!   different pods run their kernel steps concurrently while allocation stays race-free.
 //! * A tokio `RwLock` "barrier": single-pod operations take it shared; the whole-node
 //!   operations (`check`, `repair`/`reconcile`, `gc`) take it exclusively, so they never see
 //!   or sweep a half-created pod of a request still in flight.
@@ -498,7 +498,14 @@ impl<S: System> PodManager<S> {
     pub fn open(config: Config, system: S, log: Logger) -> Result<Self, ManagerError> {
         config.validate()?;
         let store = StateStore::new(&config.state_dir);
-        let state = store.load()?;
+        let recovered = store.recover()?;
+        if let Some(tail) = &recovered.discarded {
+            warn!(log, "dropped an unacknowledged state journal record"; "detail" => %tail);
+        }
+        if let Some(e) = &recovered.compaction_error {
+            warn!(log, "cannot fold the state journal into a new snapshot"; "error" => %e);
+        }
+        let (state, replayed) = (recovered.state, recovered.replayed);
         for (name, record) in &state.pods {
             if record.name != *name || record.id != name.id() {
                 return Err(ManagerError::InconsistentState {
@@ -540,7 +547,7 @@ impl<S: System> PodManager<S> {
             store.save(&state)?;
         }
         info!(log, "state loaded"; "pods" => state.pods.len(), "peers" => state.peers.len(),
-            "file" => %store.path().display());
+            "file" => %store.path().display(), "journal_records_replayed" => replayed);
         Ok(Self {
             config,
             system,

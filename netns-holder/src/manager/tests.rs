@@ -67,6 +67,30 @@ impl Env {
     }
 }
 
+/// Every state save fails while this lives, as on a full or read-only disk: a directory
+/// where the journal is appended to, and one where a snapshot's temporary file goes.
+struct SavesBlocked {
+    journal: PathBuf,
+    tmp: PathBuf,
+}
+
+impl SavesBlocked {
+    fn new(env: &Env) -> Self {
+        let journal = env.config.state_dir.join(crate::state::JOURNAL_FILE_NAME);
+        let tmp = env.config.state_dir.join("state.json.tmp");
+        std::fs::remove_file(&journal).unwrap();
+        std::fs::create_dir(&journal).unwrap();
+        std::fs::create_dir(&tmp).unwrap();
+        Self { journal, tmp }
+    }
+
+    /// Saves work again (the next one writes a snapshot and a fresh journal).
+    fn lift(self) {
+        std::fs::remove_dir(&self.journal).unwrap();
+        std::fs::remove_dir(&self.tmp).unwrap();
+    }
+}
+
 fn allocated(m: &PodManager<FakeSystem>) -> usize {
     m.status().pools.iter().map(|p| p.allocated).sum()
 }
@@ -747,14 +771,11 @@ async fn a_removal_that_cannot_be_recorded_touches_nothing() {
     let env = Env::v4();
     let m = env.manager();
     let web = m.create(CreateRequest::new(name("web"))).await.unwrap();
-    // Every save fails from now on (a directory where the temporary file goes), as on a
-    // full or read-only disk.
-    let blocker = env.config.state_dir.join("state.json.tmp");
-    std::fs::create_dir(&blocker).unwrap();
+    let blocked = SavesBlocked::new(&env);
     let err = m.remove(&name("web")).await.unwrap_err().to_string();
     assert!(
         err.starts_with("removing pod web: 1 failure(s): state file")
-            && err.contains(&blocker.display().to_string()),
+            && err.contains(&blocked.journal.display().to_string()),
         "{err}"
     );
     // Still all there, in memory, on disk and in the kernel.
@@ -764,7 +785,7 @@ async fn a_removal_that_cannot_be_recorded_touches_nothing() {
     assert_eq!(report.failures.len(), 1, "{report:?}");
     assert_complete(&env, &m, "web").await;
 
-    std::fs::remove_dir(&blocker).unwrap();
+    blocked.lift();
     assert!(m.remove(&name("web")).await.unwrap());
     assert_clean(&env, &m);
 }
@@ -1794,18 +1815,21 @@ async fn a_release_that_cannot_be_saved_changes_nothing() {
     let env = Env::v4();
     let m = env.manager();
     m.create(with_ports("web", &["8080:80"])).await.unwrap();
-    // Every save fails (as in a_removal_that_cannot_be_recorded_touches_nothing).
-    let blocker = env.config.state_dir.join("state.json.tmp");
-    std::fs::create_dir(&blocker).unwrap();
+    let blocked = SavesBlocked::new(&env);
     let err = m.release_pod_ports(&name("web")).await.unwrap_err();
     assert!(matches!(err, ManagerError::State(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&blocked.journal.display().to_string()),
+        "{err}"
+    );
     assert!(!m.get(&name("web")).unwrap().ports_released);
     assert_eq!(element_texts(&env).len(), 1);
     assert!(m.check().await.is_empty());
     // Still held: another pod cannot take the port.
     let err = m.create(with_ports("db", &["8080:80"])).await.unwrap_err();
     assert!(matches!(err, ManagerError::PortInUse { .. }), "{err}");
-    std::fs::remove_dir(&blocker).unwrap();
+    blocked.lift();
     assert!(m.release_pod_ports(&name("web")).await.unwrap());
     assert!(element_texts(&env).is_empty());
 }
