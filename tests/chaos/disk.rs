@@ -1,16 +1,17 @@
 //! A full or read-only state directory: the daemon's `state_dir` is a small tmpfs mounted by
 //! the test (unmounted at the end, also on failure). While it is full, and while it is
-//! read-only, `pod create` and `pod rm` fail with an error naming the state file, and the
-//! kernel is left exactly as before: no veth, mount, pause or nftables element of the pod
-//! that failed to be created, and the pod that failed to be removed still fully working.
-//! The state file keeps matching the kernel. Once the disk recovers, both work again and
-//! `check` is clean.
+//! read-only, `pod create` and `pod rm` fail with an error naming the state journal (the
+//! file a save appends to), and the kernel is left exactly as before: no veth, mount, pause
+//! or nftables element of the pod that failed to be created, and the pod that failed to be
+//! removed still fully working. The state (snapshot plus journal) keeps matching the kernel.
+//! Once the disk recovers, both work again and `check` is clean.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
+use netns_holder::state::{JOURNAL_FILE_NAME, STATE_FILE_NAME};
 use nh_tests::invariants::{
     Pod, assert_node_matches, assert_nothing_left, assert_pod_works, assert_state_matches_kernel,
     load_state, on_node, pod_id_of,
@@ -79,8 +80,8 @@ fn fill(dir: &Path) -> Result<PathBuf> {
     Ok(filler)
 }
 
-/// `pod create` of a new pod and `pod rm` of `keep` both fail naming the state file and
-/// saying `why`; the kernel and the state file are exactly as before.
+/// `pod create` of a new pod and `pod rm` of `keep` both fail naming the state journal and
+/// saying `why`; the kernel and the state are exactly as before.
 fn operations_fail_cleanly(
     node: &Node,
     daemon: &Daemon,
@@ -88,7 +89,8 @@ fn operations_fail_cleanly(
     keep_port: u16,
     why: &str,
 ) -> Result<()> {
-    let state_file = daemon.state_dir().join("state.json");
+    // Each save appends one record to the journal: that is the write the disk refuses.
+    let state_file = daemon.state_dir().join(JOURNAL_FILE_NAME);
     let name = unique_name("nospace");
     let out = daemon.cli(&["pod", "create", &name, "--publish", "18090:80"])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -149,10 +151,13 @@ fn a_full_or_read_only_state_dir_fails_operations_cleanly() -> Result<()> {
             // Move the (tiny) state onto a 64 KiB tmpfs while the daemon is stopped.
             daemon.stop()?;
             let state_dir = daemon.state_dir();
-            let saved = std::fs::read(state_dir.join("state.json")).ok();
+            let saved: Vec<(&str, Vec<u8>)> = [STATE_FILE_NAME, JOURNAL_FILE_NAME]
+                .into_iter()
+                .filter_map(|f| Some((f, std::fs::read(state_dir.join(f)).ok()?)))
+                .collect();
             let tmpfs = Tmpfs::mount(&state_dir, "64k")?;
-            if let Some(bytes) = saved {
-                std::fs::write(state_dir.join("state.json"), bytes)?;
+            for (file, bytes) in saved {
+                std::fs::write(state_dir.join(file), bytes)?;
             }
             daemon.spawn()?;
 
@@ -160,6 +165,18 @@ fn a_full_or_read_only_state_dir_fails_operations_cleanly() -> Result<()> {
             let keep = Pod::from_json(
                 &daemon.create_pod(&unique_name("keep"), &["--publish", &format!("{port}:80")])?,
             )?;
+            // A restart folds the journal into the snapshot and leaves it empty: it then
+            // holds no partly used tmpfs page that a full disk would still let a record into,
+            // so the next save needs a new page, deterministically.
+            daemon.stop()?;
+            daemon.spawn()?;
+            let journal = std::fs::metadata(state_dir.join(JOURNAL_FILE_NAME))
+                .context("the journal after a restart")?;
+            ensure!(
+                journal.len() == 0,
+                "the journal holds {} bytes after a restart",
+                journal.len()
+            );
             let _echo = Echo::start(&keep.netns, Proto::Tcp, 80)?;
             host_port_answers(node, port)?;
 

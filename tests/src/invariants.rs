@@ -432,7 +432,9 @@ pub fn assert_nothing_left(node: &Node, daemon: &Daemon, removed: &[Pod]) -> Res
     Ok(())
 }
 
-/// The daemon's state file, read as the daemon reads it.
+/// The daemon's state, read as the daemon reads it: the snapshot `state.json` with the
+/// journal `journal.jsonl` replayed on top ([`StateStore::load`], which only reads, so it is
+/// safe while the daemon runs).
 pub fn load_state(daemon: &Daemon) -> Result<State> {
     StateStore::new(daemon.state_dir())
         .load()

@@ -3407,7 +3407,14 @@ fn config_case(
                     "STATE CHANGED: links {links_before:?} -> {links_after:?}"
                 ));
             }
-            if dir.join("state").join("state.json").exists() {
+            let state_files = [
+                netns_holder::state::STATE_FILE_NAME,
+                netns_holder::state::JOURNAL_FILE_NAME,
+            ];
+            if state_files
+                .iter()
+                .any(|f| dir.join("state").join(f).exists())
+            {
                 failures.push("STATE CHANGED: a state file was written".into());
             }
             let mounts = mounts_under(dir);
