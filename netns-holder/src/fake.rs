@@ -29,8 +29,8 @@ use crate::firewall::{
 use crate::names::{IfName, PodId};
 use crate::ports::{Family, Protocol};
 use crate::system::{
-    Firewall, LinkInfo, Namespaces, Netlink, PauseProcess, Processes, RunningPause, Sysctl,
-    SystemError,
+    Firewall, LinkInfo, Namespaces, Netlink, NodeNetwork, NodeNetworkKind, PauseExit, PauseProcess,
+    Processes, RunningPause, Sysctl, SystemError,
 };
 
 const HOST: u64 = 0;
@@ -85,6 +85,8 @@ struct FakeProcess {
     id: PodId,
     start_time: u64,
     net: u64,
+    /// Started by this "daemon process" ([`Processes::start_pause`]), not adopted.
+    child: bool,
 }
 
 #[derive(Debug)]
@@ -112,6 +114,12 @@ struct Model {
     route_localnet: BTreeSet<String>,
     listeners: Vec<Listener>,
     conntrack: Vec<FakeConntrack>,
+    /// Children that exited and are not reaped yet (as `waitpid` would find them).
+    zombies: BTreeSet<PauseProcess>,
+    /// Bumped whenever a process exits (wakes the exit watches).
+    exits: tokio::sync::watch::Sender<u64>,
+    /// Exit watches cannot be made (as when a daemon has no descriptor left).
+    no_watches: bool,
 }
 
 impl Default for Model {
@@ -144,6 +152,9 @@ impl Default for Model {
             route_localnet: BTreeSet::new(),
             listeners: Vec::new(),
             conntrack: Vec::new(),
+            zombies: BTreeSet::new(),
+            exits: tokio::sync::watch::channel(0).0,
+            no_watches: false,
         }
     }
 }
@@ -223,6 +234,21 @@ impl Model {
     }
 
     /// Destroys namespaces that are neither mounted nor inhabited.
+    /// `pid` exits: a child of ours stays a zombie until reaped ([`Processes::stop_pause`]
+    /// reaps at once, `reap` false), and exit watches wake.
+    fn exit_process(&mut self, pid: u32, reap: bool) {
+        if let Some(p) = self.processes.remove(&pid) {
+            if p.child && !reap {
+                self.zombies.insert(PauseProcess {
+                    pid,
+                    start_time: p.start_time,
+                });
+            }
+            self.exits.send_modify(|n| *n += 1);
+        }
+        self.collect_namespaces();
+    }
+
     fn collect_namespaces(&mut self) {
         let live: BTreeSet<u64> = self
             .mounts
@@ -451,9 +477,34 @@ impl FakeSystem {
 
     /// Kills a process behind the daemon's back.
     pub fn kill(&self, pid: u32) {
+        self.lock().exit_process(pid, false);
+    }
+
+    /// Simulates a restart of the daemon process: every running pause is re-parented away
+    /// (adopted by the next daemon, no longer a child it can `waitpid` for), and exited
+    /// children are reaped by init.
+    pub fn adopt_pauses(&self) {
         let mut m = self.lock();
-        m.processes.remove(&pid);
-        m.collect_namespaces();
+        for p in m.processes.values_mut() {
+            p.child = false;
+        }
+        m.zombies.clear();
+    }
+
+    /// Makes [`Processes::watch_pause`] answer "no watch possible" (`true`), as a daemon
+    /// out of descriptors would, or work again (`false`).
+    pub fn set_watches_unavailable(&self, unavailable: bool) {
+        self.lock().no_watches = unavailable;
+    }
+
+    /// How many recorded calls start with `prefix` (e.g. `"pause_alive "`: the `/proc` reads
+    /// of the real system).
+    pub fn calls_starting_with(&self, prefix: &str) -> usize {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.starts_with(prefix))
+            .count()
     }
 
     /// Starts a pause process tagged with `id` in `netns` behind the daemon's back.
@@ -470,6 +521,7 @@ impl FakeSystem {
                 id: id.clone(),
                 start_time,
                 net,
+                child: false,
             },
         );
         PauseProcess { pid, start_time }
@@ -706,6 +758,7 @@ impl Processes for FakeSystem {
                 id: id.clone(),
                 start_time,
                 net,
+                child: true,
             },
         );
         Ok(PauseProcess { pid, start_time })
@@ -718,17 +771,62 @@ impl Processes for FakeSystem {
             .get(&process.pid)
             .is_some_and(|p| p.start_time == process.start_time);
         if same {
-            m.processes.remove(&process.pid);
-            m.collect_namespaces();
+            m.exit_process(process.pid, true);
         }
+        m.zombies.remove(process);
         Ok(same)
     }
 
     async fn pause_alive(&self, process: &PauseProcess) -> Result<bool, SystemError> {
-        let m = self.call(format!("pause_alive {}", process.pid)).await?;
+        let mut m = self.call(format!("pause_alive {}", process.pid)).await?;
+        let alive = m
+            .processes
+            .get(&process.pid)
+            .is_some_and(|p| p.start_time == process.start_time);
+        if !alive {
+            // The real system reaps a dead child it finds.
+            m.zombies.remove(process);
+        }
+        Ok(alive)
+    }
+
+    async fn child_pause_exited(
+        &self,
+        process: &PauseProcess,
+    ) -> Result<Option<bool>, SystemError> {
+        let mut m = self
+            .call(format!("child_pause_exited {}", process.pid))
+            .await?;
+        if m.zombies.remove(process) {
+            return Ok(Some(true));
+        }
         Ok(m.processes
             .get(&process.pid)
-            .is_some_and(|p| p.start_time == process.start_time))
+            .filter(|p| p.child && p.start_time == process.start_time)
+            .map(|_| false))
+    }
+
+    async fn watch_pause(&self, process: &PauseProcess) -> Result<Option<PauseExit>, SystemError> {
+        let m = self.call(format!("watch_pause {}", process.pid)).await?;
+        if m.no_watches {
+            return Ok(None);
+        }
+        let mut exits = m.exits.subscribe();
+        drop(m);
+        let model = self.clone();
+        let process = *process;
+        Ok(Some(Box::pin(async move {
+            loop {
+                let alive = model
+                    .lock()
+                    .processes
+                    .get(&process.pid)
+                    .is_some_and(|p| p.start_time == process.start_time);
+                if !alive || exits.changed().await.is_err() {
+                    return;
+                }
+            }
+        })))
     }
 
     async fn list_pauses(&self) -> Result<Vec<RunningPause>, SystemError> {
@@ -1038,6 +1136,29 @@ impl Netlink for FakeSystem {
     async fn peer_routes(&self) -> Result<Vec<(IpNet, IpAddr)>, SystemError> {
         let m = self.call("peer_routes".to_string()).await?;
         Ok(m.peer_routes.iter().copied().collect())
+    }
+
+    async fn node_networks(&self) -> Result<Vec<NodeNetwork>, SystemError> {
+        let m = self.call("node_networks".to_string()).await?;
+        let host = &m.nets[&HOST];
+        let addresses = host.links.iter().flat_map(|(name, link)| {
+            link.addresses.iter().map(|a| NodeNetwork {
+                network: *a,
+                interface: Some(name.clone()),
+                kind: NodeNetworkKind::Address,
+            })
+        });
+        let peers = m.peer_routes.iter().map(|(cidr, _)| NodeNetwork {
+            network: *cidr,
+            interface: None,
+            kind: NodeNetworkKind::Route { ours: true },
+        });
+        let foreign = m.foreign_routes.iter().map(|cidr| NodeNetwork {
+            network: *cidr,
+            interface: None,
+            kind: NodeNetworkKind::Route { ours: false },
+        });
+        Ok(addresses.chain(peers).chain(foreign).collect())
     }
 }
 

@@ -12,8 +12,10 @@ use anyhow::Context as _;
 use clap::Parser;
 use slog::{Drain, Logger, info, o};
 
+use ipnet::IpNet;
 use netns_holder::cli::{self, Cli, ClientCommand, Command, Outcome, ServeArgs};
 use netns_holder::config::Config;
+use netns_holder::system::{Netlink, check_pod_cidrs as check_pod_cidrs_against};
 
 /// Builds the one root logger: human-readable lines on stderr, written by a background
 /// thread (the returned guard flushes it when dropped).
@@ -135,6 +137,20 @@ fn report_fault_switch(log: &Logger) {
     }
 }
 
+/// Refuses to start (before anything is made or served) when a pod CIDR overlaps an address
+/// or a route of the node namespace that is not ours; the error names the CIDR, the address
+/// or route and its interface.
+async fn check_pod_cidrs<S: Netlink>(config: &Config, system: &S) -> anyhow::Result<()> {
+    let networks = system
+        .node_networks()
+        .await
+        .context("cannot read the node's addresses and routes to check the pod CIDRs")?;
+    let mut cidrs = vec![("pod_cidr_v4", IpNet::V4(config.pod_cidr_v4))];
+    cidrs.extend(config.pod_cidr_v6.map(|v6| ("pod_cidr_v6", IpNet::V6(v6))));
+    check_pod_cidrs_against(&cidrs, &config.bridge, &networks)?;
+    Ok(())
+}
+
 /// `serve`: loads the configuration, then runs the daemon until a signal.
 fn serve(args: ServeArgs, socket: Option<PathBuf>, log: Logger) -> anyhow::Result<()> {
     if socket.is_some() {
@@ -169,6 +185,7 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>, log: Logger) -> anyhow::Resul
         // The real kernel. `block_on` runs this on the main thread, whose network namespace
         // LinuxSystem captures as the node's.
         let system = netns_holder::linux::LinuxSystem::new(&config, log.clone())?;
+        check_pod_cidrs(&config, &system).await?;
         Ok(netns_holder::server::run_daemon(config, system, shutdown, log).await?)
     })
 }

@@ -37,7 +37,10 @@ use tonic::{Request, Response, Status};
 
 use crate::api::{self, pb};
 use crate::config::Config;
-use crate::manager::{AttachRequest, CreateRequest, ManagerError, PodManager, ReconcileReport};
+use crate::manager::{
+    AttachRequest, CreateRequest, ManagerError, PauseWake, PauseWatches, PodManager,
+    ReconcileReport,
+};
 use crate::system::System;
 
 use pb::netns_holder_server::{NetnsHolder, NetnsHolderServer};
@@ -614,12 +617,16 @@ pub async fn run_daemon<S: System>(
     Ok(())
 }
 
-/// How often pauses that are not our children (started by an earlier daemon, so no SIGCHLD
-/// reaches us when they die) are checked.
+/// How often the pause watcher looks at what SIGCHLD and the exit watches do not cover: a
+/// lost SIGCHLD, pods without a pause, adopted pauses (started by an earlier daemon, so no
+/// SIGCHLD reaches us when they die) that are not watched yet, and those no watch could be
+/// made for.
 pub const PAUSE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Restarts dead pauses: at once when one of ours exits (SIGCHLD), and every
-/// [`PAUSE_CHECK_INTERVAL`] for those adopted from an earlier daemon.
+/// Restarts dead pauses: at once when one of ours exits (SIGCHLD, then a `waitpid` per
+/// child), at once when an adopted pause exits (its pidfd watch), and every
+/// [`PAUSE_CHECK_INTERVAL`] for the rest (see [`PodManager::restart_dead_pauses`]). No
+/// `/proc` read per pod per tick: only adopted pauses that cannot be watched are polled.
 async fn watch_pauses<S: System>(manager: Arc<PodManager<S>>, log: Logger) {
     let mut children = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
         Ok(stream) => Some(stream),
@@ -630,21 +637,26 @@ async fn watch_pauses<S: System>(manager: Arc<PodManager<S>>, log: Logger) {
     };
     let mut tick = tokio::time::interval(PAUSE_CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watches = PauseWatches::new();
     loop {
-        match children.as_mut() {
+        let wake = match children.as_mut() {
             Some(stream) => {
                 tokio::select! {
-                    _ = stream.recv() => {}
-                    _ = tick.tick() => {}
+                    _ = stream.recv() => PauseWake::Child,
+                    _ = tick.tick() => PauseWake::Tick,
+                    pause = watches.next_exit() => PauseWake::Exited(pause),
                 }
             }
             None => {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => PauseWake::Tick,
+                    pause = watches.next_exit() => PauseWake::Exited(pause),
+                }
             }
-        }
-        let restarted = manager.restart_dead_pauses().await;
+        };
+        let restarted = manager.restart_dead_pauses(wake, &mut watches).await;
         if !restarted.is_empty() {
-            debug!(log, "pauses restarted"; "pods" => restarted.len());
+            debug!(log, "pauses restarted"; "pods" => restarted.len(), "wake" => ?wake);
         }
     }
 }

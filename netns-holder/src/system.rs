@@ -155,6 +155,99 @@ pub struct LinkInfo {
     pub addresses: Vec<IpNet>,
 }
 
+/// What a [`NodeNetwork`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeNetworkKind {
+    /// An address configured on an interface (with its prefix length).
+    Address,
+    /// A route (its destination), in any table but the kernel's `local` one; `ours` when it
+    /// carries [`crate::peers::ROUTE_PROTOCOL`] (a peer route this daemon installed).
+    Route {
+        /// Installed by this daemon.
+        ours: bool,
+    },
+}
+
+/// An address or a route of the node network namespace (see
+/// [`Netlink::node_networks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeNetwork {
+    /// The address with its prefix length, or the route's destination.
+    pub network: IpNet,
+    /// The interface it is on (the route's output interface), if any.
+    pub interface: Option<String>,
+    /// Address or route.
+    pub kind: NodeNetworkKind,
+}
+
+impl fmt::Display for NodeNetwork {
+    /// `the address 10.77.0.1/16 on eth1`, `the route 10.0.0.0/8 dev eth0`,
+    /// `the route 10.9.0.0/16 (no interface)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let interface = self.interface.as_deref().map(crate::names::quoted);
+        match (self.kind, interface) {
+            (NodeNetworkKind::Address, Some(i)) => write!(f, "the address {} on {i}", self.network),
+            (NodeNetworkKind::Address, None) => write!(f, "the address {}", self.network),
+            (NodeNetworkKind::Route { .. }, Some(i)) => {
+                write!(f, "the route {} dev {i}", self.network)
+            }
+            (NodeNetworkKind::Route { .. }, None) => {
+                write!(f, "the route {} (no interface)", self.network)
+            }
+        }
+    }
+}
+
+/// A pod CIDR that overlaps an address or a route of the node that is not ours: pods would
+/// get addresses the node already reaches elsewhere (or uses itself).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "{key} {cidr} overlaps {conflict} in the node network namespace; choose a pod CIDR \
+     outside the node's own networks"
+)]
+pub struct PodCidrOverlap {
+    /// The configuration key (`pod_cidr_v4`, `pod_cidr_v6`).
+    pub key: &'static str,
+    /// The pod CIDR.
+    pub cidr: IpNet,
+    /// The first address or route it overlaps.
+    pub conflict: NodeNetwork,
+}
+
+/// Whether two networks share an address.
+fn networks_overlap(a: IpNet, b: IpNet) -> bool {
+    let (a, b) = (a.trunc(), b.trunc());
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Checks each pod CIDR (`(config key, CIDR)`) against the node's `networks`. Ours are
+/// fine: addresses and routes on our `bridge` (its gateway addresses and their prefix
+/// routes) and peer routes we installed; so are default routes (`0.0.0.0/0`, `::/0`),
+/// which every pod CIDR is "inside". Anything else sharing an address with a pod CIDR is
+/// refused, naming the CIDR, the address or route and its interface.
+pub fn check_pod_cidrs(
+    cidrs: &[(&'static str, IpNet)],
+    bridge: &IfName,
+    networks: &[NodeNetwork],
+) -> Result<(), PodCidrOverlap> {
+    for &(key, cidr) in cidrs {
+        let conflict = networks.iter().find(|n| {
+            n.network.prefix_len() > 0
+                && n.interface.as_deref() != Some(bridge.as_str())
+                && n.kind != (NodeNetworkKind::Route { ours: true })
+                && networks_overlap(n.network, cidr)
+        });
+        if let Some(conflict) = conflict {
+            return Err(PodCidrOverlap {
+                key,
+                cidr,
+                conflict: conflict.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Network namespace bind mounts.
 pub trait Namespaces: Send + Sync {
     /// Creates a new network namespace and bind-mounts it at `path` (exclusively: an
@@ -211,7 +304,30 @@ pub trait Processes: Send + Sync {
 
     /// Every running pause process of ours (recognised by `argv[0]`).
     fn list_pauses(&self) -> impl Future<Output = Result<Vec<RunningPause>, SystemError>> + Send;
+
+    /// Whether `process` has exited, if it is a child of this very daemon process (one it
+    /// started with [`Processes::start_pause`]): answered without reading `/proc` (a
+    /// targeted non-blocking `waitpid`, which also reaps it), so checking every child after
+    /// a SIGCHLD is cheap. `None` if it is not a child of ours (adopted from an earlier
+    /// daemon): watch it with [`Processes::watch_pause`] instead.
+    fn child_pause_exited(
+        &self,
+        process: &PauseProcess,
+    ) -> impl Future<Output = Result<Option<bool>, SystemError>> + Send;
+
+    /// A watch on `process` that resolves once it has exited (at once if it is already gone
+    /// or is not that process any more), without polling: a pidfd in the real system, which
+    /// works for processes that are not our children. `None` when no watch can be made (no
+    /// descriptor left, an old kernel): poll [`Processes::pause_alive`] then.
+    fn watch_pause(
+        &self,
+        process: &PauseProcess,
+    ) -> impl Future<Output = Result<Option<PauseExit>, SystemError>> + Send;
 }
+
+/// Resolves when the watched pause has exited (see [`Processes::watch_pause`]); dropping it
+/// ends the watch and frees what it holds.
+pub type PauseExit = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// Links, addresses and routes (rtnetlink in the real implementation).
 pub trait Netlink: Send + Sync {
@@ -338,6 +454,10 @@ pub trait Netlink: Send + Sync {
     /// table, as (destination, gateway).
     fn peer_routes(&self)
     -> impl Future<Output = Result<Vec<(IpNet, IpAddr)>, SystemError>> + Send;
+
+    /// Every address of the node namespace and every route in it (all tables but the
+    /// kernel's `local` one, which only mirrors the addresses), for [`check_pod_cidrs`].
+    fn node_networks(&self) -> impl Future<Output = Result<Vec<NodeNetwork>, SystemError>> + Send;
 }
 
 /// Kernel parameters.
@@ -415,4 +535,92 @@ pub trait System:
 impl<T> System for T where
     T: Namespaces + Processes + Netlink + Sysctl + Firewall + Send + Sync + 'static
 {
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn address(n: &str, on: &str) -> NodeNetwork {
+        NodeNetwork {
+            network: net(n),
+            interface: Some(on.to_string()),
+            kind: NodeNetworkKind::Address,
+        }
+    }
+
+    fn route(n: &str, on: Option<&str>, ours: bool) -> NodeNetwork {
+        NodeNetwork {
+            network: net(n),
+            interface: on.map(str::to_string),
+            kind: NodeNetworkKind::Route { ours },
+        }
+    }
+
+    #[test]
+    fn pod_cidrs_overlapping_the_nodes_networks_are_refused_naming_both() {
+        let bridge = IfName::new("nh0").unwrap();
+        let node = vec![
+            address("127.0.0.1/8", "lo"),
+            address("192.168.1.10/24", "eth0"),
+            address("fd00:1::10/64", "eth0"),
+            route("0.0.0.0/0", Some("eth0"), false),
+            route("::/0", Some("eth0"), false),
+            route("192.168.1.0/24", Some("eth0"), false),
+            route("10.200.0.0/16", None, false),
+            // Ours: the bridge's gateway and prefix route, a peer route.
+            address("10.244.0.1/24", "nh0"),
+            route("10.244.0.0/24", Some("nh0"), false),
+            route("10.245.0.0/24", Some("eth0"), true),
+        ];
+        let check = |key, cidr: &str| check_pod_cidrs(&[(key, net(cidr))], &bridge, &node);
+        assert_eq!(check("pod_cidr_v4", "10.244.0.0/24"), Ok(()));
+        assert_eq!(check("pod_cidr_v4", "10.99.0.0/16"), Ok(()));
+        assert_eq!(check("pod_cidr_v6", "fd00:2::/64"), Ok(()));
+        // Our peer route's range is not refused here (the config checks peers itself).
+        assert_eq!(check("pod_cidr_v4", "10.245.0.0/16"), Ok(()));
+        for (key, cidr, conflict) in [
+            (
+                "pod_cidr_v4",
+                "192.168.1.0/24",
+                "the address 192.168.1.10/24 on \"eth0\"",
+            ),
+            (
+                "pod_cidr_v4",
+                "192.168.1.128/25",
+                "the address 192.168.1.10/24 on \"eth0\"",
+            ),
+            (
+                "pod_cidr_v4",
+                "192.168.0.0/16",
+                "the address 192.168.1.10/24 on \"eth0\"",
+            ),
+            (
+                "pod_cidr_v4",
+                "10.200.5.0/24",
+                "the route 10.200.0.0/16 (no interface)",
+            ),
+            (
+                "pod_cidr_v6",
+                "fd00:1::/80",
+                "the address fd00:1::10/64 on \"eth0\"",
+            ),
+        ] {
+            let e = check(key, cidr).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("{key} {cidr} overlaps {conflict}")),
+                "{e}"
+            );
+        }
+        // A route on another interface than the bridge overlapping: refused.
+        let mut node = node.clone();
+        node.push(route("10.244.0.0/16", Some("eth1"), false));
+        let e =
+            check_pod_cidrs(&[("pod_cidr_v4", net("10.244.0.0/24"))], &bridge, &node).unwrap_err();
+        assert_eq!(e.conflict.interface.as_deref(), Some("eth1"));
+    }
 }

@@ -381,10 +381,17 @@ impl Daemon {
             .stderr(log);
         // nsenter execs the daemon in place (no --fork), so the guard's pid is the daemon's.
         self.process = Some(ChildGuard::spawn(&mut command)?);
+        // `exited` reaps: keep the status it saw, a second call would not see it again.
+        let mut exit = None;
         let ready = wait_until(Duration::from_secs(15), || {
-            self.exited().is_some() || self.cli(&["status"]).is_ok_and(|o| o.status.success())
+            exit = exit.or_else(|| self.exited());
+            exit.is_some() || self.cli(&["status"]).is_ok_and(|o| o.status.success())
         });
-        if let Some(status) = self.exited() {
+        if let Some(status) = exit {
+            // Reaped: its pid is no longer ours to signal when the guard drops.
+            if let Some(mut guard) = self.process.take() {
+                guard.0 = None;
+            }
             bail!("daemon exited with {status} at start; log:\n{}", self.log());
         }
         ensure!(

@@ -15,7 +15,11 @@
 //!   mount and no pause process;
 //! * `kill -9` of the daemon at swept points of a create, then a restart: every pod is
 //!   either fully working or completely gone (and never gone if its create was answered);
-//! * 50 concurrent creates get 50 distinct, working addresses, and `gc` removes them all.
+//! * 50 concurrent creates get 50 distinct, working addresses, and `gc` removes them all;
+//! * a dead pause is restarted at once, whether it is the daemon's child or was adopted
+//!   after a daemon restart;
+//! * a pod CIDR overlapping an address or a route of the node stops the daemon at start,
+//!   naming both, before it makes anything.
 //!
 //! Every test runs its own node and daemon and uses unique pod names; the guards remove
 //! everything even when an assertion fails, and a failure prints the daemon's log.
@@ -537,13 +541,21 @@ fn a_dead_pause_is_restarted_into_the_same_namespace() -> Result<()> {
             )?);
             check_no_drift(daemon)?;
             assert_pod_works(node, &pod)?;
-            // After a daemon restart the pause is no longer its child: the periodic check finds it.
+            // After a daemon restart the pause is no longer its child: its pidfd exit watch
+            // makes the daemon restart it at once too (the 10 s periodic check would miss
+            // this bound).
             daemon.stop()?;
             daemon.spawn()?;
             pod.pause_pid = Some(kill_pause_and_await_restart(
                 daemon,
                 &pod,
-                Duration::from_secs(15),
+                Duration::from_secs(3),
+            )?);
+            // The restarted pause is this daemon's child again: SIGCHLD covers it.
+            pod.pause_pid = Some(kill_pause_and_await_restart(
+                daemon,
+                &pod,
+                Duration::from_secs(3),
             )?);
             check_no_drift(daemon)?;
             assert_pod_works(node, &pod)?;
@@ -551,6 +563,72 @@ fn a_dead_pause_is_restarted_into_the_same_namespace() -> Result<()> {
             assert_nothing_left(node, daemon, &[pod])
         },
     )
+}
+
+#[test]
+fn a_pod_cidr_overlapping_the_nodes_networks_stops_the_daemon_at_start() -> Result<()> {
+    if !require_root("a_pod_cidr_overlapping_the_nodes_networks_stops_the_daemon_at_start") {
+        return Ok(());
+    }
+    let node = Node::new()?;
+    node.add_underlay("nhu0", &["10.244.0.77/16", "fd00:99::5/64"])?;
+    node.run(&["ip", "route", "add", "10.245.0.0/16", "dev", "nhu0"])?;
+    node.run(&["ip", "route", "add", "default", "via", "10.244.0.1"])?;
+    let links_before = node.links()?;
+    let refused = [
+        (
+            DaemonOptions::default(),
+            "pod_cidr_v4 10.244.0.0/24 overlaps the address 10.244.0.77/16 on \"nhu0\"",
+        ),
+        (
+            DaemonOptions {
+                pod_cidr_v4: "10.245.1.0/24".into(),
+                ..DaemonOptions::default()
+            },
+            "pod_cidr_v4 10.245.1.0/24 overlaps the route 10.245.0.0/16 dev \"nhu0\"",
+        ),
+        (
+            DaemonOptions {
+                pod_cidr_v4: "10.246.0.0/24".into(),
+                pod_cidr_v6: Some("fd00:99::/80".into()),
+                ..DaemonOptions::default()
+            },
+            "pod_cidr_v6 fd00:99::/80 overlaps the address fd00:99::5/64 on \"nhu0\"",
+        ),
+    ];
+    for (options, expected) in refused {
+        let error = match Daemon::start(&node, options) {
+            Ok(_) => bail!("the daemon started although {expected}"),
+            Err(e) => format!("{e:#}"),
+        };
+        ensure!(
+            error.contains(expected),
+            "the refusal does not say {expected:?}:\n{error}"
+        );
+        let links = node.links()?;
+        ensure!(
+            links == links_before,
+            "the daemon made links before refusing: {links_before:?} -> {links:?}"
+        );
+    }
+    // Disjoint from every address and route of the node (the default route does not
+    // count): the daemon starts and serves.
+    let daemon = Daemon::start(
+        &node,
+        DaemonOptions {
+            pod_cidr_v4: "10.246.0.0/24".into(),
+            pod_cidr_v6: Some("fd00:98::/64".into()),
+            ..DaemonOptions::default()
+        },
+    )?;
+    let pod = create(&daemon, &unique_name("clear"))?;
+    remove(&daemon, &pod.name)?;
+    // A restart finds its own bridge (carrying addresses inside the pod CIDRs) and its
+    // routes: ours, not an overlap.
+    let mut daemon = daemon;
+    daemon.stop()?;
+    daemon.spawn()?;
+    assert_nothing_left(&node, &daemon, &[pod])
 }
 
 /// The `inet` addresses in `busybox ip -o addr show` output, as `ip/prefix` strings.

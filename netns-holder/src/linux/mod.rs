@@ -86,8 +86,8 @@ use crate::firewall::{ConntrackFlush, FirewallTable, HostPortElement, Listener, 
 use crate::names::{IfName, PodId};
 use crate::ports::Protocol;
 use crate::system::{
-    Firewall, LinkInfo, Namespaces, Netlink, PauseProcess, Processes, RunningPause, Sysctl,
-    SystemError,
+    Firewall, LinkInfo, Namespaces, Netlink, NodeNetwork, PauseExit, PauseProcess, Processes,
+    RunningPause, Sysctl, SystemError,
 };
 
 pub use pause::PAUSE_NODE_ENV;
@@ -112,6 +112,8 @@ pub struct LinuxSystem {
     pods: conn::PodConns,
     /// The node's nfnetlink socket (host port elements), opened on first use.
     nf_socket: tokio::sync::OnceCell<nft::NfSocket>,
+    /// The pauses this process started, and the exit watches on the others.
+    pauses: Arc<pause::Pauses>,
     log: Logger,
 }
 
@@ -143,7 +145,9 @@ impl LinuxSystem {
             warn!(log, "pause binary not found; starting pause processes will fail";
                 "pause_binary" => %pause_binary.display());
         }
-        info!(log, "node network namespace captured"; "inode" => node_inode);
+        let pauses = Arc::new(pause::Pauses::new());
+        info!(log, "node network namespace captured"; "inode" => node_inode,
+            "pause_exit_watches" => pauses.watch_budget());
         Ok(Self {
             pause_binary,
             node: Arc::new(node),
@@ -151,6 +155,7 @@ impl LinuxSystem {
             node_netlink: tokio::sync::OnceCell::new(),
             pods: conn::PodConns::default(),
             nf_socket: tokio::sync::OnceCell::new(),
+            pauses,
             log,
         })
     }
@@ -216,19 +221,39 @@ impl Namespaces for LinuxSystem {
 
 impl Processes for LinuxSystem {
     async fn start_pause(&self, id: &PodId, netns: &Path) -> Result<PauseProcess, SystemError> {
-        pause::start(self, id, netns).await
+        let started = pause::start(self, id, netns).await?;
+        self.pauses.started(started);
+        Ok(started)
     }
 
     async fn stop_pause(&self, process: &PauseProcess) -> Result<bool, SystemError> {
-        pause::stop(self, *process).await
+        let stopped = pause::stop(self, *process).await?;
+        // Stopped and reaped, or already gone: no longer a child to wait for.
+        self.pauses.gone(*process);
+        Ok(stopped)
     }
 
     async fn pause_alive(&self, process: &PauseProcess) -> Result<bool, SystemError> {
-        pause::alive(*process)
+        let alive = pause::alive(*process)?;
+        if !alive {
+            self.pauses.gone(*process);
+        }
+        Ok(alive)
     }
 
     async fn list_pauses(&self) -> Result<Vec<RunningPause>, SystemError> {
         pause::list(self.node_inode).await
+    }
+
+    async fn child_pause_exited(
+        &self,
+        process: &PauseProcess,
+    ) -> Result<Option<bool>, SystemError> {
+        Ok(pause::child_exited(&self.pauses, *process))
+    }
+
+    async fn watch_pause(&self, process: &PauseProcess) -> Result<Option<PauseExit>, SystemError> {
+        pause::watch(&self.pauses, *process)
     }
 }
 
@@ -337,6 +362,10 @@ impl Netlink for LinuxSystem {
 
     async fn peer_routes(&self) -> Result<Vec<(IpNet, IpAddr)>, SystemError> {
         netlink::peer_routes(self).await
+    }
+
+    async fn node_networks(&self) -> Result<Vec<NodeNetwork>, SystemError> {
+        netlink::node_networks(self).await
     }
 }
 

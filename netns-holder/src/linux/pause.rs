@@ -377,6 +377,154 @@ pub(crate) fn alive(p: PauseProcess) -> Result<bool, SystemError> {
     }
 }
 
+// ------------------------------------------------------------------ knowing of exits
+
+/// The pauses this daemon process started (its children), and the budget of descriptors
+/// for exit watches on the others.
+///
+/// A child's exit raises SIGCHLD, and `waitpid(pid, WNOHANG)` then tells exactly whether it
+/// exited (reaping it) without reading `/proc`. A pause adopted from an earlier daemon is
+/// not our child: a pidfd (`pidfd_open`) becomes readable when it exits, which tokio's
+/// reactor reports ([`AsyncFd`](tokio::io::unix::AsyncFd)). A pidfd is one descriptor per
+/// pause, so at most [`Pauses::watch_budget`] are open at once (half the soft
+/// `RLIMIT_NOFILE` at start, leaving the rest to API clients, netlink and pod sockets);
+/// beyond that, [`watch`] answers `None` and the caller polls.
+#[derive(Debug)]
+pub(crate) struct Pauses {
+    children: std::sync::Mutex<std::collections::HashSet<PauseProcess>>,
+    watches: std::sync::atomic::AtomicUsize,
+    watch_budget: usize,
+}
+
+impl Pauses {
+    /// No children yet; the watch budget from the soft descriptor limit.
+    pub(crate) fn new() -> Self {
+        let mut limit = libc::rlimit {
+            rlim_cur: 1024,
+            rlim_max: 1024,
+        };
+        // SAFETY: getrlimit writes one rlimit into the valid, writable struct passed.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            limit.rlim_cur = 1024;
+        }
+        Self::with_budget(usize::try_from(limit.rlim_cur / 2).unwrap_or(usize::MAX))
+    }
+
+    /// No children yet, at most `watch_budget` exit watches at once.
+    pub(crate) fn with_budget(watch_budget: usize) -> Self {
+        Self {
+            children: std::sync::Mutex::new(std::collections::HashSet::new()),
+            watches: std::sync::atomic::AtomicUsize::new(0),
+            watch_budget,
+        }
+    }
+
+    fn children(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<PauseProcess>> {
+        self.children.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a pause this process just started.
+    pub(crate) fn started(&self, p: PauseProcess) {
+        self.children().insert(p);
+    }
+
+    /// Forgets a pause that is gone (reaped).
+    pub(crate) fn gone(&self, p: PauseProcess) {
+        self.children().remove(&p);
+    }
+
+    /// How many exit watches may be open at once.
+    pub(crate) fn watch_budget(&self) -> usize {
+        self.watch_budget
+    }
+
+    /// Takes one watch from the budget; `None` when it is used up.
+    fn take_watch(self: &std::sync::Arc<Self>) -> Option<WatchSlot> {
+        use std::sync::atomic::Ordering;
+        self.watches
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.watch_budget).then_some(n + 1)
+            })
+            .ok()?;
+        Some(WatchSlot(self.clone()))
+    }
+}
+
+/// One exit watch counted against [`Pauses::watch_budget`]; returned when dropped.
+struct WatchSlot(std::sync::Arc<Pauses>);
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.0
+            .watches
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Whether `p` has exited, if it is a child of this process (see [`Pauses`]): one
+/// non-blocking `waitpid` on its pid, no `/proc` read. An exited child is reaped here.
+pub(crate) fn child_exited(pauses: &Pauses, p: PauseProcess) -> Option<bool> {
+    if !pauses.children().contains(&p) {
+        return None;
+    }
+    // Our child and not reaped yet (it leaves the set when reaped), so its pid cannot have
+    // been reused: the answer is about this very process.
+    let raw = i32::try_from(p.pid).ok()?;
+    loop {
+        match waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => return Some(false),
+            Err(Errno::EINTR) => continue,
+            // Exited or killed (now reaped), or already reaped elsewhere (ECHILD).
+            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(Errno::ECHILD) => {
+                pauses.gone(p);
+                return Some(true);
+            }
+            // Stopped/continued (never asked for) or anything else: still there.
+            _ => return Some(false),
+        }
+    }
+}
+
+/// A future that resolves once `p` has exited, from a pidfd (see [`Pauses`]); `None` when
+/// the budget is used up or pidfds are not available, so that the caller polls instead.
+pub(crate) fn watch(
+    pauses: &std::sync::Arc<Pauses>,
+    p: PauseProcess,
+) -> Result<Option<crate::system::PauseExit>, SystemError> {
+    let object = format!("pause {p}");
+    let already_gone = || -> crate::system::PauseExit { Box::pin(std::future::ready(())) };
+    let Some(slot) = pauses.take_watch() else {
+        return Ok(None);
+    };
+    let pidfd = match pidfd_open(p.pid) {
+        Ok(fd) => fd,
+        Err(Errno::ESRCH) => return Ok(Some(already_gone())),
+        // No descriptor left, no pidfd support: the caller polls.
+        Err(Errno::EMFILE | Errno::ENFILE | Errno::ENOSYS | Errno::ENOMEM) => return Ok(None),
+        Err(e) => return Err(SystemError::io(format!("{object}: pidfd_open"), e.into())),
+    };
+    // The pid could belong to another process by now: the pidfd pins whatever it found, so
+    // one look at the start time settles it.
+    match same_process(p)? {
+        Some(stat) if !stat.dead() => {}
+        _ => return Ok(Some(already_gone())),
+    }
+    // SAFETY: the AsyncFd takes ownership of the OwnedFd, an open pidfd that stays open,
+    // and whose `as_raw_fd` keeps returning that same descriptor, until the AsyncFd drops.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+    };
+    let Ok(fd) = registered else {
+        return Ok(None);
+    };
+    Ok(Some(Box::pin(async move {
+        let _slot = slot;
+        // Readable means exited; an error of the reactor ends the watch the same way (the
+        // caller checks the process before acting).
+        let _ = fd.readable().await;
+    })))
+}
+
 /// Reads a small `/proc/<pid>/<file>`; `None` if the process is gone or unreadable.
 fn read_proc(pid: &str, file: &str) -> Option<Vec<u8>> {
     std::fs::read(format!("/proc/{pid}/{file}")).ok()
@@ -451,6 +599,63 @@ mod tests {
             })
         );
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    /// A child's exit is told by `waitpid` (and it is reaped); a process that is not our
+    /// child (here: a grandchild, re-parented away) is told by its pidfd watch.
+    #[tokio::test]
+    async fn exits_of_children_and_of_others_are_seen_without_polling() {
+        let pauses = std::sync::Arc::new(Pauses::with_budget(8));
+        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = child.id();
+        let p = PauseProcess {
+            pid,
+            start_time: read_stat(pid).unwrap().unwrap().start_time,
+        };
+        assert_eq!(
+            child_exited(&pauses, p),
+            None,
+            "not recorded as started yet"
+        );
+        pauses.started(p);
+        assert_eq!(child_exited(&pauses, p), Some(false));
+        let exit = watch(&pauses, p).unwrap().expect("a pidfd watch");
+        assert_eq!(pauses.watches.load(std::sync::atomic::Ordering::Acquire), 1);
+        child.kill().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), exit)
+            .await
+            .expect("the watch resolves when the process exits");
+        assert_eq!(pauses.watches.load(std::sync::atomic::Ordering::Acquire), 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while child_exited(&pauses, p) != Some(true) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waitpid never saw the exit"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Reaped (std's own wait finds nothing left), and forgotten as a child.
+        assert!(child.wait().is_err(), "child_exited did not reap it");
+        assert_eq!(child_exited(&pauses, p), None);
+        assert_eq!(read_stat(pid).unwrap().map(|s| s.start_time), None);
+        // A process with another start time is "already gone" for a watch.
+        let me = std::process::id();
+        let impostor = PauseProcess {
+            pid: me,
+            start_time: read_stat(me).unwrap().unwrap().start_time + 1,
+        };
+        let gone = watch(&pauses, impostor).unwrap().expect("a watch");
+        tokio::time::timeout(Duration::from_millis(100), gone)
+            .await
+            .expect("resolves at once");
+        // Over budget: no watch, the caller polls.
+        let tiny = std::sync::Arc::new(Pauses::with_budget(0));
+        let alive = PauseProcess {
+            pid: me,
+            start_time: read_stat(me).unwrap().unwrap().start_time,
+        };
+        assert!(watch(&tiny, alive).unwrap().is_none());
+        assert!(Pauses::new().watch_budget() >= 1);
     }
 
     #[test]
