@@ -11,14 +11,15 @@
 //! * a clear refusal: the error names the offending input (the case's expected words);
 //! * no state change: `pod ls --json`, `status`, the node's links, addresses, routes and
 //!   nftables ruleset, the bind mounts under the daemon's directories, its netns dir, state
-//!   file and pause processes are exactly what they were before the suite started.
+//!   files (for refused inputs) and pause processes are exactly what they were before the
+//!   suite started;
+//! * no raw control, invisible or direction-changing character in any message: they are
+//!   shown escaped (`\u{202e}`), so an operator sees what was sent.
 //!
-//! Each case has a rule. `must refuse`: anything but a clean refusal fails the suite.
-//! `known gap`: an input the code has no rule against yet (e.g. a pod CIDR overlapping the
-//! node's own networks, or a refusal too long to be delivered): acceptance is reported as a
-//! GAP line, the pod it made is removed and the state must be back to the baseline; with
-//! `NH_HOSTILE_STRICT=1` gaps fail the suite too. `no change`: acceptance is fine (e.g. an
-//! OCI poststop naming a pod the hook did not make) but nothing may change.
+//! Each case has a rule. `must refuse`: anything but a clean refusal fails the suite (there
+//! are no "known gaps" any more: every input the suite tries is either refused clearly or
+//! harmless). `no change`: acceptance is fine (e.g. an OCI poststop naming a pod the hook
+//! did not make), but once the case's cleanup ran nothing may have changed.
 //!
 //! Host-network safety: an input that would wire the real host network namespace if a
 //! check were missing (a pid in the host namespace for the OCI hook) is sent with a daemon
@@ -28,8 +29,7 @@
 //!
 //! `NH_HOSTILE_VERBOSE=1` prints every refusal's first line. The suite prints the GAP lines,
 //! the number of cases per section and a summary:
-//! `hostile inputs: N cases: R refused cleanly, G accepted (known gaps), C accepted without
-//! change, F failures`.
+//! `hostile inputs: N cases: R refused cleanly, C accepted without change, F failures`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::{OsStr, OsString};
@@ -83,8 +83,6 @@ fn cri_hook_binary() -> PathBuf {
 enum Rule {
     /// A clean refusal; anything else fails the suite.
     Refuse,
-    /// A known gap: acceptance is reported (and undone), not failed.
-    Gap,
     /// Acceptance is fine (by design), as long as nothing is left changed once the case's
     /// cleanup ran.
     NoChange,
@@ -191,6 +189,16 @@ fn show_args<S: AsRef<OsStr>>(args: &[S]) -> String {
         .map(|a| show_arg(a.as_ref()))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The first character in `text` an operator could not see or that would rearrange the
+/// terminal line (C0/C1 controls other than newline and tab, bidi controls, zero-width
+/// characters), if any: errors and logs must show such characters escaped.
+fn raw_invisible(text: &str) -> Option<char> {
+    text.chars().find(|&c| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    })
 }
 
 fn cut(text: &str, max: usize) -> String {
@@ -345,7 +353,6 @@ struct Tally {
     ran: usize,
     refused: usize,
     unchanged: usize,
-    gaps: Vec<String>,
     failures: Vec<String>,
     sections: Vec<(String, usize)>,
 }
@@ -529,6 +536,13 @@ impl Suite {
         if let Some(crash) = &attempt.crashed {
             self.fail(label, &attempt, format!("crashed: {crash}"));
         }
+        if let Some(raw) = raw_invisible(&attempt.message) {
+            self.fail(
+                label,
+                &attempt,
+                format!("the message carries the raw character {raw:?} instead of an escape"),
+            );
+        }
         if attempt.refused {
             // An expected word `a|b` is satisfied by either.
             let missing: Vec<&str> = expect
@@ -545,15 +559,6 @@ impl Suite {
                         cut(attempt.message.lines().next().unwrap_or(""), 300)
                     );
                 }
-            } else if rule == Rule::Gap {
-                let text = format!(
-                    "[{}] {label}: refused, but the message does not name {missing:?}\n    how: {}\n    output: {}",
-                    self.section,
-                    attempt.how,
-                    cut(&attempt.message, 300)
-                );
-                eprintln!("GAP (unclear refusal) {text}");
-                self.tally.gaps.push(text);
             } else {
                 self.fail(
                     label,
@@ -564,11 +569,6 @@ impl Suite {
         } else {
             match rule {
                 Rule::Refuse => self.fail(label, &attempt, "ACCEPTED".to_string()),
-                Rule::Gap => {
-                    let text = format!("[{}] {label}\n    how: {}", self.section, attempt.how);
-                    eprintln!("GAP (accepted) {text}");
-                    self.tally.gaps.push(text);
-                }
                 Rule::NoChange => self.tally.unchanged += 1,
             }
             for args in cleanup {
@@ -607,8 +607,12 @@ impl Suite {
             }
         };
         if accepted {
-            // A pod made and removed again moves the IPAM cursors, and only them.
+            // A pod made and removed again moves the IPAM cursors, and may leave its create
+            // and remove in the state files (a journal of changes): what they describe is
+            // compared through the daemon (`pod ls`, `status`) and the kernel instead. A
+            // refused input may not touch the state files at all.
             self.baseline.ipam = now.ipam.clone();
+            self.baseline.state = now.state.clone();
         }
         if now != self.baseline {
             std::thread::sleep(Duration::from_millis(300));
@@ -792,31 +796,38 @@ impl Suite {
                 )?;
             }
             if let Some(text) = name.to_str() {
-                // The refusal echoes the whole name back; a huge one cannot be delivered.
-                let rule = if text.len() > 16 << 10 {
-                    Rule::Gap
-                } else {
-                    Rule::Refuse
-                };
-                self.name_rpcs(rule, label, text, &expect)?;
+                // The refusal shows only the start of a huge name, so it can be delivered.
+                self.name_rpcs(Rule::Refuse, label, text, &expect)?;
             }
         }
         // Through gRPC only.
         let mib = big(1 << 20, 'm');
-        self.name_rpcs(Rule::Gap, "1 MiB", &mib, &["1048576 bytes"])?;
+        self.name_rpcs(Rule::Refuse, "1 MiB", &mib, &["1048576 bytes"])?;
         self.name_rpcs(Rule::Refuse, "NUL", "a\0b", &["U+0000"])?;
-        // Names the rules allow although they render deceptively.
-        for (label, name) in [
-            ("right-to-left override", "hx\u{202e}gnp.exe"),
-            ("zero-width space", "hx\u{200b}base"),
+        // Names that would render deceptively: refused, and the refusal shows the invisible
+        // character escaped (never raw, which would hide it or reorder the terminal line).
+        for (label, name, escaped, code) in [
+            (
+                "right-to-left override",
+                "hx\u{202e}gnp.exe",
+                "\"hx\\u{202e}gnp.exe\"",
+                "U+202E",
+            ),
+            (
+                "zero-width space",
+                "hx\u{200b}base",
+                "\"hx\\u{200b}base\"",
+                "U+200B",
+            ),
         ] {
             self.cli_case(
-                Rule::Gap,
+                Rule::Refuse,
                 &format!("CLI pod create with name {label} (invisible/bidi characters)"),
                 &["pod".into(), "create".into(), name.into()],
-                &[name],
+                &[escaped, code],
                 &[&["pod", "rm", name]],
             )?;
+            self.name_rpcs(Rule::Refuse, label, name, &[escaped, code])?;
         }
         Ok(())
     }
@@ -1112,11 +1123,7 @@ impl Suite {
             ("1 MiB long", long, vec!["/nnnnnnnn"]),
         ];
         for (i, (label, path, expect)) in rpc_only.into_iter().enumerate() {
-            let rule = if path.len() > 16 << 10 {
-                Rule::Gap
-            } else {
-                Rule::Refuse
-            };
+            let rule = Rule::Refuse;
             let name = format!("hx-attach-rpc-only-{i}");
             let rm: &[&str] = &["pod", "rm", &name];
             let how = format!(
@@ -1156,11 +1163,7 @@ impl Suite {
             ("64 KiB long", long_cli, vec!["/nnnnnnnn".to_string()]),
         ] {
             let expect: Vec<&str> = expect.iter().map(String::as_str).collect();
-            let rule = if path.len() > 16 << 10 {
-                Rule::Gap
-            } else {
-                Rule::Refuse
-            };
+            let rule = Rule::Refuse;
             self.cli_case(
                 rule,
                 &format!("CLI pod attach --netns {label}"),
@@ -1272,7 +1275,7 @@ impl Suite {
             (
                 Rule::Refuse,
                 vec!["[::ffff:10.0.0.1]:8080:80"],
-                vec!["ipv6"],
+                vec!["::ffff:10.0.0.1", "IPv4-mapped"],
             ),
             (
                 Rule::Refuse,
@@ -1398,17 +1401,37 @@ impl Suite {
                 vec![m("", 18080, 80, 0)],
                 vec!["18080", BASE],
             ),
+            // The same host IP rule as the CLI's (`ports::host_ip_problem`), the mapping
+            // and the address named.
             (
-                Rule::Gap,
-                "multicast host IP (the CLI refuses it)",
+                Rule::Refuse,
+                "multicast host IP",
                 vec![m("224.0.0.1", 80, 80, 0)],
-                vec!["224.0.0.1"],
+                vec!["\"224.0.0.1:80:80/tcp\"", "\"224.0.0.1\"", "multicast"],
             ),
             (
-                Rule::Gap,
-                "broadcast host IP (the CLI refuses it)",
+                Rule::Refuse,
+                "IPv6 multicast host IP",
+                vec![m("ff02::1", 80, 80, 0)],
+                vec!["\"ff02::1:80:80/tcp\"", "multicast"],
+            ),
+            (
+                Rule::Refuse,
+                "broadcast host IP",
                 vec![m("255.255.255.255", 80, 80, 0)],
-                vec!["255.255.255.255"],
+                vec!["\"255.255.255.255:80:80/tcp\"", "broadcast"],
+            ),
+            (
+                Rule::Refuse,
+                "IPv4-mapped unspecified host IP ::ffff:0.0.0.0",
+                vec![m("::ffff:0.0.0.0", 80, 80, 1)],
+                vec!["\"::ffff:0.0.0.0:80:80/udp\"", "IPv4-mapped"],
+            ),
+            (
+                Rule::Refuse,
+                "IPv4-mapped host IP in brackets",
+                vec![m("[::ffff:10.0.0.1]", 80, 80, 0)],
+                vec!["\"[::ffff:10.0.0.1]\"", "IPv4-mapped"],
             ),
         ];
         for (i, (rule, label, ports, expect)) in rpc_cases.into_iter().enumerate() {
@@ -1498,8 +1521,8 @@ impl Suite {
             &[&["pod", "rm", "hx-ann"]],
         )?;
         self.rpc_case(
-            Rule::Gap,
-            "gRPC CreatePod with a 1 MiB annotation value (no size bound)",
+            Rule::Refuse,
+            "gRPC CreatePod with a 1 MiB annotation value",
             "CreatePod { name: hx-ann-big, annotations: {\"k\": <1 MiB>} }".into(),
             async move |c: &mut Client| {
                 c.raw()
@@ -1514,7 +1537,7 @@ impl Suite {
                         status,
                     })
             },
-            &[],
+            &["1048577 bytes", "at most"],
             &[&["pod", "rm", "hx-ann-big"]],
         )?;
         // Peers: (pod CIDR, via, expected words).
@@ -1903,6 +1926,54 @@ impl Suite {
                 false,
                 st("hx\noci", "creating", Some(pid), Value::Null),
                 vec![s("U+000A")],
+                s("-"),
+            ),
+            // Control and invisible characters are shown escaped, never raw (the suite
+            // fails any message carrying them raw).
+            (
+                Rule::Refuse,
+                "id with a terminal escape sequence",
+                "createRuntime",
+                sock.clone(),
+                false,
+                st("hx\u{1b}[2Joci", "creating", Some(pid), Value::Null),
+                vec![s(r#"container "hx\u{1b}[2Joci""#), s("U+001B")],
+                s("-"),
+            ),
+            (
+                Rule::Refuse,
+                "id with a right-to-left override",
+                "createRuntime",
+                sock.clone(),
+                false,
+                st("hx\u{202e}ico", "creating", Some(pid), Value::Null),
+                vec![s(r#"container "hx\u{202e}ico""#), s("U+202E")],
+                s("-"),
+            ),
+            (
+                Rule::Refuse,
+                "skip annotation with a terminal escape sequence",
+                "createRuntime",
+                sock.clone(),
+                false,
+                st(
+                    "hx-oci-esc",
+                    "creating",
+                    Some(pid),
+                    json!({"netns-holder.io/skip": "yes\u{1b}]0;owned\u{7}"}),
+                ),
+                vec![s(r#""yes\u{1b}]0;owned\u{7}""#)],
+                s("hx-oci-esc"),
+            ),
+            (
+                Rule::Refuse,
+                "status with a terminal escape sequence (a parse error echoing it)",
+                "createRuntime",
+                sock.clone(),
+                false,
+                br#"{"ociVersion":"1.0.2","id":"hx-oci-st","status":"run\u001b[2Jning","bundle":"/b"}"#
+                    .to_vec(),
+                vec![s("is invalid"), s(r"run\u{1b}[2Jning")],
                 s("-"),
             ),
             (
@@ -3463,14 +3534,10 @@ fn config_case(
                 "neither exited nor served within 10 s"
             };
             match rule {
-                Rule::Gap => {
-                    let text = format!(
-                        "[daemon config] {label}: the daemon {what}; {probe}\n    how: {how}\n    node addresses then: {addresses}"
-                    );
-                    eprintln!("GAP (accepted) {text}");
-                    tally.gaps.push(text);
-                }
-                _ => failures.push(format!("ACCEPTED: the daemon {what}")),
+                Rule::NoChange => tally.unchanged += 1,
+                Rule::Refuse => failures.push(format!(
+                    "ACCEPTED: the daemon {what}; {probe}; node addresses then: {addresses}"
+                )),
             }
         }
     }
@@ -3708,63 +3775,83 @@ fn configs(tally: &mut Tally) -> Result<()> {
             None,
         ),
         (
-            Rule::Gap,
+            Rule::Refuse,
             "pod_cidr_v4 overlapping a network of the node",
             "pod_cidr_v4 = \"10.77.1.0/24\"\n".into(),
-            vec!["pod_cidr_v4", "10.77"],
+            vec![
+                "pod_cidr_v4 10.77.1.0/24 overlaps",
+                "the address 10.77.0.1/16 on \"hxv0\"",
+            ],
             Some("10.77.0.1/16"),
         ),
         (
-            Rule::Gap,
+            Rule::Refuse,
             "pod_cidr_v4 equal to a network of the node",
             "pod_cidr_v4 = \"10.77.0.0/16\"\n".into(),
-            vec!["pod_cidr_v4", "10.77"],
+            vec![
+                "pod_cidr_v4 10.77.0.0/16 overlaps",
+                "the address 10.77.0.1/16 on \"hxv0\"",
+            ],
             Some("10.77.0.1/16"),
         ),
         (
-            Rule::Gap,
+            Rule::Refuse,
+            "pod_cidr_v4 containing an address of the node",
+            "pod_cidr_v4 = \"10.0.0.0/8\"\n".into(),
+            vec!["pod_cidr_v4 10.0.0.0/8 overlaps", "hxv0"],
+            Some("10.77.0.1/16"),
+        ),
+        (
+            Rule::Refuse,
+            "pod_cidr_v6 overlapping a network of the node",
+            "pod_cidr_v6 = \"fd77::/64\"\n".into(),
+            vec!["pod_cidr_v6 fd77::/64 overlaps", "hxv0"],
+            Some("fd77::1/48"),
+        ),
+        (
+            Rule::Refuse,
             "pod_cidr_v4 0.0.0.0/0 (everything)",
             "pod_cidr_v4 = \"0.0.0.0/0\"\n".into(),
             vec!["pod_cidr_v4"],
             None,
         ),
         (
-            Rule::Gap,
+            Rule::Refuse,
             "pod_cidr_v4 loopback 127.0.0.0/8",
             "pod_cidr_v4 = \"127.0.0.0/8\"\n".into(),
             vec!["pod_cidr_v4"],
             None,
         ),
         (
-            Rule::Gap,
+            Rule::Refuse,
             "pod_cidr_v4 multicast 224.0.0.0/24",
             "pod_cidr_v4 = \"224.0.0.0/24\"\n".into(),
             vec!["pod_cidr_v4"],
             None,
         ),
         (
-            Rule::Gap,
+            Rule::Refuse,
             "pod_cidr_v4 link-local 169.254.0.0/16",
             "pod_cidr_v4 = \"169.254.0.0/16\"\n".into(),
             vec!["pod_cidr_v4"],
             None,
         ),
         (
-            Rule::Gap,
+            Rule::Refuse,
             "pod_cidr_v6 link-local fe80::/64",
             "pod_cidr_v6 = \"fe80::/64\"\n".into(),
             vec!["pod_cidr_v6"],
             None,
         ),
         (
-            Rule::Gap,
+            Rule::Refuse,
             "pod_cidr_v6 multicast ff00::/64",
             "pod_cidr_v6 = \"ff00::/64\"\n".into(),
             vec!["pod_cidr_v6"],
             None,
         ),
         (
-            Rule::Gap,
+            Rule::Refuse,
             "bridge = lo (an existing non-bridge link)",
             "bridge = \"lo\"\n".into(),
             vec!["bridge", "lo"],
@@ -3811,24 +3898,13 @@ fn hostile_inputs_are_refused_cleanly() -> Result<()> {
     for (section, n) in &tally.sections {
         eprintln!("  {section}: {n} cases");
     }
-    if !tally.gaps.is_empty() {
-        eprintln!("\naccepted (known gaps, see SECURITY.md):");
-        for gap in &tally.gaps {
-            eprintln!("  GAP {gap}");
-        }
-    }
-    let summary = if tally.failures.is_empty() && tally.gaps.is_empty() {
-        format!("hostile inputs: {} cases, all refused cleanly", tally.ran)
-    } else {
-        format!(
-            "hostile inputs: {} cases: {} refused cleanly, {} accepted (known gaps), {} accepted without change, {} failures",
-            tally.ran,
-            tally.refused,
-            tally.gaps.len(),
-            tally.unchanged,
-            tally.failures.len()
-        )
-    };
+    let summary = format!(
+        "hostile inputs: {} cases: {} refused cleanly, {} accepted without change, {} failures",
+        tally.ran,
+        tally.refused,
+        tally.unchanged,
+        tally.failures.len()
+    );
     println!("{summary} ({:.0} s)", started.elapsed().as_secs_f64());
     eprintln!("{summary}");
     ensure!(
@@ -3837,12 +3913,5 @@ fn hostile_inputs_are_refused_cleanly() -> Result<()> {
         tally.failures.len(),
         tally.failures.join("\n")
     );
-    if std::env::var_os("NH_HOSTILE_STRICT").is_some() {
-        ensure!(
-            tally.gaps.is_empty(),
-            "NH_HOSTILE_STRICT: {} known gaps accepted",
-            tally.gaps.len()
-        );
-    }
     Ok(())
 }
