@@ -662,8 +662,14 @@ pub fn check_oci_state(bytes: &[u8]) -> Checked {
             Err(e) => {
                 let message = e.to_string();
                 if !state.id().is_empty() {
-                    prop_assert!(message.contains(state.id().as_str()), "{message}");
+                    // Named quoted, its control and invisible characters escaped.
+                    let shown = netns_holder::names::quoted(state.id());
+                    prop_assert!(message.contains(&shown), "{message} does not name {shown}");
                 }
+                prop_assert!(
+                    !message.chars().any(char::is_control),
+                    "{message:?} carries a raw control character"
+                );
                 verdict = Verdict::Refused(message);
             }
         }
