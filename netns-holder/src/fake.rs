@@ -28,6 +28,7 @@ use crate::firewall::{
 };
 use crate::names::{IfName, PodId};
 use crate::ports::{Family, Protocol};
+use crate::state::NetnsId;
 use crate::system::{
     Firewall, LinkInfo, Namespaces, Netlink, NodeNetwork, NodeNetworkKind, PauseExit, PauseProcess,
     Processes, RunningPause, Sysctl, SystemError,
@@ -468,6 +469,17 @@ impl FakeSystem {
         m.mounts.insert(path.to_path_buf(), id);
     }
 
+    /// Makes `path` name a new, empty namespace behind the daemon's back, as
+    /// `/proc/<pid>/ns/net` does when the pid's process died and the pid was reused: the old
+    /// namespace goes away (with the pod end of its veth and so the host end too).
+    pub fn replace_netns_externally(&self, path: &Path) {
+        let mut m = self.lock();
+        m.mounts.remove(path);
+        m.collect_namespaces();
+        let id = m.new_net();
+        m.mounts.insert(path.to_path_buf(), id);
+    }
+
     /// Unmounts `path` behind the daemon's back.
     pub fn remove_netns_externally(&self, path: &Path) {
         let mut m = self.lock();
@@ -709,6 +721,11 @@ impl Namespaces for FakeSystem {
             .call(format!("netns_exists {}", path.display()))
             .await?;
         Ok(m.mounts.contains_key(path))
+    }
+
+    async fn netns_id(&self, path: &Path) -> Result<Option<NetnsId>, SystemError> {
+        let m = self.call(format!("netns_id {}", path.display())).await?;
+        Ok(m.mounts.get(path).map(|&ino| NetnsId { dev: 4, ino }))
     }
 
     async fn list_netns(&self, dir: &Path) -> Result<Vec<PathBuf>, SystemError> {

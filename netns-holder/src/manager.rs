@@ -664,29 +664,41 @@ impl<S: System> PodManager<S> {
             source,
         })?;
 
+        // The identity of an attached namespace, so a path that later names another one
+        // (`/proc/<pid>/ns/net` of a reused pid) is never taken for the pod's.
+        let netns_id = if ownership == NetnsOwnership::Attached {
+            self.system
+                .netns_id(&netns)
+                .await
+                .map_err(|source| ManagerError::System {
+                    name: name.clone(),
+                    source,
+                })?
+        } else {
+            None
+        };
         if let Some(existing) = self.record(&name) {
-            if existing.phase == Phase::Ready {
+            let replaced = existing.netns == netns
+                && netns_id.is_some()
+                && existing.netns_id.is_some()
+                && existing.netns_id != netns_id;
+            if existing.phase == Phase::Ready && !replaced {
                 return compare(&existing, &netns, &ownership, &annotations, &ports)
                     .map(|()| PodInfo::from(&existing));
             }
-            // A leftover of a create/remove that could not finish: clear it first.
+            if replaced {
+                info!(self.log, "the pod's namespace is gone and its path names another one now; wiring that one";
+                    "pod" => %name, "netns" => %netns.display());
+            }
+            // A leftover of a create/remove that could not finish (or of a namespace that is
+            // gone): clear it first.
             let failures = self.teardown(&existing, Journal::BestEffort).await;
             if !failures.is_empty() {
                 return Err(ManagerError::Unfinished { name, failures });
             }
         }
-        if ownership == NetnsOwnership::Attached {
-            let exists =
-                self.system
-                    .netns_exists(&netns)
-                    .await
-                    .map_err(|source| ManagerError::System {
-                        name: name.clone(),
-                        source,
-                    })?;
-            if !exists {
-                return Err(ManagerError::NetnsNotFound { name, path: netns });
-            }
+        if ownership == NetnsOwnership::Attached && netns_id.is_none() {
+            return Err(ManagerError::NetnsNotFound { name, path: netns });
         }
         let mtu = match self.config.mtu {
             Some(m) => m,
@@ -771,6 +783,7 @@ impl<S: System> PodManager<S> {
                 mtu,
                 ports,
                 ports_released: false,
+                netns_id,
             };
             inner.state.pods.insert(name.clone(), record.clone());
             let owned = record.netns_owned();
@@ -1251,7 +1264,14 @@ impl<S: System> PodManager<S> {
     }
 
     async fn observe(&self, record: &PodRecord) -> Result<Observed, SystemError> {
-        let netns_exists = self.system.netns_exists(&record.netns).await?;
+        let (netns_exists, netns_replaced) = match record.netns_id {
+            Some(wired) => match self.system.netns_id(&record.netns).await? {
+                Some(now) if now == wired => (true, false),
+                Some(_) => (false, true),
+                None => (false, false),
+            },
+            None => (self.system.netns_exists(&record.netns).await?, false),
+        };
         if !netns_exists {
             // Only the bind mount may be gone: a live pause of ours still holds the namespace.
             let pause_alive = match &record.pause {
@@ -1260,6 +1280,7 @@ impl<S: System> PodManager<S> {
             };
             return Ok(Observed {
                 pause_alive,
+                netns_replaced,
                 ..Observed::default()
             });
         }
@@ -1269,6 +1290,7 @@ impl<S: System> PodManager<S> {
         };
         Ok(Observed {
             netns_exists,
+            netns_replaced,
             pause_alive,
             host_veth: self.system.link_info(None, &record.host_veth).await?,
             pod_interface: self

@@ -567,8 +567,12 @@ pub fn plan_remove(record: &PodRecord, extra_pauses: &[PauseProcess]) -> Vec<Act
 /// [`plan_repair`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Observed {
-    /// Whether the namespace exists.
+    /// Whether the namespace exists (for an attached pod: the very namespace it was wired
+    /// in, not whatever its path names now).
     pub netns_exists: bool,
+    /// The path names another namespace than the one the pod was wired in (so the pod's
+    /// own is gone; `netns_exists` is false then).
+    pub netns_replaced: bool,
     /// Whether the recorded pause process is alive (`None` if none is recorded). Also
     /// looked at when the namespace's bind mount is gone (the pause may still hold it).
     pub pause_alive: Option<bool>,
@@ -627,6 +631,9 @@ pub enum Problem {
     Foreign,
     /// The route is ours but belongs to no peer.
     NoPeer,
+    /// The path names another namespace than the one the pod was wired in (a reused pid):
+    /// the pod's own namespace is gone.
+    Replaced,
     /// The object could not be inspected.
     CheckFailed {
         /// The error.
@@ -658,6 +665,9 @@ impl fmt::Display for Problem {
             Self::Orphan => f.write_str("belongs to no pod"),
             Self::Foreign => f.write_str("foreign (not put there by netns-holder)"),
             Self::NoPeer => f.write_str("belongs to no peer"),
+            Self::Replaced => {
+                f.write_str("names another namespace than the pod's, whose own namespace is gone")
+            }
             Self::CheckFailed { error } => write!(f, "cannot be inspected: {error}"),
         }
     }
@@ -738,7 +748,11 @@ pub fn check_pod(record: &PodRecord, node: &NodeNetwork, observed: &Observed) ->
     if !observed.netns_exists {
         out.push(finding(
             format!("netns {}", record.netns.display()),
-            Problem::Missing,
+            if observed.netns_replaced {
+                Problem::Replaced
+            } else {
+                Problem::Missing
+            },
         ));
         return out;
     }
@@ -990,6 +1004,7 @@ mod tests {
             mtu: 1450,
             ports: Vec::new(),
             ports_released: false,
+            netns_id: None,
         }
     }
 
@@ -1236,6 +1251,7 @@ mod tests {
         };
         Observed {
             netns_exists: true,
+            netns_replaced: false,
             pause_alive: r.pause.map(|_| true),
             host_veth: Some(link.clone()),
             pod_interface: Some(LinkInfo {

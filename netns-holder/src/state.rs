@@ -150,6 +150,28 @@ pub struct PodRecord {
     /// that no record wants, which check reports and repair removes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ports_released: bool,
+    /// Identity of the attached namespace when it was wired. A path such as
+    /// `/proc/<pid>/ns/net` can later name another namespace (the pid was reused): then
+    /// the pod's own namespace is gone, and nothing must be done inside the new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_id: Option<NetnsId>,
+}
+
+/// The identity of a network namespace: device and inode of its nsfs file (what `stat`
+/// shows for `/proc/<pid>/ns/net` or a bind mount of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetnsId {
+    /// `st_dev` of the nsfs file.
+    pub dev: u64,
+    /// `st_ino`: the namespace's inode number.
+    pub ino: u64,
+}
+
+impl std::fmt::Display for NetnsId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "net:[{}] (dev {})", self.ino, self.dev)
+    }
 }
 
 impl PodRecord {
@@ -531,6 +553,7 @@ mod tests {
                 crate::ports::Protocol::Udp,
             )],
             ports_released: false,
+            netns_id: None,
         }
     }
 

@@ -53,6 +53,7 @@ use thiserror::Error;
 use crate::firewall::{ConntrackFlush, FirewallTable, HostPortElement, Listener, ObservedTable};
 use crate::names::{IfName, PodId};
 use crate::ports::Protocol;
+use crate::state::NetnsId;
 
 /// A kernel-side failure, naming the object it concerns (e.g. `netns /run/netns/web`,
 /// `link nh0123456789ab`, `address 10.88.0.2/16 on eth0 in /run/netns/web`).
@@ -260,6 +261,12 @@ pub trait Namespaces: Send + Sync {
 
     /// Whether `path` exists and is a network namespace.
     fn netns_exists(&self, path: &Path) -> impl Future<Output = Result<bool, SystemError>> + Send;
+
+    /// The identity of the network namespace at `path` (`None` if `path` is not one).
+    fn netns_id(
+        &self,
+        path: &Path,
+    ) -> impl Future<Output = Result<Option<NetnsId>, SystemError>> + Send;
 
     /// Network namespace bind mounts directly inside `dir` (a missing `dir` is empty).
     fn list_netns(

@@ -466,6 +466,41 @@ fn attach_accepts_only_pod_namespaces_in_their_places() -> Result<()> {
                 named["netns"] == system_path.display().to_string(),
                 "{named}"
             );
+            // The name now stands for a new namespace: the pod's own is gone, and the new one
+            // is a stranger that check must not inspect and repair must not wire.
+            run_ok(Command::new("ip").args(["netns", "del", &fixture.netns_name]))?;
+            run_ok(Command::new("ip").args(["netns", "add", &fixture.netns_name]))?;
+            let out = daemon.cli(&["check"])?;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            ensure!(
+                !out.status.success() && stdout.contains("names another namespace"),
+                "check of a replaced namespace: {} {stdout}",
+                out.status
+            );
+            let repaired = daemon.cli_json(&["check", "--repair"])?;
+            ensure!(
+                repaired["repair"]["removed_dead"] == serde_json::json!(["named"]),
+                "{repaired}"
+            );
+            let inside = String::from_utf8_lossy(
+                &run_ok(Command::new("ip").args(["-n", &fixture.netns_name, "-o", "link"]))?.stdout,
+            )
+            .into_owned();
+            ensure!(
+                inside.lines().count() == 1 && inside.contains("lo:"),
+                "repair touched the new namespace: {inside}"
+            );
+            let named = daemon.cli_json(&[
+                "pod",
+                "attach",
+                "named",
+                "--netns",
+                &system_path.display().to_string(),
+            ])?;
+            ensure!(
+                named["netns"] == system_path.display().to_string(),
+                "{named}"
+            );
             remove(daemon, "named")?;
             fixture.sleeper = Some(ChildGuard::spawn(
                 Command::new("unshare").args(["--net", "sleep", "60"]),

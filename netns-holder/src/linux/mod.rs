@@ -85,6 +85,7 @@ use crate::config::Config;
 use crate::firewall::{ConntrackFlush, FirewallTable, HostPortElement, Listener, ObservedTable};
 use crate::names::{IfName, PodId};
 use crate::ports::Protocol;
+use crate::state::NetnsId;
 use crate::system::{
     Firewall, LinkInfo, Namespaces, Netlink, NodeNetwork, PauseExit, PauseProcess, Processes,
     RunningPause, Sysctl, SystemError,
@@ -200,6 +201,10 @@ impl Namespaces for LinuxSystem {
 
     async fn netns_exists(&self, path: &Path) -> Result<bool, SystemError> {
         netns::exists(path)
+    }
+
+    async fn netns_id(&self, path: &Path) -> Result<Option<NetnsId>, SystemError> {
+        netns::identity(path)
     }
 
     async fn list_netns(&self, dir: &Path) -> Result<Vec<PathBuf>, SystemError> {

@@ -120,6 +120,22 @@ pub(crate) fn exists(path: &Path) -> Result<bool, SystemError> {
     }
 }
 
+/// The identity of the network namespace at `path` (`None` if `path` is not one), taken
+/// from the opened namespace itself, so it is the one `path` named at that moment.
+pub(crate) fn identity(path: &Path) -> Result<Option<crate::state::NetnsId>, SystemError> {
+    match open_netns(path) {
+        Ok(fd) => {
+            let key = fd_key(&fd, path)?;
+            Ok(Some(crate::state::NetnsId {
+                dev: key.dev,
+                ino: key.ino,
+            }))
+        }
+        Err(SystemError::NotFound { .. }) | Err(SystemError::Other { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Network namespace bind mounts directly inside `dir`, sorted.
 pub(crate) fn list(dir: &Path) -> Result<Vec<PathBuf>, SystemError> {
     let entries = match std::fs::read_dir(dir) {

@@ -1833,3 +1833,66 @@ async fn a_release_that_cannot_be_saved_changes_nothing() {
     assert!(m.release_pod_ports(&name("web")).await.unwrap());
     assert!(element_texts(&env).is_empty());
 }
+
+/// `/proc/<pid>/ns/net` of a pid that died and was reused names another namespace: the pod
+/// it was attached for is gone, and nothing may be checked, repaired or wired in the new
+/// one on that pod's behalf.
+#[tokio::test]
+async fn an_attached_path_that_names_another_namespace_is_not_the_pod() {
+    let env = Env::v4();
+    let m = env.manager();
+    let path = PathBuf::from("/proc/4242/ns/net");
+    env.fake.add_foreign_netns(&path);
+    let req = AttachRequest {
+        name: name("ctr"),
+        netns: path.clone(),
+        annotations: BTreeMap::new(),
+        ports: Vec::new(),
+    };
+    let first = m.attach(req.clone()).await.unwrap();
+    let wired = m.records()[0]
+        .netns_id
+        .expect("attached namespace identity recorded");
+    assert_complete(&env, &m, "ctr").await;
+
+    env.fake.replace_netns_externally(&path);
+    let findings: Vec<String> = m.check().await.iter().map(ToString::to_string).collect();
+    assert!(
+        findings.contains(&format!(
+            "pod ctr: netns {}: names another namespace than the pod's, whose own namespace is gone",
+            path.display()
+        )),
+        "{findings:?}"
+    );
+    let report = m.repair().await;
+    assert_eq!(report.removed_dead, vec![name("ctr")], "{report:?}");
+    assert_eq!(
+        env.fake.links_in(&path),
+        Some(vec![]),
+        "nothing made in the stranger"
+    );
+    assert!(m.records().is_empty());
+
+    // Attaching again wires the namespace the path names now, under its own identity.
+    let second = m.attach(req.clone()).await.unwrap();
+    assert_eq!(second.name, first.name);
+    assert_ne!(m.records()[0].netns_id, Some(wired));
+    assert_complete(&env, &m, "ctr").await;
+
+    // And an ensure that finds the path replaced (no repair in between) re-wires it too,
+    // rather than answering with the dead pod.
+    let before = m.records()[0].netns_id;
+    env.fake.replace_netns_externally(&path);
+    m.attach(req).await.unwrap();
+    assert_ne!(m.records()[0].netns_id, before);
+    assert_complete(&env, &m, "ctr").await;
+    assert!(m.remove(&name("ctr")).await.unwrap());
+    assert!(m.records().is_empty());
+    assert_eq!(env.fake.snapshot().mounts, vec![path.clone()]);
+    assert_eq!(env.fake.links_in(&path), Some(vec![]));
+    assert!(
+        env.fake.snapshot().host_links.iter().all(|l| l == "nh0"),
+        "{:?}",
+        env.fake.snapshot().host_links
+    );
+}
