@@ -60,7 +60,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use netns_holder::names::{MAX_POD_NAME_LEN, NameError, PodName};
+use netns_holder::names::{self, MAX_POD_NAME_LEN, NameError, PodName};
 use netns_holder::ports::{self, PortMapping, PortSpecError};
 use thiserror::Error;
 
@@ -108,7 +108,12 @@ pub struct AnnotationProblem {
 
 impl fmt::Display for AnnotationProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "annotation {:?}: {}", self.key, self.problem)
+        write!(
+            f,
+            "annotation {}: {}",
+            names::quoted(&self.key),
+            self.problem
+        )
     }
 }
 
@@ -195,9 +200,9 @@ pub fn parse_ports(value: &str) -> Result<Vec<PortMapping>, PortSpecError> {
 fn shown(value: &str) -> String {
     if value.chars().count() > MAX_VALUE_SHOWN {
         let cut: String = value.chars().take(MAX_VALUE_SHOWN).collect();
-        format!("{cut:?}...")
+        format!("{}...", names::quoted(&cut))
     } else {
-        format!("{value:?}")
+        names::quoted(value)
     }
 }
 
@@ -254,8 +259,10 @@ pub fn parse_options(
 }
 
 /// `<namespace>/<name>` of a sandbox, for messages.
+/// Control and invisible characters (the runtime passes on whatever the pod spec held)
+/// are escaped, so an operator reads what was sent.
 pub fn display_name(pod: &pb::PodSandbox) -> String {
-    format!("{}/{}", pod.namespace, pod.name)
+    names::escaped(&format!("{}/{}", pod.namespace, pod.name))
 }
 
 /// Maps a part of a derived name to `[A-Za-z0-9.-]`, at most `max` bytes (see the module
@@ -297,7 +304,7 @@ pub fn derived_name(pod: &pb::PodSandbox) -> Result<PodName, PodError> {
     let name = sanitize(&pod.name, budget);
     PodName::new(format!("{namespace}_{name}_{id}")).map_err(|source| PodError::Name {
         pod: display_name(pod),
-        sandbox: pod.id.clone(),
+        sandbox: names::escaped(&pod.id),
         source,
     })
 }
@@ -338,7 +345,7 @@ impl PodTarget {
         let derived = derived_name(pod)?;
         let options = parse_options(&pod.annotations).map_err(|problems| PodError::Options {
             pod: display.clone(),
-            sandbox: pod.id.clone(),
+            sandbox: names::escaped(&pod.id),
             problems,
         })?;
         let netns = match network_namespace(pod) {
@@ -347,7 +354,7 @@ impl PodTarget {
             Some(path) => {
                 return Err(PodError::RelativeNetns {
                     pod: display,
-                    sandbox: pod.id.clone(),
+                    sandbox: names::escaped(&pod.id),
                     path: path.to_string(),
                 });
             }
@@ -519,6 +526,26 @@ mod tests {
             assert!(err.contains(part), "{value}: {err}");
             assert!(err.contains("default/web"), "{value}: {err}");
         }
+    }
+
+    #[test]
+    fn errors_show_invisible_and_control_characters_escaped() {
+        let mut pod = sandbox("default", "we\u{202e}b", "3f2a9c1b7d4e\n5f60");
+        pod.annotations
+            .insert(OPTION_SKIP.into(), "ye\u{3164}s\u{1b}[2J".into());
+        let err = PodTarget::of(&pod).unwrap_err().to_string();
+        for shown in [
+            "we\\u{202e}b",
+            "3f2a9c1b7d4e\\n5f60",
+            "ye\\u{3164}s\\u{1b}[2J",
+        ] {
+            assert!(err.contains(shown), "want {shown} in {err}");
+        }
+        assert!(
+            !err.chars()
+                .any(|c| c.is_control() || matches!(c, '\u{202e}' | '\u{3164}')),
+            "{err:?}"
+        );
     }
 
     #[test]
