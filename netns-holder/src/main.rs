@@ -170,6 +170,10 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>, log: Logger) -> anyhow::Resul
         "pod_cidr_v4" => %config.pod_cidr_v4,
         "pod_cidr_v6" => ?config.pod_cidr_v6.map(|n| n.to_string()));
     report_fault_switch(&log);
+    match netns_holder::privileges::raise_open_file_limit() {
+        Ok(limit) => info!(log, "open file limit"; "nofile" => limit),
+        Err(e) => slog::warn!(log, "cannot raise the open file limit"; "error" => %e),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

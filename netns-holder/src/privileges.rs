@@ -59,3 +59,48 @@ pub fn drop_privileges() -> Result<(), PrivilegeError> {
     caps::set(None, CapSet::Permitted, &kept).map_err(failed("permitted"))?;
     Ok(())
 }
+
+/// Raises the soft limit of open files to the hard limit (which needs no privilege) and
+/// returns the limit now in force. The daemon holds one descriptor per adopted pause it
+/// watches (a pidfd) besides its sockets, and the default soft limit (1024) would cap those
+/// watches far below the number of pods a node can have. Failure keeps the old limit.
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct behind the valid pointer it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct behind the valid pointer it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit = raised;
+    }
+    Ok(limit.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_file_limit_is_raised_to_the_hard_limit() {
+        let limit = raise_open_file_limit().unwrap();
+        let mut now = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct behind the valid pointer it is given.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) }, 0);
+        assert_eq!(now.rlim_cur, now.rlim_max);
+        assert_eq!(limit, now.rlim_cur);
+    }
+}
