@@ -560,6 +560,15 @@ fn fifty_concurrent_pods() {
             ping_ok(|args| in_pod(&pods[0].netns, args), ip.addr()).expect("ping first -> last");
         }
 
+        // Concurrent removes delete their host veths in batches (one device group); links
+        // that are not being deleted must survive them.
+        let (made, out) = in_node(
+            &ctx.node,
+            &[
+                "ip", "link", "add", "keep0", "type", "veth", "peer", "name", "keep1",
+            ],
+        );
+        assert!(made, "{out}");
         let started = Instant::now();
         let tasks: Vec<_> = pods
             .iter()
@@ -573,6 +582,11 @@ fn fifty_concurrent_pods() {
             assert!(task.await.expect("task").expect("remove"));
         }
         eprintln!("{N} concurrent removes: {:?}", started.elapsed());
+        let (listed, links) = in_node(&ctx.node, &["ip", "-o", "link", "show"]);
+        assert!(
+            listed && links.contains("keep0") && links.contains("keep1"),
+            "{links}"
+        );
         assert!(mgr.remove(&pod("warm")).await.unwrap());
         for info in &pods {
             assert_pod_gone(&ctx, info);

@@ -115,6 +115,9 @@ pub struct LinuxSystem {
     nf_socket: tokio::sync::OnceCell<nft::NfSocket>,
     /// The pauses this process started, and the exit watches on the others.
     pauses: Arc<pause::Pauses>,
+    /// Held while one batch of node-side link deletions runs (see
+    /// [`netlink::DELETE_GROUP`]).
+    link_deletions: tokio::sync::Mutex<()>,
     log: Logger,
 }
 
@@ -157,6 +160,7 @@ impl LinuxSystem {
             pods: conn::PodConns::default(),
             nf_socket: tokio::sync::OnceCell::new(),
             pauses,
+            link_deletions: tokio::sync::Mutex::new(()),
             log,
         })
     }
