@@ -342,6 +342,21 @@ fn assert_pod_wired(ctx: &Ctx, info: &PodInfo, mtu: u32) {
     assert_eq!(argv0, info.id.pause_argv0().as_bytes());
     assert_ne!(proc_state(pid), Some('Z'));
 
+    // Both veth ends were made with one queue each way (no queue cut under RTNL).
+    let (ok, details) = in_pod(netns, &["ip", "-d", "link", "show", "dev", "eth0"]);
+    assert!(
+        ok && details.contains("numtxqueues 1 numrxqueues 1"),
+        "{details}"
+    );
+    let (ok, details) = in_node(
+        &ctx.node,
+        &["ip", "-d", "link", "show", "dev", info.host_veth.as_str()],
+    );
+    assert!(
+        ok && details.contains("numtxqueues 1 numrxqueues 1"),
+        "{details}"
+    );
+
     let (ok, addrs) = in_pod(netns, &["ip", "-o", "addr", "show", "dev", "eth0"]);
     assert!(ok, "{addrs}");
     for ip in &info.ips {

@@ -334,13 +334,20 @@ pub(crate) async fn create_veth(
     let h = node_handle(sys).await?;
     // The peer is created directly in the pod namespace (IFLA_NET_NS_FD inside the peer
     // message): a crash can never leave it behind in the node namespace.
+    // One queue each way, asked for explicitly: without these attributes the kernel makes
+    // one queue per CPU and then cuts each end down to one, and every cut waits for an
+    // (expedited) RCU grace period while holding the RTNL lock that all pod creates share.
     let peer_message = LinkMessageBuilder::<LinkUnspec>::new()
         .name(peer.as_str())
         .mtu(mtu)
+        .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
         .setns_by_fd(ns.as_raw_fd())
         .build();
     let message = LinkVeth::new(host.as_str(), peer.as_str())
         .mtu(mtu)
+        .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message)))
         .build();
     let result = h.link().add(message).execute().await;
