@@ -142,6 +142,10 @@ impl Client {
             stream_id
         };
         let outcome = tokio::select! {
+            // An answer that arrived before the connection closed is the answer: the reader
+            // delivers it first and only then sees the end of the stream, and an unbiased
+            // select would pick either at random when both are ready.
+            biased;
             answer = tokio::time::timeout(timeout, rx) => answer,
             reason = self.inner.closed.wait() => {
                 lock(&self.inner.pending).remove(&stream_id);
