@@ -299,24 +299,23 @@ fn refused(message: impl ToString) -> Checked {
 /// so that a huge input is not echoed back whole).
 const SHOWN_PREFIX_CHARS: usize = 64;
 
-/// Checks that `message` names `what` (its `Debug` quoting, as the errors print it), or, for
-/// an input longer than the errors show, its first [`SHOWN_PREFIX_CHARS`] characters.
+/// Checks that `message` names `what`, quoted as the errors print it (`Debug` quoting, or
+/// `netns_holder::names::quoted`, which also escapes invisible characters such as U+3164),
+/// or, for an input longer than the errors show, its first [`SHOWN_PREFIX_CHARS`] characters.
 fn names(message: &str, what: &str) -> Result<(), TestCaseError> {
-    let quoted = format!("{what:?}");
+    let forms = |text: &str| [format!("{text:?}"), netns_holder::names::quoted(text)];
+    let quoted = forms(what);
+    let named = quoted.iter().any(|q| message.contains(q.as_str()));
     if what.chars().count() > SHOWN_PREFIX_CHARS {
         let prefix: String = what.chars().take(SHOWN_PREFIX_CHARS).collect();
-        let quoted_prefix = format!("{prefix:?}");
-        let shown = quoted_prefix.trim_end_matches('"');
+        let shown = forms(&prefix).map(|q| q.trim_end_matches('"').to_string());
         prop_assert!(
-            message.contains(&quoted) || message.contains(shown),
-            "message {message:?} names neither {quoted} nor its start {shown}"
+            named || shown.iter().any(|s| message.contains(s.as_str())),
+            "message {message:?} names neither {quoted:?} nor its start {shown:?}"
         );
         return Ok(());
     }
-    prop_assert!(
-        message.contains(&quoted),
-        "message {message:?} does not name {quoted}"
-    );
+    prop_assert!(named, "message {message:?} does not name {quoted:?}");
     Ok(())
 }
 
@@ -553,8 +552,14 @@ pub fn check_pod_options(annotations: &BTreeMap<String, String>) -> Checked {
             for p in &problems {
                 prop_assert!(p.key.starts_with(ANNOTATION_PREFIX), "{p}");
                 prop_assert!(annotations.contains_key(&p.key), "{p}");
-                let quoted = format!("{:?}", p.key);
+                // Named as the daemon names things: escaped, and shortened past
+                // `names::QUOTED_MAX_CHARS` characters.
+                let quoted = netns_holder::names::quoted(&p.key);
                 prop_assert!(p.to_string().contains(&quoted), "{p} does not name the key");
+                prop_assert!(
+                    !p.to_string().chars().any(char::is_control),
+                    "{p:?} shows a raw control character"
+                );
             }
             refused(
                 problems
