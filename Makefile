@@ -35,11 +35,14 @@ IMAGE_DIR := $(TARGET)/image
 IMAGE_LAYOUT := $(IMAGE_DIR)/pause-oci
 IMAGE_ARCHIVE := $(IMAGE_DIR)/pause.oci.tar
 
-# Debian packages the tests, demo and benchmarks use (installed by `make deps` when missing).
-DEB_PACKAGES := iproute2 util-linux procps iputils-ping strace busybox-static \
-	runc crun podman skopeo catatonit nftables conntrack containernetworking-plugins
+# Debian packages the demo needs (installed by `make demo` when missing) and those the
+# tests and benchmarks use on top (installed by `make deps`, hence `make test`).
+# The daemon itself runs nft and conntrack.
+DEMO_DEB_PACKAGES := iproute2 util-linux iputils-ping busybox-static runc crun nftables conntrack
+DEB_PACKAGES := $(DEMO_DEB_PACKAGES) procps strace podman skopeo catatonit \
+	containernetworking-plugins docker-registry
 
-.PHONY: build pause image demo test deps lint fmt bench install clean
+.PHONY: build pause image demo demo-deps test deps lint fmt bench install clean
 
 ## build: the static pause and release builds of every binary
 build: pause
@@ -57,23 +60,17 @@ image: pause
 		--layout $(IMAGE_LAYOUT) --archive $(IMAGE_ARCHIVE)
 
 ## demo: the main job for real, inside its own throwaway node network namespace
-demo: pause
+demo: demo-deps pause
 	$(CARGO) build -p netns-holder --locked
 	NETNS_HOLDER_BIN=$(TARGET)/debug/netns-holder PAUSE_BIN=$(PAUSE_BIN) demo/demo.sh
 
+## demo-deps: the Debian packages the demo needs (apt-get, only those missing)
+demo-deps:
+	scripts/ensure-debs.sh $(DEMO_DEB_PACKAGES)
+
 ## deps: Debian packages (apt-get, only those missing) and crates (cargo fetch)
 deps:
-	@missing=""; \
-	for pkg in $(DEB_PACKAGES); do \
-		dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q "install ok installed" \
-			|| missing="$$missing $$pkg"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing missing Debian packages:$$missing"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
-	else \
-		echo "all Debian packages present"; \
-	fi
+	scripts/ensure-debs.sh $(DEB_PACKAGES)
 	$(CARGO) fetch --locked
 
 ## lint: formatting and clippy with warnings as errors
@@ -84,10 +81,11 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## test: everything, privileged tests included (they skip loudly when not root)
+## test: everything, privileged tests included (they skip loudly when not root), with /run
+##       starting empty (scripts/run-tests.sh) and a passed/failed summary at the end
 test: deps pause lint
 	$(CARGO) build --workspace --locked
-	$(CARGO) test --workspace --locked
+	CARGO=$(CARGO) scripts/run-tests.sh
 
 ## bench: pause footprint vs catatonit -P; pod create/remove vs the CNI reference chain; load (1000 pods, 32 clients)
 bench: pause

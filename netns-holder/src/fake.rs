@@ -693,6 +693,15 @@ impl FakeSystem {
 }
 
 impl Namespaces for FakeSystem {
+    /// The lexical rules only: the fake's namespaces are not on the real filesystem.
+    fn check_attach_path(
+        &self,
+        path: &Path,
+        netns_dir: &Path,
+    ) -> Result<(), crate::netns_path::NetnsPathError> {
+        crate::netns_path::check_attach_path_lexically(path, netns_dir).map(|_| ())
+    }
+
     async fn create_netns(&self, path: &Path) -> Result<(), SystemError> {
         let mut m = self
             .call(format!("create_netns {}", path.display()))

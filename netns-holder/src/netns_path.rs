@@ -61,9 +61,33 @@ fn is_proc_netns_link(path: &Path) -> bool {
     }
 }
 
-/// Checks `path` against the rules in the module documentation; `netns_dir` is the
-/// daemon's own directory.
-pub fn check_attach_path(path: &Path, netns_dir: &Path) -> Result<(), NetnsPathError> {
+/// The rules of the module documentation that need no filesystem: absolute, no `.` or `..`,
+/// and (unless a `/proc/<pid>/ns/net` link) directly inside `netns_dir` or
+/// [`SYSTEM_NETNS_DIR`] as written. Returns whether the path is a `/proc` link. The in-memory
+/// fake system checks only these, so its tests never depend on what the machine's real
+/// `/run/netns` holds.
+pub fn check_attach_path_lexically(path: &Path, netns_dir: &Path) -> Result<bool, NetnsPathError> {
+    check_attach_path_syntax(path)?;
+    if is_proc_netns_link(path) {
+        return Ok(true);
+    }
+    let parent = path
+        .parent()
+        .ok_or_else(|| refuse(path, "it has no directory"))?;
+    if parent == netns_dir || parent == Path::new(SYSTEM_NETNS_DIR) {
+        return Ok(false);
+    }
+    Err(refuse(
+        path,
+        format!(
+            "it is in {}, not in {} or {SYSTEM_NETNS_DIR}, and not /proc/<pid>/ns/net",
+            parent.display(),
+            netns_dir.display()
+        ),
+    ))
+}
+
+fn check_attach_path_syntax(path: &Path) -> Result<(), NetnsPathError> {
     if !path.is_absolute() {
         return Err(refuse(path, "it is not absolute"));
     }
@@ -73,6 +97,13 @@ pub fn check_attach_path(path: &Path, netns_dir: &Path) -> Result<(), NetnsPathE
     {
         return Err(refuse(path, "it contains `.` or `..`"));
     }
+    Ok(())
+}
+
+/// Checks `path` against the rules in the module documentation; `netns_dir` is the
+/// daemon's own directory.
+pub fn check_attach_path(path: &Path, netns_dir: &Path) -> Result<(), NetnsPathError> {
+    check_attach_path_syntax(path)?;
     if is_proc_netns_link(path) {
         return refuse_node_namespace(path);
     }
@@ -152,6 +183,24 @@ mod tests {
             "/tmp/proc/1/ns/net",
         ] {
             assert!(!is_proc_netns_link(Path::new(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_lexical_check_needs_no_filesystem() {
+        let netns_dir = Path::new("/nonexistent/netns-holder-test/netns");
+        let ok = |p: &str| check_attach_path_lexically(Path::new(p), netns_dir);
+        assert_eq!(ok("/nonexistent/netns-holder-test/netns/pod"), Ok(false));
+        assert_eq!(ok("/run/netns/foreign"), Ok(false));
+        assert_eq!(ok("/proc/42/ns/net"), Ok(true));
+        for (bad, why) in [
+            ("relative", "not absolute"),
+            ("/run/netns/../x", "`..`"),
+            ("/run/netns/sub/x", "not in"),
+            ("/tmp/x", "not in"),
+        ] {
+            let err = ok(bad).unwrap_err();
+            assert!(err.reason.contains(why), "{bad}: {err}");
         }
     }
 

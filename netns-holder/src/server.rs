@@ -331,7 +331,9 @@ impl<S: System> NetnsHolder for ApiService<S> {
         let r = request.into_inner();
         let name = api::request_name(&r.name).map_err(|s| self.rejected(METHOD, s))?;
         let netns = api::request_netns(&r.netns).map_err(|s| self.rejected(METHOD, s))?;
-        crate::netns_path::check_attach_path(&netns, &self.manager.config().netns_dir)
+        self.manager
+            .system()
+            .check_attach_path(&netns, &self.manager.config().netns_dir)
             .map_err(|e| self.rejected(METHOD, Status::invalid_argument(e.to_string())))?;
         let annotations =
             api::request_annotations(r.annotations).map_err(|s| self.rejected(METHOD, s))?;

@@ -251,6 +251,14 @@ pub fn check_pod_cidrs(
 
 /// Network namespace bind mounts.
 pub trait Namespaces: Send + Sync {
+    /// Whether `attach` may wire the namespace at `path` (the rules of
+    /// [`crate::netns_path`]; `netns_dir` is the daemon's own directory).
+    fn check_attach_path(
+        &self,
+        path: &Path,
+        netns_dir: &Path,
+    ) -> Result<(), crate::netns_path::NetnsPathError>;
+
     /// Creates a new network namespace and bind-mounts it at `path` (exclusively: an
     /// existing file there is [`SystemError::AlreadyExists`]).
     fn create_netns(&self, path: &Path) -> impl Future<Output = Result<(), SystemError>> + Send;

@@ -144,6 +144,7 @@ impl LinuxSystem {
         log: Logger,
     ) -> Result<Self, SystemError> {
         let pause_binary = pause_binary.into();
+        nft::check_required_tools()?;
         let (node, node_inode) = netns::open_current()?;
         if !pause_binary.is_file() {
             warn!(log, "pause binary not found; starting pause processes will fail";
@@ -191,6 +192,14 @@ pub(crate) fn netns_object(path: &Path) -> String {
 }
 
 impl Namespaces for LinuxSystem {
+    fn check_attach_path(
+        &self,
+        path: &Path,
+        netns_dir: &Path,
+    ) -> Result<(), crate::netns_path::NetnsPathError> {
+        crate::netns_path::check_attach_path(path, netns_dir)
+    }
+
     async fn create_netns(&self, path: &Path) -> Result<(), SystemError> {
         netns::create(path).await
     }

@@ -411,13 +411,47 @@ pub(crate) async fn delete_elements(
 
 /// The path of a system tool: the usual sbin and bin directories, else the bare name (PATH).
 pub(crate) fn tool(name: &str) -> String {
-    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        let path = format!("{dir}/{name}");
-        if std::path::Path::new(&path).is_file() {
-            return path;
-        }
+    find_tool(name).map_or_else(|| name.to_string(), |p| p.to_string_lossy().into_owned())
+}
+
+/// Where `name` is: the system directories first (a daemon's `PATH` may be minimal), then
+/// `PATH`. `None` if it is nowhere.
+pub(crate) fn find_tool(name: &str) -> Option<std::path::PathBuf> {
+    let system = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(std::path::PathBuf::from);
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    system
+        .into_iter()
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The programs the daemon runs, with the Debian package that brings each.
+pub(crate) const REQUIRED_TOOLS: [(&str, &str, &str); 2] = [
+    ("nft", "nftables", "host ports and the pod firewall table"),
+    ("conntrack", "conntrack", "flushing UDP flows of withdrawn host ports"),
+];
+
+/// Refuses to go on when a program the daemon needs is missing, naming it and its package,
+/// rather than failing later at the first host port with a confusing error.
+pub(crate) fn check_required_tools() -> Result<(), SystemError> {
+    let missing: Vec<String> = REQUIRED_TOOLS
+        .iter()
+        .filter(|(name, _, _)| find_tool(name).is_none())
+        .map(|(name, package, why)| {
+            format!("{name} (Debian package {package}; needed for {why})")
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
     }
-    name.to_string()
+    Err(SystemError::other(
+        "required programs",
+        format!(
+            "not found in /usr/sbin, /sbin, /usr/bin, /bin or PATH: {}",
+            missing.join(", ")
+        ),
+    ))
 }
 
 /// Output of a tool run in the node namespace.
