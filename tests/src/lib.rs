@@ -8,6 +8,7 @@ pub mod invariants;
 pub mod node;
 pub mod nri_harness;
 pub mod nri_peer;
+pub mod nri_replay;
 pub mod oci;
 
 use std::path::{Path, PathBuf};
