@@ -34,6 +34,9 @@
 //! With the `portMappings` capability the runtime passes the CRI `hostPort`s as
 //! `runtimeConfig.portMappings`, entries as the reference `portmap` plugin reads them:
 //! `{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "10.0.0.1"}`.
+//! containerd sends Go field names instead, `{"HostPort":18081,"ContainerPort":8080,
+//! "Protocol":"tcp","HostIP":""}`; the keys are matched as Go's `encoding/json` matches
+//! them, in any casing, a later duplicate winning ([`wire::port_mapping`] has the rule).
 //! `protocol` defaults to `tcp` (`udp`, `sctp`; any case), `hostIP` absent or empty means
 //! every node address (in each family the pod has; `0.0.0.0` / `::` one family only, as
 //! for `netns-holder pod create --publish`). ADD publishes them with the pod in one daemon
@@ -42,6 +45,30 @@
 //! problem, checked before the daemon is called, so nothing is left behind; a port another
 //! pod (or a socket on the node) holds is code 102 naming the holder. `portMappings` are
 //! only read by ADD and CHECK: a DEL never fails on them.
+//!
+//! # How containerd calls it
+//!
+//! What containerd 2.3.4 (go-cni 1.1.13, libcni 1.3.0) sent, recorded in
+//! `tests/captures/containerd-2.3.4/` and replayed by `tests/tests/cni_replay.rs`:
+//!
+//! - stdin is the conflist entry with `cniVersion` and `name` added, compact, keys sorted;
+//!   `runtimeConfig` is present only when the pod has port mappings, and comes again on DEL;
+//! - per pod **one ADD and two DELs**: ADD at RunPodSandbox; DEL at StopPodSandbox with
+//!   `prevResult` and the real `CNI_NETNS`; DEL again at RemovePodSandbox with
+//!   `CNI_NETNS=""` and no `prevResult`, which must succeed as a no-op. A failed ADD is
+//!   followed at once by a DEL with the same `CNI_NETNS` and no `prevResult` (its failure
+//!   is only logged), and no later DEL comes;
+//! - `CNI_ARGS` holds `IgnoreUnknown=1`, `K8S_POD_NAMESPACE`, `K8S_POD_NAME`,
+//!   `K8S_POD_INFRA_CONTAINER_ID`, `K8S_POD_UID` in an order that changes between calls;
+//! - **STATUS only when a CRI client calls Status** (kubelet does every few seconds; an idle
+//!   containerd sends none), with `CNI_CONTAINERID`, `CNI_NETNS`, `CNI_IFNAME` and
+//!   `CNI_ARGS` set and empty; a failing STATUS makes the node's `NetworkReady` false with
+//!   our `msg`;
+//! - **no CHECK, no GC and no VERSION** ever; a containerd restart sends nothing, and a later
+//!   stop still sends DEL with `prevResult` (libcni's cache survives the restart).
+//!
+//! An error's `msg` reaches the CRI client verbatim (`plugin type="netns-holder" failed
+//! (add): <msg>`).
 //!
 //! # Pod names and ownership
 //!

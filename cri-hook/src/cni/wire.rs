@@ -247,10 +247,8 @@ pub fn parse_cni_args(text: &str) -> Result<BTreeMap<String, String>, CniError> 
 /// Most characters of a `portMappings` entry quoted in an error.
 const MAX_ENTRY_SHOWN: usize = 200;
 
-/// The text of a `portMappings` entry for an error (cut after [`MAX_ENTRY_SHOWN`]
-/// characters; JSON escapes every control character).
-fn entry_text(entry: &Value) -> String {
-    let text = entry.to_string();
+/// `text` cut after [`MAX_ENTRY_SHOWN`] characters, for an error.
+fn shorten(text: String) -> String {
     if text.chars().count() > MAX_ENTRY_SHOWN {
         let cut: String = text.chars().take(MAX_ENTRY_SHOWN).collect();
         format!("{cut}...")
@@ -259,55 +257,245 @@ fn entry_text(entry: &Value) -> String {
     }
 }
 
+/// The text of a JSON value for an error (shortened; JSON escapes every control character).
+fn entry_text(entry: &Value) -> String {
+    shorten(entry.to_string())
+}
+
+/// One entry of `runtimeConfig.portMappings` as it was sent. An object keeps its members
+/// in document order and with duplicate keys, because Go's decoder, whose behaviour
+/// [`port_mapping`] reproduces, walks them in that order (a [`Value`] would sort them and
+/// keep one member per exact key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireEntry {
+    /// A JSON object: its members in document order.
+    Object(Vec<(String, Value)>),
+    /// Anything else (not a valid entry).
+    Other(Value),
+}
+
+impl WireEntry {
+    /// The entry as JSON text, members in document order, for an error (shortened).
+    pub fn text(&self) -> String {
+        match self {
+            Self::Object(members) => {
+                let members: Vec<String> = members
+                    .iter()
+                    .map(|(key, value)| format!("{}:{value}", Value::from(key.as_str())))
+                    .collect();
+                shorten(format!("{{{}}}", members.join(",")))
+            }
+            Self::Other(value) => entry_text(value),
+        }
+    }
+}
+
+/// An object's members in document order (duplicates kept).
+struct OrderedMembers(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for OrderedMembers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = OrderedMembers;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<OrderedMembers, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, Value>()? {
+                    members.push(member);
+                }
+                Ok(OrderedMembers(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+impl<'de> Deserialize<'de> for WireEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Untagged: serde buffers the entry with its object members in order; whatever is
+        // not an object is kept as a plain value (refused later, naming it).
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Object(OrderedMembers),
+            Other(Value),
+        }
+        Ok(match Either::deserialize(deserializer)? {
+            Either::Object(OrderedMembers(members)) => Self::Object(members),
+            Either::Other(value) => Self::Other(value),
+        })
+    }
+}
+
+/// `runtimeConfig.portMappings` as it was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum WirePortMappings {
+    /// A list: the entries, each checked by [`port_mapping`].
+    List(Vec<WireEntry>),
+    /// Anything else (not a list: refused by [`NetConf::port_mappings`]).
+    Other(Value),
+}
+
+/// The fields of a `portMappings` entry: the JSON names of the reference `portmap` plugin's
+/// `PortMapEntry` (`hostPort`, `containerPort`, `protocol`, `hostIP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PortField {
+    HostPort,
+    ContainerPort,
+    Protocol,
+    HostIp,
+}
+
+impl PortField {
+    const ALL: [Self; 4] = [
+        Self::HostPort,
+        Self::ContainerPort,
+        Self::Protocol,
+        Self::HostIp,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::HostPort => "hostPort",
+            Self::ContainerPort => "containerPort",
+            Self::Protocol => "protocol",
+            Self::HostIp => "hostIP",
+        }
+    }
+
+    /// The field a member key sets, matched as Go's `encoding/json` does (see
+    /// [`port_mapping`]): the exact name first, else the name under Go's case folding.
+    fn for_key(key: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.name() == key)
+            .or_else(|| Self::ALL.into_iter().find(|f| go_fold_eq(key, f.name())))
+    }
+}
+
+/// Whether Go's `encoding/json` folds `key` and the ASCII field name `name` to the same
+/// string (`foldName` in `encoding/json/fold.go`, the same as `bytes.EqualFold`): ASCII
+/// letters fold to upper case, and a non-ASCII character folds to the smallest character
+/// of its Unicode simple case-folding set. The only non-ASCII characters whose set holds an
+/// ASCII letter are U+017F (LATIN SMALL LETTER LONG S, set {S, s, U+017F}) and U+212A
+/// (KELVIN SIGN, set {K, k, U+212A}), so Go matches `hoſtPort` to `hostPort`, and every other
+/// non-ASCII character makes the key match none of these ASCII names.
+fn go_fold_eq(key: &str, name: &str) -> bool {
+    fn fold(c: char) -> Option<char> {
+        match c {
+            '\u{017F}' => Some('S'),
+            '\u{212A}' => Some('K'),
+            c if c.is_ascii() => Some(c.to_ascii_uppercase()),
+            _ => None,
+        }
+    }
+    key.chars().count() == name.chars().count()
+        && key
+            .chars()
+            .zip(name.chars())
+            .all(|(k, n)| fold(k).is_some_and(|k| Some(k) == fold(n)))
+}
+
 /// Parses one entry of `runtimeConfig.portMappings` (the `portMappings` capability):
 /// `{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "10.0.0.1"}`.
 /// `protocol` is `tcp` (the default, also for `""`), `udp` or `sctp`, in any case;
 /// `hostIP` absent or `""` publishes on every node address (as the daemon's empty host IP);
 /// other keys are ignored. A bad entry is code 7 naming its index, the entry and the
 /// problem.
-pub fn port_mapping(index: usize, entry: &Value) -> Result<ports::PortMapping, CniError> {
+///
+/// # Keys are matched as Go's `encoding/json` matches them
+///
+/// containerd (go-cni) marshals its `PortMapping` struct, which has no JSON tags, so the
+/// keys arrive as Go field names: `{"HostPort":18081,"ContainerPort":8080,"Protocol":"tcp",
+/// "HostIP":""}` (captured from containerd 2.3.4). The reference `portmap` plugin reads them
+/// into a struct tagged `hostPort`, `containerPort`, `protocol` and `hostIP`, and Go's
+/// decoder matches an object key to a struct field case-insensitively. So do we, member by
+/// member in document order, exactly as Go's decoder walks an object:
+/// - a key selects the field whose name it equals, else the field whose name it equals
+///   under Go's case folding ([`go_fold_eq`]: any casing, `HOSTPORT`, `hostport`,
+///   `HoStPoRt`, and the two non-ASCII runes that fold to ASCII letters); a key that selects
+///   no field is ignored;
+/// - the member's value is checked against the field's type (a port is a JSON integer, the
+///   protocol and the host IP strings): Go fails the whole decode on a mistyped member, so
+///   a mistyped member is an error here too, even if a later one would override it;
+/// - `null` leaves the field as it was (Go's decoder does not touch a non-pointer field for
+///   `null`), so `null` alone counts as absent;
+/// - **duplicates**: when several members select the same field (`hostPort` and
+///   `HostPort`, or the same key twice), the **last** non-`null` one in document order wins,
+///   as in Go, where each later member overwrites the field. We accept such an entry rather
+///   than refuse it, because the Go plugins a runtime might use instead accept it too.
+///
+/// The range of a port (1 to 65535) and the host IP are then checked on the winning values,
+/// as the `portmap` plugin checks the decoded struct.
+pub fn port_mapping(index: usize, entry: &WireEntry) -> Result<ports::PortMapping, CniError> {
     let bad = |problem: String| {
         CniError::new(
             code::INVALID_CONFIG,
             format!(
                 "runtimeConfig.portMappings[{index}] {}: {problem}",
-                entry_text(entry)
+                entry.text()
             ),
         )
     };
-    let Some(fields) = entry.as_object() else {
+    let WireEntry::Object(members) = entry else {
         return Err(bad("not an object".to_string()));
     };
-    let port = |key: &str| -> Result<u32, CniError> {
-        match fields.get(key) {
-            None | Some(Value::Null) => Err(bad(format!("{key} is missing"))),
-            Some(value) => value
-                .as_u64()
-                .filter(|n| (1..=65535).contains(n))
-                .map(|n| n as u32)
-                .ok_or_else(|| {
-                    bad(format!(
-                        "{key} {value} is not a port number between 1 and 65535"
-                    ))
-                }),
-        }
+    // Per field: the key that set it last (as sent, for the messages) and its value.
+    let mut set: [Option<(&str, &Value)>; 4] = [None; 4];
+    let not_a_port = |key: &str, value: &Value| {
+        bad(format!(
+            "{key} {value} is not a port number between 1 and 65535"
+        ))
     };
-    let host_port = port("hostPort")?;
-    let container_port = port("containerPort")?;
-    let protocol = match fields.get("protocol") {
-        None | Some(Value::Null) => ports::Protocol::Tcp,
-        Some(Value::String(p)) if p.is_empty() => ports::Protocol::Tcp,
-        Some(Value::String(p)) => p
+    for (key, value) in members {
+        let Some(field) = PortField::for_key(key) else {
+            continue;
+        };
+        match (field, value) {
+            (_, Value::Null) => continue,
+            (PortField::HostPort | PortField::ContainerPort, Value::Number(n))
+                if n.is_i64() || n.is_u64() => {}
+            (PortField::HostPort | PortField::ContainerPort, _) => {
+                return Err(not_a_port(key, value));
+            }
+            (PortField::Protocol | PortField::HostIp, Value::String(_)) => {}
+            (PortField::Protocol | PortField::HostIp, _) => {
+                return Err(bad(format!("{key} {value} is not a string")));
+            }
+        }
+        set[field as usize] = Some((key.as_str(), value));
+    }
+    let port = |field: PortField| -> Result<u32, CniError> {
+        let (key, value) =
+            set[field as usize].ok_or_else(|| bad(format!("{} is missing", field.name())))?;
+        value
+            .as_u64()
+            .filter(|n| (1..=65535).contains(n))
+            .map(|n| n as u32)
+            .ok_or_else(|| not_a_port(key, value))
+    };
+    let host_port = port(PortField::HostPort)?;
+    let container_port = port(PortField::ContainerPort)?;
+    let text = |field: PortField| {
+        set[field as usize]
+            .and_then(|(key, value)| Some((key, value.as_str()?)))
+            .unwrap_or((field.name(), ""))
+    };
+    let protocol = match text(PortField::Protocol) {
+        (_, "") => ports::Protocol::Tcp,
+        (key, p) => p
             .to_ascii_lowercase()
             .parse()
-            .map_err(|_| bad(format!("protocol {p:?} is not tcp, udp or sctp")))?,
-        Some(other) => return Err(bad(format!("protocol {other} is not a string"))),
+            .map_err(|_| bad(format!("{key} {p:?} is not tcp, udp or sctp")))?,
     };
-    let host_ip = match fields.get("hostIP") {
-        None | Some(Value::Null) => "",
-        Some(Value::String(ip)) => ip.as_str(),
-        Some(other) => return Err(bad(format!("hostIP {other} is not a string"))),
-    };
+    let (_, host_ip) = text(PortField::HostIp);
     ports::from_parts(host_ip, host_port, container_port, protocol).map_err(|e| bad(e.to_string()))
 }
 
@@ -318,7 +506,7 @@ pub struct RuntimeConfig {
     /// Host ports to publish, as sent: checked by [`NetConf::port_mappings`] (only for the
     /// commands that use them, so a DEL never fails on them).
     #[serde(default)]
-    pub port_mappings: Option<Value>,
+    pub port_mappings: Option<WirePortMappings>,
 }
 
 /// One entry of `cni.dev/valid-attachments`.
@@ -416,9 +604,9 @@ impl NetConf {
     /// the same host port, at most [`ports::MAX_PORTS_PER_POD`]); code 7 naming the entry.
     pub fn port_mappings(&self) -> Result<Vec<ports::PortMapping>, CniError> {
         let entries = match &self.runtime_config.port_mappings {
-            None | Some(Value::Null) => return Ok(Vec::new()),
-            Some(Value::Array(entries)) => entries,
-            Some(other) => {
+            None | Some(WirePortMappings::Other(Value::Null)) => return Ok(Vec::new()),
+            Some(WirePortMappings::List(entries)) => entries,
+            Some(WirePortMappings::Other(other)) => {
                 return Err(CniError::new(
                     code::INVALID_CONFIG,
                     format!(
@@ -724,6 +912,157 @@ mod tests {
         );
         assert_eq!(mappings(json!([])).unwrap(), []);
         assert_eq!(mappings(Value::Null).unwrap(), []);
+    }
+
+    /// `runtimeConfig.portMappings` given as raw JSON text (member order and duplicate keys
+    /// kept, which `json!` would not).
+    fn raw_mappings(list: &str) -> Result<Vec<ports::PortMapping>, CniError> {
+        let conf = format!(
+            r#"{{"cniVersion":"1.1.0","name":"n","type":"netns-holder","runtimeConfig":{{"portMappings":{list}}}}}"#
+        );
+        NetConf::parse(conf.as_bytes()).unwrap().port_mappings()
+    }
+
+    #[test]
+    fn containerd_go_field_names_are_read() {
+        use ports::{PortMapping, Protocol};
+        // The stdin of containerd 2.3.4's ADD in tests/captures/containerd-2.3.4/cni/
+        // 12-multiport-runp-ADD.json, byte for byte.
+        let stdin = br#"{"capabilities":{"portMappings":true},"cniVersion":"1.1.0","daemonSocket":"/run/netns-holder/api.sock","name":"netns-holder","runtimeConfig":{"portMappings":[{"HostPort":18083,"ContainerPort":8080,"Protocol":"tcp","HostIP":""},{"HostPort":15353,"ContainerPort":5353,"Protocol":"udp","HostIP":""},{"HostPort":18084,"ContainerPort":8081,"Protocol":"tcp","HostIP":"192.0.2.2"}]},"type":"netns-holder"}"#;
+        assert_eq!(
+            NetConf::parse(stdin).unwrap().port_mappings().unwrap(),
+            [
+                PortMapping::new(18083, 8080, Protocol::Tcp),
+                PortMapping::new(15353, 5353, Protocol::Udp),
+                PortMapping::new(18084, 8081, Protocol::Tcp).on("192.0.2.2".parse().unwrap()),
+            ]
+        );
+        // Our own camelCase spelling reads the same.
+        assert_eq!(
+            raw_mappings(
+                r#"[{"hostPort":18083,"containerPort":8080,"protocol":"tcp","hostIP":""}]"#
+            )
+            .unwrap(),
+            [PortMapping::new(18083, 8080, Protocol::Tcp)]
+        );
+    }
+
+    #[test]
+    fn keys_match_in_any_casing_as_in_go() {
+        use ports::{PortMapping, Protocol};
+        for entry in [
+            r#"{"HOSTPORT":53,"containerport":5353,"PrOtOcOl":"UDP","hostip":"10.0.0.1"}"#,
+            r#"{"hostport":53,"CONTAINERPORT":5353,"PROTOCOL":"udp","HOSTIP":"10.0.0.1"}"#,
+            r#"{"HostPort":53,"containerPort":5353,"protocol":"Udp","HostIp":"10.0.0.1"}"#,
+            // U+017F folds to S in Go (its simple case-folding set is {S, s, U+017F}).
+            "{\"ho\u{17f}tPort\":53,\"containerPort\":5353,\"protocol\":\"udp\",\"HO\u{17f}TIP\":\"10.0.0.1\"}",
+        ] {
+            assert_eq!(
+                raw_mappings(&format!("[{entry}]")).unwrap(),
+                [PortMapping::new(53, 5353, Protocol::Udp).on("10.0.0.1".parse().unwrap())],
+                "{entry}"
+            );
+        }
+        // Other non-ASCII characters never fold to ASCII: the key is unknown, so ignored.
+        let err = raw_mappings("[{\"h\u{f3}stPort\":53,\"containerPort\":53}]").unwrap_err();
+        assert!(err.msg.ends_with(": hostPort is missing"), "{err}");
+        // Neither do separators (Go v1 folding keeps them).
+        let err = raw_mappings(r#"[{"host_port":53,"containerPort":53}]"#).unwrap_err();
+        assert!(err.msg.ends_with(": hostPort is missing"), "{err}");
+        assert!(go_fold_eq("\u{212a}", "k") && go_fold_eq("K", "\u{212a}"));
+        assert!(!go_fold_eq("hostPor", "hostPort") && !go_fold_eq("\u{131}", "i"));
+    }
+
+    #[test]
+    fn duplicate_keys_of_different_case_resolve_as_in_go() {
+        use ports::{PortMapping, Protocol};
+        let one = |list: &str| raw_mappings(list).map(|m| m[0]);
+        // The last member setting a field wins, whatever the casing of either.
+        let tcp = |host, container| PortMapping::new(host, container, Protocol::Tcp);
+        assert_eq!(
+            one(r#"[{"hostPort":1000,"HostPort":2000,"containerPort":80}]"#).unwrap(),
+            tcp(2000, 80)
+        );
+        assert_eq!(
+            one(r#"[{"HostPort":2000,"hostPort":1000,"containerPort":80}]"#).unwrap(),
+            tcp(1000, 80)
+        );
+        assert_eq!(
+            one(r#"[{"hostPort":1,"hostPort":2,"HOSTPORT":3,"containerPort":80}]"#).unwrap(),
+            tcp(3, 80)
+        );
+        assert_eq!(
+            one(r#"[{"hostPort":53,"containerPort":53,"protocol":"udp","Protocol":"tcp"}]"#)
+                .unwrap(),
+            tcp(53, 53)
+        );
+        assert_eq!(
+            one(r#"[{"hostPort":53,"containerPort":53,"hostIP":"10.0.0.1","HostIP":""}]"#).unwrap(),
+            tcp(53, 53)
+        );
+        // null leaves the field as it was; null alone is absent.
+        assert_eq!(
+            one(r#"[{"HostPort":2000,"hostPort":null,"containerPort":80}]"#).unwrap(),
+            tcp(2000, 80)
+        );
+        let err = one(r#"[{"hostPort":null,"containerPort":80}]"#).unwrap_err();
+        assert!(err.msg.ends_with(": hostPort is missing"), "{err}");
+        // The range is checked on the winner, as portmap checks the decoded struct ...
+        assert_eq!(
+            one(r#"[{"hostPort":0,"HostPort":2000,"containerPort":80}]"#).unwrap(),
+            tcp(2000, 80)
+        );
+        let err = one(r#"[{"HostPort":2000,"hostPort":0,"containerPort":80}]"#).unwrap_err();
+        assert!(err.msg.contains("hostPort 0 is not a port number"), "{err}");
+        // ... but a mistyped member fails the entry even when overridden (Go's decode fails).
+        let err = one(r#"[{"HostPort":"80","hostPort":2000,"containerPort":80}]"#).unwrap_err();
+        assert_eq!(err.code, code::INVALID_CONFIG);
+        assert!(
+            err.msg.contains("HostPort \"80\" is not a port number"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn errors_for_go_spelled_entries_name_the_entry_as_sent() {
+        let err = raw_mappings(
+            r#"[{"HostPort":18081,"ContainerPort":8080,"Protocol":"tcp","HostIP":""},{"HostPort":0,"ContainerPort":8080,"Protocol":"tcp","HostIP":""}]"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.code, code::INVALID_CONFIG);
+        assert_eq!(
+            err.msg,
+            r#"runtimeConfig.portMappings[1] {"HostPort":0,"ContainerPort":8080,"Protocol":"tcp","HostIP":""}: HostPort 0 is not a port number between 1 and 65535"#
+        );
+        let err =
+            raw_mappings(r#"[{"ContainerPort":8080,"Protocol":"tcp","HostIP":""}]"#).unwrap_err();
+        assert_eq!(
+            err.msg,
+            r#"runtimeConfig.portMappings[0] {"ContainerPort":8080,"Protocol":"tcp","HostIP":""}: hostPort is missing"#
+        );
+        for (entry, words) in [
+            (
+                r#"{"HostPort":80,"ContainerPort":80,"Protocol":"ICMP"}"#,
+                "Protocol \"ICMP\" is not tcp, udp or sctp",
+            ),
+            (
+                r#"{"HostPort":80,"ContainerPort":80,"HostIP":7}"#,
+                "HostIP 7 is not a string",
+            ),
+            (
+                r#"{"HostPort":80,"ContainerPort":80,"HostIP":"garbage"}"#,
+                "not an IP address",
+            ),
+            (
+                r#"{"HostPort":80,"ContainerPort":8.5}"#,
+                "ContainerPort 8.5 is not a port number",
+            ),
+        ] {
+            let err = raw_mappings(&format!("[{entry}]")).unwrap_err();
+            assert_eq!(err.code, code::INVALID_CONFIG, "{entry}: {err}");
+            assert!(err.msg.contains(words), "{entry}: {err}");
+            assert!(err.msg.contains(entry), "{entry}: {err}");
+        }
     }
 
     #[test]
