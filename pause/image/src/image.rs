@@ -8,7 +8,7 @@
 //!   └─ blobs/sha256/<index>       image index: one manifest descriptor per platform
 //!        └─ blobs/sha256/<manif>  image manifest (descriptor carries os/architecture)
 //!             ├─ config           linux/<arch>, Entrypoint ["/pause"], User 65535:65535
-//!             └─ layer            uncompressed tar holding only `pause` (0755, 0:0, mtime 0)
+//!             └─ layer            gzip of a tar holding only `pause` (0755, 0:0, mtime 0)
 //! ```
 //!
 //! Adding an architecture means adding its manifest to the nested index; `index.json` and
@@ -16,6 +16,12 @@
 //! the target machines: skopeo 1.9.3 (`inspect`, `inspect --config`, `copy` from
 //! `oci:DIR[:REF]` and `oci-archive:FILE`) and podman 4.3.1 (`load`, which picks the
 //! manifest for the host platform and names the image after the `ref.name` annotation).
+//!
+//! The layer is gzip-compressed (`application/vnd.oci.image.layer.v1.tar+gzip`) with a fixed
+//! header and level ([`tarball::gzip`]), so a push keeps it as it is: an uncompressed layer
+//! gets compressed by the pushing tool (`skopeo copy ... docker://`), and the digests in the
+//! registry then differ from ours. The config's `rootfs.diff_ids` holds the digest of the
+//! uncompressed tar, the manifest the digest of the gzip bytes.
 //!
 //! All blobs are built in memory (the whole image is a few KiB) and serialized with
 //! `serde_json`'s compact writer over `oci-spec` types whose field order is fixed, so the
@@ -67,6 +73,8 @@ pub struct BuildOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OciImage {
     files: BTreeMap<String, Vec<u8>>,
+    layer_digest: String,
+    diff_id: String,
     config_digest: String,
     manifest_digest: String,
     index_digest: String,
@@ -116,9 +124,9 @@ impl OciImage {
             Ok((digest, descriptor))
         };
 
-        // The layer: an uncompressed tar with the single file `pause`, so its diff_id is its
-        // digest.
-        let layer = tarball::build(&[Entry::File {
+        // The layer: a tar with the single file `pause`, gzipped. The config names the
+        // uncompressed tar (diff_id), the manifest the compressed blob.
+        let tar = tarball::build(&[Entry::File {
             path: "pause",
             mode: 0o755,
             data: &options.pause,
@@ -127,9 +135,14 @@ impl OciImage {
             what: "layer",
             source,
         })?;
-        let (layer_digest, layer_descriptor) = add_blob(MediaType::ImageLayer, layer)?;
+        let (_, diff_id) = sha256(&tar);
+        let layer = tarball::gzip(&tar).map_err(|source| Error::Gzip {
+            what: "layer",
+            source,
+        })?;
+        let (layer_digest, layer_descriptor) = add_blob(MediaType::ImageLayerGzip, layer)?;
 
-        let config = image_config(&options.arch, &layer_digest)?;
+        let config = image_config(&options.arch, &diff_id)?;
         let (config_digest, config_descriptor) =
             add_blob(MediaType::ImageConfig, to_json("config", &config)?)?;
 
@@ -186,6 +199,8 @@ impl OciImage {
         );
         Ok(Self {
             files,
+            layer_digest,
+            diff_id,
             config_digest,
             manifest_digest,
             index_digest,
@@ -195,6 +210,17 @@ impl OciImage {
     /// The files of the layout, by path relative to its root, in sorted order.
     pub fn files(&self) -> &BTreeMap<String, Vec<u8>> {
         &self.files
+    }
+
+    /// The digest of the (gzip-compressed) layer blob (`sha256:...`), as the manifest lists it.
+    pub fn layer_digest(&self) -> &str {
+        &self.layer_digest
+    }
+
+    /// The digest of the uncompressed layer tar (`sha256:...`): the config's only
+    /// `rootfs.diff_ids` entry.
+    pub fn diff_id(&self) -> &str {
+        &self.diff_id
     }
 
     /// The digest of the image config blob (`sha256:...`), which podman shows as the image ID.
@@ -325,7 +351,7 @@ impl OciImage {
 
 /// The image config: linux/`arch`, entrypoint `/pause`, user `65535:65535`, one diff_id. No
 /// `created`, no history, no environment: nothing that varies between builds.
-fn image_config(arch: &str, layer_digest: &str) -> Result<ImageConfiguration> {
+fn image_config(arch: &str, diff_id: &str) -> Result<ImageConfiguration> {
     let config = ConfigBuilder::default()
         .entrypoint(vec![PAUSE_PATH.to_string()])
         .user(PAUSE_USER)
@@ -333,7 +359,7 @@ fn image_config(arch: &str, layer_digest: &str) -> Result<ImageConfiguration> {
         .map_err(spec("config"))?;
     let rootfs = RootFsBuilder::default()
         .typ("layers")
-        .diff_ids(vec![layer_digest.to_string()])
+        .diff_ids(vec![diff_id.to_string()])
         .build()
         .map_err(spec("rootfs"))?;
     ImageConfigurationBuilder::default()
@@ -434,11 +460,21 @@ mod tests {
         );
         assert_eq!(config["config"]["User"], "65535:65535");
         assert_eq!(config["rootfs"]["type"], "layers");
+        // diff_ids name the uncompressed tar, not the gzip blob the manifest lists.
         let manifest = json(image.blob(image.manifest_digest()).unwrap());
         let layer_digest = manifest["layers"][0]["digest"].as_str().unwrap();
+        assert_eq!(layer_digest, image.layer_digest());
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(image.blob(layer_digest).unwrap()),
+            &mut tar,
+        )
+        .unwrap();
+        assert_eq!(sha256(&tar).1, image.diff_id());
+        assert_ne!(image.diff_id(), layer_digest);
         assert_eq!(
             config["rootfs"]["diff_ids"],
-            serde_json::json!([layer_digest])
+            serde_json::json!([image.diff_id()])
         );
         let object = config.as_object().unwrap();
         for key in ["created", "history", "author"] {
@@ -505,13 +541,15 @@ mod tests {
         assert_eq!(layers.len(), 1);
         assert_eq!(
             layers[0]["mediaType"],
-            "application/vnd.oci.image.layer.v1.tar"
+            "application/vnd.oci.image.layer.v1.tar+gzip"
         );
 
-        // The layer holds exactly `pause`, 0755, root-owned, mtime 0, with our bytes.
+        // The layer is a gzip with a fixed header (mtime 0, no name, OS 255) of a tar
+        // holding exactly `pause`, 0755, root-owned, mtime 0, with our bytes.
         let layer = image.blob(layers[0]["digest"].as_str().unwrap()).unwrap();
         assert_eq!(layers[0]["size"], layer.len());
-        let mut archive = tar::Archive::new(layer);
+        assert_eq!(layer[..10], [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 255]);
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(layer));
         let mut entries = archive.entries().unwrap();
         let mut entry = entries.next().unwrap().unwrap();
         assert_eq!(entry.path().unwrap().to_str(), Some("pause"));

@@ -7,7 +7,8 @@
 //!
 //! The pieces:
 //! - [`arch`]: which OCI architecture the pause binary is for (read from its ELF header).
-//! - [`tarball`]: a tiny deterministic ustar writer used for the layer and the archive.
+//! - [`tarball`]: a tiny deterministic ustar writer used for the layer and the archive, and
+//!   the deterministic gzip of the layer.
 //! - [`image`]: the layer, config, manifest and index blobs, and writing the layout and the
 //!   archive to disk.
 
@@ -37,6 +38,15 @@ pub enum Error {
     #[error("building the {what} tar")]
     Tar {
         /// Which tar (`"layer"` or `"archive"`).
+        what: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Compressing a blob failed.
+    #[error("gzip-compressing the {what}")]
+    Gzip {
+        /// Which blob (`"layer"`).
         what: &'static str,
         /// The underlying error.
         #[source]

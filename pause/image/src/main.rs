@@ -7,10 +7,14 @@
 //! ```
 //!
 //! On success it prints one JSON line:
-//! `{"layout":...,"archive":...,"manifest_digest":...,"index_digest":...}`.
+//! `{"layout":...,"archive":...,"manifest_digest":...,"index_digest":...,"config_digest":...,
+//! "layer_digest":...,"diff_id":...}`.
 //!
-//! `manifest_digest` is the linux/<arch> image manifest; `index_digest` is the nested image
-//! index that `index.json` points to (see `pause_image::image` for the layout shape).
+//! `manifest_digest` is the linux/<arch> image manifest, which is also the digest a registry
+//! reports after `skopeo copy oci-archive:... docker://...` (the layer is already gzipped, so
+//! the push keeps every blob as it is); `index_digest` is the nested image index that
+//! `index.json` points to (see `pause_image::image` for the layout shape); `layer_digest` is
+//! the gzip layer blob and `diff_id` the uncompressed tar inside it.
 
 use std::path::{Path, PathBuf};
 
@@ -85,6 +89,9 @@ fn main() -> Result<()> {
         "archive": absolute(&cli.archive),
         "manifest_digest": image.manifest_digest(),
         "index_digest": image.index_digest(),
+        "config_digest": image.config_digest(),
+        "layer_digest": image.layer_digest(),
+        "diff_id": image.diff_id(),
     });
     println!("{report}");
     Ok(())

@@ -1,7 +1,18 @@
 //! A deterministic tar writer: every header is built explicitly (ustar, mtime 0, uid/gid 0,
-//! no user or group names), so the bytes depend only on the entries' paths and contents.
+//! no user or group names), so the bytes depend only on the entries' paths and contents;
+//! and a deterministic gzip for the layer (see [`gzip`]).
 
+use std::io::Write as _;
+
+use flate2::{Compression, GzBuilder};
 use tar::{EntryType, Header};
+
+/// The gzip header's OS byte: 255, "unknown", as Go's `compress/gzip` writes it, so the
+/// bytes do not depend on the building host.
+pub const GZIP_OS_UNKNOWN: u8 = 255;
+
+/// The fixed deflate level of the layer (9, best): part of what makes the bytes reproducible.
+pub const GZIP_LEVEL: u32 = 9;
 
 /// One entry of a deterministic tar.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +61,24 @@ pub fn build(entries: &[Entry<'_>]) -> std::io::Result<Vec<u8>> {
     builder.into_inner()
 }
 
+/// Compresses `data` as a single gzip member whose bytes depend only on `data` (and on the
+/// deflate implementation pinned in `Cargo.lock`): header mtime 0, no file name, no comment,
+/// no extra field, OS byte [`GZIP_OS_UNKNOWN`], level [`GZIP_LEVEL`].
+///
+/// Registries and `skopeo copy` keep an already gzip-compressed layer as it is, whereas an
+/// uncompressed one gets compressed on push by whatever the pushing tool does, which changes
+/// the layer digest and so the manifest digest.
+pub fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    // GzBuilder writes exactly the fields set here; the defaults would be the same, but the
+    // reproducibility must not rest on defaults.
+    let mut encoder = GzBuilder::new()
+        .mtime(0)
+        .operating_system(GZIP_OS_UNKNOWN)
+        .write(Vec::new(), Compression::new(GZIP_LEVEL));
+    encoder.write_all(data)?;
+    encoder.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +121,22 @@ mod tests {
             seen,
             [("d/".to_string(), 0o755), ("d/f".to_string(), 0o644)]
         );
+    }
+
+    #[test]
+    fn gzip_header_is_fixed_and_round_trips() {
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let a = gzip(&data).unwrap();
+        assert_eq!(a, gzip(&data).unwrap(), "two compressions differ");
+        // ID1 ID2 CM=deflate FLG=none (no name, comment, extra, hcrc), MTIME 0,
+        // XFL 2 (slowest, best compression), OS 255.
+        assert_eq!(a[..10], [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, GZIP_OS_UNKNOWN]);
+        assert!(a.len() < data.len(), "not compressed: {} bytes", a.len());
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&a[..]), &mut back).unwrap();
+        assert_eq!(back, data);
+        // The trailer: CRC-32 and the uncompressed length, little-endian.
+        let n = a.len();
+        assert_eq!(a[n - 4..], (data.len() as u32).to_le_bytes());
     }
 }
