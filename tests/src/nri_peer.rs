@@ -10,7 +10,9 @@
 //!   name and index, refusing with status 2 UNKNOWN and leaving the socket open, §10.1) and
 //!   UpdateContainers; OK answers carry **no status field** (§10.1);
 //! * on registration sends Configure on connection 1 **before** answering RegisterPlugin
-//!   (the race of §3.3), with containerd 2.3.4's values (§10.1), and checks the event mask;
+//!   (the race of §3.3, the harsher order: the capture of containerd 2.3.4 shows the answer
+//!   first, which [`crate::nri_replay`] reproduces), with containerd 2.3.4's values (§10.1),
+//!   and checks the event mask;
 //! * calls the Plugin service on connection 1 with stream ids 1, 3, 5, ... and
 //!   `timeout_nano` set from a 2 s deadline; a call not answered in time closes the
 //!   connection (§10.4); a split Synchronize shares one deadline and requires `more` to be

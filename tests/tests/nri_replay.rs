@@ -536,6 +536,7 @@ fn replay_containerd_life() -> Result<()> {
         );
         ensure!(conn7.violations().is_empty(), "{:?}", conn7.violations());
         assert!(log().contains("reconnecting"), "{}", log());
+        eprintln!("plugin log:\n{}", log());
         assert!(
             proc_state(plugin.child.pid()).is_some_and(|s| s != 'Z'),
             "the plugin is still running; log:\n{}",
