@@ -501,9 +501,8 @@ fn adjust_pod(pod: &[u8], adjust: &Adjustments) -> Result<Vec<u8>> {
 /// Remove carry none) are replaced; every other byte stays as captured.
 ///
 /// Why not a whole-message prost decode and re-encode: prost writes maps in key order (Go
-/// writes them in random order) and drops fields our proto lacks (the container's field
-/// 21 `user` in the after-restart Synchronize), so the result would not be the captured
-/// bytes. Instead the wire format is walked down to the two fields; the namespace entry
+/// writes them in random order, see the labels of any captured pod) and would drop any
+/// field our proto lacks, so the result would not be the captured bytes. Instead the wire format is walked down to the two fields; the namespace entry
 /// itself is decoded with prost, its path replaced and re-encoded, and the enclosing
 /// lengths rewritten. Messages other than PodSandbox (field 1 of every pod request and of
 /// SynchronizeRequest) are copied as they are.

@@ -222,7 +222,7 @@ fn replay_adjusts_only_netns_path_and_pid() -> Result<()> {
                 adjusted_pods += 1;
             }
             if method == "Synchronize" && !adjusted.is_empty() {
-                // The containers (with field 21, unknown to our proto) are untouched.
+                // The containers (their field 21 `user` included) are untouched.
                 let tail = &payload[payload.len() - 200..];
                 assert!(adjusted.ends_with(tail));
                 assert_ne!(&adjusted, payload);
