@@ -193,3 +193,16 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>, log: Logger) -> anyhow::Resul
         Ok(netns_holder::server::run_daemon(config, system, shutdown, log).await?)
     })
 }
+
+#[cfg(test)]
+mod log_level_tests {
+    #[test]
+    fn slog_keeps_debug_and_trace_at_compile_time() {
+        // slog caps levels at compile time: Debug in debug builds and Info in release
+        // builds by default, so `-v` did nothing in release. The root Cargo.toml enables
+        // `max_level_trace` (Trace here, where the default is Debug) and
+        // `release_max_level_trace` (checked first by slog in release builds; the
+        // resolved feature set is checked by cri-hook/tests/log_target.rs).
+        assert_eq!(slog::__slog_static_max_level(), slog::FilterLevel::Trace);
+    }
+}
