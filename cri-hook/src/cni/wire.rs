@@ -419,7 +419,7 @@ fn go_fold_eq(key: &str, name: &str) -> bool {
 /// decoder matches an object key to a struct field case-insensitively. So do we, member by
 /// member in document order, exactly as Go's decoder walks an object:
 /// - a key selects the field whose name it equals, else the field whose name it equals
-///   under Go's case folding ([`go_fold_eq`]: any casing, `HOSTPORT`, `hostport`,
+///   under Go's case folding (`go_fold_eq`: any casing, `HOSTPORT`, `hostport`,
 ///   `HoStPoRt`, and the two non-ASCII runes that fold to ASCII letters); a key that selects
 ///   no field is ignored;
 /// - the member's value is checked against the field's type (a port is a JSON integer, the
