@@ -951,12 +951,38 @@ fn spawn_fake_daemon(dir: &Path, n: u32) -> std::process::Child {
         .unwrap()
 }
 
+/// Waits until the daemon process `daemon` answers `Status` on `socket`; if it exits first or
+/// is not ready in 20 s, fails saying which, with its log (`log`) and how long it had run.
+async fn wait_ready_process(socket: &Path, daemon: &mut std::process::Child, log: &Path) {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(20);
+    loop {
+        if let Ok(mut c) = Client::connect(socket).await
+            && c.status().await.is_ok()
+        {
+            return;
+        }
+        let exited = daemon.try_wait().unwrap();
+        if exited.is_some() || Instant::now() >= deadline {
+            panic!(
+                "daemon pid {} at {} not ready after {:?}: {}; its log:\n{}",
+                daemon.id(),
+                socket.display(),
+                started.elapsed(),
+                exited.map_or("still running".to_string(), |s| format!("exited: {s}")),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_binary_runs_refuses_a_second_instance_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let socket = test_config(dir.path()).socket;
     let mut daemon = spawn_fake_daemon(dir.path(), 1);
-    wait_ready(&socket).await;
+    wait_ready_process(&socket, &mut daemon, &dir.path().join("daemon-1.log")).await;
 
     let s = socket.clone();
     let create =
