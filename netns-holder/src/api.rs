@@ -345,9 +345,9 @@ pub fn error_code(error: &ManagerError) -> Code {
     match error {
         ManagerError::Conflict { .. } | ManagerError::IdCollision { .. } => Code::AlreadyExists,
         ManagerError::NetnsNotFound { .. } | ManagerError::NotFound { .. } => Code::NotFound,
-        ManagerError::NetnsInUse { .. } | ManagerError::Unfinished { .. } => {
-            Code::FailedPrecondition
-        }
+        ManagerError::NetnsInUse { .. }
+        | ManagerError::Unfinished { .. }
+        | ManagerError::WiredElsewhere { .. } => Code::FailedPrecondition,
         ManagerError::Ipam { .. } => Code::ResourceExhausted,
         ManagerError::Ports { .. } | ManagerError::PortAddress { .. } => Code::InvalidArgument,
         ManagerError::PortInUse { .. } => Code::FailedPrecondition,
@@ -365,7 +365,8 @@ pub fn error_code(error: &ManagerError) -> Code {
         | ManagerError::System { .. }
         | ManagerError::Create { .. }
         | ManagerError::Remove { .. }
-        | ManagerError::Release { .. } => Code::Internal,
+        | ManagerError::Release { .. }
+        | ManagerError::Publish { .. } => Code::Internal,
     }
 }
 

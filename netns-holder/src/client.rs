@@ -166,8 +166,45 @@ impl Client {
             netns: netns.display().to_string(),
             annotations,
             ports: ports.iter().map(api::port_message).collect(),
+            leave_wired_elsewhere: false,
         };
         rpc("AttachPod", self.inner.attach_pod(request).await)
+    }
+
+    /// `AttachPod` publishing `ports`, unless another network plugin wired the namespace:
+    /// then nothing is done and the answer's `wired_elsewhere` names the links found.
+    pub async fn attach_pod_unless_wired_elsewhere(
+        &mut self,
+        name: &PodName,
+        netns: &Path,
+        annotations: BTreeMap<String, String>,
+        ports: &[PortMapping],
+    ) -> Result<pb::AttachPodResponse, ClientError> {
+        let request = pb::AttachPodRequest {
+            name: name.to_string(),
+            netns: netns.display().to_string(),
+            annotations,
+            ports: ports.iter().map(api::port_message).collect(),
+            leave_wired_elsewhere: true,
+        };
+        rpc("AttachPod", self.inner.attach_pod(request).await)
+    }
+
+    /// `PublishPodPorts`: publishes `ports` besides the pod's own (NOT_FOUND if there is no
+    /// such pod).
+    pub async fn publish_pod_ports(
+        &mut self,
+        name: &PodName,
+        ports: &[PortMapping],
+    ) -> Result<pb::PublishPodPortsResponse, ClientError> {
+        let request = pb::PublishPodPortsRequest {
+            name: name.to_string(),
+            ports: ports.iter().map(api::port_message).collect(),
+        };
+        rpc(
+            "PublishPodPorts",
+            self.inner.publish_pod_ports(request).await,
+        )
     }
 
     /// `RemovePod`.

@@ -30,8 +30,8 @@ use crate::names::{IfName, PodId};
 use crate::ports::{Family, Protocol};
 use crate::state::NetnsId;
 use crate::system::{
-    Firewall, LinkInfo, Namespaces, Netlink, NodeNetwork, NodeNetworkKind, PauseExit, PauseProcess,
-    Processes, RunningPause, Sysctl, SystemError,
+    Firewall, KernelEvent, KernelEvents, LinkInfo, Namespaces, Netlink, NodeNetwork,
+    NodeNetworkKind, PauseExit, PauseProcess, Processes, RunningPause, Sysctl, SystemError,
 };
 
 const HOST: u64 = 0;
@@ -121,6 +121,10 @@ struct Model {
     exits: tokio::sync::watch::Sender<u64>,
     /// Exit watches cannot be made (as when a daemon has no descriptor left).
     no_watches: bool,
+    /// Subscribers of [`KernelEvents`].
+    subscribers: Vec<tokio::sync::mpsc::UnboundedSender<KernelEvent>>,
+    /// Processes of someone else (a sandbox's) that keep a namespace alive: pid -> namespace.
+    holders: BTreeMap<u32, u64>,
 }
 
 impl Default for Model {
@@ -156,6 +160,8 @@ impl Default for Model {
             zombies: BTreeSet::new(),
             exits: tokio::sync::watch::channel(0).0,
             no_watches: false,
+            subscribers: Vec::new(),
+            holders: BTreeMap::new(),
         }
     }
 }
@@ -168,6 +174,20 @@ fn ns_name(netns: Option<&Path>) -> String {
 }
 
 impl Model {
+    /// Tells every subscriber, as the kernel does (also of the daemon's own changes).
+    fn emit(&mut self, event: KernelEvent) {
+        self.subscribers.retain(|s| s.send(event.clone()).is_ok());
+    }
+
+    /// Removes the bind mount at `path` (if any), telling subscribers.
+    fn unmount(&mut self, path: &Path) -> Option<u64> {
+        let id = self.mounts.remove(path);
+        if id.is_some() {
+            self.emit(KernelEvent::MountsChanged);
+        }
+        id
+    }
+
     fn net_id(&self, netns: Option<&Path>) -> Result<u64, SystemError> {
         match netns {
             None => Ok(HOST),
@@ -210,6 +230,7 @@ impl Model {
         if net == HOST {
             self.hairpin.remove(name);
             self.route_localnet.remove(name);
+            self.emit(KernelEvent::LinkRemoved(name.to_string()));
         }
         let n = self.net(net);
         n.routes.retain(|(dev, _)| dev != name);
@@ -221,6 +242,11 @@ impl Model {
                     if p.links.remove(&peer).is_some() {
                         p.routes.retain(|(dev, _)| *dev != peer);
                         p.dad_off.remove(&peer);
+                        if peer_net == HOST {
+                            self.hairpin.remove(&peer);
+                            self.route_localnet.remove(&peer);
+                            self.emit(KernelEvent::LinkRemoved(peer));
+                        }
                     }
                 }
             }
@@ -238,6 +264,7 @@ impl Model {
     /// `pid` exits: a child of ours stays a zombie until reaped ([`Processes::stop_pause`]
     /// reaps at once, `reap` false), and exit watches wake.
     fn exit_process(&mut self, pid: u32, reap: bool) {
+        self.holders.remove(&pid);
         if let Some(p) = self.processes.remove(&pid) {
             if p.child && !reap {
                 self.zombies.insert(PauseProcess {
@@ -256,6 +283,7 @@ impl Model {
             .values()
             .copied()
             .chain(self.processes.values().map(|p| p.net))
+            .chain(self.holders.values().copied())
             .chain([HOST])
             .collect();
         let dead: Vec<u64> = self
@@ -474,7 +502,7 @@ impl FakeSystem {
     /// namespace goes away (with the pod end of its veth and so the host end too).
     pub fn replace_netns_externally(&self, path: &Path) {
         let mut m = self.lock();
-        m.mounts.remove(path);
+        m.unmount(path);
         m.collect_namespaces();
         let id = m.new_net();
         m.mounts.insert(path.to_path_buf(), id);
@@ -483,8 +511,44 @@ impl FakeSystem {
     /// Unmounts `path` behind the daemon's back.
     pub fn remove_netns_externally(&self, path: &Path) {
         let mut m = self.lock();
-        m.mounts.remove(path);
+        m.unmount(path);
         m.collect_namespaces();
+    }
+
+    /// Unmounts `path` behind the daemon's back while `holder` (a process of the test)
+    /// keeps the namespace alive, as a sandbox's processes do until the runtime kills them.
+    /// Returns the holder's pid, for [`FakeSystem::kill`].
+    pub fn unmount_netns_keeping_it_alive(&self, path: &Path) -> u32 {
+        let mut m = self.lock();
+        let net = *m.mounts.get(path).expect("a mounted namespace");
+        let pid = m.next_pid;
+        m.next_pid += 1;
+        m.holders.insert(pid, net);
+        m.unmount(path);
+        pid
+    }
+
+    /// Wires the namespace at `netns` as another network plugin would: a veth pair with
+    /// `pod_end` inside it and `host_end` in the node namespace.
+    pub fn add_foreign_veth(&self, netns: &Path, pod_end: &str, host_end: &str) {
+        let mut m = self.lock();
+        let net = *m.mounts.get(netns).expect("a mounted namespace");
+        let link = |peer_net: u64, peer: &str| FakeLink {
+            kind: Kind::Veth {
+                peer_net,
+                peer: peer.to_string(),
+            },
+            up: true,
+            mtu: 1500,
+            master: None,
+            addresses: BTreeSet::new(),
+        };
+        m.net(net)
+            .links
+            .insert(pod_end.to_string(), link(HOST, host_end));
+        m.net(HOST)
+            .links
+            .insert(host_end.to_string(), link(net, pod_end));
     }
 
     /// Kills a process behind the daemon's back.
@@ -692,6 +756,16 @@ impl FakeSystem {
     }
 }
 
+impl KernelEvents for FakeSystem {
+    async fn subscribe(
+        &self,
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<KernelEvent>, SystemError> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.lock().subscribers.push(tx);
+        Ok(rx)
+    }
+}
+
 impl Namespaces for FakeSystem {
     /// The lexical rules only: the fake's namespaces are not on the real filesystem.
     fn check_attach_path(
@@ -720,7 +794,7 @@ impl Namespaces for FakeSystem {
         let mut m = self
             .call(format!("delete_netns {}", path.display()))
             .await?;
-        let existed = m.mounts.remove(path).is_some();
+        let existed = m.unmount(path).is_some();
         m.collect_namespaces();
         Ok(existed)
     }

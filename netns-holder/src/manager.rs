@@ -216,6 +216,30 @@ pub enum ManagerError {
         #[source]
         source: SystemError,
     },
+    /// `attach` found the namespace wired by someone else (another network plugin): links
+    /// other than `lo` are in it. Nothing was changed.
+    #[error(
+        "pod {name}: netns {} is already wired by another network plugin (it has {}); not touching it",
+        path.display(),
+        links.join(", ")
+    )]
+    WiredElsewhere {
+        /// The pod.
+        name: PodName,
+        /// The namespace.
+        path: PathBuf,
+        /// The links found in it (besides `lo`).
+        links: Vec<String>,
+    },
+    /// Publishing more host ports of a pod failed part-way; the record was put back and
+    /// what was added withdrawn.
+    #[error("publishing host ports of pod {name}: {}", join(failures))]
+    Publish {
+        /// The pod.
+        name: PodName,
+        /// Every failed step (naming its object).
+        failures: Vec<StepFailure>,
+    },
     /// The pod has an unfinished earlier create or remove that could not be cleaned up.
     #[error(
         "pod {name}: an earlier unfinished create/remove could not be cleaned up: {}",
@@ -700,6 +724,9 @@ impl<S: System> PodManager<S> {
         if ownership == NetnsOwnership::Attached && netns_id.is_none() {
             return Err(ManagerError::NetnsNotFound { name, path: netns });
         }
+        if ownership == NetnsOwnership::Attached {
+            self.refuse_wired_elsewhere(&name, &netns).await?;
+        }
         let mtu = match self.config.mtu {
             Some(m) => m,
             None => self
@@ -967,6 +994,13 @@ impl<S: System> PodManager<S> {
             Some(r) if r.phase == Phase::Ready => r,
             _ => return Err(ManagerError::NotFound { name: name.clone() }),
         };
+        self.release_ports_locked(&record).await
+    }
+
+    /// [`PodManager::release_pod_ports`] of the ready `record`, whose pod lock the caller
+    /// holds (with the barrier shared).
+    async fn release_ports_locked(&self, record: &PodRecord) -> Result<bool, ManagerError> {
+        let name = &record.name;
         if record.ports.is_empty() || record.ports_released {
             return Ok(false);
         }
@@ -1907,5 +1941,12 @@ fn compare(
     }
 }
 
+mod ended;
+#[cfg(test)]
+mod ended_tests;
+mod publish;
 #[cfg(test)]
 mod tests;
+
+pub use ended::EndedReport;
+pub use publish::PublishedPorts;

@@ -339,19 +339,31 @@ impl<S: System> NetnsHolder for ApiService<S> {
             api::request_annotations(r.annotations).map_err(|s| self.rejected(METHOD, s))?;
         let ports = api::request_ports(&r.ports).map_err(|s| self.rejected(METHOD, s))?;
         debug!(self.log, "API call"; "method" => METHOD, "pod" => %name, "netns" => %netns.display());
-        let info = self
+        let attached = self
             .manager
             .attach(AttachRequest {
-                name,
-                netns,
+                name: name.clone(),
+                netns: netns.clone(),
                 annotations: annotations.clone(),
                 ports,
             })
-            .await
-            .map_err(|e| self.failed(METHOD, &e))?;
-        Ok(Response::new(pb::AttachPodResponse {
-            pod: Some(api::pod_message(&info, &annotations)),
-        }))
+            .await;
+        match attached {
+            Ok(info) => Ok(Response::new(pb::AttachPodResponse {
+                pod: Some(api::pod_message(&info, &annotations)),
+                wired_elsewhere: Vec::new(),
+            })),
+            Err(ManagerError::WiredElsewhere { links, .. }) if r.leave_wired_elsewhere => {
+                info!(self.log, "namespace wired by another network plugin; left alone";
+                    "method" => METHOD, "pod" => %name, "netns" => %netns.display(),
+                    "links" => links.join(","));
+                Ok(Response::new(pb::AttachPodResponse {
+                    pod: None,
+                    wired_elsewhere: links,
+                }))
+            }
+            Err(e) => Err(self.failed(METHOD, &e)),
+        }
     }
 
     async fn remove_pod(
@@ -389,6 +401,30 @@ impl<S: System> NetnsHolder for ApiService<S> {
         Ok(Response::new(pb::ReleasePodPortsResponse {
             name: name.to_string(),
             released,
+        }))
+    }
+
+    async fn publish_pod_ports(
+        &self,
+        request: Request<pb::PublishPodPortsRequest>,
+    ) -> Result<Response<pb::PublishPodPortsResponse>, Status> {
+        const METHOD: &str = "PublishPodPorts";
+        let r = request.into_inner();
+        let name = api::request_name(&r.name).map_err(|s| self.rejected(METHOD, s))?;
+        let ports = api::request_ports(&r.ports).map_err(|s| self.rejected(METHOD, s))?;
+        debug!(self.log, "API call"; "method" => METHOD, "pod" => %name, "ports" => ports.len());
+        let published = self
+            .manager
+            .publish_pod_ports(&name, ports)
+            .await
+            .map_err(|e| self.failed(METHOD, &e))?;
+        let records = self.manager.records();
+        let pod = api::ready_pods(&records)
+            .into_iter()
+            .find(|p| p.name == name.as_str());
+        Ok(Response::new(pb::PublishPodPortsResponse {
+            pod,
+            added: published.added.iter().map(api::port_message).collect(),
         }))
     }
 
@@ -613,10 +649,50 @@ pub async fn run_daemon<S: System>(
         manager.clone(),
         log.new(o!("component" => "pauses")),
     ));
+    let events = tokio::spawn(watch_kernel_events(
+        manager.clone(),
+        log.new(o!("component" => "kernel-events")),
+    ));
     let served = serve(manager, socket, shutdown, log).await;
     watcher.abort();
+    events.abort();
     served?;
     Ok(())
+}
+
+/// How long a burst of kernel events is gathered before the attached pods are looked at
+/// once for all of it (a runtime removing a sandbox changes several mounts at once).
+pub const KERNEL_EVENT_COALESCE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Withdraws the host ports of attached pods whose namespace left its path, and removes
+/// those whose namespace is gone, as the kernel reports it (see [`crate::manager`]'s
+/// `ended` module): nothing depends on the runtime sending Stop or Remove.
+async fn watch_kernel_events<S: System>(manager: Arc<PodManager<S>>, log: Logger) {
+    let mut events = match manager.system().subscribe().await {
+        Ok(events) => events,
+        Err(e) => {
+            warn!(log, "no kernel events: attached pods that end without a runtime event are found only by check/repair";
+                "error" => %e);
+            return;
+        }
+    };
+    while let Some(first) = events.recv().await {
+        let mut batch = vec![first];
+        tokio::time::sleep(KERNEL_EVENT_COALESCE).await;
+        while let Ok(event) = events.try_recv() {
+            batch.push(event);
+        }
+        let report = manager.handle_kernel_events(&batch).await;
+        if !report.is_empty() {
+            info!(log, "attached pods ended without a runtime event";
+                "ports_withdrawn" => ?report.ports_withdrawn.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "removed" => ?report.removed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "failures" => report.failures.len());
+        }
+        for failure in &report.failures {
+            warn!(log, "cannot clean up after an attached pod that ended"; "error" => %failure);
+        }
+    }
 }
 
 /// How often the pause watcher looks at what SIGCHLD and the exit watches do not cover: a

@@ -540,15 +540,39 @@ pub trait Firewall: Send + Sync {
     ) -> impl Future<Output = Result<u64, SystemError>> + Send;
 }
 
+/// A change in the kernel that may mean a pod is over without anyone telling the daemon
+/// (a runtime that restarted sends no Stop or Remove for the sandboxes it had).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelEvent {
+    /// The daemon's mount table changed: a namespace bind mount may be gone.
+    MountsChanged,
+    /// A link of the node namespace was deleted: a pod's host veth goes when its namespace
+    /// is destroyed (with the pod end).
+    LinkRemoved(String),
+    /// Events were lost (a watcher's buffer overflowed or it stopped): every attached pod
+    /// must be looked at once.
+    EventsLost,
+}
+
+/// The kernel events the daemon watches, instead of polling every pod.
+pub trait KernelEvents: Send + Sync {
+    /// Starts delivering [`KernelEvent`]s; they arrive on the returned channel for as long
+    /// as it is open. Several events may be coalesced into one `MountsChanged`.
+    fn subscribe(
+        &self,
+    ) -> impl Future<Output = Result<tokio::sync::mpsc::UnboundedReceiver<KernelEvent>, SystemError>>
+    + Send;
+}
+
 /// Everything the manager needs from the kernel. Implemented automatically for any type
-/// that implements the five concern traits.
+/// that implements the six concern traits.
 pub trait System:
-    Namespaces + Processes + Netlink + Sysctl + Firewall + Send + Sync + 'static
+    Namespaces + Processes + Netlink + Sysctl + Firewall + KernelEvents + Send + Sync + 'static
 {
 }
 
 impl<T> System for T where
-    T: Namespaces + Processes + Netlink + Sysctl + Firewall + Send + Sync + 'static
+    T: Namespaces + Processes + Netlink + Sysctl + Firewall + KernelEvents + Send + Sync + 'static
 {
 }
 

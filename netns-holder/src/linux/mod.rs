@@ -64,6 +64,7 @@
 //! existing link must be a bridge.
 
 mod conn;
+mod events;
 mod netlink;
 mod netns;
 pub mod nft;
@@ -87,8 +88,8 @@ use crate::names::{IfName, PodId};
 use crate::ports::Protocol;
 use crate::state::NetnsId;
 use crate::system::{
-    Firewall, LinkInfo, Namespaces, Netlink, NodeNetwork, PauseExit, PauseProcess, Processes,
-    RunningPause, Sysctl, SystemError,
+    Firewall, KernelEvent, KernelEvents, LinkInfo, Namespaces, Netlink, NodeNetwork, PauseExit,
+    PauseProcess, Processes, RunningPause, Sysctl, SystemError,
 };
 
 pub use pause::PAUSE_NODE_ENV;
@@ -189,6 +190,14 @@ pub(crate) fn link_object(netns: Option<&Path>, link: &str) -> String {
 /// `netns <path>`.
 pub(crate) fn netns_object(path: &Path) -> String {
     format!("netns {}", path.display())
+}
+
+impl KernelEvents for LinuxSystem {
+    async fn subscribe(
+        &self,
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<KernelEvent>, SystemError> {
+        events::subscribe(self).await
+    }
 }
 
 impl Namespaces for LinuxSystem {

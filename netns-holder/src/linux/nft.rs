@@ -429,7 +429,11 @@ pub(crate) fn find_tool(name: &str) -> Option<std::path::PathBuf> {
 /// The programs the daemon runs, with the Debian package that brings each.
 pub(crate) const REQUIRED_TOOLS: [(&str, &str, &str); 2] = [
     ("nft", "nftables", "host ports and the pod firewall table"),
-    ("conntrack", "conntrack", "flushing UDP flows of withdrawn host ports"),
+    (
+        "conntrack",
+        "conntrack",
+        "flushing UDP flows of withdrawn host ports",
+    ),
 ];
 
 /// Refuses to go on when a program the daemon needs is missing, naming it and its package,
@@ -438,9 +442,7 @@ pub(crate) fn check_required_tools() -> Result<(), SystemError> {
     let missing: Vec<String> = REQUIRED_TOOLS
         .iter()
         .filter(|(name, _, _)| find_tool(name).is_none())
-        .map(|(name, package, why)| {
-            format!("{name} (Debian package {package}; needed for {why})")
-        })
+        .map(|(name, package, why)| format!("{name} (Debian package {package}; needed for {why})"))
         .collect();
     if missing.is_empty() {
         return Ok(());

@@ -1,0 +1,235 @@
+//! The kernel events of [`crate::system::KernelEvents`], from the kernel itself rather than
+//! a poll of every pod:
+//!
+//! * mount table changes: `poll(2)` on `/proc/self/mountinfo` wakes with `POLLPRI` whenever
+//!   a mount is added or removed in the daemon's mount namespace (where containerd's and
+//!   CRI-O's `/var/run/netns/*` bind mounts propagate);
+//! * link deletions in the node namespace: an rtnetlink socket made there and bound to the
+//!   `RTNLGRP_LINK` multicast group receives every `RTM_DELLINK`, so a pod's host veth
+//!   vanishing with its namespace is seen at once.
+//!
+//! Each source runs on a dedicated thread blocked in `poll`/`recv` (no tokio task spins on
+//! it) and ends when the receiver is dropped (at its next wake-up). A netlink socket that
+//! overflowed (`ENOBUFS`: more deletions than its buffer holds) reports
+//! [`KernelEvent::EventsLost`], so the daemon checks every attached pod once.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use slog::{Logger, warn};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use super::LinuxSystem;
+use super::thread::{self, NsFd};
+use crate::system::{KernelEvent, SystemError};
+
+/// `RTMGRP_LINK`: the legacy group bit of `RTNLGRP_LINK` for `bind(2)`.
+const RTMGRP_LINK: u32 = 1;
+/// `RTM_DELLINK`.
+const RTM_DELLINK: u16 = 17;
+/// `IFLA_IFNAME`.
+const IFLA_IFNAME: u16 = 3;
+/// `sizeof(struct nlmsghdr)`.
+const NLMSG_HDRLEN: usize = 16;
+/// `sizeof(struct ifinfomsg)`.
+const IFINFOMSG_LEN: usize = 16;
+/// Receive buffer asked for the link socket: room for thousands of deletions at once (a
+/// node removing many pods) before the kernel drops any.
+const LINK_SOCKET_BUFFER: usize = 4 << 20;
+
+/// Starts both watchers; see the module documentation.
+pub(crate) async fn subscribe(
+    sys: &LinuxSystem,
+) -> Result<UnboundedReceiver<KernelEvent>, SystemError> {
+    let (tx, rx) = unbounded_channel();
+    watch_mounts(tx.clone(), sys.log.clone())?;
+    let socket = thread::run(
+        "link events in the node namespace",
+        Some(NsFd::Shared(sys.node.clone())),
+        link_socket,
+    )
+    .await?;
+    let log = sys.log.clone();
+    std::thread::Builder::new()
+        .name("nh-link-events".into())
+        .spawn(move || watch_links(&socket, &tx, &log))
+        .map_err(|e| SystemError::io("link events thread", e))?;
+    Ok(rx)
+}
+
+/// A rtnetlink socket in the calling thread's namespace, subscribed to link events.
+fn link_socket() -> Result<Socket, SystemError> {
+    let object = "link events socket";
+    let mut socket =
+        Socket::new(NETLINK_ROUTE).map_err(|e| SystemError::io(format!("{object}: opening"), e))?;
+    socket
+        .bind(&SocketAddr::new(0, RTMGRP_LINK))
+        .map_err(|e| SystemError::io(format!("{object}: joining RTNLGRP_LINK"), e))?;
+    // A smaller buffer than asked only means an earlier EventsLost.
+    let _ = socket.set_rx_buf_sz(LINK_SOCKET_BUFFER);
+    Ok(socket)
+}
+
+/// Blocks in `recv` on `socket`, sending the names of deleted links, until the receiver
+/// is gone.
+fn watch_links(socket: &Socket, tx: &UnboundedSender<KernelEvent>, log: &Logger) {
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+    loop {
+        buf.clear();
+        let event = match socket.recv(&mut buf, 0) {
+            Ok(_) => None,
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Some(KernelEvent::EventsLost),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                warn!(log, "link events stopped: cannot read the netlink socket"; "error" => %e);
+                let _ = tx.send(KernelEvent::EventsLost);
+                return;
+            }
+        };
+        let events = event.into_iter().chain(
+            deleted_links(&buf)
+                .into_iter()
+                .map(KernelEvent::LinkRemoved),
+        );
+        for event in events {
+            if tx.send(event).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Watches the mount table on a thread of its own, until the receiver is gone.
+fn watch_mounts(tx: UnboundedSender<KernelEvent>, log: Logger) -> Result<(), SystemError> {
+    let path = "/proc/self/mountinfo";
+    let file = File::open(path).map_err(|e| SystemError::io(path, e))?;
+    std::thread::Builder::new()
+        .name("nh-mount-events".into())
+        .spawn(move || {
+            loop {
+                let mut fd = libc::pollfd {
+                    fd: file.as_raw_fd(),
+                    events: libc::POLLPRI,
+                    revents: 0,
+                };
+                // SAFETY: `fd` is one valid pollfd that lives across the call, and the count
+                // passed is 1; `file` keeps the descriptor open.
+                let n = unsafe { libc::poll(&mut fd, 1, -1) };
+                if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    warn!(log, "mount events stopped: poll failed"; "file" => path, "error" => %e);
+                    let _ = tx.send(KernelEvent::EventsLost);
+                    return;
+                }
+                if fd.revents & (libc::POLLPRI | libc::POLLERR) != 0
+                    && tx.send(KernelEvent::MountsChanged).is_err()
+                {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| SystemError::io("mount events thread", e))?;
+    Ok(())
+}
+
+/// The names of the links deleted in one receive buffer of rtnetlink messages (other
+/// messages, and malformed ones, are skipped).
+pub(crate) fn deleted_links(buf: &[u8]) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut at = 0;
+    while at + NLMSG_HDRLEN <= buf.len() {
+        let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
+        if len < NLMSG_HDRLEN || at + len > buf.len() {
+            break;
+        }
+        if kind == RTM_DELLINK
+            && let Some(name) = link_name(&buf[at + NLMSG_HDRLEN..at + len])
+        {
+            names.push(name);
+        }
+        at += align(len);
+    }
+    names
+}
+
+/// `IFLA_IFNAME` of an `ifinfomsg` and its attributes.
+fn link_name(body: &[u8]) -> Option<String> {
+    let mut at = IFINFOMSG_LEN;
+    while at + 4 <= body.len() {
+        let len = usize::from(u16::from_ne_bytes([body[at], body[at + 1]]));
+        let kind = u16::from_ne_bytes([body[at + 2], body[at + 3]]);
+        if len < 4 || at + len > body.len() {
+            return None;
+        }
+        if kind == IFLA_IFNAME {
+            let value = &body[at + 4..at + len];
+            let value = value.split(|&b| b == 0).next().unwrap_or_default();
+            return String::from_utf8(value.to_vec()).ok();
+        }
+        at += align(len);
+    }
+    None
+}
+
+/// Netlink's 4-byte alignment.
+fn align(len: usize) -> usize {
+    (len + 3) & !3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One netlink message of `kind` holding an ifinfomsg and the attribute IFLA_IFNAME.
+    fn link_message(kind: u16, name: &str) -> Vec<u8> {
+        let mut attr = Vec::new();
+        let value_len = name.len() + 1;
+        attr.extend_from_slice(&u16::try_from(4 + value_len).unwrap().to_ne_bytes());
+        attr.extend_from_slice(&IFLA_IFNAME.to_ne_bytes());
+        attr.extend_from_slice(name.as_bytes());
+        attr.push(0);
+        while attr.len() % 4 != 0 {
+            attr.push(0);
+        }
+        // IFLA_MTU before the name, as the kernel sends other attributes first.
+        let mut mtu = Vec::new();
+        mtu.extend_from_slice(&8u16.to_ne_bytes());
+        mtu.extend_from_slice(&4u16.to_ne_bytes());
+        mtu.extend_from_slice(&1500u32.to_ne_bytes());
+        let len = NLMSG_HDRLEN + IFINFOMSG_LEN + mtu.len() + attr.len();
+        let mut m = Vec::new();
+        m.extend_from_slice(&u32::try_from(len).unwrap().to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&[0u8; 10]); // flags, seq, pid
+        m.extend_from_slice(&[0u8; IFINFOMSG_LEN]);
+        m.extend_from_slice(&mtu);
+        m.extend_from_slice(&attr);
+        m
+    }
+
+    #[test]
+    fn deleted_link_names_are_read_from_a_buffer_of_several_messages() {
+        let mut buf = link_message(RTM_DELLINK, "nh1234567890ab");
+        buf.extend(link_message(16, "eth9")); // RTM_NEWLINK: not a deletion
+        buf.extend(link_message(RTM_DELLINK, "veth0"));
+        assert_eq!(deleted_links(&buf), ["nh1234567890ab", "veth0"]);
+    }
+
+    #[test]
+    fn truncated_and_malformed_messages_are_skipped() {
+        let whole = link_message(RTM_DELLINK, "nh1");
+        assert!(deleted_links(&whole[..whole.len() - 1]).is_empty());
+        assert!(deleted_links(&whole[..10]).is_empty());
+        let mut bad_attr = whole.clone();
+        // The first attribute claims more bytes than the message holds.
+        let first_attr = NLMSG_HDRLEN + IFINFOMSG_LEN;
+        bad_attr[first_attr..first_attr + 2].copy_from_slice(&200u16.to_ne_bytes());
+        assert!(deleted_links(&bad_attr).is_empty());
+        assert!(deleted_links(&[]).is_empty());
+    }
+}
