@@ -13,10 +13,9 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use netns_holder::api;
 use netns_holder::client::{Client, ClientError};
 use netns_holder::names::PodName;
-use netns_holder::ports::{self, PortMapping};
+use netns_holder::ports::PortMapping;
 use thiserror::Error;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -32,6 +31,20 @@ pub struct NetworkPod {
     pub ips: Vec<String>,
     /// The network namespace path.
     pub netns: String,
+}
+
+/// What [`PodNetwork::ensure`] found or made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wiring {
+    /// The pod is ours: wired now, or already (by this plugin, or by our CNI entry for the
+    /// same sandbox, whose CRI host ports the requested ones were added to).
+    Ours(NetworkPod),
+    /// Another network plugin wired the namespace (these links besides `lo` are in it);
+    /// nothing was done.
+    WiredElsewhere {
+        /// The links found.
+        links: Vec<String>,
+    },
 }
 
 /// A failed pod network operation, naming the daemon and the call.
@@ -77,7 +90,9 @@ pub enum NetworkError {
 pub trait PodNetwork: Send + Sync + 'static {
     /// Ensures the pod `name` is wired in the existing namespace `netns`, publishing
     /// `ports` (idempotent: an identical existing pod is returned unchanged, its ports not
-    /// published again if they were released).
+    /// published again if they were released). A pod our CNI entry made for this namespace
+    /// gets `ports` added to its own; a namespace another network plugin wired is left alone
+    /// ([`Wiring::WiredElsewhere`]).
     fn ensure(
         &self,
         name: &PodName,
@@ -85,7 +100,7 @@ pub trait PodNetwork: Send + Sync + 'static {
         annotations: BTreeMap<String, String>,
         ports: &[PortMapping],
         deadline: Instant,
-    ) -> impl Future<Output = Result<NetworkPod, NetworkError>> + Send;
+    ) -> impl Future<Output = Result<Wiring, NetworkError>> + Send;
 
     /// Withdraws the host ports of pod `name` (the daemon's `ReleasePodPorts`); `false` if
     /// there was nothing to release, the pod included.
@@ -235,39 +250,6 @@ fn network_pod(
     })
 }
 
-/// Why an existing pod (made by someone else for the same namespace) does not serve a
-/// request for `wanted` host ports: `None` if it does (no ports asked for, or the same).
-fn other_ports(existing: &api::pb::Pod, wanted: &[PortMapping]) -> Option<String> {
-    if wanted.is_empty() {
-        return None;
-    }
-    let list = |p: &[PortMapping]| {
-        if p.is_empty() {
-            "none".to_string()
-        } else {
-            p.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
-    };
-    let have: Result<Vec<PortMapping>, String> =
-        existing.ports.iter().map(api::port_mapping).collect();
-    match have {
-        Ok(have) if ports::canonical(&have) == ports::canonical(wanted) => None,
-        Ok(have) => Some(format!(
-            "it already holds this namespace (made by {}) with host ports [{}], not the requested [{}]",
-            existing
-                .annotations
-                .get(crate::pod::OWNER_ANNOTATION)
-                .map_or("someone else", String::as_str),
-            list(&have),
-            list(wanted)
-        )),
-        Err(e) => Some(format!("its host ports cannot be read: {e}")),
-    }
-}
-
 /// Whether two paths name the same network namespace (same nsfs device and inode, whatever
 /// the path: a bind mount, `/proc/<pid>/ns/net`, a symlink).
 fn same_namespace(a: &Path, b: &Path) -> bool {
@@ -286,38 +268,44 @@ impl PodNetwork for DaemonNetwork {
         annotations: BTreeMap<String, String>,
         ports: &[PortMapping],
         deadline: Instant,
-    ) -> Result<NetworkPod, NetworkError> {
-        let pod = self
+    ) -> Result<Wiring, NetworkError> {
+        let answer = self
             .run("AttachPod", deadline, |mut client| async move {
                 match client
-                    .attach_pod_with_ports(name, netns, annotations, ports)
+                    .attach_pod_unless_wired_elsewhere(name, netns, annotations, ports)
                     .await
                 {
-                    Ok(answer) => Ok(Ok(answer.pod)),
+                    Ok(answer) if !answer.wired_elsewhere.is_empty() => {
+                        Ok(Ok(Err(answer.wired_elsewhere)))
+                    }
+                    Ok(answer) => Ok(Ok(Ok(answer.pod))),
                     // The CNI entry wires the same sandbox under the same derived name (with its
                     // own owner annotations, hence the conflict). If that pod holds this very
-                    // namespace, the sandbox's network is already ensured, with the CNI
-                    // entry's ports; asking for other ones is an error.
+                    // namespace, the sandbox's network is ours already, with the CNI entry's
+                    // (CRI) host ports: the requested ones are published on top of them.
                     Err(conflict) if conflict.code() == Some(tonic::Code::AlreadyExists) => {
-                        match client.get_pod(name).await?.pod {
+                        let existing = match client.get_pod(name).await?.pod {
                             Some(existing) if same_namespace(Path::new(&existing.netns), netns) => {
-                                Ok(match other_ports(&existing, ports) {
-                                    Some(message) => Err(NetworkError::Rejected {
-                                        method: "AttachPod",
-                                        code: tonic::Code::AlreadyExists,
-                                        message: format!("pod {name}: {message}"),
-                                    }),
-                                    None => Ok(Some(existing)),
-                                })
+                                existing
                             }
-                            _ => Err(conflict),
+                            _ => return Err(conflict),
+                        };
+                        if ports.is_empty() {
+                            return Ok(Ok(Ok(Some(existing))));
+                        }
+                        match client.publish_pod_ports(name, ports).await {
+                            Ok(published) => Ok(Ok(Ok(published.pod))),
+                            Err(e) => Ok(Err(map_error("PublishPodPorts", e))),
                         }
                     }
                     Err(e) => Err(e),
                 }
             })
             .await??;
-        network_pod("AttachPod", pod)
+        match answer {
+            Ok(pod) => Ok(Wiring::Ours(network_pod("AttachPod", pod)?)),
+            Err(links) => Ok(Wiring::WiredElsewhere { links }),
+        }
     }
 
     async fn release_ports(&self, name: &PodName, deadline: Instant) -> Result<bool, NetworkError> {

@@ -36,7 +36,7 @@ use tokio::sync::{OwnedMutexGuard, Semaphore};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::network::{NetworkError, PodNetwork};
+use crate::network::{NetworkError, PodNetwork, Wiring};
 use crate::nri::{self, PLUGIN_SERVICE, method, pb};
 use crate::pod::{self, PodError, PodTarget, SANDBOX_ANNOTATION};
 use crate::ttrpc::server::{Reply, RequestContext, Service, decode_request, unimplemented};
@@ -123,12 +123,25 @@ impl<N: PodNetwork> Plugin<N> {
             )
             .await
         {
-            Ok(wired) => {
+            Ok(Wiring::Ours(wired)) => {
                 self.tracker.touch(&target.name, Touch::Ensured);
                 info!(log, "RunPodSandbox: pod network ready";
                     "netns" => %netns.display(), "ips" => wired.ips.join(","),
                     "host_ports" => target.options.ports.len());
                 Ok(())
+            }
+            Ok(Wiring::WiredElsewhere { links }) => {
+                match wired_elsewhere_error(&target, netns, &links) {
+                    None => {
+                        info!(log, "RunPodSandbox: the pod's network belongs to another network plugin; left alone";
+                        "netns" => %netns.display(), "links" => links.join(","));
+                        Ok(())
+                    }
+                    Some(message) => {
+                        error!(log, "RunPodSandbox: annotation asks for something on a pod another network plugin wired"; "error" => &message);
+                        Err(Status::new(Code::FailedPrecondition, message))
+                    }
+                }
             }
             Err(e) => {
                 error!(log, "RunPodSandbox: cannot ensure the pod network"; "error" => %e);
@@ -163,7 +176,9 @@ impl<N: PodNetwork> Plugin<N> {
             );
             return Ok(());
         };
-        if !ours(&existing.annotations, &pod.id) {
+        if !ours(&existing.annotations, &pod.id)
+            && !crate::cni::owned_by_cni(&existing.annotations, Some(&pod.id))
+        {
             debug!(log, "StopPodSandbox: the daemon pod of this name is not ours; left alone";
                 "annotations" => ?existing.annotations);
             return Ok(());
@@ -336,7 +351,13 @@ impl<N: PodNetwork> Plugin<N> {
             )
             .await
         {
-            Ok(_) => Outcome::Ensured(target.name.to_string()),
+            Ok(Wiring::Ours(_)) => Outcome::Ensured(target.name.to_string()),
+            Ok(Wiring::WiredElsewhere { links }) => {
+                match wired_elsewhere_error(&target, netns, &links) {
+                    None => Outcome::Unchanged,
+                    Some(message) => Outcome::Failed(message),
+                }
+            }
             Err(e) => Outcome::Failed(format!(
                 "pod {} ({}): cannot ensure: {e}",
                 target.display, target.name
@@ -362,6 +383,41 @@ fn lenient_name(pod: &pb::PodSandbox) -> Result<PodName, PodError> {
         }) => Ok(name),
         _ => pod::derived_name(pod),
     }
+}
+
+/// Why a sandbox whose namespace another network plugin wired cannot be served as its
+/// annotations ask (host ports, a pod name), naming the annotation; `None` when it asks
+/// for nothing and is simply left alone.
+fn wired_elsewhere_error(
+    target: &PodTarget,
+    netns: &std::path::Path,
+    links: &[String],
+) -> Option<String> {
+    let (asked, what) = if !target.options.ports.is_empty() {
+        let ports: Vec<String> = target
+            .options
+            .ports
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        (
+            pod::OPTION_PORTS,
+            format!("host ports {}", ports.join(", ")),
+        )
+    } else if let Some(name) = &target.options.name {
+        (pod::OPTION_NAME, format!("the pod name {name}"))
+    } else {
+        return None;
+    };
+    Some(format!(
+        "pod {}: annotation {asked} asks netns-holder for {what}, but another network plugin \
+         wired the pod's network namespace {} (it has {}); netns-holder leaves such pods \
+         alone: remove the annotation, or give the pod its network through netns-holder (its \
+         CNI entry)",
+        target.display,
+        netns.display(),
+        links.join(", ")
+    ))
 }
 
 /// Whether daemon pod annotations say the pod was made by this plugin for `sandbox_id`.

@@ -413,3 +413,38 @@ async fn methods_not_served_are_unimplemented() {
             .unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_pod_another_network_plugin_wired_starts_and_is_left_alone() {
+    let s = setup();
+    s.net()
+        .wired_elsewhere
+        .lock()
+        .unwrap()
+        .insert("/var/run/netns/cni-a".into(), vec!["eth0".into()]);
+    let plain = sandbox("web", ID_A, Some("/var/run/netns/cni-a"));
+    s.run(&plain).await.unwrap();
+    assert!(s.net().names().is_empty(), "nothing made");
+    // Stop and Remove find no pod of ours and succeed.
+    s.remove(&plain).await.unwrap();
+
+    // Asking us for host ports on such a pod fails it, naming the annotation and the links.
+    let mut annotated = sandbox("web", ID_A, Some("/var/run/netns/cni-a"));
+    annotated
+        .annotations
+        .insert("netns-holder.io/ports".into(), "18082:8080/tcp".into());
+    let err = s.run(&annotated).await.unwrap_err();
+    let status = err.status().unwrap();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    for needle in [
+        "default/web",
+        "netns-holder.io/ports",
+        "tcp 18082 -> 8080",
+        "another network plugin",
+        "eth0",
+        "/var/run/netns/cni-a",
+    ] {
+        assert!(status.message().contains(needle), "{needle}: {status}");
+    }
+    assert!(s.net().names().is_empty());
+}

@@ -7,6 +7,7 @@
 //! netns-holder [--socket PATH] pod attach NAME --netns PATH [--annotation K=V]... [--publish SPEC]...
 //! netns-holder [--socket PATH] pod rm NAME
 //! netns-holder [--socket PATH] pod release-ports NAME
+//! netns-holder [--socket PATH] pod publish NAME --publish SPEC...
 //! netns-holder [--socket PATH] pod ls [--json]
 //! netns-holder [--socket PATH] pod inspect NAME
 //! netns-holder [--socket PATH] pod spec NAME [--rootfs DIR] [--out DIR] [--force] -- CMD [ARG]...
@@ -33,6 +34,9 @@
 //! `null` without a pause process, `ips` in CIDR form, `ports` a list of `{"host_ip",
 //! "host_port","container_port","protocol"}` with `host_ip` `null` for every address, empty
 //! when none; `ports_released` is `true` once `pod release-ports` withdrew them).
+//!
+//! `pod publish NAME -p SPEC...` publishes further host ports of an existing pod (mappings
+//! it has are skipped; a stopped pod's released ports stay released) and prints the pod.
 //!
 //! `pod release-ports NAME` withdraws a pod's host ports (frees them for other pods) and
 //! prints `{"name","released"}`; `released` is `false` when there was nothing left to
@@ -203,6 +207,14 @@ pub enum PodCommand {
     Rm {
         /// The pod name.
         name: String,
+    },
+    /// Publish further host ports of an existing pod (those it has are skipped).
+    Publish {
+        /// The pod name.
+        name: String,
+        /// A host port to publish (as for `pod create`). At least one; may be repeated.
+        #[arg(long = "publish", short = 'p', value_name = "SPEC", required = true)]
+        publish: Vec<String>,
     },
     /// Withdraw a pod's host ports, freeing them for other pods (the pod stays wired).
     /// Idempotent; an error if the pod does not exist.
@@ -601,6 +613,13 @@ pub async fn run(socket: &Path, command: ClientCommand, log: &Logger) -> Result<
             let mut client = connect(socket, log).await?;
             let r = client.remove_pod(&name).await?;
             Outcome::json(&json!({"name": name.as_str(), "removed": r.removed}), 0)
+        }
+        ClientCommand::Pod(PodCommand::Publish { name, publish }) => {
+            let name = PodName::new(name)?;
+            let ports = ports::parse_publish_all(&publish)?;
+            let mut client = connect(socket, log).await?;
+            let r = client.publish_pod_ports(&name, &ports).await?;
+            Outcome::json(&api::required_pod("PublishPodPorts", r.pod)?, 0)
         }
         ClientCommand::Pod(PodCommand::ReleasePorts { name }) => {
             let name = PodName::new(name)?;

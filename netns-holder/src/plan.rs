@@ -504,6 +504,38 @@ pub fn plan_create(record: &PodRecord, node: &NodeNetwork) -> Vec<Step> {
     steps
 }
 
+/// The actions that publish `elements` (further host ports of the ready pod of `record`):
+/// hairpin on its host veth (a pod reaching its own host port; set at create only for pods
+/// with ports), `route_localnet` on the bridge for IPv4 (the node reaching host ports on
+/// 127.0.0.1), the map elements, and a flush of stale UDP conntrack entries, as a create
+/// with those ports would do.
+pub fn plan_publish(
+    record: &PodRecord,
+    node: &NodeNetwork,
+    elements: &[HostPortElement],
+) -> Vec<Action> {
+    let mut actions = vec![Action::SetHairpin {
+        link: record.host_veth.clone(),
+    }];
+    if elements.iter().any(|e| e.map.family() == Family::V4) {
+        actions.push(Action::EnableRouteLocalnet {
+            link: node.bridge.clone(),
+        });
+    }
+    actions.push(Action::AddHostPorts {
+        pod: record.name.clone(),
+        elements: elements.to_vec(),
+    });
+    let flushes = firewall::conntrack_flushes(elements);
+    if !flushes.is_empty() {
+        actions.push(Action::FlushConntrack {
+            pod: record.name.clone(),
+            flushes,
+        });
+    }
+    actions
+}
+
 /// The host port map elements of `record` (none without ports, and none once its ports
 /// are released: they may belong to another pod by then). A record's ports were checked
 /// against its addresses when it was created, so every mapping yields elements.

@@ -10,6 +10,8 @@
 //! * RunPodSandbox (dedicated and StateChange) → a pod the node can ping; Stop keeps it;
 //!   Remove leaves no veth and no daemon pod;
 //! * a malformed annotation fails the pod with INVALID_ARGUMENT naming it;
+//! * a pod another CNI wired (eth0 in its namespace) starts and is left alone; asking for
+//!   host ports on it fails the pod with FAILED_PRECONDITION naming the annotation;
 //! * host ports from `netns-holder.io/ports`: RunPodSandbox publishes them (the node port
 //!   reaches the pod), StopPodSandbox releases them (the port no longer answers, another
 //!   pod takes it, a Synchronize does not bring them back), RemovePodSandbox leaves
@@ -333,6 +335,72 @@ fn nri_run_pod_sandbox_already_wired_by_the_cni_entry() -> Result<()> {
         );
         env.ping(&after.ips[0])?;
         Ok(())
+    })
+}
+
+#[test]
+fn nri_pod_wired_by_another_cni_starts_and_is_left_alone() -> Result<()> {
+    if !require_root("nri_pod_wired_by_another_cni_starts_and_is_left_alone") {
+        return Ok(());
+    }
+    run_async(async {
+        let env = Env::start().await?;
+        env.conn.synchronize(vec![], vec![]).await?;
+        // Another CNI (bridge, Calico, ...) wired the sandbox: eth0 in it, its host end in the
+        // node namespace.
+        let netns = PodNetns::new()?;
+        let host_end = unique_name("vfor");
+        env.node.run(&[
+            "ip",
+            "link",
+            "add",
+            &host_end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &netns.name,
+        ])?;
+        let plain = pod_sandbox("default", "calico", &sandbox_id(), Some(&netns.path()), &[]);
+        env.conn
+            .run_pod_sandbox(&plain)
+            .await
+            .with_context(|| env.plugin.log())?;
+        assert!(env.daemon_pod(&daemon_name(&plain)).await?.is_none());
+        assert_eq!(netns.links()?, ["lo", "eth0"], "their wiring untouched");
+        ensure!(
+            env.node.links()?.contains(&host_end),
+            "their host end untouched"
+        );
+        ensure!(
+            env.plugin
+                .log()
+                .contains("belongs to another network plugin"),
+            "one info line says so: {}",
+            env.plugin.log()
+        );
+        env.conn.stop_pod_sandbox(&plain).await?;
+        env.conn.remove_pod_sandbox(&plain).await?;
+
+        // Asking us for host ports on such a pod is a clear error naming the annotation.
+        let annotated = pod_sandbox(
+            "default",
+            "calico-ports",
+            &sandbox_id(),
+            Some(&netns.path()),
+            &[("netns-holder.io/ports", "18086:8080/tcp")],
+        );
+        let (code, message) = status_of(env.conn.run_pod_sandbox(&annotated).await)?;
+        assert_eq!(code, 9, "FAILED_PRECONDITION: {message}");
+        for needle in ["netns-holder.io/ports", "another network plugin", "eth0"] {
+            assert!(message.contains(needle), "{needle}: {message}");
+        }
+        assert!(env.daemon_pod(&daemon_name(&annotated)).await?.is_none());
+        assert_eq!(netns.links()?, ["lo", "eth0"]);
+        env.node.run(&["ip", "link", "del", &host_end])?;
+        env.no_violations()
     })
 }
 

@@ -21,9 +21,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use netns_holder_proto::nri::v1alpha1 as pb;
-use nh_tests::node::{Daemon, DaemonOptions, Node};
+use nh_tests::node::{Daemon, DaemonOptions, Echo, Node, Proto, tcp_probe};
 use nh_tests::nri_harness::{PluginProcess, PodNetns, WAIT, cri_hook_binary, run_async};
-use nh_tests::nri_peer::PeerError;
 use nh_tests::nri_replay::{
     Adjustments, Capture, CapturedCall, PodPaths, ReplayConn, ReplayRuntime, Timeouts,
     adjust_payload, capture_dir, captured_paths,
@@ -306,6 +305,18 @@ impl Pod {
     }
 }
 
+/// The daemon pod whose name starts with `prefix` (the plugin derives
+/// `<namespace>_<name>_<id prefix>`).
+fn daemon_pod(daemon: &Daemon, prefix: &str) -> Result<Value> {
+    let pods = daemon.cli_json(&["pod", "ls", "--json"])?;
+    pods.as_array()
+        .context("pod ls is a list")?
+        .iter()
+        .find(|p| p["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+        .cloned()
+        .with_context(|| format!("no daemon pod {prefix}*: {pods}"))
+}
+
 fn find<'a>(calls: &'a [CapturedCall], method: &str, pod: &str) -> Result<&'a CapturedCall> {
     calls
         .iter()
@@ -402,26 +413,46 @@ fn replay_containerd_life() -> Result<()> {
         let ann_run = conn
             .call(find(&calls, "RunPodSandbox", "88eba6f50a8c")?, &adjust)
             .await;
-        // TODO(annotation ports): assert the outcome of nri-ann's RunPodSandbox (the pod
-        // wired by the CNI entry without ports, the annotation asking for 18082:8080/tcp)
-        // once cri-hook/src/plugin.rs settles it. Only "it was answered" is checked here.
-        if let Err(e) = &ann_run {
-            ensure!(
-                matches!(
-                    e.downcast_ref::<PeerError>(),
-                    Some(PeerError::Status { .. })
-                ),
-                "nri-ann RunPodSandbox not answered: {e:#}\n{}",
-                log()
-            );
+        // The CNI entry made the pod (with no CRI host ports); the plugin publishes the
+        // annotation's port on top of it, and the port reaches the pod from the node.
+        ann_run.with_context(|| format!("nri-ann RunPodSandbox\n{}", log()))?;
+        let ann = daemon_pod(&daemon, "default_nri-ann_")?;
+        assert_eq!(
+            ann["ports"],
+            serde_json::json!([{"host_ip": null, "host_port": 18082, "container_port": 8080, "protocol": "tcp"}]),
+            "{ann}"
+        );
+        let to = std::net::SocketAddr::from(([127, 0, 0, 1], 18082));
+        {
+            let _echo = Echo::start(&netns("nri-ann"), Proto::Tcp, 8080)?;
+            let seen = tcp_probe(&node.netns_path(), to).with_context(|| {
+                let show = |argv: &[&str]| {
+                    node.run(argv)
+                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                        .unwrap_or_else(|e| e.to_string())
+                };
+                format!(
+                    "the annotation port does not reach the pod\n{}\ndaemon:\n{}\n{}\n{}\n{}",
+                    log(),
+                    daemon.log(),
+                    show(&["nft", "list", "ruleset"]),
+                    show(&["ip", "addr"]),
+                    show(&["sysctl", "net.ipv4.conf.nh0.route_localnet"]),
+                )
+            })?;
+            ensure!(seen.is_loopback() || seen.is_ipv4(), "{seen}");
         }
-        for method in ["StopPodSandbox", "RemovePodSandbox"] {
-            // TODO(pods wired by another CNI): assert what Stop/Remove do to a pod the CNI
-            // entry made; for now they must be answered, without error.
-            conn.call(find(&calls, method, "88eba6f50a8c")?, &adjust)
-                .await
-                .with_context(|| format!("nri-ann {method}\n{}", log()))?;
-        }
+        // Stop releases it (the pod is the CNI entry's, for this very sandbox); Remove leaves
+        // the CNI entry's pod to its DEL.
+        conn.call(find(&calls, "StopPodSandbox", "88eba6f50a8c")?, &adjust)
+            .await
+            .with_context(|| format!("nri-ann StopPodSandbox\n{}", log()))?;
+        let ann = daemon_pod(&daemon, "default_nri-ann_")?;
+        assert_eq!(ann["ports_released"], true, "{ann}");
+        conn.call(find(&calls, "RemovePodSandbox", "88eba6f50a8c")?, &adjust)
+            .await
+            .with_context(|| format!("nri-ann RemovePodSandbox\n{}", log()))?;
+        daemon_pod(&daemon, "default_nri-ann_")?;
         cni("34-nri-ann-runp-DEL", &netns("nri-ann"), &daemon_socket)?;
 
         // nri-plain: ADD, Run; (the busybox container: no NRI message, not subscribed);
@@ -513,8 +544,11 @@ fn replay_containerd_life() -> Result<()> {
         ] {
             cni(del, &netns(name), &daemon_socket)?;
         }
-        // TODO(pods wired by another CNI): assert the daemon's state for nri-rs1/nri-rs2
-        // after these DELs and the Synchronize once cri-hook/src/plugin.rs settles it.
+        // The CNI DELs cleaned up the pods containerd never told the plugin about.
+        let left = daemon.cli_json(&["pod", "ls", "--json"])?;
+        assert_eq!(left, serde_json::json!([]), "pods left after the DELs");
+        let status = daemon.cli_json(&["status"])?;
+        assert_eq!(status["host_ports"], 0, "{status}");
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
             conn7.sent_methods(),

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use cri_hook::mux::GO_FRAME_LIMIT;
-use cri_hook::network::{NetworkError, NetworkPod, PodNetwork};
+use cri_hook::network::{NetworkError, NetworkPod, PodNetwork, Wiring};
 use cri_hook::ttrpc::frame::{self, Decoded, FrameDecoder, HEADER_LEN, MessageType};
 use netns_holder::names::PodName;
 use netns_holder::ports::PortMapping;
@@ -35,6 +35,8 @@ pub struct FakeNetwork {
     pub delay: Mutex<Duration>,
     /// Pods whose ports were released.
     pub released: Mutex<std::collections::BTreeSet<PodName>>,
+    /// Namespaces another network plugin wired, with the links in them.
+    pub wired_elsewhere: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 impl FakeNetwork {
@@ -92,7 +94,7 @@ impl PodNetwork for FakeNetwork {
         annotations: BTreeMap<String, String>,
         ports: &[PortMapping],
         deadline: Instant,
-    ) -> Result<NetworkPod, NetworkError> {
+    ) -> Result<Wiring, NetworkError> {
         let shown: Vec<String> = ports.iter().map(ToString::to_string).collect();
         let call = if shown.is_empty() {
             format!("ensure {name}")
@@ -100,6 +102,16 @@ impl PodNetwork for FakeNetwork {
             format!("ensure {name} ports [{}]", shown.join(", "))
         };
         self.enter(call, deadline).await?;
+        if let Some(links) = self
+            .wired_elsewhere
+            .lock()
+            .unwrap()
+            .get(&netns.display().to_string())
+        {
+            return Ok(Wiring::WiredElsewhere {
+                links: links.clone(),
+            });
+        }
         let mut pods = self.pods.lock().unwrap();
         let n = pods.len();
         let pod = pods.entry(name.clone()).or_insert_with(|| NetworkPod {
@@ -115,7 +127,7 @@ impl PodNetwork for FakeNetwork {
                 message: format!("pod {name} exists with other parameters"),
             });
         }
-        Ok(pod.clone())
+        Ok(Wiring::Ours(pod.clone()))
     }
 
     async fn get(

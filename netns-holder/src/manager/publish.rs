@@ -17,7 +17,7 @@ use super::{ManagerError, PodInfo, PodManager};
 use crate::executor;
 use crate::firewall;
 use crate::names::PodName;
-use crate::plan::Action;
+use crate::plan::{self, Action};
 use crate::ports::{self, PortMapping};
 use crate::state::Phase;
 use crate::system::System;
@@ -127,10 +127,7 @@ impl<S: System> PodManager<S> {
             }
             published
         };
-        let add = [Action::AddHostPorts {
-            pod: name.clone(),
-            elements: elements.clone(),
-        }];
+        let add = plan::plan_publish(&published, &self.node, &elements);
         let result = executor::apply_best_effort(&self.system, &add, &self.log).await;
         if !result.failures.is_empty() {
             let undo = [Action::RemoveHostPorts {
