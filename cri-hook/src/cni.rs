@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `ADD` | `AttachPod` of `CNI_NETNS` under the pod name (below), marked as ours, publishing `runtimeConfig.portMappings`; prints the `Result`. Idempotent: the same ADD again returns the same pod |
 //! | `DEL` | removes the daemon pod of this container if it is ours, with its host ports; missing pod, missing netns: success |
-//! | `CHECK` | the pod exists, is ours, has the namespace `CNI_NETNS`, `prevResult`'s addresses and exactly the configuration's `portMappings` (published, not released), and the daemon's `Check` finds no drift on it (its host port elements included) |
+//! | `CHECK` | the pod exists, is ours, has the namespace `CNI_NETNS`, `prevResult`'s addresses and every one of the configuration's `portMappings` (published, not released; the NRI plugin may have added annotation ports), and the daemon's `Check` finds no drift on it (its host port elements included) |
 //! | `STATUS` | succeeds when the daemon answers `Status` |
 //! | `GC` | removes every pod of this network that is ours and not in `cni.dev/valid-attachments` |
 //! | `VERSION` | prints the supported versions |
@@ -407,7 +407,9 @@ async fn check(env: &Env, conf: &NetConf, socket: &Path) -> Result<(), CniError>
     let drift = |msg: String| CniError::new(code::CHECK_FAILED, format!("pod {name}: {msg}"));
     let info = api::pod_info(pod).map_err(bad_answer)?;
     let wanted = conf.port_mappings()?;
-    if ports::canonical(&info.ports) != ports::canonical(&wanted) {
+    // The pod may hold more: the NRI plugin publishes its annotation ports on top.
+    let have = ports::canonical(&info.ports);
+    if ports::canonical(&wanted).iter().any(|p| !have.contains(p)) {
         return Err(drift(format!(
             "its host ports are [{}], runtimeConfig.portMappings has [{}]",
             port_list(&info.ports),

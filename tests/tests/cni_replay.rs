@@ -235,7 +235,15 @@ fn replay(call: &Captured, netns: Option<&Path>, socket: &Path) -> Result<Output
         .stdin
         .take()
         .context("no stdin")?
-        .write_all(stdin.as_bytes())?;
+        .write_all(stdin.as_bytes())
+        // A plugin that answers before reading its configuration may be gone already.
+        .or_else(|e| {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
     let output = child.wait_with_output()?;
     eprintln!(
         "replay {} ({}): {} stdout={} stderr={}",
