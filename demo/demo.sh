@@ -22,7 +22,7 @@ PAUSE_BIN="${PAUSE_BIN:-$REPO_ROOT/target/pause/pause}"
 BUSYBOX="${BUSYBOX:-/bin/busybox}"
 
 NODE="nhdemo-$$"                    # the node's network namespace (ip netns name)
-POD_CIDR="10.88.0.0/24"             # private addresses, only inside our own namespaces
+POD_CIDR="10.222.0.0/24"            # private addresses, only inside our own namespaces
 POD_A="web-$$"                      # pod names
 POD_B="api-$$"
 PORT=8080

@@ -21,8 +21,25 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/netns-holder";
 pub const DEFAULT_NETNS_DIR: &str = "/run/netns";
 /// Default node bridge name.
 pub const DEFAULT_BRIDGE: &str = "nh0";
-/// Default IPv4 pod CIDR.
-pub const DEFAULT_POD_CIDR_V4: &str = "10.88.0.0/16";
+/// Default IPv4 pod CIDR: one that no common runtime or cluster network claims by default
+/// (see [`COMMON_DEFAULT_NETWORKS`]), so the daemon starts on a node that has podman,
+/// CRI-O, docker or a Kubernetes CNI configured.
+pub const DEFAULT_POD_CIDR_V4: &str = "10.222.0.0/16";
+
+/// Networks other tools use by default, which [`DEFAULT_POD_CIDR_V4`] must not overlap
+/// (the daemon refuses to start when its pod CIDR overlaps a node address or route).
+pub const COMMON_DEFAULT_NETWORKS: [(&str, &str); 10] = [
+    ("podman's default network", "10.88.0.0/16"),
+    ("podman's networks made with `podman network create`", "10.89.0.0/16"),
+    ("CRI-O's default bridge", "10.85.0.0/16"),
+    ("docker's default bridge and user networks", "172.16.0.0/12"),
+    ("flannel, kind and kubeadm examples", "10.244.0.0/16"),
+    ("k3s pods and services", "10.42.0.0/15"),
+    ("Calico's default pool", "192.168.0.0/16"),
+    ("kubeadm's service CIDR", "10.96.0.0/12"),
+    ("Weave Net", "10.32.0.0/12"),
+    ("kubespray's pods and services", "10.233.0.0/16"),
+];
 /// Default path of the static pause binary.
 pub const DEFAULT_PAUSE_BINARY: &str = "/usr/libexec/netns-holder/pause";
 /// Smallest accepted MTU (the IPv4 minimum).
@@ -464,7 +481,7 @@ mod tests {
         assert_eq!(c.state_dir, Path::new("/var/lib/netns-holder"));
         assert_eq!(c.netns_dir, Path::new("/run/netns"));
         assert_eq!(c.bridge.as_str(), "nh0");
-        assert_eq!(c.pod_cidr_v4.to_string(), "10.88.0.0/16");
+        assert_eq!(c.pod_cidr_v4.to_string(), "10.222.0.0/16");
         assert_eq!(c.pod_cidr_v6, None);
         assert_eq!(c.mtu, None);
         assert_eq!(c.pause_binary, Path::new("/usr/libexec/netns-holder/pause"));
@@ -533,9 +550,9 @@ mod tests {
             "via is not an IP address",
         );
         assert_invalid(
-            "peers = [{ pod_cidr = \"10.88.0.0/24\", via = \"192.168.50.2\" }]",
+            "peers = [{ pod_cidr = \"10.222.0.0/24\", via = \"192.168.50.2\" }]",
             "peers",
-            "overlaps this node's pod CIDR 10.88.0.0/16",
+            "overlaps this node's pod CIDR 10.222.0.0/16",
         );
         assert_invalid(
             "peers = [{ pod_cidr = \"10.99.0.0/24\", via = \"192.168.50.2\" }, \
@@ -643,5 +660,18 @@ mod tests {
             err.to_string().contains("/nonexistent/netns-holder.toml"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_default_pod_cidr_clashes_with_no_common_default() {
+        let ours: ipnet::Ipv4Net = DEFAULT_POD_CIDR_V4.parse().unwrap();
+        for (whose, cidr) in COMMON_DEFAULT_NETWORKS {
+            let theirs: ipnet::Ipv4Net = cidr.parse().unwrap();
+            assert!(
+                !ours.contains(&theirs.network()) && !theirs.contains(&ours.network()),
+                "{ours} overlaps {whose} {theirs}"
+            );
+        }
+        assert_eq!(Config::default().pod_cidr_v4, ours);
     }
 }

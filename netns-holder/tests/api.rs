@@ -221,8 +221,8 @@ async fn create_prints_the_pod_with_exact_keys() {
         d.dir.path().join("netns/web").display().to_string()
     );
     assert!(pod["pause_pid"].is_u64(), "{pod}");
-    assert_eq!(pod["ips"], serde_json::json!(["10.88.0.2/16"]));
-    assert_eq!(pod["gateways"], serde_json::json!(["10.88.0.1"]));
+    assert_eq!(pod["ips"], serde_json::json!(["10.222.0.2/16"]));
+    assert_eq!(pod["gateways"], serde_json::json!(["10.222.0.1"]));
     assert_eq!(pod["interface"], "eth0");
     assert_eq!(pod["host_veth"], name.id().host_veth_name().as_str());
     assert_eq!(pod["ports"], serde_json::json!([]));
@@ -234,7 +234,7 @@ async fn create_prints_the_pod_with_exact_keys() {
     let bare = d.json(&["pod", "create", "bare", "--no-pause"]).await;
     assert_eq!(keys(&bare), POD_KEYS.into_iter().collect());
     assert!(bare["pause_pid"].is_null(), "{bare}");
-    assert_eq!(bare["ips"], serde_json::json!(["10.88.0.3/16"]));
+    assert_eq!(bare["ips"], serde_json::json!(["10.222.0.3/16"]));
     d.stop().await;
 }
 
@@ -487,7 +487,7 @@ async fn ls_inspect_and_attach() {
         "{table}"
     );
     assert!(
-        lines[3].starts_with("web ") && lines[3].contains("10.88.0.2/16"),
+        lines[3].starts_with("web ") && lines[3].contains("10.222.0.2/16"),
         "{table}"
     );
     d.stop().await;
@@ -550,7 +550,7 @@ async fn status_reports_counts_and_pools() {
     assert_eq!(status["socket"], d.socket.display().to_string());
     assert_eq!(
         status["pools"],
-        serde_json::json!([{"cidr": "10.88.0.0/16", "allocated": 1, "capacity": 65533}])
+        serde_json::json!([{"cidr": "10.222.0.0/16", "allocated": 1, "capacity": 65533}])
     );
     assert_eq!(
         status["state_file"],
@@ -1150,7 +1150,7 @@ async fn peers_through_the_cli() {
         "{message}"
     );
     let (code, _) = d
-        .status_error(&["peer", "add", "10.88.0.0/24", "192.168.50.3"])
+        .status_error(&["peer", "add", "10.222.0.0/24", "192.168.50.3"])
         .await;
     assert_eq!(code, Code::InvalidArgument);
     assert_eq!(
