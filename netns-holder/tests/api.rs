@@ -1,6 +1,6 @@
 //! API tests: the real tonic server ([`server::run_daemon`]) over `fake::FakeSystem` on a
 //! temporary socket, driven through the real client code ([`cli::run`], which the binary
-//! uses) and through the binary itself (`CARGO_BIN_EXE_netns-holder`), as a client and as
+//! uses) and through the binary itself (`CARGO_BIN_EXE_netns-holder-fake`, the test-only build of the same `main`), as a client and as
 //! a daemon (`serve --fake`, available in test builds only).
 //!
 //! Nothing here needs root except the tests marked so (unprivileged peers via `setpriv`,
@@ -28,7 +28,9 @@ use netns_holder::manager::PodInfo;
 use netns_holder::names::PodName;
 use netns_holder::server;
 
-const BIN: &str = env!("CARGO_BIN_EXE_netns-holder");
+/// The test-only build of the binary (only ever built with `fake`): `target/debug/netns-holder`
+/// is rewritten by any production build of the package, which may run meanwhile.
+const BIN: &str = env!("CARGO_BIN_EXE_netns-holder-fake");
 
 // ---------------------------------------------------------------- log capture
 
