@@ -19,3 +19,17 @@ fi
 echo "installing missing Debian packages: ${missing[*]}"
 apt-get update -q
 DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+
+# Tests start the services they need (a registry, etcd) themselves, inside their own
+# namespaces. A package's own service, which Debian enables and starts at install on a
+# systemd machine (docker-registry would listen on :5000 on every address), is stopped
+# and disabled again: only for packages installed just now, never one the machine had.
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+    for pkg in "${missing[@]}"; do
+        for unit in $(dpkg-query -L "$pkg" 2>/dev/null | grep -E '^/lib/systemd/system/[^/]+\.service$' || true); do
+            unit="$(basename "$unit")"
+            echo "disabling $unit (installed with $pkg; tests run their own instance)"
+            systemctl disable --now "$unit" || true
+        done
+    done
+fi
