@@ -30,7 +30,10 @@ pub const DEFAULT_POD_CIDR_V4: &str = "10.222.0.0/16";
 /// (the daemon refuses to start when its pod CIDR overlaps a node address or route).
 pub const COMMON_DEFAULT_NETWORKS: [(&str, &str); 10] = [
     ("podman's default network", "10.88.0.0/16"),
-    ("podman's networks made with `podman network create`", "10.89.0.0/16"),
+    (
+        "podman's networks made with `podman network create`",
+        "10.89.0.0/16",
+    ),
     ("CRI-O's default bridge", "10.85.0.0/16"),
     ("docker's default bridge and user networks", "172.16.0.0/12"),
     ("flannel, kind and kubeadm examples", "10.244.0.0/16"),
