@@ -36,7 +36,10 @@ awk -v status="$status" '
     }
     /^ +(Running|Doc-tests) / { binaries++ }
     /SKIPPED/ { skipped_loudly++ }
-    /error: test failed, to rerun pass/ { failing_binaries = failing_binaries "\n  " $0 }
+    # cargo --no-fail-fast closes with "error: N target(s) failed:" and one line per target.
+    /^error: [0-9]+ targets? failed:/ { in_failed = 1; next }
+    in_failed && /^    / { failing_binaries = failing_binaries "\n  " $0; next }
+    { in_failed = 0 }
     END {
         crashed = binaries - results
         if (crashed < 0) crashed = 0

@@ -44,6 +44,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use nh_tests::node::{Daemon, DaemonOptions, Echo, Node, Proto, UdpClient, tcp_probe};
+// A pod namespace standing in for containerd's /var/run/netns/cni-<uuid>, deleted on drop.
+use nh_tests::nri_harness::PodNetns as Netns;
 use nh_tests::{require_root, run_ok, target_dir, unique_name, workspace_root};
 use serde_json::{Value, json};
 
@@ -165,31 +167,6 @@ fn load_captures() -> Result<Vec<Captured>> {
         "the capture files {loaded:?} are not index.jsonl's {listed:?}"
     );
     Ok(calls)
-}
-
-/// A pod namespace standing in for containerd's `/var/run/netns/cni-<uuid>`, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Result<Self> {
-        let name = unique_name("nhr");
-        run_ok(Command::new("ip").args(["netns", "add", &name]))?;
-        Ok(Self { name })
-    }
-
-    fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
 }
 
 /// Runs `call` as containerd ran it, with `netns` for `CNI_NETNS` (empty if it was) and the
