@@ -1,8 +1,9 @@
 //! Compiles the `.proto` files under `proto/` into Rust with `protox` (a pure-Rust protobuf
 //! compiler, so no system `protoc` is needed) and `tonic-prost-build`.
 //!
-//! To add a package (e.g. NRI or the ttRPC envelope), put its files under `proto/`, list
-//! them in `PROTOS`, and include the generated `<package>.rs` from `src/lib.rs`.
+//! To add a package, put its files under `proto/`, list them in `PROTOS`, and include the
+//! generated `<package>.rs` from `src/lib.rs`. (The NRI protos, the ttRPC envelope and
+//! `google.rpc.Status` live in the `nri` crate.)
 
 use std::path::Path;
 
@@ -12,17 +13,9 @@ const INCLUDE: &str = "proto";
 /// The files to compile, relative to [`INCLUDE`].
 const PROTOS: &[&str] = &["netns_holder/v1/api.proto"];
 
-/// Files compiled into messages only (plain prost, no tonic services): NRI and the ttRPC
-/// envelope, whose services are ttRPC and are served and called by `cri-hook` itself.
-const MESSAGE_PROTOS: &[&str] = &[
-    "google/rpc/status.proto",
-    "ttrpc/request.proto",
-    "nri/pkg/api/v1alpha1/api.proto",
-];
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={INCLUDE}");
-    for proto in PROTOS.iter().chain(MESSAGE_PROTOS) {
+    for proto in PROTOS {
         println!(
             "cargo:rerun-if-changed={}",
             Path::new(INCLUDE).join(proto).display()
@@ -34,11 +27,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Ordered maps: deterministic output, and the library uses `BTreeMap` for annotations.
         .btree_map(".")
-        .compile_fds(fds)?;
-    // google.protobuf.Any maps to prost-types (prost-build's default extern path).
-    let fds = protox::compile(MESSAGE_PROTOS, [INCLUDE])?;
-    prost_build::Config::new()
-        .btree_map(["."])
         .compile_fds(fds)?;
     Ok(())
 }

@@ -145,7 +145,7 @@ pub fn pod_name(env: &Env) -> Result<PodName, CniError> {
         env.args.get("K8S_POD_NAME"),
     ) {
         (Some(namespace), Some(name)) => {
-            let sandbox = crate::nri::pb::PodSandbox {
+            let sandbox = nri::pb::PodSandbox {
                 id: id.to_string(),
                 name: name.clone(),
                 namespace: namespace.clone(),

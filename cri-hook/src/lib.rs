@@ -2,23 +2,22 @@
 //! runtime event becomes a call to the netns-holder daemon's API
 //! ([`netns_holder::client::Client`]).
 //!
-//! Today this is the NRI plugin (`cri-hook nri`). Its stack, bottom up:
+//! Today this is the NRI plugin (`cri-hook nri`). It is built on the [`nri`] crate, which
+//! knows nothing of netns-holder: ttRPC, the NRI multiplexer, the connection, the NRI protos
+//! and constants, and the runner that dials (or takes the inherited fd 3), registers and
+//! reconnects with backoff ([`nri::run`]). What is netns-holder's own, bottom up:
 //!
-//! * [`ttrpc`]: ttRPC frames, statuses, a unary client and server (PROTOCOL.md §1).
-//! * [`mux`]: the NRI connection multiplexer's framing, with the Go-compatible split rule
-//!   for everything sent (§2.4) and a streaming decoder accepting any frame size.
-//! * [`conn`]: one unix stream carrying several logical ttRPC connections, with one
-//!   writer task and one reader task.
-//! * [`nri`]: NRI constants (services, connection ids, events, identity rules).
 //! * [`pod`]: what a pod sandbox means for netns-holder: the daemon pod name derived from
 //!   it, its network namespace, and the `netns-holder.io/` annotation options (name, skip,
 //!   host ports).
 //! * [`network`]: the [`network::PodNetwork`] trait the plugin drives, and its real
 //!   implementation over the daemon API with bounded call times.
 //! * [`plugin`]: the NRI Plugin service (Configure, Synchronize with reconciliation, pod
-//!   events: run wires the pod with its host ports, stop releases them, remove tears down).
-//! * [`run`]: obtaining the connection (dial or inherited fd 3), registration, reconnection
-//!   with backoff, shutdown.
+//!   events: run wires the pod with its host ports, stop releases them, remove tears down),
+//!   a ttRPC [`nri::ttrpc::Service`] that [`nri::run::run`] serves on each connection. It
+//!   keeps its own service rather than [`nri::stub::Plugin`]: it answers within three
+//!   quarters of each request's deadline, reconciles in the background past it, and keeps
+//!   per-connection state, which the stub's simpler contract does not carry.
 //!
 //! Beside it, sharing [`pod`]'s annotation options and owner annotation:
 //!
@@ -28,12 +27,7 @@
 //!   the `portMappings` capability included.
 
 pub mod cni;
-pub mod conn;
-pub mod mux;
 pub mod network;
-pub mod nri;
 pub mod oci_hook;
 pub mod plugin;
 pub mod pod;
-pub mod run;
-pub mod ttrpc;

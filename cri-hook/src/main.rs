@@ -7,7 +7,7 @@
 //! CNI_COMMAND=ADD|DEL|CHECK|STATUS|GC|VERSION ... cri-hook   (CNI plugin; see cri_hook::cni)
 //! ```
 //!
-//! `nri` runs the NRI plugin until SIGTERM or SIGINT (see [`cri_hook::run`]). Started by the
+//! `nri` runs the NRI plugin until SIGTERM or SIGINT (see [`nri::run`]). Started by the
 //! runtime as a pre-installed plugin (`/opt/nri/plugins/NN-name`, exec'd without arguments
 //! and with only `NRI_PLUGIN_SOCKET`, `NRI_PLUGIN_NAME` and `NRI_PLUGIN_IDX` in its
 //! environment), the binary runs `nri` with the defaults when no subcommand is given and
@@ -39,9 +39,9 @@ use slog::{Drain, Logger, info, o};
 mod journal;
 
 use cri_hook::network::DaemonNetwork;
-use cri_hook::nri;
 use cri_hook::plugin::Plugin;
-use cri_hook::run::{self, Backoff, Identity, Transport};
+use nri::api;
+use nri::run::{self, Backoff, Identity, Transport};
 
 /// Default plugin name.
 const DEFAULT_NAME: &str = "netns-holder";
@@ -96,7 +96,7 @@ enum Command {
 #[command(after_help = LOG_HELP)]
 struct NriArgs {
     /// The runtime's NRI socket (ignored when NRI_PLUGIN_SOCKET names an inherited fd).
-    #[arg(long, value_name = "PATH", default_value = nri::DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", default_value = api::DEFAULT_SOCKET)]
     nri_socket: PathBuf,
     /// The netns-holder daemon's API socket.
     #[arg(long, value_name = "PATH", default_value = netns_holder::config::DEFAULT_SOCKET)]
@@ -271,7 +271,7 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Nri(args)) => args,
         Some(Command::Oci(args)) => return cri_hook::oci_hook::main(args),
-        None if std::env::var_os(nri::ENV_PLUGIN_SOCKET).is_some() => {
+        None if std::env::var_os(api::ENV_PLUGIN_SOCKET).is_some() => {
             // Launched by the runtime without arguments: `nri` with the defaults.
             match Cli::try_parse_from(["cri-hook", "nri"]) {
                 Ok(Cli {
@@ -318,38 +318,18 @@ fn main() -> ExitCode {
 
 /// The plugin identity (see the module documentation for the precedence).
 fn identity(args: &NriArgs) -> anyhow::Result<Identity> {
-    let from_file = std::env::args_os()
-        .next()
-        .map(PathBuf::from)
-        .and_then(|p| p.file_name()?.to_str().map(str::to_string))
-        .and_then(|base| nri::parse_plugin_file_name(&base));
-    let env = |key| std::env::var(key).ok().filter(|v: &String| !v.is_empty());
-    let name = env(nri::ENV_PLUGIN_NAME)
-        .or_else(|| args.plugin_name.clone())
-        .or_else(|| from_file.as_ref().map(|(_, name)| name.clone()))
-        .unwrap_or_else(|| DEFAULT_NAME.to_string());
-    let index = env(nri::ENV_PLUGIN_IDX)
-        .or_else(|| args.plugin_index.clone())
-        .or_else(|| from_file.as_ref().map(|(index, _)| index.clone()))
-        .unwrap_or_else(|| DEFAULT_INDEX.to_string());
-    nri::validate_name(&name)?;
-    nri::validate_index(&index)?;
-    Ok(Identity { name, index })
+    Ok(Identity::resolve(
+        args.plugin_name.clone(),
+        args.plugin_index.clone(),
+        DEFAULT_NAME,
+        DEFAULT_INDEX,
+    )?)
 }
 
 /// Runs `nri` on a tokio runtime until a signal.
 fn nri_main(args: NriArgs, log: Logger) -> anyhow::Result<()> {
     let identity = identity(&args)?;
-    let transport = match std::env::var(nri::ENV_PLUGIN_SOCKET) {
-        Ok(value) => Transport::Inherited(value.trim().parse().with_context(|| {
-            format!(
-                "{}={value:?} is not a file descriptor number",
-                nri::ENV_PLUGIN_SOCKET
-            )
-        })?),
-        Err(std::env::VarError::NotPresent) => Transport::Dial(args.nri_socket.clone()),
-        Err(e) => bail!("{}: {e}", nri::ENV_PLUGIN_SOCKET),
-    };
+    let transport = Transport::from_env(args.nri_socket.clone())?;
     if args.daemon_timeout_ms == 0 {
         bail!("--daemon-timeout-ms must be positive");
     }
@@ -370,7 +350,7 @@ fn nri_main(args: NriArgs, log: Logger) -> anyhow::Result<()> {
         let network = DaemonNetwork::new(&args.daemon_socket, timeout);
         let plugin: Arc<Plugin<DaemonNetwork>> = Plugin::new(network, timeout, log.clone());
         run::run(
-            plugin,
+            || plugin.service(),
             transport,
             identity,
             Backoff::default(),

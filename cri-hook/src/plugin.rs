@@ -30,6 +30,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use netns_holder::names::PodName;
+use nri::api::{self, PLUGIN_SERVICE, method, pb};
+use nri::ttrpc::server::{Reply, RequestContext, Service, decode_request, unimplemented};
+use nri::ttrpc::{Code, Status};
 use prost::Message;
 use slog::{Logger, debug, error, info, warn};
 use tokio::sync::{OwnedMutexGuard, Semaphore};
@@ -37,10 +40,15 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::network::{NetworkError, PodNetwork, Wiring};
-use crate::nri::{self, PLUGIN_SERVICE, method, pb};
 use crate::pod::{self, PodError, PodTarget, SANDBOX_ANNOTATION};
-use crate::ttrpc::server::{Reply, RequestContext, Service, decode_request, unimplemented};
-use crate::ttrpc::{Code, Status};
+
+/// The events this plugin subscribes to: pod run, stop and remove (mask 0x7, valid on
+/// every runtime version, §4.2).
+pub const SUBSCRIBED: [pb::Event; 3] = [
+    pb::Event::RunPodSandbox,
+    pb::Event::StopPodSandbox,
+    pb::Event::RemovePodSandbox,
+];
 
 /// Daemon calls a reconciliation runs at once.
 const RECONCILE_CONCURRENCY: usize = 8;
@@ -88,7 +96,7 @@ impl<N: PodNetwork> Plugin<N> {
         Arc::new(PluginService {
             plugin: self.clone(),
             state: Arc::new(ConnState {
-                request_timeout: Mutex::new(nri::REQUEST_TIMEOUT),
+                request_timeout: Mutex::new(api::REQUEST_TIMEOUT),
                 sync: Mutex::new(None),
                 background: Mutex::new(Vec::new()),
             }),
@@ -556,7 +564,7 @@ impl<N: PodNetwork> Plugin<N> {
             *lock(&state.request_timeout) =
                 Duration::from_millis(request.request_timeout.unsigned_abs());
         }
-        let events = nri::event_mask(&nri::SUBSCRIBED);
+        let events = api::event_mask(&SUBSCRIBED);
         info!(self.log, "configured by the runtime";
             "runtime" => &request.runtime_name, "version" => &request.runtime_version,
             "nri_version" => &request.nri_version,
@@ -752,4 +760,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribes_to_the_pod_events() {
+        assert_eq!(api::event_mask(&SUBSCRIBED), 0x7);
+    }
 }

@@ -62,9 +62,8 @@ use std::path::PathBuf;
 
 use netns_holder::names::{self, MAX_POD_NAME_LEN, NameError, PodName};
 use netns_holder::ports::{self, PortMapping, PortSpecError};
+use nri::pb;
 use thiserror::Error;
-
-use crate::nri::pb;
 
 /// Prefix of the pod annotations read as options.
 pub const ANNOTATION_PREFIX: &str = "netns-holder.io/";

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{FakeNetwork, discard_log};
-use cri_hook::conn::{Connection, ConnectionBuilder};
 use cri_hook::network::NetworkError;
-use cri_hook::nri::{PLUGIN_SERVICE, PLUGIN_SERVICE_CONN, method, pb};
 use cri_hook::plugin::Plugin;
 use cri_hook::pod::{OWNER_ANNOTATION, SANDBOX_ANNOTATION};
-use cri_hook::ttrpc::{CallError, Client, Code};
+use nri::api::{PLUGIN_SERVICE, PLUGIN_SERVICE_CONN, method, pb};
+use nri::conn::{Connection, ConnectionBuilder};
+use nri::ttrpc::{CallError, Client, Code};
 use prost::Message;
 use tokio::net::UnixStream;
 

@@ -2,12 +2,10 @@
 //!
 //! * [`api`]: the netns-holder node daemon's gRPC API (`netns_holder.v1`), with its tonic
 //!   client and server.
-//! * [`nri`]: NRI messages (`nri.pkg.api.v1alpha1`, as [`nri::v1alpha1`]), prost only.
-//! * [`ttrpc`]: the ttRPC envelope (`Request`, `Response`, `KeyValue`), prost only.
-//! * [`google::rpc`]: `google.rpc.Status`, the ttRPC call status.
 //!
 //! Each protobuf package gets its own module here, named after the package, so further
-//! packages (NRI, the ttRPC envelope) slot in beside [`api`] without touching it.
+//! packages slot in beside [`api`] without touching it. The NRI messages, the ttRPC envelope
+//! and `google.rpc.Status` are not here: they belong to the `nri` crate.
 
 /// The netns-holder daemon API, protobuf package `netns_holder.v1`
 /// (`proto/netns_holder/v1/api.proto`).
@@ -17,39 +15,5 @@ pub mod api {
     #[allow(missing_docs, clippy::all, clippy::pedantic)]
     pub mod v1 {
         tonic::include_proto!("netns_holder.v1");
-    }
-}
-
-/// NRI (Node Resource Interface), protobuf package `nri.pkg.api.v1alpha1`
-/// (`proto/nri/pkg/api/v1alpha1/api.proto`): the messages of the subset netns-holder uses.
-/// The services are ttRPC, served and called by `cri-hook` (no generated service code).
-pub mod nri {
-    /// The `nri.pkg.api.v1alpha1` messages.
-    pub mod pkg {
-        /// The `nri.pkg.api.v1alpha1` messages.
-        pub mod api {
-            /// The `nri.pkg.api.v1alpha1` messages.
-            #[allow(missing_docs, clippy::all, clippy::pedantic)]
-            pub mod v1alpha1 {
-                include!(concat!(env!("OUT_DIR"), "/nri.pkg.api.v1alpha1.rs"));
-            }
-        }
-    }
-    pub use pkg::api::v1alpha1;
-}
-
-/// The ttRPC envelope, protobuf package `ttrpc` (`proto/ttrpc/request.proto`): `Request`,
-/// `Response` and `KeyValue`.
-#[allow(missing_docs, clippy::all, clippy::pedantic)]
-pub mod ttrpc {
-    include!(concat!(env!("OUT_DIR"), "/ttrpc.rs"));
-}
-
-/// Google's well-known RPC types used by ttRPC.
-pub mod google {
-    /// Protobuf package `google.rpc` (`proto/google/rpc/status.proto`): `Status`.
-    #[allow(missing_docs, clippy::all, clippy::pedantic)]
-    pub mod rpc {
-        include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
     }
 }

@@ -19,11 +19,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use netns_holder_proto::nri::v1alpha1 as pb;
 use nh_tests::invariants::{assert_state_matches_kernel, check_no_drift};
 use nh_tests::nri_harness::{Env, PodNetns, WAIT, daemon_name, run_async, sandbox_id};
 use nh_tests::nri_peer::pod_sandbox;
 use nh_tests::{require_root, unique_name};
+use nri::pb;
 
 /// A sandbox with a namespace of its own.
 struct Sandbox {

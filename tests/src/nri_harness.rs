@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use netns_holder::client::Client;
 use netns_holder::names::PodName;
-use netns_holder_proto::nri::v1alpha1 as pb;
+use nri::pb;
 
 use crate::node::{Daemon, DaemonOptions, Node};
 use crate::nri_peer::{NriRuntime, PeerOptions, PluginConn};

@@ -36,8 +36,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use netns_holder_proto::nri::v1alpha1 as pb;
-use netns_holder_proto::ttrpc::{Request, Response};
+use nri::pb;
+use nri::proto::ttrpc::{Request, Response};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
@@ -756,7 +756,7 @@ fn on_plugin_response(shared: &Shared, stream: u32, kind: u8, flags: u8, body: V
 /// A Response body: no status at all when OK (containerd, §10.1).
 fn response_body(status: Option<(i32, String)>, payload: Vec<u8>) -> Vec<u8> {
     Response {
-        status: status.map(|(code, message)| netns_holder_proto::google::rpc::Status {
+        status: status.map(|(code, message)| nri::proto::google::rpc::Status {
             code,
             message,
             details: Vec::new(),

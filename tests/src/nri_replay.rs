@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use netns_holder_proto::nri::v1alpha1 as pb;
-use netns_holder_proto::ttrpc::{KeyValue, Request, Response};
+use nri::pb;
+use nri::proto::ttrpc::{KeyValue, Request, Response};
 use prost::Message;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -40,11 +40,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use ::nri::pb as nri;
+use ::nri::proto::ttrpc::{Request as TtrpcRequest, Response as TtrpcResponse};
 use anyhow::{Context, Result, bail, ensure};
 use netns_holder::api::pb;
 use netns_holder::client::{Client, ClientError};
-use netns_holder_proto::nri::v1alpha1 as nri;
-use netns_holder_proto::ttrpc::{Request as TtrpcRequest, Response as TtrpcResponse};
 use nh_tests::node::{Daemon, DaemonOptions, Node, mounts_under, netns_holder_binary};
 use nh_tests::nri_peer::{containerd_frames, ttrpc_frame};
 use nh_tests::{ChildGuard, ScratchDir, require_root, run_ok, target_dir, unique_name, wait_until};

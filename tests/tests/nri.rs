@@ -31,13 +31,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use netns_holder_proto::nri::v1alpha1 as pb;
 use nh_tests::node::{Daemon, DaemonOptions, Echo, Node, Proto, tcp_probe};
 use nh_tests::nri_harness::{
     Env, PluginProcess, PodNetns, WAIT, cri_hook_binary, daemon_name, run_async, sandbox_id,
 };
 use nh_tests::nri_peer::{NriRuntime, PeerError, PeerOptions, PluginConn, container, pod_sandbox};
 use nh_tests::{ScratchDir, require_root, unique_name};
+use nri::pb;
 use prost::Message;
 
 // ------------------------------------------------------------------------------- helpers

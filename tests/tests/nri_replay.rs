@@ -20,7 +20,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use netns_holder_proto::nri::v1alpha1 as pb;
 use nh_tests::node::{Daemon, DaemonOptions, Echo, Node, Proto, tcp_probe};
 use nh_tests::nri_harness::{PluginProcess, PodNetns, WAIT, cri_hook_binary, run_async};
 use nh_tests::nri_replay::{
@@ -28,6 +27,7 @@ use nh_tests::nri_replay::{
     adjust_payload, capture_dir, captured_paths,
 };
 use nh_tests::{ChildGuard, ScratchDir, proc_state, require_root};
+use nri::pb;
 use prost::Message;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use clap::Parser as _;
 use cri_hook::cni::{self, Env, NetConf, wire};
-use cri_hook::nri::pb as nri;
 use cri_hook::oci_hook::{self, Stage};
 use cri_hook::pod::{self, ANNOTATION_PREFIX, KNOWN_OPTIONS, PodTarget};
 use netns_holder::api;
@@ -26,6 +25,7 @@ use netns_holder::cli::{self, Cli};
 use netns_holder::config::{Config, ConfigError};
 use netns_holder::names::{IfName, MAX_POD_NAME_LEN, PodId, PodName};
 use netns_holder::ports::{self, PortSpecError};
+use nri::pb;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 
@@ -592,15 +592,15 @@ pub struct SandboxFields {
 
 impl SandboxFields {
     /// The protobuf sandbox.
-    pub fn sandbox(&self) -> nri::PodSandbox {
-        nri::PodSandbox {
+    pub fn sandbox(&self) -> pb::PodSandbox {
+        pb::PodSandbox {
             id: self.id.clone(),
             name: self.name.clone(),
             namespace: self.namespace.clone(),
             uid: self.uid.clone(),
             annotations: self.annotations.clone().into_iter().collect(),
-            linux: self.netns.as_ref().map(|path| nri::LinuxPodSandbox {
-                namespaces: vec![nri::LinuxNamespace {
+            linux: self.netns.as_ref().map(|path| pb::LinuxPodSandbox {
+                namespaces: vec![pb::LinuxNamespace {
                     r#type: "network".into(),
                     path: path.clone(),
                 }],
@@ -616,11 +616,11 @@ impl SandboxFields {
 /// and a refusal names the sandbox.
 pub fn check_sandbox(fields: &SandboxFields) -> Checked {
     use prost::Message;
-    let encoded = nri::RunPodSandboxRequest {
+    let encoded = pb::RunPodSandboxRequest {
         pod: Some(fields.sandbox()),
     }
     .encode_to_vec();
-    let decoded = nri::RunPodSandboxRequest::decode(encoded.as_slice()).map_err(fail)?;
+    let decoded = pb::RunPodSandboxRequest::decode(encoded.as_slice()).map_err(fail)?;
     let sandbox = decoded.pod.ok_or_else(|| fail("pod lost in protobuf"))?;
     prop_assert_eq!(&sandbox, &fields.sandbox());
     match pod::derived_name(&sandbox) {

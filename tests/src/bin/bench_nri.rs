@@ -99,7 +99,7 @@ fn stats(samples: &mut [Duration]) -> (f64, f64) {
 /// Pods of one round, with their namespaces; removed through the runtime by
 /// [`Round::remove`].
 struct Round {
-    pods: Vec<netns_holder_proto::nri::v1alpha1::PodSandbox>,
+    pods: Vec<nri::pb::PodSandbox>,
     _namespaces: Namespaces,
 }
 

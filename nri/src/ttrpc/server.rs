@@ -22,13 +22,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use netns_holder_proto::ttrpc::{Request, Response};
+use crate::proto::ttrpc::{Request, Response};
 use prost::Message;
 use slog::{Logger, debug, warn};
 use tokio::time::Instant;
 
-use crate::conn::{Outgoing, WriterQueue};
 use crate::ttrpc::frame::{self, Decoded, FLAG_REMOTE_OPEN, MAX_BODY_LEN, MessageType};
+use crate::ttrpc::outgoing::{Outgoing, WriterQueue};
 use crate::ttrpc::status::{Code, Status};
 
 /// What a handler gets besides the payload.

@@ -3,7 +3,7 @@
 //! ([`crate::ttrpc::client::Client`]).
 //!
 //! * Writes: everything goes through the single writer task as whole ttRPC messages
-//!   ([`Outgoing`]); the writer frames each one with [`crate::mux::frame_message`] (the §2.4
+//!   ([`Outgoing`](crate::ttrpc::outgoing::Outgoing)); the writer frames each one with [`crate::mux::frame_message`] (the §2.4
 //!   rule) and writes frames whole, so frames of different messages never interleave.
 //!   Messages queued together are written with one `write_all`.
 //! * Reads: the reader task feeds a [`TrunkDecoder`] and hands requests to the servers
@@ -19,67 +19,13 @@ use slog::{Logger, debug, o};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::mux::{TrunkDecoder, frame_message};
 use crate::ttrpc::client::Client;
+use crate::ttrpc::outgoing::{CloseSignal, Outgoing, WriterQueue};
 use crate::ttrpc::server::{ServerConn, Service};
-
-/// One whole ttRPC message (header and body) to send on a logical connection.
-#[derive(Debug)]
-pub struct Outgoing {
-    /// The logical connection id.
-    pub conn: u32,
-    /// The encoded ttRPC frame.
-    pub message: Vec<u8>,
-}
-
-/// The sending side of the writer task's queue.
-pub type WriterQueue = mpsc::UnboundedSender<Outgoing>;
-
-/// The connection's close state, shared by its tasks, servers and clients: `None` while
-/// open, then the reason it closed.
-#[derive(Debug, Clone)]
-pub struct CloseSignal {
-    tx: Arc<watch::Sender<Option<String>>>,
-}
-
-impl CloseSignal {
-    fn new() -> Self {
-        Self {
-            tx: Arc::new(watch::Sender::new(None)),
-        }
-    }
-
-    /// Marks the connection closed with `reason` (the first reason wins).
-    pub fn close(&self, reason: impl Into<String>) {
-        let reason = reason.into();
-        self.tx.send_if_modified(|state| {
-            if state.is_none() {
-                *state = Some(reason);
-                true
-            } else {
-                false
-            }
-        });
-    }
-
-    /// The reason, if closed.
-    pub fn reason(&self) -> Option<String> {
-        self.tx.borrow().clone()
-    }
-
-    /// Resolves with the reason once the connection is closed.
-    pub async fn wait(&self) -> String {
-        let mut rx = self.tx.subscribe();
-        match rx.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone().unwrap_or_default(),
-            // The sender lives in `self`, so this cannot happen; treat it as closed.
-            Err(_) => "connection state dropped".to_string(),
-        }
-    }
-}
 
 /// Sets up the logical connections of a [`Connection`] before it starts.
 pub struct ConnectionBuilder {

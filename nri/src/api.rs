@@ -1,11 +1,12 @@
 //! NRI protocol constants and rules (PROTOCOL.md §2.2, §3, §4): service names, logical
-//! connection ids, method names, the event mask, timeouts and plugin identity checks.
+//! connection ids, method names, the event mask, timeouts, the environment of a launched
+//! plugin and plugin identity checks.
 
 use std::time::Duration;
 
 use thiserror::Error;
 
-pub use netns_holder_proto::nri::v1alpha1 as pb;
+pub use crate::proto::nri::v1alpha1 as pb;
 
 /// The default socket external plugins dial.
 pub const DEFAULT_SOCKET: &str = "/var/run/nri/nri.sock";
@@ -74,14 +75,6 @@ pub fn event_mask(events: &[pb::Event]) -> i32 {
     events.iter().fold(0, |mask, e| mask | event_bit(*e))
 }
 
-/// The events this plugin subscribes to: pod run, stop and remove (mask 0x7, valid on
-/// every runtime version, §4.2).
-pub const SUBSCRIBED: [pb::Event; 3] = [
-    pb::Event::RunPodSandbox,
-    pb::Event::StopPodSandbox,
-    pb::Event::RemovePodSandbox,
-];
-
 /// An invalid plugin name or index.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum IdentityError {
@@ -138,7 +131,13 @@ mod tests {
         assert_eq!(event_bit(pb::Event::ValidateContainerAdjustment), 0x2000);
         assert_eq!(event_bit(pb::Event::Unknown), 0);
         assert_eq!(event_bit(pb::Event::Last), 0);
-        assert_eq!(event_mask(&SUBSCRIBED), 0x7);
+        // The pod events (netns-holder's subscription, `cri_hook::plugin::SUBSCRIBED`).
+        let pod_events = [
+            pb::Event::RunPodSandbox,
+            pb::Event::StopPodSandbox,
+            pb::Event::RemovePodSandbox,
+        ];
+        assert_eq!(event_mask(&pod_events), 0x7);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use cri_hook::nri::pb;
+use nri::pb;
 use prost::Message;
 use serde_json::Value;
 

@@ -1,27 +1,29 @@
-//! Replays every file of `tests/corpus/` (see its README): the decoders must agree however
-//! the bytes are read and never panic, and a live plugin connection fed the file must
-//! survive it and still answer a probe request.
+//! Replays the `nri` crate's corpus (`nri/tests/corpus/`, see its README) against
+//! netns-holder's plugin: a live plugin connection fed each file must survive it and still
+//! answer a probe request, and hostile requests get the Go server's statuses. (The decoder
+//! checks of the corpus, and the same replay on a minimal stub plugin, are
+//! `nri/tests/corpus.rs`.)
 
 mod common;
+#[path = "../../nri/tests/common/mod.rs"]
+mod peer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{FakeNetwork, RawPeer, discard_log};
-use cri_hook::conn::ConnectionBuilder;
-use cri_hook::mux::TrunkDecoder;
-use cri_hook::nri::{PLUGIN_SERVICE, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
+use common::{FakeNetwork, discard_log};
 use cri_hook::plugin::Plugin;
-use cri_hook::ttrpc::frame::Decoded;
-use cri_hook::ttrpc::{Code, Status};
-use netns_holder_proto::nri::v1alpha1 as nri;
-use netns_holder_proto::ttrpc::{Request, Response};
-use prost::Message;
+use nri::api::{PLUGIN_SERVICE, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
+use nri::conn::ConnectionBuilder;
+use nri::mux::TrunkDecoder;
+use nri::ttrpc::frame::Decoded;
+use nri::ttrpc::{Code, Status};
+use peer::RawPeer;
 use tokio::net::UnixStream;
 
 fn corpus() -> Vec<(String, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../nri/tests/corpus");
     let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -45,54 +47,6 @@ fn decode_in(data: &[u8], chunk: usize) -> (Vec<(u32, Decoded)>, bool) {
         decoder.feed(piece, &mut out);
     }
     (out, decoder.is_idle())
-}
-
-#[test]
-fn corpus_decodes_the_same_however_it_is_read() {
-    for (name, data) in corpus() {
-        let (whole, idle) = decode_in(&data, data.len());
-        let (bytewise, idle1) = decode_in(&data, 1);
-        let (sevens, idle7) = decode_in(&data, 7);
-        assert_eq!(whole, bytewise, "{name}");
-        assert_eq!(whole, sevens, "{name}");
-        assert_eq!((idle, idle), (idle1, idle7), "{name}");
-        for (_, item) in &whole {
-            if let Decoded::Frame(f) = item {
-                if let Ok(r) = Request::decode(f.body.as_slice()) {
-                    let _ = nri::SynchronizeRequest::decode(r.payload.as_slice());
-                    let _ = nri::ConfigureRequest::decode(r.payload.as_slice());
-                }
-                let _ = Response::decode(f.body.as_slice());
-            }
-        }
-    }
-}
-
-#[test]
-fn corpus_expectations() {
-    let files: std::collections::BTreeMap<String, Vec<u8>> = corpus().into_iter().collect();
-    let (items, _) = decode_in(&files["synchronize_large_4096_rest.bin"], 4096);
-    assert!(matches!(&items[..], [(1, Decoded::Frame(f))] if f.body.len() > 4096));
-    let (items, idle) = decode_in(&files["ttrpc_oversize_announced.bin"], 1000);
-    assert!(
-        items.is_empty() && !idle,
-        "an oversize body is still being discarded"
-    );
-    let (items, _) = decode_in(&files["reserved_and_unknown_conns.bin"], 3);
-    assert!(items.is_empty());
-    let (items, _) = decode_in(&files["register_plugin_example.bin"], 5);
-    let [(2, Decoded::Frame(f))] = &items[..] else {
-        panic!("{items:?}")
-    };
-    let request = Request::decode(f.body.as_slice()).unwrap();
-    assert_eq!(request.service, "nri.pkg.api.v1alpha1.Runtime");
-    assert_eq!(request.method, "RegisterPlugin");
-    assert_eq!(request.timeout_nano, 5_000_000_000);
-    let register = nri::RegisterPluginRequest::decode(request.payload.as_slice()).unwrap();
-    assert_eq!(
-        (register.plugin_name.as_str(), register.plugin_idx.as_str()),
-        ("netshim", "10")
-    );
 }
 
 #[tokio::test]

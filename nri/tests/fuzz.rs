@@ -5,13 +5,13 @@
 //! Hostile input must never make a decoder panic, and any split of a byte stream into
 //! reads must decode exactly like the stream read at once.
 
-use cri_hook::mux::{
+use nri::mux::{
     FrameSplit, GO_FRAME_LIMIT, MUX_HEADER_LEN, MuxDecoder, TrunkDecoder, encode_frame,
     frame_message,
 };
-use cri_hook::ttrpc::frame::{self, Decoded, Frame, FrameDecoder, MAX_BODY_LEN, MessageType};
-use netns_holder_proto::nri::v1alpha1 as nri;
-use netns_holder_proto::ttrpc::{Request, Response};
+use nri::pb;
+use nri::proto::ttrpc::{Request, Response};
+use nri::ttrpc::frame::{self, Decoded, Frame, FrameDecoder, MAX_BODY_LEN, MessageType};
 use proptest::prelude::*;
 use prost::Message;
 
@@ -39,10 +39,10 @@ fn decode_everything(items: &[(u32, Decoded)]) {
     for (_, item) in items {
         if let Decoded::Frame(f) = item {
             if let Ok(request) = Request::decode(f.body.as_slice()) {
-                let _ = nri::SynchronizeRequest::decode(request.payload.as_slice());
-                let _ = nri::RunPodSandboxRequest::decode(request.payload.as_slice());
-                let _ = nri::StateChangeEvent::decode(request.payload.as_slice());
-                let _ = nri::ConfigureRequest::decode(request.payload.as_slice());
+                let _ = pb::SynchronizeRequest::decode(request.payload.as_slice());
+                let _ = pb::RunPodSandboxRequest::decode(request.payload.as_slice());
+                let _ = pb::StateChangeEvent::decode(request.payload.as_slice());
+                let _ = pb::ConfigureRequest::decode(request.payload.as_slice());
             }
             let _ = Response::decode(f.body.as_slice());
         }
@@ -177,11 +177,11 @@ proptest! {
     #[test]
     fn envelope_decoding_never_panics(body in prop::collection::vec(any::<u8>(), 0..1024)) {
         if let Ok(request) = Request::decode(body.as_slice()) {
-            let _ = nri::SynchronizeRequest::decode(request.payload.as_slice());
+            let _ = pb::SynchronizeRequest::decode(request.payload.as_slice());
         }
         let _ = Response::decode(body.as_slice());
-        let _ = nri::PodSandbox::decode(body.as_slice());
-        let _ = nri::Container::decode(body.as_slice());
+        let _ = pb::PodSandbox::decode(body.as_slice());
+        let _ = pb::Container::decode(body.as_slice());
     }
 
     #[test]

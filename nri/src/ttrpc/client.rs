@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use netns_holder_proto::ttrpc::{Request, Response};
+use crate::proto::ttrpc::{Request, Response};
 use prost::Message;
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-use crate::conn::{CloseSignal, Outgoing, WriterQueue};
 use crate::ttrpc::frame::{self, Decoded, MAX_BODY_LEN, MessageType};
+use crate::ttrpc::outgoing::{CloseSignal, Outgoing, WriterQueue};
 use crate::ttrpc::status::Status;
 
 /// Why a call failed, naming the call.

@@ -1,5 +1,8 @@
-//! Running the plugin: getting the connection, registering, serving until the runtime goes
-//! away, and starting over (PROTOCOL.md §3.1, §3.3, §3.10).
+//! Running a plugin: getting the connection, registering, serving until the runtime goes
+//! away, and starting over (PROTOCOL.md §3.1, §3.3, §3.10). The plugin is any ttRPC
+//! [`Service`] for `nri.pkg.api.v1alpha1.Plugin`, made afresh for each connection by the
+//! caller's factory (so per-connection state starts clean); [`crate::stub`] builds one from
+//! a trait with a method per event.
 //!
 //! * [`Transport::Dial`] (an external plugin): connect to the runtime's socket; after a
 //!   failure to connect, a failed registration or the loss of the connection (EOF when the
@@ -25,11 +28,12 @@ use slog::{Logger, error, info, warn};
 use thiserror::Error;
 use tokio::net::UnixStream;
 
+use crate::api::{
+    self, ENV_PLUGIN_IDX, ENV_PLUGIN_NAME, ENV_PLUGIN_SOCKET, IdentityError, PLUGIN_SERVICE_CONN,
+    RUNTIME_SERVICE, RUNTIME_SERVICE_CONN, method, pb,
+};
 use crate::conn::ConnectionBuilder;
-use crate::network::PodNetwork;
-use crate::nri::{self, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE, RUNTIME_SERVICE_CONN, method, pb};
-use crate::plugin::Plugin;
-use crate::ttrpc::{CallError, Client};
+use crate::ttrpc::{CallError, Client, Service};
 
 /// How the plugin reaches the runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +44,39 @@ pub enum Transport {
     Inherited(RawFd),
 }
 
+impl Transport {
+    /// The transport a plugin started by the runtime or by hand should use: the fd named by
+    /// `NRI_PLUGIN_SOCKET` (surrounding blanks ignored) when it is set, else dialing
+    /// `socket` (usually [`api::DEFAULT_SOCKET`]).
+    pub fn from_env(socket: impl Into<PathBuf>) -> Result<Self, EnvError> {
+        match std::env::var(ENV_PLUGIN_SOCKET) {
+            Ok(value) => value
+                .trim()
+                .parse()
+                .map(Transport::Inherited)
+                .map_err(|source| EnvError::NotAnFd { value, source }),
+            Err(std::env::VarError::NotPresent) => Ok(Transport::Dial(socket.into())),
+            Err(e) => Err(EnvError::NotUnicode(e)),
+        }
+    }
+}
+
+/// An unusable `NRI_PLUGIN_SOCKET`.
+#[derive(Debug, Error)]
+pub enum EnvError {
+    /// The value is not a number.
+    #[error("{ENV_PLUGIN_SOCKET}={value:?} is not a file descriptor number")]
+    NotAnFd {
+        /// The value.
+        value: String,
+        /// Why it does not parse.
+        source: std::num::ParseIntError,
+    },
+    /// The value is not valid unicode.
+    #[error("{ENV_PLUGIN_SOCKET}: {0}")]
+    NotUnicode(std::env::VarError),
+}
+
 /// The plugin's identity, sent in RegisterPlugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -47,6 +84,38 @@ pub struct Identity {
     pub name: String,
     /// The two-digit index.
     pub index: String,
+}
+
+impl Identity {
+    /// The identity with the Go stub's precedence: `NRI_PLUGIN_NAME`/`NRI_PLUGIN_IDX` (when
+    /// set and not empty), then `name`/`index` (e.g. from the command line), then an
+    /// executable named `NN-name` (how runtimes name pre-installed plugins), then
+    /// `default_name`/`default_index`; checked with [`api::validate_name`] and
+    /// [`api::validate_index`].
+    pub fn resolve(
+        name: Option<String>,
+        index: Option<String>,
+        default_name: &str,
+        default_index: &str,
+    ) -> Result<Self, IdentityError> {
+        let from_file = std::env::args_os()
+            .next()
+            .map(PathBuf::from)
+            .and_then(|p| p.file_name()?.to_str().map(str::to_string))
+            .and_then(|base| api::parse_plugin_file_name(&base));
+        let env = |key| std::env::var(key).ok().filter(|v: &String| !v.is_empty());
+        let name = env(ENV_PLUGIN_NAME)
+            .or(name)
+            .or_else(|| from_file.as_ref().map(|(_, name)| name.clone()))
+            .unwrap_or_else(|| default_name.to_string());
+        let index = env(ENV_PLUGIN_IDX)
+            .or(index)
+            .or_else(|| from_file.as_ref().map(|(index, _)| index.clone()))
+            .unwrap_or_else(|| default_index.to_string());
+        api::validate_name(&name)?;
+        api::validate_index(&index)?;
+        Ok(Self { name, index })
+    }
 }
 
 /// Backoff between connection attempts.
@@ -120,23 +189,24 @@ pub async fn register(client: &Client, identity: &Identity) -> Result<(), CallEr
     let request = pb::RegisterPluginRequest {
         plugin_name: identity.name.clone(),
         plugin_idx: identity.index.clone(),
-        nri_version: nri::NRI_VERSION.to_string(),
+        nri_version: api::NRI_VERSION.to_string(),
     };
     client
         .call::<_, pb::Empty>(
             RUNTIME_SERVICE,
             method::REGISTER_PLUGIN,
             &request,
-            nri::REGISTRATION_TIMEOUT,
+            api::REGISTRATION_TIMEOUT,
         )
         .await
         .map(|_| ())
 }
 
 /// Runs the plugin until `shutdown` resolves (or, with an inherited socket, until the
-/// runtime closes it). See the module documentation.
-pub async fn run<N: PodNetwork>(
-    plugin: Arc<Plugin<N>>,
+/// runtime closes it). See the module documentation. `service` makes the Plugin service of
+/// each new connection.
+pub async fn run<S: Service>(
+    mut service: impl FnMut() -> Arc<S>,
     transport: Transport,
     identity: Identity,
     backoff: Backoff,
@@ -179,9 +249,7 @@ pub async fn run<N: PodNetwork>(
         };
         let mut builder = ConnectionBuilder::new(log.clone());
         let client = builder.client(RUNTIME_SERVICE_CONN);
-        let connection = builder
-            .serve(PLUGIN_SERVICE_CONN, plugin.service())
-            .start(stream);
+        let connection = builder.serve(PLUGIN_SERVICE_CONN, service()).start(stream);
         let registered = tokio::select! {
             _ = &mut shutdown => {
                 connection.close("shutting down");

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use netns_holder_proto::google::rpc::Status as StatusProto;
+use crate::proto::google::rpc::Status as StatusProto;
 use thiserror::Error;
 
 /// A gRPC status code.

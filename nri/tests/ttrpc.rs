@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{RawPeer, discard_log};
-use cri_hook::conn::ConnectionBuilder;
-use cri_hook::ttrpc::frame::{self, MAX_BODY_LEN, MessageType};
-use cri_hook::ttrpc::server::{Reply, RequestContext, Service, unimplemented};
-use cri_hook::ttrpc::{CallErrorKind, Code, Status};
+use nri::conn::ConnectionBuilder;
+use nri::ttrpc::frame::{self, MAX_BODY_LEN, MessageType};
+use nri::ttrpc::server::{Reply, RequestContext, Service, unimplemented};
+use nri::ttrpc::{CallErrorKind, Code, Status};
 use tokio::net::UnixStream;
 
 const ECHO: &str = "test.Echo";
