@@ -97,10 +97,11 @@ bench: pause
 	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_hostports
 	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_load
 
-# `make fuzz`: the proptest fuzz targets of cri-hook with many cases. The parser targets
+# `make fuzz`: the proptest fuzz targets with many cases. The parser targets of cri-hook
 # (fuzz_parsers) run FUZZ_CASES cases each and stop after FUZZ_SECONDS; the ttRPC/mux targets
-# (fuzz) have no time bound of their own and run FUZZ_TTRPC_CASES (PROPTEST_CASES) cases. Each
-# test binary is killed (and make fails) after FUZZ_TIMEOUT seconds. Corpus: tests/fuzz-corpus/.
+# of nri (fuzz) have no time bound of their own and run FUZZ_TTRPC_CASES (PROPTEST_CASES) cases.
+# Each test binary is killed (and make fails) after FUZZ_TIMEOUT seconds. Corpus:
+# tests/fuzz-corpus/ (parsers), nri/tests/corpus/ (ttRPC/mux).
 FUZZ_CASES ?= 1000000
 FUZZ_SECONDS ?= 30
 FUZZ_TTRPC_CASES ?= 10000
@@ -109,13 +110,14 @@ FUZZ_TIMEOUT ?= 900
 
 ## fuzz: every fuzz target with many cases, each bounded in time (FUZZ_CASES, FUZZ_SECONDS)
 fuzz:
-	$(CARGO) test -p cri-hook --locked --no-run --test fuzz_corpus --test fuzz_parsers --test fuzz
+	$(CARGO) test -p cri-hook --locked --no-run --test fuzz_corpus --test fuzz_parsers
+	$(CARGO) test -p nri --locked --no-run --test fuzz
 	for t in fuzz_corpus fuzz_parsers; do \
 		FUZZ_CASES=$(FUZZ_CASES) FUZZ_SECONDS=$(FUZZ_SECONDS) \
 			timeout $(FUZZ_TIMEOUT) $(CARGO) test -p cri-hook --locked --test $$t -- --nocapture; \
 	done
 	PROPTEST_CASES=$(FUZZ_TTRPC_CASES) \
-		timeout $(FUZZ_TIMEOUT) $(CARGO) test -p cri-hook --locked --test fuzz -- --nocapture
+		timeout $(FUZZ_TIMEOUT) $(CARGO) test -p nri --locked --test fuzz -- --nocapture
 
 ## install: binaries, the pause, the systemd unit and a config (honours PREFIX, DESTDIR)
 install: build
