@@ -3,7 +3,7 @@
 //! ([`crate::ttrpc::client::Client`]).
 //!
 //! * Writes: everything goes through the single writer task as whole ttRPC messages
-//!   ([`Outgoing`](crate::ttrpc::outgoing::Outgoing)); the writer frames each one with [`crate::mux::frame_message`] (the §2.4
+//!   ([`Outgoing`]); the writer frames each one with [`crate::mux::frame_message`] (the §2.4
 //!   rule) and writes frames whole, so frames of different messages never interleave.
 //!   Messages queued together are written with one `write_all`.
 //! * Reads: the reader task feeds a [`TrunkDecoder`] and hands requests to the servers

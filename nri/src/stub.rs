@@ -1,5 +1,5 @@
 //! A small NRI plugin stub: implement [`Plugin`] (one method per event, each a no-op unless
-//! overridden), then [`run`] it. The stub does the rest, as the Go stub does:
+//! overridden), then [`run()`] it. The stub does the rest, as the Go stub does:
 //!
 //! * registration: RegisterPlugin with the plugin's name and index ([`Identity`]), on a
 //!   dialed socket or the fd the runtime passed (`NRI_PLUGIN_SOCKET`, [`Transport`]);
@@ -136,7 +136,7 @@ pub trait Plugin: Send + Sync + 'static {
 
 /// Runs `plugin` until `shutdown` resolves (or, with an inherited socket, until the runtime
 /// closes it), registering as `identity` and reconnecting with `backoff` (see
-/// [`crate::run::run`]).
+/// [`crate::run::run()`]).
 pub async fn run<P: Plugin>(
     plugin: Arc<P>,
     transport: Transport,
@@ -157,7 +157,7 @@ pub async fn run<P: Plugin>(
 }
 
 /// The Plugin service of one runtime connection, for serving `plugin` on a connection
-/// built by hand ([`crate::conn::ConnectionBuilder`]); [`run`] makes one per connection.
+/// built by hand ([`crate::conn::ConnectionBuilder`]); [`run()`] makes one per connection.
 pub fn service<P: Plugin>(plugin: Arc<P>) -> Arc<StubService<P>> {
     Arc::new(StubService {
         plugin,
