@@ -63,6 +63,7 @@
 //! neighbour entries for their gateway. `EEXIST` from a concurrent creator is success; the
 //! existing link must be a bridge.
 
+mod codec;
 mod conn;
 mod events;
 mod netlink;
