@@ -63,6 +63,14 @@
 //! neighbour entries for their gateway. `EEXIST` from a concurrent creator is success; the
 //! existing link must be a bridge.
 
+// Firecracker's cast lints: a size or count converted with `as` can silently truncate, wrap
+// or lose its sign; here every such conversion is checked (`try_from`) and says what it was.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod codec;
 mod conn;
 mod events;

@@ -210,7 +210,7 @@ fn random_mac() -> Vec<u8> {
     // SAFETY: `mac` is a valid writable buffer of the length passed; getrandom writes at
     // most that many bytes into it.
     let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
-    if n != mac.len() as isize {
+    if usize::try_from(n) != Ok(mac.len()) {
         // No entropy source: fall back to the clock and pid (uniqueness on one node is all
         // that matters here).
         let nanos = std::time::SystemTime::now()
