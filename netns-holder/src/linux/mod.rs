@@ -126,7 +126,7 @@ pub struct LinuxSystem {
     /// The pauses this process started, and the exit watches on the others.
     pauses: Arc<pause::Pauses>,
     /// Held while one batch of node-side link deletions runs (see
-    /// [`netlink::DELETE_GROUP`]).
+    /// [`netlink::links::DELETE_GROUP`]).
     link_deletions: tokio::sync::Mutex<()>,
     log: Logger,
 }
