@@ -16,7 +16,7 @@
 //!   detection);
 //! * [`routes`]: a pod's default route, the node's default-route MTU, and the peer routes
 //!   the daemon owns (marked with [`crate::peers::ROUTE_PROTOCOL`]);
-//! * [`node_networks`]: the addresses and routes the node already uses, for overlap checks.
+//! * [`node_networks`](mod@node_networks): the addresses and routes the node already uses, for overlap checks.
 
 use std::future::Future;
 use std::path::Path;
@@ -28,7 +28,7 @@ use super::conn;
 use crate::system::SystemError;
 
 mod addresses;
-mod links;
+pub(super) mod links;
 mod node_networks;
 mod routes;
 
