@@ -21,6 +21,7 @@ use slog::{Logger, warn};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::LinuxSystem;
+use super::codec;
 use super::thread::{self, NsFd};
 use crate::system::{KernelEvent, SystemError};
 
@@ -30,8 +31,6 @@ const RTMGRP_LINK: u32 = 1;
 const RTM_DELLINK: u16 = 17;
 /// `IFLA_IFNAME`.
 const IFLA_IFNAME: u16 = 3;
-/// `sizeof(struct nlmsghdr)`.
-const NLMSG_HDRLEN: usize = 16;
 /// `sizeof(struct ifinfomsg)`.
 const IFINFOMSG_LEN: usize = 16;
 /// Receive buffer asked for the link socket: room for thousands of deletions at once (a
@@ -137,52 +136,30 @@ fn watch_mounts(tx: UnboundedSender<KernelEvent>, log: Logger) -> Result<(), Sys
 }
 
 /// The names of the links deleted in one receive buffer of rtnetlink messages (other
-/// messages, and malformed ones, are skipped).
+/// messages, and malformed ones, are skipped; a malformed one ends the walk of the buffer).
 pub(crate) fn deleted_links(buf: &[u8]) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut at = 0;
-    while at + NLMSG_HDRLEN <= buf.len() {
-        let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
-        if len < NLMSG_HDRLEN || at + len > buf.len() {
-            break;
-        }
-        if kind == RTM_DELLINK
-            && let Some(name) = link_name(&buf[at + NLMSG_HDRLEN..at + len])
-        {
-            names.push(name);
-        }
-        at += align(len);
-    }
-    names
+    codec::messages(buf)
+        .map_while(Result::ok)
+        .filter(|m| m.header.kind == RTM_DELLINK)
+        .filter_map(|m| link_name(&m))
+        .collect()
 }
 
-/// `IFLA_IFNAME` of an `ifinfomsg` and its attributes.
-fn link_name(body: &[u8]) -> Option<String> {
-    let mut at = IFINFOMSG_LEN;
-    while at + 4 <= body.len() {
-        let len = usize::from(u16::from_ne_bytes([body[at], body[at + 1]]));
-        let kind = u16::from_ne_bytes([body[at + 2], body[at + 3]]);
-        if len < 4 || at + len > body.len() {
-            return None;
+/// `IFLA_IFNAME` of a link message (an `ifinfomsg` and its attributes); `None` without
+/// one, or if a malformed attribute comes before it.
+fn link_name(message: &codec::Message<'_>) -> Option<String> {
+    for attr in message.attributes_after(IFINFOMSG_LEN)? {
+        let attr = attr.ok()?;
+        if attr.kind() == IFLA_IFNAME {
+            return attr.c_str().map(str::to_string);
         }
-        if kind == IFLA_IFNAME {
-            let value = &body[at + 4..at + len];
-            let value = value.split(|&b| b == 0).next().unwrap_or_default();
-            return String::from_utf8(value.to_vec()).ok();
-        }
-        at += align(len);
     }
     None
 }
 
-/// Netlink's 4-byte alignment.
-fn align(len: usize) -> usize {
-    (len + 3) & !3
-}
-
 #[cfg(test)]
 mod tests {
+    use super::codec::NLMSG_HDRLEN;
     use super::*;
 
     /// One netlink message of `kind` holding an ifinfomsg and the attribute IFLA_IFNAME.
@@ -231,5 +208,16 @@ mod tests {
         bad_attr[first_attr..first_attr + 2].copy_from_slice(&200u16.to_ne_bytes());
         assert!(deleted_links(&bad_attr).is_empty());
         assert!(deleted_links(&[]).is_empty());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// No receive buffer makes the parser panic.
+        #[test]
+        fn deleted_links_never_panics(buf in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let names = deleted_links(&buf);
+            proptest::prop_assert!(names.len() <= buf.len() / (NLMSG_HDRLEN + IFINFOMSG_LEN));
+        }
     }
 }

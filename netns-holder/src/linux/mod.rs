@@ -63,6 +63,15 @@
 //! neighbour entries for their gateway. `EEXIST` from a concurrent creator is success; the
 //! existing link must be a bridge.
 
+// Firecracker's cast lints: a size or count converted with `as` can silently truncate, wrap
+// or lose its sign; here every such conversion is checked (`try_from`) and says what it was.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
+mod codec;
 mod conn;
 mod events;
 mod netlink;
@@ -117,7 +126,7 @@ pub struct LinuxSystem {
     /// The pauses this process started, and the exit watches on the others.
     pauses: Arc<pause::Pauses>,
     /// Held while one batch of node-side link deletions runs (see
-    /// [`netlink::DELETE_GROUP`]).
+    /// [`netlink::links::DELETE_GROUP`]).
     link_deletions: tokio::sync::Mutex<()>,
     log: Logger,
 }

@@ -28,6 +28,9 @@ use std::sync::{Arc, Mutex};
 use rtnetlink::sys::{Socket, protocols::NETLINK_NETFILTER};
 
 use super::LinuxSystem;
+use super::codec::{
+    self, EncodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, OpenMessage, Writer,
+};
 use super::thread::{self, NsFd};
 use crate::firewall::{self, FirewallTable, HostPortElement, ObservedTable};
 use crate::system::SystemError;
@@ -38,12 +41,6 @@ const NFT_MSG_DELSETELEM: u16 = 14;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
 const NFPROTO_INET: u8 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
-const NLA_F_NESTED: u16 = 0x8000;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -60,119 +57,100 @@ pub(crate) type NfSocket = Arc<Mutex<Socket>>;
 
 // ------------------------------------------------------------------ encoding
 
-/// A netlink message buffer with nested attribute support.
+/// A batch of nfnetlink messages, written with the [`codec::Writer`], and the sequence
+/// number of each element message.
 #[derive(Default)]
 pub(crate) struct Batch {
-    buf: Vec<u8>,
-    /// Start offsets of open nests.
-    nests: Vec<usize>,
+    writer: Writer,
     /// Sequence number of each element message, with its element's index.
     seqs: Vec<(u32, usize)>,
     next_seq: u32,
 }
 
-fn align(n: usize) -> usize {
-    (n + 3) & !3
-}
-
 impl Batch {
-    fn message(&mut self, kind: u16, flags: u16, family: u8, res_id: u16) -> (usize, u32) {
-        let start = self.buf.len();
+    /// Starts a message with its `struct nfgenmsg` (family, version `NFNETLINK_V0`, res_id
+    /// in big endian); returns it with its sequence number.
+    fn message(&mut self, kind: u16, flags: u16, family: u8, res_id: u16) -> (OpenMessage, u32) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // length, patched in `end`
-        self.buf.extend_from_slice(&kind.to_ne_bytes());
-        self.buf.extend_from_slice(&flags.to_ne_bytes());
-        self.buf.extend_from_slice(&seq.to_ne_bytes());
-        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-        // struct nfgenmsg: family, version (NFNETLINK_V0), res_id (big endian).
-        self.buf.push(family);
-        self.buf.push(0);
-        self.buf.extend_from_slice(&res_id.to_be_bytes());
-        (start, seq)
+        let message = self.writer.begin_message(kind, flags, seq);
+        let [res_hi, res_lo] = res_id.to_be_bytes();
+        self.writer.push(&[family, 0, res_hi, res_lo]);
+        (message, seq)
     }
 
-    fn end(&mut self, start: usize) {
-        let len = (self.buf.len() - start) as u32;
-        self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+    /// A batch delimiter (`NFNL_MSG_BATCH_BEGIN` or `_END`), a message of its own.
+    fn delimiter(&mut self, kind: u16) -> Result<(), EncodeError> {
+        let (message, _) = self.message(kind, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
+        self.writer.end_message(message)
     }
 
-    fn attr(&mut self, kind: u16, payload: &[u8]) {
-        let len = 4 + payload.len();
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&kind.to_ne_bytes());
-        self.buf.extend_from_slice(payload);
-        self.buf.resize(self.buf.len() + align(len) - len, 0);
-    }
-
-    fn attr_str(&mut self, kind: u16, s: &str) {
-        let mut payload = s.as_bytes().to_vec();
-        payload.push(0);
-        self.attr(kind, &payload);
-    }
-
-    fn nest(&mut self, kind: u16) {
-        self.nests.push(self.buf.len());
-        self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
-    }
-
-    fn unnest(&mut self) {
-        let start = self.nests.pop().expect("balanced nests");
-        let len = (self.buf.len() - start) as u16;
-        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+    /// The message that adds (`add`) or deletes `element`, asking for an acknowledgement if
+    /// it is the `last`; returns its sequence number.
+    fn element(
+        &mut self,
+        element: &HostPortElement,
+        add: bool,
+        last: bool,
+    ) -> Result<u32, EncodeError> {
+        let (kind, mut flags) = if add {
+            (
+                NFT_MSG_NEWSETELEM,
+                NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL,
+            )
+        } else {
+            (NFT_MSG_DELSETELEM, NLM_F_REQUEST)
+        };
+        if last {
+            flags |= NLM_F_ACK;
+        }
+        let (message, seq) =
+            self.message((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, NFPROTO_INET, 0);
+        let w = &mut self.writer;
+        w.attr_str(NFTA_SET_ELEM_LIST_TABLE, firewall::TABLE_NAME)?;
+        w.attr_str(NFTA_SET_ELEM_LIST_SET, element.map.name())?;
+        let list = w.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
+        let item = w.nest(NFTA_LIST_ELEM);
+        let key = w.nest(NFTA_SET_ELEM_KEY);
+        w.attr(NFTA_DATA_VALUE, &key_bytes(element))?;
+        w.end_nest(key)?;
+        if add {
+            let data = w.nest(NFTA_SET_ELEM_DATA);
+            w.attr(NFTA_DATA_VALUE, &value_bytes(element))?;
+            w.end_nest(data)?;
+        }
+        w.end_nest(item)?;
+        w.end_nest(list)?;
+        w.end_message(message)?;
+        Ok(seq)
     }
 
     /// The batch that adds (`add`) or deletes `elements`, one message each; only the last
     /// asks for an acknowledgement. Additions are exclusive (`NLM_F_EXCL`).
-    pub(crate) fn elements(elements: &[HostPortElement], add: bool) -> Self {
+    pub(crate) fn elements(elements: &[HostPortElement], add: bool) -> Result<Self, EncodeError> {
         let mut b = Batch {
             next_seq: 1,
             ..Batch::default()
         };
-        let (begin, _) = b.message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
-        b.end(begin);
+        b.delimiter(NFNL_MSG_BATCH_BEGIN)?;
         for (index, element) in elements.iter().enumerate() {
-            let (kind, mut flags) = if add {
-                (
-                    NFT_MSG_NEWSETELEM,
-                    NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL,
-                )
-            } else {
-                (NFT_MSG_DELSETELEM, NLM_F_REQUEST)
-            };
-            if index + 1 == elements.len() {
-                flags |= NLM_F_ACK;
-            }
-            let (start, seq) =
-                b.message((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, NFPROTO_INET, 0);
+            let seq = b.element(element, add, index + 1 == elements.len())?;
             b.seqs.push((seq, index));
-            b.attr_str(NFTA_SET_ELEM_LIST_TABLE, firewall::TABLE_NAME);
-            b.attr_str(NFTA_SET_ELEM_LIST_SET, element.map.name());
-            b.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
-            b.nest(NFTA_LIST_ELEM);
-            b.nest(NFTA_SET_ELEM_KEY);
-            b.attr(NFTA_DATA_VALUE, &key_bytes(element));
-            b.unnest();
-            if add {
-                b.nest(NFTA_SET_ELEM_DATA);
-                b.attr(NFTA_DATA_VALUE, &value_bytes(element));
-                b.unnest();
-            }
-            b.unnest();
-            b.unnest();
-            b.end(start);
         }
-        let (end, _) = b.message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
-        b.end(end);
-        b
+        b.delimiter(NFNL_MSG_BATCH_END)?;
+        Ok(b)
     }
 
     /// The encoded batch.
     pub(crate) fn bytes(&self) -> &[u8] {
-        &self.buf
+        self.writer.bytes()
     }
+}
+
+/// [`Batch::elements`], or the error that names the message or attribute that did not fit.
+fn encode(elements: &[HostPortElement], add: bool) -> Result<Batch, SystemError> {
+    Batch::elements(elements, add)
+        .map_err(|e| SystemError::other(firewall::table_object(), e.to_string()))
 }
 
 fn ip_bytes(ip: IpAddr) -> Vec<u8> {
@@ -185,7 +163,7 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
 /// A concatenation component: big-endian bytes padded to a 4-byte register boundary.
 fn component(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
-    out.resize(align(out.len()), 0);
+    out.resize(codec::align(out.len()), 0);
 }
 
 /// The key as the kernel stores it: `[address .] protocol . port`, each component padded to
@@ -233,7 +211,9 @@ async fn socket(sys: &LinuxSystem) -> Result<NfSocket, SystemError> {
 
 fn set_buffer(socket: &Socket, force: libc::c_int, plain: libc::c_int) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let size = SOCKET_BUFFER as libc::c_int;
+    let size = libc::c_int::try_from(SOCKET_BUFFER).map_err(std::io::Error::other)?;
+    let size_len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
+        .map_err(std::io::Error::other)?;
     for option in [force, plain] {
         // SAFETY: setsockopt on our open socket with a pointer to a live c_int and its size.
         let rc = unsafe {
@@ -242,7 +222,7 @@ fn set_buffer(socket: &Socket, force: libc::c_int, plain: libc::c_int) -> std::i
                 libc::SOL_SOCKET,
                 option,
                 (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                size_len,
             )
         };
         if rc == 0 {
@@ -296,19 +276,11 @@ fn drain(socket: &Socket, mut on_error: impl FnMut(u32, i32)) -> Result<(), std:
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
-        let mut at = 0;
-        while at + 16 <= buf.len() {
-            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
-            let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
-            let seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().expect("4 bytes"));
-            if len < 16 || at + len > buf.len() {
-                break;
+        // A malformed message ends the walk of this buffer, as nothing after it can be framed.
+        for message in codec::messages(&buf).map_while(Result::ok) {
+            if let Some(errno) = message.errno() {
+                on_error(message.header.seq, errno);
             }
-            if kind == NLMSG_ERROR && len >= 20 {
-                let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4 bytes"));
-                on_error(seq, -code);
-            }
-            at += align(len);
         }
     }
 }
@@ -326,7 +298,7 @@ pub(crate) async fn add_elements(
         return Ok(());
     }
     let socket = socket(sys).await?;
-    let batch = Batch::elements(elements, true);
+    let batch = encode(elements, true)?;
     let replies =
         talk(&socket, &batch).map_err(|e| SystemError::io(firewall::table_object(), e))?;
     if let Some(&(seq, errno)) = replies.errors.first() {
@@ -366,7 +338,7 @@ pub(crate) async fn delete_elements(
         if pending.is_empty() {
             return Ok(0);
         }
-        let batch = Batch::elements(&pending, false);
+        let batch = encode(&pending, false)?;
         let replies =
             talk(&socket, &batch).map_err(|e| SystemError::io(firewall::table_object(), e))?;
         if replies.errors.is_empty() {
@@ -608,7 +580,7 @@ mod tests {
             element(HostPortMap::V4, Some("10.0.0.9"), "10.244.0.2"),
             element(HostPortMap::AnyV4, None, "10.244.0.2"),
         ];
-        let batch = Batch::elements(&elements, true);
+        let batch = Batch::elements(&elements, true).unwrap();
         let bytes = batch.bytes();
         let mut at = 0;
         let mut headers = Vec::new();
@@ -632,5 +604,62 @@ mod tests {
             ]
         );
         assert_eq!(batch.seqs, [(2, 0), (3, 1)]);
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The bytes of both batches as the hand-written encoder before the codec produced them
+    /// (little-endian host), so moving onto [`codec::Writer`] changed nothing on the wire.
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn batches_are_byte_for_byte_what_they_were() {
+        let elements = [
+            element(HostPortMap::V4, Some("10.0.0.9"), "10.244.0.2"),
+            HostPortElement {
+                map: HostPortMap::AnyV6,
+                host_ip: None,
+                protocol: Protocol::Udp,
+                host_port: 53,
+                pod_ip: "fd00::2".parse().unwrap(),
+                pod_port: 5353,
+            },
+        ];
+        assert_eq!(
+            hex(Batch::elements(&elements, true).unwrap().bytes()),
+            "140000001000010001000000000000000000000a640000000c0a0106020000000000000001000000\
+             110001006e65746e735f686f6c6465720000000010000200686f7374706f72745f7634002c000380\
+             2800018014000180100001000a000009060000001f910000100002800c0001000af4000200500000\
+             700000000c0a0506030000000000000001000000110001006e65746e735f686f6c64657200000000\
+             14000200686f7374706f72745f616e795f7636003400038030000180100001800c00010011000000\
+             003500001c00028018000100fd00000000000000000000000000000214e900001400000011000100\
+             04000000000000000000000a"
+        );
+        assert_eq!(
+            hex(Batch::elements(&elements, false).unwrap().bytes()),
+            "140000001000010001000000000000000000000a540000000e0a0100020000000000000001000000\
+             110001006e65746e735f686f6c6465720000000010000200686f7374706f72745f7634001c000380\
+             1800018014000180100001000a000009060000001f910000540000000e0a05000300000000000000\
+             01000000110001006e65746e735f686f6c6465720000000014000200686f7374706f72745f616e79\
+             5f7636001800038014000180100001800c0001001100000000350000140000001100010004000000\
+             000000000000000a"
+        );
+    }
+
+    /// The replies the kernel sends to a batch, as `drain` reads them.
+    #[test]
+    fn error_replies_are_read_by_sequence_number() {
+        let mut w = Writer::default();
+        for (seq, code) in [(2, -libc::EEXIST), (3, 0)] {
+            let m = w.begin_message(codec::NLMSG_ERROR, 0, seq);
+            w.push(&code.to_ne_bytes());
+            w.end_message(m).unwrap();
+        }
+        let replies: Vec<(u32, Option<i32>)> = codec::messages(w.bytes())
+            .map(|m| m.map(|m| (m.header.seq, m.errno())))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(replies, [(2, Some(libc::EEXIST)), (3, Some(0))]);
     }
 }

@@ -115,9 +115,11 @@ fn reap(pid: u32) {
 
 /// `pidfd_open(pid)`.
 fn pidfd_open(pid: u32) -> Result<OwnedFd, Errno> {
+    // No process has a pid beyond pid_t.
+    let pid = libc::pid_t::try_from(pid).map_err(|_| Errno::ESRCH)?;
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; it has
     // no memory arguments.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
     if fd < 0 {
         return Err(Errno::last());
     }

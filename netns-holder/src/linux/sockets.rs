@@ -16,6 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use rtnetlink::sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 
 use super::LinuxSystem;
+use super::codec::{self, EncodeError, NLM_F_DUMP, NLM_F_REQUEST, Writer};
 use super::nft::{run_in_node, tool};
 use super::thread::{self, NsFd};
 use crate::firewall::{ConntrackFlush, Listener};
@@ -23,10 +24,6 @@ use crate::ports::{Family, Protocol};
 use crate::system::SystemError;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
 /// TCP state `LISTEN`.
 const TCP_LISTEN: u8 = 10;
 /// The "state" of a bound, unconnected UDP socket (`TCP_CLOSE`).
@@ -46,64 +43,67 @@ pub(crate) struct DiagSocket {
 
 /// The `SOCK_DIAG_BY_FAMILY` dump request (`struct inet_diag_req_v2`) for sockets of
 /// `family`/`protocol` in `state`.
-pub(crate) fn diag_request(family: u8, protocol: u8, state: u8, seq: u32) -> Vec<u8> {
-    let mut m = Vec::with_capacity(72);
-    m.extend_from_slice(&72u32.to_ne_bytes());
-    m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(&[family, protocol, 0, 0]);
-    m.extend_from_slice(&(1u32 << state).to_ne_bytes());
-    m.extend_from_slice(&[0u8; 48]); // struct inet_diag_sockid: no filter
-    m
+pub(crate) fn diag_request(
+    family: u8,
+    protocol: u8,
+    state: u8,
+    seq: u32,
+) -> Result<Vec<u8>, EncodeError> {
+    let mut w = Writer::default();
+    let message = w.begin_message(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq);
+    // sdiag_family, sdiag_protocol, idiag_ext, pad; idiag_states (a bit per state).
+    w.push(&[family, protocol, 0, 0]);
+    w.push(&(1u32 << state).to_ne_bytes());
+    w.push(&[0u8; 48]); // struct inet_diag_sockid: no filter
+    w.end_message(message)?;
+    Ok(w.into_bytes())
 }
 
-/// Parses the `inet_diag_msg`s of one receive buffer; `Ok(true)` once the dump is done.
+/// The socket an `inet_diag_msg` describes, if `body` holds one.
+fn diag_socket(body: &[u8]) -> Option<DiagSocket> {
+    if body.len() < DIAG_MSG_LEN {
+        return None;
+    }
+    // idiag_family, idiag_state, idiag_timer, idiag_retrans, then struct inet_diag_sockid:
+    // source and destination ports (big endian), source and destination addresses (16
+    // bytes each), interface, cookie; then expires, rqueue, wqueue, uid, inode.
+    let address = match body.first()? {
+        2 => IpAddr::V4(Ipv4Addr::from(codec::bytes_at::<4>(body, 8)?)),
+        _ => IpAddr::V6(Ipv6Addr::from(codec::bytes_at::<16>(body, 8)?)),
+    };
+    Some(DiagSocket {
+        state: *body.get(1)?,
+        port: codec::u16_be(body, 4)?,
+        remote_port: codec::u16_be(body, 6)?,
+        address,
+        inode: codec::u32_ne(body, 68)?,
+    })
+}
+
+/// Parses the `inet_diag_msg`s of one receive buffer; `Ok(true)` once the dump is done,
+/// `Err(errno)` for an error reply. A malformed message ends the walk of this buffer.
 pub(crate) fn parse_diag(buf: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool, i32> {
-    let mut at = 0;
-    while at + 16 <= buf.len() {
-        let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
-        if len < 16 || at + len > buf.len() {
-            break;
+    for message in codec::messages(buf).map_while(Result::ok) {
+        if message.is_done() {
+            return Ok(true);
         }
-        let body = &buf[at + 16..at + len];
-        match kind {
-            NLMSG_DONE => return Ok(true),
-            NLMSG_ERROR if body.len() >= 4 => {
-                let code = i32::from_ne_bytes(body[..4].try_into().expect("4 bytes"));
-                if code != 0 {
-                    return Err(-code);
-                }
-            }
-            SOCK_DIAG_BY_FAMILY if body.len() >= DIAG_MSG_LEN => {
-                let address = match body[0] {
-                    2 => IpAddr::V4(Ipv4Addr::from(
-                        <[u8; 4]>::try_from(&body[8..12]).expect("4 bytes"),
-                    )),
-                    _ => IpAddr::V6(Ipv6Addr::from(
-                        <[u8; 16]>::try_from(&body[8..24]).expect("16 bytes"),
-                    )),
-                };
-                out.push(DiagSocket {
-                    state: body[1],
-                    port: u16::from_be_bytes([body[4], body[5]]),
-                    remote_port: u16::from_be_bytes([body[6], body[7]]),
-                    address,
-                    inode: u32::from_ne_bytes(body[68..72].try_into().expect("4 bytes")),
-                });
-            }
-            _ => {}
+        match message.errno() {
+            Some(0) | None => {}
+            Some(errno) => return Err(errno),
         }
-        at += (len + 3) & !3;
+        if message.header.kind == SOCK_DIAG_BY_FAMILY
+            && let Some(socket) = diag_socket(message.payload)
+        {
+            out.push(socket);
+        }
     }
     Ok(false)
 }
 
 /// Dumps the sockets of `family`/`protocol` in `state` (in the namespace `socket` was made in).
 fn dump(socket: &Socket, family: u8, protocol: u8, state: u8) -> std::io::Result<Vec<DiagSocket>> {
-    socket.send(&diag_request(family, protocol, state, 1), 0)?;
+    let request = diag_request(family, protocol, state, 1).map_err(std::io::Error::other)?;
+    socket.send(&request, 0)?;
     let mut out = Vec::new();
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
     loop {
@@ -145,6 +145,16 @@ fn owner_of(inode: u32) -> Option<String> {
     None
 }
 
+/// A protocol or address family number as the byte a sock_diag request carries.
+fn diag_byte(number: libc::c_int) -> Result<u8, SystemError> {
+    u8::try_from(number).map_err(|_| {
+        SystemError::other(
+            "sock_diag request",
+            format!("protocol or family {number} does not fit in a byte"),
+        )
+    })
+}
+
 /// Sockets of the node namespace that hold one of `ports`.
 pub(crate) async fn listeners(
     sys: &LinuxSystem,
@@ -157,13 +167,17 @@ pub(crate) async fn listeners(
             .map_err(|e| SystemError::io(format!("{object}: sock_diag socket"), e))?;
         let mut found: BTreeMap<(Protocol, u16, IpAddr), u32> = BTreeMap::new();
         for (protocol, number, state) in [
-            (Protocol::Tcp, libc::IPPROTO_TCP as u8, TCP_LISTEN),
-            (Protocol::Udp, libc::IPPROTO_UDP as u8, UDP_UNCONNECTED),
+            (Protocol::Tcp, diag_byte(libc::IPPROTO_TCP)?, TCP_LISTEN),
+            (
+                Protocol::Udp,
+                diag_byte(libc::IPPROTO_UDP)?,
+                UDP_UNCONNECTED,
+            ),
         ] {
             if !ports.iter().any(|(p, _)| *p == protocol) {
                 continue;
             }
-            for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            for family in [diag_byte(libc::AF_INET)?, diag_byte(libc::AF_INET6)?] {
                 let sockets = dump(&socket, family, number, state)
                     .map_err(|e| SystemError::io(format!("{object}: {protocol} dump"), e))?;
                 for s in sockets {
@@ -261,7 +275,7 @@ mod tests {
         body.extend_from_slice(&[0u8; 16 + 4 + 8 + 16]);
         body.extend_from_slice(&inode.to_ne_bytes());
         let mut m = Vec::new();
-        m.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&u32::try_from(16 + body.len()).unwrap().to_ne_bytes());
         m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
         m.extend_from_slice(&[0u8; 10]);
         m.extend_from_slice(&body);
@@ -270,7 +284,7 @@ mod tests {
 
     #[test]
     fn diag_request_and_replies() {
-        let r = diag_request(2, 6, TCP_LISTEN, 7);
+        let r = diag_request(2, 6, TCP_LISTEN, 7).unwrap();
         assert_eq!(r.len(), 72);
         assert_eq!(u32::from_ne_bytes(r[20..24].try_into().unwrap()), 1 << 10);
         let mut buf = diag_message(2, TCP_LISTEN, &[127, 0, 0, 1], 8080, 12345);
@@ -334,5 +348,54 @@ mod tests {
             deleted_count("conntrack v1.4.7 (conntrack-tools): Operation failed"),
             None
         );
+    }
+
+    /// The request as the hand-written encoder before the codec produced it (little-endian
+    /// host).
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn diag_request_is_byte_for_byte_what_it_was() {
+        let hex: String = diag_request(10, 17, UDP_UNCONNECTED, 3)
+            .unwrap()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            format!(
+                "480000001400010303000000000000000a110000800000{}",
+                "0".repeat(98)
+            )
+        );
+    }
+
+    #[test]
+    fn short_truncated_and_unknown_messages_are_skipped() {
+        let whole = diag_message(2, TCP_LISTEN, &[127, 0, 0, 1], 80, 1);
+        let mut out = Vec::new();
+        assert_eq!(parse_diag(&whole[..whole.len() - 1], &mut out), Ok(false));
+        assert_eq!(parse_diag(&whole[..40], &mut out), Ok(false));
+        // A diag message whose body is shorter than an inet_diag_msg.
+        let mut short = whole[..16 + 40].to_vec();
+        short[0..4].copy_from_slice(&56u32.to_ne_bytes());
+        assert_eq!(parse_diag(&short, &mut out), Ok(false));
+        assert!(out.is_empty());
+        // An acknowledgement is not an error; a hostile errno is one.
+        let mut ack = vec![20, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(parse_diag(&ack, &mut out), Ok(false));
+        ack[16..20].copy_from_slice(&i32::MIN.to_ne_bytes());
+        assert_eq!(parse_diag(&ack, &mut out), Err(i32::MIN));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// No receive buffer makes the parser panic.
+        #[test]
+        fn parse_diag_never_panics(buf in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let mut out = Vec::new();
+            let _ = parse_diag(&buf, &mut out);
+            proptest::prop_assert!(out.len() <= buf.len() / (16 + DIAG_MSG_LEN));
+        }
     }
 }

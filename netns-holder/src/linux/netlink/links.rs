@@ -1,0 +1,514 @@
+//! Links: the bridge, veth pairs, bridge ports, names, MTU, state, deletion, and reading a
+//! link back.
+//!
+//! Links are looked up by name at each call; no index is kept between calls. Node-side
+//! deletions are batched through a device group ([`DELETE_GROUP`]); pod-side ones are single
+//! deletions.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
+use slog::info;
+
+use super::addresses::{add_addr, address_net};
+use super::{Dumps, errno, in_netns, nl_err, node_handle};
+use crate::linux::netns::open_netns;
+use crate::linux::{LinuxSystem, link_object};
+use crate::names::IfName;
+use crate::system::{LinkInfo, SystemError};
+
+// ------------------------------------------------------------------ reading link messages
+
+/// The link's name (`IFLA_IFNAME`).
+pub(super) fn attr_name(m: &LinkMessage) -> Option<&str> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+/// The link's MTU (`IFLA_MTU`).
+pub(super) fn attr_mtu(m: &LinkMessage) -> Option<u32> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(v) => Some(*v),
+        _ => None,
+    })
+}
+
+/// The index of the link's master (`IFLA_MASTER`), if it has one.
+fn attr_controller(m: &LinkMessage) -> Option<u32> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Controller(v) if *v != 0 => Some(*v),
+        _ => None,
+    })
+}
+
+/// Whether the link is a bridge (`IFLA_INFO_KIND` "bridge").
+fn is_bridge(m: &LinkMessage) -> bool {
+    m.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|i| matches!(i, NlLinkInfo::Kind(InfoKind::Bridge))),
+        _ => false,
+    })
+}
+
+/// The link named `name`, if any.
+pub(super) async fn link_by_name(
+    h: &Handle,
+    name: &str,
+) -> Result<Option<LinkMessage>, rtnetlink::Error> {
+    match h
+        .link()
+        .get()
+        .match_name(name)
+        .execute()
+        .try_collect::<Vec<_>>()
+        .await
+    {
+        Ok(links) => Ok(links.into_iter().next()),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The link with index `index`, if any.
+pub(super) async fn link_by_index(
+    h: &Handle,
+    index: u32,
+) -> Result<Option<LinkMessage>, rtnetlink::Error> {
+    match h
+        .link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_collect::<Vec<_>>()
+        .await
+    {
+        Ok(links) => Ok(links.into_iter().next()),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The index of `link` (named in errors as `object`), or [`SystemError::NotFound`].
+pub(super) async fn require_index(
+    h: &Handle,
+    link: &str,
+    object: &str,
+) -> Result<u32, SystemError> {
+    match link_by_name(h, link).await {
+        Ok(Some(m)) => Ok(m.header.index),
+        Ok(None) => Err(SystemError::NotFound {
+            object: object.to_string(),
+        }),
+        Err(e) => Err(nl_err(object, e)),
+    }
+}
+
+// ------------------------------------------------------------------ changing links
+
+/// Sets `link` (index) administratively up.
+pub(super) async fn set_up(h: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
+    h.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+}
+
+/// A locally administered, unicast, random MAC address.
+fn random_mac() -> Vec<u8> {
+    let mut mac = [0u8; 6];
+    // SAFETY: `mac` is a valid writable buffer of the length passed; getrandom writes at
+    // most that many bytes into it.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if usize::try_from(n) != Ok(mac.len()) {
+        // No entropy source: fall back to the clock and pid (uniqueness on one node is all
+        // that matters here).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let seed = nanos ^ (u128::from(std::process::id()) << 64);
+        mac.copy_from_slice(&seed.to_le_bytes()[..6]);
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac.to_vec()
+}
+
+/// Creates the bridge `name` in the node namespace if it does not exist (with a random
+/// fixed MAC, up), or checks that the existing link is a bridge; then makes sure it carries
+/// every address of `gateways` and is up. Another creator winning the race is fine.
+pub(crate) async fn ensure_bridge(
+    sys: &LinuxSystem,
+    name: &IfName,
+    gateways: &[IpNet],
+) -> Result<(), SystemError> {
+    let h = node_handle(sys).await?;
+    let object = format!("bridge {name}");
+    // A fixed MAC: without one the bridge takes the lowest MAC of its ports and changes it
+    // as pods come and go, which leaves stale gateway neighbour entries in the pods.
+    let create = LinkMessageBuilder::<LinkBridge>::new(name.as_str())
+        .address(random_mac())
+        .up()
+        .build();
+    match h.link().add(create).execute().await {
+        Ok(()) => info!(sys.log, "bridge created"; "bridge" => %name),
+        // Someone (a concurrent create, an earlier run) made it first: check it below.
+        Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+        Err(e) => return Err(nl_err(&object, e)),
+    }
+    let link = link_by_name(&h, name.as_str())
+        .await
+        .map_err(|e| nl_err(&object, e))?
+        .ok_or_else(|| SystemError::NotFound {
+            object: object.clone(),
+        })?;
+    if !is_bridge(&link) {
+        return Err(SystemError::other(
+            link_object(None, name.as_str()),
+            "exists and is not a bridge",
+        ));
+    }
+    let index = link.header.index;
+    for gateway in gateways {
+        add_addr(&h, index, *gateway)
+            .await
+            .map_err(|e| nl_err(format!("address {gateway} on {object}"), e))?;
+    }
+    if !link.header.flags.contains(LinkFlags::Up) {
+        set_up(&h, index).await.map_err(|e| nl_err(&object, e))?;
+    }
+    Ok(())
+}
+
+/// Creates the veth pair `host` (node namespace) and `peer` (created directly inside
+/// `netns`), both with `mtu` and one queue each way. `AlreadyExists` names the end that
+/// exists.
+pub(crate) async fn create_veth(
+    sys: &LinuxSystem,
+    host: &IfName,
+    peer: &IfName,
+    netns: &Path,
+    mtu: u32,
+) -> Result<(), SystemError> {
+    let object = format!("veth {host} <-> {peer} in {} (mtu {mtu})", netns.display());
+    let ns = open_netns(netns)?;
+    let h = node_handle(sys).await?;
+    // The peer is created directly in the pod namespace (IFLA_NET_NS_FD inside the peer
+    // message): a crash can never leave it behind in the node namespace.
+    // One queue each way, asked for explicitly: without these attributes the kernel makes
+    // one queue per CPU and then cuts each end down to one, and every cut waits for an
+    // (expedited) RCU grace period while holding the RTNL lock that all pod creates share.
+    let peer_message = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(peer.as_str())
+        .mtu(mtu)
+        .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
+        .setns_by_fd(ns.as_raw_fd())
+        .build();
+    let message = LinkVeth::new(host.as_str(), peer.as_str())
+        .mtu(mtu)
+        .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message)))
+        .build();
+    let result = h.link().add(message).execute().await;
+    drop(ns);
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e) == Some(libc::EEXIST) => {
+            // Say which end exists.
+            let host_exists = matches!(link_by_name(&h, host.as_str()).await, Ok(Some(_)));
+            Err(SystemError::AlreadyExists {
+                object: if host_exists {
+                    link_object(None, host.as_str())
+                } else {
+                    link_object(Some(netns), peer.as_str())
+                },
+            })
+        }
+        Err(e) => Err(nl_err(object, e)),
+    }
+}
+
+/// Attaches `link` (node namespace) to the bridge `master`. `NotFound` if either is
+/// missing; an error if `master` is not a bridge.
+pub(crate) async fn set_master(
+    sys: &LinuxSystem,
+    link: &IfName,
+    master: &IfName,
+) -> Result<(), SystemError> {
+    let h = node_handle(sys).await?;
+    let bridge = format!("bridge {master}");
+    let master_link = link_by_name(&h, master.as_str())
+        .await
+        .map_err(|e| nl_err(&bridge, e))?
+        .ok_or_else(|| SystemError::NotFound {
+            object: bridge.clone(),
+        })?;
+    if !is_bridge(&master_link) {
+        return Err(SystemError::other(
+            link_object(None, master.as_str()),
+            "is not a bridge",
+        ));
+    }
+    let object = link_object(None, link.as_str());
+    let index = require_index(&h, link.as_str(), &object).await?;
+    h.link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .controller(master_link.header.index)
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|e| nl_err(format!("{object}: attaching to {bridge}"), e))
+}
+
+/// Sets `link` (in `netns`, or the node namespace) administratively up.
+pub(crate) async fn link_up(
+    sys: &LinuxSystem,
+    netns: Option<&Path>,
+    link: &IfName,
+) -> Result<(), SystemError> {
+    let object = link_object(netns, link.as_str());
+    in_netns(sys, netns, Dumps::No, async |h: Handle| {
+        let index = require_index(&h, link.as_str(), &object).await?;
+        set_up(&h, index).await.map_err(|e| nl_err(&object, e))
+    })
+    .await
+}
+
+/// Renames `from` to `to` inside `netns`; `AlreadyExists` if `to` is taken.
+pub(crate) async fn rename_link(
+    sys: &LinuxSystem,
+    netns: &Path,
+    from: &IfName,
+    to: &IfName,
+) -> Result<(), SystemError> {
+    let object = link_object(Some(netns), from.as_str());
+    in_netns(sys, Some(netns), Dumps::No, async |h: Handle| {
+        let index = require_index(&h, from.as_str(), &object).await?;
+        match h
+            .link()
+            .set(LinkUnspec::new_with_index(index).name(to.as_str()).build())
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Err(SystemError::AlreadyExists {
+                object: link_object(Some(netns), to.as_str()),
+            }),
+            Err(e) => Err(nl_err(format!("{object}: renaming to {to}"), e)),
+        }
+    })
+    .await
+}
+
+/// Sets the MTU of `link` (in `netns`, or the node namespace).
+pub(crate) async fn set_mtu(
+    sys: &LinuxSystem,
+    netns: Option<&Path>,
+    link: &IfName,
+    mtu: u32,
+) -> Result<(), SystemError> {
+    let object = link_object(netns, link.as_str());
+    in_netns(sys, netns, Dumps::No, async |h: Handle| {
+        let index = require_index(&h, link.as_str(), &object).await?;
+        h.link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("{object}: setting mtu {mtu}"), e))
+    })
+    .await
+}
+
+/// Turns on hairpin mode on the bridge port `link` (node namespace), so a pod reaches
+/// itself through its own host port.
+pub(crate) async fn set_hairpin(sys: &LinuxSystem, link: &IfName) -> Result<(), SystemError> {
+    let h = node_handle(sys).await?;
+    let object = link_object(None, link.as_str());
+    let index = require_index(&h, link.as_str(), &object).await?;
+    h.link()
+        .set_port(LinkBridgePort::new(index).hairpin(true).build())
+        .execute()
+        .await
+        .map_err(|e| nl_err(format!("{object}: setting hairpin mode"), e))
+}
+
+// ------------------------------------------------------------------ deleting links
+
+/// The device group that node-side links are moved into right before they are deleted.
+///
+/// The kernel deletes a link with two RCU grace periods under the RTNL lock (about 20 ms
+/// here), so one deletion after the other caps pod removal at about 40 per second, and
+/// concurrent removes queue behind each other. Deleting a device *group* unregisters all its
+/// members (and their veth peers) in one batch with one wait. So a deletion marks its link
+/// with this group, then takes the batch lock; whoever holds it deletes every marked link at
+/// once, and the others find theirs already gone. Only links this daemon is deleting are ever
+/// in the group (its value spells "nhdl"); one left marked by a crash is deleted with the
+/// next batch, which is what reconcile would do with it anyway.
+pub(crate) const DELETE_GROUP: u32 = 0x6e68_646c;
+
+/// Deletes `link` in the node namespace in a batch with the other node-side deletions
+/// running at the same time (see [`DELETE_GROUP`]).
+async fn delete_node_link(sys: &LinuxSystem, link: &IfName) -> Result<bool, SystemError> {
+    let object = link_object(None, link.as_str());
+    let h = node_handle(sys).await?;
+    let Some(found) = link_by_name(&h, link.as_str())
+        .await
+        .map_err(|e| nl_err(&object, e))?
+    else {
+        return Ok(false);
+    };
+    let index = found.header.index;
+    let mark = LinkUnspec::new_with_index(index)
+        .link_group(DELETE_GROUP)
+        .build();
+    match h.link().set(mark).execute().await {
+        Ok(()) => {}
+        Err(e) if errno(&e) == Some(libc::ENODEV) => return Ok(false),
+        Err(e) => return Err(nl_err(format!("{object}: marking it for deletion"), e)),
+    }
+    let _batch = sys.link_deletions.lock().await;
+    // A batch that ran while we waited took it along.
+    if link_by_index(&h, index)
+        .await
+        .map_err(|e| nl_err(&object, e))?
+        .is_none()
+    {
+        return Ok(true);
+    }
+    let mut batch = h.link().del(0);
+    batch
+        .message_mut()
+        .attributes
+        .push(LinkAttribute::Group(DELETE_GROUP));
+    match batch.execute().await {
+        Ok(()) => Ok(true),
+        // Gone in between (e.g. with its veth peer).
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(true),
+        Err(e) => Err(nl_err(
+            format!("{object}: delete (device group {DELETE_GROUP:#x})"),
+            e,
+        )),
+    }
+}
+
+/// Deletes `link` (in `netns`, or in the node namespace in a batch: see
+/// [`DELETE_GROUP`]); `Ok(false)` if it (or the namespace) was not there.
+pub(crate) async fn delete_link(
+    sys: &LinuxSystem,
+    netns: Option<&Path>,
+    link: &IfName,
+) -> Result<bool, SystemError> {
+    if netns.is_none() {
+        return delete_node_link(sys, link).await;
+    }
+    let object = link_object(netns, link.as_str());
+    let result = in_netns(sys, netns, Dumps::No, async |h: Handle| {
+        let Some(found) = link_by_name(&h, link.as_str())
+            .await
+            .map_err(|e| nl_err(&object, e))?
+        else {
+            return Ok(false);
+        };
+        match h.link().del(found.header.index).execute().await {
+            Ok(()) => Ok(true),
+            // Gone in between (e.g. with its veth peer).
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(nl_err(format!("{object}: delete"), e)),
+        }
+    })
+    .await;
+    match result {
+        // No namespace, no link.
+        Err(SystemError::NotFound { .. }) if netns.is_some() => Ok(false),
+        other => other,
+    }
+}
+
+// ------------------------------------------------------------------ inspecting links
+
+/// What the pod model checks of `link` (in `netns`, or the node namespace): up, MTU,
+/// master and addresses; `None` if there is no such link.
+pub(crate) async fn link_info(
+    sys: &LinuxSystem,
+    netns: Option<&Path>,
+    link: &IfName,
+) -> Result<Option<LinkInfo>, SystemError> {
+    let object = link_object(netns, link.as_str());
+    in_netns(sys, netns, Dumps::Yes, async |h: Handle| {
+        let Some(found) = link_by_name(&h, link.as_str())
+            .await
+            .map_err(|e| nl_err(&object, e))?
+        else {
+            return Ok(None);
+        };
+        let master = match attr_controller(&found) {
+            None => None,
+            Some(index) => link_by_index(&h, index)
+                .await
+                .map_err(|e| nl_err(format!("{object}: its master"), e))?
+                .and_then(|m| attr_name(&m).and_then(|n| IfName::new(n).ok())),
+        };
+        let index = found.header.index;
+        let addresses = h
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| nl_err(format!("{object}: addresses"), e))?
+            .iter()
+            .filter_map(address_net)
+            .collect();
+        Ok(Some(LinkInfo {
+            up: found.header.flags.contains(LinkFlags::Up),
+            mtu: attr_mtu(&found).unwrap_or(0),
+            master,
+            addresses,
+        }))
+    })
+    .await
+}
+
+/// The links (in `netns`, or the node namespace) whose names start with `prefix`, sorted;
+/// names that are not valid interface names are left out.
+pub(crate) async fn list_links(
+    sys: &LinuxSystem,
+    netns: Option<&Path>,
+    prefix: &str,
+) -> Result<Vec<IfName>, SystemError> {
+    let object = match netns {
+        None => "links in the node namespace".to_string(),
+        Some(p) => format!("links in {}", p.display()),
+    };
+    in_netns(sys, netns, Dumps::Yes, async |h: Handle| {
+        let links = h
+            .link()
+            .get()
+            .execute()
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| nl_err(&object, e))?;
+        let mut names: Vec<IfName> = links
+            .iter()
+            .filter_map(attr_name)
+            .filter(|n| n.starts_with(prefix))
+            .filter_map(|n| IfName::new(n).ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    })
+    .await
+}
