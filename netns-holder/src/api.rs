@@ -29,12 +29,12 @@ use ipnet::IpNet;
 use thiserror::Error;
 use tonic::{Code, Status};
 
+use crate::finding::Finding;
 use crate::manager::{GcReport, ManagerError, NodeFailure, PodInfo, ReconcileReport, ReloadReport};
 use crate::names::{IfName, NameError, PodId, PodName};
 use crate::peers::{Peer, PeerError, PeerRecord, PeerSource};
-use crate::plan::Finding;
 use crate::ports::{self, PortMapping, Protocol};
-use crate::state::{Phase, PodRecord};
+use crate::record::{Phase, PodRecord};
 use crate::system::SystemError;
 
 /// The generated protobuf messages, client and server of `netns_holder.v1`.
@@ -455,7 +455,7 @@ mod tests {
         fits.insert("k".to_string(), "v".repeat(MAX_ANNOTATIONS_BYTES - 1));
         assert!(request_annotations(fits).is_ok());
     }
-    use crate::plan::Problem;
+    use crate::finding::Problem;
 
     fn sample_info() -> PodInfo {
         let name = PodName::new("web").unwrap();

@@ -15,8 +15,9 @@ use std::fmt;
 use slog::{Logger, debug, warn};
 use thiserror::Error;
 
-use crate::plan::{Action, Step};
-use crate::system::{PauseProcess, System, SystemError};
+use crate::action::{Action, Step};
+use crate::kernel::PauseProcess;
+use crate::system::{System, SystemError};
 
 /// What a successful action produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,7 +341,7 @@ async fn best_effort<S: System>(
 /// `Removing` record is saved). A create step that fails does not count (its rollback
 /// follows); a remove action counts whether it succeeded or not.
 pub mod fault {
-    use crate::plan::Action;
+    use crate::action::Action;
 
     /// The environment variable read by `netns-holder-fault`.
     pub const ENV: &str = "NETNS_HOLDER_FAULT";
@@ -374,7 +375,7 @@ pub mod fault {
         use std::sync::OnceLock;
 
         use super::Plan;
-        use crate::plan::Action;
+        use crate::action::Action;
 
         /// An armed fault: abort after step `step` of the first `plan` that reaches it.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]

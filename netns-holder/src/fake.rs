@@ -26,12 +26,14 @@ use crate::firewall::{
     self, ConntrackFlush, FirewallBase, FirewallTable, HostPortElement, HostPortMap, Listener,
     ObservedTable,
 };
+use crate::kernel::NetnsId;
+use crate::kernel::{
+    KernelEvent, LinkInfo, NodeNetwork, NodeNetworkKind, PauseProcess, RunningPause,
+};
 use crate::names::{IfName, PodId};
 use crate::ports::{Family, Protocol};
-use crate::state::NetnsId;
 use crate::system::{
-    Firewall, KernelEvent, KernelEvents, LinkInfo, Namespaces, Netlink, NodeNetwork,
-    NodeNetworkKind, PauseExit, PauseProcess, Processes, RunningPause, Sysctl, SystemError,
+    Firewall, KernelEvents, Namespaces, Netlink, PauseExit, Processes, Sysctl, SystemError,
 };
 
 const HOST: u64 = 0;

@@ -49,8 +49,8 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::finding::{Finding, Problem};
 use crate::names::{IfName, PodName};
-use crate::plan::{Finding, Problem};
 use crate::ports::{Family, PortMapping, Protocol};
 
 /// The table's family.

@@ -15,7 +15,8 @@ use slog::{Drain, Logger, info, o};
 use ipnet::IpNet;
 use netns_holder::cli::{self, Cli, ClientCommand, Command, Outcome, ServeArgs};
 use netns_holder::config::Config;
-use netns_holder::system::{Netlink, check_pod_cidrs as check_pod_cidrs_against};
+use netns_holder::kernel::check_pod_cidrs as check_pod_cidrs_against;
+use netns_holder::system::Netlink;
 
 /// Builds the one root logger: human-readable lines on stderr, written by a background
 /// thread (the returned guard flushes it when dropped).

@@ -37,16 +37,20 @@ use serde::{Deserialize, Serialize};
 use slog::{Logger, error, info, warn};
 use thiserror::Error;
 
+use crate::action::Action;
 use crate::config::{Config, ConfigError};
 use crate::executor::{self, ExecError, StepFailure};
+use crate::finding::{Finding, Problem};
 use crate::firewall::{self, ElementError, FirewallBase, FirewallTable, HostPortElement};
 use crate::ipam::{Ipam, IpamError, PoolUsage};
+use crate::kernel::PauseProcess;
 use crate::names::{HOST_VETH_PREFIX, IfName, PodId, PodName, is_host_veth_name};
 use crate::peers::{self, Peer, PeerError, PeerRecord, PeerSource};
-use crate::plan::{self, Action, Finding, NodeNetwork, Observed, Problem, Repair};
+use crate::plan::{self, NodeNetwork, Observed, Repair};
 use crate::ports::{self, Family, PortMapping, PortSpecError, Protocol};
-use crate::state::{NetnsOwnership, Phase, PodRecord, State, StateError, StateStore};
-use crate::system::{PauseProcess, System, SystemError};
+use crate::record::{NetnsOwnership, Phase, PodRecord};
+use crate::state::{State, StateError, StateStore};
+use crate::system::{System, SystemError};
 
 /// MTU used when the configuration sets none and the host has no default route.
 pub const FALLBACK_MTU: u32 = 1500;

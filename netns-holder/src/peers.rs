@@ -22,7 +22,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::plan::{Action, Finding, Problem};
+use crate::action::Action;
+use crate::finding::{Finding, Problem};
 
 /// The routing protocol number (`rtm_protocol`) of the routes the daemon installs
 /// (`ip route show proto 78`). Unassigned in iproute2's `rt_protos`.

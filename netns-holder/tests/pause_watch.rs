@@ -9,9 +9,9 @@ use slog::{Logger, o};
 use netns_holder::config::Config;
 use netns_holder::fake::FakeSystem;
 use netns_holder::firewall::FirewallBase;
+use netns_holder::kernel::PauseProcess;
 use netns_holder::manager::{CreateRequest, PauseWake, PauseWatches, PodManager};
 use netns_holder::names::PodName;
-use netns_holder::system::PauseProcess;
 
 /// Pods made per test.
 const PODS: usize = 50;

@@ -15,7 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
-use netns_holder::state::{Phase, PodRecord, State, StateStore};
+use netns_holder::record::{Phase, PodRecord};
+use netns_holder::state::{State, StateStore};
 use serde_json::Value;
 
 use crate::node::{

@@ -29,9 +29,10 @@ use super::conn;
 
 use super::netns::open_netns;
 use super::{LinuxSystem, link_object};
+use crate::kernel::{LinkInfo, NodeNetwork, NodeNetworkKind};
 use crate::names::IfName;
 use crate::peers::ROUTE_PROTOCOL;
-use crate::system::{LinkInfo, NodeNetwork, NodeNetworkKind, SystemError};
+use crate::system::SystemError;
 
 // ------------------------------------------------------------------ connections
 

@@ -21,9 +21,10 @@
 use slog::{info, warn};
 
 use super::{Journal, ManagerError, PodManager};
+use crate::kernel::KernelEvent;
 use crate::names::PodName;
-use crate::state::{Phase, PodRecord};
-use crate::system::{KernelEvent, System, SystemError};
+use crate::record::{Phase, PodRecord};
+use crate::system::{System, SystemError};
 
 /// What [`PodManager::handle_kernel_events`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -9,7 +9,8 @@ use slog::{Logger, o};
 
 use super::*;
 use crate::fake::FakeSystem;
-use crate::system::{KernelEvent, KernelEvents};
+use crate::kernel::KernelEvent;
+use crate::system::KernelEvents;
 
 fn name(s: &str) -> PodName {
     PodName::new(s).unwrap()

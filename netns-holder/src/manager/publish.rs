@@ -14,12 +14,13 @@ use ipnet::IpNet;
 use slog::{info, warn};
 
 use super::{ManagerError, PodInfo, PodManager};
+use crate::action::Action;
 use crate::executor;
 use crate::firewall;
 use crate::names::PodName;
-use crate::plan::{self, Action};
+use crate::plan;
 use crate::ports::{self, PortMapping};
-use crate::state::Phase;
+use crate::record::Phase;
 use crate::system::System;
 
 /// What [`PodManager::publish_pod_ports`] did.

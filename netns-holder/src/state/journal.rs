@@ -514,7 +514,8 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::state::{Phase, STATE_FILE_NAME, StateStore};
+    use crate::record::Phase;
+    use crate::state::{STATE_FILE_NAME, StateStore};
 
     /// A record built from JSON, so fields added later with defaults need no change here.
     fn record(name: &str, pid: u32) -> PodRecord {
