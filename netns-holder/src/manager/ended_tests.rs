@@ -10,6 +10,7 @@ use slog::{Logger, o};
 use super::*;
 use crate::fake::FakeSystem;
 use crate::kernel::KernelEvent;
+use crate::ports::PortMapping;
 use crate::system::KernelEvents;
 
 fn name(s: &str) -> PodName {

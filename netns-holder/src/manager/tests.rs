@@ -7,10 +7,14 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ipnet::IpNet;
 use slog::{Logger, o};
 
 use super::*;
 use crate::fake::FakeSystem;
+use crate::finding::{Finding, Problem};
+use crate::names::IfName;
+use crate::ports::{PortMapping, Protocol};
 use crate::state::StateStore;
 
 fn logger() -> Logger {
