@@ -269,7 +269,7 @@ pub fn gc_message(report: &GcReport) -> pb::GcResponse {
 }
 
 /// The message for the daemon status; `socket` is the API socket it serves on.
-pub fn status_message(status: &crate::manager::Status, socket: &Path) -> pb::StatusResponse {
+pub fn status_message(status: &crate::manager::DaemonStatus, socket: &Path) -> pb::StatusResponse {
     pb::StatusResponse {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pods: status.pods as u64,

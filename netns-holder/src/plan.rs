@@ -25,7 +25,7 @@ use crate::record::{Phase, PodRecord};
 
 /// Node-wide inputs of the planner.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeNetwork {
+pub struct NodeInputs {
     /// The node bridge.
     pub bridge: IfName,
     /// The gateway addresses on the bridge (IPv4 first) with prefix lengths.
@@ -34,7 +34,7 @@ pub struct NodeNetwork {
     pub firewall: FirewallBase,
 }
 
-impl NodeNetwork {
+impl NodeInputs {
     fn dual_stack(&self) -> bool {
         self.bridge_addresses
             .iter()
@@ -55,7 +55,7 @@ impl NodeNetwork {
 }
 
 /// The veth wiring steps of `record`, from creating the pair to the default routes.
-fn wiring_steps(record: &PodRecord, node: &NodeNetwork) -> Vec<Step> {
+fn wiring_steps(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
     let netns = record.netns.clone();
     let host = record.host_veth.clone();
     let temp = record.id.temp_peer_name();
@@ -120,7 +120,7 @@ fn wiring_steps(record: &PodRecord, node: &NodeNetwork) -> Vec<Step> {
 }
 
 /// The steps that create (or, for an attached namespace, wire) the pod of `record`.
-pub fn plan_create(record: &PodRecord, node: &NodeNetwork) -> Vec<Step> {
+pub fn plan_create(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
     let mut steps = Vec::new();
     if record.netns_owned() {
         steps.push(Step::new(
@@ -184,7 +184,7 @@ pub fn plan_create(record: &PodRecord, node: &NodeNetwork) -> Vec<Step> {
 /// with those ports would do.
 pub fn plan_publish(
     record: &PodRecord,
-    node: &NodeNetwork,
+    node: &NodeInputs,
     elements: &[HostPortElement],
 ) -> Vec<Action> {
     let mut actions = vec![Action::SetHairpin {
@@ -324,7 +324,7 @@ fn link_findings(
 }
 
 /// Every drift between `record` and `observed`.
-pub fn check_pod(record: &PodRecord, node: &NodeNetwork, observed: &Observed) -> Vec<Finding> {
+pub fn check_pod(record: &PodRecord, node: &NodeInputs, observed: &Observed) -> Vec<Finding> {
     let pod = &record.name;
     let mut out = Vec::new();
     let finding = |object: String, problem| Finding {
@@ -399,7 +399,7 @@ pub fn check_pod(record: &PodRecord, node: &NodeNetwork, observed: &Observed) ->
 }
 
 /// Drift of the node bridge.
-pub fn check_bridge(node: &NodeNetwork, bridge: Option<&LinkInfo>) -> Vec<Finding> {
+pub fn check_bridge(node: &NodeInputs, bridge: Option<&LinkInfo>) -> Vec<Finding> {
     let object = format!("bridge {}", node.bridge);
     let finding = |problem| Finding {
         pod: None,
@@ -422,7 +422,7 @@ pub fn check_bridge(node: &NodeNetwork, bridge: Option<&LinkInfo>) -> Vec<Findin
 }
 
 /// The actions that repair the node bridge (empty if it is fine).
-pub fn plan_bridge_repair(node: &NodeNetwork, bridge: Option<&LinkInfo>) -> Vec<Action> {
+pub fn plan_bridge_repair(node: &NodeInputs, bridge: Option<&LinkInfo>) -> Vec<Action> {
     if check_bridge(node, bridge).is_empty() {
         Vec::new()
     } else {
@@ -445,7 +445,7 @@ pub enum Repair {
 /// pause if only the bind mount is gone (a namespace of ours whose pause died with it is
 /// gone for good: the pod is removed), restart a dead pause, re-create the veth wiring if
 /// either end is gone, else re-add what is missing piece by piece.
-pub fn plan_repair(record: &PodRecord, node: &NodeNetwork, observed: &Observed) -> Repair {
+pub fn plan_repair(record: &PodRecord, node: &NodeInputs, observed: &Observed) -> Repair {
     if !observed.netns_exists {
         if let Some(pause) = record.pause
             && record.netns_owned()

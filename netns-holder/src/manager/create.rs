@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use slog::{error, info, warn};
 
 use super::{
-    AttachRequest, CreateRequest, FALLBACK_MTU, Journal, ManagerError, PodInfo, PodManager,
+    AttachRequest, CreateRequest, FALLBACK_MTU, ManagerError, PodInfo, PodManager, SavePolicy,
 };
 use crate::executor;
 use crate::firewall;
@@ -185,7 +185,7 @@ impl<S: System> PodManager<S> {
             }
             // A leftover of a create/remove that could not finish (or of a namespace that is
             // gone): clear it first.
-            let failures = self.teardown(&existing, Journal::BestEffort).await;
+            let failures = self.teardown(&existing, SavePolicy::BestEffort).await;
             if !failures.is_empty() {
                 return Err(ManagerError::Unfinished { name, failures });
             }
@@ -270,7 +270,7 @@ impl<S: System> PodManager<S> {
                         error!(self.log, "cannot record ready pod, tearing it down"; "pod" => %name, "error" => %e);
                         let mut record = record;
                         record.pause = applied.pause;
-                        self.teardown(&record, Journal::BestEffort).await;
+                        self.teardown(&record, SavePolicy::BestEffort).await;
                         Err(e.into())
                     }
                 }

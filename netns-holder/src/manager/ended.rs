@@ -20,7 +20,7 @@
 
 use slog::{info, warn};
 
-use super::{Journal, ManagerError, PodManager};
+use super::{ManagerError, PodManager, SavePolicy};
 use crate::kernel::KernelEvent;
 use crate::names::PodName;
 use crate::record::{Phase, PodRecord};
@@ -132,7 +132,7 @@ impl<S: System> PodManager<S> {
                 Ok(())
             }
             (NamespaceNow::Left, false) => {
-                let failures = self.teardown(&record, Journal::Required).await;
+                let failures = self.teardown(&record, SavePolicy::Required).await;
                 if failures.is_empty() {
                     info!(self.log, "the pod's namespace is gone without a word from the runtime; pod removed";
                         "pod" => %name, "netns" => %record.netns.display());

@@ -36,7 +36,7 @@ use crate::firewall::FirewallBase;
 use crate::ipam::Ipam;
 use crate::names::PodName;
 use crate::peers::{self, Peer, PeerRecord};
-use crate::plan::NodeNetwork;
+use crate::plan::NodeInputs;
 use crate::record::{Phase, PodRecord};
 use crate::state::{State, StateError, StateStore};
 use crate::system::System;
@@ -46,7 +46,7 @@ pub const FALLBACK_MTU: u32 = 1500;
 
 /// Whether a teardown may go ahead when its `Removing` phase cannot be saved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Journal {
+pub(super) enum SavePolicy {
     /// A removal a caller asked for (`remove`, `gc`): if it cannot be recorded, nothing is
     /// touched, so the caller is never told "failed" about a pod that is half gone or gone
     /// in the kernel while the state file still has it.
@@ -83,7 +83,7 @@ pub struct PodManager<S: System> {
     system: S,
     log: Logger,
     store: StateStore,
-    node: NodeNetwork,
+    node: NodeInputs,
     inner: Mutex<Inner>,
     pod_locks: KeyedLocks,
     barrier: tokio::sync::RwLock<()>,
@@ -119,7 +119,7 @@ impl<S: System> PodManager<S> {
             }
         }
         let ipam = rebuild_ipam(&config, &state, &log);
-        let node = NodeNetwork {
+        let node = NodeInputs {
             bridge: config.bridge.clone(),
             bridge_addresses: ipam.gateways(),
             firewall: FirewallBase {
@@ -208,7 +208,7 @@ impl<S: System> PodManager<S> {
     }
 
     /// Counts and pool usage.
-    pub fn status(&self) -> Status {
+    pub fn status(&self) -> DaemonStatus {
         let inner = self.inner();
         let ready = inner
             .state
@@ -216,7 +216,7 @@ impl<S: System> PodManager<S> {
             .values()
             .filter(|r| r.phase == Phase::Ready)
             .count();
-        Status {
+        DaemonStatus {
             pods: inner.state.pods.len(),
             ready,
             unfinished: inner.state.pods.len() - ready,
@@ -262,6 +262,6 @@ pub use errors::{ManagerError, RemoveFailure};
 pub use pauses::{PauseWake, PauseWatches};
 pub use publish::PublishedPorts;
 pub use reports::{
-    AttachRequest, CreateRequest, GcReport, NodeFailure, PodInfo, ReconcileReport, ReloadReport,
-    Status,
+    AttachRequest, CreateRequest, DaemonStatus, GcReport, NodeFailure, PodInfo, ReconcileReport,
+    ReloadReport,
 };

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use slog::{info, warn};
 
-use super::{GcReport, Journal, ManagerError, NodeFailure, PodManager, RemoveFailure};
+use super::{GcReport, ManagerError, NodeFailure, PodManager, RemoveFailure, SavePolicy};
 use crate::action::Action;
 use crate::executor;
 use crate::firewall;
@@ -18,12 +18,12 @@ impl<S: System> PodManager<S> {
     /// Tears a pod down: journal `Removing`, then host veth, pause(s), namespace (if ours),
     /// continuing past failures. On full success the record and its addresses are released;
     /// otherwise the record stays `Removing` (addresses held) so a retry or reconcile can
-    /// finish. With [`Journal::Required`], a `Removing` that cannot be saved stops it before
+    /// finish. With [`SavePolicy::Required`], a `Removing` that cannot be saved stops it before
     /// the kernel is touched.
     pub(super) async fn teardown(
         &self,
         record: &PodRecord,
-        journal: Journal,
+        save: SavePolicy,
     ) -> Vec<RemoveFailure> {
         let mut failures = Vec::new();
         {
@@ -34,7 +34,7 @@ impl<S: System> PodManager<S> {
                 let previous = r.phase;
                 r.phase = Phase::Removing;
                 if let Err(e) = self.save(&mut inner) {
-                    if journal == Journal::Required {
+                    if save == SavePolicy::Required {
                         // Nothing is touched: the pod keeps working, the state file keeps
                         // matching the kernel, and the caller learns why.
                         if let Some(r) = inner.state.pods.get_mut(&record.name) {
@@ -96,7 +96,7 @@ impl<S: System> PodManager<S> {
         let Some(record) = self.record(name) else {
             return Ok(false);
         };
-        let failures = self.teardown(&record, Journal::Required).await;
+        let failures = self.teardown(&record, SavePolicy::Required).await;
         if failures.is_empty() {
             Ok(true)
         } else {
@@ -193,7 +193,7 @@ impl<S: System> PodManager<S> {
                 report.kept.push(record.name.clone());
                 continue;
             }
-            let failures = self.teardown(&record, Journal::Required).await;
+            let failures = self.teardown(&record, SavePolicy::Required).await;
             if failures.is_empty() {
                 report.removed.push(record.name.clone());
             } else {

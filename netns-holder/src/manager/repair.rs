@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use slog::{info, warn};
 
-use super::{Journal, NodeFailure, PodManager, ReconcileReport, ReloadReport, rebuild_ipam};
+use super::{NodeFailure, PodManager, ReconcileReport, ReloadReport, SavePolicy, rebuild_ipam};
 use crate::action::Action;
 use crate::executor;
 use crate::finding::{Finding, Problem};
@@ -327,7 +327,7 @@ impl<S: System> PodManager<S> {
             .into_iter()
             .filter(|r| r.phase != Phase::Ready)
         {
-            let failures = self.teardown(&record, Journal::BestEffort).await;
+            let failures = self.teardown(&record, SavePolicy::BestEffort).await;
             if failures.is_empty() {
                 if record.phase == Phase::Creating {
                     report.rolled_back.push(record.name.clone());
@@ -379,7 +379,7 @@ impl<S: System> PodManager<S> {
                 Repair::Nothing => {}
                 Repair::Remove => {
                     info!(self.log, "pod namespace is gone, removing pod"; "pod" => %record.name);
-                    let failures = self.teardown(&record, Journal::BestEffort).await;
+                    let failures = self.teardown(&record, SavePolicy::BestEffort).await;
                     if failures.is_empty() {
                         report.removed_dead.push(record.name.clone());
                     }

@@ -1,5 +1,5 @@
 //! What the manager's operations take and answer: requests, [`PodInfo`], the reports of
-//! `reconcile`/`repair`, `reload` and `gc`, and the daemon [`ManagerStatus`].
+//! `reconcile`/`repair`, `reload` and `gc`, and the daemon [`DaemonStatus`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -162,7 +162,7 @@ pub struct GcReport {
 
 /// Daemon status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Status {
+pub struct DaemonStatus {
     /// Number of pod records.
     pub pods: usize,
     /// Of which `Ready`.

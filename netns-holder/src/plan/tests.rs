@@ -38,12 +38,12 @@ fn record(name: &str, ownership: NetnsOwnership, dual: bool) -> PodRecord {
     }
 }
 
-fn node(dual: bool) -> NodeNetwork {
+fn node(dual: bool) -> NodeInputs {
     let mut bridge_addresses = vec!["10.88.0.1/16".parse().unwrap()];
     if dual {
         bridge_addresses.push("fd00::1/64".parse().unwrap());
     }
-    NodeNetwork {
+    NodeInputs {
         bridge: IfName::new("nh0").unwrap(),
         bridge_addresses,
         firewall: FirewallBase {
