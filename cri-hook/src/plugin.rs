@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use netns_holder::names::PodName;
+use netns_holder_core::names::PodName;
 use prost::Message;
 use slog::{Logger, debug, error, info, warn};
 use tokio::sync::{OwnedMutexGuard, Semaphore};

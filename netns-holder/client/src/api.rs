@@ -29,13 +29,15 @@ use ipnet::IpNet;
 use thiserror::Error;
 use tonic::{Code, Status};
 
-use crate::finding::Finding;
-use crate::manager::{GcReport, ManagerError, NodeFailure, PodInfo, ReconcileReport, ReloadReport};
-use crate::names::{IfName, NameError, PodId, PodName};
-use crate::peers::{Peer, PeerError, PeerRecord, PeerSource};
-use crate::ports::{self, PortMapping, Protocol};
-use crate::record::{Phase, PodRecord};
-use crate::system::SystemError;
+use netns_holder_core::finding::Finding;
+use netns_holder_core::manager::{
+    GcReport, ManagerError, NodeFailure, PodInfo, ReconcileReport, ReloadReport,
+};
+use netns_holder_core::names::{IfName, NameError, PodId, PodName};
+use netns_holder_core::peers::{Peer, PeerError, PeerRecord, PeerSource};
+use netns_holder_core::ports::{self, PortMapping, Protocol};
+use netns_holder_core::record::{Phase, PodRecord};
+use netns_holder_core::system::SystemError;
 
 /// The generated protobuf messages, client and server of `netns_holder.v1`.
 pub use netns_holder_proto::api::v1 as pb;
@@ -269,7 +271,10 @@ pub fn gc_message(report: &GcReport) -> pb::GcResponse {
 }
 
 /// The message for the daemon status; `socket` is the API socket it serves on.
-pub fn status_message(status: &crate::manager::DaemonStatus, socket: &Path) -> pb::StatusResponse {
+pub fn status_message(
+    status: &netns_holder_core::manager::DaemonStatus,
+    socket: &Path,
+) -> pb::StatusResponse {
     pb::StatusResponse {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pods: status.pods as u64,
@@ -455,7 +460,7 @@ mod tests {
         fits.insert("k".to_string(), "v".repeat(MAX_ANNOTATIONS_BYTES - 1));
         assert!(request_annotations(fits).is_ok());
     }
-    use crate::finding::Problem;
+    use netns_holder_core::finding::Problem;
 
     fn sample_info() -> PodInfo {
         let name = PodName::new("web").unwrap();

@@ -16,9 +16,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
 
 use crate::api::{self, pb};
-use crate::names::PodName;
-use crate::peers::Peer;
-use crate::ports::PortMapping;
+use netns_holder_core::names::PodName;
+use netns_holder_core::peers::Peer;
+use netns_holder_core::ports::PortMapping;
 
 use pb::netns_holder_client::NetnsHolderClient;
 

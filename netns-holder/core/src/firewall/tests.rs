@@ -1,7 +1,7 @@
 //! Golden tests of the generated nftables text (`tests/golden/*.nft`) over a matrix of
 //! configurations and port mappings, plus the element, check and JSON parsing logic.
 //!
-//! `UPDATE_GOLDEN=1 cargo test -p netns-holder --lib firewall` rewrites the files; review the
+//! `UPDATE_GOLDEN=1 cargo test -p netns-holder-core --lib firewall` rewrites the files; review the
 //! diff before committing it.
 
 use std::net::IpAddr;
