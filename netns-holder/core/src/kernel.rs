@@ -64,7 +64,7 @@ pub enum NodeNetworkKind {
 }
 
 /// An address or a route of the node network namespace (see
-/// [`Netlink::node_networks`]).
+/// [`crate::system::Netlink::node_networks`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeNetwork {
     /// The address with its prefix length, or the route's destination.

@@ -23,7 +23,7 @@
 //! 4. [`state`]: crash-safe persistence of the records (snapshot + write-ahead journal);
 //!    [`system`]: the kernel traits and `SystemError`; [`config`]: `Config` from TOML,
 //!    defaults and validation.
-//! 5. [`executor`]: applies plans through the traits, rolling back on failure; [`fake`]: the
+//! 5. [`executor`]: applies plans through the traits, rolling back on failure; `fake`: the
 //!    in-memory kernel (feature `fake`).
 //! 6. [`manager`]: `PodManager`, the operations the daemon serves.
 

@@ -10,8 +10,8 @@
 //! snapshot plus every acknowledged record, never a torn mix.
 //!
 //! The record is the daemon's journal of intent: a pod's record (with its IP allocations) is
-//! saved in phase [`Phase::Creating`] before the kernel is touched, switched to
-//! [`Phase::Ready`] when everything is in place, and to [`Phase::Removing`] before teardown
+//! saved in phase [`Phase::Creating`](crate::record::Phase::Creating) before the kernel is touched, switched to
+//! [`Phase::Ready`](crate::record::Phase::Ready) when everything is in place, and to [`Phase::Removing`](crate::record::Phase::Removing) before teardown
 //! starts. Reconcile on start reads the phase to decide what a crash left behind.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -340,7 +340,7 @@ pub trait Netlink: Send + Sync {
     -> impl Future<Output = Result<Vec<(IpNet, IpAddr)>, SystemError>> + Send;
 
     /// Every address of the node namespace and every route in it (all tables but the
-    /// kernel's `local` one, which only mirrors the addresses), for [`check_pod_cidrs`].
+    /// kernel's `local` one, which only mirrors the addresses), for [`crate::kernel::check_pod_cidrs`].
     fn node_networks(&self) -> impl Future<Output = Result<Vec<NodeNetwork>, SystemError>> + Send;
 }
 

@@ -18,7 +18,7 @@ use crate::system::System;
 pub enum PauseWake {
     /// SIGCHLD: a child of this daemon process (a pause it started) may have exited.
     Child,
-    /// The periodic check ([`crate::server::PAUSE_CHECK_INTERVAL`]).
+    /// The periodic check (the daemon's `server::PAUSE_CHECK_INTERVAL`).
     Tick,
     /// The exit watch on this pause (adopted from an earlier daemon) fired.
     Exited(PauseProcess),

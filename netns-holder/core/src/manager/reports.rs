@@ -38,7 +38,7 @@ pub struct PodInfo {
     /// The host ports the pod was created with (empty when none); published unless
     /// `ports_released`.
     pub ports: Vec<PortMapping>,
-    /// The ports were withdrawn ([`PodManager::release_pod_ports`]).
+    /// The ports were withdrawn ([`super::PodManager::release_pod_ports`]).
     #[serde(default)]
     pub ports_released: bool,
 }
