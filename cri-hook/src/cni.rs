@@ -114,11 +114,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use netns_holder::api::{self, pb};
-use netns_holder::client::{Client, ClientError};
-use netns_holder::manager::PodInfo;
-use netns_holder::names::PodName;
-use netns_holder::ports::{self, PortMapping};
+use netns_holder_client::api::{self, pb};
+use netns_holder_client::client::{Client, ClientError};
+use netns_holder_core::manager::PodInfo;
+use netns_holder_core::names::PodName;
+use netns_holder_core::ports::{self, PortMapping};
 use serde_json::Value;
 
 pub use wire::{CniError, Command, Env, NetConf, code};
@@ -273,7 +273,7 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     let socket = conf
         .daemon_socket
         .clone()
-        .unwrap_or_else(|| PathBuf::from(netns_holder::config::DEFAULT_SOCKET));
+        .unwrap_or_else(|| PathBuf::from(netns_holder_core::config::DEFAULT_SOCKET));
     let timeout = conf
         .daemon_timeout_ms
         .map_or(DEFAULT_TIMEOUT, Duration::from_millis);

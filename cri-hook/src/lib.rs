@@ -1,6 +1,6 @@
 //! `cri_hook`: the runtime adapters of netns-holder. They hold no networking logic: every
 //! runtime event becomes a call to the netns-holder daemon's API
-//! ([`netns_holder::client::Client`]).
+//! ([`netns_holder_client::client::Client`]).
 //!
 //! Today this is the NRI plugin (`cri-hook nri`). It is built on the [`nri`] crate, which
 //! knows nothing of netns-holder: ttRPC, the NRI multiplexer, the connection, the NRI protos

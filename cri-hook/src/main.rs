@@ -99,7 +99,7 @@ struct NriArgs {
     #[arg(long, value_name = "PATH", default_value = api::DEFAULT_SOCKET)]
     nri_socket: PathBuf,
     /// The netns-holder daemon's API socket.
-    #[arg(long, value_name = "PATH", default_value = netns_holder::config::DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", default_value = netns_holder_core::config::DEFAULT_SOCKET)]
     daemon_socket: PathBuf,
     /// Plugin name (NRI_PLUGIN_NAME wins) [default: from an NN-name executable, else
     /// netns-holder].

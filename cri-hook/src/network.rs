@@ -13,9 +13,9 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use netns_holder::client::{Client, ClientError};
-use netns_holder::names::PodName;
-use netns_holder::ports::PortMapping;
+use netns_holder_client::client::{Client, ClientError};
+use netns_holder_core::names::PodName;
+use netns_holder_core::ports::PortMapping;
 use thiserror::Error;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -232,7 +232,7 @@ fn map_error(method: &'static str, error: ClientError) -> NetworkError {
 
 fn network_pod(
     method: &'static str,
-    pod: Option<netns_holder::api::pb::Pod>,
+    pod: Option<netns_holder_client::api::pb::Pod>,
 ) -> Result<NetworkPod, NetworkError> {
     let pod = pod.ok_or_else(|| NetworkError::BadAnswer {
         method,

@@ -52,9 +52,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use netns_holder::api::{self, pb};
-use netns_holder::client::{Client, ClientError};
-use netns_holder::names::{NameError, PodName, escaped, quoted};
+use netns_holder_client::api::{self, pb};
+use netns_holder_client::client::{Client, ClientError};
+use netns_holder_core::names::{NameError, PodName, escaped, quoted};
 use oci_spec::runtime::{ContainerState, State};
 use thiserror::Error;
 
@@ -97,7 +97,7 @@ pub struct OciArgs {
     /// The hook stage: createRuntime, poststop, or auto (from the state's status).
     pub stage: Stage,
     /// The netns-holder daemon's API socket.
-    #[arg(long, value_name = "PATH", default_value = netns_holder::config::DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", default_value = netns_holder_core::config::DEFAULT_SOCKET)]
     pub daemon_socket: PathBuf,
     /// Bound of the whole conversation with the daemon, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_TIMEOUT_MS)]

@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use netns_holder::names::PodName;
+use netns_holder_core::names::PodName;
 use nri::api::{self, PLUGIN_SERVICE, method, pb};
 use nri::ttrpc::server::{Reply, RequestContext, Service, decode_request, unimplemented};
 use nri::ttrpc::{Code, Status};

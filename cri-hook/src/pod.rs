@@ -41,7 +41,7 @@
 //!
 //! `netns-holder.io/ports` is a comma-separated list of specs in the syntax of
 //! `netns-holder pod create --publish` (parsed by the same code,
-//! [`netns_holder::ports::parse_publish_all`]): `[HOSTIP:]HOSTPORT:PORT[/tcp|udp|sctp]`, a
+//! [`netns_holder_core::ports::parse_publish_all`]): `[HOSTIP:]HOSTPORT:PORT[/tcp|udp|sctp]`, a
 //! range `HOSTPORT-HOSTPORT:PORT-PORT`, an IPv6 `HOSTIP` in brackets (`[::]` is every IPv6
 //! address, `0.0.0.0` every IPv4 one, no `HOSTIP` every address of each family the pod
 //! has); the protocol defaults to `tcp`. Spaces around the commas are allowed; an empty
@@ -60,8 +60,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use netns_holder::names::{self, MAX_POD_NAME_LEN, NameError, PodName};
-use netns_holder::ports::{self, PortMapping, PortSpecError};
+use netns_holder_core::names::{self, MAX_POD_NAME_LEN, NameError, PodName};
+use netns_holder_core::ports::{self, PortMapping, PortSpecError};
 use nri::pb;
 use thiserror::Error;
 
@@ -482,7 +482,7 @@ mod tests {
 
     #[test]
     fn ports_option_uses_the_publish_syntax() {
-        use netns_holder::ports::Protocol;
+        use netns_holder_core::ports::Protocol;
         let annotations = BTreeMap::from([(
             OPTION_PORTS.to_string(),
             "8080:80/tcp, [::]:8443:443,53:5353/udp,10.0.0.1:9000-9001:90-91".to_string(),

@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use fuzzing::{Verdict, fuzz};
-use netns_holder::api::pb;
-use netns_holder::ports::{PortMapping, Protocol};
+use netns_holder_client::api::pb;
+use netns_holder_core::ports::{PortMapping, Protocol};
 use proptest::prelude::*;
 
 /// Cases per target without `FUZZ_CASES`.
@@ -71,7 +71,7 @@ fn fuzz_config_toml() {
     );
 }
 
-/// The ranges the daemon refuses as pod CIDRs (netns_holder::config).
+/// The ranges the daemon refuses as pod CIDRs (netns_holder_core::config).
 const SPECIAL_PURPOSE: [&str; 8] = [
     "0.0.0.0/8",
     "127.0.0.0/8",
@@ -113,7 +113,7 @@ fn config_cidrs_round_trip() {
                 None
             };
             if let Some(key) = refused_key {
-                let err = netns_holder::config::Config::from_toml_str(&text, "<fuzz>")
+                let err = netns_holder_core::config::Config::from_toml_str(&text, "<fuzz>")
                     .err()
                     .ok_or_else(|| {
                         TestCaseError::fail(format!("{text}: special-purpose accepted"))
@@ -122,7 +122,7 @@ fn config_cidrs_round_trip() {
                 prop_assert!(err.contains(key) && err.contains("overlaps"), "{}", err);
                 return fuzzing::check_config(text.as_bytes());
             }
-            let config = netns_holder::config::Config::from_toml_str(&text, "<fuzz>")
+            let config = netns_holder_core::config::Config::from_toml_str(&text, "<fuzz>")
                 .map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
             prop_assert_eq!(config.pod_cidr_v4, v4);
             prop_assert_eq!(config.pod_cidr_v6, v6);
@@ -132,7 +132,7 @@ fn config_cidrs_round_trip() {
             if host_bits != 0 && noise & host_bits != 0 {
                 let addr = Ipv4Addr::from(u32::from(v4.network()) | (noise & host_bits));
                 let bad = format!("pod_cidr_v4 = \"{addr}/{}\"", v4.prefix_len());
-                let err = netns_holder::config::Config::from_toml_str(&bad, "<fuzz>")
+                let err = netns_holder_core::config::Config::from_toml_str(&bad, "<fuzz>")
                     .err()
                     .ok_or_else(|| TestCaseError::fail(format!("{bad} accepted")))?
                     .to_string();
@@ -214,7 +214,7 @@ fn publish_specs_round_trip() {
                 IpAddr::V4(v4) => v4.is_multicast() || v4.is_broadcast(),
                 IpAddr::V6(v6) => v6.is_multicast() || v6.to_ipv4_mapped().is_some(),
             });
-            match netns_holder::ports::parse_publish(&spec) {
+            match netns_holder_core::ports::parse_publish(&spec) {
                 Ok(mappings) => {
                     prop_assert!(!refused_ip, "{spec} accepted");
                     let expected: Vec<PortMapping> = (0..=extra)

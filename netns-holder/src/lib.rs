@@ -1,44 +1,22 @@
-//! `netns_holder`: the pure core of the netns-holder node daemon.
+//! `netns_holder`: the node daemon and its CLI, on top of the pure core
+//! (`netns-holder-core`) and the API crate (`netns-holder-client`).
 //!
-//! The daemon creates, holds, wires and tears down pod network namespaces. This library is
-//! everything that can be decided without root: configuration, names, IP address
-//! management, persistent state, planning, plan execution with rollback, and the pod
-//! manager with its crash-recovery (reconcile) logic. The kernel is reached only through the
-//! traits in [`system`]; the real implementations (rtnetlink, namespace threads, pause
-//! processes) plug in there, and `fake::FakeSystem` (feature `fake`) stands in for them in tests.
+//! This crate holds what needs the real kernel, the network or a terminal:
+//! * [`linux`]: the real [`system`] traits (rtnetlink, namespace threads, pause processes,
+//!   nftables, sysctls, kernel events);
+//! * [`server`]: the gRPC server over the manager; [`cli`]: the command line (the daemon's
+//!   `serve` and the client commands); [`privileges`]: dropping capabilities.
 //!
-//! Module map:
-//! * [`config`]: `Config` from TOML, defaults and validation.
-//! * [`names`]: `PodName`, `PodId`, `IfName` and derived interface names.
-//! * [`ipam`]: per-family round-robin address pools.
-//! * [`state`]: `PodRecord`, `State`, crash-safe `StateStore`.
-//! * [`system`]: the kernel traits and `SystemError`.
-//! * [`plan`]: `Action`s, create/remove/repair plans and drift findings.
-//! * [`executor`]: applies plans, rolling back on failure.
-//! * [`manager`]: `PodManager`, the API the daemon serves.
-//! * [`ports`]: host port mappings and the `--publish` parser.
-//! * [`firewall`]: the nftables table for host ports, as data and text.
-//! * [`peers`]: routes to other nodes' pod CIDRs.
-//! * [`spec`]: OCI `config.json` for app containers that join a pod (`pod spec`).
+//! The core's and the API crate's modules are brought in under their own names (`crate::names`,
+//! `crate::manager`, `crate::api` ...), so the daemon's modules name them as before; they are
+//! the same modules, defined in those crates.
 
-pub mod api;
 pub mod cli;
-pub mod client;
-pub mod config;
-pub mod executor;
-#[cfg(any(test, feature = "fake"))]
-pub mod fake;
-pub mod firewall;
-pub mod ipam;
 pub mod linux;
-pub mod manager;
-pub mod names;
-pub mod netns_path;
-pub mod peers;
-pub mod plan;
-pub mod ports;
 pub mod privileges;
 pub mod server;
-pub mod spec;
-pub mod state;
-pub mod system;
+
+pub(crate) use netns_holder_client::{api, client};
+pub(crate) use netns_holder_core::{
+    config, firewall, kernel, manager, names, netns_path, peers, ports, spec, system,
+};

@@ -14,8 +14,9 @@ use slog::{Drain, Logger, info, o};
 
 use ipnet::IpNet;
 use netns_holder::cli::{self, Cli, ClientCommand, Command, Outcome, ServeArgs};
-use netns_holder::config::Config;
-use netns_holder::system::{Netlink, check_pod_cidrs as check_pod_cidrs_against};
+use netns_holder_core::config::Config;
+use netns_holder_core::kernel::check_pod_cidrs as check_pod_cidrs_against;
+use netns_holder_core::system::Netlink;
 
 /// Builds the one root logger: human-readable lines on stderr, written by a background
 /// thread (the returned guard flushes it when dropped).
@@ -61,7 +62,7 @@ pub(crate) fn main() -> ExitCode {
         },
         Command::Client(command) => {
             let socket =
-                socket.unwrap_or_else(|| PathBuf::from(netns_holder::config::DEFAULT_SOCKET));
+                socket.unwrap_or_else(|| PathBuf::from(netns_holder_core::config::DEFAULT_SOCKET));
             client(command, &socket, &log)
         }
     };
@@ -124,7 +125,7 @@ fn shutdown_signal(log: Logger) -> anyhow::Result<impl Future<Output = ()>> {
 /// Logs loudly that the test-only crash switch is armed (only `netns-holder-fault` arms it),
 /// or that `NETNS_HOLDER_FAULT` is ignored by this binary.
 fn report_fault_switch(log: &Logger) {
-    use netns_holder::executor::fault;
+    use netns_holder_core::executor::fault;
     #[cfg(feature = "fault-injection")]
     if let Some(armed) = fault::armed() {
         slog::warn!(log, "FAULT INJECTION ARMED (test-only binary): the daemon will abort on purpose";
@@ -183,7 +184,7 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>, log: Logger) -> anyhow::Resul
         #[cfg(feature = "fake")]
         if args.fake {
             slog::warn!(log, "serving a FAKE in-memory kernel (test builds only)");
-            let system = netns_holder::fake::FakeSystem::new();
+            let system = netns_holder_core::fake::FakeSystem::new();
             return Ok(netns_holder::server::run_daemon(config, system, shutdown, log).await?);
         }
         // The real kernel. `block_on` runs this on the main thread, whose network namespace

@@ -19,14 +19,14 @@ use serde_json::Value;
 use slog::{Drain, Logger, o};
 use tonic::Code;
 
-use netns_holder::api::pb;
 use netns_holder::cli::{self, Cli, CliError, Command, Outcome};
-use netns_holder::client::{Client, ClientError};
-use netns_holder::config::Config;
-use netns_holder::fake::FakeSystem;
-use netns_holder::manager::PodInfo;
-use netns_holder::names::PodName;
 use netns_holder::server;
+use netns_holder_client::api::pb;
+use netns_holder_client::client::{Client, ClientError};
+use netns_holder_core::config::Config;
+use netns_holder_core::fake::FakeSystem;
+use netns_holder_core::manager::PodInfo;
+use netns_holder_core::names::PodName;
 
 /// The test-only build of the binary (only ever built with `fake`): `target/debug/netns-holder`
 /// is rewritten by any production build of the package, which may run meanwhile.

@@ -25,16 +25,17 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netns_holder::config::Config;
-use netns_holder::firewall::{self, FirewallBase, FirewallTable, HostPortElement, HostPortMap};
 use netns_holder::linux::{LinuxSystem, PAUSE_NODE_ENV};
-use netns_holder::manager::{CreateRequest, PodInfo, PodManager};
-use netns_holder::names::{IfName, PodName};
-use netns_holder::plan::Problem;
-use netns_holder::ports::{PortMapping, Protocol};
-use netns_holder::system::{
-    Firewall, Namespaces, Netlink, PauseProcess, Processes, Sysctl, SystemError,
+use netns_holder_core::config::Config;
+use netns_holder_core::finding::Problem;
+use netns_holder_core::firewall::{
+    self, FirewallBase, FirewallTable, HostPortElement, HostPortMap,
 };
+use netns_holder_core::kernel::PauseProcess;
+use netns_holder_core::manager::{CreateRequest, PodInfo, PodManager};
+use netns_holder_core::names::{IfName, PodName};
+use netns_holder_core::ports::{PortMapping, Protocol};
+use netns_holder_core::system::{Firewall, Namespaces, Netlink, Processes, Sysctl, SystemError};
 use nix::fcntl::{OFlag, open};
 use nix::mount::{MntFlags, umount2};
 use nix::sched::{CloneFlags, setns, unshare};

@@ -6,12 +6,12 @@
 
 use slog::{Logger, o};
 
-use netns_holder::config::Config;
-use netns_holder::fake::FakeSystem;
-use netns_holder::firewall::FirewallBase;
-use netns_holder::manager::{CreateRequest, PauseWake, PauseWatches, PodManager};
-use netns_holder::names::PodName;
-use netns_holder::system::PauseProcess;
+use netns_holder_core::config::Config;
+use netns_holder_core::fake::FakeSystem;
+use netns_holder_core::firewall::FirewallBase;
+use netns_holder_core::kernel::PauseProcess;
+use netns_holder_core::manager::{CreateRequest, PauseWake, PauseWatches, PodManager};
+use netns_holder_core::names::PodName;
 
 /// Pods made per test.
 const PODS: usize = 50;

@@ -21,9 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use netns_holder::client::{Client, ClientError};
-use netns_holder::names::PodName;
-use netns_holder::ports::{PortMapping, Protocol};
+use netns_holder_client::client::{Client, ClientError};
+use netns_holder_core::names::PodName;
+use netns_holder_core::ports::{PortMapping, Protocol};
 use nh_tests::invariants::{
     Pod, assert_node_matches, assert_nothing_left, assert_pod_works, check_no_drift, inspect,
     on_node,

@@ -6,7 +6,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use netns_holder::executor::fault;
+use netns_holder_core::executor::fault;
 use nh_tests::node::{Daemon, DaemonOptions, Node, fault_binary, tcp_probe};
 
 /// The IPv6 pod CIDR of dual-stack runs (a ULA; inside throwaway namespaces only).

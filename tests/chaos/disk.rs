@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
-use netns_holder::state::{JOURNAL_FILE_NAME, STATE_FILE_NAME};
+use netns_holder_core::state::{JOURNAL_FILE_NAME, STATE_FILE_NAME};
 use nh_tests::invariants::{
     Pod, assert_node_matches, assert_nothing_left, assert_pod_works, assert_state_matches_kernel,
     load_state, on_node, pod_id_of,

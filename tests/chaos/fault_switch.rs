@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result, ensure};
-use netns_holder::executor::fault;
+use netns_holder_core::executor::fault;
 use nh_tests::invariants::{assert_nothing_left, create, on_node, remove};
 use nh_tests::node::DaemonOptions;
 use nh_tests::{require_root, target_dir, unique_name, workspace_root};

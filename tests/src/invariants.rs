@@ -15,7 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
-use netns_holder::state::{Phase, PodRecord, State, StateStore};
+use netns_holder_core::record::{Phase, PodRecord};
+use netns_holder_core::state::{State, StateStore};
 use serde_json::Value;
 
 use crate::node::{
@@ -485,7 +486,7 @@ pub fn nft_elements(node: &Node) -> Result<BTreeSet<String>> {
 pub fn expected_elements(records: &[PodRecord]) -> BTreeSet<String> {
     records
         .iter()
-        .flat_map(netns_holder::plan::record_elements)
+        .flat_map(netns_holder_core::plan::record_elements)
         .map(|e| format!("{} {}", e.map.name(), e.text()))
         .collect()
 }
@@ -511,7 +512,7 @@ pub fn assert_state_matches_kernel(node: &Node, daemon: &Daemon) -> Result<Vec<P
     let veths: BTreeSet<String> = node
         .links()?
         .into_iter()
-        .filter(|l| netns_holder::names::is_host_veth_name(l))
+        .filter(|l| netns_holder_core::names::is_host_veth_name(l))
         .collect();
     let recorded: BTreeSet<String> = records.iter().map(|r| r.host_veth.to_string()).collect();
     ensure!(
@@ -574,7 +575,7 @@ pub fn assert_state_matches_kernel(node: &Node, daemon: &Daemon) -> Result<Vec<P
                 anyhow::bail!("address {ip} is held by pods {other} and {}", record.name);
             }
         }
-        for element in netns_holder::plan::record_elements(record) {
+        for element in netns_holder_core::plan::record_elements(record) {
             let key = format!("{} {}", element.map.name(), element.key_text());
             if let Some(other) = ports.insert(key.clone(), record.name.as_str()) {
                 anyhow::bail!(

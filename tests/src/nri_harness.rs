@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use netns_holder::client::Client;
-use netns_holder::names::PodName;
+use netns_holder_client::client::Client;
+use netns_holder_core::names::PodName;
 use nri::pb;
 
 use crate::node::{Daemon, DaemonOptions, Node};
@@ -189,7 +189,10 @@ impl Env {
     }
 
     /// The daemon pod, if it exists.
-    pub async fn daemon_pod(&self, name: &str) -> Result<Option<netns_holder::api::pb::Pod>> {
+    pub async fn daemon_pod(
+        &self,
+        name: &str,
+    ) -> Result<Option<netns_holder_client::api::pb::Pod>> {
         let mut client = self.client().await?;
         match client.get_pod(&PodName::new(name)?).await {
             Ok(answer) => Ok(answer.pod),

@@ -1,7 +1,7 @@
 //! Hostile input, table-driven, against the real daemon and the real adapters in a
 //! throwaway node ([`nh_tests::node`]): every input is tried through the `netns-holder` CLI
 //! and, where the CLI checks it first, also through the raw gRPC client
-//! ([`netns_holder::client::Client::raw`]) so the daemon's own validation is proven; then
+//! ([`netns_holder_client::client::Client::raw`]) so the daemon's own validation is proven; then
 //! through `cri-hook oci`, the CNI entry and a live `cri-hook nri` fed raw ttRPC/mux bytes;
 //! and finally as daemon configuration (each in a fresh node).
 //!
@@ -43,8 +43,8 @@ use std::time::{Duration, Instant};
 use ::nri::pb as nri;
 use ::nri::proto::ttrpc::{Request as TtrpcRequest, Response as TtrpcResponse};
 use anyhow::{Context, Result, bail, ensure};
-use netns_holder::api::pb;
-use netns_holder::client::{Client, ClientError};
+use netns_holder_client::api::pb;
+use netns_holder_client::client::{Client, ClientError};
 use nh_tests::node::{Daemon, DaemonOptions, Node, mounts_under, netns_holder_binary};
 use nh_tests::nri_peer::{containerd_frames, ttrpc_frame};
 use nh_tests::{ChildGuard, ScratchDir, require_root, run_ok, target_dir, unique_name, wait_until};
@@ -3479,8 +3479,8 @@ fn config_case(
                 ));
             }
             let state_files = [
-                netns_holder::state::STATE_FILE_NAME,
-                netns_holder::state::JOURNAL_FILE_NAME,
+                netns_holder_core::state::STATE_FILE_NAME,
+                netns_holder_core::state::JOURNAL_FILE_NAME,
             ];
             if state_files
                 .iter()

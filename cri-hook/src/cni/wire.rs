@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
-use netns_holder::ports;
+use netns_holder_core::ports;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -22,7 +22,7 @@ pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "
 
 /// The only interface name inside the pod this plugin can create (the daemon names the pod
 /// end of the veth `eth0`).
-pub const POD_IFNAME: &str = netns_holder::names::POD_IFNAME;
+pub const POD_IFNAME: &str = netns_holder_core::names::POD_IFNAME;
 
 /// Well-known CNI error codes, and ours (50 and up; see the [`super`] documentation).
 pub mod code {

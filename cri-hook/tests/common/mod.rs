@@ -10,8 +10,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use cri_hook::network::{NetworkError, NetworkPod, PodNetwork, Wiring};
-use netns_holder::names::PodName;
-use netns_holder::ports::PortMapping;
+use netns_holder_core::names::PodName;
+use netns_holder_core::ports::PortMapping;
 use tokio::time::Instant;
 
 /// A logger that drops everything.

@@ -20,11 +20,11 @@ use clap::Parser as _;
 use cri_hook::cni::{self, Env, NetConf, wire};
 use cri_hook::oci_hook::{self, Stage};
 use cri_hook::pod::{self, ANNOTATION_PREFIX, KNOWN_OPTIONS, PodTarget};
-use netns_holder::api;
 use netns_holder::cli::{self, Cli};
-use netns_holder::config::{Config, ConfigError};
-use netns_holder::names::{IfName, MAX_POD_NAME_LEN, PodId, PodName};
-use netns_holder::ports::{self, PortSpecError};
+use netns_holder_client::api;
+use netns_holder_core::config::{Config, ConfigError};
+use netns_holder_core::names::{IfName, MAX_POD_NAME_LEN, PodId, PodName};
+use netns_holder_core::ports::{self, PortSpecError};
 use nri::pb;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
@@ -295,15 +295,15 @@ fn refused(message: impl ToString) -> Checked {
     Ok(Verdict::Refused(message.to_string()))
 }
 
-/// How much of an over-long input an error shows (netns_holder::names cuts pod names there,
+/// How much of an over-long input an error shows (netns_holder_core::names cuts pod names there,
 /// so that a huge input is not echoed back whole).
 const SHOWN_PREFIX_CHARS: usize = 64;
 
 /// Checks that `message` names `what`, quoted as the errors print it (`Debug` quoting, or
-/// `netns_holder::names::quoted`, which also escapes invisible characters such as U+3164),
+/// `netns_holder_core::names::quoted`, which also escapes invisible characters such as U+3164),
 /// or, for an input longer than the errors show, its first [`SHOWN_PREFIX_CHARS`] characters.
 fn names(message: &str, what: &str) -> Result<(), TestCaseError> {
-    let forms = |text: &str| [format!("{text:?}"), netns_holder::names::quoted(text)];
+    let forms = |text: &str| [format!("{text:?}"), netns_holder_core::names::quoted(text)];
     let quoted = forms(what);
     let named = quoted.iter().any(|q| message.contains(q.as_str()));
     if what.chars().count() > SHOWN_PREFIX_CHARS {
@@ -554,7 +554,7 @@ pub fn check_pod_options(annotations: &BTreeMap<String, String>) -> Checked {
                 prop_assert!(annotations.contains_key(&p.key), "{p}");
                 // Named as the daemon names things: escaped, and shortened past
                 // `names::QUOTED_MAX_CHARS` characters.
-                let quoted = netns_holder::names::quoted(&p.key);
+                let quoted = netns_holder_core::names::quoted(&p.key);
                 prop_assert!(p.to_string().contains(&quoted), "{p} does not name the key");
                 prop_assert!(
                     !p.to_string().chars().any(char::is_control),
@@ -668,7 +668,7 @@ pub fn check_oci_state(bytes: &[u8]) -> Checked {
                 let message = e.to_string();
                 if !state.id().is_empty() {
                     // Named quoted, its control and invisible characters escaped.
-                    let shown = netns_holder::names::quoted(state.id());
+                    let shown = netns_holder_core::names::quoted(state.id());
                     prop_assert!(message.contains(&shown), "{message} does not name {shown}");
                 }
                 prop_assert!(
@@ -706,7 +706,7 @@ pub fn check_cni_conf(bytes: &[u8]) -> Checked {
             // The host ports (ADD and CHECK read them): a refusal is code 7 naming them.
             match conf.port_mappings() {
                 Ok(mappings) => {
-                    prop_assert!(mappings.len() <= netns_holder::ports::MAX_PORTS_PER_POD);
+                    prop_assert!(mappings.len() <= netns_holder_core::ports::MAX_PORTS_PER_POD);
                     Ok(Verdict::Accepted)
                 }
                 Err(e) => {

@@ -1,5 +1,5 @@
 //! `netns-holder-fault`: TEST ONLY. The `netns-holder` binary with the crash switch of
-//! [`netns_holder::executor::fault`] armed from `NETNS_HOLDER_FAULT`
+//! [`netns_holder_core::executor::fault`] armed from `NETNS_HOLDER_FAULT`
 //! (`crash-after-step:create:K` or `crash-after-step:remove:K`): the daemon aborts right
 //! after step K of the first such plan, like a `kill -9` there.
 //!
@@ -8,7 +8,7 @@
 
 use std::process::ExitCode;
 
-use netns_holder::executor::fault;
+use netns_holder_core::executor::fault;
 
 #[path = "../main.rs"]
 mod daemon;

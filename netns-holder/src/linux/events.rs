@@ -23,7 +23,8 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use super::LinuxSystem;
 use super::codec;
 use super::thread::{self, NsFd};
-use crate::system::{KernelEvent, SystemError};
+use crate::kernel::KernelEvent;
+use crate::system::SystemError;
 
 /// `RTMGRP_LINK`: the legacy group bit of `RTNLGRP_LINK` for `bind(2)`.
 const RTMGRP_LINK: u32 = 1;

@@ -93,12 +93,12 @@ use slog::{Logger, info, warn};
 
 use crate::config::Config;
 use crate::firewall::{ConntrackFlush, FirewallTable, HostPortElement, Listener, ObservedTable};
+use crate::kernel::NetnsId;
+use crate::kernel::{KernelEvent, LinkInfo, NodeNetwork, PauseProcess, RunningPause};
 use crate::names::{IfName, PodId};
 use crate::ports::Protocol;
-use crate::state::NetnsId;
 use crate::system::{
-    Firewall, KernelEvent, KernelEvents, LinkInfo, Namespaces, Netlink, NodeNetwork, PauseExit,
-    PauseProcess, Processes, RunningPause, Sysctl, SystemError,
+    Firewall, KernelEvents, Namespaces, Netlink, PauseExit, Processes, Sysctl, SystemError,
 };
 
 pub use pause::PAUSE_NODE_ENV;

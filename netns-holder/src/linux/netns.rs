@@ -122,11 +122,11 @@ pub(crate) fn exists(path: &Path) -> Result<bool, SystemError> {
 
 /// The identity of the network namespace at `path` (`None` if `path` is not one), taken
 /// from the opened namespace itself, so it is the one `path` named at that moment.
-pub(crate) fn identity(path: &Path) -> Result<Option<crate::state::NetnsId>, SystemError> {
+pub(crate) fn identity(path: &Path) -> Result<Option<crate::kernel::NetnsId>, SystemError> {
     match open_netns(path) {
         Ok(fd) => {
             let key = fd_key(&fd, path)?;
-            Ok(Some(crate::state::NetnsId {
+            Ok(Some(crate::kernel::NetnsId {
                 dev: key.dev,
                 ino: key.ino,
             }))

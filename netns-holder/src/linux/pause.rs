@@ -36,8 +36,9 @@ use slog::{debug, warn};
 
 use super::netns::open_netns;
 use super::{LinuxSystem, thread};
+use crate::kernel::{PauseProcess, RunningPause};
 use crate::names::{PodId, pod_id_from_pause_argv0};
-use crate::system::{PauseProcess, RunningPause, SystemError};
+use crate::system::SystemError;
 
 /// Environment variable carrying the inode of the node network namespace of the daemon that
 /// started a pause. [`crate::system::Processes::list_pauses`] of a [`super::LinuxSystem`]

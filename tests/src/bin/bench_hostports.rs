@@ -24,9 +24,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use netns_holder::client::Client;
-use netns_holder::names::PodName;
-use netns_holder::ports::{PortMapping, Protocol};
+use netns_holder_client::client::Client;
+use netns_holder_core::names::PodName;
+use netns_holder_core::ports::{PortMapping, Protocol};
 use nh_tests::bench::{NetnsCleanup, Series, cni_exec, enter_netns, env_count, ms, us};
 use nh_tests::node::{Daemon, DaemonOptions, Echo, Node, Proto, in_netns_thread};
 use nh_tests::{ScratchDir, proc_status_field, run_ok, unique_name};

@@ -23,9 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
-use netns_holder::client::Client;
-use netns_holder::names::PodName;
-use netns_holder::ports::{PortMapping, Protocol};
+use netns_holder_client::client::Client;
+use netns_holder_core::names::PodName;
+use netns_holder_core::ports::{PortMapping, Protocol};
 use nh_tests::bench::{Series, env_count, ms};
 use nh_tests::invariants::assert_state_matches_kernel;
 use nh_tests::node::{Daemon, DaemonOptions, Echo, Node, Proto, tcp_probe};

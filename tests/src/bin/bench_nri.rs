@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use netns_holder::client::Client;
-use netns_holder::names::PodName;
+use netns_holder_client::client::Client;
+use netns_holder_core::names::PodName;
 use nh_tests::node::{Daemon, DaemonOptions, Node};
 use nh_tests::nri_peer::{NriRuntime, PeerOptions, PluginConn, pod_sandbox};
 use nh_tests::{ChildGuard, ScratchDir, is_root, run_ok, target_dir, unique_name};

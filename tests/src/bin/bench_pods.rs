@@ -18,8 +18,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use netns_holder::client::Client;
-use netns_holder::names::PodName;
+use netns_holder_client::client::Client;
+use netns_holder_core::names::PodName;
 use nh_tests::bench::{NetnsCleanup, Series, cni_exec, enter_netns, ms};
 use nh_tests::node::{Daemon, DaemonOptions, Node};
 use nh_tests::{ScratchDir, proc_status_field, run_ok, unique_name};

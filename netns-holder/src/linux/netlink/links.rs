@@ -18,10 +18,11 @@ use slog::info;
 
 use super::addresses::{add_addr, address_net};
 use super::{Dumps, errno, in_netns, nl_err, node_handle};
+use crate::kernel::LinkInfo;
 use crate::linux::netns::open_netns;
 use crate::linux::{LinuxSystem, link_object};
 use crate::names::IfName;
-use crate::system::{LinkInfo, SystemError};
+use crate::system::SystemError;
 
 // ------------------------------------------------------------------ reading link messages
 

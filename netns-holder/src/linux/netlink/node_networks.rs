@@ -13,9 +13,10 @@ use super::addresses::address_net;
 use super::links::attr_name;
 use super::routes::{dump_routes, route_destination, route_oif, route_table};
 use super::{Dumps, in_netns, nl_err};
+use crate::kernel::{NodeNetwork, NodeNetworkKind};
 use crate::linux::LinuxSystem;
 use crate::peers::ROUTE_PROTOCOL;
-use crate::system::{NodeNetwork, NodeNetworkKind, SystemError};
+use crate::system::SystemError;
 
 // ------------------------------------------------------------------ the node's networks
 

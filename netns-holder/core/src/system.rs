@@ -1,0 +1,432 @@
+//! The seams to the kernel: the traits through which the planner's actions (and the
+//! inspections of `check`/`reconcile`) reach network namespaces, processes, netlink and
+//! sysctls.
+//!
+//! # Why asynchronous
+//!
+//! Every method returns `impl Future<Output = Result<T, SystemError>> + Send`. The real
+//! netlink implementation is `rtnetlink`, which is asynchronous and runs on tokio; the API
+//! server (tonic) is asynchronous too, and the manager serves many requests at once. With
+//! `Send` futures a generic `PodManager<S>` can be driven from spawned tokio tasks without
+//! `spawn_blocking` everywhere. Operations that are inherently thread-bound and blocking in
+//! the real implementation (entering a namespace with `setns`, creating a bind mount from a
+//! fresh `unshare`d thread, fork/exec of the pause) run on a dedicated thread there and
+//! resolve the future through a oneshot channel; their cost is then hidden behind the same
+//! interface. The in-memory fake (`fake::FakeSystem`, feature `fake`) yields once per call so
+//! that concurrent callers genuinely interleave in tests.
+//!
+//! # Contract shared by all implementations
+//!
+//! * Deletions and stops are idempotent: an object that is already gone is not an error;
+//!   they return `Ok(false)` instead of `Ok(true)`.
+//! * Creations of things owned by one pod are exclusive (an existing object is
+//!   [`SystemError::AlreadyExists`]); shared things (the bridge, its addresses, sysctls,
+//!   loopback) are "ensure" operations, safe to call concurrently and repeatedly.
+//! * `netns: Option<&Path>` means the host namespace when `None`, else the namespace bind
+//!   mounted (or otherwise reachable) at that path.
+//! * Every error names its object (path, interface, address, pid).
+//!
+//! # Notes for the real implementations
+//!
+//! * `create_netns`: create the mount point with `O_CREAT | O_EXCL` (that is the
+//!   exclusivity), `unshare(CLONE_NEWNET)` on a throwaway thread, bind-mount
+//!   `/proc/thread-self/ns/net` onto it; on failure remove the mount point again.
+//! * `start_pause`: fork/exec the static pause binary with `argv[0]` =
+//!   [`PodId::pause_argv0`], `setns` into the namespace before exec, a new session, no
+//!   inherited fds; read the start time from field 22 of `/proc/<pid>/stat`. The daemon must
+//!   not reap it as a child it waits for, so daemon restarts leave it running.
+//! * `list_pauses`: scan `/proc/*/cmdline` for [`crate::names::PAUSE_ARGV0_PREFIX`] and
+//!   parse the id with [`crate::names::pod_id_from_pause_argv0`].
+//! * `ensure_bridge`: treat `EEXIST` from a concurrent creator as success, then re-read.
+//! * `create_veth`: create the pair with the peer placed directly in the target namespace
+//!   (`IFLA_NET_NS_FD`), so a crash never leaves the temporary name in the host namespace.
+
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+
+use thiserror::Error;
+
+use crate::firewall::{ConntrackFlush, FirewallTable, HostPortElement, Listener, ObservedTable};
+use crate::kernel::{KernelEvent, LinkInfo, NetnsId, NodeNetwork, PauseProcess, RunningPause};
+use crate::names::{IfName, PodId};
+use crate::ports::Protocol;
+
+/// A kernel-side failure, naming the object it concerns (e.g. `netns /run/netns/web`,
+/// `link nh0123456789ab`, `address 10.88.0.2/16 on eth0 in /run/netns/web`).
+#[derive(Debug, Error)]
+pub enum SystemError {
+    /// An object that must be created exclusively already exists.
+    #[error("{object}: already exists")]
+    AlreadyExists {
+        /// The object.
+        object: String,
+    },
+    /// An object that must exist for the operation is missing.
+    #[error("{object}: not found")]
+    NotFound {
+        /// The object.
+        object: String,
+    },
+    /// An operating system error.
+    #[error("{object}: {source}")]
+    Io {
+        /// The object.
+        object: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Any other failure (e.g. a netlink error message).
+    #[error("{object}: {message}")]
+    Other {
+        /// The object.
+        object: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl SystemError {
+    /// An [`SystemError::Io`] for `object`.
+    pub fn io(object: impl fmt::Display, source: std::io::Error) -> Self {
+        Self::Io {
+            object: object.to_string(),
+            source,
+        }
+    }
+
+    /// An [`SystemError::Other`] for `object`.
+    pub fn other(object: impl fmt::Display, message: impl Into<String>) -> Self {
+        Self::Other {
+            object: object.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The object the error is about.
+    pub fn object(&self) -> &str {
+        match self {
+            Self::AlreadyExists { object }
+            | Self::NotFound { object }
+            | Self::Io { object, .. }
+            | Self::Other { object, .. } => object,
+        }
+    }
+}
+
+/// Network namespace bind mounts.
+pub trait Namespaces: Send + Sync {
+    /// Whether `attach` may wire the namespace at `path` (the rules of
+    /// [`crate::netns_path`]; `netns_dir` is the daemon's own directory).
+    fn check_attach_path(
+        &self,
+        path: &Path,
+        netns_dir: &Path,
+    ) -> Result<(), crate::netns_path::NetnsPathError>;
+
+    /// Creates a new network namespace and bind-mounts it at `path` (exclusively: an
+    /// existing file there is [`SystemError::AlreadyExists`]).
+    fn create_netns(&self, path: &Path) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Unmounts and unlinks `path`. Returns `false` if it did not exist. The namespace
+    /// itself dies with its last user.
+    fn delete_netns(&self, path: &Path) -> impl Future<Output = Result<bool, SystemError>> + Send;
+
+    /// Whether `path` exists and is a network namespace.
+    fn netns_exists(&self, path: &Path) -> impl Future<Output = Result<bool, SystemError>> + Send;
+
+    /// The identity of the network namespace at `path` (`None` if `path` is not one).
+    fn netns_id(
+        &self,
+        path: &Path,
+    ) -> impl Future<Output = Result<Option<NetnsId>, SystemError>> + Send;
+
+    /// Network namespace bind mounts directly inside `dir` (a missing `dir` is empty).
+    fn list_netns(
+        &self,
+        dir: &Path,
+    ) -> impl Future<Output = Result<Vec<PathBuf>, SystemError>> + Send;
+
+    /// Bind-mounts at `path` again the network namespace that `holder` (a pod's pause) is
+    /// in, after someone unmounted it: the namespace lives on as long as its pause holds
+    /// it. Fails unless `holder` is still that same process (pid and start time); the empty
+    /// mount point file an unmount leaves behind is reused, a missing one is created.
+    fn restore_netns(
+        &self,
+        path: &Path,
+        holder: &PauseProcess,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+}
+
+/// The pause processes that hold namespaces open.
+pub trait Processes: Send + Sync {
+    /// Starts the pause binary inside the namespace at `netns` with `argv[0]` set to
+    /// [`PodId::pause_argv0`], detached from the daemon (it survives daemon restarts), and
+    /// returns its identity.
+    fn start_pause(
+        &self,
+        id: &PodId,
+        netns: &Path,
+    ) -> impl Future<Output = Result<PauseProcess, SystemError>> + Send;
+
+    /// Stops `process` (SIGKILL is fine: pause holds no state) if it is still the same
+    /// process (pid and start time match). Returns `false` if it was already gone.
+    fn stop_pause(
+        &self,
+        process: &PauseProcess,
+    ) -> impl Future<Output = Result<bool, SystemError>> + Send;
+
+    /// Whether `process` is alive (and still the same process).
+    fn pause_alive(
+        &self,
+        process: &PauseProcess,
+    ) -> impl Future<Output = Result<bool, SystemError>> + Send;
+
+    /// Every running pause process of ours (recognised by `argv[0]`).
+    fn list_pauses(&self) -> impl Future<Output = Result<Vec<RunningPause>, SystemError>> + Send;
+
+    /// Whether `process` has exited, if it is a child of this very daemon process (one it
+    /// started with [`Processes::start_pause`]): answered without reading `/proc` (a
+    /// targeted non-blocking `waitpid`, which also reaps it), so checking every child after
+    /// a SIGCHLD is cheap. `None` if it is not a child of ours (adopted from an earlier
+    /// daemon): watch it with [`Processes::watch_pause`] instead.
+    fn child_pause_exited(
+        &self,
+        process: &PauseProcess,
+    ) -> impl Future<Output = Result<Option<bool>, SystemError>> + Send;
+
+    /// A watch on `process` that resolves once it has exited (at once if it is already gone
+    /// or is not that process any more), without polling: a pidfd in the real system, which
+    /// works for processes that are not our children. `None` when no watch can be made (no
+    /// descriptor left, an old kernel): poll [`Processes::pause_alive`] then.
+    fn watch_pause(
+        &self,
+        process: &PauseProcess,
+    ) -> impl Future<Output = Result<Option<PauseExit>, SystemError>> + Send;
+}
+
+/// Resolves when the watched pause has exited (see [`Processes::watch_pause`]); dropping it
+/// ends the watch and frees what it holds.
+pub type PauseExit = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Links, addresses and routes (rtnetlink in the real implementation).
+pub trait Netlink: Send + Sync {
+    /// Ensures the bridge `name` exists in the host namespace, is up and carries each of
+    /// `gateways`. Safe against concurrent callers and an already existing bridge.
+    fn ensure_bridge(
+        &self,
+        name: &IfName,
+        gateways: &[IpNet],
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Creates a veth pair: `host` in the host namespace and `peer` directly in the
+    /// namespace at `netns`, both with `mtu`. Exclusive on `host`.
+    fn create_veth(
+        &self,
+        host: &IfName,
+        peer: &IfName,
+        netns: &Path,
+        mtu: u32,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Enslaves the host link `link` to the bridge `master`.
+    fn set_master(
+        &self,
+        link: &IfName,
+        master: &IfName,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Sets `link` administratively up.
+    fn link_up(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Renames `from` to `to` inside the namespace at `netns` (the link is down).
+    fn rename_link(
+        &self,
+        netns: &Path,
+        from: &IfName,
+        to: &IfName,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Sets the MTU of `link`.
+    fn set_mtu(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+        mtu: u32,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Adds `address` to `link` in the namespace at `netns` (an identical existing address
+    /// is fine).
+    fn add_address(
+        &self,
+        netns: &Path,
+        link: &IfName,
+        address: IpNet,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Adds a default route via `gateway` over `link` in the namespace at `netns` (an
+    /// identical existing route is fine).
+    fn add_default_route(
+        &self,
+        netns: &Path,
+        link: &IfName,
+        gateway: IpAddr,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Sets `lo` up with 127.0.0.1/8 and ::1/128 in the namespace at `netns`.
+    fn loopback_up(&self, netns: &Path) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Deletes `link` (for a veth, both ends go). Returns `false` if it did not exist.
+    fn delete_link(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+    ) -> impl Future<Output = Result<bool, SystemError>> + Send;
+
+    /// State of `link`, or `None` if it does not exist.
+    fn link_info(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+    ) -> impl Future<Output = Result<Option<LinkInfo>, SystemError>> + Send;
+
+    /// Names of links in the namespace whose names start with `prefix`.
+    fn list_links(
+        &self,
+        netns: Option<&Path>,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<IfName>, SystemError>> + Send;
+
+    /// Gateways of the default routes (IPv4 and IPv6) in the namespace at `netns`.
+    fn default_routes(
+        &self,
+        netns: &Path,
+    ) -> impl Future<Output = Result<Vec<IpAddr>, SystemError>> + Send;
+
+    /// MTU of the interface carrying the host's IPv4 default route, if there is one (used
+    /// when the configuration sets no MTU).
+    fn default_route_mtu(&self) -> impl Future<Output = Result<Option<u32>, SystemError>> + Send;
+
+    /// Turns hairpin mode on for the bridge port `link` (host namespace).
+    fn set_hairpin(&self, link: &IfName) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Adds a route to `cidr` via `via` in the node namespace's main table, tagged with
+    /// [`crate::peers::ROUTE_PROTOCOL`]. An identical route of ours is fine; a route to
+    /// `cidr` that is not ours is [`SystemError::AlreadyExists`].
+    fn add_route(
+        &self,
+        cidr: IpNet,
+        via: IpAddr,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Deletes our route to `cidr` via `via`. Returns `false` if there was none.
+    fn delete_route(
+        &self,
+        cidr: IpNet,
+        via: IpAddr,
+    ) -> impl Future<Output = Result<bool, SystemError>> + Send;
+
+    /// Our routes (tagged [`crate::peers::ROUTE_PROTOCOL`]) in the node namespace's main
+    /// table, as (destination, gateway).
+    fn peer_routes(&self)
+    -> impl Future<Output = Result<Vec<(IpNet, IpAddr)>, SystemError>> + Send;
+
+    /// Every address of the node namespace and every route in it (all tables but the
+    /// kernel's `local` one, which only mirrors the addresses), for [`crate::kernel::check_pod_cidrs`].
+    fn node_networks(&self) -> impl Future<Output = Result<Vec<NodeNetwork>, SystemError>> + Send;
+}
+
+/// Kernel parameters.
+pub trait Sysctl: Send + Sync {
+    /// Turns IP forwarding on in the host namespace (IPv4 and, if `ipv6`, IPv6).
+    fn enable_forwarding(&self, ipv6: bool)
+    -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Turns IPv6 duplicate address detection off for `link` in the namespace at `netns`
+    /// (`net.ipv6.conf.<link>.accept_dad = 0`).
+    fn disable_dad(
+        &self,
+        netns: &Path,
+        link: &IfName,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// `net.ipv4.conf.<link>.route_localnet = 1` in the host namespace.
+    fn enable_route_localnet(
+        &self,
+        link: &IfName,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+}
+
+/// The daemon's nftables table and the node facts host ports depend on. The text and the
+/// elements are built by [`crate::firewall`]; implementations only apply and read them.
+pub trait Firewall: Send + Sync {
+    /// Replaces our table with `table` in one transaction (creating it if missing).
+    fn replace_table(
+        &self,
+        table: &FirewallTable,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Adds `elements` in one transaction: all or none. An existing key (of anybody) fails
+    /// it with [`SystemError::AlreadyExists`]; a missing table with
+    /// [`SystemError::NotFound`].
+    fn add_elements(
+        &self,
+        elements: &[HostPortElement],
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Deletes `elements` by key (in one transaction when they are all present); missing
+    /// ones (or a missing table) are fine. Returns how many were deleted.
+    fn delete_elements(
+        &self,
+        elements: &[HostPortElement],
+    ) -> impl Future<Output = Result<usize, SystemError>> + Send;
+
+    /// Our table as it is, `None` if it does not exist.
+    fn inspect_table(
+        &self,
+    ) -> impl Future<Output = Result<Option<ObservedTable>, SystemError>> + Send;
+
+    /// Sockets in the node namespace that hold one of `ports` (TCP listeners, bound
+    /// unconnected UDP sockets), with their owners where they can be found.
+    fn listeners(
+        &self,
+        ports: &[(Protocol, u16)],
+    ) -> impl Future<Output = Result<Vec<Listener>, SystemError>> + Send;
+
+    /// Deletes the UDP conntrack entries described by `flushes` in the node namespace.
+    /// Returns how many were deleted.
+    fn flush_conntrack(
+        &self,
+        flushes: &[ConntrackFlush],
+    ) -> impl Future<Output = Result<u64, SystemError>> + Send;
+}
+
+/// The kernel events the daemon watches, instead of polling every pod.
+pub trait KernelEvents: Send + Sync {
+    /// Starts delivering [`KernelEvent`]s; they arrive on the returned channel for as long
+    /// as it is open. Several events may be coalesced into one `MountsChanged`.
+    fn subscribe(
+        &self,
+    ) -> impl Future<Output = Result<tokio::sync::mpsc::UnboundedReceiver<KernelEvent>, SystemError>>
+    + Send;
+}
+
+/// Everything the manager needs from the kernel. Implemented automatically for any type
+/// that implements the six concern traits.
+pub trait System:
+    Namespaces + Processes + Netlink + Sysctl + Firewall + KernelEvents + Send + Sync + 'static
+{
+}
+
+impl<T> System for T where
+    T: Namespaces + Processes + Netlink + Sysctl + Firewall + KernelEvents + Send + Sync + 'static
+{
+}
