@@ -4,6 +4,7 @@
 //! every value is validated and turned into its typed form, so that each error names the
 //! key, the offending value and the reason instead of a generic parse failure.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -109,6 +110,9 @@ pub struct Config {
     pub pause_binary: PathBuf,
     /// Peer nodes whose pod CIDRs are routed via their address (see [`crate::peers`]).
     pub peers: Vec<Peer>,
+    /// Address (`IP:PORT`) of the HTTP listener serving `/metrics`, `/healthz` and `/readyz`;
+    /// `None` (the default) serves none.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -125,6 +129,7 @@ impl Default for Config {
             mtu: None,
             pause_binary: PathBuf::from(DEFAULT_PAUSE_BINARY),
             peers: Vec::new(),
+            metrics_address: None,
         }
     }
 }
@@ -142,6 +147,7 @@ struct RawConfig {
     mtu: Option<i64>,
     pause_binary: Option<String>,
     peers: Option<Vec<RawPeer>>,
+    metrics_address: Option<String>,
 }
 
 /// One `peers` entry as written.
@@ -333,6 +339,18 @@ impl Config {
                     Ok(Peer { pod_cidr, via })
                 })
                 .collect::<Result<_, ConfigError>>()?,
+            metrics_address: raw
+                .metrics_address
+                .map(|v| {
+                    v.parse().map_err(|_| {
+                        invalid(
+                            "metrics_address",
+                            v.as_str(),
+                            "not an IP:PORT socket address (e.g. \"127.0.0.1:9644\")",
+                        )
+                    })
+                })
+                .transpose()?,
         };
         config.validate()?;
         Ok(config)
@@ -513,6 +531,24 @@ mod tests {
         assert_eq!(c.bridge.as_str(), "br-pods");
         assert_eq!(c.pod_cidr_v6.unwrap().to_string(), "fd00:88::/64");
         assert_eq!(c.mtu, Some(1400));
+    }
+
+    #[test]
+    fn metrics_address_is_off_by_default_and_names_the_key_when_bad() {
+        assert_eq!(parse("").unwrap().metrics_address, None);
+        let c = parse("metrics_address = \"127.0.0.1:9644\"").unwrap();
+        assert_eq!(c.metrics_address, Some("127.0.0.1:9644".parse().unwrap()));
+        let c = parse("metrics_address = \"[::1]:9644\"").unwrap();
+        assert_eq!(c.metrics_address, Some("[::1]:9644".parse().unwrap()));
+        for bad in ["localhost:9644", "127.0.0.1", "127.0.0.1:99999", ""] {
+            assert_invalid(
+                &format!("metrics_address = \"{bad}\""),
+                "metrics_address",
+                "IP:PORT",
+            );
+        }
+        let err = parse("metrics_address = \"127.0.0.1\"").unwrap_err();
+        assert!(err.to_string().contains("`metrics_address`"), "{err}");
     }
 
     #[test]
