@@ -4,7 +4,8 @@
 //! This crate holds what needs the real kernel, the network or a terminal:
 //! * [`linux`]: the real [`system`] traits (rtnetlink, namespace threads, pause processes,
 //!   nftables, sysctls, kernel events);
-//! * [`server`]: the gRPC server over the manager; [`cli`]: the command line (the daemon's
+//! * [`server`]: the gRPC server over the manager; [`metrics`]: the Prometheus metrics and
+//!   the `/metrics`, `/healthz`, `/readyz` listener; [`cli`]: the command line (the daemon's
 //!   `serve` and the client commands); [`privileges`]: dropping capabilities.
 //!
 //! The core's and the API crate's modules are brought in under their own names (`crate::names`,
@@ -13,10 +14,12 @@
 
 pub mod cli;
 pub mod linux;
+pub mod metrics;
 pub mod privileges;
 pub mod server;
 
 pub(crate) use netns_holder_client::{api, client};
 pub(crate) use netns_holder_core::{
-    config, firewall, kernel, manager, names, netns_path, peers, ports, spec, system,
+    config, finding, firewall, kernel, manager, names, netns_path, peers, ports, spec, state,
+    system,
 };

@@ -26,7 +26,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use slog::{Logger, debug, info, o, warn};
 use thiserror::Error;
@@ -41,6 +41,7 @@ use crate::manager::{
     AttachRequest, CreateRequest, ManagerError, PauseWake, PauseWatches, PodManager,
     ReconcileReport,
 };
+use crate::metrics::{Metrics, MetricsError, MetricsListener, Operation, Snapshot};
 use crate::system::System;
 
 use pb::netns_holder_server::{NetnsHolder, NetnsHolderServer};
@@ -124,6 +125,9 @@ pub enum DaemonError {
     /// The state could not be loaded.
     #[error(transparent)]
     Manager(#[from] ManagerError),
+    /// The metrics listener could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// The bound API socket. Dropping it removes the socket file.
@@ -268,15 +272,23 @@ impl Interceptor for PeerCheck {
 pub struct ApiService<S: System> {
     manager: Arc<PodManager<S>>,
     socket: PathBuf,
+    metrics: Arc<Metrics>,
     log: Logger,
 }
 
 impl<S: System> ApiService<S> {
-    /// A service over `manager`; `socket` is reported by `Status`.
-    pub fn new(manager: Arc<PodManager<S>>, socket: PathBuf, log: Logger) -> Self {
+    /// A service over `manager`; `socket` is reported by `Status`; operations are
+    /// counted in `metrics`.
+    pub fn new(
+        manager: Arc<PodManager<S>>,
+        socket: PathBuf,
+        metrics: Arc<Metrics>,
+        log: Logger,
+    ) -> Self {
         Self {
             manager,
             socket,
+            metrics,
             log,
         }
     }
@@ -308,7 +320,8 @@ impl<S: System> NetnsHolder for ApiService<S> {
             api::request_annotations(r.annotations).map_err(|s| self.rejected(METHOD, s))?;
         let ports = api::request_ports(&r.ports).map_err(|s| self.rejected(METHOD, s))?;
         debug!(self.log, "API call"; "method" => METHOD, "pod" => %name, "ports" => ports.len());
-        let info = self
+        let start = Instant::now();
+        let created = self
             .manager
             .create(CreateRequest {
                 name,
@@ -316,8 +329,10 @@ impl<S: System> NetnsHolder for ApiService<S> {
                 annotations: annotations.clone(),
                 ports,
             })
-            .await
-            .map_err(|e| self.failed(METHOD, &e))?;
+            .await;
+        self.metrics
+            .record(Operation::Create, start, created.is_ok());
+        let info = created.map_err(|e| self.failed(METHOD, &e))?;
         Ok(Response::new(pb::CreatePodResponse {
             pod: Some(api::pod_message(&info, &annotations)),
         }))
@@ -339,6 +354,7 @@ impl<S: System> NetnsHolder for ApiService<S> {
             api::request_annotations(r.annotations).map_err(|s| self.rejected(METHOD, s))?;
         let ports = api::request_ports(&r.ports).map_err(|s| self.rejected(METHOD, s))?;
         debug!(self.log, "API call"; "method" => METHOD, "pod" => %name, "netns" => %netns.display());
+        let start = Instant::now();
         let attached = self
             .manager
             .attach(AttachRequest {
@@ -348,6 +364,9 @@ impl<S: System> NetnsHolder for ApiService<S> {
                 ports,
             })
             .await;
+        let ok = attached.is_ok()
+            || matches!(attached, Err(ManagerError::WiredElsewhere { .. }) if r.leave_wired_elsewhere);
+        self.metrics.record(Operation::Attach, start, ok);
         match attached {
             Ok(info) => Ok(Response::new(pb::AttachPodResponse {
                 pod: Some(api::pod_message(&info, &annotations)),
@@ -374,11 +393,11 @@ impl<S: System> NetnsHolder for ApiService<S> {
         let name =
             api::request_name(&request.into_inner().name).map_err(|s| self.rejected(METHOD, s))?;
         debug!(self.log, "API call"; "method" => METHOD, "pod" => %name);
-        let removed = self
-            .manager
-            .remove(&name)
-            .await
-            .map_err(|e| self.failed(METHOD, &e))?;
+        let start = Instant::now();
+        let removed = self.manager.remove(&name).await;
+        self.metrics
+            .record(Operation::Remove, start, removed.is_ok());
+        let removed = removed.map_err(|e| self.failed(METHOD, &e))?;
         Ok(Response::new(pb::RemovePodResponse {
             name: name.to_string(),
             removed,
@@ -393,11 +412,11 @@ impl<S: System> NetnsHolder for ApiService<S> {
         let name =
             api::request_name(&request.into_inner().name).map_err(|s| self.rejected(METHOD, s))?;
         debug!(self.log, "API call"; "method" => METHOD, "pod" => %name);
-        let released = self
-            .manager
-            .release_pod_ports(&name)
-            .await
-            .map_err(|e| self.failed(METHOD, &e))?;
+        let start = Instant::now();
+        let released = self.manager.release_pod_ports(&name).await;
+        self.metrics
+            .record(Operation::ReleasePorts, start, released.is_ok());
+        let released = released.map_err(|e| self.failed(METHOD, &e))?;
         Ok(Response::new(pb::ReleasePodPortsResponse {
             name: name.to_string(),
             released,
@@ -458,6 +477,12 @@ impl<S: System> NetnsHolder for ApiService<S> {
     ) -> Result<Response<pb::CheckResponse>, Status> {
         let findings = self.manager.check().await;
         info!(self.log, "check"; "findings" => findings.len());
+        let mut kinds = BTreeMap::<String, usize>::new();
+        for finding in &findings {
+            *kinds.entry(problem_kind(&finding.problem)).or_default() += 1;
+        }
+        self.metrics
+            .set_drift(kinds.iter().map(|(k, n)| (k.as_str(), *n)));
         Ok(Response::new(pb::CheckResponse {
             findings: findings.iter().map(api::finding_message).collect(),
         }))
@@ -467,7 +492,11 @@ impl<S: System> NetnsHolder for ApiService<S> {
         &self,
         _request: Request<pb::RepairRequest>,
     ) -> Result<Response<pb::RepairResponse>, Status> {
+        let start = Instant::now();
         let report = self.manager.repair().await;
+        self.metrics
+            .record(Operation::Repair, start, report.failures.is_empty());
+        self.metrics.set_drift(report_kinds(&report));
         log_report(&self.log, "repair", &report);
         Ok(Response::new(api::repair_message(&report)))
     }
@@ -484,7 +513,10 @@ impl<S: System> NetnsHolder for ApiService<S> {
             let name = api::request_name(&entry).map_err(|s| self.rejected(METHOD, s))?;
             keep.insert(name.to_string());
         }
+        let start = Instant::now();
         let report = self.manager.gc(&keep).await;
+        self.metrics
+            .record(Operation::Gc, start, report.failures.is_empty());
         info!(self.log, "gc"; "removed" => report.removed.len(), "kept" => report.kept.len(),
             "failures" => report.failures.len());
         for f in &report.failures {
@@ -576,6 +608,32 @@ impl<S: System> NetnsHolder for ApiService<S> {
     }
 }
 
+/// The `kind` label of a check finding: the problem's name as the API reports it
+/// (`missing`, `orphan`, `route_missing` ...).
+fn problem_kind(problem: &crate::finding::Problem) -> String {
+    serde_json::to_value(problem)
+        .ok()
+        .and_then(|v| {
+            v.get("problem")
+                .and_then(|p| p.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// The drift a reconcile or repair found, by what it did about it.
+fn report_kinds(report: &ReconcileReport) -> [(&'static str, usize); 7] {
+    [
+        ("rolled_back", report.rolled_back.len()),
+        ("finished_removal", report.finished_removal.len()),
+        ("removed_dead", report.removed_dead.len()),
+        ("repaired", report.repaired.len()),
+        ("orphan_removed", report.orphans_removed.len()),
+        ("node_action", report.node_actions.len()),
+        ("failure", report.failures.len()),
+    ]
+}
+
 /// Logs what a reconcile or repair did: a summary, then every failure.
 pub fn log_report(log: &Logger, what: &'static str, report: &ReconcileReport) {
     let repaired: BTreeMap<String, usize> = report
@@ -601,6 +659,7 @@ pub fn log_report(log: &Logger, what: &'static str, report: &ReconcileReport) {
 /// pause processes) are left as they are.
 pub async fn serve<S: System>(
     manager: Arc<PodManager<S>>,
+    metrics: Arc<Metrics>,
     mut socket: ApiSocket,
     shutdown: impl Future<Output = ()>,
     log: Logger,
@@ -615,7 +674,12 @@ pub async fn serve<S: System>(
             path: path.clone(),
             source,
         })?;
-    let service = ApiService::new(manager, path.clone(), log.new(o!("component" => "api")));
+    let service = ApiService::new(
+        manager,
+        path.clone(),
+        metrics,
+        log.new(o!("component" => "api")),
+    );
     let checked = NetnsHolderServer::with_interceptor(service, PeerCheck::new(log.clone()));
     info!(log, "serving API"; "socket" => %path.display());
     let result = tonic::transport::Server::builder()
@@ -641,23 +705,87 @@ pub async fn run_daemon<S: System>(
     config.validate().map_err(ManagerError::from)?;
     // Bind first: if another daemon is running, it must not be disturbed by our reconcile.
     let socket = ApiSocket::bind(&config.socket, &log)?;
-    let manager = PodManager::open(config, system, log.clone())?;
+    let metrics = Arc::new(Metrics::new());
+    // Bound before the state is loaded, so a port in use stops the start and `/readyz`
+    // answers 503 during the reconcile.
+    let listener = match config.metrics_address {
+        Some(address) => {
+            let listener = MetricsListener::bind(address, &log).await?;
+            Some(tokio::spawn(listener.serve(
+                metrics.clone(),
+                log.new(o!("component" => "metrics")),
+            )))
+        }
+        None => None,
+    };
+    // Dropping the handle does not end the task: abort it on every way out.
+    let _stop_listener = AbortOnDrop(listener);
+    let journal = config.state_dir.join(crate::state::JOURNAL_FILE_NAME);
+    let manager = Arc::new(PodManager::open(config, system, log.clone())?);
+    let source = manager.clone();
+    metrics.set_source(move || snapshot(&source, &journal));
+    let start = Instant::now();
     let report = manager.reconcile().await;
+    metrics.record(Operation::Reconcile, start, report.failures.is_empty());
+    metrics.set_drift(report_kinds(&report));
     log_report(&log, "reconcile", &report);
-    let manager = Arc::new(manager);
+    metrics.set_ready();
     let watcher = tokio::spawn(watch_pauses(
         manager.clone(),
+        metrics.clone(),
         log.new(o!("component" => "pauses")),
     ));
     let events = tokio::spawn(watch_kernel_events(
         manager.clone(),
         log.new(o!("component" => "kernel-events")),
     ));
-    let served = serve(manager, socket, shutdown, log).await;
+    let served = serve(manager, metrics, socket, shutdown, log).await;
     watcher.abort();
     events.abort();
     served?;
     Ok(())
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// The state gauges: counts from the manager (one short lock), and the journal's size.
+fn snapshot<S: System>(manager: &PodManager<S>, journal: &Path) -> Snapshot {
+    let status = manager.status();
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let peers_config = status
+        .peers
+        .iter()
+        .filter(|p| p.source == crate::peers::PeerSource::Config)
+        .count();
+    Snapshot {
+        pods: count(status.pods),
+        host_ports: count(status.host_ports),
+        peers_config: count(peers_config),
+        peers_api: count(status.peers.len() - peers_config),
+        ipam: status
+            .pools
+            .iter()
+            .map(|pool| {
+                let family = match pool.cidr {
+                    ipnet::IpNet::V4(_) => "ipv4",
+                    ipnet::IpNet::V6(_) => "ipv6",
+                };
+                (family, count(pool.allocated), pool.capacity as f64)
+            })
+            .collect(),
+        journal_bytes: std::fs::metadata(journal)
+            .map(|m| i64::try_from(m.len()).unwrap_or(i64::MAX))
+            .unwrap_or(0),
+    }
 }
 
 /// How long a burst of kernel events is gathered before the attached pods are looked at
@@ -705,7 +833,7 @@ pub const PAUSE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// child), at once when an adopted pause exits (its pidfd watch), and every
 /// [`PAUSE_CHECK_INTERVAL`] for the rest (see [`PodManager::restart_dead_pauses`]). No
 /// `/proc` read per pod per tick: only adopted pauses that cannot be watched are polled.
-async fn watch_pauses<S: System>(manager: Arc<PodManager<S>>, log: Logger) {
+async fn watch_pauses<S: System>(manager: Arc<PodManager<S>>, metrics: Arc<Metrics>, log: Logger) {
     let mut children = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
         Ok(stream) => Some(stream),
         Err(e) => {
@@ -733,6 +861,7 @@ async fn watch_pauses<S: System>(manager: Arc<PodManager<S>>, log: Logger) {
             }
         };
         let restarted = manager.restart_dead_pauses(wake, &mut watches).await;
+        metrics.pauses_restarted(restarted.len());
         if !restarted.is_empty() {
             debug!(log, "pauses restarted"; "pods" => restarted.len(), "wake" => ?wake);
         }

@@ -1,0 +1,525 @@
+//! The daemon's Prometheus metrics and its health endpoints.
+//!
+//! [`Metrics`] owns the registry (built with the `prometheus-client` crate) and the handles
+//! of every metric. Operations are recorded where the daemon calls the manager (the API
+//! service, the start-up reconcile, the pause watcher): a counter increment is one atomic
+//! add on a handle resolved once at start; a duration is one histogram observation (the
+//! histogram's own short lock inside `prometheus-client`, never held across I/O).
+//!
+//! The gauges that describe the state (pods, host ports, peers, IPAM, the journal's size)
+//! are read at scrape time from the manager through the [`Snapshot`] source installed with
+//! [`Metrics::set_source`]: one short lock of the manager's state, released before the
+//! text is encoded, and the text is complete before the HTTP response is written.
+//!
+//! [`MetricsListener`] is the HTTP/1 listener on `metrics_address`: `/metrics`,
+//! `/healthz` (200 while the daemon runs: from when its API socket is bound until shutdown,
+//! also during the start-up reconcile, so a long reconcile is not taken for a hung daemon)
+//! and `/readyz` (503 until the start-up reconcile has finished, then 200).
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use slog::{Logger, debug, info};
+use std::sync::atomic::AtomicU64;
+use thiserror::Error;
+
+/// The operations counted and timed, as their `operation` label.
+pub const OPERATIONS: [Operation; 7] = [
+    Operation::Create,
+    Operation::Attach,
+    Operation::Remove,
+    Operation::ReleasePorts,
+    Operation::Repair,
+    Operation::Gc,
+    Operation::Reconcile,
+];
+
+/// Upper bounds (seconds) of the operation duration buckets: 100 µs to 10 s.
+pub const DURATION_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// The Content-Type of `/metrics` (`prometheus-client` writes OpenMetrics text).
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A manager operation, as counted in `netns_holder_operations_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// `CreatePod`.
+    Create,
+    /// `AttachPod`.
+    Attach,
+    /// `RemovePod`.
+    Remove,
+    /// `ReleasePodPorts`.
+    ReleasePorts,
+    /// `Repair`.
+    Repair,
+    /// `Gc`.
+    Gc,
+    /// The start-up reconcile.
+    Reconcile,
+}
+
+impl Operation {
+    /// The `operation` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Attach => "attach",
+            Self::Remove => "remove",
+            Self::ReleasePorts => "release_ports",
+            Self::Repair => "repair",
+            Self::Gc => "gc",
+            Self::Reconcile => "reconcile",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationResult {
+    operation: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabel {
+    operation: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FamilyLabel {
+    family: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+/// The state the gauges show, read at scrape time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Pods in the state (every phase).
+    pub pods: i64,
+    /// Host ports published (of pods whose ports are not released).
+    pub host_ports: i64,
+    /// Peers from the configuration file.
+    pub peers_config: i64,
+    /// Peers added through the API.
+    pub peers_api: i64,
+    /// Per family (`ipv4`, `ipv6`): addresses allocated and the pool's capacity.
+    pub ipam: Vec<(&'static str, i64, f64)>,
+    /// Size of the state journal in bytes (0 when there is none).
+    pub journal_bytes: i64,
+}
+
+type Source = Box<dyn Fn() -> Snapshot + Send + Sync>;
+
+/// The registry and the handles of every metric (see the module documentation).
+pub struct Metrics {
+    registry: Registry,
+    operations: Vec<[Counter; 2]>,
+    durations: Vec<Histogram>,
+    pods: Gauge,
+    host_ports: Gauge,
+    peers: Family<SourceLabel, Gauge>,
+    ipam_allocated: Family<FamilyLabel, Gauge>,
+    ipam_capacity: Family<FamilyLabel, Gauge<f64, AtomicU64>>,
+    drift: Family<KindLabel, Gauge>,
+    pause_restarts: Counter,
+    journal_bytes: Gauge,
+    source: OnceLock<Source>,
+    ready: AtomicBool,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("ready", &self.ready)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `netns_holder_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("netns_holder");
+        let operations_family = Family::<OperationResult, Counter>::default();
+        registry.register(
+            "operations",
+            "Manager operations by operation and result (ok or error)",
+            operations_family.clone(),
+        );
+        let durations_family = Family::<OperationLabel, Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "operation_duration_seconds",
+            "Duration of manager operations in seconds",
+            durations_family.clone(),
+        );
+        let operations = OPERATIONS
+            .iter()
+            .map(|op| {
+                ["ok", "error"].map(|result| {
+                    operations_family
+                        .get_or_create(&OperationResult {
+                            operation: op.label(),
+                            result,
+                        })
+                        .clone()
+                })
+            })
+            .collect();
+        let durations = OPERATIONS
+            .iter()
+            .map(|op| {
+                durations_family
+                    .get_or_create(&OperationLabel {
+                        operation: op.label(),
+                    })
+                    .clone()
+            })
+            .collect();
+        let pods = Gauge::default();
+        registry.register("pods", "Pods in the state (every phase)", pods.clone());
+        let host_ports = Gauge::default();
+        registry.register(
+            "host_ports",
+            "Host ports published by pods",
+            host_ports.clone(),
+        );
+        let peers = Family::<SourceLabel, Gauge>::default();
+        registry.register(
+            "peers",
+            "Peer nodes by source (config or api)",
+            peers.clone(),
+        );
+        let ipam_allocated = Family::<FamilyLabel, Gauge>::default();
+        registry.register(
+            "ipam_addresses_allocated",
+            "Pod addresses allocated, by family",
+            ipam_allocated.clone(),
+        );
+        let ipam_capacity = Family::<FamilyLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "ipam_addresses_capacity",
+            "Pod addresses that can be allocated, by family",
+            ipam_capacity.clone(),
+        );
+        let drift = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "drift_findings",
+            "Findings of the last check (by problem) or reconcile/repair (by what was done)",
+            drift.clone(),
+        );
+        let pause_restarts = Counter::default();
+        registry.register(
+            "pause_restarts",
+            "Pause processes restarted after they died",
+            pause_restarts.clone(),
+        );
+        let journal_bytes = Gauge::default();
+        registry.register(
+            "state_journal_bytes",
+            "Size of the state journal in bytes",
+            journal_bytes.clone(),
+        );
+        Self {
+            registry,
+            operations,
+            durations,
+            pods,
+            host_ports,
+            peers,
+            ipam_allocated,
+            ipam_capacity,
+            drift,
+            pause_restarts,
+            journal_bytes,
+            source: OnceLock::new(),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Installs where the gauges are read from at scrape time (once; later calls are
+    /// ignored). Until then the gauges show 0.
+    pub fn set_source(&self, source: impl Fn() -> Snapshot + Send + Sync + 'static) {
+        let _ = self.source.set(Box::new(source));
+    }
+
+    /// Counts one operation that started at `start` and ended with `ok`.
+    pub fn record(&self, operation: Operation, start: Instant, ok: bool) {
+        let i = operation.index();
+        self.durations[i].observe(start.elapsed().as_secs_f64());
+        self.operations[i][usize::from(!ok)].inc();
+    }
+
+    /// Counts pause processes restarted.
+    pub fn pauses_restarted(&self, count: usize) {
+        self.pause_restarts.inc_by(count as u64);
+    }
+
+    /// Replaces the drift findings with `kinds` (kind, count), from the last check,
+    /// reconcile or repair.
+    pub fn set_drift<'a>(&self, kinds: impl IntoIterator<Item = (&'a str, usize)>) {
+        self.drift.clear();
+        for (kind, count) in kinds {
+            self.drift
+                .get_or_create(&KindLabel {
+                    kind: kind.to_string(),
+                })
+                .inc_by(count as i64);
+        }
+    }
+
+    /// Marks the start-up reconcile finished: `/readyz` answers 200 from now on.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Whether the start-up reconcile has finished.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Reads the state gauges from the source, then encodes everything as text.
+    pub fn encode(&self) -> String {
+        if let Some(source) = self.source.get() {
+            let s = source();
+            self.pods.set(s.pods);
+            self.host_ports.set(s.host_ports);
+            self.peers
+                .get_or_create(&SourceLabel { source: "config" })
+                .set(s.peers_config);
+            self.peers
+                .get_or_create(&SourceLabel { source: "api" })
+                .set(s.peers_api);
+            for (family, allocated, capacity) in s.ipam {
+                let label = FamilyLabel { family };
+                self.ipam_allocated.get_or_create(&label).set(allocated);
+                self.ipam_capacity.get_or_create(&label).set(capacity);
+            }
+            self.journal_bytes.set(s.journal_bytes);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// A failure of the metrics listener, naming its address.
+#[derive(Debug, Error)]
+pub enum MetricsError {
+    /// The address could not be bound (in use, not local, not permitted).
+    #[error("cannot listen on metrics_address {address}: {source}")]
+    Bind {
+        /// The configured address.
+        address: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The bound HTTP listener of `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug)]
+pub struct MetricsListener {
+    listener: tokio::net::TcpListener,
+    address: SocketAddr,
+}
+
+impl MetricsListener {
+    /// Binds `address` (inside a tokio runtime); a port in use is an error naming it.
+    pub async fn bind(address: SocketAddr, log: &Logger) -> Result<Self, MetricsError> {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| MetricsError::Bind { address, source })?;
+        let address = listener
+            .local_addr()
+            .map_err(|source| MetricsError::Bind { address, source })?;
+        info!(log, "metrics listener bound"; "metrics_address" => %address);
+        Ok(Self { listener, address })
+    }
+
+    /// The bound address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Serves until the task is aborted (the listener closes with it). Each connection
+    /// is served by its own task.
+    pub async fn serve(self, metrics: Arc<Metrics>, log: Logger) {
+        loop {
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    debug!(log, "metrics accept failed"; "error" => %e);
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let metrics = metrics.clone();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let metrics = metrics.clone();
+                    async move { Ok::<_, Infallible>(respond(&metrics, &request)) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await
+                {
+                    debug!(log, "metrics connection failed"; "peer" => %peer, "error" => %e);
+                }
+            });
+        }
+    }
+}
+
+/// The answer to one request; the body is complete before anything is written.
+fn respond<B>(metrics: &Metrics, request: &Request<B>) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, content_type: &str, body: String| {
+        Response::builder()
+            .status(status)
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid response")
+    };
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "only GET and HEAD\n".into(),
+        );
+    }
+    match request.uri().path() {
+        "/metrics" => reply(StatusCode::OK, METRICS_CONTENT_TYPE, metrics.encode()),
+        "/healthz" => reply(StatusCode::OK, TEXT, "ok\n".into()),
+        "/readyz" if metrics.is_ready() => reply(StatusCode::OK, TEXT, "ready\n".into()),
+        "/readyz" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "not ready: the start-up reconcile has not finished\n".into(),
+        ),
+        other => reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            format!("{other} not found; try /metrics, /healthz or /readyz\n"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_are_counted_by_result_and_timed() {
+        let m = Metrics::new();
+        m.record(Operation::Create, Instant::now(), true);
+        m.record(Operation::Create, Instant::now(), true);
+        m.record(Operation::Remove, Instant::now(), false);
+        m.pauses_restarted(3);
+        m.set_drift([("missing", 2), ("orphan", 1)]);
+        m.set_drift([("missing", 1)]);
+        let text = m.encode();
+        for line in [
+            "netns_holder_operations_total{operation=\"create\",result=\"ok\"} 2",
+            "netns_holder_operations_total{operation=\"remove\",result=\"error\"} 1",
+            "netns_holder_operations_total{operation=\"gc\",result=\"ok\"} 0",
+            "netns_holder_operation_duration_seconds_count{operation=\"create\"} 2",
+            "netns_holder_operation_duration_seconds_bucket{le=\"0.0001\",operation=\"reconcile\"} 0",
+            "netns_holder_operation_duration_seconds_bucket{le=\"10.0\",operation=\"reconcile\"} 0",
+            "netns_holder_pause_restarts_total 3",
+            "netns_holder_drift_findings{kind=\"missing\"} 1",
+            "netns_holder_pods 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing from\n{text}"
+            );
+        }
+        assert!(!text.contains("orphan"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn the_gauges_come_from_the_source() {
+        let m = Metrics::new();
+        m.set_source(|| Snapshot {
+            pods: 3,
+            host_ports: 2,
+            peers_config: 1,
+            peers_api: 0,
+            ipam: vec![("ipv4", 3, 65533.0), ("ipv6", 3, 1.8446744073709552e19)],
+            journal_bytes: 1234,
+        });
+        let text = m.encode();
+        for line in [
+            "netns_holder_pods 3",
+            "netns_holder_host_ports 2",
+            "netns_holder_peers{source=\"config\"} 1",
+            "netns_holder_peers{source=\"api\"} 0",
+            "netns_holder_ipam_addresses_allocated{family=\"ipv4\"} 3",
+            "netns_holder_ipam_addresses_capacity{family=\"ipv4\"} 65533.0",
+            "netns_holder_state_journal_bytes 1234",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing from\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn readyz_is_503_until_ready_and_unknown_paths_are_404() {
+        let m = Metrics::new();
+        let get = |path: &str| {
+            let request = Request::get(path).body(()).unwrap();
+            respond(&m, &request).status()
+        };
+        assert_eq!(get("/healthz"), StatusCode::OK);
+        assert_eq!(get("/readyz"), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(get("/nope"), StatusCode::NOT_FOUND);
+        m.set_ready();
+        assert_eq!(get("/readyz"), StatusCode::OK);
+        assert_eq!(get("/metrics"), StatusCode::OK);
+    }
+}
