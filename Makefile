@@ -38,9 +38,10 @@ IMAGE_ARCHIVE := $(IMAGE_DIR)/pause.oci.tar
 # Debian packages the demo needs (installed by `make demo` when missing) and those the
 # tests and benchmarks use on top (installed by `make deps`, hence `make test`).
 # The daemon itself runs nft and conntrack.
+# prometheus: promtool and the Prometheus server of tests/tests/metrics.rs.
 DEMO_DEB_PACKAGES := iproute2 util-linux iputils-ping busybox-static runc crun nftables conntrack
 DEB_PACKAGES := $(DEMO_DEB_PACKAGES) procps strace podman skopeo catatonit \
-	containernetworking-plugins docker-registry
+	containernetworking-plugins docker-registry prometheus
 
 .PHONY: build pause image demo demo-deps test deps lint fmt bench install clean
 

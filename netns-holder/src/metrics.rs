@@ -11,7 +11,8 @@
 //! [`Metrics::set_source`]: one short lock of the manager's state, released before the
 //! text is encoded, and the text is complete before the HTTP response is written.
 //!
-//! [`MetricsListener`] is the HTTP/1 listener on `metrics_address`: `/metrics`,
+//! [`MetricsListener`] is the HTTP/1 listener on `metrics_address`: `/metrics` (OpenMetrics
+//! when the scraper accepts it, as Prometheus does, else the Prometheus text format 0.0.4),
 //! `/healthz` (200 while the daemon runs: from when its API socket is bound until shutdown,
 //! also during the start-up reconcile, so a long reconcile is not taken for a hung daemon)
 //! and `/readyz` (503 until the start-up reconcile has finished, then 200).
@@ -53,8 +54,13 @@ pub const DURATION_BUCKETS: [f64; 16] = [
     5.0, 10.0,
 ];
 
-/// The Content-Type of `/metrics` (`prometheus-client` writes OpenMetrics text).
-pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The Content-Type of `/metrics` for a scraper that accepts OpenMetrics (Prometheus does),
+/// the format `prometheus-client` writes.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The Content-Type of `/metrics` for every other client: the Prometheus text format 0.0.4.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A manager operation, as counted in `netns_holder_operations_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,6 +345,47 @@ impl Metrics {
     }
 }
 
+/// The Prometheus text format 0.0.4 of an OpenMetrics text from `prometheus-client`: the
+/// same samples, with the `# HELP` and `# TYPE` lines of a counter naming its `_total`
+/// samples (OpenMetrics names the family without the suffix, which the 0.0.4 parsers
+/// such as `promtool check metrics` take for a different metric), and no `# UNIT` or
+/// `# EOF` lines.
+pub fn to_text_format(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => text.push_str(&line),
+            None => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// Whether the client named OpenMetrics in its `Accept` header.
+fn accepts_openmetrics<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"))
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
@@ -430,7 +477,14 @@ fn respond<B>(metrics: &Metrics, request: &Request<B>) -> Response<Full<Bytes>> 
         );
     }
     match request.uri().path() {
-        "/metrics" => reply(StatusCode::OK, METRICS_CONTENT_TYPE, metrics.encode()),
+        "/metrics" if accepts_openmetrics(request) => {
+            reply(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, metrics.encode())
+        }
+        "/metrics" => reply(
+            StatusCode::OK,
+            TEXT_CONTENT_TYPE,
+            to_text_format(&metrics.encode()),
+        ),
         "/healthz" => reply(StatusCode::OK, TEXT, "ok\n".into()),
         "/readyz" if metrics.is_ready() => reply(StatusCode::OK, TEXT, "ready\n".into()),
         "/readyz" => reply(
@@ -506,6 +560,39 @@ mod tests {
                 "{line:?} missing from\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn the_text_format_names_counters_with_their_suffix() {
+        let m = Metrics::new();
+        m.record(Operation::Gc, Instant::now(), true);
+        let text = to_text_format(&m.encode());
+        assert!(
+            text.contains("# TYPE netns_holder_operations_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP netns_holder_pause_restarts_total "),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE netns_holder_pods gauge\n"), "{text}");
+        assert!(
+            text.contains("netns_holder_operations_total{operation=\"gc\",result=\"ok\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+        let request = Request::get("/metrics")
+            .header(
+                hyper::header::ACCEPT,
+                "application/openmetrics-text;version=1.0.0",
+            )
+            .body(())
+            .unwrap();
+        let response = respond(&m, &request);
+        assert_eq!(
+            response.headers()[hyper::header::CONTENT_TYPE],
+            OPENMETRICS_CONTENT_TYPE
+        );
     }
 
     #[test]
