@@ -129,6 +129,20 @@ pub trait PodNetwork: Send + Sync + 'static {
         &self,
         deadline: Instant,
     ) -> impl Future<Output = Result<Vec<NetworkPod>, NetworkError>> + Send;
+
+    /// Reports an NRI event the plugin handled (`run_pod_sandbox`, `stop_pod_sandbox`,
+    /// `remove_pod_sandbox`, `synchronize`), whether it succeeded and how long it took, to
+    /// the daemon's metrics. Best effort: failures are ignored (a daemon without metrics
+    /// still counts them; an older one answers UNIMPLEMENTED). Does nothing by default.
+    fn report_event(
+        &self,
+        event: &'static str,
+        ok: bool,
+        took: Duration,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (event, ok, took);
+        async {}
+    }
 }
 
 /// Default bound of one daemon call.
@@ -356,5 +370,14 @@ impl PodNetwork for DaemonNetwork {
             .into_iter()
             .map(|p| network_pod("ListPods", Some(p)))
             .collect()
+    }
+
+    async fn report_event(&self, event: &'static str, ok: bool, took: Duration) {
+        let deadline = Instant::now() + self.call_timeout;
+        let _ = self
+            .run("ReportNriEvent", deadline, |mut client| async move {
+                client.report_nri_event(event, ok, took.as_secs_f64()).await
+            })
+            .await;
     }
 }

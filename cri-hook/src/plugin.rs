@@ -508,10 +508,12 @@ impl<N: PodNetwork> Service for PluginService<N> {
                 let request: pb::SynchronizeRequest =
                     decode_request(method::SYNCHRONIZE, &payload)?;
                 let answer_by = answer_deadline(&ctx, &state);
-                Ok(plugin
-                    .synchronize(&state, request, answer_by)
-                    .await
-                    .encode_to_vec())
+                let started = Instant::now();
+                let answer = plugin.synchronize(&state, request, answer_by).await;
+                if !answer.more {
+                    plugin.report("synchronize", started, true);
+                }
+                Ok(answer.encode_to_vec())
             }),
             method::SHUTDOWN => Box::pin(async move {
                 info!(
@@ -530,23 +532,30 @@ impl<N: PodNetwork> Service for PluginService<N> {
                 let request: pb::RunPodSandboxRequest =
                     decode_request(method::RUN_POD_SANDBOX, &payload)?;
                 let pod = required_pod(method::RUN_POD_SANDBOX, request.pod)?;
-                plugin.run_pod(&pod, answer_deadline(&ctx, &state)).await?;
+                let started = Instant::now();
+                let done = plugin.run_pod(&pod, answer_deadline(&ctx, &state)).await;
+                plugin.report("run_pod_sandbox", started, done.is_ok());
+                done?;
                 Ok(pb::RunPodSandboxResponse {}.encode_to_vec())
             }),
             method::STOP_POD_SANDBOX => Box::pin(async move {
                 let request: pb::StopPodSandboxRequest =
                     decode_request(method::STOP_POD_SANDBOX, &payload)?;
                 let pod = required_pod(method::STOP_POD_SANDBOX, request.pod)?;
-                plugin.stop_pod(&pod, answer_deadline(&ctx, &state)).await?;
+                let started = Instant::now();
+                let done = plugin.stop_pod(&pod, answer_deadline(&ctx, &state)).await;
+                plugin.report("stop_pod_sandbox", started, done.is_ok());
+                done?;
                 Ok(pb::StopPodSandboxResponse {}.encode_to_vec())
             }),
             method::REMOVE_POD_SANDBOX => Box::pin(async move {
                 let request: pb::RemovePodSandboxRequest =
                     decode_request(method::REMOVE_POD_SANDBOX, &payload)?;
                 let pod = required_pod(method::REMOVE_POD_SANDBOX, request.pod)?;
-                plugin
-                    .remove_pod(&pod, answer_deadline(&ctx, &state))
-                    .await?;
+                let started = Instant::now();
+                let done = plugin.remove_pod(&pod, answer_deadline(&ctx, &state)).await;
+                plugin.report("remove_pod_sandbox", started, done.is_ok());
+                done?;
                 Ok(pb::RemovePodSandboxResponse {}.encode_to_vec())
             }),
             other => unimplemented(PLUGIN_SERVICE, other),
@@ -633,11 +642,22 @@ impl<N: PodNetwork> Plugin<N> {
             return Ok(());
         }
         let pod = required_pod(method::STATE_CHANGE, event.pod)?;
-        match kind {
-            pb::Event::RunPodSandbox => self.run_pod(&pod, answer_by).await,
-            pb::Event::StopPodSandbox => self.stop_pod(&pod, answer_by).await,
-            _ => self.remove_pod(&pod, answer_by).await,
-        }
+        let started = Instant::now();
+        let (name, done) = match kind {
+            pb::Event::RunPodSandbox => ("run_pod_sandbox", self.run_pod(&pod, answer_by).await),
+            pb::Event::StopPodSandbox => ("stop_pod_sandbox", self.stop_pod(&pod, answer_by).await),
+            _ => ("remove_pod_sandbox", self.remove_pod(&pod, answer_by).await),
+        };
+        self.report(name, started, done.is_ok());
+        done
+    }
+
+    /// Reports a handled event, its outcome and latency to the daemon's metrics from a
+    /// task of its own: the runtime's answer never waits for it.
+    fn report(&self, event: &'static str, started: Instant, ok: bool) {
+        let net = self.net.clone();
+        let took = started.elapsed();
+        tokio::spawn(async move { net.report_event(event, ok, took).await });
     }
 }
 

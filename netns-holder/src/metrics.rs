@@ -48,6 +48,15 @@ pub const OPERATIONS: [Operation; 7] = [
     Operation::Reconcile,
 ];
 
+/// The NRI events the plugin reports, as their `event` label (a fixed set: a caller cannot
+/// grow the label space).
+pub const NRI_EVENTS: [&str; 4] = [
+    "run_pod_sandbox",
+    "stop_pod_sandbox",
+    "remove_pod_sandbox",
+    "synchronize",
+];
+
 /// Upper bounds (seconds) of the operation duration buckets: 100 µs to 10 s.
 pub const DURATION_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -112,6 +121,40 @@ struct OperationLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventResult {
+    event: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    event: &'static str,
+}
+
+/// An NRI event report the daemon refuses, naming the event.
+#[derive(Debug, Error, PartialEq)]
+pub enum NriEventError {
+    /// Not one of [`NRI_EVENTS`].
+    #[error(
+        "NRI event {event:?} is not reported; the events are run_pod_sandbox, stop_pod_sandbox, remove_pod_sandbox and synchronize"
+    )]
+    UnknownEvent {
+        /// The event as sent.
+        event: String,
+    },
+    /// A negative or non-finite duration.
+    #[error(
+        "NRI event {event}: duration {duration_seconds} s is not a finite, non-negative number"
+    )]
+    BadDuration {
+        /// The event.
+        event: String,
+        /// The duration as sent.
+        duration_seconds: f64,
+    },
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabel {
     source: &'static str,
 }
@@ -158,6 +201,8 @@ pub struct Metrics {
     drift: Family<KindLabel, Gauge>,
     pause_restarts: Counter,
     journal_bytes: Gauge,
+    nri_events: Vec<[Counter; 2]>,
+    nri_durations: Vec<Histogram>,
     source: OnceLock<Source>,
     ready: AtomicBool,
 }
@@ -261,7 +306,41 @@ impl Metrics {
             "Size of the state journal in bytes",
             journal_bytes.clone(),
         );
+        let nri_family = Family::<EventResult, Counter>::default();
+        registry.register(
+            "nri_events",
+            "NRI events handled by the plugin, by event and result (ok or error)",
+            nri_family.clone(),
+        );
+        let nri_durations_family = Family::<EventLabel, Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "nri_event_duration_seconds",
+            "Time the NRI plugin took to handle an event, in seconds",
+            nri_durations_family.clone(),
+        );
+        let nri_events = NRI_EVENTS
+            .iter()
+            .map(|event| {
+                ["ok", "error"].map(|result| {
+                    nri_family
+                        .get_or_create(&EventResult { event, result })
+                        .clone()
+                })
+            })
+            .collect();
+        let nri_durations = NRI_EVENTS
+            .iter()
+            .map(|event| {
+                nri_durations_family
+                    .get_or_create(&EventLabel { event })
+                    .clone()
+            })
+            .collect();
         Self {
+            nri_events,
+            nri_durations,
             registry,
             operations,
             durations,
@@ -289,6 +368,29 @@ impl Metrics {
         let i = operation.index();
         self.durations[i].observe(start.elapsed().as_secs_f64());
         self.operations[i][usize::from(!ok)].inc();
+    }
+
+    /// Counts an NRI event the plugin reported (one of [`NRI_EVENTS`]).
+    pub fn record_nri_event(
+        &self,
+        event: &str,
+        ok: bool,
+        duration_seconds: f64,
+    ) -> Result<(), NriEventError> {
+        let index = NRI_EVENTS.iter().position(|e| *e == event).ok_or_else(|| {
+            NriEventError::UnknownEvent {
+                event: event.to_string(),
+            }
+        })?;
+        if !duration_seconds.is_finite() || duration_seconds < 0.0 {
+            return Err(NriEventError::BadDuration {
+                event: event.to_string(),
+                duration_seconds,
+            });
+        }
+        self.nri_durations[index].observe(duration_seconds);
+        self.nri_events[index][usize::from(!ok)].inc();
+        Ok(())
     }
 
     /// Counts pause processes restarted.
@@ -532,6 +634,33 @@ mod tests {
         }
         assert!(!text.contains("orphan"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn nri_events_are_counted_and_unknown_ones_refused() {
+        let m = Metrics::new();
+        m.record_nri_event("run_pod_sandbox", true, 0.002).unwrap();
+        m.record_nri_event("stop_pod_sandbox", false, 0.5).unwrap();
+        assert_eq!(
+            m.record_nri_event("update_container", true, 0.1),
+            Err(NriEventError::UnknownEvent {
+                event: "update_container".into()
+            })
+        );
+        assert!(m.record_nri_event("synchronize", true, -1.0).is_err());
+        assert!(m.record_nri_event("synchronize", true, f64::NAN).is_err());
+        let text = m.encode();
+        for line in [
+            "netns_holder_nri_events_total{event=\"run_pod_sandbox\",result=\"ok\"} 1",
+            "netns_holder_nri_events_total{event=\"stop_pod_sandbox\",result=\"error\"} 1",
+            "netns_holder_nri_events_total{event=\"synchronize\",result=\"ok\"} 0",
+            "netns_holder_nri_event_duration_seconds_count{event=\"stop_pod_sandbox\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing from\n{text}"
+            );
+        }
     }
 
     #[test]

@@ -606,6 +606,18 @@ impl<S: System> NetnsHolder for ApiService<S> {
         }
         Ok(Response::new(api::reload_message(&report)))
     }
+
+    async fn report_nri_event(
+        &self,
+        request: Request<pb::ReportNriEventRequest>,
+    ) -> Result<Response<pb::ReportNriEventResponse>, Status> {
+        const METHOD: &str = "ReportNriEvent";
+        let r = request.into_inner();
+        self.metrics
+            .record_nri_event(&r.event, r.ok, r.duration_seconds)
+            .map_err(|e| self.rejected(METHOD, Status::invalid_argument(e.to_string())))?;
+        Ok(Response::new(pb::ReportNriEventResponse {}))
+    }
 }
 
 /// The `kind` label of a check finding: the problem's name as the API reports it

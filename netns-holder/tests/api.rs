@@ -1213,3 +1213,25 @@ async fn reload_recreates_a_flushed_table() {
     assert_eq!(code, 0, "{out}");
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_nri_event_accepts_the_plugins_events_only() {
+    let d = Daemon::start().await;
+    let mut client = d.client().await;
+    client
+        .report_nri_event("run_pod_sandbox", true, 0.003)
+        .await
+        .unwrap();
+    let err = client
+        .report_nri_event("update_container", true, 0.003)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+    assert!(err.to_string().contains("\"update_container\""), "{err}");
+    let err = client
+        .report_nri_event("synchronize", false, -1.0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+    d.stop().await;
+}

@@ -161,8 +161,13 @@ pub struct Env {
 impl Env {
     /// Node, daemon, runtime socket and a dialing plugin, registered and configured.
     pub async fn start() -> Result<Self> {
+        Self::start_with(DaemonOptions::default()).await
+    }
+
+    /// [`Env::start`] with a daemon started with `options`.
+    pub async fn start_with(options: DaemonOptions) -> Result<Self> {
         let node = Node::new()?;
-        let daemon = Daemon::start(&node, DaemonOptions::default())?;
+        let daemon = Daemon::start(&node, options)?;
         let scratch = ScratchDir::new("nri")?;
         let socket = scratch.path().join("nri.sock");
         let runtime = NriRuntime::bind(&socket, PeerOptions::default())?;

@@ -7,6 +7,8 @@
 //!   the output;
 //! * `/healthz` is 200, `/readyz` 503 while the start-up reconcile of many pods runs, then 200;
 //! * a port in use stops the daemon at start with an error naming `metrics_address`;
+//! * the NRI plugin's events reach the daemon's metrics
+//!   (`netns_holder_nri_events_total{event,result}`), errors included;
 //! * a real Prometheus server (Debian's `prometheus`), started in the node namespace with its
 //!   own config and storage in a scratch dir and scraping every second, reports the target up
 //!   and `netns_holder_pods` equal to the pods created, queried through its HTTP API.
@@ -19,7 +21,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use nh_tests::node::{Daemon, DaemonOptions, Node, in_netns_thread};
+use nh_tests::nri_harness::{Env, PodNetns, run_async, sandbox_id};
+use nh_tests::nri_peer::pod_sandbox;
 use nh_tests::{ChildGuard, ScratchDir, require_root, wait_until};
+use nri::pb;
 
 /// Where the daemon serves its metrics inside the node namespace (a fresh namespace: free).
 const METRICS: &str = "127.0.0.1:9644";
@@ -366,4 +371,72 @@ fn a_real_prometheus_scrapes_the_daemon() -> Result<()> {
         daemon.remove_pod(name)?;
     }
     Ok(())
+}
+
+#[test]
+fn the_nri_plugins_events_are_counted_by_the_daemon() -> Result<()> {
+    if !require_root("the_nri_plugins_events_are_counted_by_the_daemon") {
+        return Ok(());
+    }
+    run_async(async {
+        let env = Env::start_with(options()).await?;
+        env.conn.synchronize(vec![], vec![]).await?;
+        let netns = PodNetns::new()?;
+        let pod = pod_sandbox("default", "web", &sandbox_id(), Some(&netns.path()), &[]);
+        env.conn.run_pod_sandbox(&pod).await?;
+        env.conn.stop_pod_sandbox(&pod).await?;
+        env.conn.remove_pod_sandbox(&pod).await?;
+        // Through StateChange, too.
+        let other = PodNetns::new()?;
+        let pod = pod_sandbox("default", "db", &sandbox_id(), Some(&other.path()), &[]);
+        env.conn
+            .state_change(pb::Event::RunPodSandbox, &pod)
+            .await?;
+        env.conn
+            .state_change(pb::Event::RemovePodSandbox, &pod)
+            .await?;
+        // A pod the plugin refuses is an error.
+        let bad = pod_sandbox(
+            "default",
+            "bad",
+            &sandbox_id(),
+            Some(&netns.path()),
+            &[("netns-holder.io/skip", "sometimes")],
+        );
+        ensure!(env.conn.run_pod_sandbox(&bad).await.is_err());
+
+        let event = |event: &str, result: &str| {
+            format!("netns_holder_nri_events_total{{event=\"{event}\",result=\"{result}\"}}")
+        };
+        let expected = [
+            (event("synchronize", "ok"), 1.0),
+            (event("run_pod_sandbox", "ok"), 2.0),
+            (event("run_pod_sandbox", "error"), 1.0),
+            (event("stop_pod_sandbox", "ok"), 1.0),
+            (event("remove_pod_sandbox", "ok"), 2.0),
+            (event("remove_pod_sandbox", "error"), 0.0),
+            (
+                "netns_holder_nri_event_duration_seconds_count{event=\"run_pod_sandbox\"}"
+                    .to_string(),
+                3.0,
+            ),
+        ];
+        let netns_path = env.node.netns_path();
+        // The plugin reports in the background: wait for the counts to arrive.
+        let mut text = String::new();
+        let arrived = wait_until(Duration::from_secs(10), || {
+            text = get(&netns_path, METRICS, "/metrics")
+                .map(|(_, t)| t)
+                .unwrap_or_default();
+            expected
+                .iter()
+                .all(|(series, value)| sample(&text, series) == Some(*value))
+        });
+        ensure!(
+            arrived,
+            "NRI event counts {expected:?} not in\n{text}\nplugin log:\n{}",
+            env.plugin.log()
+        );
+        env.no_violations()
+    })
 }

@@ -300,6 +300,21 @@ impl Client {
     pub async fn reload(&mut self) -> Result<pb::ReloadResponse, ClientError> {
         rpc("Reload", self.inner.reload(pb::ReloadRequest {}).await)
     }
+
+    /// `ReportNriEvent`: counts an NRI event the plugin handled in the daemon's metrics.
+    pub async fn report_nri_event(
+        &mut self,
+        event: &str,
+        ok: bool,
+        duration_seconds: f64,
+    ) -> Result<(), ClientError> {
+        let request = pb::ReportNriEventRequest {
+            event: event.to_string(),
+            ok,
+            duration_seconds,
+        };
+        rpc("ReportNriEvent", self.inner.report_nri_event(request).await).map(|_| ())
+    }
 }
 
 fn rpc<T>(
