@@ -153,7 +153,11 @@ fn main() -> Result<()> {
                 None
             };
             let (creates, removes) = round(&mut client, &names).await?;
-            let into = if with_scraper { &mut scraped } else { &mut quiet };
+            let into = if with_scraper {
+                &mut scraped
+            } else {
+                &mut quiet
+            };
             into.0.extend(creates);
             into.1.extend(removes);
             if let Some(scraper) = scraper {
@@ -162,7 +166,10 @@ fn main() -> Result<()> {
         }
         anyhow::Ok(())
     })?;
-    ensure!(scrapes > 0, "the scraper never got an answer from {METRICS}");
+    ensure!(
+        scrapes > 0,
+        "the scraper never got an answer from {METRICS}"
+    );
     println!(
         "bench_metrics: {count} pods created and removed per round, 2 quiet and 2 scraped rounds \
          ({scrapes} scrapes of /metrics, every {SCRAPE_EVERY:?})"
