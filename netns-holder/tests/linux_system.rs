@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use netns_holder::linux::{LinuxSystem, PAUSE_NODE_ENV};
 use netns_holder_core::config::Config;
+use netns_holder_core::egress::EgressExempt;
 use netns_holder_core::finding::Problem;
 use netns_holder_core::firewall::{
     self, FirewallBase, FirewallTable, HostPortElement, HostPortMap,
@@ -895,8 +896,17 @@ fn nftables_table_and_element_batches() {
             bridge: IfName::new("nh0").unwrap(),
             pod_cidr_v4: "10.88.0.0/16".parse().unwrap(),
             pod_cidr_v6: Some("fd00:88::/64".parse().unwrap()),
+            masquerade: true,
         };
+        let exempt = EgressExempt::new(
+            ["10.88.0.0/16", "10.89.0.0/24", "192.0.2.7/32", "fd00:88::/64"]
+                .map(|c| c.parse::<ipnet::IpNet>().unwrap()),
+        );
         assert_eq!(sys.inspect_table().await.unwrap(), None);
+        assert!(matches!(
+            sys.sync_egress_exempt(&exempt).await,
+            Err(SystemError::NotFound { .. })
+        ));
         assert!(matches!(
             sys.add_elements(&[elem(HostPortMap::AnyV4, None, 1, "10.88.0.2")])
                 .await,
@@ -915,14 +925,43 @@ fn nftables_table_and_element_batches() {
         sys.replace_table(&FirewallTable {
             base: base.clone(),
             elements: first.clone(),
+            egress_exempt: exempt.clone(),
         })
         .await
         .expect("replace");
         let seen = sys.inspect_table().await.unwrap().expect("table");
         assert_eq!(seen.lines, firewall::expected_lines(&base));
         assert_eq!(sorted(seen.elements.clone()), sorted(first.clone()));
-        assert!(seen.unparsed.is_empty());
-        assert!(firewall::check_table(&base, &[(pod("a"), first.clone())], Some(&seen)).is_empty());
+        assert!(seen.unparsed.is_empty(), "{:?}", seen.unparsed);
+        assert_eq!(seen.egress_exempt, exempt);
+        assert!(
+            firewall::check_table(&base, &[(pod("a"), first.clone())], &exempt, Some(&seen))
+                .is_empty()
+        );
+
+        // The egress sets change on their own, in one transaction; the maps stay.
+        let fewer = EgressExempt::new(
+            ["10.88.0.0/16", "10.90.0.0/24", "fd00:99::/64", "fd00:88::/64"]
+                .map(|c| c.parse::<ipnet::IpNet>().unwrap()),
+        );
+        sys.sync_egress_exempt(&fewer).await.expect("sync egress");
+        let seen = sys.inspect_table().await.unwrap().expect("table");
+        assert_eq!(seen.egress_exempt, fewer);
+        assert_eq!(sorted(seen.elements.clone()), sorted(first.clone()));
+        let drift: Vec<String> =
+            firewall::check_table(&base, &[(pod("a"), first.clone())], &exempt, Some(&seen))
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+        assert_eq!(
+            drift,
+            [
+                "element { 10.89.0.0/24 } of set egress_exempt_v4: missing",
+                "element { 192.0.2.7/32 } of set egress_exempt_v4: missing",
+                "element { 10.90.0.0/24 } of set egress_exempt_v4: foreign (not put there by netns-holder)",
+                "element { fd00:99::/64 } of set egress_exempt_v6: foreign (not put there by netns-holder)",
+            ]
+        );
 
         // Netlink batches: every key kind, then an exclusive clash fails the whole batch.
         let second = vec![
@@ -975,6 +1014,7 @@ fn nftables_table_and_element_batches() {
             sys.replace_table(&FirewallTable {
                 base: base.clone(),
                 elements: filler,
+                egress_exempt: exempt.clone(),
             })
             .await
             .expect("replace with filler");
@@ -1001,6 +1041,7 @@ fn nftables_table_and_element_batches() {
         sys.replace_table(&FirewallTable {
             base: base.clone(),
             elements: vec![],
+            egress_exempt: EgressExempt::default(),
         })
         .await
         .expect("replace again");

@@ -35,6 +35,7 @@ impl Env {
             bridge: config.bridge.clone(),
             pod_cidr_v4: config.pod_cidr_v4,
             pod_cidr_v6: config.pod_cidr_v6,
+            masquerade: config.masquerade,
         });
         Self {
             _dir: dir,

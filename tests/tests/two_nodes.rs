@@ -3,7 +3,8 @@
 //! third namespace as an outside client on node A's side.
 //!
 //! Covered: pod on A <-> pod on B both ways with the source address preserved (each side
-//! sees the other's pod address, IPv4 and IPv6); node A <-> pod on B; host ports of node A
+//! sees the other's pod address, IPv4 and IPv6); node A <-> pod on B (node B exempts the
+//! underlay from egress masquerade with `no_masquerade_cidrs`); host ports of node A
 //! from the client and from a pod on node B (no masquerade: the pod on A sees the pod on B's
 //! address); a peer route deleted behind the daemon's back reported by `check` and re-added
 //! by `check --repair` and by a restart; peers added and removed at run time through the
@@ -93,7 +94,16 @@ impl Cluster {
         } else {
             Vec::new()
         };
-        let b = Daemon::start(&node_b, options(B_CIDR, B_CIDR6, b_peer_list))?;
+        // Node B exempts the underlay from egress masquerade (`no_masquerade_cidrs`), so its
+        // pods reach node A's own address (and its host ports) with their own address;
+        // without it they would be masqueraded behind node B's (see tests/tests/egress.rs).
+        let b = Daemon::start(
+            &node_b,
+            DaemonOptions {
+                extra_config: "no_masquerade_cidrs = [\"192.168.72.0/24\", \"fd72::/64\"]\n".into(),
+                ..options(B_CIDR, B_CIDR6, b_peer_list)
+            },
+        )?;
         Ok(Self {
             a,
             b,

@@ -363,7 +363,7 @@ pub fn error_code(error: &ManagerError) -> Code {
             source: SystemError::AlreadyExists { .. },
             ..
         } => Code::FailedPrecondition,
-        ManagerError::PeerRoute { .. } => Code::Internal,
+        ManagerError::PeerRoute { .. } | ManagerError::EgressExempt { .. } => Code::Internal,
         ManagerError::Config(_)
         | ManagerError::State(_)
         | ManagerError::InconsistentState { .. }

@@ -73,6 +73,7 @@ impl Env {
             bridge: config.bridge.clone(),
             pod_cidr_v4: config.pod_cidr_v4,
             pod_cidr_v6: config.pod_cidr_v6,
+            masquerade: config.masquerade,
         });
         Self {
             _dir: dir,
@@ -227,9 +228,14 @@ async fn configured_peers_apply_at_start_and_cannot_be_removed_through_the_api()
     env.config.peers = vec![b];
     let m = env.manager();
     let report = m.reconcile().await;
+    // The configured peer's CIDR joins the egress exemptions (aggregated with this node's
+    // 10.88.0.0/16) and gets its route.
     assert_eq!(
         report.node_actions,
-        ["add route 10.89.0.0/16 via 192.168.50.2"]
+        [
+            "set the egress exemptions of nftables table inet netns_holder to 10.88.0.0/15, 10.90.0.0/16",
+            "add route 10.89.0.0/16 via 192.168.50.2"
+        ]
     );
     assert_eq!(m.peers().len(), 2);
     let err = m.remove_peer(b.pod_cidr).await.unwrap_err();
@@ -245,7 +251,10 @@ async fn configured_peers_apply_at_start_and_cannot_be_removed_through_the_api()
     let report = m.reconcile().await;
     assert_eq!(
         report.node_actions,
-        ["delete route 10.89.0.0/16 via 192.168.50.2"]
+        [
+            "set the egress exemptions of nftables table inet netns_holder to 10.88.0.0/16, 10.90.0.0/16",
+            "delete route 10.89.0.0/16 via 192.168.50.2"
+        ]
     );
     assert_eq!(
         m.peers().iter().map(|p| p.peer()).collect::<Vec<_>>(),

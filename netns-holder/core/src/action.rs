@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::egress::EgressExempt;
 use crate::firewall::{self, ConntrackFlush, FirewallTable, HostPortElement};
 use crate::kernel::PauseProcess;
 use crate::names::{IfName, PodId, PodName};
@@ -181,6 +182,12 @@ pub enum Action {
         /// The table.
         table: FirewallTable,
     },
+    /// Make the egress exemption sets hold exactly `exempt` (one transaction, nothing else
+    /// of the table touched).
+    SyncEgressExempt {
+        /// The destinations reached without masquerade.
+        exempt: EgressExempt,
+    },
     /// Route `cidr` (a peer node's pod CIDR) via `via` in the node namespace.
     AddRoute {
         /// The destination.
@@ -310,6 +317,11 @@ impl fmt::Display for Action {
                 "replace {} ({} host port element(s))",
                 firewall::table_object(),
                 table.elements.len()
+            ),
+            Self::SyncEgressExempt { exempt } => write!(
+                f,
+                "set the egress exemptions of {} to {exempt}",
+                firewall::table_object()
             ),
             Self::AddRoute { cidr, via } => write!(f, "add route {cidr} via {via}"),
             Self::DeleteRoute { cidr, via } => write!(f, "delete route {cidr} via {via}"),

@@ -113,6 +113,13 @@ pub struct Config {
     /// Address (`IP:PORT`) of the HTTP listener serving `/metrics`, `/healthz` and `/readyz`;
     /// `None` (the default) serves none.
     pub metrics_address: Option<SocketAddr>,
+    /// Whether pods' traffic to destinations outside the cluster's pod networks is
+    /// masqueraded behind the node's address (`masquerade`, default `true`; see
+    /// [`crate::egress`]).
+    pub masquerade: bool,
+    /// More destinations pods reach without masquerade (`no_masquerade_cidrs`), besides the
+    /// pod CIDRs of this node and its peers.
+    pub no_masquerade_cidrs: Vec<IpNet>,
 }
 
 impl Default for Config {
@@ -130,6 +137,8 @@ impl Default for Config {
             pause_binary: PathBuf::from(DEFAULT_PAUSE_BINARY),
             peers: Vec::new(),
             metrics_address: None,
+            masquerade: true,
+            no_masquerade_cidrs: Vec::new(),
         }
     }
 }
@@ -148,6 +157,8 @@ struct RawConfig {
     pause_binary: Option<String>,
     peers: Option<Vec<RawPeer>>,
     metrics_address: Option<String>,
+    masquerade: Option<bool>,
+    no_masquerade_cidrs: Option<Vec<String>>,
 }
 
 /// One `peers` entry as written.
@@ -351,6 +362,21 @@ impl Config {
                     })
                 })
                 .transpose()?,
+            masquerade: raw.masquerade.unwrap_or(true),
+            no_masquerade_cidrs: raw
+                .no_masquerade_cidrs
+                .unwrap_or_default()
+                .iter()
+                .map(|v| {
+                    v.parse::<IpNet>().map_err(|_| {
+                        invalid(
+                            "no_masquerade_cidrs",
+                            v.as_str(),
+                            "not a CIDR (expected ADDRESS/PREFIX, e.g. \"192.0.2.0/24\")",
+                        )
+                    })
+                })
+                .collect::<Result<_, ConfigError>>()?,
         };
         config.validate()?;
         Ok(config)
@@ -407,6 +433,22 @@ impl Config {
                 "the loopback interface cannot be the pod bridge",
             ));
         }
+        for net in &self.no_masquerade_cidrs {
+            if net.addr() != net.network() {
+                return Err(invalid(
+                    "no_masquerade_cidrs",
+                    net.to_string(),
+                    format!("host bits are set; the network is {}", net.trunc()),
+                ));
+            }
+            if net.prefix_len() == 0 {
+                return Err(invalid(
+                    "no_masquerade_cidrs",
+                    net.to_string(),
+                    "exempts every destination of its family; set `masquerade = false` instead",
+                ));
+            }
+        }
         let own = self.pod_cidrs();
         for (i, peer) in self.peers.iter().enumerate() {
             peers::validate(peer, &own, &self.peers[..i]).map_err(|e| {
@@ -435,6 +477,13 @@ impl Config {
         let mut out = vec![ipnet::IpNet::V4(self.pod_cidr_v4)];
         out.extend(self.pod_cidr_v6.map(ipnet::IpNet::V6));
         out
+    }
+
+    /// Destinations exempt from egress masquerade besides the pod CIDRs of this node and its
+    /// peers (see [`crate::egress::exempt_cidrs`]): `no_masquerade_cidrs`. A cluster backend
+    /// adds its cluster CIDRs here.
+    pub fn egress_extra_exempt(&self) -> Vec<IpNet> {
+        self.no_masquerade_cidrs.clone()
     }
 
     /// Path of the state file inside [`Config::state_dir`].
@@ -609,6 +658,55 @@ mod tests {
             parse("peers = [{ pod_cidr = \"10.99.0.0/24\", via = \"1.2.3.4\", node = \"b\" }]"),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn egress_keys() {
+        let c = parse("").unwrap();
+        assert!(c.masquerade);
+        assert!(c.no_masquerade_cidrs.is_empty());
+        let c = parse(
+            r#"
+            masquerade = false
+            no_masquerade_cidrs = ["192.0.2.0/24", "fd00:99::/48", "198.51.100.7/32"]
+            "#,
+        )
+        .unwrap();
+        assert!(!c.masquerade);
+        assert_eq!(
+            c.egress_extra_exempt(),
+            [
+                "192.0.2.0/24".parse::<IpNet>().unwrap(),
+                "fd00:99::/48".parse().unwrap(),
+                "198.51.100.7/32".parse().unwrap(),
+            ]
+        );
+        assert_invalid(
+            "no_masquerade_cidrs = [\"192.0.2.0\"]",
+            "no_masquerade_cidrs",
+            "not a CIDR",
+        );
+        assert_invalid(
+            "no_masquerade_cidrs = [\"192.0.2.1/24\"]",
+            "no_masquerade_cidrs",
+            "host bits are set; the network is 192.0.2.0/24",
+        );
+        assert_invalid(
+            "no_masquerade_cidrs = [\"0.0.0.0/0\"]",
+            "no_masquerade_cidrs",
+            "masquerade = false",
+        );
+        assert!(matches!(
+            parse("masquerade = \"yes\""),
+            Err(ConfigError::Parse { .. })
+        ));
+        let err = parse("no_masquerade_cidrs = [\"x\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`no_masquerade_cidrs`") && err.contains("\"x\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -187,6 +187,10 @@ pub async fn run_action<S: System>(system: &S, action: &Action) -> Result<Outcom
         Action::ReplaceFirewall { table } => {
             system.replace_table(table).await.map(|()| Outcome::Done)
         }
+        Action::SyncEgressExempt { exempt } => system
+            .sync_egress_exempt(exempt)
+            .await
+            .map(|()| Outcome::Done),
         Action::AddRoute { cidr, via } => {
             system.add_route(*cidr, *via).await.map(|()| Outcome::Done)
         }

@@ -38,6 +38,12 @@
 //!   the bridge and miss the reverse NAT). Nothing else is masqueraded: traffic from other
 //!   hosts or from other nodes' pods keeps its source address, and pod-to-pod traffic
 //!   (local or across nodes) never meets a NAT rule at all.
+//! * `postrouting` then jumps to `egress` (unless `masquerade = false`): a packet from an
+//!   address of this node's pod CIDRs to a destination outside the interval set
+//!   `egress_exempt_v4`/`_v6` (the cluster's pod networks, see [`crate::egress`]) is
+//!   masqueraded behind the node's address. A host port connection was already masqueraded
+//!   (or deliberately not) in `hostport_masquerade`, whose `masquerade` ends the chain, so
+//!   nothing is NATed twice; the rule names no interface, so it holds for any datapath.
 //! * `guard` (filter, raw priority): drops packets from the pods' bridge to 127.0.0.0/8,
 //!   which `route_localnet` would otherwise let pods send to the node's localhost services.
 
@@ -49,6 +55,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::egress::{self, EgressExempt};
 use crate::finding::{Finding, Problem};
 use crate::names::{IfName, PodName};
 use crate::ports::{Family, PortMapping, Protocol};
@@ -246,7 +253,7 @@ pub fn elements_for(
     Ok(out)
 }
 
-/// What the base table depends on: the configuration's bridge and pod CIDRs.
+/// What the base table depends on: the configuration's bridge, pod CIDRs and `masquerade`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FirewallBase {
     /// The pods' bridge (the localhost guard's input interface).
@@ -255,15 +262,29 @@ pub struct FirewallBase {
     pub pod_cidr_v4: Ipv4Net,
     /// This node's IPv6 pod CIDR, if dual-stack.
     pub pod_cidr_v6: Option<Ipv6Net>,
+    /// Whether pods' traffic to non-exempt destinations is masqueraded (the `egress` chain).
+    pub masquerade: bool,
 }
 
-/// The whole table: the base and every element, what `reload` installs.
+impl FirewallBase {
+    /// This node's pod CIDRs, IPv4 first.
+    pub fn pod_cidrs(&self) -> Vec<ipnet::IpNet> {
+        let mut out = vec![ipnet::IpNet::V4(self.pod_cidr_v4)];
+        out.extend(self.pod_cidr_v6.map(ipnet::IpNet::V6));
+        out
+    }
+}
+
+/// The whole table: the base, every element and the egress exemptions, what `reload`
+/// installs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FirewallTable {
     /// The base.
     pub base: FirewallBase,
     /// Every element of every pod.
     pub elements: Vec<HostPortElement>,
+    /// The elements of the egress exemption sets.
+    pub egress_exempt: EgressExempt,
 }
 
 /// The base table (chains, rules, empty maps) exactly as `nft -t list table` prints it.
@@ -277,6 +298,7 @@ pub fn render_base(base: &FirewallBase) -> String {
         let _ = writeln!(t, "\t\ttype {}", map.type_line());
         let _ = writeln!(t, "\t}}\n");
     }
+    egress::render_sets(&mut t);
     let chain = |t: &mut String, name: &str, hook: &str, rules: &[String]| {
         let _ = writeln!(t, "\tchain {name} {{");
         if !hook.is_empty() {
@@ -328,13 +350,17 @@ pub fn render_base(base: &FirewallBase) -> String {
         ],
     );
     t.push('\n');
+    let mut postrouting = vec![format!(
+        "ct mark & {mark} == {mark} jump hostport_masquerade"
+    )];
+    if base.masquerade {
+        postrouting.push(format!("jump {}", egress::CHAIN));
+    }
     chain(
         &mut t,
         "postrouting",
         "type nat hook postrouting priority srcnat; policy accept;",
-        &[format!(
-            "ct mark & {mark} == {mark} jump hostport_masquerade"
-        )],
+        &postrouting,
     );
     t.push('\n');
     let mut masquerade = vec![
@@ -345,6 +371,15 @@ pub fn render_base(base: &FirewallBase) -> String {
         masquerade.push(format!("ip6 saddr {v6} masquerade"));
     }
     chain(&mut t, "hostport_masquerade", "", &masquerade);
+    if base.masquerade {
+        t.push('\n');
+        chain(
+            &mut t,
+            egress::CHAIN,
+            "",
+            &egress::rules(base.pod_cidr_v4, base.pod_cidr_v6),
+        );
+    }
     t.push_str("}\n");
     t
 }
@@ -391,6 +426,7 @@ pub fn render_replace(table: &FirewallTable) -> String {
         format!("table {TABLE_FAMILY} {TABLE_NAME}\ndelete table {TABLE_FAMILY} {TABLE_NAME}\n");
     t.push_str(&render_base(&table.base));
     t.push_str(&render_add(&table.elements));
+    t.push_str(&egress::render_elements(&table.egress_exempt));
     t
 }
 
@@ -404,6 +440,8 @@ pub struct ObservedTable {
     pub elements: Vec<HostPortElement>,
     /// Elements (or maps) that do not parse as ours, as text.
     pub unparsed: Vec<String>,
+    /// The elements of the egress exemption sets, as listed.
+    pub egress_exempt: EgressExempt,
 }
 
 fn significant_lines(text: &str) -> Vec<String> {
@@ -426,10 +464,13 @@ pub fn listing_lines(listing: &str) -> Vec<String> {
 
 /// Drift between the table and the records: the table missing (the daemon creates it at
 /// start, so a missing table is always drift, e.g. after `nft flush ruleset`), rules missing
-/// or foreign, elements missing (per pod) or foreign. `pods` are the records' elements.
+/// or foreign, elements missing (per pod) or foreign, egress exemptions missing or foreign
+/// (see [`egress::check_exempt`]). `pods` are the records' elements, `exempt` what the
+/// egress sets must hold.
 pub fn check_table(
     base: &FirewallBase,
     pods: &[(PodName, Vec<HostPortElement>)],
+    exempt: &EgressExempt,
     observed: Option<&ObservedTable>,
 ) -> Vec<Finding> {
     let table = table_object();
@@ -505,6 +546,7 @@ pub fn check_table(
             problem: Problem::Foreign,
         });
     }
+    findings.extend(egress::check_exempt(exempt, &observed.egress_exempt));
     findings
 }
 

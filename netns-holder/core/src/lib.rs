@@ -15,8 +15,9 @@
 //!    the `--publish` parser), [`netns_path`] (which paths `attach` may wire), [`spec`] (OCI
 //!    `config.json` for app containers that join a pod, `pod spec`).
 //! 2. plain data: [`kernel`] (what the kernel is observed to hold), [`record`] (`PodRecord`,
-//!    the desired state), [`finding`] (drift), [`firewall`] (the nftables table for host
-//!    ports, as data and text), [`action`] (`Action`, `Step`: kernel operations as data).
+//!    the desired state), [`finding`] (drift), [`egress`] (the destinations pods reach
+//!    without masquerade), [`firewall`] (the nftables table for host ports and egress, as
+//!    data and text), [`action`] (`Action`, `Step`: kernel operations as data).
 //! 3. planners, pure functions over that data, siblings: [`plan`] (create/remove/repair
 //!    plans and pod checks), [`peers`] (routes to other nodes' pod CIDRs), [`ipam`]
 //!    (per-family round-robin address pools).
@@ -29,6 +30,7 @@
 
 pub mod action;
 pub mod config;
+pub mod egress;
 pub mod executor;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;

@@ -50,6 +50,7 @@ use ipnet::IpNet;
 
 use thiserror::Error;
 
+use crate::egress::EgressExempt;
 use crate::firewall::{ConntrackFlush, FirewallTable, HostPortElement, Listener, ObservedTable};
 use crate::kernel::{KernelEvent, LinkInfo, NetnsId, NodeNetwork, PauseProcess, RunningPause};
 use crate::names::{IfName, PodId};
@@ -388,6 +389,14 @@ pub trait Firewall: Send + Sync {
         &self,
         elements: &[HostPortElement],
     ) -> impl Future<Output = Result<usize, SystemError>> + Send;
+
+    /// Makes the egress exemption sets hold exactly `exempt`, in one transaction that
+    /// touches nothing else of the table (see [`crate::egress::render_sync`]). A missing
+    /// table is [`SystemError::NotFound`].
+    fn sync_egress_exempt(
+        &self,
+        exempt: &EgressExempt,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
 
     /// Our table as it is, `None` if it does not exist.
     fn inspect_table(

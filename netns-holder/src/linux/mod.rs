@@ -432,6 +432,13 @@ impl Firewall for LinuxSystem {
         nft::delete_elements(self, elements).await
     }
 
+    async fn sync_egress_exempt(
+        &self,
+        exempt: &crate::egress::EgressExempt,
+    ) -> Result<(), SystemError> {
+        nft::sync_egress_exempt(self, exempt).await
+    }
+
     async fn inspect_table(&self) -> Result<Option<ObservedTable>, SystemError> {
         nft::inspect_table(self).await
     }

@@ -32,6 +32,7 @@ use super::codec::{
     self, EncodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, OpenMessage, Writer,
 };
 use super::thread::{self, NsFd};
+use crate::egress::{self, EgressExempt};
 use crate::firewall::{self, FirewallTable, HostPortElement, ObservedTable};
 use crate::system::SystemError;
 
@@ -498,6 +499,38 @@ pub(crate) async fn replace_table(
     Ok(())
 }
 
+/// Sets the egress exemption sets with `nft -f -` ([`egress::render_sync`]: both flushed
+/// and filled in one transaction). Not on any per-pod path: only when peers change.
+pub(crate) async fn sync_egress_exempt(
+    sys: &LinuxSystem,
+    exempt: &EgressExempt,
+) -> Result<(), SystemError> {
+    let object = format!(
+        "sets {} and {} of {}",
+        egress::SET_V4,
+        egress::SET_V6,
+        firewall::table_object()
+    );
+    let out = run_in_node(
+        sys,
+        object.clone(),
+        tool("nft"),
+        vec!["-f".into(), "-".into()],
+        Some(egress::render_sync(exempt)),
+    )
+    .await?;
+    if !out.success {
+        if out.stderr.contains("No such file or directory") {
+            return Err(SystemError::NotFound { object });
+        }
+        return Err(SystemError::other(
+            object,
+            format!("nft -f - failed: {}", out.stderr),
+        ));
+    }
+    Ok(())
+}
+
 /// Lists the table (`None` if it does not exist).
 pub(crate) async fn inspect_table(sys: &LinuxSystem) -> Result<Option<ObservedTable>, SystemError> {
     let object = firewall::table_object();
@@ -536,11 +569,14 @@ pub(crate) async fn inspect_table(sys: &LinuxSystem) -> Result<Option<ObservedTa
     }
     let value: serde_json::Value = serde_json::from_str(&json.stdout)
         .map_err(|e| SystemError::other(&object, format!("nft -j output is not JSON: {e}")))?;
-    let (elements, unparsed) = firewall::parse_elements_json(&value);
+    let (elements, mut unparsed) = firewall::parse_elements_json(&value);
+    let (egress_exempt, odd) = egress::parse_exempt_json(&value);
+    unparsed.extend(odd);
     Ok(Some(ObservedTable {
         lines: firewall::listing_lines(&terse.stdout),
         elements,
         unparsed,
+        egress_exempt,
     }))
 }
 

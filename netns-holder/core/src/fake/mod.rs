@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::IpNet;
 
+use crate::egress::EgressExempt;
 use crate::firewall::{FirewallBase, HostPortElement, HostPortMap, Listener};
 use crate::kernel::{KernelEvent, PauseProcess, RunningPause};
 use crate::names::{IfName, PodId};
@@ -69,6 +70,8 @@ struct FakeTable {
     extra_lines: Vec<String>,
     /// Lines of the base removed by "someone else".
     removed_lines: Vec<String>,
+    /// The elements of the egress exemption sets.
+    egress_exempt: EgressExempt,
 }
 
 /// One UDP conntrack entry: its family, reply source and original destination port.

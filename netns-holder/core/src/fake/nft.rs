@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{FakeSystem, FakeTable};
+use crate::egress::EgressExempt;
 use crate::firewall::{
     self, ConntrackFlush, FirewallTable, HostPortElement, Listener, ObservedTable,
 };
@@ -25,7 +26,19 @@ impl Firewall for FakeSystem {
             elements,
             extra_lines: Vec::new(),
             removed_lines: Vec::new(),
+            egress_exempt: table.egress_exempt.clone(),
         });
+        Ok(())
+    }
+
+    async fn sync_egress_exempt(&self, exempt: &EgressExempt) -> Result<(), SystemError> {
+        let mut m = self.call(format!("sync_egress_exempt {exempt}")).await?;
+        let Some(table) = m.table.as_mut() else {
+            return Err(SystemError::NotFound {
+                object: firewall::table_object(),
+            });
+        };
+        table.egress_exempt = exempt.clone();
         Ok(())
     }
 
@@ -79,6 +92,7 @@ impl Firewall for FakeSystem {
                 lines,
                 elements: t.elements.values().copied().collect(),
                 unparsed: Vec::new(),
+                egress_exempt: t.egress_exempt.clone(),
             }
         }))
     }

@@ -9,6 +9,7 @@ use std::path::Path;
 use ipnet::IpNet;
 
 use super::{FakeConntrack, FakeLink, FakeProcess, FakeSystem, FakeTable, HOST, Kind};
+use crate::egress::EgressExempt;
 use crate::firewall::{FirewallBase, HostPortElement, Listener};
 use crate::kernel::{LinkInfo, PauseProcess};
 use crate::names::{IfName, PodId};
@@ -189,14 +190,30 @@ impl FakeSystem {
             .map(|t| t.elements.values().copied().collect())
     }
 
-    /// Installs an empty table for `base`, as a daemon start would have.
+    /// Installs an empty table for `base`, as a daemon start would have (a node without
+    /// peers or `no_masquerade_cidrs`: the egress sets hold its own pod CIDRs).
     pub fn install_table(&self, base: FirewallBase) {
+        let egress_exempt = EgressExempt::new(base.pod_cidrs());
         self.lock().table = Some(FakeTable {
             base,
             elements: BTreeMap::new(),
             extra_lines: Vec::new(),
             removed_lines: Vec::new(),
+            egress_exempt,
         });
+    }
+
+    /// The elements of the egress exemption sets, `None` if there is no table.
+    pub fn egress_exempt(&self) -> Option<EgressExempt> {
+        self.lock().table.as_ref().map(|t| t.egress_exempt.clone())
+    }
+
+    /// Makes the egress exemption sets hold `exempt` behind the daemon's back (nothing if
+    /// there is no table).
+    pub fn set_egress_exempt_externally(&self, exempt: EgressExempt) {
+        if let Some(t) = self.lock().table.as_mut() {
+            t.egress_exempt = exempt;
+        }
     }
 
     /// `nft flush ruleset` behind the daemon's back: the table is gone.

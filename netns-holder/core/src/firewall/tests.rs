@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use super::*;
+use crate::egress::EgressExempt;
 use crate::ports::parse_publish_all;
 
 fn golden(name: &str, actual: &str) {
@@ -36,6 +37,7 @@ fn base_v4() -> FirewallBase {
         bridge: IfName::new("nh0").unwrap(),
         pod_cidr_v4: "10.244.0.0/24".parse().unwrap(),
         pod_cidr_v6: None,
+        masquerade: true,
     }
 }
 
@@ -44,6 +46,7 @@ fn base_dual() -> FirewallBase {
         bridge: IfName::new("br-pods").unwrap(),
         pod_cidr_v4: "10.88.0.0/16".parse().unwrap(),
         pod_cidr_v6: Some("fd00:88::/64".parse().unwrap()),
+        masquerade: true,
     }
 }
 
@@ -70,6 +73,43 @@ const MATRIX: &[&str] = &[
 fn base_tables() {
     golden("base_v4", &render_base(&base_v4()));
     golden("base_dual", &render_base(&base_dual()));
+    golden(
+        "base_dual_no_masquerade",
+        &render_base(&FirewallBase {
+            masquerade: false,
+            ..base_dual()
+        }),
+    );
+}
+
+#[test]
+fn egress_rules_come_after_the_host_port_masquerade_and_name_no_interface() {
+    let text = render_base(&base_dual());
+    let postrouting = text
+        .split("chain postrouting {")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .unwrap();
+    let hostport = postrouting.find("jump hostport_masquerade").unwrap();
+    let egress = postrouting.find("jump egress").unwrap();
+    assert!(hostport < egress, "{postrouting}");
+    let chain = text.split("chain egress {").nth(1).unwrap();
+    assert!(
+        !chain.contains("iifname") && !chain.contains("oifname"),
+        "{chain}"
+    );
+    assert!(chain.contains("ip saddr 10.88.0.0/16 ip daddr != @egress_exempt_v4 masquerade"));
+    assert!(chain.contains("ip6 saddr fd00:88::/64 ip6 daddr != @egress_exempt_v6 masquerade"));
+    let off = render_base(&FirewallBase {
+        masquerade: false,
+        ..base_dual()
+    });
+    assert!(
+        !off.contains("jump egress") && !off.contains("chain egress"),
+        "{off}"
+    );
+    // The sets exist either way, so peers can be synced into them.
+    assert!(off.contains("set egress_exempt_v4 {") && off.contains("set egress_exempt_v6 {"));
 }
 
 #[test]
@@ -89,6 +129,7 @@ fn replace_transactions() {
         &render_replace(&FirewallTable {
             base: base_v4(),
             elements: Vec::new(),
+            egress_exempt: EgressExempt::new(base_v4().pod_cidrs()),
         }),
     );
     let mut all = elements(MATRIX, &["10.88.0.5", "fd00:88::5"]);
@@ -98,6 +139,10 @@ fn replace_transactions() {
         &render_replace(&FirewallTable {
             base: base_dual(),
             elements: all,
+            egress_exempt: EgressExempt::new(base_dual().pod_cidrs().into_iter().chain([
+                "10.89.0.0/16".parse().unwrap(),
+                "fd00:89::/64".parse().unwrap(),
+            ])),
         }),
     );
 }
@@ -161,6 +206,7 @@ fn observed(base: &FirewallBase, elements: &[HostPortElement]) -> ObservedTable 
         lines: expected_lines(base),
         elements: elements.to_vec(),
         unparsed: Vec::new(),
+        egress_exempt: EgressExempt::new(base.pod_cidrs()),
     }
 }
 
@@ -175,10 +221,11 @@ fn check_reports_missing_and_foreign() {
     let db = elements(&["5432:5432"], &["10.244.0.3"]);
     let pods = vec![(pod("web"), web.clone()), (pod("db"), db.clone())];
     let all: Vec<HostPortElement> = web.iter().chain(&db).copied().collect();
-    assert!(check_table(&base, &pods, Some(&observed(&base, &all))).is_empty());
+    let exempt = EgressExempt::new(base.pod_cidrs());
+    assert!(check_table(&base, &pods, &exempt, Some(&observed(&base, &all))).is_empty());
 
     // The table is gone (nft flush ruleset).
-    let f = check_table(&base, &pods, None);
+    let f = check_table(&base, &pods, &exempt, None);
     assert_eq!(f.len(), 1);
     assert_eq!(
         f[0].to_string(),
@@ -195,7 +242,9 @@ fn check_reports_missing_and_foreign() {
         ..web[0]
     };
     o.elements.push(stranger);
-    let found: Vec<String> = check_table(&base, &pods, Some(&o))
+    // And the egress set lost this node's own CIDR.
+    o.egress_exempt = EgressExempt::default();
+    let found: Vec<String> = check_table(&base, &pods, &exempt, Some(&o))
         .iter()
         .map(ToString::to_string)
         .collect();
@@ -206,6 +255,7 @@ fn check_reports_missing_and_foreign() {
             "nftables table inet netns_holder: `tcp dport 22 accept`: foreign (not put there by netns-holder)".to_string(),
             "pod db: element { tcp . 5432 : 10.244.0.3 . 5432 } of map hostport_any_v4: missing".to_string(),
             "element { tcp . 9999 : 10.244.0.2 . 80 } of map hostport_any_v4: foreign (not put there by netns-holder)".to_string(),
+            "element { 10.244.0.0/24 } of set egress_exempt_v4: missing".to_string(),
         ]
     );
 }

@@ -40,6 +40,7 @@ impl Env {
             bridge: config.bridge.clone(),
             pod_cidr_v4: config.pod_cidr_v4,
             pod_cidr_v6: config.pod_cidr_v6,
+            masquerade: config.masquerade,
         });
         let manager =
             PodManager::open(config, fake.clone(), Logger::root(slog::Discard, o!())).unwrap();

@@ -180,6 +180,16 @@ pub enum ManagerError {
         #[source]
         source: SystemError,
     },
+    /// The peer list changed (the change is kept) but the egress exemption sets could not
+    /// be brought in line; `check` reports it and `check --repair` fixes it.
+    #[error("{action}: {source} (the peer change is kept; `check --repair` retries)")]
+    EgressExempt {
+        /// The action that failed, naming the table and the exemptions.
+        action: String,
+        /// The error.
+        #[source]
+        source: SystemError,
+    },
     /// `attach` found the namespace wired by someone else (another network plugin): links
     /// other than `lo` are in it. Nothing was changed.
     #[error(

@@ -126,6 +126,7 @@ impl<S: System> PodManager<S> {
                 bridge: config.bridge.clone(),
                 pod_cidr_v4: config.pod_cidr_v4,
                 pod_cidr_v6: config.pod_cidr_v6,
+                masquerade: config.masquerade,
             },
         };
         let mut state = state;

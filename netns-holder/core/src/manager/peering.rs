@@ -1,9 +1,19 @@
-//! Peers: adding and removing routes to other nodes' pod CIDRs.
+//! Peers: adding and removing routes to other nodes' pod CIDRs, and keeping the egress
+//! exemptions (see [`crate::egress`]) in step with them.
+//!
+//! Every change of the peer list, whatever its source (configuration at start, the API, a
+//! cluster backend), ends in [`PodManager::peers_changed`], the one place that brings the
+//! node's datapath state derived from the peer list (today the egress exemption sets) in
+//! line with it. Routes are per peer and handled by the caller; at start and on repair,
+//! [`PodManager::repair`] covers both.
 
 use ipnet::IpNet;
 use slog::{info, warn};
 
 use super::{ManagerError, PodManager};
+use crate::action::Action;
+use crate::egress::{self, EgressExempt};
+use crate::executor;
 use crate::peers::{self, Peer, PeerError, PeerRecord, PeerSource};
 use crate::system::System;
 
@@ -11,6 +21,35 @@ impl<S: System> PodManager<S> {
     /// The peers, by CIDR.
     pub fn peers(&self) -> Vec<PeerRecord> {
         self.inner().state.peers.clone()
+    }
+
+    /// The destinations pods reach without masquerade: this node's pod CIDRs, every peer's
+    /// (of any source) and [`crate::config::Config::egress_extra_exempt`].
+    pub fn egress_exempt(&self) -> EgressExempt {
+        egress::exempt_cidrs(
+            &self.config.pod_cidrs(),
+            self.peers().iter().map(|p| p.pod_cidr),
+            &self.config.egress_extra_exempt(),
+        )
+    }
+
+    /// Brings what derives from the peer list in line with it after a change: the egress
+    /// exemption sets are set to [`PodManager::egress_exempt`] in one transaction (the host
+    /// port maps and the rules are not touched). Call it with the peer lock held, after the
+    /// state holds the new list. A failure names the table; `check` reports the drift and
+    /// `check --repair` fixes it.
+    pub(super) async fn peers_changed(&self) -> Result<(), ManagerError> {
+        let action = Action::SyncEgressExempt {
+            exempt: self.egress_exempt(),
+        };
+        executor::run_action(&self.system, &action)
+            .await
+            .map_err(|source| ManagerError::EgressExempt {
+                action: action.to_string(),
+                source,
+            })?;
+        info!(self.log, "egress exemptions updated"; "exempt" => %self.egress_exempt());
+        Ok(())
     }
 
     /// Adds a peer and its route. Idempotent for an identical peer (`Ok(false)`); a peer of
@@ -54,6 +93,7 @@ impl<S: System> PodManager<S> {
             return Err(ManagerError::PeerRoute { peer, source });
         }
         info!(self.log, "peer added"; "peer" => %peer);
+        self.peers_changed().await?;
         Ok(true)
     }
 
@@ -88,6 +128,7 @@ impl<S: System> PodManager<S> {
                 source,
             })?;
         info!(self.log, "peer removed"; "peer" => %record.peer());
+        self.peers_changed().await?;
         Ok(true)
     }
 }

@@ -11,7 +11,7 @@ use super::{NodeFailure, PodManager, ReconcileReport, ReloadReport, SavePolicy, 
 use crate::action::Action;
 use crate::executor;
 use crate::finding::{Finding, Problem};
-use crate::firewall::{self, FirewallTable, HostPortElement};
+use crate::firewall::{self, FirewallTable, HostPortElement, ObservedTable};
 use crate::names::{HOST_VETH_PREFIX, PodName, is_host_veth_name};
 use crate::peers;
 use crate::plan::{self, Observed, Repair};
@@ -39,6 +39,7 @@ impl<S: System> PodManager<S> {
                 .into_iter()
                 .flat_map(|(_, e)| e)
                 .collect(),
+            egress_exempt: self.egress_exempt(),
         }
     }
 
@@ -50,6 +51,7 @@ impl<S: System> PodManager<S> {
             Ok(observed) => findings.extend(firewall::check_table(
                 &self.node.firewall,
                 &self.all_elements(),
+                &self.egress_exempt(),
                 observed.as_ref(),
             )),
             Err(e) => findings.push(Finding {
@@ -75,8 +77,9 @@ impl<S: System> PodManager<S> {
     }
 
     /// Brings the nftables table and the peer routes in line with the records: the table is
-    /// replaced if it drifted (or always, with `force`), routes are added and removed.
-    /// Runs under the exclusive barrier (callers hold it).
+    /// replaced if it drifted (or always, with `force`), only the egress exemption sets are
+    /// synced when they alone drifted, routes are added and removed. Runs under the
+    /// exclusive barrier (callers hold it).
     pub(super) async fn repair_node(
         &self,
         force: bool,
@@ -85,24 +88,40 @@ impl<S: System> PodManager<S> {
         let mut actions = Vec::new();
         let table = self.firewall_table();
         let elements = table.elements.len();
-        let replace = force
-            || match self.system.inspect_table().await {
-                Ok(observed) => {
-                    observed.is_none()
-                        || !firewall::check_table(
-                            &self.node.firewall,
-                            &self.all_elements(),
-                            observed.as_ref(),
-                        )
-                        .is_empty()
+        let (replace, sync_exempt) = if force {
+            (true, false)
+        } else {
+            match self.system.inspect_table().await {
+                Ok(None) => (true, false),
+                Ok(Some(observed)) => {
+                    // The rest of the table checked against observed sets equal to the
+                    // wanted ones: whatever drift remains is not in the sets.
+                    let rest = ObservedTable {
+                        egress_exempt: table.egress_exempt.clone(),
+                        ..observed.clone()
+                    };
+                    let rest_drift = !firewall::check_table(
+                        &self.node.firewall,
+                        &self.all_elements(),
+                        &table.egress_exempt,
+                        Some(&rest),
+                    )
+                    .is_empty();
+                    let sets_drift = observed.egress_exempt != table.egress_exempt;
+                    (rest_drift, sets_drift && !rest_drift)
                 }
                 Err(e) => {
                     warn!(self.log, "cannot inspect the nftables table; replacing it"; "error" => %e);
-                    true
+                    (true, false)
                 }
-            };
+            }
+        };
         if replace {
             actions.push(Action::ReplaceFirewall { table });
+        } else if sync_exempt {
+            actions.push(Action::SyncEgressExempt {
+                exempt: table.egress_exempt,
+            });
         }
         let peers = self.peers();
         match self.system.peer_routes().await {

@@ -54,6 +54,7 @@ impl Env {
             bridge: config.bridge.clone(),
             pod_cidr_v4: config.pod_cidr_v4,
             pod_cidr_v6: config.pod_cidr_v6,
+            masquerade: config.masquerade,
         });
         Self { dir, fake, config }
     }
@@ -1671,4 +1672,164 @@ async fn an_attached_path_that_names_another_namespace_is_not_the_pod() {
         "{:?}",
         env.fake.snapshot().host_links
     );
+}
+
+fn nets(list: &[&str]) -> Vec<IpNet> {
+    list.iter().map(|s| s.parse().unwrap()).collect()
+}
+
+fn exempt_now(env: &Env) -> Vec<IpNet> {
+    env.fake.egress_exempt().expect("a table").cidrs()
+}
+
+/// The egress sets follow the peer list through `peers_changed`, for API peers added and
+/// removed, without replacing the table (host port elements stay as they are).
+#[tokio::test]
+async fn egress_exemptions_follow_the_peers() {
+    let env = Env::dual();
+    let m = env.manager();
+    m.create(CreateRequest {
+        ports: ports(&["8080:80"]),
+        ..CreateRequest::new(name("web"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(exempt_now(&env), nets(&["10.88.0.0/16", "fd00:88::/64"]));
+    let elements = env.fake.firewall_elements().unwrap();
+    let replaced = env.fake.calls_starting_with("replace_table");
+
+    let b = crate::peers::Peer {
+        pod_cidr: "10.89.0.0/16".parse().unwrap(),
+        via: "192.168.50.2".parse().unwrap(),
+    };
+    let c = crate::peers::Peer {
+        pod_cidr: "fd00:89::/64".parse().unwrap(),
+        via: "fd99::2".parse().unwrap(),
+    };
+    assert!(m.add_peer(b).await.unwrap());
+    assert!(m.add_peer(c).await.unwrap());
+    // 10.88.0.0/16 and 10.89.0.0/16 aggregate.
+    assert_eq!(
+        exempt_now(&env),
+        nets(&["10.88.0.0/15", "fd00:88::/64", "fd00:89::/64"])
+    );
+    assert_eq!(m.egress_exempt().cidrs(), exempt_now(&env));
+    assert!(m.remove_peer(b.pod_cidr).await.unwrap());
+    assert_eq!(
+        exempt_now(&env),
+        nets(&["10.88.0.0/16", "fd00:88::/64", "fd00:89::/64"])
+    );
+    assert_eq!(env.fake.calls_starting_with("replace_table"), replaced);
+    assert_eq!(env.fake.firewall_elements().unwrap(), elements);
+    assert!(m.check().await.is_empty(), "{:?}", m.check().await);
+}
+
+/// Set drift is reported by `check` and fixed by `repair` with a set sync alone; a failed
+/// sync after a peer change keeps the peer, says so, and repair catches up.
+#[tokio::test]
+async fn egress_set_drift_is_checked_and_repaired() {
+    let env = Env::v4();
+    let m = env.manager();
+    let b = crate::peers::Peer {
+        pod_cidr: "10.89.0.0/16".parse().unwrap(),
+        via: "192.168.50.2".parse().unwrap(),
+    };
+    env.fake.fail_on("sync_egress_exempt");
+    let err = m.add_peer(b).await.unwrap_err();
+    assert!(matches!(err, ManagerError::EgressExempt { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("egress exemptions of nftables table inet netns_holder")
+            && text.contains("10.88.0.0/15")
+            && text.contains("check --repair"),
+        "{text}"
+    );
+    env.fake.clear_failures();
+    assert_eq!(m.peers().len(), 1, "the peer change is kept");
+    assert_eq!(env.fake.peer_route_list(), [(b.pod_cidr, b.via)]);
+    let found: Vec<String> = m.check().await.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        found,
+        [
+            "element { 10.88.0.0/15 } of set egress_exempt_v4: missing",
+            "element { 10.88.0.0/16 } of set egress_exempt_v4: foreign (not put there by netns-holder)",
+        ]
+    );
+    let replaced = env.fake.calls_starting_with("replace_table");
+    let report = m.repair().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(
+        report.node_actions,
+        ["set the egress exemptions of nftables table inet netns_holder to 10.88.0.0/15"]
+    );
+    assert_eq!(env.fake.calls_starting_with("replace_table"), replaced);
+    assert_eq!(exempt_now(&env), nets(&["10.88.0.0/15"]));
+    assert!(m.check().await.is_empty());
+
+    // Someone deletes the egress rule: the rule is reported, and repair replaces the table.
+    let rule = "ip saddr 10.88.0.0/16 ip daddr != @egress_exempt_v4 masquerade";
+    env.fake.remove_rule_externally(rule);
+    let found: Vec<String> = m.check().await.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        found,
+        [format!(
+            "nftables table inet netns_holder: `{rule}`: missing"
+        )]
+    );
+    let report = m.repair().await;
+    assert_eq!(
+        env.fake.calls_starting_with("replace_table"),
+        replaced + 1,
+        "{report:?}"
+    );
+    assert!(m.check().await.is_empty());
+    assert_eq!(exempt_now(&env), nets(&["10.88.0.0/15"]));
+}
+
+/// Configured peers and `no_masquerade_cidrs` are exempt from the start (reconcile), and
+/// `masquerade = false` leaves the egress chain out.
+#[tokio::test]
+async fn configured_exemptions_apply_at_start_and_masquerade_can_be_off() {
+    let mut env = Env::dual();
+    env.config.peers = vec![crate::peers::Peer {
+        pod_cidr: "10.77.0.0/16".parse().unwrap(),
+        via: "192.168.50.7".parse().unwrap(),
+    }];
+    env.config.no_masquerade_cidrs = nets(&["192.0.2.0/24", "fd00:99::/48"]);
+    let m = env.manager();
+    m.reconcile().await;
+    assert_eq!(
+        exempt_now(&env),
+        nets(&[
+            "10.77.0.0/16",
+            "10.88.0.0/16",
+            "192.0.2.0/24",
+            "fd00:88::/64",
+            "fd00:99::/48"
+        ])
+    );
+    assert!(m.check().await.is_empty());
+
+    env.config.masquerade = false;
+    let m = env.manager();
+    let found: Vec<String> = m.check().await.iter().map(ToString::to_string).collect();
+    assert!(
+        found.iter().any(|f| f.contains("`jump egress`: foreign")),
+        "{found:?}"
+    );
+    m.reconcile().await;
+    assert!(m.check().await.is_empty());
+    let lines = crate::firewall::expected_lines(&crate::firewall::FirewallBase {
+        bridge: env.config.bridge.clone(),
+        pod_cidr_v4: env.config.pod_cidr_v4,
+        pod_cidr_v6: env.config.pod_cidr_v6,
+        masquerade: false,
+    });
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("masquerade") && l.contains("egress"))
+    );
+    // The sets stay filled: turning masquerade on again needs no peer to change.
+    assert_eq!(exempt_now(&env).len(), 5);
 }

@@ -50,6 +50,7 @@ fn node(dual: bool) -> NodeInputs {
             bridge: IfName::new("nh0").unwrap(),
             pod_cidr_v4: "10.88.0.0/16".parse().unwrap(),
             pod_cidr_v6: dual.then(|| "fd00::/64".parse().unwrap()),
+            masquerade: true,
         },
     }
 }
