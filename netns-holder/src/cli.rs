@@ -462,6 +462,9 @@ struct StatusView<'a> {
     state_file: &'a str,
     host_ports: u64,
     peers: Vec<PeerRecord>,
+    masquerade: bool,
+    egress_exempt: &'a [String],
+    neighbour_tables: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -505,6 +508,30 @@ fn status_view(s: &pb::StatusResponse) -> Result<StatusView<'_>, ResponseError> 
             .iter()
             .map(api::peer_record)
             .collect::<Result<_, _>>()?,
+        masquerade: s.masquerade,
+        egress_exempt: &s.egress_exempt,
+        neighbour_tables: s.neighbour_tables.as_ref().map(neighbour_json),
+    })
+}
+
+/// The neighbour table sizing as `status` prints it.
+fn neighbour_json(n: &pb::NeighbourTables) -> serde_json::Value {
+    let thresholds = |t: &Option<pb::NeighbourThresholds>| {
+        t.as_ref().map(|t| {
+            json!({"gc_thresh1": t.gc_thresh1, "gc_thresh2": t.gc_thresh2, "gc_thresh3": t.gc_thresh3})
+        })
+    };
+    json!({
+        "capacity": n.capacity,
+        "tables": n.tables.iter().map(|t| json!({
+            "family": t.family,
+            "previous": thresholds(&t.previous),
+            "current": thresholds(&t.current),
+            "required": thresholds(&t.required),
+            "outcome": t.outcome,
+            "error": (!t.error.is_empty()).then_some(&t.error),
+            "pod_limit": t.pod_limit,
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -736,6 +736,8 @@ pub async fn run_daemon<S: System>(
     let manager = Arc::new(PodManager::open(config, system, log.clone())?);
     let source = manager.clone();
     metrics.set_source(move || snapshot(&source, &journal));
+    // Before serving: creates are admitted against what the neighbour tables hold.
+    manager.size_neighbour_tables().await;
     let start = Instant::now();
     let report = manager.reconcile().await;
     metrics.record(Operation::Reconcile, start, report.failures.is_empty());

@@ -538,11 +538,26 @@ async fn status_reports_counts_and_pools() {
             "pools",
             "state_file",
             "host_ports",
-            "peers"
+            "peers",
+            "masquerade",
+            "egress_exempt",
+            "neighbour_tables"
         ]
         .into_iter()
         .collect()
     );
+    assert_eq!(status["masquerade"], true);
+    assert_eq!(
+        status["egress_exempt"],
+        serde_json::json!(["10.222.0.0/16"])
+    );
+    // The fake kernel starts with the kernel's default thresholds and lets them be raised.
+    let v4 = &status["neighbour_tables"]["tables"][0];
+    assert_eq!(status["neighbour_tables"]["capacity"], 65533, "{status}");
+    assert_eq!(v4["outcome"], "raised", "{status}");
+    assert_eq!(v4["previous"]["gc_thresh3"], 1024, "{status}");
+    assert_eq!(v4["current"]["gc_thresh3"], 65533 * 4 + 1024, "{status}");
+    assert!(v4["pod_limit"].is_null(), "{status}");
     assert_eq!(status["host_ports"], 0);
     assert_eq!(status["peers"], serde_json::json!([]));
     assert_eq!(status["pods"], 1);

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod invariants;
+pub mod neighbour;
 pub mod node;
 pub mod nri_harness;
 pub mod nri_peer;

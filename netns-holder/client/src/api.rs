@@ -294,6 +294,46 @@ pub fn status_message(
         socket: socket.display().to_string(),
         peers: status.peers.iter().map(peer_message).collect(),
         host_ports: status.host_ports as u64,
+        masquerade: status.masquerade,
+        egress_exempt: status
+            .egress_exempt
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        neighbour_tables: status.neighbour_tables.as_ref().map(neighbour_message),
+    }
+}
+
+/// The message for the neighbour table sizing.
+pub fn neighbour_message(
+    report: &netns_holder_core::neigh::NeighbourReport,
+) -> pb::NeighbourTables {
+    use netns_holder_core::neigh::{Outcome, Thresholds};
+    let thresholds = |t: &Thresholds| pb::NeighbourThresholds {
+        gc_thresh1: t.gc_thresh1,
+        gc_thresh2: t.gc_thresh2,
+        gc_thresh3: t.gc_thresh3,
+    };
+    pb::NeighbourTables {
+        capacity: report.capacity,
+        tables: report
+            .tables
+            .iter()
+            .map(|t| pb::NeighbourTable {
+                family: t.family.name().to_string(),
+                previous: Some(thresholds(&t.previous)),
+                current: Some(thresholds(&t.current)),
+                required: Some(thresholds(&t.required)),
+                outcome: match t.outcome {
+                    Outcome::Sufficient => "sufficient",
+                    Outcome::Raised => "raised",
+                    Outcome::NotRaised => "not_raised",
+                }
+                .to_string(),
+                error: t.error.clone().unwrap_or_default(),
+                pod_limit: t.pod_limit,
+            })
+            .collect(),
     }
 }
 
@@ -353,7 +393,7 @@ pub fn error_code(error: &ManagerError) -> Code {
         ManagerError::NetnsInUse { .. }
         | ManagerError::Unfinished { .. }
         | ManagerError::WiredElsewhere { .. } => Code::FailedPrecondition,
-        ManagerError::Ipam { .. } => Code::ResourceExhausted,
+        ManagerError::Ipam { .. } | ManagerError::NeighbourLimit { .. } => Code::ResourceExhausted,
         ManagerError::Ports { .. } | ManagerError::PortAddress { .. } => Code::InvalidArgument,
         ManagerError::PortInUse { .. } => Code::FailedPrecondition,
         ManagerError::Peer(PeerError::Exists { .. }) => Code::AlreadyExists,

@@ -20,7 +20,8 @@
 //!    data and text), [`action`] (`Action`, `Step`: kernel operations as data).
 //! 3. planners, pure functions over that data, siblings: [`plan`] (create/remove/repair
 //!    plans and pod checks), [`peers`] (routes to other nodes' pod CIDRs), [`ipam`]
-//!    (per-family round-robin address pools).
+//!    (per-family round-robin address pools), [`neigh`] (neighbour tables sized for the
+//!    pod capacity).
 //! 4. [`state`]: crash-safe persistence of the records (snapshot + write-ahead journal);
 //!    [`system`]: the kernel traits and `SystemError`; [`config`]: `Config` from TOML,
 //!    defaults and validation.
@@ -40,6 +41,7 @@ pub mod ipam;
 pub mod kernel;
 pub mod manager;
 pub mod names;
+pub mod neigh;
 pub mod netns_path;
 pub mod peers;
 pub mod plan;

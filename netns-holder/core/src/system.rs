@@ -54,7 +54,8 @@ use crate::egress::EgressExempt;
 use crate::firewall::{ConntrackFlush, FirewallTable, HostPortElement, Listener, ObservedTable};
 use crate::kernel::{KernelEvent, LinkInfo, NetnsId, NodeNetwork, PauseProcess, RunningPause};
 use crate::names::{IfName, PodId};
-use crate::ports::Protocol;
+use crate::neigh::Thresholds;
+use crate::ports::{Family, Protocol};
 
 /// A kernel-side failure, naming the object it concerns (e.g. `netns /run/netns/web`,
 /// `link nh0123456789ab`, `address 10.88.0.2/16 on eth0 in /run/netns/web`).
@@ -363,6 +364,22 @@ pub trait Sysctl: Send + Sync {
     fn enable_route_localnet(
         &self,
         link: &IfName,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// The garbage collection thresholds of `family`'s neighbour table (machine-wide; see
+    /// [`crate::neigh`]), readable from any network namespace.
+    fn neighbour_thresholds(
+        &self,
+        family: Family,
+    ) -> impl Future<Output = Result<Thresholds, SystemError>> + Send;
+
+    /// Writes `values` as `net.ipv{4,6}.neigh.default.gc_thresh1/2/3` from the node
+    /// namespace. Only the initial network namespace has them: from any other this fails
+    /// (naming why) and changes nothing.
+    fn set_neighbour_thresholds(
+        &self,
+        family: Family,
+        values: Thresholds,
     ) -> impl Future<Output = Result<(), SystemError>> + Send;
 }
 

@@ -417,6 +417,21 @@ impl Sysctl for LinuxSystem {
     async fn enable_route_localnet(&self, link: &IfName) -> Result<(), SystemError> {
         sysctl::enable_route_localnet(self, link).await
     }
+
+    async fn neighbour_thresholds(
+        &self,
+        family: crate::ports::Family,
+    ) -> Result<crate::neigh::Thresholds, SystemError> {
+        sysctl::neighbour_thresholds(self, family).await
+    }
+
+    async fn set_neighbour_thresholds(
+        &self,
+        family: crate::ports::Family,
+        values: crate::neigh::Thresholds,
+    ) -> Result<(), SystemError> {
+        sysctl::set_neighbour_thresholds(self, family, values).await
+    }
 }
 
 impl Firewall for LinuxSystem {

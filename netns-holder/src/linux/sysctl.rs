@@ -1,8 +1,14 @@
-//! Per-namespace sysctls under `/proc/sys/net`.
+//! Per-namespace sysctls under `/proc/sys/net`, and the machine-wide neighbour table
+//! thresholds.
 //!
 //! The files under `/proc/sys/net` show the namespace of the thread that *opens* them, so
 //! every read and write happens on a throwaway thread that has entered the right namespace
 //! first (the node namespace, or a pod's).
+//!
+//! The neighbour tables' `gc_thresh1/2/3` are global (see [`crate::neigh`]): their files
+//! exist only in the initial namespace's `/proc/sys`, so they are written from the node
+//! namespace only when it is the initial one, and read with `ip ntable show`
+//! (`RTM_GETNEIGHTBL`), which shows them from any namespace.
 
 use std::io::ErrorKind;
 use std::path::Path;
@@ -11,6 +17,8 @@ use super::netns::open_netns;
 use super::thread::{self, NsFd};
 use super::{LinuxSystem, link_object};
 use crate::names::IfName;
+use crate::neigh::{self, Thresholds};
+use crate::ports::Family;
 use crate::system::SystemError;
 
 /// Sets the sysctl file `file` to `value` unless it already has it. `netns` names the
@@ -79,6 +87,73 @@ pub(crate) async fn disable_dad(netns: &Path, link: &IfName) -> Result<(), Syste
             SystemError::NotFound { .. } => SystemError::NotFound { object },
             e => e,
         })
+    })
+    .await
+}
+
+/// The thresholds of `family`'s neighbour table, from `ip ntable show name <table>` run in
+/// the node namespace.
+pub(crate) async fn neighbour_thresholds(
+    sys: &LinuxSystem,
+    family: Family,
+) -> Result<Thresholds, SystemError> {
+    let table = neigh::table_name(family);
+    let object = format!("neighbour table {table}");
+    let out = super::nft::run_in_node(
+        sys,
+        object.clone(),
+        super::nft::tool("ip"),
+        ["ntable", "show", "name", table].map(String::from).to_vec(),
+        None,
+    )
+    .await?;
+    if !out.success {
+        return Err(SystemError::other(
+            object,
+            format!("ip ntable show failed: {}", out.stderr),
+        ));
+    }
+    neigh::parse_ntable(&out.stdout, table).ok_or_else(|| {
+        SystemError::other(
+            object,
+            format!("no thresholds in `ip ntable show` output: {:?}", out.stdout),
+        )
+    })
+}
+
+/// Writes `values` to `net.ipv{4,6}.neigh.default.gc_thresh3`, `2` and `1` (in that order)
+/// from the node namespace; fails, writing nothing, when it is not the initial namespace.
+pub(crate) async fn set_neighbour_thresholds(
+    sys: &LinuxSystem,
+    family: Family,
+    values: Thresholds,
+) -> Result<(), SystemError> {
+    let node = NsFd::Shared(sys.node.clone());
+    let dir = format!(
+        "/proc/sys/{}",
+        neigh::sysctl_prefix(family).replace('.', "/")
+    );
+    let object = format!("{}.gc_thresh*", neigh::sysctl_prefix(family));
+    thread::run(object.clone(), Some(node), move || {
+        if !Path::new(&dir).join("gc_thresh3").exists() {
+            return Err(SystemError::other(
+                object,
+                "the node network namespace is not the initial one: the neighbour tables \
+                 are machine-wide and only the initial namespace may size them",
+            ));
+        }
+        for (file, value) in [
+            ("gc_thresh3", values.gc_thresh3),
+            ("gc_thresh2", values.gc_thresh2),
+            ("gc_thresh1", values.gc_thresh1),
+        ] {
+            ensure_value(
+                &format!("{dir}/{file}"),
+                &value.to_string(),
+                "the node namespace",
+            )?;
+        }
+        Ok(())
     })
     .await
 }

@@ -87,6 +87,9 @@ struct Ours {
 
 fn bench_ours(count: usize, connects: usize) -> Result<Ours> {
     let (node, client) = node_with_client()?;
+    // The machine's neighbour tables hold this many pods only when raised (a daemon in a
+    // node namespace cannot raise them and refuses pods beyond them); put back after.
+    let _tables = nh_tests::neighbour::RaisedTables::for_pod_cidr("10.244.0.0/20", false)?;
     let mut daemon = Daemon::start(
         &node,
         DaemonOptions {

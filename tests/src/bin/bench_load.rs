@@ -187,6 +187,9 @@ fn main() -> Result<()> {
         limit.rlim_cur
     );
     let node = Node::new()?;
+    // The machine's neighbour tables hold this many pods only when raised (a daemon in a
+    // node namespace cannot raise them and refuses pods beyond them); put back after.
+    let _tables = nh_tests::neighbour::RaisedTables::for_pod_cidr("10.248.0.0/21", false)?;
     let mut daemon = Daemon::start(
         &node,
         DaemonOptions {

@@ -27,6 +27,9 @@ use nh_tests::{ScratchDir, proc_status_field, run_ok, unique_name};
 /// Ours: create then remove `count` pods through the API; returns (create, remove, rss KiB).
 fn bench_ours(count: usize) -> Result<(Series, Series, u64)> {
     let node = Node::new()?;
+    // The machine's neighbour tables hold this many pods only when raised (a daemon in a
+    // node namespace cannot raise them and refuses pods beyond them); put back after.
+    let _tables = nh_tests::neighbour::RaisedTables::for_pod_cidr("10.244.0.0/20", false)?;
     let daemon = Daemon::start(
         &node,
         DaemonOptions {

@@ -31,10 +31,18 @@ use crate::egress::EgressExempt;
 use crate::firewall::{FirewallBase, HostPortElement, HostPortMap, Listener};
 use crate::kernel::{KernelEvent, PauseProcess, RunningPause};
 use crate::names::{IfName, PodId};
+use crate::neigh::Thresholds;
 use crate::ports::Protocol;
 use crate::system::SystemError;
 
 const HOST: u64 = 0;
+
+/// The kernel's default neighbour table thresholds.
+pub const KERNEL_DEFAULT_NEIGH: Thresholds = Thresholds {
+    gc_thresh1: 128,
+    gc_thresh2: 512,
+    gc_thresh3: 1024,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Kind {
@@ -127,6 +135,10 @@ struct Model {
     subscribers: Vec<tokio::sync::mpsc::UnboundedSender<KernelEvent>>,
     /// Processes of someone else (a sandbox's) that keep a namespace alive: pid -> namespace.
     holders: BTreeMap<u32, u64>,
+    /// The neighbour tables' thresholds (IPv4, IPv6).
+    neigh: (Thresholds, Thresholds),
+    /// Why they cannot be written (as from a non-initial namespace), if so.
+    neigh_read_only: Option<String>,
 }
 
 impl Default for Model {
@@ -164,6 +176,8 @@ impl Default for Model {
             no_watches: false,
             subscribers: Vec::new(),
             holders: BTreeMap::new(),
+            neigh: (KERNEL_DEFAULT_NEIGH, KERNEL_DEFAULT_NEIGH),
+            neigh_read_only: None,
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::egress::EgressExempt;
 use crate::firewall::{FirewallBase, HostPortElement, Listener};
 use crate::kernel::{LinkInfo, PauseProcess};
 use crate::names::{IfName, PodId};
+use crate::neigh::Thresholds;
 
 impl FakeSystem {
     /// Creates a namespace bind-mounted at `path` as another tool would (for `attach`).
@@ -214,6 +215,19 @@ impl FakeSystem {
         if let Some(t) = self.lock().table.as_mut() {
             t.egress_exempt = exempt;
         }
+    }
+
+    /// Sets the neighbour tables' thresholds (IPv4, IPv6) as the machine has them, and
+    /// whether the daemon may write them (`read_only`: why not).
+    pub fn set_neighbour_tables(&self, v4: Thresholds, v6: Thresholds, read_only: Option<&str>) {
+        let mut m = self.lock();
+        m.neigh = (v4, v6);
+        m.neigh_read_only = read_only.map(str::to_string);
+    }
+
+    /// The neighbour tables' thresholds (IPv4, IPv6).
+    pub fn neighbour_tables(&self) -> (Thresholds, Thresholds) {
+        self.lock().neigh
     }
 
     /// `nft flush ruleset` behind the daemon's back: the table is gone.

@@ -215,6 +215,7 @@ impl<S: System> PodManager<S> {
         let record = {
             let mut inner = self.inner();
             let inner = &mut *inner;
+            self.admit_neighbours(&name, inner.state.pods.len())?;
             // Under the state lock, so two concurrent creates cannot both take a port.
             let record = admit(
                 &inner.state,

@@ -190,6 +190,17 @@ pub enum ManagerError {
         #[source]
         source: SystemError,
     },
+    /// A kernel neighbour table holds no more pods of this node (it could not be raised at
+    /// start); the reason names the table, the sysctl and the value it needs.
+    #[error("pod {name}: refused: {reason}")]
+    NeighbourLimit {
+        /// The pod.
+        name: PodName,
+        /// The pods the table holds.
+        limit: u64,
+        /// Why, and what to raise.
+        reason: String,
+    },
     /// `attach` found the namespace wired by someone else (another network plugin): links
     /// other than `lo` are in it. Nothing was changed.
     #[error(

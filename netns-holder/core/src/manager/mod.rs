@@ -89,6 +89,8 @@ pub struct PodManager<S: System> {
     barrier: tokio::sync::RwLock<()>,
     /// Serializes peer changes.
     peer_lock: tokio::sync::Mutex<()>,
+    /// The neighbour table sizing done at start ([`PodManager::size_neighbour_tables`]).
+    neighbour: Mutex<Option<crate::neigh::NeighbourReport>>,
 }
 
 impl<S: System> PodManager<S> {
@@ -158,6 +160,7 @@ impl<S: System> PodManager<S> {
             pod_locks: KeyedLocks::default(),
             barrier: tokio::sync::RwLock::new(()),
             peer_lock: tokio::sync::Mutex::new(()),
+            neighbour: Mutex::new(None),
         })
     }
 
@@ -225,6 +228,14 @@ impl<S: System> PodManager<S> {
             pools: inner.ipam.usage(),
             state_file: self.store.path().to_path_buf(),
             peers: inner.state.peers.clone(),
+            neighbour_tables: self.neighbour_tables(),
+            masquerade: self.config.masquerade,
+            egress_exempt: crate::egress::exempt_cidrs(
+                &self.config.pod_cidrs(),
+                inner.state.peers.iter().map(|p| p.pod_cidr),
+                &self.config.egress_extra_exempt(),
+            )
+            .cidrs(),
             host_ports: inner
                 .state
                 .pods
@@ -247,6 +258,7 @@ mod ended;
 mod ended_tests;
 mod errors;
 mod locks;
+mod neighbours;
 mod pauses;
 mod peering;
 mod publish;

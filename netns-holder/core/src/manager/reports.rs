@@ -179,4 +179,10 @@ pub struct DaemonStatus {
     pub peers: Vec<PeerRecord>,
     /// Host ports published (mappings, over every pod).
     pub host_ports: usize,
+    /// Whether egress masquerade is on.
+    pub masquerade: bool,
+    /// The destinations pods reach without masquerade (see [`crate::egress`]).
+    pub egress_exempt: Vec<ipnet::IpNet>,
+    /// The neighbour table sizing done at start, if it was.
+    pub neighbour_tables: Option<crate::neigh::NeighbourReport>,
 }

@@ -1833,3 +1833,100 @@ async fn configured_exemptions_apply_at_start_and_masquerade_can_be_off() {
     // The sets stay filled: turning masquerade on again needs no peer to change.
     assert_eq!(exempt_now(&env).len(), 5);
 }
+
+const KERNEL_DEFAULTS: crate::neigh::Thresholds = crate::fake::KERNEL_DEFAULT_NEIGH;
+
+/// Where the node may write them, the tables are raised for the capacity (never lowered),
+/// and nothing limits creates.
+#[tokio::test]
+async fn neighbour_tables_are_raised_for_the_capacity() {
+    use crate::neigh::{Outcome, Thresholds};
+    let env = Env::dual();
+    let operator = Thresholds {
+        gc_thresh1: 4096,
+        gc_thresh2: 300_000,
+        gc_thresh3: 2048,
+    };
+    env.fake
+        .set_neighbour_tables(operator, KERNEL_DEFAULTS, None);
+    let m = env.manager();
+    let report = m.size_neighbour_tables().await;
+    assert_eq!(report.capacity, 65533);
+    let [v4, v6] = report.tables.as_slice() else {
+        panic!("{report:?}")
+    };
+    assert_eq!(v4.outcome, Outcome::Raised);
+    assert_eq!(
+        v4.current,
+        Thresholds {
+            gc_thresh1: 4096,
+            gc_thresh2: 300_000,
+            gc_thresh3: 65533 * 4 + 1024,
+        }
+    );
+    assert_eq!(v6.previous, KERNEL_DEFAULTS);
+    assert_eq!(v6.current.gc_thresh3, 65533 * 16 + 1024);
+    assert_eq!(env.fake.neighbour_tables(), (v4.current, v6.current));
+    assert_eq!(m.status().neighbour_tables, Some(report.clone()));
+    m.create(CreateRequest::new(name("web"))).await.unwrap();
+    // Sufficient now: a restart writes nothing.
+    let m = env.manager();
+    let writes = env.fake.calls_starting_with("set_neighbour_thresholds");
+    let again = m.size_neighbour_tables().await;
+    assert!(
+        again
+            .tables
+            .iter()
+            .all(|t| t.outcome == Outcome::Sufficient)
+    );
+    assert_eq!(
+        env.fake.calls_starting_with("set_neighbour_thresholds"),
+        writes
+    );
+}
+
+/// Where they cannot be written, nothing changes and creates stop at what they hold, with
+/// an error naming the sysctl.
+#[tokio::test]
+async fn unraisable_neighbour_tables_limit_creates() {
+    use crate::neigh::{Outcome, Thresholds};
+    let env = Env::new("10.88.0.0/24", None);
+    let small = Thresholds {
+        gc_thresh1: 2,
+        gc_thresh2: 4,
+        gc_thresh3: 6,
+    };
+    env.fake
+        .set_neighbour_tables(small, KERNEL_DEFAULTS, Some("not the initial namespace"));
+    let m = env.manager();
+    // Before sizing nothing is limited (the daemon sizes before serving).
+    let report = m.size_neighbour_tables().await;
+    assert_eq!(report.tables.len(), 1, "IPv4 only");
+    let t = &report.tables[0];
+    assert_eq!(t.outcome, Outcome::NotRaised);
+    assert_eq!(t.pod_limit, Some(3));
+    assert_eq!(t.current, small);
+    assert_eq!(env.fake.neighbour_tables().0, small);
+    for pod in ["a", "b", "c"] {
+        m.create(CreateRequest::new(name(pod))).await.unwrap();
+    }
+    let err = m.create(CreateRequest::new(name("d"))).await.unwrap_err();
+    assert!(
+        matches!(err, ManagerError::NeighbourLimit { limit: 3, .. }),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.starts_with(
+            "pod d: refused: the kernel's ipv4 neighbour table holds entries for 3 pods"
+        ) && text.contains("net.ipv4.neigh.default.gc_thresh3 = 6")
+            && text.contains("gc_thresh3=2036")
+            && text.contains("not the initial namespace"),
+        "{text}"
+    );
+    assert_eq!(m.list().len(), 3);
+    // An existing pod is still answered (idempotent), and a removal makes room.
+    m.create(CreateRequest::new(name("a"))).await.unwrap();
+    assert!(m.remove(&name("a")).await.unwrap());
+    m.create(CreateRequest::new(name("d"))).await.unwrap();
+}
