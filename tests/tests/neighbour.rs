@@ -12,6 +12,10 @@
 //!   namespace, with a state directory of its own and no pod. It raises the global values
 //!   (only raises) and the test restores each one it changed, unless someone else changed
 //!   it meanwhile (then it is left alone: never lowered below another's setting).
+//! * the benchmarks' guard (`nh_tests::neighbour::RaisedTables`) raises them for a run and
+//!   puts them back.
+//!
+//! The three tests take a lock so that none sees another's change of the machine's values.
 
 use std::path::Path;
 
@@ -25,6 +29,15 @@ use netns_holder_core::neigh::{self, Outcome, Thresholds};
 use netns_holder_core::ports::Family;
 use nh_tests::node::{Daemon, DaemonOptions, Node};
 use nh_tests::{ScratchDir, require_root};
+
+/// The tests of this file read and change the machine's thresholds: one at a time.
+static MACHINE_TABLES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn machine_tables() -> std::sync::MutexGuard<'static, ()> {
+    MACHINE_TABLES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn read_thresholds(family: Family) -> Result<Thresholds> {
     let dir = format!(
@@ -56,6 +69,7 @@ fn a_confined_daemon_reports_the_tables_changes_nothing_and_limits_pods() -> Res
     if !require_root("a_confined_daemon_reports_the_tables_changes_nothing_and_limits_pods") {
         return Ok(());
     }
+    let _one_at_a_time = machine_tables();
     let before = read_thresholds(Family::V4)?;
     let node = Node::new()?;
     // A /22: 1021 pods, which need more than the kernel's defaults.
@@ -167,6 +181,7 @@ fn in_the_initial_namespace_the_tables_are_raised_never_lowered() -> Result<()> 
     if !require_root("in_the_initial_namespace_the_tables_are_raised_never_lowered") {
         return Ok(());
     }
+    let _one_at_a_time = machine_tables();
     let before_v4 = read_thresholds(Family::V4)?;
     let before_v6 = read_thresholds(Family::V6)?;
     let scratch = ScratchDir::new("nhneigh")?;
@@ -232,5 +247,23 @@ fn in_the_initial_namespace_the_tables_are_raised_never_lowered() -> Result<()> 
     drop(restores);
     assert_eq!(read_thresholds(Family::V4)?, before_v4, "restored");
     assert_eq!(read_thresholds(Family::V6)?, before_v6, "restored");
+    Ok(())
+}
+
+/// The benchmarks' guard raises the tables for a run and puts them back.
+#[test]
+fn a_benchmarks_raised_tables_are_put_back() -> Result<()> {
+    if !require_root("a_benchmarks_raised_tables_are_put_back") {
+        return Ok(());
+    }
+    let _one_at_a_time = machine_tables();
+    let before = read_thresholds(Family::V4)?;
+    let want = neigh::raise(before, neigh::required(4093, neigh::V4_ENTRIES, before));
+    {
+        let _raised = nh_tests::neighbour::RaisedTables::for_pod_cidr("10.244.0.0/20", false)?;
+        assert_eq!(read_thresholds(Family::V4)?, want);
+    }
+    assert_eq!(read_thresholds(Family::V4)?, before);
+    assert!(nh_tests::neighbour::RaisedTables::for_pod_cidr("10.244.0.0", false).is_err());
     Ok(())
 }
