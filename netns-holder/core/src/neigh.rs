@@ -192,7 +192,8 @@ pub struct TableReport {
     /// Why they could not be raised (with [`Outcome::NotRaised`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Pods this table holds now, when that limits creates ([`Outcome::NotRaised`]).
+    /// Pods this table holds now, when that limits creates: [`Outcome::NotRaised`] and
+    /// fewer than the capacity.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_limit: Option<u64>,
 }

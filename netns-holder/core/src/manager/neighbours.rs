@@ -63,10 +63,17 @@ impl<S: System> PodManager<S> {
                         let limit = neigh::pod_limit(previous, per_pod);
                         table.outcome = Outcome::NotRaised;
                         table.error = Some(e.to_string());
-                        table.pod_limit = Some(limit);
-                        warn!(self.log, "neighbour table too small for the pod capacity and not raised; creates are limited";
-                            "family" => family.name(), "pods" => capacity, "limit" => limit,
-                            "thresholds" => %previous, "required" => %required, "error" => %e);
+                        if limit < capacity {
+                            table.pod_limit = Some(limit);
+                            warn!(self.log, "neighbour table too small for the pod capacity and not raised; creates are limited";
+                                "family" => family.name(), "pods" => capacity, "limit" => limit,
+                                "thresholds" => %previous, "required" => %required, "error" => %e);
+                        } else {
+                            // Every pod's own entries fit; only the headroom is missing.
+                            info!(self.log, "neighbour table not raised, but it holds every pod";
+                                "family" => family.name(), "pods" => capacity, "limit" => limit,
+                                "thresholds" => %previous, "required" => %required, "error" => %e);
+                        }
                     }
                 }
             } else {

@@ -1929,4 +1929,14 @@ async fn unraisable_neighbour_tables_limit_creates() {
     m.create(CreateRequest::new(name("a"))).await.unwrap();
     assert!(m.remove(&name("a")).await.unwrap());
     m.create(CreateRequest::new(name("d"))).await.unwrap();
+
+    // Tables that hold every pod's own entries but not the headroom: not raised, no limit.
+    let env = Env::new("10.88.0.0/28", None);
+    env.fake
+        .set_neighbour_tables(KERNEL_DEFAULTS, KERNEL_DEFAULTS, Some("read only"));
+    let report = env.manager().size_neighbour_tables().await;
+    assert_eq!(report.capacity, 13);
+    assert_eq!(report.tables[0].outcome, Outcome::NotRaised);
+    assert_eq!(report.tables[0].pod_limit, None);
+    assert_eq!(report.pod_limit().map(|(l, _)| l), None);
 }
