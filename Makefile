@@ -39,9 +39,12 @@ IMAGE_ARCHIVE := $(IMAGE_DIR)/pause.oci.tar
 # tests and benchmarks use on top (installed by `make deps`, hence `make test`).
 # The daemon itself runs nft and conntrack.
 # prometheus: promtool and the Prometheus server of tests/tests/metrics.rs.
-DEMO_DEB_PACKAGES := iproute2 util-linux iputils-ping busybox-static runc crun nftables conntrack
+# etcd-server: the etcd members of tests/tests/cluster.rs and bench_cluster.
+# protobuf-compiler, libprotobuf-dev: protoc for etcd-client's build (the daemon's etcd backend).
+DEMO_DEB_PACKAGES := iproute2 util-linux iputils-ping busybox-static runc crun nftables conntrack \
+	protobuf-compiler libprotobuf-dev
 DEB_PACKAGES := $(DEMO_DEB_PACKAGES) procps strace podman skopeo catatonit \
-	containernetworking-plugins docker-registry prometheus
+	containernetworking-plugins docker-registry prometheus etcd-server
 
 .PHONY: build pause image demo demo-deps test deps lint fmt bench install clean
 

@@ -11,6 +11,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::cluster::{ClusterConfig, ClusterConfigError, RawCluster};
 use crate::names::IfName;
 use crate::peers::{self, Peer};
 
@@ -87,6 +88,9 @@ pub enum ConfigError {
         /// Why it is rejected.
         reason: String,
     },
+    /// The `[cluster]` section is not acceptable (the error names `cluster.<key>`).
+    #[error(transparent)]
+    Cluster(#[from] ClusterConfigError),
 }
 
 /// The validated daemon configuration.
@@ -120,6 +124,10 @@ pub struct Config {
     /// More destinations pods reach without masquerade (`no_masquerade_cidrs`), besides the
     /// pod CIDRs of this node and its peers.
     pub no_masquerade_cidrs: Vec<IpNet>,
+    /// Cluster mode (`[cluster]`, see [`crate::cluster`]): the pod CIDRs are leased from the
+    /// cluster's store and the peers learnt from it. `pod_cidr_v4`/`pod_cidr_v6` then hold
+    /// the node's subnet: the first of the cluster CIDR until the daemon has its lease.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -139,6 +147,7 @@ impl Default for Config {
             metrics_address: None,
             masquerade: true,
             no_masquerade_cidrs: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -159,6 +168,7 @@ struct RawConfig {
     metrics_address: Option<String>,
     masquerade: Option<bool>,
     no_masquerade_cidrs: Option<Vec<String>>,
+    cluster: Option<RawCluster>,
 }
 
 /// One `peers` entry as written.
@@ -294,8 +304,11 @@ impl Config {
         Self::from_toml_str(&text, &path.display().to_string())
     }
 
-    fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
-        let bridge_text = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
+    fn from_raw(mut raw: RawConfig) -> Result<Self, ConfigError> {
+        let bridge_text = raw
+            .bridge
+            .take()
+            .unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
         let bridge = IfName::new(bridge_text.clone()).map_err(|e| match e {
             crate::names::NameError::BadIfName { reason, .. } => {
                 invalid("bridge", bridge_text.clone(), reason)
@@ -313,7 +326,33 @@ impl Config {
                 ));
             }
         };
+        let cluster = raw.cluster.take().map(RawCluster::validate).transpose()?;
+        if let Some(c) = &cluster {
+            for (key, set) in [
+                ("pod_cidr_v4", raw.pod_cidr_v4.is_some()),
+                ("pod_cidr_v6", raw.pod_cidr_v6.is_some()),
+                ("peers", raw.peers.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(
+                        key,
+                        match key {
+                            "pod_cidr_v4" => raw.pod_cidr_v4.clone().unwrap_or_default(),
+                            "pod_cidr_v6" => raw.pod_cidr_v6.clone().unwrap_or_default(),
+                            _ => "[...]".to_string(),
+                        },
+                        "not set by hand in cluster mode ([cluster]): the node's subnet is \
+                         leased from the cluster CIDR and the peers are learnt from the cluster",
+                    ));
+                }
+            }
+            // Until the daemon has its lease: the first subnet (replaced before anything is
+            // made; see `cluster`).
+            raw.pod_cidr_v4 = c.subnet_v4(0).map(|s| s.to_string());
+            raw.pod_cidr_v6 = c.subnet_v6(0).map(|s| s.to_string());
+        }
         let config = Self {
+            cluster,
             socket: absolute_path("socket", raw.socket, DEFAULT_SOCKET)?,
             state_dir: absolute_path("state_dir", raw.state_dir, DEFAULT_STATE_DIR)?,
             netns_dir: absolute_path("netns_dir", raw.netns_dir, DEFAULT_NETNS_DIR)?,
@@ -449,6 +488,36 @@ impl Config {
                 ));
             }
         }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+            let index = c.index_of(self.pod_cidr_v4).ok_or_else(|| {
+                invalid(
+                    "pod_cidr_v4",
+                    self.pod_cidr_v4.to_string(),
+                    format!(
+                        "in cluster mode it must be a /{} of cluster_cidr_v4 {}",
+                        c.node_prefix_v4, c.cluster_cidr_v4
+                    ),
+                )
+            })?;
+            if self.pod_cidr_v6 != c.subnet_v6(index) {
+                return Err(invalid(
+                    "pod_cidr_v6",
+                    self.pod_cidr_v6.map(|v| v.to_string()).unwrap_or_default(),
+                    format!(
+                        "in cluster mode it must be the IPv6 subnet of the same slot as {}",
+                        self.pod_cidr_v4
+                    ),
+                ));
+            }
+            if !self.peers.is_empty() {
+                return Err(invalid(
+                    "peers",
+                    "[...]",
+                    "not set by hand in cluster mode ([cluster])",
+                ));
+            }
+        }
         let own = self.pod_cidrs();
         for (i, peer) in self.peers.iter().enumerate() {
             peers::validate(peer, &own, &self.peers[..i]).map_err(|e| {
@@ -480,10 +549,32 @@ impl Config {
     }
 
     /// Destinations exempt from egress masquerade besides the pod CIDRs of this node and its
-    /// peers (see [`crate::egress::exempt_cidrs`]): `no_masquerade_cidrs`. A cluster backend
-    /// adds its cluster CIDRs here.
+    /// peers (see [`crate::egress::exempt_cidrs`]): `no_masquerade_cidrs` and, in cluster
+    /// mode, the cluster CIDRs (`cluster_cidr_v4`/`_v6`).
     pub fn egress_extra_exempt(&self) -> Vec<IpNet> {
-        self.no_masquerade_cidrs.clone()
+        let mut out = self.no_masquerade_cidrs.clone();
+        if let Some(c) = &self.cluster {
+            out.extend(c.cluster_cidrs());
+        }
+        out
+    }
+
+    /// Sets the node's pod CIDRs to the subnet of cluster slot `index` (cluster mode).
+    pub fn set_cluster_subnet(&mut self, index: u32) -> Result<(), ConfigError> {
+        let c = self
+            .cluster
+            .as_ref()
+            .ok_or_else(|| invalid("cluster", "", "not in cluster mode"))?;
+        let v4 = c.subnet_v4(index).ok_or_else(|| {
+            invalid(
+                "pod_cidr_v4",
+                index.to_string(),
+                "no such slot of the cluster CIDR",
+            )
+        })?;
+        self.pod_cidr_v4 = v4;
+        self.pod_cidr_v6 = c.subnet_v6(index);
+        self.validate()
     }
 
     /// Path of the state file inside [`Config::state_dir`].
@@ -707,6 +798,77 @@ mod tests {
             err.contains("`no_masquerade_cidrs`") && err.contains("\"x\""),
             "{err}"
         );
+    }
+
+    const CLUSTER: &str = r#"
+        [cluster]
+        backend = "etcd"
+        etcd_endpoints = ["http://192.0.2.5:2379", "http://192.0.2.6:2379"]
+        cluster_cidr_v4 = "10.100.0.0/16"
+        node_prefix_v4 = 24
+        cluster_cidr_v6 = "fd00:100::/56"
+        node_name = "node-a"
+        node_address = "192.0.2.1"
+        lease_ttl_seconds = 5
+    "#;
+
+    #[test]
+    fn cluster_section() {
+        let mut c = parse(&format!(
+            "no_masquerade_cidrs = [\"198.51.100.0/24\"]\n{CLUSTER}"
+        ))
+        .unwrap();
+        let cluster = c.cluster.clone().unwrap();
+        assert_eq!(cluster.etcd_endpoints.len(), 2);
+        assert_eq!(cluster.node_name.as_deref(), Some("node-a"));
+        assert_eq!(cluster.lease_ttl_seconds, 5);
+        // The first slot until the lease is known.
+        assert_eq!(c.pod_cidr_v4.to_string(), "10.100.0.0/24");
+        assert_eq!(c.pod_cidr_v6.unwrap().to_string(), "fd00:100::/64");
+        // The cluster CIDRs join the egress exemptions.
+        let exempt: Vec<String> = c
+            .egress_extra_exempt()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            exempt,
+            ["198.51.100.0/24", "10.100.0.0/16", "fd00:100::/56"]
+        );
+        c.set_cluster_subnet(5).unwrap();
+        assert_eq!(c.pod_cidr_v4.to_string(), "10.100.5.0/24");
+        assert_eq!(c.pod_cidr_v6.unwrap().to_string(), "fd00:100:0:5::/64");
+        assert!(c.set_cluster_subnet(256).is_err());
+        c.pod_cidr_v4 = "10.222.0.0/24".parse().unwrap();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "pod_cidr_v4",
+                ..
+            })
+        ));
+        assert_eq!(parse("").unwrap().cluster, None);
+    }
+
+    #[test]
+    fn cluster_mode_refuses_hand_set_cidrs_and_peers() {
+        for (extra, key) in [
+            ("pod_cidr_v4 = \"10.100.0.0/24\"\n", "pod_cidr_v4"),
+            ("pod_cidr_v6 = \"fd00:1::/64\"\n", "pod_cidr_v6"),
+            ("peers = []\n", "peers"),
+        ] {
+            assert_invalid(&format!("{extra}{CLUSTER}"), key, "cluster mode");
+        }
+        let err =
+            parse(&CLUSTER.replace("lease_ttl_seconds = 5", "lease_ttl_seconds = 0")).unwrap_err();
+        assert!(matches!(err, ConfigError::Cluster(_)), "{err}");
+        assert!(
+            err.to_string().contains("`cluster.lease_ttl_seconds`"),
+            "{err}"
+        );
+        let err = parse(&format!("{CLUSTER}etcd_endpont = []\n")).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        assert!(err.to_string().contains("etcd_endpont"), "{err}");
     }
 
     #[test]

@@ -24,12 +24,14 @@
 //!    pod capacity).
 //! 4. [`state`]: crash-safe persistence of the records (snapshot + write-ahead journal);
 //!    [`system`]: the kernel traits and `SystemError`; [`config`]: `Config` from TOML,
-//!    defaults and validation.
+//!    defaults and validation; [`cluster`]: cluster mode's pure part (subnet carving, the
+//!    store's keys and records, the cluster state file, the `ClusterBackend` trait).
 //! 5. [`executor`]: applies plans through the traits, rolling back on failure; `fake`: the
 //!    in-memory kernel (feature `fake`).
 //! 6. [`manager`]: `PodManager`, the operations the daemon serves.
 
 pub mod action;
+pub mod cluster;
 pub mod config;
 pub mod egress;
 pub mod executor;
