@@ -143,6 +143,8 @@ pub fn peer_message(p: &PeerRecord) -> pb::Peer {
         pod_cidr: p.pod_cidr.to_string(),
         via: p.via.to_string(),
         from_config: p.source == PeerSource::Config,
+        source: p.source.kind().to_string(),
+        node: String::new(),
     }
 }
 
@@ -172,6 +174,8 @@ pub fn peer_record(p: &pb::Peer) -> Result<PeerRecord, ResponseError> {
             .map_err(|e| invalid("peer.via", &p.via, format!("not an address: {e}")))?,
         source: if p.from_config {
             PeerSource::Config
+        } else if p.source == "etcd" {
+            PeerSource::Etcd
         } else {
             PeerSource::Api
         },
@@ -395,9 +399,13 @@ pub fn error_code(error: &ManagerError) -> Code {
         | ManagerError::WiredElsewhere { .. } => Code::FailedPrecondition,
         ManagerError::Ipam { .. } | ManagerError::NeighbourLimit { .. } => Code::ResourceExhausted,
         ManagerError::Ports { .. } | ManagerError::PortAddress { .. } => Code::InvalidArgument,
-        ManagerError::PortInUse { .. } => Code::FailedPrecondition,
+        ManagerError::PortInUse { .. } | ManagerError::ClusterConflict { .. } => {
+            Code::FailedPrecondition
+        }
         ManagerError::Peer(PeerError::Exists { .. }) => Code::AlreadyExists,
-        ManagerError::Peer(PeerError::FromConfig { .. }) => Code::FailedPrecondition,
+        ManagerError::Peer(PeerError::FromConfig { .. } | PeerError::FromCluster { .. }) => {
+            Code::FailedPrecondition
+        }
         ManagerError::Peer(_) => Code::InvalidArgument,
         ManagerError::PeerRoute {
             source: SystemError::AlreadyExists { .. },

@@ -53,6 +53,18 @@ pub enum PeerSource {
     Config,
     /// An `AddPeer` call.
     Api,
+    /// The cluster's etcd (cluster mode, see [`crate::cluster`]).
+    Etcd,
+}
+
+impl PeerSource {
+    /// How `status` names it: `"static"` (configuration or API) or `"etcd"`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            PeerSource::Config | PeerSource::Api => "static",
+            PeerSource::Etcd => "etcd",
+        }
+    }
 }
 
 /// A peer as stored in the state.
@@ -135,6 +147,12 @@ pub enum PeerError {
     /// The peer comes from the configuration file.
     #[error("peer {peer} comes from the configuration file; remove it there (and restart)")]
     FromConfig {
+        /// The peer.
+        peer: Peer,
+    },
+    /// The peer was learnt from the cluster.
+    #[error("peer {peer} was learnt from the cluster; it goes when its node leaves the cluster")]
+    FromCluster {
         /// The peer.
         peer: Peer,
     },
@@ -254,11 +272,12 @@ pub fn plan_routes(peers: &[PeerRecord], observed: &[(IpNet, IpAddr)]) -> Vec<Ac
 
 /// Merges the configured peers into the stored ones: configured peers replace stored ones of
 /// the same CIDR, stored configured peers that the configuration no longer has are dropped,
-/// API peers stay unless a configured peer takes their CIDR. The result is ordered by CIDR.
+/// API and cluster peers stay unless a configured peer takes their CIDR. The result is
+/// ordered by CIDR.
 pub fn merge_config(stored: &[PeerRecord], configured: &[Peer]) -> Vec<PeerRecord> {
     let mut out: Vec<PeerRecord> = stored
         .iter()
-        .filter(|r| r.source == PeerSource::Api)
+        .filter(|r| r.source != PeerSource::Config)
         .filter(|r| !configured.iter().any(|c| c.pod_cidr == r.pod_cidr))
         .copied()
         .collect();

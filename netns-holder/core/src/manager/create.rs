@@ -156,6 +156,11 @@ impl<S: System> PodManager<S> {
             name: name.clone(),
             source,
         })?;
+        if let Some(reason) = self.cluster_conflict()
+            && self.record(&name).is_none()
+        {
+            return Err(ManagerError::ClusterConflict { name, reason });
+        }
 
         // The identity of an attached namespace, so a path that later names another one
         // (`/proc/<pid>/ns/net` of a reused pid) is never taken for the pod's.

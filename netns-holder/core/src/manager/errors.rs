@@ -201,6 +201,15 @@ pub enum ManagerError {
         /// Why, and what to raise.
         reason: String,
     },
+    /// Cluster mode: this node's subnet was taken by another node while this one was cut
+    /// off from the cluster; new pods are refused (the reason names both nodes).
+    #[error("pod {name}: refused: {reason}")]
+    ClusterConflict {
+        /// The pod.
+        name: PodName,
+        /// Which subnet, which nodes.
+        reason: String,
+    },
     /// `attach` found the namespace wired by someone else (another network plugin): links
     /// other than `lo` are in it. Nothing was changed.
     #[error(

@@ -91,6 +91,8 @@ pub struct PodManager<S: System> {
     peer_lock: tokio::sync::Mutex<()>,
     /// The neighbour table sizing done at start ([`PodManager::size_neighbour_tables`]).
     neighbour: Mutex<Option<crate::neigh::NeighbourReport>>,
+    /// Cluster mode: why new pods are refused (this node's subnet is another node's now).
+    cluster_conflict: Mutex<Option<String>>,
 }
 
 impl<S: System> PodManager<S> {
@@ -132,7 +134,11 @@ impl<S: System> PodManager<S> {
             },
         };
         let mut state = state;
-        let merged = peers::merge_config(&state.peers, &config.peers);
+        let mut merged = peers::merge_config(&state.peers, &config.peers);
+        if config.cluster.is_none() {
+            // Peers learnt from a cluster this node is no longer in.
+            merged.retain(|p| p.source != peers::PeerSource::Etcd);
+        }
         if merged != state.peers {
             // Configured peers apply at every start; stored API peers that now clash with
             // the configuration (or this node's CIDRs) are dropped, with a warning.
@@ -161,6 +167,7 @@ impl<S: System> PodManager<S> {
             barrier: tokio::sync::RwLock::new(()),
             peer_lock: tokio::sync::Mutex::new(()),
             neighbour: Mutex::new(None),
+            cluster_conflict: Mutex::new(None),
         })
     }
 
@@ -273,6 +280,7 @@ use locks::KeyedLocks;
 pub use ended::EndedReport;
 pub use errors::{ManagerError, RemoveFailure};
 pub use pauses::{PauseWake, PauseWatches};
+pub use peering::ClusterPeersReport;
 pub use publish::PublishedPorts;
 pub use reports::{
     AttachRequest, CreateRequest, DaemonStatus, GcReport, NodeFailure, PodInfo, ReconcileReport,

@@ -1940,3 +1940,126 @@ async fn unraisable_neighbour_tables_limit_creates() {
     assert_eq!(report.tables[0].pod_limit, None);
     assert_eq!(report.pod_limit().map(|(l, _)| l), None);
 }
+
+fn peer(cidr: &str, via: &str) -> crate::peers::Peer {
+    crate::peers::Peer {
+        pod_cidr: cidr.parse().unwrap(),
+        via: via.parse().unwrap(),
+    }
+}
+
+/// Cluster peers: a full set each time; routes follow (added, removed, moved), static peers
+/// win over an overlapping cluster peer, the egress sets follow, and the list survives a
+/// restart; RemovePeer refuses a cluster peer.
+#[tokio::test]
+async fn cluster_peers_follow_the_cluster_and_static_peers_win() {
+    let env = Env::v4();
+    let m = env.manager();
+    let fixed = peer("10.90.0.0/24", "192.168.50.9");
+    assert!(m.add_peer(fixed).await.unwrap());
+    let b = peer("10.89.1.0/24", "192.168.50.2");
+    let c = peer("10.89.2.0/24", "192.168.50.3");
+    let clash = peer("10.90.0.0/25", "192.168.50.4");
+    let own = peer("10.88.5.0/24", "192.168.50.5");
+    let report = m.set_cluster_peers(&[b, c, clash, own]).await.unwrap();
+    assert_eq!(report.added, [b, c]);
+    assert!(report.removed.is_empty());
+    let refused: Vec<String> = report
+        .refused
+        .iter()
+        .map(|(p, why)| format!("{p}: {why}"))
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused[0].contains("overlaps peer 10.90.0.0/24"),
+        "{refused:?}"
+    );
+    assert!(
+        refused[1].contains("overlaps this node's pod CIDR"),
+        "{refused:?}"
+    );
+    let mut routes = env.fake.peer_route_list();
+    routes.sort();
+    assert_eq!(
+        routes,
+        [
+            (b.pod_cidr, b.via),
+            (c.pod_cidr, c.via),
+            (fixed.pod_cidr, fixed.via)
+        ]
+    );
+    assert_eq!(
+        exempt_now(&env),
+        nets(&[
+            "10.88.0.0/16",
+            "10.89.1.0/24",
+            "10.89.2.0/24",
+            "10.90.0.0/24"
+        ])
+    );
+    // The same set again: nothing to do.
+    assert!(m.set_cluster_peers(&[b, c]).await.unwrap().added.is_empty());
+    // c leaves, b moves to another address.
+    let b2 = peer("10.89.1.0/24", "192.168.50.12");
+    let report = m.set_cluster_peers(&[b2]).await.unwrap();
+    assert_eq!(report.added, [b2]);
+    assert_eq!(report.removed, [b, c]);
+    let mut routes = env.fake.peer_route_list();
+    routes.sort();
+    assert_eq!(routes, [(b2.pod_cidr, b2.via), (fixed.pod_cidr, fixed.via)]);
+    let err = m.remove_peer(b2.pod_cidr).await.unwrap_err().to_string();
+    assert!(err.contains("learnt from the cluster"), "{err}");
+    assert!(m.check().await.is_empty(), "{:?}", m.check().await);
+    let sources: Vec<&str> = m.peers().iter().map(|p| p.source.kind()).collect();
+    assert_eq!(sources, ["etcd", "static"]);
+    // A restart in cluster mode keeps them (routes stay while the store is unreachable) ...
+    drop(m);
+    let mut config = env.config.clone();
+    config.pod_cidr_v4 = "10.88.0.0/24".parse().unwrap();
+    config.cluster = Some(cluster_config());
+    let m = PodManager::open(config, env.fake.clone(), logger()).unwrap();
+    assert_eq!(m.peers().len(), 2);
+    // ... and a start out of cluster mode drops them.
+    drop(m);
+    let m = env.manager();
+    assert_eq!(
+        m.peers().iter().map(|p| p.peer()).collect::<Vec<_>>(),
+        [fixed]
+    );
+}
+
+fn cluster_config() -> crate::cluster::ClusterConfig {
+    let config = Config::from_toml_str(
+        "[cluster]\nbackend = \"etcd\"\netcd_endpoints = [\"http://192.0.2.5:2379\"]\n\
+         cluster_cidr_v4 = \"10.88.0.0/16\"\n",
+        "<test>",
+    )
+    .unwrap();
+    config.cluster.unwrap()
+}
+
+/// A route the kernel refuses leaves the peer out (reported); a subnet conflict refuses new
+/// pods with the reason, but not an existing pod's idempotent create.
+#[tokio::test]
+async fn cluster_route_failures_and_conflicts() {
+    let env = Env::v4();
+    let m = env.manager();
+    m.create(CreateRequest::new(name("old"))).await.unwrap();
+    env.fake.fail_on("add_route");
+    let b = peer("10.89.1.0/24", "192.168.50.2");
+    let report = m.set_cluster_peers(&[b]).await.unwrap();
+    assert!(report.added.is_empty());
+    assert_eq!(report.refused.len(), 1);
+    assert!(m.peers().is_empty());
+    env.fake.clear_failures();
+    assert_eq!(m.set_cluster_peers(&[b]).await.unwrap().added, [b]);
+
+    let reason = "subnet 10.88.0.0/24 of node-a is held by node-b now".to_string();
+    m.set_cluster_conflict(Some(reason.clone()));
+    let err = m.create(CreateRequest::new(name("new"))).await.unwrap_err();
+    assert!(matches!(err, ManagerError::ClusterConflict { .. }), "{err}");
+    assert!(err.to_string().contains(&reason), "{err}");
+    m.create(CreateRequest::new(name("old"))).await.unwrap();
+    m.set_cluster_conflict(None);
+    m.create(CreateRequest::new(name("new"))).await.unwrap();
+}
