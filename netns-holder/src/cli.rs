@@ -64,7 +64,7 @@ use crate::client::{Client, ClientError};
 use crate::config::DEFAULT_SOCKET;
 use crate::manager::PodInfo;
 use crate::names::{NameError, PodName};
-use crate::peers::{Peer, PeerRecord};
+use crate::peers::Peer;
 use crate::ports::{self, PortSpecError};
 
 /// Default configuration file of the daemon (the systemd unit passes it explicitly).
@@ -461,10 +461,13 @@ struct StatusView<'a> {
     pools: Vec<PoolView<'a>>,
     state_file: &'a str,
     host_ports: u64,
-    peers: Vec<PeerRecord>,
+    peers: Vec<serde_json::Value>,
     masquerade: bool,
     egress_exempt: &'a [String],
     neighbour_tables: Option<serde_json::Value>,
+    /// Cluster mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -506,11 +509,34 @@ fn status_view(s: &pb::StatusResponse) -> Result<StatusView<'_>, ResponseError> 
         peers: s
             .peers
             .iter()
-            .map(api::peer_record)
-            .collect::<Result<_, _>>()?,
+            .map(|p| {
+                let record = api::peer_record(p)?;
+                Ok(json!({
+                    "pod_cidr": record.pod_cidr.to_string(),
+                    "via": record.via.to_string(),
+                    "source": record.source.kind(),
+                    "node": (!p.node.is_empty()).then_some(&p.node),
+                    "configured": record.source == crate::peers::PeerSource::Config,
+                }))
+            })
+            .collect::<Result<_, ResponseError>>()?,
         masquerade: s.masquerade,
         egress_exempt: &s.egress_exempt,
         neighbour_tables: s.neighbour_tables.as_ref().map(neighbour_json),
+        cluster: s.cluster.as_ref().map(|c| {
+            json!({
+                "backend": c.backend,
+                "node": c.node,
+                "pod_cidr_v4": c.pod_cidr_v4,
+                "pod_cidr_v6": (!c.pod_cidr_v6.is_empty()).then_some(&c.pod_cidr_v6),
+                "lease_ttl_seconds": c.lease_ttl_seconds,
+                "connected": c.connected,
+                "conflict": (!c.conflict.is_empty()).then_some(&c.conflict),
+                "unrouted": c.unrouted.iter().map(|u| json!({
+                    "node": u.node, "pod_cidr": u.pod_cidr, "via": u.via, "reason": u.reason,
+                })).collect::<Vec<_>>(),
+            })
+        }),
     })
 }
 

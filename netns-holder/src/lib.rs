@@ -4,6 +4,7 @@
 //! This crate holds what needs the real kernel, the network or a terminal:
 //! * [`linux`]: the real [`system`] traits (rtnetlink, namespace threads, pause processes,
 //!   nftables, sysctls, kernel events);
+//! * [`cluster`]: cluster mode on etcd (subnet lease, peers learnt from the cluster);
 //! * [`server`]: the gRPC server over the manager; [`metrics`]: the Prometheus metrics and
 //!   the `/metrics`, `/healthz`, `/readyz` listener; [`cli`]: the command line (the daemon's
 //!   `serve` and the client commands); [`privileges`]: dropping capabilities.
@@ -13,12 +14,14 @@
 //! the same modules, defined in those crates.
 
 pub mod cli;
+pub mod cluster;
 pub mod linux;
 pub mod metrics;
 pub mod privileges;
 pub mod server;
 
 pub(crate) use netns_holder_client::{api, client};
+pub(crate) use netns_holder_core::cluster as cluster_core;
 pub(crate) use netns_holder_core::{
     config, egress, finding, firewall, kernel, manager, names, neigh, netns_path, peers, ports,
     spec, state, system,

@@ -190,8 +190,18 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>, log: Logger) -> anyhow::Resul
         // The real kernel. `block_on` runs this on the main thread, whose network namespace
         // LinuxSystem captures as the node's.
         let system = netns_holder::linux::LinuxSystem::new(&config, log.clone())?;
+        let mut config = config;
+        let mut shutdown = Box::pin(shutdown);
+        // Cluster mode: the node's subnet first (the recorded one, or one taken in etcd).
+        let cluster = match config.cluster.is_some() {
+            true => tokio::select! {
+                prepared = netns_holder::cluster::prepare(&mut config, &system, &log) => Some(prepared?),
+                () = &mut shutdown => return Ok(()),
+            },
+            false => None,
+        };
         check_pod_cidrs(&config, &system).await?;
-        Ok(netns_holder::server::run_daemon(config, system, shutdown, log).await?)
+        Ok(netns_holder::server::run_daemon_in_cluster(config, system, cluster, shutdown, log).await?)
     })
 }
 

@@ -271,6 +271,8 @@ impl Interceptor for PeerCheck {
 /// The `NetnsHolder` gRPC service over a [`PodManager`].
 pub struct ApiService<S: System> {
     manager: Arc<PodManager<S>>,
+    /// Cluster mode: what `status` shows of the cluster.
+    cluster: Option<Arc<crate::cluster::ClusterShared>>,
     socket: PathBuf,
     metrics: Arc<Metrics>,
     log: Logger,
@@ -287,10 +289,17 @@ impl<S: System> ApiService<S> {
     ) -> Self {
         Self {
             manager,
+            cluster: None,
             socket,
             metrics,
             log,
         }
+    }
+
+    /// Adds the cluster (cluster mode) to what `status` shows.
+    pub fn with_cluster(mut self, cluster: Option<Arc<crate::cluster::ClusterShared>>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// Logs a failed call and turns the error into its status.
@@ -529,10 +538,20 @@ impl<S: System> NetnsHolder for ApiService<S> {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        Ok(Response::new(api::status_message(
-            &self.manager.status(),
-            &self.socket,
-        )))
+        let mut message = api::status_message(&self.manager.status(), &self.socket);
+        if let Some(cluster) = &self.cluster {
+            let nodes = crate::cluster::nodes_by_cidr(cluster);
+            for peer in &mut message.peers {
+                if peer.source == "etcd"
+                    && let Ok(cidr) = peer.pod_cidr.parse()
+                    && let Some(node) = nodes.get(&cidr)
+                {
+                    peer.node = node.clone();
+                }
+            }
+            message.cluster = Some(api::cluster_message(&cluster.status(), &cluster.unrouted()));
+        }
+        Ok(Response::new(message))
     }
 
     async fn add_peer(
@@ -671,6 +690,7 @@ pub fn log_report(log: &Logger, what: &'static str, report: &ReconcileReport) {
 /// pause processes) are left as they are.
 pub async fn serve<S: System>(
     manager: Arc<PodManager<S>>,
+    cluster: Option<Arc<crate::cluster::ClusterShared>>,
     metrics: Arc<Metrics>,
     mut socket: ApiSocket,
     shutdown: impl Future<Output = ()>,
@@ -691,7 +711,8 @@ pub async fn serve<S: System>(
         path.clone(),
         metrics,
         log.new(o!("component" => "api")),
-    );
+    )
+    .with_cluster(cluster);
     let checked = NetnsHolderServer::with_interceptor(service, PeerCheck::new(log.clone()));
     info!(log, "serving API"; "socket" => %path.display());
     let result = tonic::transport::Server::builder()
@@ -711,6 +732,19 @@ pub async fn serve<S: System>(
 pub async fn run_daemon<S: System>(
     config: Config,
     system: S,
+    shutdown: impl Future<Output = ()>,
+    log: Logger,
+) -> Result<(), DaemonError> {
+    run_daemon_in_cluster(config, system, None, shutdown, log).await
+}
+
+/// [`run_daemon`], in cluster mode when `cluster` is given (see [`crate::cluster`]): its
+/// loop runs from the end of the reconcile on, and `status` shows it. `config` holds the
+/// node's subnet already ([`crate::cluster::prepare`]).
+pub async fn run_daemon_in_cluster<S: System>(
+    config: Config,
+    system: S,
+    cluster: Option<crate::cluster::Prepared>,
     shutdown: impl Future<Output = ()>,
     log: Logger,
 ) -> Result<(), DaemonError> {
@@ -753,7 +787,16 @@ pub async fn run_daemon<S: System>(
         manager.clone(),
         log.new(o!("component" => "kernel-events")),
     ));
-    let served = serve(manager, metrics, socket, shutdown, log).await;
+    let shared = cluster.as_ref().map(crate::cluster::Prepared::shared);
+    let cluster_loop = cluster.map(|prepared| {
+        tokio::spawn(crate::cluster::run(
+            prepared,
+            manager.clone(),
+            log.new(o!("component" => "cluster")),
+        ))
+    });
+    let _stop_cluster = AbortOnDrop(cluster_loop);
+    let served = serve(manager, shared, metrics, socket, shutdown, log).await;
     watcher.abort();
     events.abort();
     served?;

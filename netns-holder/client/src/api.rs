@@ -305,6 +305,35 @@ pub fn status_message(
             .map(ToString::to_string)
             .collect(),
         neighbour_tables: status.neighbour_tables.as_ref().map(neighbour_message),
+        cluster: None,
+    }
+}
+
+/// The `cluster` part of the status (cluster mode).
+pub fn cluster_message(
+    status: &netns_holder_core::cluster::ClusterStatus,
+    unrouted: &[(netns_holder_core::cluster::ClusterPeer, String)],
+) -> pb::ClusterStatus {
+    pb::ClusterStatus {
+        backend: status.backend.to_string(),
+        node: status.node.clone(),
+        pod_cidr_v4: status.pod_cidr_v4.to_string(),
+        pod_cidr_v6: status
+            .pod_cidr_v6
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
+        lease_ttl_seconds: status.lease_ttl_seconds,
+        connected: status.connected,
+        conflict: status.conflict.clone().unwrap_or_default(),
+        unrouted: unrouted
+            .iter()
+            .map(|(p, why)| pb::UnroutedPeer {
+                node: p.node.clone(),
+                pod_cidr: p.pod_cidr.to_string(),
+                via: p.via.to_string(),
+                reason: why.clone(),
+            })
+            .collect(),
     }
 }
 
