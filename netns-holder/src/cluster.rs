@@ -72,6 +72,8 @@ struct Live {
     peers: Vec<ClusterPeer>,
     /// Peers not routed, and why.
     unrouted: Vec<(ClusterPeer, String)>,
+    /// The last etcd failure logged (each new one is logged once).
+    last_error: Option<String>,
 }
 
 /// The cluster as `status` shows it; shared by the loop and the API.
@@ -279,6 +281,7 @@ pub async fn prepare<N: Netlink>(
             conflict: None,
             peers,
             unrouted: Vec::new(),
+            last_error: None,
         }),
         config: cluster,
     });
@@ -288,8 +291,10 @@ pub async fn prepare<N: Netlink>(
     Ok(Prepared { shared, backend })
 }
 
-/// Connects and takes a free subnet (this node's own, if the store still has one).
-async fn take_new(
+/// Connects (trying the endpoints from `start` on) and takes a free subnet for `node` (its
+/// own, if the store still has one): the subnet's slot, the client (holding the node's lease)
+/// and its endpoint's index. The tests run many of these at once.
+pub async fn take_new(
     cluster: &ClusterConfig,
     node: &str,
     address: IpAddr,
@@ -372,15 +377,16 @@ pub async fn run<S: System>(prepared: Prepared, manager: Arc<PodManager<S>>, log
 
 fn set_connected(shared: &ClusterShared, connected: bool, log: &Logger, error: Option<&EtcdError>) {
     let mut live = shared.live();
-    if live.connected != connected {
-        if connected {
-            info!(log, "cluster: connected to etcd");
-        } else {
-            warn!(log, "cluster: lost etcd; pods, routes and host ports keep working, new pods get addresses from this node's subnet";
-                "error" => error.map(ToString::to_string));
-        }
-    } else if let Some(e) = error {
-        slog::debug!(log, "cluster: etcd still unreachable"; "error" => %e);
+    let text = error.map(ToString::to_string);
+    if connected && !live.connected {
+        info!(log, "cluster: connected to etcd");
+        live.last_error = None;
+    } else if !connected && (live.connected || live.last_error != text) {
+        warn!(log, "cluster: no etcd; pods, routes and host ports keep working, new pods get addresses from this node's subnet";
+            "error" => text.clone());
+        live.last_error = text;
+    } else if let Some(e) = text {
+        slog::debug!(log, "cluster: etcd still unreachable"; "error" => e);
     }
     live.connected = connected;
 }

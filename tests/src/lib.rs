@@ -4,6 +4,7 @@
 //! run in parallel and a failing assertion does not leak containers, namespaces or processes.
 
 pub mod bench;
+pub mod etcd;
 pub mod invariants;
 pub mod neighbour;
 pub mod node;

@@ -290,6 +290,9 @@ pub struct DaemonOptions {
     pub extra_config: String,
     /// The daemon binary, if not [`netns_holder_binary`] (e.g. [`fault_binary`]).
     pub binary: Option<PathBuf>,
+    /// Cluster mode: the body of the `[cluster]` section (written last); `pod_cidr_v4`,
+    /// `pod_cidr_v6` and `peers` are then not written.
+    pub cluster: Option<String>,
 }
 
 impl Default for DaemonOptions {
@@ -302,6 +305,7 @@ impl Default for DaemonOptions {
             peers: Vec::new(),
             extra_config: String::new(),
             binary: None,
+            cluster: None,
         }
     }
 }
@@ -323,18 +327,20 @@ impl Daemon {
         let dir = scratch.path().to_path_buf();
         let mut config = format!(
             "socket = \"{}\"\nstate_dir = \"{}\"\nnetns_dir = \"{}\"\nbridge = \"{}\"\n\
-             pod_cidr_v4 = \"{}\"\npause_binary = \"{}\"\n",
+             pause_binary = \"{}\"\n",
             dir.join("api.sock").display(),
             dir.join("state").display(),
             dir.join("netns").display(),
             options.bridge,
-            options.pod_cidr_v4,
             crate::pause_binary().display(),
         );
-        if let Some(v6) = &options.pod_cidr_v6 {
+        if options.cluster.is_none() {
+            config.push_str(&format!("pod_cidr_v4 = \"{}\"\n", options.pod_cidr_v4));
+        }
+        if let Some(v6) = options.pod_cidr_v6.as_ref().filter(|_| options.cluster.is_none()) {
             config.push_str(&format!("pod_cidr_v6 = \"{v6}\"\n"));
         }
-        if !options.peers.is_empty() {
+        if !options.peers.is_empty() && options.cluster.is_none() {
             let peers: Vec<String> = options
                 .peers
                 .iter()
@@ -343,6 +349,10 @@ impl Daemon {
             config.push_str(&format!("peers = [{}]\n", peers.join(", ")));
         }
         config.push_str(&options.extra_config);
+        if let Some(cluster) = &options.cluster {
+            config.push_str("\n[cluster]\n");
+            config.push_str(cluster);
+        }
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, config)?;
         let mut daemon = Self {

@@ -336,6 +336,17 @@ impl EtcdBackend {
     }
 }
 
+impl EtcdBackend {
+    /// Deletes a subnet key (the tests use it to play a node that leaves).
+    pub async fn delete_subnet(&mut self, subnet: Ipv4Net) -> Result<(), EtcdError> {
+        self.client
+            .delete(subnet_key(subnet), None)
+            .await
+            .map_err(|e| self.failed("delete", &e))?;
+        Ok(())
+    }
+}
+
 /// One change seen by a watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchChange {
