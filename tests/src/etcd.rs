@@ -36,7 +36,14 @@ impl Underlay {
     pub fn new(prefix: &str) -> Result<Self> {
         let hub = Node::new()?;
         hub.run(&["ip", "link", "add", "ul0", "type", "bridge"])?;
-        hub.run(&["ip", "addr", "add", &format!("{prefix}.254/24"), "dev", "ul0"])?;
+        hub.run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{prefix}.254/24"),
+            "dev",
+            "ul0",
+        ])?;
         hub.run(&["ip", "link", "set", "ul0", "up"])?;
         Ok(Self {
             hub,
@@ -59,7 +66,16 @@ impl Underlay {
         let address = self.address(host);
         let port = unique_name("ulp");
         node.run(&[
-            "ip", "link", "add", "u0", "type", "veth", "peer", "name", &port, "netns",
+            "ip",
+            "link",
+            "add",
+            "u0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
             self.hub.name(),
         ])?;
         self.hub
@@ -87,9 +103,21 @@ impl TlsFiles {
         };
         for ca in ["ca", "otherca"] {
             openssl(&[
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                "-nodes", "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.pem"),
-                "-days", "2", "-subj", &format!("/CN=netns-holder test {ca}"),
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=netns-holder test {ca}"),
             ])?;
         }
         let sans: Vec<String> = addresses.iter().map(|a| format!("IP:{a}")).collect();
@@ -107,14 +135,35 @@ impl TlsFiles {
             ("wrong", "otherca", "client.ext"),
         ] {
             openssl(&[
-                "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj",
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
                 &format!("/CN=netns-holder test {name}"),
             ])?;
             openssl(&[
-                "x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.pem"),
-                "-CAkey", &format!("{ca}.key"), "-CAcreateserial", "-out",
-                &format!("{name}.pem"), "-days", "2", "-extfile", ext,
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &format!("{ca}.pem"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                ext,
             ])?;
         }
         Ok(Self { dir })
@@ -152,7 +201,11 @@ impl Member {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        ensure!(self.process.is_none(), "member {} already running", self.name);
+        ensure!(
+            self.process.is_none(),
+            "member {} already running",
+            self.name
+        );
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -257,8 +310,10 @@ impl EtcdCluster {
             let to: std::net::SocketAddr = format!("{}:2379", m.address).parse()?;
             let ok = wait_until(timeout, || {
                 in_netns_thread(&underlay.hub().netns_path(), move || {
-                    Ok(std::net::TcpStream::connect_timeout(&to, Duration::from_millis(200))
-                        .is_ok())
+                    Ok(
+                        std::net::TcpStream::connect_timeout(&to, Duration::from_millis(200))
+                            .is_ok(),
+                    )
                 })
                 .unwrap_or(false)
             });
@@ -279,7 +334,11 @@ impl EtcdCluster {
 
     /// `etcd_endpoints = [...]` for a `[cluster]` section.
     pub fn endpoints_line(&self) -> String {
-        let quoted: Vec<String> = self.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
+        let quoted: Vec<String> = self
+            .endpoints()
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect();
         format!("etcd_endpoints = [{}]\n", quoted.join(", "))
     }
 

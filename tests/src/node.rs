@@ -337,7 +337,11 @@ impl Daemon {
         if options.cluster.is_none() {
             config.push_str(&format!("pod_cidr_v4 = \"{}\"\n", options.pod_cidr_v4));
         }
-        if let Some(v6) = options.pod_cidr_v6.as_ref().filter(|_| options.cluster.is_none()) {
+        if let Some(v6) = options
+            .pod_cidr_v6
+            .as_ref()
+            .filter(|_| options.cluster.is_none())
+        {
             config.push_str(&format!("pod_cidr_v6 = \"{v6}\"\n"));
         }
         if !options.peers.is_empty() && options.cluster.is_none() {

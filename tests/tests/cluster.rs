@@ -73,7 +73,14 @@ fn etcd_peers(d: &Daemon) -> Result<BTreeSet<String>> {
         .context("peers")?
         .iter()
         .filter(|p| p["source"] == "etcd")
-        .map(|p| format!("{} {} {}", p["node"].as_str().unwrap_or("?"), p["pod_cidr"].as_str().unwrap_or("?"), p["via"].as_str().unwrap_or("?")))
+        .map(|p| {
+            format!(
+                "{} {} {}",
+                p["node"].as_str().unwrap_or("?"),
+                p["pod_cidr"].as_str().unwrap_or("?"),
+                p["via"].as_str().unwrap_or("?")
+            )
+        })
         .collect())
 }
 
@@ -139,7 +146,12 @@ impl Three {
         }
         let mut daemons = Vec::new();
         for (i, node) in nodes.iter().enumerate() {
-            daemons.push(start_node(node, &etcd, &format!("node-{i}"), &addresses[i])?);
+            daemons.push(start_node(
+                node,
+                &etcd,
+                &format!("node-{i}"),
+                &addresses[i],
+            )?);
         }
         Ok(Self {
             daemons,
@@ -153,9 +165,11 @@ impl Three {
 
     fn all_peered(&self) -> Result<()> {
         for (i, d) in self.daemons.iter().enumerate() {
-            wait_for(&format!("node-{i} peers with the two others"), Duration::from_secs(10), || {
-                Ok(etcd_peers(d)?.len() == 2)
-            })?;
+            wait_for(
+                &format!("node-{i} peers with the two others"),
+                Duration::from_secs(10),
+                || Ok(etcd_peers(d)?.len() == 2),
+            )?;
         }
         Ok(())
     }
@@ -176,9 +190,20 @@ fn three_nodes_on_a_three_member_etcd() -> Result<()> {
         assert_eq!(s["cluster"]["backend"], "etcd", "{s}");
         assert_eq!(s["cluster"]["node"], format!("node-{i}"), "{s}");
         assert_eq!(s["cluster"]["lease_ttl_seconds"], TTL, "{s}");
-        assert!(s["cluster"]["pod_cidr_v4"].as_str().unwrap().starts_with("10.100."), "{s}");
+        assert!(
+            s["cluster"]["pod_cidr_v4"]
+                .as_str()
+                .unwrap()
+                .starts_with("10.100."),
+            "{s}"
+        );
         // The cluster CIDR is exempt from masquerade.
-        let exempt: Vec<&str> = s["egress_exempt"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        let exempt: Vec<&str> = s["egress_exempt"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         assert!(exempt.contains(&"10.100.0.0/16"), "{s}");
     }
     t.all_peered()?;
@@ -192,7 +217,10 @@ fn three_nodes_on_a_three_member_etcd() -> Result<()> {
     );
     assert_eq!(
         routes(&t.nodes[0])?,
-        [1, 2].iter().map(|&i| format!("{} via {}", subnets[i], t.addresses[i])).collect::<BTreeSet<_>>()
+        [1, 2]
+            .iter()
+            .map(|&i| format!("{} via {}", subnets[i], t.addresses[i]))
+            .collect::<BTreeSet<_>>()
     );
     let s = status(&t.daemons[0])?;
     assert_eq!(s["cluster"]["connected"], true, "{s}");
@@ -207,17 +235,27 @@ fn three_nodes_on_a_three_member_etcd() -> Result<()> {
     let _echo_b = Echo::start(&pb_netns, Proto::Tcp, 7001)?;
     let _echo_out = Echo::start(&t.outside.netns_path(), Proto::Tcp, 7002)?;
     let outside_addr: IpAddr = t.underlay.address(OUTSIDE_HOST).parse()?;
-    assert_eq!(tcp_probe(&pa_netns, SocketAddr::new(pb_ip, 7001))?, pa_ip, "pod-to-pod keeps the source");
+    assert_eq!(
+        tcp_probe(&pa_netns, SocketAddr::new(pb_ip, 7001))?,
+        pa_ip,
+        "pod-to-pod keeps the source"
+    );
     let a_addr: IpAddr = t.addresses[0].parse()?;
-    assert_eq!(tcp_probe(&pa_netns, SocketAddr::new(outside_addr, 7002))?, a_addr, "egress behind the node");
+    assert_eq!(
+        tcp_probe(&pa_netns, SocketAddr::new(outside_addr, 7002))?,
+        a_addr,
+        "egress behind the node"
+    );
 
     // One etcd member killed: nothing changes (subnets, peers, traffic), still connected.
     t.etcd.kill(0);
     std::thread::sleep(Duration::from_secs(TTL + 2));
     for (i, d) in t.daemons.iter().enumerate() {
-        wait_for(&format!("node-{i} connected after a member died"), Duration::from_secs(10), || {
-            Ok(status(d)?["cluster"]["connected"] == true)
-        })?;
+        wait_for(
+            &format!("node-{i} connected after a member died"),
+            Duration::from_secs(10),
+            || Ok(status(d)?["cluster"]["connected"] == true),
+        )?;
         assert_eq!(subnet(d)?, subnets[i]);
         assert_eq!(etcd_peers(d)?.len(), 2, "node-{i}");
     }
@@ -228,29 +266,53 @@ fn three_nodes_on_a_three_member_etcd() -> Result<()> {
     t.daemons[2].kill9();
     let killed = Instant::now();
     let c_route = format!("{} via {}", subnets[2], t.addresses[2]);
-    wait_for("node-2's route gone on node-0 and node-1", Duration::from_secs(TTL + 2), || {
-        Ok(!routes(&t.nodes[0])?.contains(&c_route) && !routes(&t.nodes[1])?.contains(&c_route))
-    })?;
-    eprintln!("node-2's routes gone after {:?} (TTL {TTL} s)", killed.elapsed());
+    wait_for(
+        "node-2's route gone on node-0 and node-1",
+        Duration::from_secs(TTL + 2),
+        || Ok(!routes(&t.nodes[0])?.contains(&c_route) && !routes(&t.nodes[1])?.contains(&c_route)),
+    )?;
+    eprintln!(
+        "node-2's routes gone after {:?} (TTL {TTL} s)",
+        killed.elapsed()
+    );
     t.daemons[2].spawn()?;
-    assert_eq!(subnet(&t.daemons[2])?, subnets[2], "node-2 gets its subnet back");
-    wait_for("node-2's route back on node-0", Duration::from_secs(10), || {
-        Ok(routes(&t.nodes[0])?.contains(&c_route))
-    })?;
+    assert_eq!(
+        subnet(&t.daemons[2])?,
+        subnets[2],
+        "node-2 gets its subnet back"
+    );
+    wait_for(
+        "node-2's route back on node-0",
+        Duration::from_secs(10),
+        || Ok(routes(&t.nodes[0])?.contains(&c_route)),
+    )?;
 
     // All members down: the node keeps serving and says so; new pods from its subnet.
     for i in 0..3 {
         t.etcd.kill(i);
     }
-    wait_for("node-0 reports connected: false", Duration::from_secs(10), || {
-        Ok(status(&t.daemons[0])?["cluster"]["connected"] == false)
-    })?;
-    assert_eq!(tcp_probe(&pa_netns, SocketAddr::new(pb_ip, 7001))?, pa_ip, "old routes keep working");
+    wait_for(
+        "node-0 reports connected: false",
+        Duration::from_secs(10),
+        || Ok(status(&t.daemons[0])?["cluster"]["connected"] == false),
+    )?;
+    assert_eq!(
+        tcp_probe(&pa_netns, SocketAddr::new(pb_ip, 7001))?,
+        pa_ip,
+        "old routes keep working"
+    );
     let pa2 = t.daemons[0].create_pod("pa2", &[])?;
     let pa2_ip = pod_ip(&pa2)?;
     let net: ipnet::Ipv4Net = subnets[0].parse()?;
-    assert!(matches!(pa2_ip, IpAddr::V4(v4) if net.contains(&v4)), "{pa2_ip} in {net}");
-    assert_eq!(etcd_peers(&t.daemons[0])?.len(), 2, "peers kept while etcd is down");
+    assert!(
+        matches!(pa2_ip, IpAddr::V4(v4) if net.contains(&v4)),
+        "{pa2_ip} in {net}"
+    );
+    assert_eq!(
+        etcd_peers(&t.daemons[0])?.len(),
+        2,
+        "peers kept while etcd is down"
+    );
     // A node restarted while etcd is down serves with its recorded subnet and peers.
     t.daemons[1].stop()?;
     t.daemons[1].spawn()?;
@@ -262,9 +324,11 @@ fn three_nodes_on_a_three_member_etcd() -> Result<()> {
     }
     t.etcd.wait_ready(&t.underlay, Duration::from_secs(30))?;
     for (i, d) in t.daemons.iter().enumerate() {
-        wait_for(&format!("node-{i} reconnected"), Duration::from_secs(20), || {
-            Ok(status(d)?["cluster"]["connected"] == true)
-        })?;
+        wait_for(
+            &format!("node-{i} reconnected"),
+            Duration::from_secs(20),
+            || Ok(status(d)?["cluster"]["connected"] == true),
+        )?;
         assert_eq!(subnet(d)?, subnets[i]);
     }
     t.all_peered()?;
@@ -294,7 +358,8 @@ fn a_taken_subnet_refuses_new_pods() -> Result<()> {
     std::thread::sleep(Duration::from_secs(TTL + 1));
     let config2 = config.clone();
     let claim = block_on_in(&hub, move || async move {
-        let (mut etcd, _) = netns_holder::cluster::etcd::EtcdBackend::connect(&config2, "intruder", 0).await?;
+        let (mut etcd, _) =
+            netns_holder::cluster::etcd::EtcdBackend::connect(&config2, "intruder", 0).await?;
         let mut claim = None;
         for _ in 0..40 {
             etcd.grant(0, 60).await?;
@@ -320,7 +385,12 @@ fn a_taken_subnet_refuses_new_pods() -> Result<()> {
     })?;
     let s = status(&d)?;
     let conflict = s["cluster"]["conflict"].as_str().unwrap();
-    assert!(conflict.contains("node-a") && conflict.contains("intruder") && conflict.contains(&mine.to_string()), "{conflict}");
+    assert!(
+        conflict.contains("node-a")
+            && conflict.contains("intruder")
+            && conflict.contains(&mine.to_string()),
+        "{conflict}"
+    );
     let out = d.cli(&["pod", "create", "p2"])?;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a new pod must be refused");
@@ -328,7 +398,8 @@ fn a_taken_subnet_refuses_new_pods() -> Result<()> {
     assert!(d.log().contains("CLUSTER SUBNET CONFLICT"), "{}", d.log());
     // The intruder leaves: the subnet is node-a's again, new pods are admitted.
     block_on_in(&hub, move || async move {
-        let (mut etcd, _) = netns_holder::cluster::etcd::EtcdBackend::connect(&config, "intruder", 0).await?;
+        let (mut etcd, _) =
+            netns_holder::cluster::etcd::EtcdBackend::connect(&config, "intruder", 0).await?;
         etcd.delete_subnet(mine).await?;
         Ok(())
     })?;
@@ -362,9 +433,16 @@ fn fifty_nodes_at_once_get_distinct_subnets() -> Result<()> {
             let log = log.clone();
             tasks.push(tokio::spawn(async move {
                 let address: IpAddr = format!("192.168.93.{}", i + 1).parse().unwrap();
-                netns_holder::cluster::take_new(&config, &format!("sim-{i}"), address, None, i as usize, &log)
-                    .await
-                    .map(|(slot, backend, _)| (slot, backend))
+                netns_holder::cluster::take_new(
+                    &config,
+                    &format!("sim-{i}"),
+                    address,
+                    None,
+                    i as usize,
+                    &log,
+                )
+                .await
+                .map(|(slot, backend, _)| (slot, backend))
             }));
             if i == 49 {
                 // The first 50 at once; the rest right after.
@@ -378,10 +456,17 @@ fn fifty_nodes_at_once_get_distinct_subnets() -> Result<()> {
             taken.push(slot);
             backends.push(backend);
         }
-        let full = netns_holder::cluster::take_new(&config, "sim-65", "192.168.93.99".parse()?, None, 0, &log)
-            .await
-            .err()
-            .map(|e| e.to_string());
+        let full = netns_holder::cluster::take_new(
+            &config,
+            "sim-65",
+            "192.168.93.99".parse()?,
+            None,
+            0,
+            &log,
+        )
+        .await
+        .err()
+        .map(|e| e.to_string());
         let (records, _) = backends[0].list().await?;
         Ok((taken, records, full))
     })?;
@@ -391,7 +476,10 @@ fn fifty_nodes_at_once_get_distinct_subnets() -> Result<()> {
     let nodes: BTreeSet<&String> = listed.values().map(|r| &r.node).collect();
     assert_eq!(nodes.len(), 64);
     let full = full.context("a 65th node must find the cluster full")?;
-    assert!(full.contains("every /24 subnet of 10.100.0.0/18 is taken"), "{full}");
+    assert!(
+        full.contains("every /24 subnet of 10.100.0.0/18 is taken"),
+        "{full}"
+    );
     Ok(())
 }
 
@@ -420,30 +508,67 @@ fn tls_with_client_certificates() -> Result<()> {
     assert_eq!(s["cluster"]["connected"], true, "{s}");
     // The wrong certificate, straight through the client: a clear error.
     let hub = underlay.hub().netns_path();
-    let wrong = cluster_config(&cluster_body(&etcd, "node-a", &address, &tls.cluster_lines("wrong")))?;
+    let wrong = cluster_config(&cluster_body(
+        &etcd,
+        "node-a",
+        &address,
+        &tls.cluster_lines("wrong"),
+    ))?;
     let err = block_on_in(&hub, move || async move {
-        Ok(netns_holder::cluster::etcd::EtcdBackend::connect(&wrong, "node-a", 0)
-            .await
-            .err()
-            .map(|e| e.to_string()))
+        Ok(
+            netns_holder::cluster::etcd::EtcdBackend::connect(&wrong, "node-a", 0)
+                .await
+                .err()
+                .map(|e| e.to_string()),
+        )
     })?
     .context("a certificate of another CA must be refused")?;
     assert!(err.contains(&etcd.endpoints()[0]), "{err}");
     eprintln!("wrong client certificate: {err}");
     assert!(
-        err.to_lowercase().contains("certificate") || err.contains("tls") || err.contains("handshake"),
+        err.contains("refused the client certificate") && err.contains("wrong.pem"),
         "{err}"
     );
+    // etcd's side of it.
+    assert!(
+        etcd.log(0).contains("rejected connection"),
+        "{}",
+        etcd.log(0)
+    );
+    // A client without a certificate at all is refused too.
+    let none = cluster_config(&cluster_body(
+        &etcd,
+        "node-a",
+        &address,
+        &format!("etcd_ca = \"{}\"\n", tls.path("ca.pem").display()),
+    ))?;
+    let err = block_on_in(&hub, move || async move {
+        Ok(
+            netns_holder::cluster::etcd::EtcdBackend::connect(&none, "node-a", 0)
+                .await
+                .err()
+                .map(|e| e.to_string()),
+        )
+    })?
+    .context("a client without a certificate must be refused")?;
+    assert!(err.contains("set etcd_cert and etcd_key"), "{err}");
     // The daemon with the wrong certificate: it serves with its recorded subnet, reports
     // connected: false and logs why.
     d.stop()?;
     let config = std::fs::read_to_string(d.config_path())?;
-    std::fs::write(d.config_path(), config.replace("client.pem", "wrong.pem").replace("client.key", "wrong.key"))?;
+    std::fs::write(
+        d.config_path(),
+        config
+            .replace("client.pem", "wrong.pem")
+            .replace("client.key", "wrong.key"),
+    )?;
     d.spawn()?;
     let s = status(&d)?;
     assert_eq!(s["cluster"]["connected"], false, "{s}");
-    wait_for("the daemon logs the refusal", Duration::from_secs(10), || {
-        Ok(d.log().contains("cluster: no etcd") && d.log().contains(&etcd.endpoints()[0]))
-    })?;
+    wait_for(
+        "the daemon logs the refusal",
+        Duration::from_secs(10),
+        || Ok(d.log().contains("cluster: no etcd") && d.log().contains(&etcd.endpoints()[0])),
+    )?;
     Ok(())
 }

@@ -131,7 +131,7 @@ impl EtcdBackend {
         for i in 0..n {
             let index = (start + i) % n;
             let endpoint = config.etcd_endpoints[index].clone();
-            match Self::connect_one(&endpoint, options.clone()).await {
+            match Self::connect_one(&endpoint, options.clone(), config).await {
                 Ok(client) => {
                     return Ok((
                         Self {
@@ -149,11 +149,35 @@ impl EtcdBackend {
         Err(EtcdError::NoEndpoint(failures.join("; ")))
     }
 
-    async fn connect_one(endpoint: &str, options: ConnectOptions) -> Result<Client, EtcdError> {
-        let err = |what, e: &dyn std::error::Error| EtcdError::Request {
-            endpoint: endpoint.to_string(),
-            what,
-            reason: chain(e),
+    async fn connect_one(
+        endpoint: &str,
+        options: ConnectOptions,
+        config: &ClusterConfig,
+    ) -> Result<Client, EtcdError> {
+        let err = |what, e: &dyn std::error::Error| {
+            let mut reason = chain(e);
+            // With TLS 1.3 the server refuses a client certificate after the handshake, by
+            // closing the connection: all the client sees is a closed connection.
+            if endpoint.starts_with("https://")
+                && (reason.contains("connection closed") || reason.contains("Canceled"))
+            {
+                reason.push_str(&match &config.etcd_cert {
+                    Some(cert) => format!(
+                        " (the server closed the TLS connection: it refused the client \
+                         certificate {} (etcd_cert), which its --trusted-ca-file does not \
+                         sign, or it is not etcd)",
+                        cert.display()
+                    ),
+                    None => " (the server closed the TLS connection: it may require a client \
+                             certificate; set etcd_cert and etcd_key)"
+                        .to_string(),
+                });
+            }
+            EtcdError::Request {
+                endpoint: endpoint.to_string(),
+                what,
+                reason,
+            }
         };
         let mut client =
             tokio::time::timeout(REQUEST_TIMEOUT, Client::connect([endpoint], Some(options)))
