@@ -180,6 +180,8 @@ pub struct Snapshot {
     pub peers_config: i64,
     /// Peers added through the API.
     pub peers_api: i64,
+    /// Peers learnt from the cluster (cluster mode).
+    pub peers_etcd: i64,
     /// Per family (`ipv4`, `ipv6`): addresses allocated and the pool's capacity.
     pub ipam: Vec<(&'static str, i64, f64)>,
     /// Size of the state journal in bytes (0 when there is none).
@@ -273,7 +275,7 @@ impl Metrics {
         let peers = Family::<SourceLabel, Gauge>::default();
         registry.register(
             "peers",
-            "Peer nodes by source (config or api)",
+            "Peer nodes by source (config, api or etcd)",
             peers.clone(),
         );
         let ipam_allocated = Family::<FamilyLabel, Gauge>::default();
@@ -433,6 +435,9 @@ impl Metrics {
             self.peers
                 .get_or_create(&SourceLabel { source: "api" })
                 .set(s.peers_api);
+            self.peers
+                .get_or_create(&SourceLabel { source: "etcd" })
+                .set(s.peers_etcd);
             for (family, allocated, capacity) in s.ipam {
                 let label = FamilyLabel { family };
                 self.ipam_allocated.get_or_create(&label).set(allocated);
@@ -671,6 +676,7 @@ mod tests {
             host_ports: 2,
             peers_config: 1,
             peers_api: 0,
+            peers_etcd: 4,
             ipam: vec![("ipv4", 3, 65533.0), ("ipv6", 3, 1.8446744073709552e19)],
             journal_bytes: 1234,
         });
@@ -680,6 +686,7 @@ mod tests {
             "netns_holder_host_ports 2",
             "netns_holder_peers{source=\"config\"} 1",
             "netns_holder_peers{source=\"api\"} 0",
+            "netns_holder_peers{source=\"etcd\"} 4",
             "netns_holder_ipam_addresses_allocated{family=\"ipv4\"} 3",
             "netns_holder_ipam_addresses_capacity{family=\"ipv4\"} 65533.0",
             "netns_holder_state_journal_bytes 1234",

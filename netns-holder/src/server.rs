@@ -818,16 +818,15 @@ impl Drop for AbortOnDrop {
 fn snapshot<S: System>(manager: &PodManager<S>, journal: &Path) -> Snapshot {
     let status = manager.status();
     let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-    let peers_config = status
-        .peers
-        .iter()
-        .filter(|p| p.source == crate::peers::PeerSource::Config)
-        .count();
+    let by_source = |source| status.peers.iter().filter(|p| p.source == source).count();
+    let peers_config = by_source(crate::peers::PeerSource::Config);
+    let peers_etcd = by_source(crate::peers::PeerSource::Etcd);
     Snapshot {
         pods: count(status.pods),
         host_ports: count(status.host_ports),
         peers_config: count(peers_config),
-        peers_api: count(status.peers.len() - peers_config),
+        peers_api: count(by_source(crate::peers::PeerSource::Api)),
+        peers_etcd: count(peers_etcd),
         ipam: status
             .pools
             .iter()
