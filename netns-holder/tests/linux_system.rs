@@ -1148,6 +1148,14 @@ fn peer_routes_hairpin_and_route_localnet() {
         assert!(err.to_string().contains("(not ours)"), "{err}");
         assert!(sys.delete_route(cidr, via).await.unwrap());
         assert!(!sys.delete_route(cidr, via).await.unwrap());
+        // A foreign route of the same destination and gateway is not ours to delete (the
+        // delete names our protocol, which the kernel matches).
+        let foreign_via: IpAddr = "192.168.77.9".parse().unwrap();
+        assert!(
+            !sys.delete_route("10.95.0.0/16".parse().unwrap(), foreign_via)
+                .await
+                .unwrap()
+        );
         assert!(sys.peer_routes().await.unwrap().is_empty());
         let (_, shown) = in_node(&ctx.node, &["ip", "route"]);
         assert!(

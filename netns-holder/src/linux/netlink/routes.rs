@@ -275,18 +275,17 @@ pub(crate) async fn add_route(
 }
 
 /// Deletes our route `cidr` via `via` (node namespace); `Ok(false)` if there is none.
-/// Routes that are not ours are never touched.
+/// Routes that are not ours are never touched: the request names our protocol and the
+/// gateway, which the kernel matches (IPv4 `fib_table_delete`, IPv6 `ip6_route_del`), so
+/// no dump of the table is needed (one request per route, whatever the table's size: a
+/// cluster node removes many peers at once).
 pub(crate) async fn delete_route(
     sys: &LinuxSystem,
     cidr: IpNet,
     via: IpAddr,
 ) -> Result<bool, SystemError> {
     let object = format!("route {cidr} via {via}");
-    let Some((_, _, _, message)) = routes_to(sys, Some(cidr))
-        .await?
-        .into_iter()
-        .find(|(_, gw, ours, _)| *ours && *gw == Some(via))
-    else {
+    let Some(message) = peer_route_message(cidr, via) else {
         return Ok(false);
     };
     let h = node_handle(sys).await?;
