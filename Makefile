@@ -91,7 +91,7 @@ test: deps pause lint
 	$(CARGO) build --workspace --locked
 	CARGO=$(CARGO) scripts/run-tests.sh
 
-## bench: pause footprint vs catatonit -P; pod create/remove vs the CNI reference chain; load (1000 pods, 32 clients); create/remove with a /metrics scraper every 100 ms vs without
+## bench: pause footprint vs catatonit -P; pod create/remove vs the CNI reference chain; load (1000 pods, 32 clients); create/remove with a /metrics scraper every 100 ms vs without; cluster: lease -> route, 1000 peers vs ip -batch
 bench: pause
 	$(CARGO) build -p netns-holder -p cri-hook -p nh-tests --release --locked
 	$(TARGET)/release/bench_pause
@@ -101,6 +101,7 @@ bench: pause
 	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_hostports
 	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_load
 	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_metrics
+	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_cluster
 
 # `make fuzz`: the proptest fuzz targets with many cases. The parser targets of cri-hook
 # (fuzz_parsers) run FUZZ_CASES cases each and stop after FUZZ_SECONDS; the ttRPC/mux targets

@@ -80,7 +80,9 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// A client on one etcd endpoint, with this node's lease once granted.
+/// A client on one etcd endpoint, with this node's lease once granted. Clones share the
+/// connection and the lease.
+#[derive(Clone)]
 pub struct EtcdBackend {
     client: Client,
     endpoint: String,
@@ -361,6 +363,17 @@ impl EtcdBackend {
 }
 
 impl EtcdBackend {
+    /// Revokes the lease: every key under it goes at once (the bench uses it to make many
+    /// nodes leave together).
+    pub async fn revoke(&mut self) -> Result<(), EtcdError> {
+        self.client
+            .lease_revoke(self.lease)
+            .await
+            .map_err(|e| self.failed("lease revoke", &e))?;
+        self.lease = 0;
+        Ok(())
+    }
+
     /// Deletes a subnet key (the tests use it to play a node that leaves).
     pub async fn delete_subnet(&mut self, subnet: Ipv4Net) -> Result<(), EtcdError> {
         self.client
