@@ -572,3 +572,92 @@ fn tls_with_client_certificates() -> Result<()> {
     )?;
     Ok(())
 }
+
+/// Dual-stack: each node also gets the IPv6 subnet of its slot, publishes its IPv6 address
+/// (that of its default IPv6 route's interface), and pods reach each other over IPv6 with
+/// their own addresses.
+#[test]
+fn dual_stack_nodes() -> Result<()> {
+    if !require_root("dual_stack_nodes") {
+        return Ok(());
+    }
+    let underlay = Underlay::new("192.168.96")?;
+    let etcd = EtcdCluster::start(&underlay, 1, 1, None)?;
+    let mut nodes = Vec::new();
+    let mut daemons = Vec::new();
+    for i in 0..2u8 {
+        let node = Node::new()?;
+        let address = underlay.attach(&node, 11 + i)?;
+        node.run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("fd96::{}/64", 11 + i),
+            "dev",
+            "u0",
+            "nodad",
+        ])?;
+        node.run(&["ip", "-6", "route", "add", "default", "dev", "u0"])?;
+        let body = cluster_body(
+            &etcd,
+            &format!("node-{i}"),
+            &address,
+            "cluster_cidr_v6 = \"fd00:100::/56\"\nnode_prefix_v6 = 64\n",
+        );
+        daemons.push(Daemon::start(
+            &node,
+            DaemonOptions {
+                cluster: Some(body),
+                ..DaemonOptions::default()
+            },
+        )?);
+        nodes.push(node);
+    }
+    let v6: Vec<String> = daemons
+        .iter()
+        .map(|d| {
+            Ok(status(d)?["cluster"]["pod_cidr_v6"]
+                .as_str()
+                .context("pod_cidr_v6")?
+                .to_string())
+        })
+        .collect::<Result<_>>()?;
+    assert_ne!(v6[0], v6[1]);
+    assert!(
+        v6.iter()
+            .all(|s| s.starts_with("fd00:100:0:") && s.ends_with("::/64")),
+        "{v6:?}"
+    );
+    for (i, d) in daemons.iter().enumerate() {
+        let other = 1 - i;
+        let want = format!("node-{other} {} fd96::{}", v6[other], 11 + other);
+        wait_for(
+            &format!("node-{i} routes node-{other}'s IPv6 subnet"),
+            Duration::from_secs(10),
+            || Ok(etcd_peers(d)?.contains(&want)),
+        )?;
+    }
+    let pa = daemons[0].create_pod("pa", &[])?;
+    let pb = daemons[1].create_pod("pb", &[])?;
+    let v6_of = |v: &Value| -> Result<IpAddr> {
+        v["ips"]
+            .as_array()
+            .context("ips")?
+            .iter()
+            .filter_map(|c| c.as_str()?.split('/').next()?.parse().ok())
+            .find(IpAddr::is_ipv6)
+            .context("no v6 address")
+    };
+    let (pa6, pb6) = (v6_of(&pa)?, v6_of(&pb)?);
+    let pb_netns = PathBuf::from(pb["netns"].as_str().context("netns")?);
+    let pa_netns = PathBuf::from(pa["netns"].as_str().context("netns")?);
+    let _echo = Echo::start(&pb_netns, Proto::Tcp, 7003)?;
+    assert_eq!(
+        tcp_probe(&pa_netns, SocketAddr::new(pb6, 7003))?,
+        pa6,
+        "IPv6 pod-to-pod keeps the source"
+    );
+    drop(daemons);
+    drop(etcd);
+    Ok(())
+}
