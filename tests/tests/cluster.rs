@@ -552,6 +552,22 @@ fn tls_with_client_certificates() -> Result<()> {
     })?
     .context("a client without a certificate must be refused")?;
     assert!(err.contains("set etcd_cert and etcd_key"), "{err}");
+    // A CA that does not sign the members' certificate: the node refuses the server.
+    let lines = tls.cluster_lines("client").replace("ca.pem", "otherca.pem");
+    let other_ca = cluster_config(&cluster_body(&etcd, "node-a", &address, &lines))?;
+    let err = block_on_in(&hub, move || async move {
+        Ok(
+            netns_holder::cluster::etcd::EtcdBackend::connect(&other_ca, "node-a", 0)
+                .await
+                .err()
+                .map(|e| e.to_string()),
+        )
+    })?
+    .context("a server certificate of another CA must be refused")?;
+    assert!(
+        err.contains("not signed by etcd_ca") && err.contains("otherca.pem"),
+        "{err}"
+    );
     // The daemon with the wrong certificate: it serves with its recorded subnet, reports
     // connected: false and logs why.
     d.stop()?;

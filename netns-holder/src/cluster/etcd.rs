@@ -158,10 +158,24 @@ impl EtcdBackend {
     ) -> Result<Client, EtcdError> {
         let err = |what, e: &dyn std::error::Error| {
             let mut reason = chain(e);
-            // With TLS 1.3 the server refuses a client certificate after the handshake, by
-            // closing the connection: all the client sees is a closed connection.
-            if endpoint.starts_with("https://")
-                && (reason.contains("connection closed") || reason.contains("Canceled"))
+            // With TLS 1.3 the server refuses a client certificate after the handshake: the
+            // client sees a `bad_certificate` alert, or only a closed connection.
+            let refused = [
+                "connection closed",
+                "Canceled",
+                "BadCertificate",
+                "CertificateRequired",
+                "UnknownCA",
+            ];
+            if endpoint.starts_with("https://") && reason.contains("UnknownIssuer") {
+                reason.push_str(&format!(
+                    " (the server's certificate is not signed by etcd_ca {})",
+                    config
+                        .etcd_ca
+                        .as_ref()
+                        .map_or_else(String::new, |p| p.display().to_string())
+                ));
+            } else if endpoint.starts_with("https://") && refused.iter().any(|r| reason.contains(r))
             {
                 reason.push_str(&match &config.etcd_cert {
                     Some(cert) => format!(
