@@ -2010,6 +2010,14 @@ async fn cluster_peers_follow_the_cluster_and_static_peers_win() {
     let err = m.remove_peer(b2.pod_cidr).await.unwrap_err().to_string();
     assert!(err.contains("learnt from the cluster"), "{err}");
     assert!(m.check().await.is_empty(), "{:?}", m.check().await);
+    // A cluster peer's route deleted behind the daemon's back: check reports it, repair
+    // puts it back, like a static peer's.
+    env.fake.delete_route_externally(b2.pod_cidr, b2.via);
+    let found: Vec<String> = m.check().await.iter().map(ToString::to_string).collect();
+    assert_eq!(found, ["route 10.89.1.0/24 via 192.168.50.12: missing"]);
+    let report = m.repair().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(m.check().await.is_empty(), "{:?}", m.check().await);
     let sources: Vec<&str> = m.peers().iter().map(|p| p.source.kind()).collect();
     assert_eq!(sources, ["etcd", "static"]);
     // A restart in cluster mode keeps them (routes stay while the store is unreachable) ...
