@@ -19,7 +19,8 @@
 //! says `connected: false`, converges when they return; a subnet taken by another node
 //! while a node was away refuses new pods with an error naming both; 50 nodes taking
 //! subnets at once get 50 distinct ones (64-subnet cluster: then full, clearly); TLS with
-//! client certificates, and a wrong client certificate refused clearly.
+//! client certificates, and a wrong client certificate (or CA) refused clearly; a peer whose
+//! address is on no connected network reported, not routed; dual-stack nodes.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -396,13 +397,48 @@ fn a_taken_subnet_refuses_new_pods() -> Result<()> {
     assert!(!out.status.success(), "a new pod must be refused");
     assert!(err.contains("node-a") && err.contains("intruder"), "{err}");
     assert!(d.log().contains("CLUSTER SUBNET CONFLICT"), "{}", d.log());
-    // The intruder leaves: the subnet is node-a's again, new pods are admitted.
+    // The intruder leaves: the subnet is node-a's again, new pods are admitted. A node whose
+    // address is on no network node-a is connected to joins: reported, not routed.
+    let far: ipnet::Ipv4Net = "10.100.200.0/24".parse()?;
     block_on_in(&hub, move || async move {
         let (mut etcd, _) =
             netns_holder::cluster::etcd::EtcdBackend::connect(&config, "intruder", 0).await?;
         etcd.delete_subnet(mine).await?;
+        etcd.grant(0, 60).await?;
+        let record = SubnetRecord {
+            node: "far".into(),
+            address: "198.51.100.7".parse()?,
+            pod_cidr_v6: None,
+            address_v6: None,
+        };
+        etcd.put(far, &record).await?;
         Ok(())
     })?;
+    wait_for(
+        "the off-link peer reported",
+        Duration::from_secs(10),
+        || {
+            Ok(status(&d)?["cluster"]["unrouted"]
+                .as_array()
+                .is_some_and(|u| !u.is_empty()))
+        },
+    )?;
+    let s = status(&d)?;
+    let unrouted = &s["cluster"]["unrouted"][0];
+    assert_eq!(unrouted["node"], "far", "{s}");
+    assert_eq!(unrouted["pod_cidr"], far.to_string(), "{s}");
+    let reason = unrouted["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("not on a network directly connected"),
+        "{s}"
+    );
+    assert!(
+        !routes(&node)?
+            .iter()
+            .any(|r| r.starts_with(&far.to_string())),
+        "an off-link peer is not routed"
+    );
+    assert!(d.log().contains("peer not routed"), "{}", d.log());
     wait_for("the conflict cleared", Duration::from_secs(10), || {
         Ok(status(&d)?["cluster"]["conflict"].is_null())
     })?;
