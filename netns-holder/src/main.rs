@@ -184,6 +184,9 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>, log: Logger) -> anyhow::Resul
         #[cfg(feature = "fake")]
         if args.fake {
             slog::warn!(log, "serving a FAKE in-memory kernel (test builds only)");
+            if config.cluster.is_some() {
+                slog::warn!(log, "[cluster] is ignored with the fake kernel: no etcd, the first subnet of the cluster CIDR");
+            }
             let system = netns_holder_core::fake::FakeSystem::new();
             return Ok(netns_holder::server::run_daemon(config, system, shutdown, log).await?);
         }
