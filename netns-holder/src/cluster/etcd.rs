@@ -159,9 +159,12 @@ impl EtcdBackend {
         let err = |what, e: &dyn std::error::Error| {
             let mut reason = chain(e);
             // With TLS 1.3 the server refuses a client certificate after the handshake: the
-            // client sees a `bad_certificate` alert, or only a closed connection.
+            // client sees a `bad_certificate` alert, or only a closed (or reset) connection,
+            // depending on timing.
             let refused = [
                 "connection closed",
+                "broken pipe",
+                "Connection reset",
                 "Canceled",
                 "BadCertificate",
                 "CertificateRequired",
