@@ -897,6 +897,7 @@ fn nftables_table_and_element_batches() {
             pod_cidr_v4: "10.88.0.0/16".parse().unwrap(),
             pod_cidr_v6: Some("fd00:88::/64".parse().unwrap()),
             masquerade: true,
+            datapath: Default::default(),
         };
         let exempt = EgressExempt::new(
             ["10.88.0.0/16", "10.89.0.0/24", "192.0.2.7/32", "fd00:88::/64"]

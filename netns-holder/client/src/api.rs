@@ -395,7 +395,9 @@ pub fn error_code(error: &ManagerError) -> Code {
         | ManagerError::WiredElsewhere { .. } => Code::FailedPrecondition,
         ManagerError::Ipam { .. } | ManagerError::NeighbourLimit { .. } => Code::ResourceExhausted,
         ManagerError::Ports { .. } | ManagerError::PortAddress { .. } => Code::InvalidArgument,
-        ManagerError::PortInUse { .. } => Code::FailedPrecondition,
+        ManagerError::PortInUse { .. } | ManagerError::DatapathChanged { .. } => {
+            Code::FailedPrecondition
+        }
         ManagerError::Peer(PeerError::Exists { .. }) => Code::AlreadyExists,
         ManagerError::Peer(PeerError::FromConfig { .. }) => Code::FailedPrecondition,
         ManagerError::Peer(_) => Code::InvalidArgument,

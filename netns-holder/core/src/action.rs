@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::datapath::Mac;
 use crate::egress::EgressExempt;
 use crate::firewall::{self, ConntrackFlush, FirewallTable, HostPortElement};
 use crate::kernel::PauseProcess;
@@ -62,6 +63,37 @@ pub enum Action {
         /// Gateway addresses with the pod CIDR prefix lengths.
         addresses: Vec<IpNet>,
     },
+    /// Ensure the dummy device `device` (routed datapath) exists, is up and carries the
+    /// node's pod-CIDR addresses.
+    EnsureDummy {
+        /// The device (named like the bridge of the bridge datapath).
+        device: IfName,
+        /// The node's addresses with the pod CIDR prefix lengths.
+        addresses: Vec<IpNet>,
+    },
+    /// Add (or replace) a permanent neighbour entry `address` -> `mac` on `link`
+    /// (`netns: None` is the host namespace).
+    AddNeighbour {
+        /// The namespace, `None` for the host.
+        netns: Option<PathBuf>,
+        /// The link.
+        link: IfName,
+        /// The neighbour's address.
+        address: IpAddr,
+        /// Its MAC address.
+        mac: Mac,
+    },
+    /// Add (or replace) the node's host route to a pod's `address` on its host veth `link`,
+    /// with preferred source `source` (routed datapath; tagged
+    /// [`crate::datapath::POD_ROUTE_PROTOCOL`]).
+    AddHostRoute {
+        /// The host veth.
+        link: IfName,
+        /// The pod's address (/32 or /128).
+        address: IpNet,
+        /// The node's own address of that family, the source of node-to-pod traffic.
+        source: IpAddr,
+    },
     /// Turn on IP forwarding (IPv4, and IPv6 if dual-stack).
     EnableForwarding {
         /// Whether IPv6 forwarding is wanted too.
@@ -77,6 +109,10 @@ pub enum Action {
         netns: PathBuf,
         /// MTU of both ends.
         mtu: u32,
+        /// MAC address of the host end (`None`: the kernel picks a random one).
+        host_mac: Option<Mac>,
+        /// MAC address of the pod end (`None`: random).
+        peer_mac: Option<Mac>,
     },
     /// Delete a link (`netns: None` is the host namespace).
     DeleteLink {
@@ -241,6 +277,28 @@ impl fmt::Display for Action {
                 }
                 Ok(())
             }
+            Self::EnsureDummy { device, addresses } => {
+                write!(f, "ensure dummy device {device} with")?;
+                for a in addresses {
+                    write!(f, " {a}")?;
+                }
+                Ok(())
+            }
+            Self::AddNeighbour {
+                netns,
+                link,
+                address,
+                mac,
+            } => write!(
+                f,
+                "add permanent neighbour {address} lladdr {mac} dev {link} in {}",
+                Ns(netns)
+            ),
+            Self::AddHostRoute {
+                link,
+                address,
+                source,
+            } => write!(f, "add host route {address} dev {link} src {source}"),
             Self::EnableForwarding { ipv6: false } => f.write_str("enable IPv4 forwarding"),
             Self::EnableForwarding { ipv6: true } => f.write_str("enable IPv4 and IPv6 forwarding"),
             Self::CreateVeth {
@@ -248,6 +306,7 @@ impl fmt::Display for Action {
                 peer,
                 netns,
                 mtu,
+                ..
             } => {
                 write!(
                     f,

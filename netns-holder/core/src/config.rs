@@ -11,6 +11,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::datapath::Datapath;
 use crate::names::IfName;
 use crate::peers::{self, Peer};
 
@@ -120,6 +121,9 @@ pub struct Config {
     /// More destinations pods reach without masquerade (`no_masquerade_cidrs`), besides the
     /// pod CIDRs of this node and its peers.
     pub no_masquerade_cidrs: Vec<IpNet>,
+    /// How pods are wired to the node (`datapath`, `"bridge"` (default) or `"routed"`; see
+    /// [`crate::datapath`]).
+    pub datapath: Datapath,
 }
 
 impl Default for Config {
@@ -139,6 +143,7 @@ impl Default for Config {
             metrics_address: None,
             masquerade: true,
             no_masquerade_cidrs: Vec::new(),
+            datapath: Datapath::Bridge,
         }
     }
 }
@@ -159,6 +164,7 @@ struct RawConfig {
     metrics_address: Option<String>,
     masquerade: Option<bool>,
     no_masquerade_cidrs: Option<Vec<String>>,
+    datapath: Option<String>,
 }
 
 /// One `peers` entry as written.
@@ -313,7 +319,18 @@ impl Config {
                 ));
             }
         };
+        let datapath = match raw.datapath.as_deref() {
+            None => Datapath::Bridge,
+            Some(text) => Datapath::parse(text).ok_or_else(|| {
+                invalid(
+                    "datapath",
+                    text.to_string(),
+                    "must be \"bridge\" or \"routed\"".to_string(),
+                )
+            })?,
+        };
         let config = Self {
+            datapath,
             socket: absolute_path("socket", raw.socket, DEFAULT_SOCKET)?,
             state_dir: absolute_path("state_dir", raw.state_dir, DEFAULT_STATE_DIR)?,
             netns_dir: absolute_path("netns_dir", raw.netns_dir, DEFAULT_NETNS_DIR)?,
@@ -741,6 +758,20 @@ mod tests {
             msg.contains("pod_cidr_v4") && msg.contains("10.88.0.0/31"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn datapath_is_bridge_or_routed() {
+        assert_eq!(parse("").unwrap().datapath, Datapath::Bridge);
+        assert_eq!(
+            parse("datapath = \"routed\"").unwrap().datapath,
+            Datapath::Routed
+        );
+        assert_eq!(
+            parse("datapath = \"bridge\"").unwrap().datapath,
+            Datapath::Bridge
+        );
+        assert_invalid("datapath = \"l3\"", "datapath", "\"bridge\" or \"routed\"");
     }
 
     #[test]

@@ -127,8 +127,31 @@ pub async fn run_action<S: System>(system: &S, action: &Action) -> Result<Outcom
             peer,
             netns,
             mtu,
+            host_mac,
+            peer_mac,
         } => system
-            .create_veth(host, peer, netns, *mtu)
+            .create_veth(host, peer, netns, *mtu, *host_mac, *peer_mac)
+            .await
+            .map(|()| Outcome::Done),
+        Action::EnsureDummy { device, addresses } => system
+            .ensure_dummy(device, addresses)
+            .await
+            .map(|()| Outcome::Done),
+        Action::AddNeighbour {
+            netns,
+            link,
+            address,
+            mac,
+        } => system
+            .add_neighbour(netns.as_deref(), link, *address, *mac)
+            .await
+            .map(|()| Outcome::Done),
+        Action::AddHostRoute {
+            link,
+            address,
+            source,
+        } => system
+            .add_host_route(link, *address, *source)
             .await
             .map(|()| Outcome::Done),
         Action::DeleteLink { netns, link } => {

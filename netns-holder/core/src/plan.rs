@@ -16,6 +16,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::action::{Action, Step};
+use crate::datapath::{self, Datapath, Mac};
 use crate::finding::{Finding, Problem};
 use crate::firewall::{self, FirewallBase, HostPortElement};
 use crate::kernel::{LinkInfo, PauseProcess};
@@ -26,15 +27,28 @@ use crate::record::{Phase, PodRecord};
 /// Node-wide inputs of the planner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInputs {
-    /// The node bridge.
+    /// The node bridge (on the routed datapath: the dummy device holding the node's
+    /// pod-CIDR addresses).
     pub bridge: IfName,
-    /// The gateway addresses on the bridge (IPv4 first) with prefix lengths.
+    /// The gateway addresses on the bridge (IPv4 first) with prefix lengths (on the routed
+    /// datapath: the node's own addresses, on the dummy device).
     pub bridge_addresses: Vec<IpNet>,
     /// What the nftables table depends on.
     pub firewall: FirewallBase,
+    /// The node's datapath.
+    pub datapath: Datapath,
 }
 
 impl NodeInputs {
+    /// The node's own address of `family_of`'s family (the source of node-to-pod traffic
+    /// on the routed datapath).
+    fn node_address(&self, family_of: IpAddr) -> Option<IpAddr> {
+        self.bridge_addresses
+            .iter()
+            .map(IpNet::addr)
+            .find(|a| a.is_ipv4() == family_of.is_ipv4())
+    }
+
     fn dual_stack(&self) -> bool {
         self.bridge_addresses
             .iter()
@@ -43,9 +57,15 @@ impl NodeInputs {
 
     fn ensure_actions(&self) -> [Action; 2] {
         [
-            Action::EnsureBridge {
-                bridge: self.bridge.clone(),
-                addresses: self.bridge_addresses.clone(),
+            match self.datapath {
+                Datapath::Bridge => Action::EnsureBridge {
+                    bridge: self.bridge.clone(),
+                    addresses: self.bridge_addresses.clone(),
+                },
+                Datapath::Routed => Action::EnsureDummy {
+                    device: self.bridge.clone(),
+                    addresses: self.bridge_addresses.clone(),
+                },
             },
             Action::EnableForwarding {
                 ipv6: self.dual_stack(),
@@ -54,32 +74,83 @@ impl NodeInputs {
     }
 }
 
-/// The veth wiring steps of `record`, from creating the pair to the default routes.
+/// The MAC address of the pod end on the routed datapath (derived from its IPv4 address;
+/// `None` without one, or on the bridge datapath: the kernel picks one).
+fn routed_pod_mac(record: &PodRecord) -> Option<Mac> {
+    if record.datapath != Datapath::Routed {
+        return None;
+    }
+    record.ips.iter().find_map(|a| match a.addr() {
+        IpAddr::V4(v4) => Some(datapath::pod_mac(v4)),
+        IpAddr::V6(_) => None,
+    })
+}
+
+/// The routed datapath's per-pod node state: the host route to each pod address on the host
+/// veth and the permanent neighbour entry for it (the pod's MAC). Idempotent (replace).
+fn routed_host_actions(record: &PodRecord, node: &NodeInputs) -> Vec<Action> {
+    let mut out = Vec::new();
+    for address in &record.ips {
+        let host = IpNet::from(address.addr());
+        if let Some(source) = node.node_address(address.addr()) {
+            out.push(Action::AddHostRoute {
+                link: record.host_veth.clone(),
+                address: host,
+                source,
+            });
+        }
+        if let Some(mac) = routed_pod_mac(record) {
+            out.push(Action::AddNeighbour {
+                netns: None,
+                link: record.host_veth.clone(),
+                address: address.addr(),
+                mac,
+            });
+        }
+    }
+    out
+}
+
+/// The routed datapath's gateway neighbour entry inside the pod for `gateway`.
+fn routed_gateway_neighbour(record: &PodRecord, gateway: IpAddr) -> Action {
+    Action::AddNeighbour {
+        netns: Some(record.netns.clone()),
+        link: record.interface.clone(),
+        address: gateway,
+        mac: datapath::HOST_VETH_MAC,
+    }
+}
+
+/// The veth wiring steps of `record`, from creating the pair to the default routes (and,
+/// routed, the node's host routes and neighbour entries).
 fn wiring_steps(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
     let netns = record.netns.clone();
     let host = record.host_veth.clone();
     let temp = record.id.temp_peer_name();
     let iface = record.interface.clone();
-    let mut steps = vec![
-        Step::new(
-            Action::CreateVeth {
-                host: host.clone(),
-                peer: temp.clone(),
-                netns: netns.clone(),
-                mtu: record.mtu,
-            },
-            Action::DeleteLink {
-                netns: None,
-                link: host.clone(),
-            },
-        ),
-        Step::plain(Action::SetMaster {
+    let routed = record.datapath == Datapath::Routed;
+    let mut steps = vec![Step::new(
+        Action::CreateVeth {
+            host: host.clone(),
+            peer: temp.clone(),
+            netns: netns.clone(),
+            mtu: record.mtu,
+            host_mac: routed.then_some(datapath::HOST_VETH_MAC),
+            peer_mac: routed_pod_mac(record),
+        },
+        Action::DeleteLink {
+            netns: None,
+            link: host.clone(),
+        },
+    )];
+    if !routed {
+        steps.push(Step::plain(Action::SetMaster {
             link: host.clone(),
             master: node.bridge.clone(),
-        }),
-    ];
-    if !record.ports.is_empty() {
-        steps.push(Step::plain(Action::SetHairpin { link: host.clone() }));
+        }));
+        if !record.ports.is_empty() {
+            steps.push(Step::plain(Action::SetHairpin { link: host.clone() }));
+        }
     }
     steps.extend([
         Step::plain(Action::LinkUp {
@@ -110,13 +181,32 @@ fn wiring_steps(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
         link: iface.clone(),
     }));
     for gateway in &record.gateways {
+        if routed {
+            steps.push(Step::plain(routed_gateway_neighbour(record, *gateway)));
+        }
         steps.push(Step::plain(Action::AddDefaultRoute {
             netns: netns.clone(),
             link: iface.clone(),
             gateway: *gateway,
         }));
     }
+    if routed {
+        steps.extend(
+            routed_host_actions(record, node)
+                .into_iter()
+                .map(Step::plain),
+        );
+    }
     steps
+}
+
+/// Where `route_localnet` goes for host ports reached on 127.0.0.1: the bridge, or on the
+/// routed datapath the pod's host veth (the link the DNATed packet leaves by).
+fn route_localnet_link(record: &PodRecord, node: &NodeInputs) -> IfName {
+    match record.datapath {
+        Datapath::Bridge => node.bridge.clone(),
+        Datapath::Routed => record.host_veth.clone(),
+    }
 }
 
 /// The steps that create (or, for an attached namespace, wire) the pod of `record`.
@@ -153,7 +243,7 @@ pub fn plan_create(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
     if !elements.is_empty() {
         if elements.iter().any(|e| e.map.family() == Family::V4) {
             steps.push(Step::plain(Action::EnableRouteLocalnet {
-                link: node.bridge.clone(),
+                link: route_localnet_link(record, node),
             }));
         }
         steps.push(Step::new(
@@ -187,12 +277,15 @@ pub fn plan_publish(
     node: &NodeInputs,
     elements: &[HostPortElement],
 ) -> Vec<Action> {
-    let mut actions = vec![Action::SetHairpin {
-        link: record.host_veth.clone(),
-    }];
+    let mut actions = Vec::new();
+    if record.datapath == Datapath::Bridge {
+        actions.push(Action::SetHairpin {
+            link: record.host_veth.clone(),
+        });
+    }
     if elements.iter().any(|e| e.map.family() == Family::V4) {
         actions.push(Action::EnableRouteLocalnet {
-            link: node.bridge.clone(),
+            link: route_localnet_link(record, node),
         });
     }
     actions.push(Action::AddHostPorts {
@@ -287,6 +380,12 @@ pub struct Observed {
     pub pod_interface: Option<LinkInfo>,
     /// Default-route gateways inside the namespace.
     pub default_routes: Vec<IpAddr>,
+    /// Routed datapath: destinations of our host routes on the host veth.
+    pub host_routes: Vec<IpNet>,
+    /// Routed datapath: addresses of the permanent neighbour entries on the host veth.
+    pub host_neighbours: Vec<IpAddr>,
+    /// Routed datapath: addresses of the permanent neighbour entries on the pod interface.
+    pub pod_neighbours: Vec<IpAddr>,
 }
 
 fn link_findings(
@@ -363,14 +462,17 @@ pub fn check_pod(record: &PodRecord, node: &NodeInputs, observed: &Observed) -> 
     let host_object = format!("link {}", record.host_veth);
     match &observed.host_veth {
         None => out.push(finding(host_object, Problem::Missing)),
-        Some(link) => link_findings(
-            &mut out,
-            pod,
-            host_object,
-            link,
-            record.mtu,
-            Some(&node.bridge),
-        ),
+        Some(link) => {
+            let master = (record.datapath == Datapath::Bridge).then_some(&node.bridge);
+            link_findings(&mut out, pod, host_object.clone(), link, record.mtu, master);
+            if record.datapath == Datapath::Routed {
+                out.extend(
+                    routed_host_drift(record, node, observed)
+                        .into_iter()
+                        .map(|problem| finding(host_object.clone(), problem)),
+                );
+            }
+        }
     }
     let pod_object = format!("link {} in {}", record.interface, record.netns.display());
     match &observed.pod_interface {
@@ -386,6 +488,13 @@ pub fn check_pod(record: &PodRecord, node: &NodeInputs, observed: &Observed) -> 
                 }
             }
             for gateway in &record.gateways {
+                if record.datapath == Datapath::Routed && !observed.pod_neighbours.contains(gateway)
+                {
+                    out.push(finding(
+                        pod_object.clone(),
+                        Problem::NeighbourMissing { address: *gateway },
+                    ));
+                }
                 if !observed.default_routes.contains(gateway) {
                     out.push(finding(
                         format!("routes in {}", record.netns.display()),
@@ -393,6 +502,23 @@ pub fn check_pod(record: &PodRecord, node: &NodeInputs, observed: &Observed) -> 
                     ));
                 }
             }
+        }
+    }
+    out
+}
+
+/// The routed datapath's missing node state of one pod: host routes and neighbour entries.
+fn routed_host_drift(record: &PodRecord, node: &NodeInputs, observed: &Observed) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for address in &record.ips {
+        let host = IpNet::from(address.addr());
+        if node.node_address(address.addr()).is_some() && !observed.host_routes.contains(&host) {
+            out.push(Problem::HostRouteMissing { address: host });
+        }
+        if routed_pod_mac(record).is_some() && !observed.host_neighbours.contains(&address.addr()) {
+            out.push(Problem::NeighbourMissing {
+                address: address.addr(),
+            });
         }
     }
     out
@@ -485,7 +611,7 @@ pub fn plan_repair(record: &PodRecord, node: &NodeInputs, observed: &Observed) -
                     mtu: record.mtu,
                 });
             }
-            if host.master.as_ref() != Some(&node.bridge) {
+            if record.datapath == Datapath::Bridge && host.master.as_ref() != Some(&node.bridge) {
                 actions.push(Action::SetMaster {
                     link: record.host_veth.clone(),
                     master: node.bridge.clone(),
@@ -536,6 +662,10 @@ pub fn plan_repair(record: &PodRecord, node: &NodeInputs, observed: &Observed) -
                 });
             }
             for gateway in &record.gateways {
+                if record.datapath == Datapath::Routed && !observed.pod_neighbours.contains(gateway)
+                {
+                    actions.push(routed_gateway_neighbour(record, *gateway));
+                }
                 if !observed.default_routes.contains(gateway) {
                     actions.push(Action::AddDefaultRoute {
                         netns: netns.clone(),
@@ -543,6 +673,11 @@ pub fn plan_repair(record: &PodRecord, node: &NodeInputs, observed: &Observed) -
                         gateway: *gateway,
                     });
                 }
+            }
+            if record.datapath == Datapath::Routed
+                && !routed_host_drift(record, node, observed).is_empty()
+            {
+                actions.extend(routed_host_actions(record, node));
             }
         }
         _ => {

@@ -92,6 +92,7 @@ use ipnet::IpNet;
 use slog::{Logger, info, warn};
 
 use crate::config::Config;
+use crate::datapath::Mac;
 use crate::firewall::{ConntrackFlush, FirewallTable, HostPortElement, Listener, ObservedTable};
 use crate::kernel::NetnsId;
 use crate::kernel::{KernelEvent, LinkInfo, NodeNetwork, PauseProcess, RunningPause};
@@ -304,8 +305,45 @@ impl Netlink for LinuxSystem {
         peer: &IfName,
         netns: &Path,
         mtu: u32,
+        host_mac: Option<Mac>,
+        peer_mac: Option<Mac>,
     ) -> Result<(), SystemError> {
-        netlink::create_veth(self, host, peer, netns, mtu).await
+        netlink::create_veth(self, host, peer, netns, mtu, host_mac, peer_mac).await
+    }
+
+    async fn ensure_dummy(&self, name: &IfName, addresses: &[IpNet]) -> Result<(), SystemError> {
+        netlink::ensure_dummy(self, name, addresses).await
+    }
+
+    async fn add_neighbour(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+        address: IpAddr,
+        mac: Mac,
+    ) -> Result<(), SystemError> {
+        netlink::add_neighbour(self, netns, link, address, mac).await
+    }
+
+    async fn permanent_neighbours(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+    ) -> Result<Vec<IpAddr>, SystemError> {
+        netlink::permanent_neighbours(self, netns, link).await
+    }
+
+    async fn add_host_route(
+        &self,
+        link: &IfName,
+        address: IpNet,
+        source: IpAddr,
+    ) -> Result<(), SystemError> {
+        netlink::add_host_route(self, link, address, source).await
+    }
+
+    async fn host_routes(&self, link: &IfName) -> Result<Vec<IpNet>, SystemError> {
+        netlink::host_routes(self, link).await
     }
 
     async fn set_master(&self, link: &IfName, master: &IfName) -> Result<(), SystemError> {

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::IpNet;
 
+use crate::datapath::Mac;
 use crate::egress::EgressExempt;
 use crate::firewall::{FirewallBase, HostPortElement, HostPortMap, Listener};
 use crate::kernel::{KernelEvent, PauseProcess, RunningPause};
@@ -47,6 +48,7 @@ pub const KERNEL_DEFAULT_NEIGH: Thresholds = Thresholds {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Kind {
     Bridge,
+    Dummy,
     Veth { peer_net: u64, peer: String },
 }
 
@@ -57,6 +59,10 @@ struct FakeLink {
     mtu: u32,
     master: Option<String>,
     addresses: BTreeSet<IpNet>,
+    /// Permanent neighbour entries on the link.
+    neighbours: BTreeMap<IpAddr, Mac>,
+    /// Our host routes on the link (destination, preferred source): they die with it.
+    host_routes: BTreeSet<(IpNet, IpAddr)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -266,6 +272,7 @@ impl Model {
                     }
                 }
             }
+            Kind::Dummy => {}
             Kind::Bridge => {
                 for l in self.net(net).links.values_mut() {
                     if l.master.as_deref() == Some(name) {
@@ -417,7 +424,7 @@ mod tests {
             Err(SystemError::AlreadyExists { .. })
         ));
         let pause = f.start_pause(&id, &p("/run/netns/a")).await.unwrap();
-        f.create_veth(&n("h"), &n("peer"), &p("/run/netns/a"), 1400)
+        f.create_veth(&n("h"), &n("peer"), &p("/run/netns/a"), 1400, None, None)
             .await
             .unwrap();
         assert!(f.delete_netns(&p("/run/netns/a")).await.unwrap());
@@ -434,7 +441,9 @@ mod tests {
         let f = FakeSystem::new();
         let ns = p("/run/netns/a");
         f.create_netns(&ns).await.unwrap();
-        f.create_veth(&n("h"), &n("tmp"), &ns, 1500).await.unwrap();
+        f.create_veth(&n("h"), &n("tmp"), &ns, 1500, None, None)
+            .await
+            .unwrap();
         f.link_up(Some(&ns), &n("tmp")).await.unwrap();
         assert!(f.rename_link(&ns, &n("tmp"), &n("eth0")).await.is_err());
         f.modify_link_externally(Some(&ns), "tmp", |l| l.up = false);

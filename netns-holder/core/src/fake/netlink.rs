@@ -7,6 +7,7 @@ use std::path::Path;
 use ipnet::IpNet;
 
 use super::{FakeLink, FakeSystem, HOST, Kind, ns_name};
+use crate::datapath::Mac;
 use crate::kernel::{LinkInfo, NodeNetwork, NodeNetworkKind};
 use crate::names::IfName;
 use crate::system::{Netlink, SystemError};
@@ -24,6 +25,8 @@ impl Netlink for FakeSystem {
                 mtu: 1500,
                 master: None,
                 addresses: BTreeSet::new(),
+                neighbours: Default::default(),
+                host_routes: Default::default(),
             });
         if bridge.kind != Kind::Bridge {
             return Err(SystemError::other(
@@ -36,12 +39,97 @@ impl Netlink for FakeSystem {
         Ok(())
     }
 
+    async fn ensure_dummy(&self, name: &IfName, addresses: &[IpNet]) -> Result<(), SystemError> {
+        let mut m = self.call(format!("ensure_dummy {name}")).await?;
+        let host = m.net(HOST);
+        let dummy = host
+            .links
+            .entry(name.to_string())
+            .or_insert_with(|| FakeLink {
+                kind: Kind::Dummy,
+                up: false,
+                mtu: 1500,
+                master: None,
+                addresses: BTreeSet::new(),
+                neighbours: Default::default(),
+                host_routes: Default::default(),
+            });
+        if dummy.kind != Kind::Dummy {
+            return Err(SystemError::other(
+                format!("link {name}"),
+                "exists and is not a dummy device",
+            ));
+        }
+        dummy.up = true;
+        dummy.addresses.extend(addresses.iter().copied());
+        Ok(())
+    }
+
+    async fn add_neighbour(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+        address: IpAddr,
+        mac: Mac,
+    ) -> Result<(), SystemError> {
+        let mut m = self
+            .call(format!(
+                "add_neighbour {address} {mac} {link} {}",
+                ns_name(netns)
+            ))
+            .await?;
+        m.link_mut(netns, link)?.neighbours.insert(address, mac);
+        Ok(())
+    }
+
+    async fn permanent_neighbours(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+    ) -> Result<Vec<IpAddr>, SystemError> {
+        let m = self
+            .call(format!("permanent_neighbours {link} {}", ns_name(netns)))
+            .await?;
+        let id = m.net_id(netns)?;
+        Ok(m.nets[&id]
+            .links
+            .get(link.as_str())
+            .map(|l| l.neighbours.keys().copied().collect())
+            .unwrap_or_default())
+    }
+
+    async fn add_host_route(
+        &self,
+        link: &IfName,
+        address: IpNet,
+        source: IpAddr,
+    ) -> Result<(), SystemError> {
+        let mut m = self
+            .call(format!("add_host_route {address} {link} {source}"))
+            .await?;
+        let l = m.link_mut(None, link)?;
+        l.host_routes.retain(|(dst, _)| *dst != address);
+        l.host_routes.insert((address, source));
+        Ok(())
+    }
+
+    async fn host_routes(&self, link: &IfName) -> Result<Vec<IpNet>, SystemError> {
+        let m = self.call(format!("host_routes {link}")).await?;
+        Ok(m.nets[&HOST]
+            .links
+            .get(link.as_str())
+            .map(|l| l.host_routes.iter().map(|(dst, _)| *dst).collect())
+            .unwrap_or_default())
+    }
+
     async fn create_veth(
         &self,
         host: &IfName,
         peer: &IfName,
         netns: &Path,
         mtu: u32,
+        _host_mac: Option<Mac>,
+        _peer_mac: Option<Mac>,
     ) -> Result<(), SystemError> {
         let mut m = self
             .call(format!("create_veth {host} {peer} {}", netns.display()))
@@ -66,6 +154,8 @@ impl Netlink for FakeSystem {
             mtu,
             master: None,
             addresses: BTreeSet::new(),
+            neighbours: Default::default(),
+            host_routes: Default::default(),
         };
         let host_link = mk(pod_net, peer);
         let peer_link = mk(HOST, host);
@@ -182,7 +272,10 @@ impl Netlink for FakeSystem {
             ))
             .await?;
         let l = m.link_mut(Some(netns), link)?;
-        if !l.up || !l.addresses.iter().any(|a| a.contains(&gateway)) {
+        // A link-local gateway (the routed datapath's) is on-link by definition.
+        let on_link = l.addresses.iter().any(|a| a.contains(&gateway))
+            || gateway == crate::datapath::gateway_for(gateway);
+        if !l.up || !on_link {
             return Err(SystemError::other(
                 format!(
                     "default route via {gateway} dev {link} in {}",

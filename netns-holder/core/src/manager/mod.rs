@@ -120,6 +120,14 @@ impl<S: System> PodManager<S> {
                 });
             }
         }
+        if let Some(record) = state.pods.values().find(|r| r.datapath != config.datapath) {
+            return Err(ManagerError::DatapathChanged {
+                configured: config.datapath,
+                recorded: record.datapath,
+                pod: record.name.clone(),
+                pods: state.pods.len(),
+            });
+        }
         let ipam = rebuild_ipam(&config, &state, &log);
         let node = NodeInputs {
             bridge: config.bridge.clone(),
@@ -129,7 +137,9 @@ impl<S: System> PodManager<S> {
                 pod_cidr_v4: config.pod_cidr_v4,
                 pod_cidr_v6: config.pod_cidr_v6,
                 masquerade: config.masquerade,
+                datapath: config.datapath,
             },
+            datapath: config.datapath,
         };
         let mut state = state;
         let merged = peers::merge_config(&state.peers, &config.peers);

@@ -9,6 +9,7 @@ use slog::{info, warn};
 
 use super::{NodeFailure, PodManager, ReconcileReport, ReloadReport, SavePolicy, rebuild_ipam};
 use crate::action::Action;
+use crate::datapath::Datapath;
 use crate::executor;
 use crate::finding::{Finding, Problem};
 use crate::firewall::{self, FirewallTable, HostPortElement, ObservedTable};
@@ -181,16 +182,37 @@ impl<S: System> PodManager<S> {
             Some(p) => Some(self.system.pause_alive(p).await?),
             None => None,
         };
+        let host_veth = self.system.link_info(None, &record.host_veth).await?;
+        let pod_interface = self
+            .system
+            .link_info(Some(&record.netns), &record.interface)
+            .await?;
+        let (mut host_routes, mut host_neighbours, mut pod_neighbours) = Default::default();
+        if record.datapath == Datapath::Routed {
+            if host_veth.is_some() {
+                host_routes = self.system.host_routes(&record.host_veth).await?;
+                host_neighbours = self
+                    .system
+                    .permanent_neighbours(None, &record.host_veth)
+                    .await?;
+            }
+            if pod_interface.is_some() {
+                pod_neighbours = self
+                    .system
+                    .permanent_neighbours(Some(&record.netns), &record.interface)
+                    .await?;
+            }
+        }
         Ok(Observed {
             netns_exists,
             netns_replaced,
             pause_alive,
-            host_veth: self.system.link_info(None, &record.host_veth).await?,
-            pod_interface: self
-                .system
-                .link_info(Some(&record.netns), &record.interface)
-                .await?,
+            host_veth,
+            pod_interface,
             default_routes: self.system.default_routes(&record.netns).await?,
+            host_routes,
+            host_neighbours,
+            pod_neighbours,
         })
     }
 

@@ -55,6 +55,7 @@ impl Env {
             pod_cidr_v4: config.pod_cidr_v4,
             pod_cidr_v6: config.pod_cidr_v6,
             masquerade: config.masquerade,
+            datapath: Default::default(),
         });
         Self { dir, fake, config }
     }
@@ -1824,6 +1825,7 @@ async fn configured_exemptions_apply_at_start_and_masquerade_can_be_off() {
         pod_cidr_v4: env.config.pod_cidr_v4,
         pod_cidr_v6: env.config.pod_cidr_v6,
         masquerade: false,
+        datapath: Default::default(),
     });
     assert!(
         !lines

@@ -35,6 +35,7 @@ fn record(name: &str, ownership: NetnsOwnership, dual: bool) -> PodRecord {
         ports: Vec::new(),
         ports_released: false,
         netns_id: None,
+        datapath: Default::default(),
     }
 }
 
@@ -51,7 +52,9 @@ fn node(dual: bool) -> NodeInputs {
             pod_cidr_v4: "10.88.0.0/16".parse().unwrap(),
             pod_cidr_v6: dual.then(|| "fd00::/64".parse().unwrap()),
             masquerade: true,
+            datapath: Default::default(),
         },
+        datapath: Default::default(),
     }
 }
 
@@ -136,6 +139,8 @@ fn create_dual_stack_structured() {
                 peer: temp.clone(),
                 netns: ns.clone(),
                 mtu: 1450,
+                host_mac: None,
+                peer_mac: None,
             },
             undo: Some(Action::DeleteLink {
                 netns: None,
@@ -291,6 +296,9 @@ fn healthy(r: &PodRecord) -> Observed {
             ..link
         }),
         default_routes: r.gateways.clone(),
+        host_routes: vec![],
+        host_neighbours: vec![],
+        pod_neighbours: vec![],
     }
 }
 

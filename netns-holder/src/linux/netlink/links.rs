@@ -1,4 +1,4 @@
-//! Links: the bridge, veth pairs, bridge ports, names, MTU, state, deletion, and reading a
+//! Links: the bridge, the routed datapath's dummy device, veth pairs, bridge ports, names, MTU, state, deletion, and reading a
 //! link back.
 //!
 //! Links are looked up by name at each call; no index is kept between calls. Node-side
@@ -13,11 +13,14 @@ use ipnet::IpNet;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
-use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkDummy, LinkMessageBuilder, LinkUnspec, LinkVeth,
+};
 use slog::info;
 
 use super::addresses::{add_addr, address_net};
 use super::{Dumps, errno, in_netns, nl_err, node_handle};
+use crate::datapath::Mac;
 use crate::kernel::LinkInfo;
 use crate::linux::netns::open_netns;
 use crate::linux::{LinuxSystem, link_object};
@@ -56,6 +59,16 @@ fn is_bridge(m: &LinkMessage) -> bool {
         LinkAttribute::LinkInfo(infos) => infos
             .iter()
             .any(|i| matches!(i, NlLinkInfo::Kind(InfoKind::Bridge))),
+        _ => false,
+    })
+}
+
+/// Whether the link is a dummy device (`IFLA_INFO_KIND` "dummy").
+fn is_dummy(m: &LinkMessage) -> bool {
+    m.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|i| matches!(i, NlLinkInfo::Kind(InfoKind::Dummy))),
         _ => false,
     })
 }
@@ -189,15 +202,62 @@ pub(crate) async fn ensure_bridge(
     Ok(())
 }
 
+/// Creates the dummy device `name` in the node namespace if it does not exist (up), or
+/// checks that the existing link is a dummy; then makes sure it carries every address of
+/// `addresses` and is up (the routed datapath's node addresses). Another creator winning
+/// the race is fine.
+pub(crate) async fn ensure_dummy(
+    sys: &LinuxSystem,
+    name: &IfName,
+    addresses: &[IpNet],
+) -> Result<(), SystemError> {
+    let h = node_handle(sys).await?;
+    let object = format!("dummy device {name}");
+    let create = LinkMessageBuilder::<LinkDummy>::new(name.as_str())
+        .up()
+        .build();
+    match h.link().add(create).execute().await {
+        Ok(()) => info!(sys.log, "dummy device created"; "device" => %name),
+        Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+        Err(e) => return Err(nl_err(&object, e)),
+    }
+    let link = link_by_name(&h, name.as_str())
+        .await
+        .map_err(|e| nl_err(&object, e))?
+        .ok_or_else(|| SystemError::NotFound {
+            object: object.clone(),
+        })?;
+    if !is_dummy(&link) {
+        return Err(SystemError::other(
+            link_object(None, name.as_str()),
+            "exists and is not a dummy device (the routed datapath keeps the node's pod-CIDR \
+             addresses on a dummy device named like the bridge; delete the old bridge once \
+             no pod uses it)",
+        ));
+    }
+    let index = link.header.index;
+    for address in addresses {
+        add_addr(&h, index, *address)
+            .await
+            .map_err(|e| nl_err(format!("address {address} on {object}"), e))?;
+    }
+    if !link.header.flags.contains(LinkFlags::Up) {
+        set_up(&h, index).await.map_err(|e| nl_err(&object, e))?;
+    }
+    Ok(())
+}
+
 /// Creates the veth pair `host` (node namespace) and `peer` (created directly inside
-/// `netns`), both with `mtu` and one queue each way. `AlreadyExists` names the end that
-/// exists.
+/// `netns`), both with `mtu`, one queue each way and the given MAC addresses (random where
+/// `None`). `AlreadyExists` names the end that exists.
 pub(crate) async fn create_veth(
     sys: &LinuxSystem,
     host: &IfName,
     peer: &IfName,
     netns: &Path,
     mtu: u32,
+    host_mac: Option<Mac>,
+    peer_mac: Option<Mac>,
 ) -> Result<(), SystemError> {
     let object = format!("veth {host} <-> {peer} in {} (mtu {mtu})", netns.display());
     let ns = open_netns(netns)?;
@@ -207,18 +267,24 @@ pub(crate) async fn create_veth(
     // One queue each way, asked for explicitly: without these attributes the kernel makes
     // one queue per CPU and then cuts each end down to one, and every cut waits for an
     // (expedited) RCU grace period while holding the RTNL lock that all pod creates share.
-    let peer_message = LinkMessageBuilder::<LinkUnspec>::new()
+    let mut peer_message = LinkMessageBuilder::<LinkUnspec>::new()
         .name(peer.as_str())
         .mtu(mtu)
         .append_extra_attribute(LinkAttribute::NumTxQueues(1))
         .append_extra_attribute(LinkAttribute::NumRxQueues(1))
-        .setns_by_fd(ns.as_raw_fd())
-        .build();
-    let message = LinkVeth::new(host.as_str(), peer.as_str())
+        .setns_by_fd(ns.as_raw_fd());
+    if let Some(mac) = peer_mac {
+        peer_message = peer_message.address(mac.0.to_vec());
+    }
+    let mut message = LinkVeth::new(host.as_str(), peer.as_str())
         .mtu(mtu)
         .append_extra_attribute(LinkAttribute::NumTxQueues(1))
-        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message)))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(1));
+    if let Some(mac) = host_mac {
+        message = message.address(mac.0.to_vec());
+    }
+    let message = message
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message.build())))
         .build();
     let result = h.link().add(message).execute().await;
     drop(ns);
