@@ -63,12 +63,12 @@ pub enum Action {
         /// Gateway addresses with the pod CIDR prefix lengths.
         addresses: Vec<IpNet>,
     },
-    /// Ensure the dummy device `device` (routed datapath) exists, is up and carries the
-    /// node's pod-CIDR addresses.
-    EnsureDummy {
-        /// The device (named like the bridge of the bridge datapath).
-        device: IfName,
-        /// The node's addresses with the pod CIDR prefix lengths.
+    /// Ensure the host link `link` (`lo` on the routed datapath) is up and carries the
+    /// node's own pod-CIDR addresses.
+    EnsureNodeAddresses {
+        /// The link.
+        link: IfName,
+        /// The node's addresses (/32 and /128).
         addresses: Vec<IpNet>,
     },
     /// Add (or replace) a permanent neighbour entry `address` -> `mac` on `link`
@@ -277,8 +277,8 @@ impl fmt::Display for Action {
                 }
                 Ok(())
             }
-            Self::EnsureDummy { device, addresses } => {
-                write!(f, "ensure dummy device {device} with")?;
+            Self::EnsureNodeAddresses { link, addresses } => {
+                write!(f, "ensure node addresses on {link}:")?;
                 for a in addresses {
                     write!(f, " {a}")?;
                 }

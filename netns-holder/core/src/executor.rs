@@ -133,8 +133,8 @@ pub async fn run_action<S: System>(system: &S, action: &Action) -> Result<Outcom
             .create_veth(host, peer, netns, *mtu, *host_mac, *peer_mac)
             .await
             .map(|()| Outcome::Done),
-        Action::EnsureDummy { device, addresses } => system
-            .ensure_dummy(device, addresses)
+        Action::EnsureNodeAddresses { link, addresses } => system
+            .ensure_node_addresses(link, addresses)
             .await
             .map(|()| Outcome::Done),
         Action::AddNeighbour {

@@ -27,11 +27,10 @@ use crate::record::{Phase, PodRecord};
 /// Node-wide inputs of the planner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInputs {
-    /// The node bridge (on the routed datapath: the dummy device holding the node's
-    /// pod-CIDR addresses).
+    /// The node bridge (unused on the routed datapath).
     pub bridge: IfName,
     /// The gateway addresses on the bridge (IPv4 first) with prefix lengths (on the routed
-    /// datapath: the node's own addresses, on the dummy device).
+    /// datapath: the node's own addresses as /32 and /128, on `lo`).
     pub bridge_addresses: Vec<IpNet>,
     /// What the nftables table depends on.
     pub firewall: FirewallBase,
@@ -40,6 +39,14 @@ pub struct NodeInputs {
 }
 
 impl NodeInputs {
+    /// The host link that carries the node's pod-CIDR addresses: the bridge, or `lo` on the
+    /// routed datapath.
+    pub fn node_link(&self) -> IfName {
+        match self.datapath {
+            Datapath::Bridge => self.bridge.clone(),
+            Datapath::Routed => IfName::new("lo").expect("lo is a valid interface name"),
+        }
+    }
     /// The node's own address of `family_of`'s family (the source of node-to-pod traffic
     /// on the routed datapath).
     fn node_address(&self, family_of: IpAddr) -> Option<IpAddr> {
@@ -62,8 +69,8 @@ impl NodeInputs {
                     bridge: self.bridge.clone(),
                     addresses: self.bridge_addresses.clone(),
                 },
-                Datapath::Routed => Action::EnsureDummy {
-                    device: self.bridge.clone(),
+                Datapath::Routed => Action::EnsureNodeAddresses {
+                    link: self.node_link(),
                     addresses: self.bridge_addresses.clone(),
                 },
             },
@@ -524,9 +531,12 @@ fn routed_host_drift(record: &PodRecord, node: &NodeInputs, observed: &Observed)
     out
 }
 
-/// Drift of the node bridge.
+/// Drift of the node bridge (on the routed datapath: of the node addresses on `lo`).
 pub fn check_bridge(node: &NodeInputs, bridge: Option<&LinkInfo>) -> Vec<Finding> {
-    let object = format!("bridge {}", node.bridge);
+    let object = match node.datapath {
+        Datapath::Bridge => format!("bridge {}", node.bridge),
+        Datapath::Routed => format!("link {}", node.node_link()),
+    };
     let finding = |problem| Finding {
         pod: None,
         object: object.clone(),

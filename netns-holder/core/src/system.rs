@@ -239,12 +239,11 @@ pub trait Netlink: Send + Sync {
         peer_mac: Option<Mac>,
     ) -> impl Future<Output = Result<(), SystemError>> + Send;
 
-    /// Ensures the dummy device `name` exists in the host namespace, is up and carries each
-    /// of `addresses` (routed datapath). Safe against concurrent callers; an existing link
-    /// of another kind is an error naming it.
-    fn ensure_dummy(
+    /// Ensures the existing host link `link` (`lo` on the routed datapath) is up and
+    /// carries each of `addresses`. Safe against concurrent callers.
+    fn ensure_node_addresses(
         &self,
-        name: &IfName,
+        link: &IfName,
         addresses: &[IpNet],
     ) -> impl Future<Output = Result<(), SystemError>> + Send;
 

@@ -311,8 +311,12 @@ impl Netlink for LinuxSystem {
         netlink::create_veth(self, host, peer, netns, mtu, host_mac, peer_mac).await
     }
 
-    async fn ensure_dummy(&self, name: &IfName, addresses: &[IpNet]) -> Result<(), SystemError> {
-        netlink::ensure_dummy(self, name, addresses).await
+    async fn ensure_node_addresses(
+        &self,
+        link: &IfName,
+        addresses: &[IpNet],
+    ) -> Result<(), SystemError> {
+        netlink::ensure_node_addresses(self, link, addresses).await
     }
 
     async fn add_neighbour(

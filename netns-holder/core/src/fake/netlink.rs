@@ -39,29 +39,28 @@ impl Netlink for FakeSystem {
         Ok(())
     }
 
-    async fn ensure_dummy(&self, name: &IfName, addresses: &[IpNet]) -> Result<(), SystemError> {
-        let mut m = self.call(format!("ensure_dummy {name}")).await?;
+    async fn ensure_node_addresses(
+        &self,
+        link: &IfName,
+        addresses: &[IpNet],
+    ) -> Result<(), SystemError> {
+        let mut m = self.call(format!("ensure_node_addresses {link}")).await?;
         let host = m.net(HOST);
-        let dummy = host
+        // The host's loopback exists from the start in a real namespace.
+        let l = host
             .links
-            .entry(name.to_string())
+            .entry(link.to_string())
             .or_insert_with(|| FakeLink {
                 kind: Kind::Dummy,
                 up: false,
-                mtu: 1500,
+                mtu: 65536,
                 master: None,
                 addresses: BTreeSet::new(),
                 neighbours: Default::default(),
                 host_routes: Default::default(),
             });
-        if dummy.kind != Kind::Dummy {
-            return Err(SystemError::other(
-                format!("link {name}"),
-                "exists and is not a dummy device",
-            ));
-        }
-        dummy.up = true;
-        dummy.addresses.extend(addresses.iter().copied());
+        l.up = true;
+        l.addresses.extend(addresses.iter().copied());
         Ok(())
     }
 

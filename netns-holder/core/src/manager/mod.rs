@@ -31,7 +31,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use slog::{Logger, info, warn};
 
+use ipnet::IpNet;
+
 use crate::config::Config;
+use crate::datapath::Datapath;
 use crate::firewall::FirewallBase;
 use crate::ipam::Ipam;
 use crate::names::PodName;
@@ -131,7 +134,15 @@ impl<S: System> PodManager<S> {
         let ipam = rebuild_ipam(&config, &state, &log);
         let node = NodeInputs {
             bridge: config.bridge.clone(),
-            bridge_addresses: ipam.gateways(),
+            bridge_addresses: match config.datapath {
+                Datapath::Bridge => ipam.gateways(),
+                // The node's own address of each pool, alone on `lo`.
+                Datapath::Routed => ipam
+                    .gateways()
+                    .iter()
+                    .map(|g| IpNet::from(g.addr()))
+                    .collect(),
+            },
             firewall: FirewallBase {
                 bridge: config.bridge.clone(),
                 pod_cidr_v4: config.pod_cidr_v4,

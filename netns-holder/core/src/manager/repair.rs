@@ -300,11 +300,11 @@ impl<S: System> PodManager<S> {
         let records = self.records();
         let mut findings = Vec::new();
         if !records.is_empty() {
-            match self.system.link_info(None, &self.config.bridge).await {
+            match self.system.link_info(None, &self.node.node_link()).await {
                 Ok(bridge) => findings.extend(plan::check_bridge(&self.node, bridge.as_ref())),
                 Err(e) => findings.push(Finding {
                     pod: None,
-                    object: format!("bridge {}", self.config.bridge),
+                    object: format!("link {}", self.node.node_link()),
                     problem: Problem::CheckFailed {
                         error: e.to_string(),
                     },
@@ -385,7 +385,7 @@ impl<S: System> PodManager<S> {
             .filter(|r| r.phase == Phase::Ready)
             .collect();
         if !ready.is_empty() {
-            match self.system.link_info(None, &self.config.bridge).await {
+            match self.system.link_info(None, &self.node.node_link()).await {
                 Ok(bridge) => {
                     let mut actions = plan::plan_bridge_repair(&self.node, bridge.as_ref());
                     let v4_ports = ready.iter().any(|r| {
@@ -393,7 +393,7 @@ impl<S: System> PodManager<S> {
                             .iter()
                             .any(|e| e.map.family() == Family::V4)
                     });
-                    if !actions.is_empty() && v4_ports {
+                    if !actions.is_empty() && v4_ports && self.node.datapath == Datapath::Bridge {
                         actions.push(Action::EnableRouteLocalnet {
                             link: self.config.bridge.clone(),
                         });

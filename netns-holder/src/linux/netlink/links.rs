@@ -1,4 +1,4 @@
-//! Links: the bridge, the routed datapath's dummy device, veth pairs, bridge ports, names, MTU, state, deletion, and reading a
+//! Links: the bridge, the routed datapath's node addresses, veth pairs, bridge ports, names, MTU, state, deletion, and reading a
 //! link back.
 //!
 //! Links are looked up by name at each call; no index is kept between calls. Node-side
@@ -13,9 +13,7 @@ use ipnet::IpNet;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
-use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkDummy, LinkMessageBuilder, LinkUnspec, LinkVeth,
-};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
 use slog::info;
 
 use super::addresses::{add_addr, address_net};
@@ -59,16 +57,6 @@ fn is_bridge(m: &LinkMessage) -> bool {
         LinkAttribute::LinkInfo(infos) => infos
             .iter()
             .any(|i| matches!(i, NlLinkInfo::Kind(InfoKind::Bridge))),
-        _ => false,
-    })
-}
-
-/// Whether the link is a dummy device (`IFLA_INFO_KIND` "dummy").
-fn is_dummy(m: &LinkMessage) -> bool {
-    m.attributes.iter().any(|a| match a {
-        LinkAttribute::LinkInfo(infos) => infos
-            .iter()
-            .any(|i| matches!(i, NlLinkInfo::Kind(InfoKind::Dummy))),
         _ => false,
     })
 }
@@ -202,46 +190,28 @@ pub(crate) async fn ensure_bridge(
     Ok(())
 }
 
-/// Creates the dummy device `name` in the node namespace if it does not exist (up), or
-/// checks that the existing link is a dummy; then makes sure it carries every address of
-/// `addresses` and is up (the routed datapath's node addresses). Another creator winning
-/// the race is fine.
-pub(crate) async fn ensure_dummy(
+/// Makes the existing node link `link` (`lo` on the routed datapath) carry every address
+/// of `addresses` and be up.
+pub(crate) async fn ensure_node_addresses(
     sys: &LinuxSystem,
-    name: &IfName,
+    link: &IfName,
     addresses: &[IpNet],
 ) -> Result<(), SystemError> {
     let h = node_handle(sys).await?;
-    let object = format!("dummy device {name}");
-    let create = LinkMessageBuilder::<LinkDummy>::new(name.as_str())
-        .up()
-        .build();
-    match h.link().add(create).execute().await {
-        Ok(()) => info!(sys.log, "dummy device created"; "device" => %name),
-        Err(e) if errno(&e) == Some(libc::EEXIST) => {}
-        Err(e) => return Err(nl_err(&object, e)),
-    }
-    let link = link_by_name(&h, name.as_str())
+    let object = link_object(None, link.as_str());
+    let found = link_by_name(&h, link.as_str())
         .await
         .map_err(|e| nl_err(&object, e))?
         .ok_or_else(|| SystemError::NotFound {
             object: object.clone(),
         })?;
-    if !is_dummy(&link) {
-        return Err(SystemError::other(
-            link_object(None, name.as_str()),
-            "exists and is not a dummy device (the routed datapath keeps the node's pod-CIDR \
-             addresses on a dummy device named like the bridge; delete the old bridge once \
-             no pod uses it)",
-        ));
-    }
-    let index = link.header.index;
+    let index = found.header.index;
     for address in addresses {
         add_addr(&h, index, *address)
             .await
             .map_err(|e| nl_err(format!("address {address} on {object}"), e))?;
     }
-    if !link.header.flags.contains(LinkFlags::Up) {
+    if !found.header.flags.contains(LinkFlags::Up) {
         set_up(&h, index).await.map_err(|e| nl_err(&object, e))?;
     }
     Ok(())
