@@ -186,21 +186,44 @@ fn pod_network(node: &Node, daemon: &Daemon, family: Family) -> Result<()> {
         );
     }
 
-    // Node and pods: the gateway is the bridge's address on the node and the pods' default
-    // route; the node reaches the pods, the pods reach the node.
-    let bridge: BTreeSet<IpAddr> = addresses(&node.netns_path(), daemon.bridge())?
+    // Node and pods: the gateway is the bridge's address on the node (routed: the link-local
+    // gateway, while the node's own pod-CIDR address sits on `lo`) and the pods' default
+    // route; the node reaches the pods from that address, the pods reach the node on it.
+    let routed = nh_tests::node::routed();
+    let node_link = if routed { "lo" } else { daemon.bridge() };
+    let node_addresses: BTreeSet<IpAddr> = addresses(&node.netns_path(), node_link)?
         .into_iter()
         .map(|(ip, _)| ip)
+        .filter(|ip| !ip.is_loopback())
         .collect();
     for pod in [&a, &b] {
         let ip = pod.ip(family)?;
         let gateway = pod.gateway(family)?;
-        ensure!(
-            bridge.contains(&gateway),
-            "pod {}: gateway {gateway} is not an address of bridge {} ({bridge:?})",
-            pod.name,
-            daemon.bridge()
-        );
+        let node_address = if routed {
+            let link_local: IpAddr = match family {
+                Family::V4 => "169.254.1.1".parse()?,
+                Family::V6 => "fe80::1".parse()?,
+            };
+            ensure!(
+                gateway == link_local,
+                "pod {}: gateway {gateway}, expected the routed datapath's {link_local}",
+                pod.name
+            );
+            *node_addresses
+                .iter()
+                .find(|a| a.is_ipv4() == ip.is_ipv4())
+                .with_context(|| {
+                    format!("no node address of the pod's family on lo: {node_addresses:?}")
+                })?
+        } else {
+            ensure!(
+                node_addresses.contains(&gateway),
+                "pod {}: gateway {gateway} is not an address of bridge {} ({node_addresses:?})",
+                pod.name,
+                daemon.bridge()
+            );
+            gateway
+        };
         let route = default_gateway(&pod.netns, family)?;
         ensure!(
             route == gateway,
@@ -208,12 +231,12 @@ fn pod_network(node: &Node, daemon: &Daemon, family: Family) -> Result<()> {
             pod.name
         );
         ping(&node.netns_path(), ip).with_context(|| format!("node to pod {}", pod.name))?;
-        ping(&pod.netns, gateway).with_context(|| format!("pod {} to node", pod.name))?;
+        ping(&pod.netns, node_address).with_context(|| format!("pod {} to node", pod.name))?;
         let seen = tcp(&node.netns_path(), &pod.netns, ip)?;
         ensure!(
-            seen.server_peer == gateway && seen.client_local == gateway,
+            seen.server_peer == node_address && seen.client_local == node_address,
             "node to pod {}: the node connected from {} and the pod saw {}, expected the \
-             bridge address {gateway} on both ends",
+             node address {node_address} on both ends",
             pod.name,
             seen.client_local,
             seen.server_peer
