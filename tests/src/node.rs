@@ -290,6 +290,16 @@ pub fn routed() -> bool {
     test_datapath() == "routed"
 }
 
+/// The node's own address in a pod CIDR: the first host address, which the bridge carries
+/// as the pods' gateway (bridge datapath) or `lo` carries alone (routed), and the source of
+/// the node's traffic to its pods.
+pub fn node_pod_address(cidr: &str) -> std::net::IpAddr {
+    let net: ipnet::IpNet = cidr.parse().expect("a pod CIDR");
+    net.hosts()
+        .find(|a| *a != net.network())
+        .expect("a pod CIDR with host addresses")
+}
+
 /// Settings for a test daemon; the dirs and socket are always private to it.
 #[derive(Clone, Debug)]
 pub struct DaemonOptions {
