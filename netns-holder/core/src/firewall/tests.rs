@@ -298,3 +298,16 @@ fn elements_parse_from_nft_json() {
     assert_eq!(unparsed.len(), 1, "{unparsed:?}");
     assert!(unparsed[0].contains("icmp"), "{unparsed:?}");
 }
+
+#[test]
+fn the_routed_guard_matches_every_host_veth_instead_of_the_bridge() {
+    let bridge = render_base(&base_v4());
+    let routed = render_base(&FirewallBase {
+        datapath: crate::datapath::Datapath::Routed,
+        ..base_v4()
+    });
+    assert!(bridge.contains("\t\tiifname \"nh0\" ip daddr 127.0.0.0/8 drop\n"));
+    assert!(routed.contains("\t\tiifname \"nh*\" ip daddr 127.0.0.0/8 drop\n"));
+    // Nothing else differs.
+    assert_eq!(routed.replace("iifname \"nh*\"", "iifname \"nh0\""), bridge);
+}

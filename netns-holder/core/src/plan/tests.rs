@@ -529,3 +529,154 @@ fn findings_serialize_flat() {
         r#"{"pod":"web","object":"link eth0","problem":"address_missing","address":"10.0.0.2/24"}"#
     );
 }
+
+/// A routed node (dual-stack when `dual`): node addresses /32 and /128.
+fn routed_node(dual: bool) -> NodeInputs {
+    let mut n = node(dual);
+    n.datapath = Datapath::Routed;
+    n.firewall.datapath = Datapath::Routed;
+    n.bridge_addresses = n
+        .bridge_addresses
+        .iter()
+        .map(|a| IpNet::from(a.addr()))
+        .collect();
+    n
+}
+
+/// A routed record: host addresses and the link-local gateways.
+fn routed_record(dual: bool, ports: bool) -> PodRecord {
+    let mut r = ready(dual);
+    r.datapath = Datapath::Routed;
+    r.ips = r.ips.iter().map(|a| IpNet::from(a.addr())).collect();
+    r.gateways = r
+        .ips
+        .iter()
+        .map(|a| crate::datapath::gateway_for(a.addr()))
+        .collect();
+    if ports {
+        r.ports = vec![crate::ports::PortMapping::new(
+            8080,
+            80,
+            crate::ports::Protocol::Tcp,
+        )];
+    }
+    r
+}
+
+#[test]
+fn create_routed_dual_stack() {
+    let r = routed_record(true, true);
+    let id = web_id();
+    let h = id.host_veth_name();
+    let t = id.temp_peer_name();
+    let all = text(&plan_create(&r, &routed_node(true)));
+    // After the pause and loopback: node addresses on lo, no bridge, no master, no hairpin;
+    // permanent neighbours for the gateways before the on-link default routes; host routes
+    // from the node address and neighbours for the pod last; route_localnet on the host veth.
+    assert_eq!(
+        all[3..].to_vec(),
+        vec![
+            "ensure node addresses on lo: 10.88.0.1/32 fd00::1/128".to_string(),
+            "enable IPv4 and IPv6 forwarding".to_string(),
+            format!(
+                "create veth {h} <-> {t} in /run/netns/web (mtu 1450) [undo: delete link {h} in the host namespace]"
+            ),
+            format!("set link {h} up in the host namespace"),
+            format!("rename link {t} to eth0 in /run/netns/web"),
+            "disable IPv6 DAD on link eth0 in /run/netns/web".to_string(),
+            "add address 10.88.0.2/32 to link eth0 in /run/netns/web".to_string(),
+            "add address fd00::2/128 to link eth0 in /run/netns/web".to_string(),
+            "set link eth0 up in /run/netns/web".to_string(),
+            "add permanent neighbour 169.254.1.1 lladdr ee:ee:ee:ee:ee:ee dev eth0 in /run/netns/web".to_string(),
+            "add default route via 169.254.1.1 dev eth0 in /run/netns/web".to_string(),
+            "add permanent neighbour fe80::1 lladdr ee:ee:ee:ee:ee:ee dev eth0 in /run/netns/web".to_string(),
+            "add default route via fe80::1 dev eth0 in /run/netns/web".to_string(),
+            format!("add host route 10.88.0.2/32 dev {h} src 10.88.0.1"),
+            format!("add permanent neighbour 10.88.0.2 lladdr 0a:58:0a:58:00:02 dev {h} in the host namespace"),
+            format!("add host route fd00::2/128 dev {h} src fd00::1"),
+            format!("add permanent neighbour fd00::2 lladdr 0a:58:0a:58:00:02 dev {h} in the host namespace"),
+            format!("enable route_localnet on {h}"),
+            "publish 2 host port element(s) of pod web in nftables table inet netns_holder \
+             [undo: withdraw 2 host port element(s) of pod web from nftables table inet \
+             netns_holder]"
+                .to_string(),
+        ]
+    );
+    // The veth gets the fixed host MAC and the pod's derived one.
+    let veth = plan_create(&r, &routed_node(true))
+        .into_iter()
+        .find(|s| matches!(s.action, Action::CreateVeth { .. }))
+        .unwrap();
+    assert!(matches!(
+        veth.action,
+        Action::CreateVeth {
+            host_mac: Some(crate::datapath::HOST_VETH_MAC),
+            peer_mac: Some(m),
+            ..
+        } if m.to_string() == "0a:58:0a:58:00:02"
+    ));
+}
+
+#[test]
+fn routed_checks_and_repairs_host_routes_and_neighbours() {
+    let r = routed_record(false, false);
+    let node = routed_node(false);
+    let h = r.host_veth.clone();
+    let mut healthy = healthy(&r);
+    healthy.host_veth.as_mut().unwrap().master = None;
+    healthy.host_routes = vec!["10.88.0.2/32".parse().unwrap()];
+    healthy.host_neighbours = vec!["10.88.0.2".parse().unwrap()];
+    healthy.pod_neighbours = vec!["169.254.1.1".parse().unwrap()];
+    assert_eq!(check_pod(&r, &node, &healthy), vec![]);
+    assert_eq!(plan_repair(&r, &node, &healthy), Repair::Nothing);
+
+    let mut drifted = healthy.clone();
+    drifted.host_routes.clear();
+    drifted.pod_neighbours.clear();
+    let found: Vec<String> = check_pod(&r, &node, &drifted)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            format!("pod web: link {h}: host route to 10.88.0.2/32 missing"),
+            "pod web: link eth0 in /run/netns/web: permanent neighbour entry for 169.254.1.1 missing"
+                .to_string(),
+        ]
+    );
+    let Repair::Actions(actions) = plan_repair(&r, &node, &drifted) else {
+        panic!("a repair");
+    };
+    let actions: Vec<String> = actions.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        actions,
+        vec![
+            "add permanent neighbour 169.254.1.1 lladdr ee:ee:ee:ee:ee:ee dev eth0 in /run/netns/web"
+                .to_string(),
+            format!("add host route 10.88.0.2/32 dev {h} src 10.88.0.1"),
+            format!(
+                "add permanent neighbour 10.88.0.2 lladdr 0a:58:0a:58:00:02 dev {h} in the host namespace"
+            ),
+        ]
+    );
+    // A routed host veth has no master: one on a bridge is not what check looks for, and
+    // repair never attaches it.
+    let mut bridged = healthy.clone();
+    bridged.host_veth.as_mut().unwrap().master = None;
+    assert_eq!(plan_repair(&r, &node, &bridged), Repair::Nothing);
+    // The node addresses live on lo.
+    assert_eq!(node.node_link().as_str(), "lo");
+    let lo = LinkInfo {
+        up: true,
+        mtu: 65536,
+        master: None,
+        addresses: vec!["127.0.0.1/8".parse().unwrap()],
+    };
+    let found = check_bridge(&node, Some(&lo));
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        found[0].to_string(),
+        "link lo: address 10.88.0.1/32 missing"
+    );
+}
