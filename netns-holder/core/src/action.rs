@@ -103,7 +103,7 @@ pub enum Action {
     CreateVeth {
         /// Host end.
         host: IfName,
-        /// Pod end (temporary name).
+        /// Pod end (its final name: created directly inside `netns`).
         peer: IfName,
         /// The pod namespace.
         netns: PathBuf,
@@ -134,15 +134,6 @@ pub enum Action {
         netns: Option<PathBuf>,
         /// The link.
         link: IfName,
-    },
-    /// Rename a link inside `netns`.
-    RenameLink {
-        /// The namespace.
-        netns: PathBuf,
-        /// Current name.
-        from: IfName,
-        /// New name.
-        to: IfName,
     },
     /// Set a link's MTU (`netns: None` is the host namespace).
     SetMtu {
@@ -317,9 +308,6 @@ impl fmt::Display for Action {
             Self::DeleteLink { netns, link } => write!(f, "delete link {link} in {}", Ns(netns)),
             Self::SetMaster { link, master } => write!(f, "attach link {link} to bridge {master}"),
             Self::LinkUp { netns, link } => write!(f, "set link {link} up in {}", Ns(netns)),
-            Self::RenameLink { netns, from, to } => {
-                write!(f, "rename link {from} to {to} in {}", netns.display())
-            }
             Self::SetMtu { netns, link, mtu } => {
                 write!(f, "set mtu {mtu} on link {link} in {}", Ns(netns))
             }

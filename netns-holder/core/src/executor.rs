@@ -165,10 +165,6 @@ pub async fn run_action<S: System>(system: &S, action: &Action) -> Result<Outcom
             .link_up(netns.as_deref(), link)
             .await
             .map(|()| Outcome::Done),
-        Action::RenameLink { netns, from, to } => system
-            .rename_link(netns, from, to)
-            .await
-            .map(|()| Outcome::Done),
         Action::SetMtu { netns, link, mtu } => system
             .set_mtu(netns.as_deref(), link, *mtu)
             .await

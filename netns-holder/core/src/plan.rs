@@ -133,13 +133,14 @@ fn routed_gateway_neighbour(record: &PodRecord, gateway: IpAddr) -> Action {
 fn wiring_steps(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
     let netns = record.netns.clone();
     let host = record.host_veth.clone();
-    let temp = record.id.temp_peer_name();
     let iface = record.interface.clone();
     let routed = record.datapath == Datapath::Routed;
+    // The pod end is created under its final name directly in the pod namespace: a rename
+    // would cost an RCU grace period per pod under the RTNL lock that every create shares.
     let mut steps = vec![Step::new(
         Action::CreateVeth {
             host: host.clone(),
-            peer: temp.clone(),
+            peer: iface.clone(),
             netns: netns.clone(),
             mtu: record.mtu,
             host_mac: routed.then_some(datapath::HOST_VETH_MAC),
@@ -159,17 +160,10 @@ fn wiring_steps(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
             steps.push(Step::plain(Action::SetHairpin { link: host.clone() }));
         }
     }
-    steps.extend([
-        Step::plain(Action::LinkUp {
-            netns: None,
-            link: host,
-        }),
-        Step::plain(Action::RenameLink {
-            netns: netns.clone(),
-            from: temp,
-            to: iface.clone(),
-        }),
-    ]);
+    steps.push(Step::plain(Action::LinkUp {
+        netns: None,
+        link: host,
+    }));
     if record.ips.iter().any(|a| matches!(a, IpNet::V6(_))) {
         steps.push(Step::plain(Action::DisableDad {
             netns: netns.clone(),
@@ -203,6 +197,16 @@ fn wiring_steps(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
                 .into_iter()
                 .map(Step::plain),
         );
+        // The node reaching the pod's IPv4 host ports on 127.0.0.1: the DNATed packet leaves
+        // by this host veth (part of the wiring, so a re-wired pod gets it back too).
+        if record_elements(record)
+            .iter()
+            .any(|e| e.map.family() == Family::V4)
+        {
+            steps.push(Step::plain(Action::EnableRouteLocalnet {
+                link: record.host_veth.clone(),
+            }));
+        }
     }
     steps
 }
@@ -248,9 +252,12 @@ pub fn plan_create(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
     steps.extend(wiring_steps(record, node));
     let elements = record_elements(record);
     if !elements.is_empty() {
-        if elements.iter().any(|e| e.map.family() == Family::V4) {
+        // Routed, the wiring set it on the host veth.
+        if record.datapath == Datapath::Bridge
+            && elements.iter().any(|e| e.map.family() == Family::V4)
+        {
             steps.push(Step::plain(Action::EnableRouteLocalnet {
-                link: route_localnet_link(record, node),
+                link: node.bridge.clone(),
             }));
         }
         steps.push(Step::new(
@@ -691,7 +698,8 @@ pub fn plan_repair(record: &PodRecord, node: &NodeInputs, observed: &Observed) -
             }
         }
         _ => {
-            // One end is gone (or the pod end was never renamed): start the wiring over.
+            // One end is gone: start the wiring over (a pod end left under the temporary
+            // name of earlier versions, which renamed it, goes too).
             actions.push(Action::DeleteLink {
                 netns: None,
                 link: record.host_veth.clone(),

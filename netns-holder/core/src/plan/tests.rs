@@ -77,7 +77,6 @@ fn create_v4_only_with_pause() {
     let r = record("web", NetnsOwnership::Owned { pause: true }, false);
     let id = web_id();
     let h = id.host_veth_name();
-    let t = id.temp_peer_name();
     assert_eq!(
         text(&plan_create(&r, &node(false))),
         vec![
@@ -89,11 +88,10 @@ fn create_v4_only_with_pause() {
             "ensure bridge nh0 with 10.88.0.1/16".to_string(),
             "enable IPv4 forwarding".to_string(),
             format!(
-                "create veth {h} <-> {t} in /run/netns/web (mtu 1450) [undo: delete link {h} in the host namespace]"
+                "create veth {h} <-> eth0 in /run/netns/web (mtu 1450) [undo: delete link {h} in the host namespace]"
             ),
             format!("attach link {h} to bridge nh0"),
             format!("set link {h} up in the host namespace"),
-            format!("rename link {t} to eth0 in /run/netns/web"),
             "add address 10.88.0.2/16 to link eth0 in /run/netns/web".to_string(),
             "set link eth0 up in /run/netns/web".to_string(),
             "add default route via 10.88.0.1 dev eth0 in /run/netns/web".to_string(),
@@ -108,7 +106,6 @@ fn create_dual_stack_structured() {
     let ns = PathBuf::from("/run/netns/web");
     let eth0 = IfName::pod_interface();
     let host = id.host_veth_name();
-    let temp = id.temp_peer_name();
     let expected = vec![
         Step {
             action: Action::CreateNetns { path: ns.clone() },
@@ -136,7 +133,7 @@ fn create_dual_stack_structured() {
         Step {
             action: Action::CreateVeth {
                 host: host.clone(),
-                peer: temp.clone(),
+                peer: eth0.clone(),
                 netns: ns.clone(),
                 mtu: 1450,
                 host_mac: None,
@@ -154,11 +151,6 @@ fn create_dual_stack_structured() {
         Step::plain(Action::LinkUp {
             netns: None,
             link: host.clone(),
-        }),
-        Step::plain(Action::RenameLink {
-            netns: ns.clone(),
-            from: temp,
-            to: eth0.clone(),
         }),
         Step::plain(Action::DisableDad {
             netns: ns.clone(),
@@ -196,7 +188,7 @@ fn create_dual_stack_structured() {
 fn create_no_pause() {
     let r = record("web", NetnsOwnership::Owned { pause: false }, false);
     let steps = text(&plan_create(&r, &node(false)));
-    assert_eq!(steps.len(), 11);
+    assert_eq!(steps.len(), 10);
     assert_eq!(
         steps[0],
         "create netns /run/netns/web [undo: delete netns /run/netns/web]"
@@ -210,7 +202,6 @@ fn attach_creates_no_netns_and_no_pause() {
     let r = record("web", NetnsOwnership::Attached, false);
     let id = web_id();
     let h = id.host_veth_name();
-    let t = id.temp_peer_name();
     let ns = "/var/run/netns/cni-1234";
     assert_eq!(
         text(&plan_create(&r, &node(false))),
@@ -219,11 +210,10 @@ fn attach_creates_no_netns_and_no_pause() {
             "ensure bridge nh0 with 10.88.0.1/16".to_string(),
             "enable IPv4 forwarding".to_string(),
             format!(
-                "create veth {h} <-> {t} in {ns} (mtu 1450) [undo: delete link {h} in the host namespace]"
+                "create veth {h} <-> eth0 in {ns} (mtu 1450) [undo: delete link {h} in the host namespace]"
             ),
             format!("attach link {h} to bridge nh0"),
             format!("set link {h} up in the host namespace"),
-            format!("rename link {t} to eth0 in {ns}"),
             format!("add address 10.88.0.2/16 to link eth0 in {ns}"),
             format!("set link eth0 up in {ns}"),
             format!("add default route via 10.88.0.1 dev eth0 in {ns}"),
@@ -568,7 +558,6 @@ fn create_routed_dual_stack() {
     let r = routed_record(true, true);
     let id = web_id();
     let h = id.host_veth_name();
-    let t = id.temp_peer_name();
     let all = text(&plan_create(&r, &routed_node(true)));
     // After the pause and loopback: node addresses on lo, no bridge, no master, no hairpin;
     // permanent neighbours for the gateways before the on-link default routes; host routes
@@ -579,10 +568,9 @@ fn create_routed_dual_stack() {
             "ensure node addresses on lo: 10.88.0.1/32 fd00::1/128".to_string(),
             "enable IPv4 and IPv6 forwarding".to_string(),
             format!(
-                "create veth {h} <-> {t} in /run/netns/web (mtu 1450) [undo: delete link {h} in the host namespace]"
+                "create veth {h} <-> eth0 in /run/netns/web (mtu 1450) [undo: delete link {h} in the host namespace]"
             ),
             format!("set link {h} up in the host namespace"),
-            format!("rename link {t} to eth0 in /run/netns/web"),
             "disable IPv6 DAD on link eth0 in /run/netns/web".to_string(),
             "add address 10.88.0.2/32 to link eth0 in /run/netns/web".to_string(),
             "add address fd00::2/128 to link eth0 in /run/netns/web".to_string(),
