@@ -1942,3 +1942,58 @@ async fn unraisable_neighbour_tables_limit_creates() {
     assert_eq!(report.tables[0].pod_limit, None);
     assert_eq!(report.pod_limit().map(|(l, _)| l), None);
 }
+
+#[tokio::test]
+async fn routed_pods_are_checked_clean_and_a_changed_datapath_is_refused_while_pods_exist() {
+    use crate::datapath::Datapath;
+    let mut env = Env::dual();
+    env.config.datapath = Datapath::Routed;
+    // The table a routed daemon's start creates (its guard matches the host veths).
+    env.fake.install_table(crate::firewall::FirewallBase {
+        bridge: env.config.bridge.clone(),
+        pod_cidr_v4: env.config.pod_cidr_v4,
+        pod_cidr_v6: env.config.pod_cidr_v6,
+        masquerade: env.config.masquerade,
+        datapath: Datapath::Routed,
+    });
+    let m = env.manager();
+    let info = m.create(CreateRequest::new(name("web"))).await.unwrap();
+    assert_eq!(
+        info.ips,
+        vec![
+            "10.88.0.2/32".parse::<ipnet::IpNet>().unwrap(),
+            "fd00:88::2/128".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        info.gateways,
+        vec![
+            "169.254.1.1".parse::<std::net::IpAddr>().unwrap(),
+            "fe80::1".parse().unwrap()
+        ]
+    );
+    // The node's addresses on lo, the pod's host routes and neighbours: nothing drifts.
+    assert_eq!(m.check().await, vec![]);
+    drop(m);
+
+    let bridge = Config {
+        datapath: Datapath::Bridge,
+        ..env.config.clone()
+    };
+    let err = PodManager::open(bridge.clone(), env.fake.clone(), logger())
+        .err()
+        .unwrap();
+    assert!(matches!(err, ManagerError::DatapathChanged { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("`datapath` = \"bridge\"")
+            && msg.contains("pod web")
+            && msg.contains("routed datapath"),
+        "{msg}"
+    );
+    // The same datapath opens; without pods, another one does too.
+    let m = env.manager();
+    assert!(m.remove(&name("web")).await.unwrap());
+    drop(m);
+    PodManager::open(bridge, env.fake.clone(), logger()).unwrap();
+}
