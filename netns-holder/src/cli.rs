@@ -463,6 +463,7 @@ struct StatusView<'a> {
     host_ports: u64,
     peers: Vec<PeerRecord>,
     masquerade: bool,
+    datapath: &'a str,
     egress_exempt: &'a [String],
     neighbour_tables: Option<serde_json::Value>,
 }
@@ -509,6 +510,7 @@ fn status_view(s: &pb::StatusResponse) -> Result<StatusView<'_>, ResponseError> 
             .map(api::peer_record)
             .collect::<Result<_, _>>()?,
         masquerade: s.masquerade,
+        datapath: &s.datapath,
         egress_exempt: &s.egress_exempt,
         neighbour_tables: s.neighbour_tables.as_ref().map(neighbour_json),
     })

@@ -295,6 +295,7 @@ pub fn status_message(
         peers: status.peers.iter().map(peer_message).collect(),
         host_ports: status.host_ports as u64,
         masquerade: status.masquerade,
+        datapath: status.datapath.to_string(),
         egress_exempt: status
             .egress_exempt
             .iter()

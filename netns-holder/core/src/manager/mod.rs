@@ -251,6 +251,7 @@ impl<S: System> PodManager<S> {
             peers: inner.state.peers.clone(),
             neighbour_tables: self.neighbour_tables(),
             masquerade: self.config.masquerade,
+            datapath: self.config.datapath,
             egress_exempt: crate::egress::exempt_cidrs(
                 &self.config.pod_cidrs(),
                 inner.state.peers.iter().map(|p| p.pod_cidr),
