@@ -295,14 +295,6 @@ pub trait Netlink: Send + Sync {
         link: &IfName,
     ) -> impl Future<Output = Result<(), SystemError>> + Send;
 
-    /// Renames `from` to `to` inside the namespace at `netns` (the link is down).
-    fn rename_link(
-        &self,
-        netns: &Path,
-        from: &IfName,
-        to: &IfName,
-    ) -> impl Future<Output = Result<(), SystemError>> + Send;
-
     /// Sets the MTU of `link`.
     fn set_mtu(
         &self,

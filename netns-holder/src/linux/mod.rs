@@ -358,15 +358,6 @@ impl Netlink for LinuxSystem {
         netlink::link_up(self, netns, link).await
     }
 
-    async fn rename_link(
-        &self,
-        netns: &Path,
-        from: &IfName,
-        to: &IfName,
-    ) -> Result<(), SystemError> {
-        netlink::rename_link(self, netns, from, to).await
-    }
-
     async fn set_mtu(
         &self,
         netns: Option<&Path>,

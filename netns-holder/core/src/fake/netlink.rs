@@ -191,47 +191,6 @@ impl Netlink for FakeSystem {
         Ok(())
     }
 
-    async fn rename_link(
-        &self,
-        netns: &Path,
-        from: &IfName,
-        to: &IfName,
-    ) -> Result<(), SystemError> {
-        let mut m = self
-            .call(format!("rename_link {from} {to} {}", netns.display()))
-            .await?;
-        let id = m.net_id(Some(netns))?;
-        let object = format!("link {from} in {}", netns.display());
-        let net = m.net(id);
-        if net.links.contains_key(to.as_str()) {
-            return Err(SystemError::AlreadyExists {
-                object: format!("link {to} in {}", netns.display()),
-            });
-        }
-        let link = net.links.get(from.as_str()).ok_or(SystemError::NotFound {
-            object: object.clone(),
-        })?;
-        if link.up {
-            return Err(SystemError::other(
-                object,
-                "device or resource busy (link is up)",
-            ));
-        }
-        let link = net.links.remove(from.as_str()).expect("checked above");
-        let kind = link.kind.clone();
-        net.links.insert(to.to_string(), link);
-        if let Kind::Veth { peer_net, peer } = kind
-            && let Some(Kind::Veth { peer: back, .. }) = m
-                .nets
-                .get_mut(&peer_net)
-                .and_then(|n| n.links.get_mut(&peer))
-                .map(|l| &mut l.kind)
-        {
-            *back = to.to_string();
-        }
-        Ok(())
-    }
-
     async fn set_mtu(
         &self,
         netns: Option<&Path>,

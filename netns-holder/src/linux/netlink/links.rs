@@ -323,32 +323,6 @@ pub(crate) async fn link_up(
     .await
 }
 
-/// Renames `from` to `to` inside `netns`; `AlreadyExists` if `to` is taken.
-pub(crate) async fn rename_link(
-    sys: &LinuxSystem,
-    netns: &Path,
-    from: &IfName,
-    to: &IfName,
-) -> Result<(), SystemError> {
-    let object = link_object(Some(netns), from.as_str());
-    in_netns(sys, Some(netns), Dumps::No, async |h: Handle| {
-        let index = require_index(&h, from.as_str(), &object).await?;
-        match h
-            .link()
-            .set(LinkUnspec::new_with_index(index).name(to.as_str()).build())
-            .execute()
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(libc::EEXIST) => Err(SystemError::AlreadyExists {
-                object: link_object(Some(netns), to.as_str()),
-            }),
-            Err(e) => Err(nl_err(format!("{object}: renaming to {to}"), e)),
-        }
-    })
-    .await
-}
-
 /// Sets the MTU of `link` (in `netns`, or the node namespace).
 pub(crate) async fn set_mtu(
     sys: &LinuxSystem,
