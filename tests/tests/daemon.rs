@@ -1028,3 +1028,79 @@ fn fifty_concurrent_creates_then_gc() -> Result<()> {
         },
     )
 }
+
+/// Routed datapath (whatever NH_TEST_DATAPATH says): the per-pod host routes and permanent
+/// neighbour entries are state like any other. Deleted behind the daemon's back, `check`
+/// names each one, `check --repair` puts them back, and the pod answers again.
+#[test]
+fn routed_host_routes_and_neighbours_are_checked_and_repaired() -> Result<()> {
+    if !require_root("routed_host_routes_and_neighbours_are_checked_and_repaired") {
+        return Ok(());
+    }
+    let options = DaemonOptions {
+        pod_cidr_v6: Some(POD_CIDR_V6.into()),
+        extra_config: "datapath = \"routed\"\n".into(),
+        ..DaemonOptions::default()
+    };
+    on_node(
+        "routed_host_routes_and_neighbours_are_checked_and_repaired",
+        options,
+        |node, daemon| {
+            let pod = create(daemon, &unique_name("rt"))?;
+            let v4 = pod.ip(Family::V4)?;
+            let v6 = pod.ip(Family::V6)?;
+            check_no_drift(daemon)?;
+            let node_ns = node.netns_path();
+            let shown = String::from_utf8_lossy(
+                &run_ok(&mut in_netns(
+                    &node_ns,
+                    &["ip", "route", "show", "proto", "79"],
+                ))?
+                .stdout,
+            )
+            .to_string();
+            ensure!(
+                shown.contains(&format!("{v4} dev {}", pod.host_veth)),
+                "no host route to {v4}: {shown}"
+            );
+            // Someone deletes the IPv4 and IPv6 host routes, the node's neighbour entry for
+            // the pod and the pod's entry for its gateway.
+            for argv in [
+                vec!["ip", "route", "del", &format!("{v4}/32")],
+                vec!["ip", "-6", "route", "del", &format!("{v6}/128")],
+                vec!["ip", "neigh", "del", &v4.to_string(), "dev", &pod.host_veth],
+            ] {
+                let argv: Vec<&str> = argv.iter().map(|s| s.as_ref()).collect();
+                run_ok(&mut in_netns(&node_ns, &argv))?;
+            }
+            run_ok(&mut in_netns(
+                &pod.netns,
+                &["ip", "neigh", "del", "169.254.1.1", "dev", "eth0"],
+            ))?;
+            ensure!(
+                ping(&node_ns, v4).is_err(),
+                "the pod still answers without its host route"
+            );
+            let out = daemon.cli(&["check"])?;
+            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+            ensure!(!out.status.success(), "check found no drift: {stdout}");
+            for needle in [
+                format!("host route to {v4}/32 missing"),
+                format!("host route to {v6}/128 missing"),
+                format!("permanent neighbour entry for {v4} missing"),
+                "permanent neighbour entry for 169.254.1.1 missing".to_string(),
+            ] {
+                ensure!(
+                    stdout.contains(&needle),
+                    "check does not say {needle:?}: {stdout}"
+                );
+            }
+            daemon.cli_json(&["check", "--repair"])?;
+            check_no_drift(daemon)?;
+            ping(&node_ns, v4).context("node to pod after the repair")?;
+            ping(&node_ns, v6).context("node to pod (IPv6) after the repair")?;
+            remove(daemon, &pod.name)?;
+            assert_nothing_left(node, daemon, &[pod])
+        },
+    )
+}
