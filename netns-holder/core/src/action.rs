@@ -121,6 +121,13 @@ pub enum Action {
         /// The link.
         link: IfName,
     },
+    /// Rename the host veth `link` out of the way ([`crate::names::RETIRED_VETH_PREFIX`]):
+    /// the kernel deletes it (and its pod end) with the pod's namespace, which the rest of
+    /// the removal destroys, instead of a synchronous unregister under RTNL.
+    RetireLink {
+        /// The host veth.
+        link: IfName,
+    },
     /// Attach a host link to the bridge.
     SetMaster {
         /// The link.
@@ -306,6 +313,10 @@ impl fmt::Display for Action {
                 )
             }
             Self::DeleteLink { netns, link } => write!(f, "delete link {link} in {}", Ns(netns)),
+            Self::RetireLink { link } => write!(
+                f,
+                "retire link {link} (the kernel deletes it with the pod's namespace)"
+            ),
             Self::SetMaster { link, master } => write!(f, "attach link {link} to bridge {master}"),
             Self::LinkUp { netns, link } => write!(f, "set link {link} up in {}", Ns(netns)),
             Self::SetMtu { netns, link, mtu } => {

@@ -284,6 +284,12 @@ pub fn pod_id_from_pause_argv0(argv0: &str) -> Option<PodId> {
         .and_then(|id| PodId::parse(id).ok())
 }
 
+/// Prefix of a retired host veth (routed datapath): a removed pod's host veth is renamed to
+/// `nhx` + 12 random hex characters (15 bytes, never a host veth name, so no new pod's name
+/// collides with it and `check` does not look at it) and left to the kernel, which deletes
+/// it with the pod's namespace.
+pub const RETIRED_VETH_PREFIX: &str = "nhx";
+
 /// Whether `name` has the exact shape of a host veth this daemon creates
 /// (`nh` + 12 lowercase hex characters). The bridge `nh0` does not match.
 pub fn is_host_veth_name(name: &str) -> bool {

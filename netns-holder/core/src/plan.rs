@@ -344,10 +344,19 @@ pub fn plan_remove(record: &PodRecord, extra_pauses: &[PauseProcess]) -> Vec<Act
             elements: elements.clone(),
         });
     }
-    actions.push(Action::DeleteLink {
-        netns: None,
-        link: record.host_veth.clone(),
-    });
+    // A routed pod in a namespace of ours: its host veth is renamed out of the way and goes
+    // with the namespace (no synchronous unregister). On the bridge datapath a retired port
+    // would stay on the bridge until then, and an attached namespace is not ours to end.
+    if record.datapath == Datapath::Routed && record.netns_owned() {
+        actions.push(Action::RetireLink {
+            link: record.host_veth.clone(),
+        });
+    } else {
+        actions.push(Action::DeleteLink {
+            netns: None,
+            link: record.host_veth.clone(),
+        });
+    }
     let mut pauses: Vec<PauseProcess> = record.pause.iter().copied().collect();
     for p in extra_pauses {
         if !pauses.contains(p) {

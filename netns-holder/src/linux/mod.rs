@@ -128,7 +128,7 @@ pub struct LinuxSystem {
     pauses: Arc<pause::Pauses>,
     /// Held while one batch of node-side link deletions runs (see
     /// [`netlink::links::DELETE_GROUP`]).
-    link_deletions: tokio::sync::Mutex<()>,
+    link_deletions: Arc<tokio::sync::Mutex<()>>,
     log: Logger,
 }
 
@@ -172,7 +172,7 @@ impl LinuxSystem {
             pods: conn::PodConns::default(),
             nf_socket: tokio::sync::OnceCell::new(),
             pauses,
-            link_deletions: tokio::sync::Mutex::new(()),
+            link_deletions: Arc::new(tokio::sync::Mutex::new(())),
             log,
         })
     }
@@ -391,6 +391,10 @@ impl Netlink for LinuxSystem {
 
     async fn delete_link(&self, netns: Option<&Path>, link: &IfName) -> Result<bool, SystemError> {
         netlink::delete_link(self, netns, link).await
+    }
+
+    async fn retire_link(&self, link: &IfName) -> Result<bool, SystemError> {
+        netlink::retire_link(self, link).await
     }
 
     async fn link_info(

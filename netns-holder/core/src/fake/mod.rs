@@ -128,6 +128,8 @@ struct Model {
     /// Destinations of routes in the host namespace that are not ours.
     foreign_routes: BTreeSet<IpNet>,
     hairpin: BTreeSet<String>,
+    /// How many host links were retired (their names' suffix).
+    retired: u64,
     route_localnet: BTreeSet<String>,
     listeners: Vec<Listener>,
     conntrack: Vec<FakeConntrack>,
@@ -174,6 +176,7 @@ impl Default for Model {
             peer_routes: BTreeSet::new(),
             foreign_routes: BTreeSet::new(),
             hairpin: BTreeSet::new(),
+            retired: 0,
             route_localnet: BTreeSet::new(),
             listeners: Vec::new(),
             conntrack: Vec::new(),

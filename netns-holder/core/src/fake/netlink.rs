@@ -270,6 +270,26 @@ impl Netlink for FakeSystem {
         Ok(existed)
     }
 
+    async fn retire_link(&self, link: &IfName) -> Result<bool, SystemError> {
+        let mut m = self.call(format!("retire_link {link}")).await?;
+        let Some(found) = m.net(HOST).links.remove(link.as_str()) else {
+            return Ok(false);
+        };
+        m.retired += 1;
+        let retired = format!("{}{:012x}", crate::names::RETIRED_VETH_PREFIX, m.retired);
+        if let Kind::Veth { peer_net, peer } = found.kind.clone()
+            && let Some(Kind::Veth { peer: back, .. }) = m
+                .nets
+                .get_mut(&peer_net)
+                .and_then(|n| n.links.get_mut(&peer))
+                .map(|l| &mut l.kind)
+        {
+            *back = retired.clone();
+        }
+        m.net(HOST).links.insert(retired, found);
+        Ok(true)
+    }
+
     async fn link_info(
         &self,
         netns: Option<&Path>,

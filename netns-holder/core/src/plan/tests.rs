@@ -668,3 +668,30 @@ fn routed_checks_and_repairs_host_routes_and_neighbours() {
         "link lo: address 10.88.0.1/32 missing"
     );
 }
+
+#[test]
+fn a_routed_pod_of_ours_retires_its_host_veth_an_attached_one_deletes_it() {
+    let r = routed_record(false, false);
+    let h = r.host_veth.clone();
+    let owned = text(
+        &plan_remove(&r, &[])
+            .into_iter()
+            .map(Step::plain)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        owned[0],
+        format!("retire link {h} (the kernel deletes it with the pod's namespace)")
+    );
+    assert_eq!(owned.last().unwrap(), "delete netns /run/netns/web");
+    let mut attached = r.clone();
+    attached.ownership = NetnsOwnership::Attached;
+    let actions = plan_remove(&attached, &[]);
+    assert_eq!(
+        actions[0],
+        Action::DeleteLink {
+            netns: None,
+            link: h
+        }
+    );
+}

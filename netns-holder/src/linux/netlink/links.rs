@@ -357,6 +357,58 @@ pub(crate) async fn set_hairpin(sys: &LinuxSystem, link: &IfName) -> Result<(), 
 
 // ------------------------------------------------------------------ deleting links
 
+/// Renames the node link `link` to `nhx` + 12 random hex characters (retried while taken)
+/// and marks it for the deletion batch ([`DELETE_GROUP`]) in the same request, then leaves
+/// the unregister (two RCU grace periods under RTNL) to a background batch: the caller
+/// waits for neither. `Ok(false)` if it does not exist. A link left marked by a crash goes
+/// with the next batch, or with its pod's namespace.
+pub(crate) async fn retire_link(sys: &LinuxSystem, link: &IfName) -> Result<bool, SystemError> {
+    let object = link_object(None, link.as_str());
+    let h = node_handle(sys).await?;
+    let Some(found) = link_by_name(&h, link.as_str())
+        .await
+        .map_err(|e| nl_err(&object, e))?
+    else {
+        return Ok(false);
+    };
+    for _ in 0..8 {
+        let suffix: String = random_mac().iter().map(|b| format!("{b:02x}")).collect();
+        let retired = format!("{}{suffix}", crate::names::RETIRED_VETH_PREFIX);
+        let rename = LinkUnspec::new_with_index(found.header.index)
+            .name(retired.as_str())
+            .link_group(DELETE_GROUP)
+            .build();
+        match h.link().set(rename).execute().await {
+            Ok(()) => {
+                let (batch_lock, h, log) = (sys.link_deletions.clone(), h.clone(), sys.log.clone());
+                tokio::spawn(async move {
+                    let _batch = batch_lock.lock().await;
+                    let mut batch = h.link().del(0);
+                    batch
+                        .message_mut()
+                        .attributes
+                        .push(LinkAttribute::Group(DELETE_GROUP));
+                    match batch.execute().await {
+                        // Another batch took it along.
+                        Ok(()) => {}
+                        Err(e) if errno(&e) == Some(libc::ENODEV) => {}
+                        Err(e) => slog::warn!(log, "deleting retired host veths failed";
+                            "retired" => &retired, "error" => %e),
+                    }
+                });
+                return Ok(true);
+            }
+            Err(e) if errno(&e) == Some(libc::EEXIST) => continue,
+            Err(e) if errno(&e) == Some(libc::ENODEV) => return Ok(false),
+            Err(e) => return Err(nl_err(format!("{object}: renaming to {retired}"), e)),
+        }
+    }
+    Err(SystemError::other(
+        object,
+        "no free retired name after 8 tries",
+    ))
+}
+
 /// The device group that node-side links are moved into right before they are deleted.
 ///
 /// The kernel deletes a link with two RCU grace periods under the RTNL lock (about 20 ms
