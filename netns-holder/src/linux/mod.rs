@@ -129,6 +129,9 @@ pub struct LinuxSystem {
     /// Held while one batch of node-side link deletions runs (see
     /// [`netlink::links::DELETE_GROUP`]).
     link_deletions: Arc<tokio::sync::Mutex<()>>,
+    /// A background batch deleting retired host veths is scheduled (see
+    /// `retire_link` in `netlink/links.rs`).
+    retired_batch_pending: Arc<std::sync::atomic::AtomicBool>,
     log: Logger,
 }
 
@@ -173,6 +176,7 @@ impl LinuxSystem {
             nf_socket: tokio::sync::OnceCell::new(),
             pauses,
             link_deletions: Arc::new(tokio::sync::Mutex::new(())),
+            retired_batch_pending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             log,
         })
     }

@@ -7,6 +7,7 @@
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
@@ -359,8 +360,9 @@ pub(crate) async fn set_hairpin(sys: &LinuxSystem, link: &IfName) -> Result<(), 
 
 /// Renames the node link `link` to `nhx` + 12 random hex characters (retried while taken)
 /// and marks it for the deletion batch ([`DELETE_GROUP`]) in the same request, then leaves
-/// the unregister (two RCU grace periods under RTNL) to a background batch: the caller
-/// waits for neither. `Ok(false)` if it does not exist. A link left marked by a crash goes
+/// the unregister (two RCU grace periods under RTNL, about 20 ms) to a background batch
+/// that starts [`RETIRED_BATCH_DELAY`] later and takes every link retired by then: the
+/// caller waits for neither, and removes in a row share one unregister. `Ok(false)` if it does not exist. A link left marked by a crash goes
 /// with the next batch, or with its pod's namespace.
 pub(crate) async fn retire_link(sys: &LinuxSystem, link: &IfName) -> Result<bool, SystemError> {
     let object = link_object(None, link.as_str());
@@ -380,8 +382,21 @@ pub(crate) async fn retire_link(sys: &LinuxSystem, link: &IfName) -> Result<bool
             .build();
         match h.link().set(rename).execute().await {
             Ok(()) => {
-                let (batch_lock, h, log) = (sys.link_deletions.clone(), h.clone(), sys.log.clone());
+                if sys.retired_batch_pending.swap(true, Ordering::AcqRel) {
+                    // The scheduled batch takes this one along.
+                    return Ok(true);
+                }
+                let (batch_lock, pending, h, log) = (
+                    sys.link_deletions.clone(),
+                    sys.retired_batch_pending.clone(),
+                    h.clone(),
+                    sys.log.clone(),
+                );
                 tokio::spawn(async move {
+                    tokio::time::sleep(RETIRED_BATCH_DELAY).await;
+                    // From here on a retire schedules the next batch (this one may take its
+                    // link along; the next then finds nothing, which is fine).
+                    pending.store(false, Ordering::Release);
                     let _batch = batch_lock.lock().await;
                     let mut batch = h.link().del(0);
                     batch
@@ -420,6 +435,9 @@ pub(crate) async fn retire_link(sys: &LinuxSystem, link: &IfName) -> Result<bool
 /// in the group (its value spells "nhdl"); one left marked by a crash is deleted with the
 /// next batch, which is what reconcile would do with it anyway.
 pub(crate) const DELETE_GROUP: u32 = 0x6e68_646c;
+
+/// How long a background batch of retired host veths waits for more before it runs.
+pub(crate) const RETIRED_BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Deletes `link` in the node namespace in a batch with the other node-side deletions
 /// running at the same time (see [`DELETE_GROUP`]).
