@@ -262,8 +262,10 @@ impl PodId {
         IfName(format!("{HOST_VETH_PREFIX}{}", &self.0[..IFNAME_ID_CHARS]))
     }
 
-    /// The temporary name of the pod-side veth end inside the pod's namespace, before it is
-    /// renamed to [`POD_IFNAME`]: `nhp` + the first 12 hex characters of the id (15 bytes).
+    /// The temporary name earlier versions gave the pod-side veth end inside the pod's
+    /// namespace before renaming it to [`POD_IFNAME`] (now it is created under its final
+    /// name): `nhp` + the first 12 hex characters of the id (15 bytes). Repair still deletes
+    /// a leftover of that name.
     pub fn temp_peer_name(&self) -> IfName {
         IfName(format!("{TEMP_PEER_PREFIX}{}", &self.0[..IFNAME_ID_CHARS]))
     }
