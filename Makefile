@@ -91,11 +91,12 @@ test: deps pause lint
 	$(CARGO) build --workspace --locked
 	CARGO=$(CARGO) scripts/run-tests.sh
 
-## bench: pause footprint vs catatonit -P; pod create/remove vs the CNI reference chain; load (1000 pods, 32 clients); create/remove with a /metrics scraper every 100 ms vs without; cluster: lease -> route, 1000 peers vs ip -batch
+## bench: pause footprint vs catatonit -P; pod create/remove on both datapaths vs the CNI reference chain and the routed 4000-pod scale run; first-packet RTT with proxy ARP vs permanent neighbours; load (1000 pods, 32 clients); create/remove with a /metrics scraper every 100 ms vs without; cluster: lease -> route, 1000 peers vs ip -batch
 bench: pause
 	$(CARGO) build -p netns-holder -p cri-hook -p nh-tests --release --locked
 	$(TARGET)/release/bench_pause
 	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_pods
+	scripts/first-packet-neighbours.sh
 	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder CRI_HOOK_BIN=$(TARGET)/release/cri-hook \
 		$(TARGET)/release/bench_nri
 	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_hostports

@@ -14,6 +14,7 @@
 # crun is optional.
 # NETNS_HOLDER_BIN: the netns-holder binary (default target/debug/netns-holder).
 # PAUSE_BIN: the pause binary (default target/pause/pause).
+# DEMO_DATAPATH: the daemon's datapath, bridge (the default) or routed (docs/datapath.md).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +24,9 @@ BUSYBOX="${BUSYBOX:-/bin/busybox}"
 
 NODE="nhdemo-$$"                    # the node's network namespace (ip netns name)
 POD_CIDR="10.222.0.0/24"            # private addresses, only inside our own namespaces
+NODE_ADDR="10.222.0.1"              # the node's own address in it (bridge, or lo when routed)
+DATAPATH="${DEMO_DATAPATH:-bridge}"
+case "$DATAPATH" in bridge|routed) ;; *) echo "DEMO_DATAPATH=$DATAPATH: bridge or routed" >&2; exit 2 ;; esac
 POD_A="web-$$"                      # pod names
 POD_B="api-$$"
 PORT=8080
@@ -270,6 +274,7 @@ state_dir = "$WORK/state"
 netns_dir = "$NETNS_DIR"
 pod_cidr_v4 = "$POD_CIDR"
 pause_binary = "$PAUSE_BIN"
+datapath = "$DATAPATH"
 EOF
 indent <"$WORK/config.toml"
 # setsid: a Ctrl-C on the terminal reaches this script, whose trap removes the pods through
@@ -378,8 +383,14 @@ note "web-b's own access log (httpd -vv, stderr of the container):"
 indent <"$WORK/web-b.log"
 grep -q "^$A_IP:" "$WORK/web-b.log" || die "web-b's log does not show $A_IP"
 
-say "7. node to pod and pod to node: ping (the pods' gateway is the node bridge's address)"
-note "node bridge: $(ip -n "$NODE" -br addr show nh0)"
+if [ "$DATAPATH" = bridge ]; then
+    say "7. node to pod and pod to node: ping (the pods' gateway is the node bridge's address)"
+    note "node bridge: $(ip -n "$NODE" -br addr show nh0)"
+else
+    say "7. node to pod and pod to node: ping (routed: no bridge; the node's address is on lo)"
+    note "node lo: $(ip -n "$NODE" -br addr show lo)"
+    note "node routes to the pods (proto 79): $(ip -n "$NODE" route show proto 79 | tr '\n' ';')"
+fi
 for ip in "$A_IP" "$B_IP"; do
     note "node -> pod $ip:"
     nsenter --net="/run/netns/$NODE" ping -c 1 -W 2 "$ip" | grep -E 'bytes from|transmitted' | indent
@@ -387,8 +398,14 @@ done
 re='"gateways":\["([^"]+)"'
 [[ $A_JSON =~ $re ]] || die "no gateway in $A_JSON"
 GATEWAY="${BASH_REMATCH[1]}"
-note "pod $POD_A -> node $GATEWAY (netns-holder exec $POD_A -- ping ...):"
-"${NH[@]}" exec "$POD_A" -- ping -c 1 -W 2 "$GATEWAY" | grep -E 'bytes from|transmitted' | indent
+note "pod $POD_A's gateway: $GATEWAY"
+if [ "$DATAPATH" = bridge ]; then
+    [ "$GATEWAY" = "$NODE_ADDR" ] || die "gateway $GATEWAY is not the bridge's $NODE_ADDR"
+else
+    [ "$GATEWAY" = 169.254.1.1 ] || die "routed gateway $GATEWAY is not 169.254.1.1"
+fi
+note "pod $POD_A -> node $NODE_ADDR (netns-holder exec $POD_A -- ping ...):"
+"${NH[@]}" exec "$POD_A" -- ping -c 1 -W 2 "$NODE_ADDR" | grep -E 'bytes from|transmitted' | indent
 
 say "7b. a host port: node port $HOST_PORT forwarded to pod $POD_B port $PORT (nftables, no listener on the node)"
 host_get() {
@@ -396,7 +413,7 @@ host_get() {
         | nsenter --net="/run/netns/$NODE" /bin/busybox nc -w 5 "$1" "$HOST_PORT" \
         | tr -d '\r' | sed '1,/^$/d'
 }
-for addr in 127.0.0.1 "$GATEWAY"; do
+for addr in 127.0.0.1 "$NODE_ADDR"; do
     answer="$(host_get "$addr")"
     note "node -> $addr:$HOST_PORT: $answer"
     [[ $answer == "web-b answers: you come from "* ]] || die "host port $HOST_PORT on $addr did not reach web-b"
@@ -432,8 +449,9 @@ STATUS="$("${NH[@]}" status)"
 note "status: $STATUS"
 [[ $STATUS == *'"pods":0'* && $STATUS == *'"allocated":0'* ]] || die "addresses still allocated: $STATUS"
 LINKS="$(ip -n "$NODE" -o link show | awk -F': ' '{ printf "%s ", $2 }')"
-note "node links: $LINKS(the bridge stays; the host veths are gone)"
-[ "$LINKS" = "lo nh0 " ] || die "host veths left: $LINKS"
+note "node links: $LINKS(the bridge stays, if any; the host veths are gone)"
+if [ "$DATAPATH" = bridge ]; then EXPECTED_LINKS="lo nh0 "; else EXPECTED_LINKS="lo "; fi
+[ "$LINKS" = "$EXPECTED_LINKS" ] || die "host veths left: $LINKS"
 MOUNTS="$(ls -A "$NETNS_DIR")"
 [ -z "$MOUNTS" ] || die "namespace bind mounts left: $MOUNTS"
 note "bind mounts left in $NETNS_DIR: none"

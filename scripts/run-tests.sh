@@ -4,9 +4,12 @@
 # Runs `cargo test --workspace --no-fail-fast` with /run replaced by an empty tmpfs in a
 # private mount namespace, so that no test can lean on what this machine's /run happens to
 # hold (/run/netns, runtime state dirs, sockets of other tools): a fresh machine has none of
-# it. The machine's own /run is never touched. Then it prints one summary of every test
-# binary: "tests: N passed, N failed, N skipped" (a binary that died without its own
-# summary counts as one failure and is named).
+# it. The machine's own /run is never touched. Then it runs the daemon-level suites
+# (ROUTED_SUITES) a second time with NH_TEST_DATAPATH=routed: the test daemons run the
+# routed datapath (the first run is the default, bridge). Then it prints one summary of
+# every test binary of both runs: "tests: N passed, N failed, N skipped" (a binary that
+# died without its own summary counts as one failure and is named).
+# ROUTED_SUITES="" skips the second run (e.g. when CARGO TEST ARGS select other tests).
 set -euo pipefail
 CARGO="${CARGO:-cargo}"
 log="$(mktemp /tmp/nh-test-log.XXXXXX)"
@@ -22,6 +25,18 @@ fi
 status=0
 "${empty_run[@]}" "$CARGO" test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log" \
     || status=$?
+
+# The suites that drive real daemons through nh_tests::node, whose helpers honour
+# NH_TEST_DATAPATH; the unit, API and parser tests do not depend on the datapath.
+ROUTED_SUITES="${ROUTED_SUITES-daemon egress two_nodes hostports attached_ended metrics nri nri_replay oci_hook cni cni_replay neighbour chaos}"
+if [ -n "$ROUTED_SUITES" ]; then
+    routed_args=()
+    for suite in $ROUTED_SUITES; do routed_args+=(--test "$suite"); done
+    echo
+    echo "=== the daemon-level suites again on the routed datapath (NH_TEST_DATAPATH=routed) ==="
+    NH_TEST_DATAPATH=routed "${empty_run[@]}" "$CARGO" test -p nh-tests --locked --no-fail-fast \
+        "${routed_args[@]}" 2>&1 | tee -a "$log" || status=$?
+fi
 
 # "test result: ok. 12 passed; 0 failed; 3 ignored; ..." once per test binary; a binary that
 # crashed prints no such line, and cargo names it in "error: test failed, to rerun pass ...".

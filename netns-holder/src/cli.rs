@@ -463,6 +463,7 @@ struct StatusView<'a> {
     host_ports: u64,
     peers: Vec<serde_json::Value>,
     masquerade: bool,
+    datapath: &'a str,
     egress_exempt: &'a [String],
     neighbour_tables: Option<serde_json::Value>,
     /// Cluster mode only.
@@ -521,6 +522,7 @@ fn status_view(s: &pb::StatusResponse) -> Result<StatusView<'_>, ResponseError> 
             })
             .collect::<Result<_, ResponseError>>()?,
         masquerade: s.masquerade,
+        datapath: &s.datapath,
         egress_exempt: &s.egress_exempt,
         neighbour_tables: s.neighbour_tables.as_ref().map(neighbour_json),
         cluster: s.cluster.as_ref().map(|c| {

@@ -23,6 +23,6 @@ pub mod server;
 pub(crate) use netns_holder_client::{api, client};
 pub(crate) use netns_holder_core::cluster as cluster_core;
 pub(crate) use netns_holder_core::{
-    config, egress, finding, firewall, kernel, manager, names, neigh, netns_path, peers, ports,
-    spec, state, system,
+    config, datapath, egress, finding, firewall, kernel, manager, names, neigh, netns_path, peers,
+    ports, spec, state, system,
 };

@@ -15,6 +15,8 @@ use slog::{Drain, Logger, info, o};
 use ipnet::IpNet;
 use netns_holder::cli::{self, Cli, ClientCommand, Command, Outcome, ServeArgs};
 use netns_holder_core::config::Config;
+use netns_holder_core::datapath::Datapath;
+use netns_holder_core::ipam::Ipam;
 use netns_holder_core::kernel::check_pod_cidrs as check_pod_cidrs_against;
 use netns_holder_core::system::Netlink;
 
@@ -148,6 +150,21 @@ async fn check_pod_cidrs<S: Netlink>(config: &Config, system: &S) -> anyhow::Res
         .context("cannot read the node's addresses and routes to check the pod CIDRs")?;
     let mut cidrs = vec![("pod_cidr_v4", IpNet::V4(config.pod_cidr_v4))];
     cidrs.extend(config.pod_cidr_v6.map(|v6| ("pod_cidr_v6", IpNet::V6(v6))));
+    // The routed datapath's own node addresses (each pool's first host address, alone on
+    // `lo`) are ours, as the bridge's gateway addresses are, and so is the /128 route the
+    // kernel adds on `lo` for an IPv6 one.
+    let own: Vec<IpNet> = match config.datapath {
+        Datapath::Bridge => Vec::new(),
+        Datapath::Routed => Ipam::new(config.pod_cidr_v4, config.pod_cidr_v6)
+            .gateways()
+            .iter()
+            .map(|g| IpNet::from(g.addr()))
+            .collect(),
+    };
+    let networks: Vec<_> = networks
+        .into_iter()
+        .filter(|n| !(n.interface.as_deref() == Some("lo") && own.contains(&n.network)))
+        .collect();
     check_pod_cidrs_against(&cidrs, &config.bridge, &networks)?;
     Ok(())
 }

@@ -540,6 +540,7 @@ async fn status_reports_counts_and_pools() {
             "host_ports",
             "peers",
             "masquerade",
+            "datapath",
             "egress_exempt",
             "neighbour_tables"
         ]
@@ -547,6 +548,7 @@ async fn status_reports_counts_and_pools() {
         .collect()
     );
     assert_eq!(status["masquerade"], true);
+    assert_eq!(status["datapath"], "bridge");
     assert_eq!(
         status["egress_exempt"],
         serde_json::json!(["10.222.0.0/16"])

@@ -25,6 +25,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use netns_holder::linux::{LinuxSystem, PAUSE_NODE_ENV};
 use netns_holder_core::config::Config;
 use netns_holder_core::egress::EgressExempt;
@@ -813,11 +814,11 @@ fn system_primitives() {
         // Veth: exclusive on the host end.
         sys.create_netns(&a).await.expect("create a");
         let host = ifname("nhveth0");
-        sys.create_veth(&host, &ifname("nhp0"), &a, 1300)
+        sys.create_veth(&host, &ifname("nhp0"), &a, 1300, None, None)
             .await
             .expect("veth");
         let err = sys
-            .create_veth(&host, &ifname("nhp1"), &a, 1300)
+            .create_veth(&host, &ifname("nhp1"), &a, 1300, None, None)
             .await
             .unwrap_err();
         assert!(matches!(err, SystemError::AlreadyExists { .. }), "{err}");
@@ -833,6 +834,111 @@ fn system_primitives() {
                 .await
                 .unwrap()
                 .is_none()
+        );
+
+        // Routed datapath primitives: fixed MACs on both ends, permanent neighbours on both
+        // sides, a host route with our protocol and source, node addresses on lo.
+        let routed_host = ifname("nhveth1");
+        let pod_mac = netns_holder_core::datapath::pod_mac("10.99.0.2".parse().unwrap());
+        let host_mac = netns_holder_core::datapath::HOST_VETH_MAC;
+        sys.create_veth(
+            &routed_host,
+            &ifname("nhr0"),
+            &a,
+            1300,
+            Some(host_mac),
+            Some(pod_mac),
+        )
+        .await
+        .expect("routed veth");
+        let (ok, text) = in_node(&ctx.node, &["ip", "link", "show", "nhveth1"]);
+        assert!(ok && text.contains("ee:ee:ee:ee:ee:ee"), "{text}");
+        let (ok, text) = in_pod(&a, &["ip", "link", "show", "nhr0"]);
+        assert!(ok && text.contains("0a:58:0a:63:00:02"), "{text}");
+        let lo = ifname("lo");
+        let node_v4: IpNet = "10.99.0.1/32".parse().unwrap();
+        let node_v6: IpNet = "fd00:99::1/128".parse().unwrap();
+        for _ in 0..2 {
+            sys.ensure_node_addresses(&lo, &[node_v4, node_v6])
+                .await
+                .expect("node addresses on lo, twice");
+        }
+        let lo_info = sys.link_info(None, &lo).await.unwrap().expect("lo");
+        assert!(lo_info.up);
+        assert!(lo_info.addresses.contains(&node_v4), "{lo_info:?}");
+        assert!(lo_info.addresses.contains(&node_v6), "{lo_info:?}");
+        sys.link_up(None, &routed_host).await.unwrap();
+        let pod_v4: IpNet = "10.99.0.2/32".parse().unwrap();
+        let pod_v6: IpNet = "fd00:99::2/128".parse().unwrap();
+        assert!(sys.host_routes(&routed_host).await.unwrap().is_empty());
+        for _ in 0..2 {
+            sys.add_host_route(&routed_host, pod_v4, node_v4.addr())
+                .await
+                .expect("v4 host route (and replaced)");
+            sys.add_host_route(&routed_host, pod_v6, node_v6.addr())
+                .await
+                .expect("v6 host route (and replaced)");
+            sys.add_neighbour(None, &routed_host, pod_v4.addr(), pod_mac)
+                .await
+                .expect("v4 neighbour (and replaced)");
+            sys.add_neighbour(None, &routed_host, pod_v6.addr(), pod_mac)
+                .await
+                .expect("v6 neighbour (and replaced)");
+        }
+        let mut routes = sys.host_routes(&routed_host).await.unwrap();
+        routes.sort();
+        assert_eq!(routes, vec![pod_v4, pod_v6]);
+        let (ok, text) = in_node(&ctx.node, &["ip", "route", "show", "10.99.0.2"]);
+        assert!(
+            ok && text.contains("proto 79") && text.contains("src 10.99.0.1"),
+            "{text}"
+        );
+        let mut neighbours = sys.permanent_neighbours(None, &routed_host).await.unwrap();
+        neighbours.sort();
+        assert_eq!(neighbours, vec![pod_v4.addr(), pod_v6.addr()]);
+        sys.add_neighbour(
+            Some(&a),
+            &ifname("nhr0"),
+            "169.254.1.1".parse().unwrap(),
+            host_mac,
+        )
+        .await
+        .expect("gateway neighbour in the pod");
+        assert_eq!(
+            sys.permanent_neighbours(Some(&a), &ifname("nhr0"))
+                .await
+                .unwrap(),
+            vec!["169.254.1.1".parse::<IpAddr>().unwrap()]
+        );
+        // Retiring: the name is free at once (a new pair takes it), the retired link is
+        // gone soon after (background batch), and a missing link is no error.
+        let retired_host = ifname("nhveth2");
+        sys.create_veth(&retired_host, &ifname("nhr1"), &a, 1300, None, None)
+            .await
+            .expect("veth to retire");
+        assert!(sys.retire_link(&retired_host).await.unwrap());
+        assert!(
+            sys.link_info(None, &retired_host).await.unwrap().is_none(),
+            "the name is free after retire_link returns"
+        );
+        sys.create_veth(&retired_host, &ifname("nhr2"), &a, 1300, None, None)
+            .await
+            .expect("the same host name again");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sys.list_links(None, "nhx").await.unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the retired link is still there");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(sys.delete_link(None, &retired_host).await.unwrap());
+        assert!(!sys.retire_link(&retired_host).await.unwrap());
+        // Routes and neighbours die with the link; a missing link has none.
+        assert!(sys.delete_link(None, &routed_host).await.unwrap());
+        assert!(sys.host_routes(&routed_host).await.unwrap().is_empty());
+        assert!(
+            sys.permanent_neighbours(None, &routed_host)
+                .await
+                .unwrap()
+                .is_empty()
         );
 
         // Pause identity: a wrong start time is not ours to stop.
@@ -897,6 +1003,7 @@ fn nftables_table_and_element_batches() {
             pod_cidr_v4: "10.88.0.0/16".parse().unwrap(),
             pod_cidr_v6: Some("fd00:88::/64".parse().unwrap()),
             masquerade: true,
+            datapath: Default::default(),
         };
         let exempt = EgressExempt::new(
             ["10.88.0.0/16", "10.89.0.0/24", "192.0.2.7/32", "fd00:88::/64"]

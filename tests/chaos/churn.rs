@@ -1,6 +1,6 @@
 //! Churn under `kill -9`: 16 concurrent clients (threads, each with its own API client) do
 //! 500 create/remove operations on pods with a host port each, while the daemon is
-//! SIGKILLed at random every 0.5–2.5 s and restarted right away. A client that loses its
+//! SIGKILLed at random every 0.2–1 s and restarted right away. A client that loses its
 //! connection (or cannot connect) reconnects and retries the same operation, as a real
 //! caller would: create and remove are idempotent.
 //!
@@ -170,12 +170,12 @@ async fn client_run(
     Ok(known)
 }
 
-/// SIGKILLs and restarts the daemon every 0.5–2.5 s until `done`, checking for drift after
+/// SIGKILLs and restarts the daemon every 0.2–1 s until `done`, checking for drift after
 /// each restart; returns the kill count.
 fn killer(daemon: &mut Daemon, done: &AtomicBool, mut rng: Rng) -> Result<usize> {
     let mut kills = 0;
     loop {
-        let wait = Duration::from_millis(500 + rng.below(2000));
+        let wait = Duration::from_millis(200 + rng.below(800));
         let until = Instant::now() + wait;
         while Instant::now() < until {
             if done.load(Ordering::SeqCst) {

@@ -356,6 +356,25 @@ pub fn assert_node_matches(node: &Node, daemon: &Daemon, live: &[Pod]) -> Result
     );
 
     let own = node.test_links();
+    // Retired host veths (routed datapath: renamed at removal, `nhx` + 12 hex) go with their
+    // pod's namespace when the kernel cleans it up, asynchronously: they must be gone
+    // within 5 s, and are never counted as host veths.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let retired: Vec<String> = node
+            .links()?
+            .into_iter()
+            .filter(|l| l.starts_with(netns_holder_core::names::RETIRED_VETH_PREFIX))
+            .collect();
+        if retired.is_empty() {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "retired host veths still in the node after 5 s: {retired:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let links: BTreeSet<String> = node
         .links()?
         .into_iter()

@@ -273,6 +273,33 @@ impl Drop for Node {
     }
 }
 
+/// The datapath the test daemons run (`NH_TEST_DATAPATH`: `bridge`, the default, or
+/// `routed`); `scripts/run-tests.sh` runs the daemon-level suites once with each. A config
+/// whose `extra_config` names `datapath` itself keeps its own.
+pub fn test_datapath() -> &'static str {
+    static DATAPATH: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    DATAPATH.get_or_init(|| match std::env::var("NH_TEST_DATAPATH").as_deref() {
+        Ok("routed") => "routed",
+        Ok("bridge") | Ok("") | Err(_) => "bridge",
+        Ok(other) => panic!("NH_TEST_DATAPATH={other:?}: expected \"bridge\" or \"routed\""),
+    })
+}
+
+/// Whether the test daemons run the routed datapath (see [`test_datapath`]).
+pub fn routed() -> bool {
+    test_datapath() == "routed"
+}
+
+/// The node's own address in a pod CIDR: the first host address, which the bridge carries
+/// as the pods' gateway (bridge datapath) or `lo` carries alone (routed), and the source of
+/// the node's traffic to its pods.
+pub fn node_pod_address(cidr: &str) -> std::net::IpAddr {
+    let net: ipnet::IpNet = cidr.parse().expect("a pod CIDR");
+    net.hosts()
+        .find(|a| *a != net.network())
+        .expect("a pod CIDR with host addresses")
+}
+
 /// Settings for a test daemon; the dirs and socket are always private to it.
 #[derive(Clone, Debug)]
 pub struct DaemonOptions {
@@ -351,6 +378,9 @@ impl Daemon {
                 .map(|(cidr, via)| format!("{{ pod_cidr = \"{cidr}\", via = \"{via}\" }}"))
                 .collect();
             config.push_str(&format!("peers = [{}]\n", peers.join(", ")));
+        }
+        if !options.extra_config.contains("datapath") {
+            config.push_str(&format!("datapath = \"{}\"\n", test_datapath()));
         }
         config.push_str(&options.extra_config);
         if let Some(cluster) = &options.cluster {

@@ -186,21 +186,44 @@ fn pod_network(node: &Node, daemon: &Daemon, family: Family) -> Result<()> {
         );
     }
 
-    // Node and pods: the gateway is the bridge's address on the node and the pods' default
-    // route; the node reaches the pods, the pods reach the node.
-    let bridge: BTreeSet<IpAddr> = addresses(&node.netns_path(), daemon.bridge())?
+    // Node and pods: the gateway is the bridge's address on the node (routed: the link-local
+    // gateway, while the node's own pod-CIDR address sits on `lo`) and the pods' default
+    // route; the node reaches the pods from that address, the pods reach the node on it.
+    let routed = nh_tests::node::routed();
+    let node_link = if routed { "lo" } else { daemon.bridge() };
+    let node_addresses: BTreeSet<IpAddr> = addresses(&node.netns_path(), node_link)?
         .into_iter()
         .map(|(ip, _)| ip)
+        .filter(|ip| !ip.is_loopback())
         .collect();
     for pod in [&a, &b] {
         let ip = pod.ip(family)?;
         let gateway = pod.gateway(family)?;
-        ensure!(
-            bridge.contains(&gateway),
-            "pod {}: gateway {gateway} is not an address of bridge {} ({bridge:?})",
-            pod.name,
-            daemon.bridge()
-        );
+        let node_address = if routed {
+            let link_local: IpAddr = match family {
+                Family::V4 => "169.254.1.1".parse()?,
+                Family::V6 => "fe80::1".parse()?,
+            };
+            ensure!(
+                gateway == link_local,
+                "pod {}: gateway {gateway}, expected the routed datapath's {link_local}",
+                pod.name
+            );
+            *node_addresses
+                .iter()
+                .find(|a| a.is_ipv4() == ip.is_ipv4())
+                .with_context(|| {
+                    format!("no node address of the pod's family on lo: {node_addresses:?}")
+                })?
+        } else {
+            ensure!(
+                node_addresses.contains(&gateway),
+                "pod {}: gateway {gateway} is not an address of bridge {} ({node_addresses:?})",
+                pod.name,
+                daemon.bridge()
+            );
+            gateway
+        };
         let route = default_gateway(&pod.netns, family)?;
         ensure!(
             route == gateway,
@@ -208,12 +231,12 @@ fn pod_network(node: &Node, daemon: &Daemon, family: Family) -> Result<()> {
             pod.name
         );
         ping(&node.netns_path(), ip).with_context(|| format!("node to pod {}", pod.name))?;
-        ping(&pod.netns, gateway).with_context(|| format!("pod {} to node", pod.name))?;
+        ping(&pod.netns, node_address).with_context(|| format!("pod {} to node", pod.name))?;
         let seen = tcp(&node.netns_path(), &pod.netns, ip)?;
         ensure!(
-            seen.server_peer == gateway && seen.client_local == gateway,
+            seen.server_peer == node_address && seen.client_local == node_address,
             "node to pod {}: the node connected from {} and the pod saw {}, expected the \
-             bridge address {gateway} on both ends",
+             node address {node_address} on both ends",
             pod.name,
             seen.client_local,
             seen.server_peer
@@ -1002,6 +1025,82 @@ fn fifty_concurrent_creates_then_gc() -> Result<()> {
             );
             eprintln!("  {PODS} concurrent creates took {elapsed:.1?}; gc removed them all");
             assert_nothing_left(node, daemon, &pods)
+        },
+    )
+}
+
+/// Routed datapath (whatever NH_TEST_DATAPATH says): the per-pod host routes and permanent
+/// neighbour entries are state like any other. Deleted behind the daemon's back, `check`
+/// names each one, `check --repair` puts them back, and the pod answers again.
+#[test]
+fn routed_host_routes_and_neighbours_are_checked_and_repaired() -> Result<()> {
+    if !require_root("routed_host_routes_and_neighbours_are_checked_and_repaired") {
+        return Ok(());
+    }
+    let options = DaemonOptions {
+        pod_cidr_v6: Some(POD_CIDR_V6.into()),
+        extra_config: "datapath = \"routed\"\n".into(),
+        ..DaemonOptions::default()
+    };
+    on_node(
+        "routed_host_routes_and_neighbours_are_checked_and_repaired",
+        options,
+        |node, daemon| {
+            let pod = create(daemon, &unique_name("rt"))?;
+            let v4 = pod.ip(Family::V4)?;
+            let v6 = pod.ip(Family::V6)?;
+            check_no_drift(daemon)?;
+            let node_ns = node.netns_path();
+            let shown = String::from_utf8_lossy(
+                &run_ok(&mut in_netns(
+                    &node_ns,
+                    &["ip", "route", "show", "proto", "79"],
+                ))?
+                .stdout,
+            )
+            .to_string();
+            ensure!(
+                shown.contains(&format!("{v4} dev {}", pod.host_veth)),
+                "no host route to {v4}: {shown}"
+            );
+            // Someone deletes the IPv4 and IPv6 host routes, the node's neighbour entry for
+            // the pod and the pod's entry for its gateway.
+            for argv in [
+                vec!["ip", "route", "del", &format!("{v4}/32")],
+                vec!["ip", "-6", "route", "del", &format!("{v6}/128")],
+                vec!["ip", "neigh", "del", &v4.to_string(), "dev", &pod.host_veth],
+            ] {
+                let argv: Vec<&str> = argv.iter().map(|s| s.as_ref()).collect();
+                run_ok(&mut in_netns(&node_ns, &argv))?;
+            }
+            run_ok(&mut in_netns(
+                &pod.netns,
+                &["ip", "neigh", "del", "169.254.1.1", "dev", "eth0"],
+            ))?;
+            ensure!(
+                ping(&node_ns, v4).is_err(),
+                "the pod still answers without its host route"
+            );
+            let out = daemon.cli(&["check"])?;
+            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+            ensure!(!out.status.success(), "check found no drift: {stdout}");
+            for needle in [
+                format!("host route to {v4}/32 missing"),
+                format!("host route to {v6}/128 missing"),
+                format!("permanent neighbour entry for {v4} missing"),
+                "permanent neighbour entry for 169.254.1.1 missing".to_string(),
+            ] {
+                ensure!(
+                    stdout.contains(&needle),
+                    "check does not say {needle:?}: {stdout}"
+                );
+            }
+            daemon.cli_json(&["check", "--repair"])?;
+            check_no_drift(daemon)?;
+            ping(&node_ns, v4).context("node to pod after the repair")?;
+            ping(&node_ns, v6).context("node to pod (IPv6) after the repair")?;
+            remove(daemon, &pod.name)?;
+            assert_nothing_left(node, daemon, &[pod])
         },
     )
 }

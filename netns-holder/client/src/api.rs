@@ -299,6 +299,7 @@ pub fn status_message(
         peers: status.peers.iter().map(peer_message).collect(),
         host_ports: status.host_ports as u64,
         masquerade: status.masquerade,
+        datapath: status.datapath.to_string(),
         egress_exempt: status
             .egress_exempt
             .iter()
@@ -428,9 +429,9 @@ pub fn error_code(error: &ManagerError) -> Code {
         | ManagerError::WiredElsewhere { .. } => Code::FailedPrecondition,
         ManagerError::Ipam { .. } | ManagerError::NeighbourLimit { .. } => Code::ResourceExhausted,
         ManagerError::Ports { .. } | ManagerError::PortAddress { .. } => Code::InvalidArgument,
-        ManagerError::PortInUse { .. } | ManagerError::ClusterConflict { .. } => {
-            Code::FailedPrecondition
-        }
+        ManagerError::PortInUse { .. }
+        | ManagerError::ClusterConflict { .. }
+        | ManagerError::DatapathChanged { .. } => Code::FailedPrecondition,
         ManagerError::Peer(PeerError::Exists { .. }) => Code::AlreadyExists,
         ManagerError::Peer(PeerError::FromConfig { .. } | PeerError::FromCluster { .. }) => {
             Code::FailedPrecondition

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::datapath::Mac;
 use crate::egress::EgressExempt;
 use crate::firewall::{self, ConntrackFlush, FirewallTable, HostPortElement};
 use crate::kernel::PauseProcess;
@@ -62,6 +63,37 @@ pub enum Action {
         /// Gateway addresses with the pod CIDR prefix lengths.
         addresses: Vec<IpNet>,
     },
+    /// Ensure the host link `link` (`lo` on the routed datapath) is up and carries the
+    /// node's own pod-CIDR addresses.
+    EnsureNodeAddresses {
+        /// The link.
+        link: IfName,
+        /// The node's addresses (/32 and /128).
+        addresses: Vec<IpNet>,
+    },
+    /// Add (or replace) a permanent neighbour entry `address` -> `mac` on `link`
+    /// (`netns: None` is the host namespace).
+    AddNeighbour {
+        /// The namespace, `None` for the host.
+        netns: Option<PathBuf>,
+        /// The link.
+        link: IfName,
+        /// The neighbour's address.
+        address: IpAddr,
+        /// Its MAC address.
+        mac: Mac,
+    },
+    /// Add (or replace) the node's host route to a pod's `address` on its host veth `link`,
+    /// with preferred source `source` (routed datapath; tagged
+    /// [`crate::datapath::POD_ROUTE_PROTOCOL`]).
+    AddHostRoute {
+        /// The host veth.
+        link: IfName,
+        /// The pod's address (/32 or /128).
+        address: IpNet,
+        /// The node's own address of that family, the source of node-to-pod traffic.
+        source: IpAddr,
+    },
     /// Turn on IP forwarding (IPv4, and IPv6 if dual-stack).
     EnableForwarding {
         /// Whether IPv6 forwarding is wanted too.
@@ -71,18 +103,29 @@ pub enum Action {
     CreateVeth {
         /// Host end.
         host: IfName,
-        /// Pod end (temporary name).
+        /// Pod end (its final name: created directly inside `netns`).
         peer: IfName,
         /// The pod namespace.
         netns: PathBuf,
         /// MTU of both ends.
         mtu: u32,
+        /// MAC address of the host end (`None`: the kernel picks a random one).
+        host_mac: Option<Mac>,
+        /// MAC address of the pod end (`None`: random).
+        peer_mac: Option<Mac>,
     },
     /// Delete a link (`netns: None` is the host namespace).
     DeleteLink {
         /// The namespace, `None` for the host.
         netns: Option<PathBuf>,
         /// The link.
+        link: IfName,
+    },
+    /// Rename the host veth `link` out of the way ([`crate::names::RETIRED_VETH_PREFIX`]):
+    /// the kernel deletes it (and its pod end) with the pod's namespace, which the rest of
+    /// the removal destroys, instead of a synchronous unregister under RTNL.
+    RetireLink {
+        /// The host veth.
         link: IfName,
     },
     /// Attach a host link to the bridge.
@@ -98,15 +141,6 @@ pub enum Action {
         netns: Option<PathBuf>,
         /// The link.
         link: IfName,
-    },
-    /// Rename a link inside `netns`.
-    RenameLink {
-        /// The namespace.
-        netns: PathBuf,
-        /// Current name.
-        from: IfName,
-        /// New name.
-        to: IfName,
     },
     /// Set a link's MTU (`netns: None` is the host namespace).
     SetMtu {
@@ -241,6 +275,28 @@ impl fmt::Display for Action {
                 }
                 Ok(())
             }
+            Self::EnsureNodeAddresses { link, addresses } => {
+                write!(f, "ensure node addresses on {link}:")?;
+                for a in addresses {
+                    write!(f, " {a}")?;
+                }
+                Ok(())
+            }
+            Self::AddNeighbour {
+                netns,
+                link,
+                address,
+                mac,
+            } => write!(
+                f,
+                "add permanent neighbour {address} lladdr {mac} dev {link} in {}",
+                Ns(netns)
+            ),
+            Self::AddHostRoute {
+                link,
+                address,
+                source,
+            } => write!(f, "add host route {address} dev {link} src {source}"),
             Self::EnableForwarding { ipv6: false } => f.write_str("enable IPv4 forwarding"),
             Self::EnableForwarding { ipv6: true } => f.write_str("enable IPv4 and IPv6 forwarding"),
             Self::CreateVeth {
@@ -248,6 +304,7 @@ impl fmt::Display for Action {
                 peer,
                 netns,
                 mtu,
+                ..
             } => {
                 write!(
                     f,
@@ -256,11 +313,12 @@ impl fmt::Display for Action {
                 )
             }
             Self::DeleteLink { netns, link } => write!(f, "delete link {link} in {}", Ns(netns)),
+            Self::RetireLink { link } => write!(
+                f,
+                "retire link {link} (the kernel deletes it with the pod's namespace)"
+            ),
             Self::SetMaster { link, master } => write!(f, "attach link {link} to bridge {master}"),
             Self::LinkUp { netns, link } => write!(f, "set link {link} up in {}", Ns(netns)),
-            Self::RenameLink { netns, from, to } => {
-                write!(f, "rename link {from} to {to} in {}", netns.display())
-            }
             Self::SetMtu { netns, link, mtu } => {
                 write!(f, "set mtu {mtu} on link {link} in {}", Ns(netns))
             }

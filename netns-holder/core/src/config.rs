@@ -12,6 +12,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::cluster::{ClusterConfig, ClusterConfigError, RawCluster};
+use crate::datapath::Datapath;
 use crate::names::IfName;
 use crate::peers::{self, Peer};
 
@@ -128,6 +129,9 @@ pub struct Config {
     /// cluster's store and the peers learnt from it. `pod_cidr_v4`/`pod_cidr_v6` then hold
     /// the node's subnet: the first of the cluster CIDR until the daemon has its lease.
     pub cluster: Option<ClusterConfig>,
+    /// How pods are wired to the node (`datapath`, `"bridge"` (default) or `"routed"`; see
+    /// [`crate::datapath`]).
+    pub datapath: Datapath,
 }
 
 impl Default for Config {
@@ -148,6 +152,7 @@ impl Default for Config {
             masquerade: true,
             no_masquerade_cidrs: Vec::new(),
             cluster: None,
+            datapath: Datapath::Bridge,
         }
     }
 }
@@ -169,6 +174,7 @@ struct RawConfig {
     masquerade: Option<bool>,
     no_masquerade_cidrs: Option<Vec<String>>,
     cluster: Option<RawCluster>,
+    datapath: Option<String>,
 }
 
 /// One `peers` entry as written.
@@ -351,8 +357,19 @@ impl Config {
             raw.pod_cidr_v4 = c.subnet_v4(0).map(|s| s.to_string());
             raw.pod_cidr_v6 = c.subnet_v6(0).map(|s| s.to_string());
         }
+        let datapath = match raw.datapath.as_deref() {
+            None => Datapath::Bridge,
+            Some(text) => Datapath::parse(text).ok_or_else(|| {
+                invalid(
+                    "datapath",
+                    text.to_string(),
+                    "must be \"bridge\" or \"routed\"".to_string(),
+                )
+            })?,
+        };
         let config = Self {
             cluster,
+            datapath,
             socket: absolute_path("socket", raw.socket, DEFAULT_SOCKET)?,
             state_dir: absolute_path("state_dir", raw.state_dir, DEFAULT_STATE_DIR)?,
             netns_dir: absolute_path("netns_dir", raw.netns_dir, DEFAULT_NETNS_DIR)?,
@@ -903,6 +920,20 @@ mod tests {
             msg.contains("pod_cidr_v4") && msg.contains("10.88.0.0/31"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn datapath_is_bridge_or_routed() {
+        assert_eq!(parse("").unwrap().datapath, Datapath::Bridge);
+        assert_eq!(
+            parse("datapath = \"routed\"").unwrap().datapath,
+            Datapath::Routed
+        );
+        assert_eq!(
+            parse("datapath = \"bridge\"").unwrap().datapath,
+            Datapath::Bridge
+        );
+        assert_invalid("datapath = \"l3\"", "datapath", "\"bridge\" or \"routed\"");
     }
 
     #[test]

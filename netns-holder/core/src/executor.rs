@@ -127,23 +127,43 @@ pub async fn run_action<S: System>(system: &S, action: &Action) -> Result<Outcom
             peer,
             netns,
             mtu,
+            host_mac,
+            peer_mac,
         } => system
-            .create_veth(host, peer, netns, *mtu)
+            .create_veth(host, peer, netns, *mtu, *host_mac, *peer_mac)
+            .await
+            .map(|()| Outcome::Done),
+        Action::EnsureNodeAddresses { link, addresses } => system
+            .ensure_node_addresses(link, addresses)
+            .await
+            .map(|()| Outcome::Done),
+        Action::AddNeighbour {
+            netns,
+            link,
+            address,
+            mac,
+        } => system
+            .add_neighbour(netns.as_deref(), link, *address, *mac)
+            .await
+            .map(|()| Outcome::Done),
+        Action::AddHostRoute {
+            link,
+            address,
+            source,
+        } => system
+            .add_host_route(link, *address, *source)
             .await
             .map(|()| Outcome::Done),
         Action::DeleteLink { netns, link } => {
             system.delete_link(netns.as_deref(), link).await.map(done)
         }
+        Action::RetireLink { link } => system.retire_link(link).await.map(done),
         Action::SetMaster { link, master } => system
             .set_master(link, master)
             .await
             .map(|()| Outcome::Done),
         Action::LinkUp { netns, link } => system
             .link_up(netns.as_deref(), link)
-            .await
-            .map(|()| Outcome::Done),
-        Action::RenameLink { netns, from, to } => system
-            .rename_link(netns, from, to)
             .await
             .map(|()| Outcome::Done),
         Action::SetMtu { netns, link, mtu } => system

@@ -46,6 +46,16 @@ pub enum Problem {
         /// Its gateway.
         gateway: IpAddr,
     },
+    /// The node's host route to a pod address is missing (routed datapath).
+    HostRouteMissing {
+        /// The pod address.
+        address: IpNet,
+    },
+    /// A permanent neighbour entry is missing (routed datapath).
+    NeighbourMissing {
+        /// The neighbour's address.
+        address: IpAddr,
+    },
     /// The record is not `Ready` (a create or remove did not finish).
     Unfinished {
         /// The phase.
@@ -87,6 +97,10 @@ impl fmt::Display for Problem {
             }
             Self::AddressMissing { address } => write!(f, "address {address} missing"),
             Self::RouteMissing { gateway } => write!(f, "default route via {gateway} missing"),
+            Self::HostRouteMissing { address } => write!(f, "host route to {address} missing"),
+            Self::NeighbourMissing { address } => {
+                write!(f, "permanent neighbour entry for {address} missing")
+            }
             Self::Unfinished { phase } => write!(f, "record stuck in phase {phase:?}"),
             Self::Orphan => f.write_str("belongs to no pod"),
             Self::Foreign => f.write_str("foreign (not put there by netns-holder)"),

@@ -55,6 +55,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::datapath::Datapath;
 use crate::egress::{self, EgressExempt};
 use crate::finding::{Finding, Problem};
 use crate::names::{IfName, PodName};
@@ -264,6 +265,19 @@ pub struct FirewallBase {
     pub pod_cidr_v6: Option<Ipv6Net>,
     /// Whether pods' traffic to non-exempt destinations is masqueraded (the `egress` chain).
     pub masquerade: bool,
+    /// The datapath: pods' packets come in on the bridge, or (routed) on their host veths
+    /// (`iifname "nh*"` in the localhost guard).
+    pub datapath: Datapath,
+}
+
+impl FirewallBase {
+    /// The `iifname` match of the pods' packets: the bridge, or the host veth prefix.
+    fn pod_iifname(&self) -> String {
+        match self.datapath {
+            Datapath::Bridge => self.bridge.to_string(),
+            Datapath::Routed => format!("{}*", crate::names::HOST_VETH_PREFIX),
+        }
+    }
 }
 
 impl FirewallBase {
@@ -315,7 +329,7 @@ pub fn render_base(base: &FirewallBase) -> String {
         "type filter hook prerouting priority raw; policy accept;",
         &[format!(
             "iifname \"{}\" ip daddr 127.0.0.0/8 drop",
-            base.bridge
+            base.pod_iifname()
         )],
     );
     t.push('\n');

@@ -11,7 +11,7 @@
 //!
 //! Module map, bottom layer first; a module imports only from the layers below it (and
 //! nothing here imports from a layer above it):
-//! 1. vocabulary: [`names`] (`PodName`, `PodId`, `IfName`), [`ports`] (host port mappings and
+//! 1. vocabulary: [`datapath`] (bridge or routed, the routed gateways and MACs), [`names`] (`PodName`, `PodId`, `IfName`), [`ports`] (host port mappings and
 //!    the `--publish` parser), [`netns_path`] (which paths `attach` may wire), [`spec`] (OCI
 //!    `config.json` for app containers that join a pod, `pod spec`).
 //! 2. plain data: [`kernel`] (what the kernel is observed to hold), [`record`] (`PodRecord`,
@@ -33,6 +33,7 @@
 pub mod action;
 pub mod cluster;
 pub mod config;
+pub mod datapath;
 pub mod egress;
 pub mod executor;
 #[cfg(any(test, feature = "fake"))]

@@ -262,8 +262,10 @@ impl PodId {
         IfName(format!("{HOST_VETH_PREFIX}{}", &self.0[..IFNAME_ID_CHARS]))
     }
 
-    /// The temporary name of the pod-side veth end inside the pod's namespace, before it is
-    /// renamed to [`POD_IFNAME`]: `nhp` + the first 12 hex characters of the id (15 bytes).
+    /// The temporary name earlier versions gave the pod-side veth end inside the pod's
+    /// namespace before renaming it to [`POD_IFNAME`] (now it is created under its final
+    /// name): `nhp` + the first 12 hex characters of the id (15 bytes). Repair still deletes
+    /// a leftover of that name.
     pub fn temp_peer_name(&self) -> IfName {
         IfName(format!("{TEMP_PEER_PREFIX}{}", &self.0[..IFNAME_ID_CHARS]))
     }
@@ -283,6 +285,12 @@ pub fn pod_id_from_pause_argv0(argv0: &str) -> Option<PodId> {
         .strip_prefix(PAUSE_ARGV0_PREFIX)
         .and_then(|id| PodId::parse(id).ok())
 }
+
+/// Prefix of a retired host veth (routed datapath): a removed pod's host veth is renamed to
+/// `nhx` + 12 random hex characters (15 bytes, never a host veth name, so no new pod's name
+/// collides with it and `check` does not look at it) and left to the kernel, which deletes
+/// it with the pod's namespace.
+pub const RETIRED_VETH_PREFIX: &str = "nhx";
 
 /// Whether `name` has the exact shape of a host veth this daemon creates
 /// (`nh` + 12 lowercase hex characters). The bridge `nh0` does not match.

@@ -16,6 +16,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::action::{Action, Step};
+use crate::datapath::{self, Datapath, Mac};
 use crate::finding::{Finding, Problem};
 use crate::firewall::{self, FirewallBase, HostPortElement};
 use crate::kernel::{LinkInfo, PauseProcess};
@@ -26,15 +27,35 @@ use crate::record::{Phase, PodRecord};
 /// Node-wide inputs of the planner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInputs {
-    /// The node bridge.
+    /// The node bridge (unused on the routed datapath).
     pub bridge: IfName,
-    /// The gateway addresses on the bridge (IPv4 first) with prefix lengths.
+    /// The gateway addresses on the bridge (IPv4 first) with prefix lengths (on the routed
+    /// datapath: the node's own addresses as /32 and /128, on `lo`).
     pub bridge_addresses: Vec<IpNet>,
     /// What the nftables table depends on.
     pub firewall: FirewallBase,
+    /// The node's datapath.
+    pub datapath: Datapath,
 }
 
 impl NodeInputs {
+    /// The host link that carries the node's pod-CIDR addresses: the bridge, or `lo` on the
+    /// routed datapath.
+    pub fn node_link(&self) -> IfName {
+        match self.datapath {
+            Datapath::Bridge => self.bridge.clone(),
+            Datapath::Routed => IfName::new("lo").expect("lo is a valid interface name"),
+        }
+    }
+    /// The node's own address of `family_of`'s family (the source of node-to-pod traffic
+    /// on the routed datapath).
+    fn node_address(&self, family_of: IpAddr) -> Option<IpAddr> {
+        self.bridge_addresses
+            .iter()
+            .map(IpNet::addr)
+            .find(|a| a.is_ipv4() == family_of.is_ipv4())
+    }
+
     fn dual_stack(&self) -> bool {
         self.bridge_addresses
             .iter()
@@ -43,9 +64,15 @@ impl NodeInputs {
 
     fn ensure_actions(&self) -> [Action; 2] {
         [
-            Action::EnsureBridge {
-                bridge: self.bridge.clone(),
-                addresses: self.bridge_addresses.clone(),
+            match self.datapath {
+                Datapath::Bridge => Action::EnsureBridge {
+                    bridge: self.bridge.clone(),
+                    addresses: self.bridge_addresses.clone(),
+                },
+                Datapath::Routed => Action::EnsureNodeAddresses {
+                    link: self.node_link(),
+                    addresses: self.bridge_addresses.clone(),
+                },
             },
             Action::EnableForwarding {
                 ipv6: self.dual_stack(),
@@ -54,44 +81,89 @@ impl NodeInputs {
     }
 }
 
-/// The veth wiring steps of `record`, from creating the pair to the default routes.
+/// The MAC address of the pod end on the routed datapath (derived from its IPv4 address;
+/// `None` without one, or on the bridge datapath: the kernel picks one).
+fn routed_pod_mac(record: &PodRecord) -> Option<Mac> {
+    if record.datapath != Datapath::Routed {
+        return None;
+    }
+    record.ips.iter().find_map(|a| match a.addr() {
+        IpAddr::V4(v4) => Some(datapath::pod_mac(v4)),
+        IpAddr::V6(_) => None,
+    })
+}
+
+/// The routed datapath's per-pod node state: the host route to each pod address on the host
+/// veth and the permanent neighbour entry for it (the pod's MAC). Idempotent (replace).
+fn routed_host_actions(record: &PodRecord, node: &NodeInputs) -> Vec<Action> {
+    let mut out = Vec::new();
+    for address in &record.ips {
+        let host = IpNet::from(address.addr());
+        if let Some(source) = node.node_address(address.addr()) {
+            out.push(Action::AddHostRoute {
+                link: record.host_veth.clone(),
+                address: host,
+                source,
+            });
+        }
+        if let Some(mac) = routed_pod_mac(record) {
+            out.push(Action::AddNeighbour {
+                netns: None,
+                link: record.host_veth.clone(),
+                address: address.addr(),
+                mac,
+            });
+        }
+    }
+    out
+}
+
+/// The routed datapath's gateway neighbour entry inside the pod for `gateway`.
+fn routed_gateway_neighbour(record: &PodRecord, gateway: IpAddr) -> Action {
+    Action::AddNeighbour {
+        netns: Some(record.netns.clone()),
+        link: record.interface.clone(),
+        address: gateway,
+        mac: datapath::HOST_VETH_MAC,
+    }
+}
+
+/// The veth wiring steps of `record`, from creating the pair to the default routes (and,
+/// routed, the node's host routes and neighbour entries).
 fn wiring_steps(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
     let netns = record.netns.clone();
     let host = record.host_veth.clone();
-    let temp = record.id.temp_peer_name();
     let iface = record.interface.clone();
-    let mut steps = vec![
-        Step::new(
-            Action::CreateVeth {
-                host: host.clone(),
-                peer: temp.clone(),
-                netns: netns.clone(),
-                mtu: record.mtu,
-            },
-            Action::DeleteLink {
-                netns: None,
-                link: host.clone(),
-            },
-        ),
-        Step::plain(Action::SetMaster {
+    let routed = record.datapath == Datapath::Routed;
+    // The pod end is created under its final name directly in the pod namespace: a rename
+    // would cost an RCU grace period per pod under the RTNL lock that every create shares.
+    let mut steps = vec![Step::new(
+        Action::CreateVeth {
+            host: host.clone(),
+            peer: iface.clone(),
+            netns: netns.clone(),
+            mtu: record.mtu,
+            host_mac: routed.then_some(datapath::HOST_VETH_MAC),
+            peer_mac: routed_pod_mac(record),
+        },
+        Action::DeleteLink {
+            netns: None,
+            link: host.clone(),
+        },
+    )];
+    if !routed {
+        steps.push(Step::plain(Action::SetMaster {
             link: host.clone(),
             master: node.bridge.clone(),
-        }),
-    ];
-    if !record.ports.is_empty() {
-        steps.push(Step::plain(Action::SetHairpin { link: host.clone() }));
+        }));
+        if !record.ports.is_empty() {
+            steps.push(Step::plain(Action::SetHairpin { link: host.clone() }));
+        }
     }
-    steps.extend([
-        Step::plain(Action::LinkUp {
-            netns: None,
-            link: host,
-        }),
-        Step::plain(Action::RenameLink {
-            netns: netns.clone(),
-            from: temp,
-            to: iface.clone(),
-        }),
-    ]);
+    steps.push(Step::plain(Action::LinkUp {
+        netns: None,
+        link: host,
+    }));
     if record.ips.iter().any(|a| matches!(a, IpNet::V6(_))) {
         steps.push(Step::plain(Action::DisableDad {
             netns: netns.clone(),
@@ -110,13 +182,42 @@ fn wiring_steps(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
         link: iface.clone(),
     }));
     for gateway in &record.gateways {
+        if routed {
+            steps.push(Step::plain(routed_gateway_neighbour(record, *gateway)));
+        }
         steps.push(Step::plain(Action::AddDefaultRoute {
             netns: netns.clone(),
             link: iface.clone(),
             gateway: *gateway,
         }));
     }
+    if routed {
+        steps.extend(
+            routed_host_actions(record, node)
+                .into_iter()
+                .map(Step::plain),
+        );
+        // The node reaching the pod's IPv4 host ports on 127.0.0.1: the DNATed packet leaves
+        // by this host veth (part of the wiring, so a re-wired pod gets it back too).
+        if record_elements(record)
+            .iter()
+            .any(|e| e.map.family() == Family::V4)
+        {
+            steps.push(Step::plain(Action::EnableRouteLocalnet {
+                link: record.host_veth.clone(),
+            }));
+        }
+    }
     steps
+}
+
+/// Where `route_localnet` goes for host ports reached on 127.0.0.1: the bridge, or on the
+/// routed datapath the pod's host veth (the link the DNATed packet leaves by).
+fn route_localnet_link(record: &PodRecord, node: &NodeInputs) -> IfName {
+    match record.datapath {
+        Datapath::Bridge => node.bridge.clone(),
+        Datapath::Routed => record.host_veth.clone(),
+    }
 }
 
 /// The steps that create (or, for an attached namespace, wire) the pod of `record`.
@@ -151,7 +252,10 @@ pub fn plan_create(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
     steps.extend(wiring_steps(record, node));
     let elements = record_elements(record);
     if !elements.is_empty() {
-        if elements.iter().any(|e| e.map.family() == Family::V4) {
+        // Routed, the wiring set it on the host veth.
+        if record.datapath == Datapath::Bridge
+            && elements.iter().any(|e| e.map.family() == Family::V4)
+        {
             steps.push(Step::plain(Action::EnableRouteLocalnet {
                 link: node.bridge.clone(),
             }));
@@ -187,12 +291,15 @@ pub fn plan_publish(
     node: &NodeInputs,
     elements: &[HostPortElement],
 ) -> Vec<Action> {
-    let mut actions = vec![Action::SetHairpin {
-        link: record.host_veth.clone(),
-    }];
+    let mut actions = Vec::new();
+    if record.datapath == Datapath::Bridge {
+        actions.push(Action::SetHairpin {
+            link: record.host_veth.clone(),
+        });
+    }
     if elements.iter().any(|e| e.map.family() == Family::V4) {
         actions.push(Action::EnableRouteLocalnet {
-            link: node.bridge.clone(),
+            link: route_localnet_link(record, node),
         });
     }
     actions.push(Action::AddHostPorts {
@@ -237,10 +344,19 @@ pub fn plan_remove(record: &PodRecord, extra_pauses: &[PauseProcess]) -> Vec<Act
             elements: elements.clone(),
         });
     }
-    actions.push(Action::DeleteLink {
-        netns: None,
-        link: record.host_veth.clone(),
-    });
+    // A routed pod in a namespace of ours: its host veth is renamed out of the way and goes
+    // with the namespace (no synchronous unregister). On the bridge datapath a retired port
+    // would stay on the bridge until then, and an attached namespace is not ours to end.
+    if record.datapath == Datapath::Routed && record.netns_owned() {
+        actions.push(Action::RetireLink {
+            link: record.host_veth.clone(),
+        });
+    } else {
+        actions.push(Action::DeleteLink {
+            netns: None,
+            link: record.host_veth.clone(),
+        });
+    }
     let mut pauses: Vec<PauseProcess> = record.pause.iter().copied().collect();
     for p in extra_pauses {
         if !pauses.contains(p) {
@@ -287,6 +403,12 @@ pub struct Observed {
     pub pod_interface: Option<LinkInfo>,
     /// Default-route gateways inside the namespace.
     pub default_routes: Vec<IpAddr>,
+    /// Routed datapath: destinations of our host routes on the host veth.
+    pub host_routes: Vec<IpNet>,
+    /// Routed datapath: addresses of the permanent neighbour entries on the host veth.
+    pub host_neighbours: Vec<IpAddr>,
+    /// Routed datapath: addresses of the permanent neighbour entries on the pod interface.
+    pub pod_neighbours: Vec<IpAddr>,
 }
 
 fn link_findings(
@@ -363,14 +485,17 @@ pub fn check_pod(record: &PodRecord, node: &NodeInputs, observed: &Observed) -> 
     let host_object = format!("link {}", record.host_veth);
     match &observed.host_veth {
         None => out.push(finding(host_object, Problem::Missing)),
-        Some(link) => link_findings(
-            &mut out,
-            pod,
-            host_object,
-            link,
-            record.mtu,
-            Some(&node.bridge),
-        ),
+        Some(link) => {
+            let master = (record.datapath == Datapath::Bridge).then_some(&node.bridge);
+            link_findings(&mut out, pod, host_object.clone(), link, record.mtu, master);
+            if record.datapath == Datapath::Routed {
+                out.extend(
+                    routed_host_drift(record, node, observed)
+                        .into_iter()
+                        .map(|problem| finding(host_object.clone(), problem)),
+                );
+            }
+        }
     }
     let pod_object = format!("link {} in {}", record.interface, record.netns.display());
     match &observed.pod_interface {
@@ -386,6 +511,13 @@ pub fn check_pod(record: &PodRecord, node: &NodeInputs, observed: &Observed) -> 
                 }
             }
             for gateway in &record.gateways {
+                if record.datapath == Datapath::Routed && !observed.pod_neighbours.contains(gateway)
+                {
+                    out.push(finding(
+                        pod_object.clone(),
+                        Problem::NeighbourMissing { address: *gateway },
+                    ));
+                }
                 if !observed.default_routes.contains(gateway) {
                     out.push(finding(
                         format!("routes in {}", record.netns.display()),
@@ -398,9 +530,29 @@ pub fn check_pod(record: &PodRecord, node: &NodeInputs, observed: &Observed) -> 
     out
 }
 
-/// Drift of the node bridge.
+/// The routed datapath's missing node state of one pod: host routes and neighbour entries.
+fn routed_host_drift(record: &PodRecord, node: &NodeInputs, observed: &Observed) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for address in &record.ips {
+        let host = IpNet::from(address.addr());
+        if node.node_address(address.addr()).is_some() && !observed.host_routes.contains(&host) {
+            out.push(Problem::HostRouteMissing { address: host });
+        }
+        if routed_pod_mac(record).is_some() && !observed.host_neighbours.contains(&address.addr()) {
+            out.push(Problem::NeighbourMissing {
+                address: address.addr(),
+            });
+        }
+    }
+    out
+}
+
+/// Drift of the node bridge (on the routed datapath: of the node addresses on `lo`).
 pub fn check_bridge(node: &NodeInputs, bridge: Option<&LinkInfo>) -> Vec<Finding> {
-    let object = format!("bridge {}", node.bridge);
+    let object = match node.datapath {
+        Datapath::Bridge => format!("bridge {}", node.bridge),
+        Datapath::Routed => format!("link {}", node.node_link()),
+    };
     let finding = |problem| Finding {
         pod: None,
         object: object.clone(),
@@ -485,7 +637,7 @@ pub fn plan_repair(record: &PodRecord, node: &NodeInputs, observed: &Observed) -
                     mtu: record.mtu,
                 });
             }
-            if host.master.as_ref() != Some(&node.bridge) {
+            if record.datapath == Datapath::Bridge && host.master.as_ref() != Some(&node.bridge) {
                 actions.push(Action::SetMaster {
                     link: record.host_veth.clone(),
                     master: node.bridge.clone(),
@@ -536,6 +688,10 @@ pub fn plan_repair(record: &PodRecord, node: &NodeInputs, observed: &Observed) -
                 });
             }
             for gateway in &record.gateways {
+                if record.datapath == Datapath::Routed && !observed.pod_neighbours.contains(gateway)
+                {
+                    actions.push(routed_gateway_neighbour(record, *gateway));
+                }
                 if !observed.default_routes.contains(gateway) {
                     actions.push(Action::AddDefaultRoute {
                         netns: netns.clone(),
@@ -544,9 +700,15 @@ pub fn plan_repair(record: &PodRecord, node: &NodeInputs, observed: &Observed) -
                     });
                 }
             }
+            if record.datapath == Datapath::Routed
+                && !routed_host_drift(record, node, observed).is_empty()
+            {
+                actions.extend(routed_host_actions(record, node));
+            }
         }
         _ => {
-            // One end is gone (or the pod end was never renamed): start the wiring over.
+            // One end is gone: start the wiring over (a pod end left under the temporary
+            // name of earlier versions, which renamed it, goes too).
             actions.push(Action::DeleteLink {
                 netns: None,
                 link: record.host_veth.clone(),

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::datapath::Datapath;
+
 use crate::kernel::{NetnsId, PauseProcess};
 use crate::names::{IfName, PodId, PodName};
 use crate::ports::PortMapping;
@@ -52,9 +54,11 @@ pub struct PodRecord {
     /// The running pause process, once started.
     #[serde(default)]
     pub pause: Option<PauseProcess>,
-    /// The pod's addresses with the pod CIDR prefix length (IPv4 first).
+    /// The pod's addresses (IPv4 first) with the pod CIDR prefix length (bridge datapath)
+    /// or as /32 and /128 (routed).
     pub ips: Vec<IpNet>,
-    /// Default gateways (the bridge addresses), same order as `ips`.
+    /// Default gateways (the bridge addresses; on the routed datapath the link-local
+    /// gateways of [`crate::datapath`]), same order as `ips`.
     pub gateways: Vec<IpAddr>,
     /// The interface name inside the pod (`eth0`).
     pub interface: IfName,
@@ -81,6 +85,11 @@ pub struct PodRecord {
     /// the pod's own namespace is gone, and nothing must be done inside the new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns_id: Option<NetnsId>,
+    /// The datapath the pod was wired for (records written before there was a choice are
+    /// `bridge`). A node's datapath never changes under its pods: the daemon refuses to
+    /// start with another one while any record holds this one.
+    #[serde(default, skip_serializing_if = "Datapath::is_bridge")]
+    pub datapath: Datapath,
 }
 
 impl PodRecord {

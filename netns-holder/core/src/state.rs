@@ -454,6 +454,7 @@ mod tests {
             )],
             ports_released: false,
             netns_id: None,
+            datapath: Default::default(),
         }
     }
 

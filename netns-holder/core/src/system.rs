@@ -50,6 +50,7 @@ use ipnet::IpNet;
 
 use thiserror::Error;
 
+use crate::datapath::Mac;
 use crate::egress::EgressExempt;
 use crate::firewall::{ConntrackFlush, FirewallTable, HostPortElement, Listener, ObservedTable};
 use crate::kernel::{KernelEvent, LinkInfo, NetnsId, NodeNetwork, PauseProcess, RunningPause};
@@ -226,14 +227,59 @@ pub trait Netlink: Send + Sync {
     ) -> impl Future<Output = Result<(), SystemError>> + Send;
 
     /// Creates a veth pair: `host` in the host namespace and `peer` directly in the
-    /// namespace at `netns`, both with `mtu`. Exclusive on `host`.
+    /// namespace at `netns`, both with `mtu`, with the given MAC addresses (random where
+    /// `None`). Exclusive on `host`.
     fn create_veth(
         &self,
         host: &IfName,
         peer: &IfName,
         netns: &Path,
         mtu: u32,
+        host_mac: Option<Mac>,
+        peer_mac: Option<Mac>,
     ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Ensures the existing host link `link` (`lo` on the routed datapath) is up and
+    /// carries each of `addresses`. Safe against concurrent callers.
+    fn ensure_node_addresses(
+        &self,
+        link: &IfName,
+        addresses: &[IpNet],
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// Adds or replaces the permanent neighbour entry `address` -> `mac` on `link` (in
+    /// `netns`, or the host namespace).
+    fn add_neighbour(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+        address: IpAddr,
+        mac: Mac,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// The addresses of the permanent neighbour entries on `link` (in `netns`, or the host
+    /// namespace); a missing link has none.
+    fn permanent_neighbours(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+    ) -> impl Future<Output = Result<Vec<IpAddr>, SystemError>> + Send;
+
+    /// Adds or replaces the route to `address` on the host link `link` with preferred
+    /// source `source`, tagged [`crate::datapath::POD_ROUTE_PROTOCOL`], main table.
+    fn add_host_route(
+        &self,
+        link: &IfName,
+        address: IpNet,
+        source: IpAddr,
+    ) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// The destinations of our host routes (tagged [`crate::datapath::POD_ROUTE_PROTOCOL`])
+    /// on the host link `link`.
+    fn host_routes(
+        &self,
+        link: &IfName,
+    ) -> impl Future<Output = Result<Vec<IpNet>, SystemError>> + Send;
 
     /// Enslaves the host link `link` to the bridge `master`.
     fn set_master(
@@ -247,14 +293,6 @@ pub trait Netlink: Send + Sync {
         &self,
         netns: Option<&Path>,
         link: &IfName,
-    ) -> impl Future<Output = Result<(), SystemError>> + Send;
-
-    /// Renames `from` to `to` inside the namespace at `netns` (the link is down).
-    fn rename_link(
-        &self,
-        netns: &Path,
-        from: &IfName,
-        to: &IfName,
     ) -> impl Future<Output = Result<(), SystemError>> + Send;
 
     /// Sets the MTU of `link`.
@@ -292,6 +330,10 @@ pub trait Netlink: Send + Sync {
         netns: Option<&Path>,
         link: &IfName,
     ) -> impl Future<Output = Result<bool, SystemError>> + Send;
+
+    /// Renames the host link `link` to a fresh [`crate::names::RETIRED_VETH_PREFIX`] name
+    /// (random, retried until free). Returns `false` if it did not exist.
+    fn retire_link(&self, link: &IfName) -> impl Future<Output = Result<bool, SystemError>> + Send;
 
     /// State of `link`, or `None` if it does not exist.
     fn link_info(

@@ -92,6 +92,7 @@ use ipnet::IpNet;
 use slog::{Logger, info, warn};
 
 use crate::config::Config;
+use crate::datapath::Mac;
 use crate::firewall::{ConntrackFlush, FirewallTable, HostPortElement, Listener, ObservedTable};
 use crate::kernel::NetnsId;
 use crate::kernel::{KernelEvent, LinkInfo, NodeNetwork, PauseProcess, RunningPause};
@@ -127,7 +128,10 @@ pub struct LinuxSystem {
     pauses: Arc<pause::Pauses>,
     /// Held while one batch of node-side link deletions runs (see
     /// [`netlink::links::DELETE_GROUP`]).
-    link_deletions: tokio::sync::Mutex<()>,
+    link_deletions: Arc<tokio::sync::Mutex<()>>,
+    /// A background batch deleting retired host veths is scheduled (see
+    /// `retire_link` in `netlink/links.rs`).
+    retired_batch_pending: Arc<std::sync::atomic::AtomicBool>,
     log: Logger,
 }
 
@@ -171,7 +175,8 @@ impl LinuxSystem {
             pods: conn::PodConns::default(),
             nf_socket: tokio::sync::OnceCell::new(),
             pauses,
-            link_deletions: tokio::sync::Mutex::new(()),
+            link_deletions: Arc::new(tokio::sync::Mutex::new(())),
+            retired_batch_pending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             log,
         })
     }
@@ -304,8 +309,49 @@ impl Netlink for LinuxSystem {
         peer: &IfName,
         netns: &Path,
         mtu: u32,
+        host_mac: Option<Mac>,
+        peer_mac: Option<Mac>,
     ) -> Result<(), SystemError> {
-        netlink::create_veth(self, host, peer, netns, mtu).await
+        netlink::create_veth(self, host, peer, netns, mtu, host_mac, peer_mac).await
+    }
+
+    async fn ensure_node_addresses(
+        &self,
+        link: &IfName,
+        addresses: &[IpNet],
+    ) -> Result<(), SystemError> {
+        netlink::ensure_node_addresses(self, link, addresses).await
+    }
+
+    async fn add_neighbour(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+        address: IpAddr,
+        mac: Mac,
+    ) -> Result<(), SystemError> {
+        netlink::add_neighbour(self, netns, link, address, mac).await
+    }
+
+    async fn permanent_neighbours(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+    ) -> Result<Vec<IpAddr>, SystemError> {
+        netlink::permanent_neighbours(self, netns, link).await
+    }
+
+    async fn add_host_route(
+        &self,
+        link: &IfName,
+        address: IpNet,
+        source: IpAddr,
+    ) -> Result<(), SystemError> {
+        netlink::add_host_route(self, link, address, source).await
+    }
+
+    async fn host_routes(&self, link: &IfName) -> Result<Vec<IpNet>, SystemError> {
+        netlink::host_routes(self, link).await
     }
 
     async fn set_master(&self, link: &IfName, master: &IfName) -> Result<(), SystemError> {
@@ -314,15 +360,6 @@ impl Netlink for LinuxSystem {
 
     async fn link_up(&self, netns: Option<&Path>, link: &IfName) -> Result<(), SystemError> {
         netlink::link_up(self, netns, link).await
-    }
-
-    async fn rename_link(
-        &self,
-        netns: &Path,
-        from: &IfName,
-        to: &IfName,
-    ) -> Result<(), SystemError> {
-        netlink::rename_link(self, netns, from, to).await
     }
 
     async fn set_mtu(
@@ -358,6 +395,10 @@ impl Netlink for LinuxSystem {
 
     async fn delete_link(&self, netns: Option<&Path>, link: &IfName) -> Result<bool, SystemError> {
         netlink::delete_link(self, netns, link).await
+    }
+
+    async fn retire_link(&self, link: &IfName) -> Result<bool, SystemError> {
+        netlink::retire_link(self, link).await
     }
 
     async fn link_info(

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::IpNet;
 
+use crate::datapath::Mac;
 use crate::egress::EgressExempt;
 use crate::firewall::{FirewallBase, HostPortElement, HostPortMap, Listener};
 use crate::kernel::{KernelEvent, PauseProcess, RunningPause};
@@ -47,6 +48,7 @@ pub const KERNEL_DEFAULT_NEIGH: Thresholds = Thresholds {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Kind {
     Bridge,
+    Dummy,
     Veth { peer_net: u64, peer: String },
 }
 
@@ -57,6 +59,10 @@ struct FakeLink {
     mtu: u32,
     master: Option<String>,
     addresses: BTreeSet<IpNet>,
+    /// Permanent neighbour entries on the link.
+    neighbours: BTreeMap<IpAddr, Mac>,
+    /// Our host routes on the link (destination, preferred source): they die with it.
+    host_routes: BTreeSet<(IpNet, IpAddr)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -122,6 +128,8 @@ struct Model {
     /// Destinations of routes in the host namespace that are not ours.
     foreign_routes: BTreeSet<IpNet>,
     hairpin: BTreeSet<String>,
+    /// How many host links were retired (their names' suffix).
+    retired: u64,
     route_localnet: BTreeSet<String>,
     listeners: Vec<Listener>,
     conntrack: Vec<FakeConntrack>,
@@ -168,6 +176,7 @@ impl Default for Model {
             peer_routes: BTreeSet::new(),
             foreign_routes: BTreeSet::new(),
             hairpin: BTreeSet::new(),
+            retired: 0,
             route_localnet: BTreeSet::new(),
             listeners: Vec::new(),
             conntrack: Vec::new(),
@@ -266,6 +275,7 @@ impl Model {
                     }
                 }
             }
+            Kind::Dummy => {}
             Kind::Bridge => {
                 for l in self.net(net).links.values_mut() {
                     if l.master.as_deref() == Some(name) {
@@ -417,7 +427,7 @@ mod tests {
             Err(SystemError::AlreadyExists { .. })
         ));
         let pause = f.start_pause(&id, &p("/run/netns/a")).await.unwrap();
-        f.create_veth(&n("h"), &n("peer"), &p("/run/netns/a"), 1400)
+        f.create_veth(&n("h"), &n("peer"), &p("/run/netns/a"), 1400, None, None)
             .await
             .unwrap();
         assert!(f.delete_netns(&p("/run/netns/a")).await.unwrap());
@@ -430,15 +440,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn rename_needs_link_down_and_route_needs_address_and_up() {
+    async fn a_route_needs_address_and_up_and_dies_with_the_veth() {
         let f = FakeSystem::new();
         let ns = p("/run/netns/a");
         f.create_netns(&ns).await.unwrap();
-        f.create_veth(&n("h"), &n("tmp"), &ns, 1500).await.unwrap();
-        f.link_up(Some(&ns), &n("tmp")).await.unwrap();
-        assert!(f.rename_link(&ns, &n("tmp"), &n("eth0")).await.is_err());
-        f.modify_link_externally(Some(&ns), "tmp", |l| l.up = false);
-        f.rename_link(&ns, &n("tmp"), &n("eth0")).await.unwrap();
+        f.create_veth(&n("h"), &n("eth0"), &ns, 1500, None, None)
+            .await
+            .unwrap();
         let gw: IpAddr = "10.0.0.1".parse().unwrap();
         assert!(f.add_default_route(&ns, &n("eth0"), gw).await.is_err());
         f.add_address(&ns, &n("eth0"), "10.0.0.2/24".parse().unwrap())
@@ -447,7 +455,7 @@ mod tests {
         f.link_up(Some(&ns), &n("eth0")).await.unwrap();
         f.add_default_route(&ns, &n("eth0"), gw).await.unwrap();
         assert_eq!(f.routes_in(&ns), vec![("eth0".to_string(), gw)]);
-        // Deleting the host end takes the renamed peer with it.
+        // Deleting the host end takes the peer with it.
         assert!(f.delete_link(None, &n("h")).await.unwrap());
         assert_eq!(f.links_in(&ns), Some(vec![]));
         assert!(f.routes_in(&ns).is_empty());

@@ -7,6 +7,7 @@ use std::path::Path;
 use ipnet::IpNet;
 
 use super::{FakeLink, FakeSystem, HOST, Kind, ns_name};
+use crate::datapath::Mac;
 use crate::kernel::{LinkInfo, NodeNetwork, NodeNetworkKind};
 use crate::names::IfName;
 use crate::system::{Netlink, SystemError};
@@ -24,6 +25,8 @@ impl Netlink for FakeSystem {
                 mtu: 1500,
                 master: None,
                 addresses: BTreeSet::new(),
+                neighbours: Default::default(),
+                host_routes: Default::default(),
             });
         if bridge.kind != Kind::Bridge {
             return Err(SystemError::other(
@@ -36,12 +39,96 @@ impl Netlink for FakeSystem {
         Ok(())
     }
 
+    async fn ensure_node_addresses(
+        &self,
+        link: &IfName,
+        addresses: &[IpNet],
+    ) -> Result<(), SystemError> {
+        let mut m = self.call(format!("ensure_node_addresses {link}")).await?;
+        let host = m.net(HOST);
+        // The host's loopback exists from the start in a real namespace.
+        let l = host
+            .links
+            .entry(link.to_string())
+            .or_insert_with(|| FakeLink {
+                kind: Kind::Dummy,
+                up: false,
+                mtu: 65536,
+                master: None,
+                addresses: BTreeSet::new(),
+                neighbours: Default::default(),
+                host_routes: Default::default(),
+            });
+        l.up = true;
+        l.addresses.extend(addresses.iter().copied());
+        Ok(())
+    }
+
+    async fn add_neighbour(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+        address: IpAddr,
+        mac: Mac,
+    ) -> Result<(), SystemError> {
+        let mut m = self
+            .call(format!(
+                "add_neighbour {address} {mac} {link} {}",
+                ns_name(netns)
+            ))
+            .await?;
+        m.link_mut(netns, link)?.neighbours.insert(address, mac);
+        Ok(())
+    }
+
+    async fn permanent_neighbours(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+    ) -> Result<Vec<IpAddr>, SystemError> {
+        let m = self
+            .call(format!("permanent_neighbours {link} {}", ns_name(netns)))
+            .await?;
+        let id = m.net_id(netns)?;
+        Ok(m.nets[&id]
+            .links
+            .get(link.as_str())
+            .map(|l| l.neighbours.keys().copied().collect())
+            .unwrap_or_default())
+    }
+
+    async fn add_host_route(
+        &self,
+        link: &IfName,
+        address: IpNet,
+        source: IpAddr,
+    ) -> Result<(), SystemError> {
+        let mut m = self
+            .call(format!("add_host_route {address} {link} {source}"))
+            .await?;
+        let l = m.link_mut(None, link)?;
+        l.host_routes.retain(|(dst, _)| *dst != address);
+        l.host_routes.insert((address, source));
+        Ok(())
+    }
+
+    async fn host_routes(&self, link: &IfName) -> Result<Vec<IpNet>, SystemError> {
+        let m = self.call(format!("host_routes {link}")).await?;
+        Ok(m.nets[&HOST]
+            .links
+            .get(link.as_str())
+            .map(|l| l.host_routes.iter().map(|(dst, _)| *dst).collect())
+            .unwrap_or_default())
+    }
+
     async fn create_veth(
         &self,
         host: &IfName,
         peer: &IfName,
         netns: &Path,
         mtu: u32,
+        _host_mac: Option<Mac>,
+        _peer_mac: Option<Mac>,
     ) -> Result<(), SystemError> {
         let mut m = self
             .call(format!("create_veth {host} {peer} {}", netns.display()))
@@ -66,6 +153,8 @@ impl Netlink for FakeSystem {
             mtu,
             master: None,
             addresses: BTreeSet::new(),
+            neighbours: Default::default(),
+            host_routes: Default::default(),
         };
         let host_link = mk(pod_net, peer);
         let peer_link = mk(HOST, host);
@@ -99,47 +188,6 @@ impl Netlink for FakeSystem {
             .call(format!("link_up {link} {}", ns_name(netns)))
             .await?;
         m.link_mut(netns, link)?.up = true;
-        Ok(())
-    }
-
-    async fn rename_link(
-        &self,
-        netns: &Path,
-        from: &IfName,
-        to: &IfName,
-    ) -> Result<(), SystemError> {
-        let mut m = self
-            .call(format!("rename_link {from} {to} {}", netns.display()))
-            .await?;
-        let id = m.net_id(Some(netns))?;
-        let object = format!("link {from} in {}", netns.display());
-        let net = m.net(id);
-        if net.links.contains_key(to.as_str()) {
-            return Err(SystemError::AlreadyExists {
-                object: format!("link {to} in {}", netns.display()),
-            });
-        }
-        let link = net.links.get(from.as_str()).ok_or(SystemError::NotFound {
-            object: object.clone(),
-        })?;
-        if link.up {
-            return Err(SystemError::other(
-                object,
-                "device or resource busy (link is up)",
-            ));
-        }
-        let link = net.links.remove(from.as_str()).expect("checked above");
-        let kind = link.kind.clone();
-        net.links.insert(to.to_string(), link);
-        if let Kind::Veth { peer_net, peer } = kind
-            && let Some(Kind::Veth { peer: back, .. }) = m
-                .nets
-                .get_mut(&peer_net)
-                .and_then(|n| n.links.get_mut(&peer))
-                .map(|l| &mut l.kind)
-        {
-            *back = to.to_string();
-        }
         Ok(())
     }
 
@@ -182,7 +230,10 @@ impl Netlink for FakeSystem {
             ))
             .await?;
         let l = m.link_mut(Some(netns), link)?;
-        if !l.up || !l.addresses.iter().any(|a| a.contains(&gateway)) {
+        // A link-local gateway (the routed datapath's) is on-link by definition.
+        let on_link = l.addresses.iter().any(|a| a.contains(&gateway))
+            || gateway == crate::datapath::gateway_for(gateway);
+        if !l.up || !on_link {
             return Err(SystemError::other(
                 format!(
                     "default route via {gateway} dev {link} in {}",
@@ -217,6 +268,26 @@ impl Netlink for FakeSystem {
         let existed = m.net(id).links.contains_key(link.as_str());
         m.remove_link(id, link.as_str());
         Ok(existed)
+    }
+
+    async fn retire_link(&self, link: &IfName) -> Result<bool, SystemError> {
+        let mut m = self.call(format!("retire_link {link}")).await?;
+        let Some(found) = m.net(HOST).links.remove(link.as_str()) else {
+            return Ok(false);
+        };
+        m.retired += 1;
+        let retired = format!("{}{:012x}", crate::names::RETIRED_VETH_PREFIX, m.retired);
+        if let Kind::Veth { peer_net, peer } = found.kind.clone()
+            && let Some(Kind::Veth { peer: back, .. }) = m
+                .nets
+                .get_mut(&peer_net)
+                .and_then(|n| n.links.get_mut(&peer))
+                .map(|l| &mut l.kind)
+        {
+            *back = retired.clone();
+        }
+        m.net(HOST).links.insert(retired, found);
+        Ok(true)
     }
 
     async fn link_info(

@@ -68,6 +68,8 @@ impl FakeSystem {
             mtu: 1500,
             master: None,
             addresses: BTreeSet::new(),
+            neighbours: Default::default(),
+            host_routes: Default::default(),
         };
         m.net(net)
             .links
@@ -150,6 +152,8 @@ impl FakeSystem {
             mtu: 1500,
             master: None,
             addresses: BTreeSet::new(),
+            neighbours: Default::default(),
+            host_routes: Default::default(),
         };
         m.net(HOST).links.insert(host.to_string(), mk(peer));
         m.net(HOST).links.insert(peer.to_string(), mk(host));

@@ -38,6 +38,7 @@ fn base_v4() -> FirewallBase {
         pod_cidr_v4: "10.244.0.0/24".parse().unwrap(),
         pod_cidr_v6: None,
         masquerade: true,
+        datapath: Default::default(),
     }
 }
 
@@ -47,6 +48,7 @@ fn base_dual() -> FirewallBase {
         pod_cidr_v4: "10.88.0.0/16".parse().unwrap(),
         pod_cidr_v6: Some("fd00:88::/64".parse().unwrap()),
         masquerade: true,
+        datapath: Default::default(),
     }
 }
 
@@ -77,6 +79,7 @@ fn base_tables() {
         "base_dual_no_masquerade",
         &render_base(&FirewallBase {
             masquerade: false,
+            datapath: Default::default(),
             ..base_dual()
         }),
     );
@@ -102,6 +105,7 @@ fn egress_rules_come_after_the_host_port_masquerade_and_name_no_interface() {
     assert!(chain.contains("ip6 saddr fd00:88::/64 ip6 daddr != @egress_exempt_v6 masquerade"));
     let off = render_base(&FirewallBase {
         masquerade: false,
+        datapath: Default::default(),
         ..base_dual()
     });
     assert!(
@@ -293,4 +297,17 @@ fn elements_parse_from_nft_json() {
     );
     assert_eq!(unparsed.len(), 1, "{unparsed:?}");
     assert!(unparsed[0].contains("icmp"), "{unparsed:?}");
+}
+
+#[test]
+fn the_routed_guard_matches_every_host_veth_instead_of_the_bridge() {
+    let bridge = render_base(&base_v4());
+    let routed = render_base(&FirewallBase {
+        datapath: crate::datapath::Datapath::Routed,
+        ..base_v4()
+    });
+    assert!(bridge.contains("\t\tiifname \"nh0\" ip daddr 127.0.0.0/8 drop\n"));
+    assert!(routed.contains("\t\tiifname \"nh*\" ip daddr 127.0.0.0/8 drop\n"));
+    // Nothing else differs.
+    assert_eq!(routed.replace("iifname \"nh*\"", "iifname \"nh0\""), bridge);
 }

@@ -10,6 +10,7 @@ use slog::{error, info, warn};
 use super::{
     AttachRequest, CreateRequest, FALLBACK_MTU, ManagerError, PodInfo, PodManager, SavePolicy,
 };
+use crate::datapath::{self, Datapath};
 use crate::executor;
 use crate::firewall;
 use crate::ipam::Ipam;
@@ -234,6 +235,7 @@ impl<S: System> PodManager<S> {
                     ports,
                     mtu,
                     netns_id,
+                    datapath: self.config.datapath,
                 },
             )?;
             inner.state.pods.insert(name.clone(), record.clone());
@@ -323,6 +325,8 @@ pub(super) struct Admission {
     pub(super) mtu: u32,
     /// The identity of an attached namespace.
     pub(super) netns_id: Option<NetnsId>,
+    /// The node's datapath.
+    pub(super) datapath: Datapath,
 }
 
 /// The pure admission checks of a new pod against the records in `state`, and its
@@ -344,6 +348,7 @@ pub(super) fn admit(
         ports,
         mtu,
         netns_id,
+        datapath,
     } = request;
     let id = name.id();
     if let Some(other) = state.pods.values().find(|r| r.id == id) {
@@ -380,12 +385,26 @@ pub(super) fn admit(
         ipam.release(&id);
         return Err(ManagerError::PortAddress { name, source });
     }
-    let gateways = ipam
-        .gateways()
-        .iter()
-        .map(IpNet::addr)
-        .filter(|g| ips.iter().any(|a| a.contains(g)))
-        .collect();
+    let (ips, gateways) = match datapath {
+        Datapath::Bridge => {
+            let gateways = ipam
+                .gateways()
+                .iter()
+                .map(IpNet::addr)
+                .filter(|g| ips.iter().any(|a| a.contains(g)))
+                .collect();
+            (ips, gateways)
+        }
+        // Host addresses and the link-local on-link gateways.
+        Datapath::Routed => (
+            ips.iter()
+                .map(|a| IpNet::from(a.addr()))
+                .collect::<Vec<_>>(),
+            ips.iter()
+                .map(|a| datapath::gateway_for(a.addr()))
+                .collect(),
+        ),
+    };
     Ok(PodRecord {
         host_veth: id.host_veth_name(),
         id,
@@ -402,6 +421,7 @@ pub(super) fn admit(
         ports,
         ports_released: false,
         netns_id,
+        datapath,
     })
 }
 
@@ -429,7 +449,42 @@ mod tests {
             ports,
             mtu: 1450,
             netns_id: None,
+            datapath: Datapath::Bridge,
         }
+    }
+
+    #[test]
+    fn a_routed_pod_gets_host_addresses_and_the_link_local_gateways() {
+        let state = State::default();
+        let mut ipam = Ipam::new(
+            "10.88.0.0/16".parse().unwrap(),
+            Some("fd00::/64".parse().unwrap()),
+        );
+        let record = admit(
+            &state,
+            &mut ipam,
+            |_| true,
+            Admission {
+                datapath: Datapath::Routed,
+                ..request("web", vec![])
+            },
+        )
+        .unwrap();
+        assert_eq!(record.datapath, Datapath::Routed);
+        assert_eq!(
+            record.ips,
+            vec![
+                "10.88.0.2/32".parse::<IpNet>().unwrap(),
+                "fd00::2/128".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            record.gateways,
+            vec![
+                "169.254.1.1".parse::<IpAddr>().unwrap(),
+                "fe80::1".parse().unwrap()
+            ]
+        );
     }
 
     /// A state holding the admitted record of each `(pod, ports)`.

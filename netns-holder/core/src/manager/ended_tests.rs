@@ -41,6 +41,7 @@ impl Env {
             pod_cidr_v4: config.pod_cidr_v4,
             pod_cidr_v6: config.pod_cidr_v6,
             masquerade: config.masquerade,
+            datapath: Default::default(),
         });
         let manager =
             PodManager::open(config, fake.clone(), Logger::root(slog::Discard, o!())).unwrap();

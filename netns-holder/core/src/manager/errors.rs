@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::config::ConfigError;
+use crate::datapath::Datapath;
 use crate::executor::{ExecError, StepFailure};
 use crate::firewall::ElementError;
 use crate::ipam::IpamError;
@@ -53,6 +54,22 @@ pub enum ManagerError {
         name: String,
         /// What is inconsistent.
         reason: String,
+    },
+    /// The configured datapath differs from the one the existing pods were wired for.
+    #[error(
+        "config key `datapath` = \"{configured}\", but pod {pod} (one of {pods} pod(s) in the \
+         state) was wired for the {recorded} datapath: a node's datapath never changes under \
+         its pods; remove them first (netns-holder gc), or keep datapath = \"{recorded}\""
+    )]
+    DatapathChanged {
+        /// The configuration's datapath.
+        configured: Datapath,
+        /// The datapath of the pod's record.
+        recorded: Datapath,
+        /// A pod wired for `recorded`.
+        pod: PodName,
+        /// How many pods the state holds.
+        pods: usize,
     },
     /// No address could be allocated.
     #[error("pod {name}: {source}")]

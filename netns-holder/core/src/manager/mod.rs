@@ -31,7 +31,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use slog::{Logger, info, warn};
 
+use ipnet::IpNet;
+
 use crate::config::Config;
+use crate::datapath::Datapath;
 use crate::firewall::FirewallBase;
 use crate::ipam::Ipam;
 use crate::names::PodName;
@@ -122,16 +125,34 @@ impl<S: System> PodManager<S> {
                 });
             }
         }
+        if let Some(record) = state.pods.values().find(|r| r.datapath != config.datapath) {
+            return Err(ManagerError::DatapathChanged {
+                configured: config.datapath,
+                recorded: record.datapath,
+                pod: record.name.clone(),
+                pods: state.pods.len(),
+            });
+        }
         let ipam = rebuild_ipam(&config, &state, &log);
         let node = NodeInputs {
             bridge: config.bridge.clone(),
-            bridge_addresses: ipam.gateways(),
+            bridge_addresses: match config.datapath {
+                Datapath::Bridge => ipam.gateways(),
+                // The node's own address of each pool, alone on `lo`.
+                Datapath::Routed => ipam
+                    .gateways()
+                    .iter()
+                    .map(|g| IpNet::from(g.addr()))
+                    .collect(),
+            },
             firewall: FirewallBase {
                 bridge: config.bridge.clone(),
                 pod_cidr_v4: config.pod_cidr_v4,
                 pod_cidr_v6: config.pod_cidr_v6,
                 masquerade: config.masquerade,
+                datapath: config.datapath,
             },
+            datapath: config.datapath,
         };
         let mut state = state;
         let mut merged = peers::merge_config(&state.peers, &config.peers);
@@ -237,6 +258,7 @@ impl<S: System> PodManager<S> {
             peers: inner.state.peers.clone(),
             neighbour_tables: self.neighbour_tables(),
             masquerade: self.config.masquerade,
+            datapath: self.config.datapath,
             egress_exempt: crate::egress::exempt_cidrs(
                 &self.config.pod_cidrs(),
                 inner.state.peers.iter().map(|p| p.pod_cidr),

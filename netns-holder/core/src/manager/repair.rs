@@ -9,6 +9,7 @@ use slog::{info, warn};
 
 use super::{NodeFailure, PodManager, ReconcileReport, ReloadReport, SavePolicy, rebuild_ipam};
 use crate::action::Action;
+use crate::datapath::Datapath;
 use crate::executor;
 use crate::finding::{Finding, Problem};
 use crate::firewall::{self, FirewallTable, HostPortElement, ObservedTable};
@@ -181,16 +182,37 @@ impl<S: System> PodManager<S> {
             Some(p) => Some(self.system.pause_alive(p).await?),
             None => None,
         };
+        let host_veth = self.system.link_info(None, &record.host_veth).await?;
+        let pod_interface = self
+            .system
+            .link_info(Some(&record.netns), &record.interface)
+            .await?;
+        let (mut host_routes, mut host_neighbours, mut pod_neighbours) = Default::default();
+        if record.datapath == Datapath::Routed {
+            if host_veth.is_some() {
+                host_routes = self.system.host_routes(&record.host_veth).await?;
+                host_neighbours = self
+                    .system
+                    .permanent_neighbours(None, &record.host_veth)
+                    .await?;
+            }
+            if pod_interface.is_some() {
+                pod_neighbours = self
+                    .system
+                    .permanent_neighbours(Some(&record.netns), &record.interface)
+                    .await?;
+            }
+        }
         Ok(Observed {
             netns_exists,
             netns_replaced,
             pause_alive,
-            host_veth: self.system.link_info(None, &record.host_veth).await?,
-            pod_interface: self
-                .system
-                .link_info(Some(&record.netns), &record.interface)
-                .await?,
+            host_veth,
+            pod_interface,
             default_routes: self.system.default_routes(&record.netns).await?,
+            host_routes,
+            host_neighbours,
+            pod_neighbours,
         })
     }
 
@@ -278,11 +300,11 @@ impl<S: System> PodManager<S> {
         let records = self.records();
         let mut findings = Vec::new();
         if !records.is_empty() {
-            match self.system.link_info(None, &self.config.bridge).await {
+            match self.system.link_info(None, &self.node.node_link()).await {
                 Ok(bridge) => findings.extend(plan::check_bridge(&self.node, bridge.as_ref())),
                 Err(e) => findings.push(Finding {
                     pod: None,
-                    object: format!("bridge {}", self.config.bridge),
+                    object: format!("link {}", self.node.node_link()),
                     problem: Problem::CheckFailed {
                         error: e.to_string(),
                     },
@@ -363,7 +385,7 @@ impl<S: System> PodManager<S> {
             .filter(|r| r.phase == Phase::Ready)
             .collect();
         if !ready.is_empty() {
-            match self.system.link_info(None, &self.config.bridge).await {
+            match self.system.link_info(None, &self.node.node_link()).await {
                 Ok(bridge) => {
                     let mut actions = plan::plan_bridge_repair(&self.node, bridge.as_ref());
                     let v4_ports = ready.iter().any(|r| {
@@ -371,7 +393,7 @@ impl<S: System> PodManager<S> {
                             .iter()
                             .any(|e| e.map.family() == Family::V4)
                     });
-                    if !actions.is_empty() && v4_ports {
+                    if !actions.is_empty() && v4_ports && self.node.datapath == Datapath::Bridge {
                         actions.push(Action::EnableRouteLocalnet {
                             link: self.config.bridge.clone(),
                         });

@@ -181,6 +181,8 @@ pub struct DaemonStatus {
     pub host_ports: usize,
     /// Whether egress masquerade is on.
     pub masquerade: bool,
+    /// How pods are wired (config `datapath`).
+    pub datapath: crate::datapath::Datapath,
     /// The destinations pods reach without masquerade (see [`crate::egress`]).
     pub egress_exempt: Vec<ipnet::IpNet>,
     /// The neighbour table sizing done at start, if it was.

@@ -55,6 +55,7 @@ impl Env {
             pod_cidr_v4: config.pod_cidr_v4,
             pod_cidr_v6: config.pod_cidr_v6,
             masquerade: config.masquerade,
+            datapath: Default::default(),
         });
         Self { dir, fake, config }
     }
@@ -624,7 +625,7 @@ async fn error_names_step_and_object() {
     let err = m.create(CreateRequest::new(name("web"))).await.unwrap_err();
     let msg = err.to_string();
     assert!(
-        msg.starts_with("creating pod web: step 12 (add address fd00:88::2/64 to link eth0 in /run/netns/web) failed:"),
+        msg.starts_with("creating pod web: step 11 (add address fd00:88::2/64 to link eth0 in /run/netns/web) failed:"),
         "{msg}"
     );
     assert!(msg.ends_with("; rolled back"), "{msg}");
@@ -1824,6 +1825,7 @@ async fn configured_exemptions_apply_at_start_and_masquerade_can_be_off() {
         pod_cidr_v4: env.config.pod_cidr_v4,
         pod_cidr_v6: env.config.pod_cidr_v6,
         masquerade: false,
+        datapath: Default::default(),
     });
     assert!(
         !lines
@@ -2070,4 +2072,59 @@ async fn cluster_route_failures_and_conflicts() {
     m.create(CreateRequest::new(name("old"))).await.unwrap();
     m.set_cluster_conflict(None);
     m.create(CreateRequest::new(name("new"))).await.unwrap();
+}
+
+#[tokio::test]
+async fn routed_pods_are_checked_clean_and_a_changed_datapath_is_refused_while_pods_exist() {
+    use crate::datapath::Datapath;
+    let mut env = Env::dual();
+    env.config.datapath = Datapath::Routed;
+    // The table a routed daemon's start creates (its guard matches the host veths).
+    env.fake.install_table(crate::firewall::FirewallBase {
+        bridge: env.config.bridge.clone(),
+        pod_cidr_v4: env.config.pod_cidr_v4,
+        pod_cidr_v6: env.config.pod_cidr_v6,
+        masquerade: env.config.masquerade,
+        datapath: Datapath::Routed,
+    });
+    let m = env.manager();
+    let info = m.create(CreateRequest::new(name("web"))).await.unwrap();
+    assert_eq!(
+        info.ips,
+        vec![
+            "10.88.0.2/32".parse::<ipnet::IpNet>().unwrap(),
+            "fd00:88::2/128".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        info.gateways,
+        vec![
+            "169.254.1.1".parse::<std::net::IpAddr>().unwrap(),
+            "fe80::1".parse().unwrap()
+        ]
+    );
+    // The node's addresses on lo, the pod's host routes and neighbours: nothing drifts.
+    assert_eq!(m.check().await, vec![]);
+    drop(m);
+
+    let bridge = Config {
+        datapath: Datapath::Bridge,
+        ..env.config.clone()
+    };
+    let err = PodManager::open(bridge.clone(), env.fake.clone(), logger())
+        .err()
+        .unwrap();
+    assert!(matches!(err, ManagerError::DatapathChanged { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("`datapath` = \"bridge\"")
+            && msg.contains("pod web")
+            && msg.contains("routed datapath"),
+        "{msg}"
+    );
+    // The same datapath opens; without pods, another one does too.
+    let m = env.manager();
+    assert!(m.remove(&name("web")).await.unwrap());
+    drop(m);
+    PodManager::open(bridge, env.fake.clone(), logger()).unwrap();
 }

@@ -35,6 +35,7 @@ fn record(name: &str, ownership: NetnsOwnership, dual: bool) -> PodRecord {
         ports: Vec::new(),
         ports_released: false,
         netns_id: None,
+        datapath: Default::default(),
     }
 }
 
@@ -51,7 +52,9 @@ fn node(dual: bool) -> NodeInputs {
             pod_cidr_v4: "10.88.0.0/16".parse().unwrap(),
             pod_cidr_v6: dual.then(|| "fd00::/64".parse().unwrap()),
             masquerade: true,
+            datapath: Default::default(),
         },
+        datapath: Default::default(),
     }
 }
 
@@ -74,7 +77,6 @@ fn create_v4_only_with_pause() {
     let r = record("web", NetnsOwnership::Owned { pause: true }, false);
     let id = web_id();
     let h = id.host_veth_name();
-    let t = id.temp_peer_name();
     assert_eq!(
         text(&plan_create(&r, &node(false))),
         vec![
@@ -86,11 +88,10 @@ fn create_v4_only_with_pause() {
             "ensure bridge nh0 with 10.88.0.1/16".to_string(),
             "enable IPv4 forwarding".to_string(),
             format!(
-                "create veth {h} <-> {t} in /run/netns/web (mtu 1450) [undo: delete link {h} in the host namespace]"
+                "create veth {h} <-> eth0 in /run/netns/web (mtu 1450) [undo: delete link {h} in the host namespace]"
             ),
             format!("attach link {h} to bridge nh0"),
             format!("set link {h} up in the host namespace"),
-            format!("rename link {t} to eth0 in /run/netns/web"),
             "add address 10.88.0.2/16 to link eth0 in /run/netns/web".to_string(),
             "set link eth0 up in /run/netns/web".to_string(),
             "add default route via 10.88.0.1 dev eth0 in /run/netns/web".to_string(),
@@ -105,7 +106,6 @@ fn create_dual_stack_structured() {
     let ns = PathBuf::from("/run/netns/web");
     let eth0 = IfName::pod_interface();
     let host = id.host_veth_name();
-    let temp = id.temp_peer_name();
     let expected = vec![
         Step {
             action: Action::CreateNetns { path: ns.clone() },
@@ -133,9 +133,11 @@ fn create_dual_stack_structured() {
         Step {
             action: Action::CreateVeth {
                 host: host.clone(),
-                peer: temp.clone(),
+                peer: eth0.clone(),
                 netns: ns.clone(),
                 mtu: 1450,
+                host_mac: None,
+                peer_mac: None,
             },
             undo: Some(Action::DeleteLink {
                 netns: None,
@@ -149,11 +151,6 @@ fn create_dual_stack_structured() {
         Step::plain(Action::LinkUp {
             netns: None,
             link: host.clone(),
-        }),
-        Step::plain(Action::RenameLink {
-            netns: ns.clone(),
-            from: temp,
-            to: eth0.clone(),
         }),
         Step::plain(Action::DisableDad {
             netns: ns.clone(),
@@ -191,7 +188,7 @@ fn create_dual_stack_structured() {
 fn create_no_pause() {
     let r = record("web", NetnsOwnership::Owned { pause: false }, false);
     let steps = text(&plan_create(&r, &node(false)));
-    assert_eq!(steps.len(), 11);
+    assert_eq!(steps.len(), 10);
     assert_eq!(
         steps[0],
         "create netns /run/netns/web [undo: delete netns /run/netns/web]"
@@ -205,7 +202,6 @@ fn attach_creates_no_netns_and_no_pause() {
     let r = record("web", NetnsOwnership::Attached, false);
     let id = web_id();
     let h = id.host_veth_name();
-    let t = id.temp_peer_name();
     let ns = "/var/run/netns/cni-1234";
     assert_eq!(
         text(&plan_create(&r, &node(false))),
@@ -214,11 +210,10 @@ fn attach_creates_no_netns_and_no_pause() {
             "ensure bridge nh0 with 10.88.0.1/16".to_string(),
             "enable IPv4 forwarding".to_string(),
             format!(
-                "create veth {h} <-> {t} in {ns} (mtu 1450) [undo: delete link {h} in the host namespace]"
+                "create veth {h} <-> eth0 in {ns} (mtu 1450) [undo: delete link {h} in the host namespace]"
             ),
             format!("attach link {h} to bridge nh0"),
             format!("set link {h} up in the host namespace"),
-            format!("rename link {t} to eth0 in {ns}"),
             format!("add address 10.88.0.2/16 to link eth0 in {ns}"),
             format!("set link eth0 up in {ns}"),
             format!("add default route via 10.88.0.1 dev eth0 in {ns}"),
@@ -291,6 +286,9 @@ fn healthy(r: &PodRecord) -> Observed {
             ..link
         }),
         default_routes: r.gateways.clone(),
+        host_routes: vec![],
+        host_neighbours: vec![],
+        pod_neighbours: vec![],
     }
 }
 
@@ -519,5 +517,181 @@ fn findings_serialize_flat() {
     assert_eq!(
         serde_json::to_string(&f).unwrap(),
         r#"{"pod":"web","object":"link eth0","problem":"address_missing","address":"10.0.0.2/24"}"#
+    );
+}
+
+/// A routed node (dual-stack when `dual`): node addresses /32 and /128.
+fn routed_node(dual: bool) -> NodeInputs {
+    let mut n = node(dual);
+    n.datapath = Datapath::Routed;
+    n.firewall.datapath = Datapath::Routed;
+    n.bridge_addresses = n
+        .bridge_addresses
+        .iter()
+        .map(|a| IpNet::from(a.addr()))
+        .collect();
+    n
+}
+
+/// A routed record: host addresses and the link-local gateways.
+fn routed_record(dual: bool, ports: bool) -> PodRecord {
+    let mut r = ready(dual);
+    r.datapath = Datapath::Routed;
+    r.ips = r.ips.iter().map(|a| IpNet::from(a.addr())).collect();
+    r.gateways = r
+        .ips
+        .iter()
+        .map(|a| crate::datapath::gateway_for(a.addr()))
+        .collect();
+    if ports {
+        r.ports = vec![crate::ports::PortMapping::new(
+            8080,
+            80,
+            crate::ports::Protocol::Tcp,
+        )];
+    }
+    r
+}
+
+#[test]
+fn create_routed_dual_stack() {
+    let r = routed_record(true, true);
+    let id = web_id();
+    let h = id.host_veth_name();
+    let all = text(&plan_create(&r, &routed_node(true)));
+    // After the pause and loopback: node addresses on lo, no bridge, no master, no hairpin;
+    // permanent neighbours for the gateways before the on-link default routes; host routes
+    // from the node address and neighbours for the pod last; route_localnet on the host veth.
+    assert_eq!(
+        all[3..].to_vec(),
+        vec![
+            "ensure node addresses on lo: 10.88.0.1/32 fd00::1/128".to_string(),
+            "enable IPv4 and IPv6 forwarding".to_string(),
+            format!(
+                "create veth {h} <-> eth0 in /run/netns/web (mtu 1450) [undo: delete link {h} in the host namespace]"
+            ),
+            format!("set link {h} up in the host namespace"),
+            "disable IPv6 DAD on link eth0 in /run/netns/web".to_string(),
+            "add address 10.88.0.2/32 to link eth0 in /run/netns/web".to_string(),
+            "add address fd00::2/128 to link eth0 in /run/netns/web".to_string(),
+            "set link eth0 up in /run/netns/web".to_string(),
+            "add permanent neighbour 169.254.1.1 lladdr ee:ee:ee:ee:ee:ee dev eth0 in /run/netns/web".to_string(),
+            "add default route via 169.254.1.1 dev eth0 in /run/netns/web".to_string(),
+            "add permanent neighbour fe80::1 lladdr ee:ee:ee:ee:ee:ee dev eth0 in /run/netns/web".to_string(),
+            "add default route via fe80::1 dev eth0 in /run/netns/web".to_string(),
+            format!("add host route 10.88.0.2/32 dev {h} src 10.88.0.1"),
+            format!("add permanent neighbour 10.88.0.2 lladdr 0a:58:0a:58:00:02 dev {h} in the host namespace"),
+            format!("add host route fd00::2/128 dev {h} src fd00::1"),
+            format!("add permanent neighbour fd00::2 lladdr 0a:58:0a:58:00:02 dev {h} in the host namespace"),
+            format!("enable route_localnet on {h}"),
+            "publish 2 host port element(s) of pod web in nftables table inet netns_holder \
+             [undo: withdraw 2 host port element(s) of pod web from nftables table inet \
+             netns_holder]"
+                .to_string(),
+        ]
+    );
+    // The veth gets the fixed host MAC and the pod's derived one.
+    let veth = plan_create(&r, &routed_node(true))
+        .into_iter()
+        .find(|s| matches!(s.action, Action::CreateVeth { .. }))
+        .unwrap();
+    assert!(matches!(
+        veth.action,
+        Action::CreateVeth {
+            host_mac: Some(crate::datapath::HOST_VETH_MAC),
+            peer_mac: Some(m),
+            ..
+        } if m.to_string() == "0a:58:0a:58:00:02"
+    ));
+}
+
+#[test]
+fn routed_checks_and_repairs_host_routes_and_neighbours() {
+    let r = routed_record(false, false);
+    let node = routed_node(false);
+    let h = r.host_veth.clone();
+    let mut healthy = healthy(&r);
+    healthy.host_veth.as_mut().unwrap().master = None;
+    healthy.host_routes = vec!["10.88.0.2/32".parse().unwrap()];
+    healthy.host_neighbours = vec!["10.88.0.2".parse().unwrap()];
+    healthy.pod_neighbours = vec!["169.254.1.1".parse().unwrap()];
+    assert_eq!(check_pod(&r, &node, &healthy), vec![]);
+    assert_eq!(plan_repair(&r, &node, &healthy), Repair::Nothing);
+
+    let mut drifted = healthy.clone();
+    drifted.host_routes.clear();
+    drifted.pod_neighbours.clear();
+    let found: Vec<String> = check_pod(&r, &node, &drifted)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            format!("pod web: link {h}: host route to 10.88.0.2/32 missing"),
+            "pod web: link eth0 in /run/netns/web: permanent neighbour entry for 169.254.1.1 missing"
+                .to_string(),
+        ]
+    );
+    let Repair::Actions(actions) = plan_repair(&r, &node, &drifted) else {
+        panic!("a repair");
+    };
+    let actions: Vec<String> = actions.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        actions,
+        vec![
+            "add permanent neighbour 169.254.1.1 lladdr ee:ee:ee:ee:ee:ee dev eth0 in /run/netns/web"
+                .to_string(),
+            format!("add host route 10.88.0.2/32 dev {h} src 10.88.0.1"),
+            format!(
+                "add permanent neighbour 10.88.0.2 lladdr 0a:58:0a:58:00:02 dev {h} in the host namespace"
+            ),
+        ]
+    );
+    // A routed host veth has no master: one on a bridge is not what check looks for, and
+    // repair never attaches it.
+    let mut bridged = healthy.clone();
+    bridged.host_veth.as_mut().unwrap().master = None;
+    assert_eq!(plan_repair(&r, &node, &bridged), Repair::Nothing);
+    // The node addresses live on lo.
+    assert_eq!(node.node_link().as_str(), "lo");
+    let lo = LinkInfo {
+        up: true,
+        mtu: 65536,
+        master: None,
+        addresses: vec!["127.0.0.1/8".parse().unwrap()],
+    };
+    let found = check_bridge(&node, Some(&lo));
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        found[0].to_string(),
+        "link lo: address 10.88.0.1/32 missing"
+    );
+}
+
+#[test]
+fn a_routed_pod_of_ours_retires_its_host_veth_an_attached_one_deletes_it() {
+    let r = routed_record(false, false);
+    let h = r.host_veth.clone();
+    let owned = text(
+        &plan_remove(&r, &[])
+            .into_iter()
+            .map(Step::plain)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        owned[0],
+        format!("retire link {h} (the kernel deletes it with the pod's namespace)")
+    );
+    assert_eq!(owned.last().unwrap(), "delete netns /run/netns/web");
+    let mut attached = r.clone();
+    attached.ownership = NetnsOwnership::Attached;
+    let actions = plan_remove(&attached, &[]);
+    assert_eq!(
+        actions[0],
+        Action::DeleteLink {
+            netns: None,
+            link: h
+        }
     );
 }

@@ -1,4 +1,4 @@
-//! Links: the bridge, veth pairs, bridge ports, names, MTU, state, deletion, and reading a
+//! Links: the bridge, the routed datapath's node addresses, veth pairs, bridge ports, names, MTU, state, deletion, and reading a
 //! link back.
 //!
 //! Links are looked up by name at each call; no index is kept between calls. Node-side
@@ -7,6 +7,7 @@
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
@@ -18,6 +19,7 @@ use slog::info;
 
 use super::addresses::{add_addr, address_net};
 use super::{Dumps, errno, in_netns, nl_err, node_handle};
+use crate::datapath::Mac;
 use crate::kernel::LinkInfo;
 use crate::linux::netns::open_netns;
 use crate::linux::{LinuxSystem, link_object};
@@ -189,15 +191,44 @@ pub(crate) async fn ensure_bridge(
     Ok(())
 }
 
+/// Makes the existing node link `link` (`lo` on the routed datapath) carry every address
+/// of `addresses` and be up.
+pub(crate) async fn ensure_node_addresses(
+    sys: &LinuxSystem,
+    link: &IfName,
+    addresses: &[IpNet],
+) -> Result<(), SystemError> {
+    let h = node_handle(sys).await?;
+    let object = link_object(None, link.as_str());
+    let found = link_by_name(&h, link.as_str())
+        .await
+        .map_err(|e| nl_err(&object, e))?
+        .ok_or_else(|| SystemError::NotFound {
+            object: object.clone(),
+        })?;
+    let index = found.header.index;
+    for address in addresses {
+        add_addr(&h, index, *address)
+            .await
+            .map_err(|e| nl_err(format!("address {address} on {object}"), e))?;
+    }
+    if !found.header.flags.contains(LinkFlags::Up) {
+        set_up(&h, index).await.map_err(|e| nl_err(&object, e))?;
+    }
+    Ok(())
+}
+
 /// Creates the veth pair `host` (node namespace) and `peer` (created directly inside
-/// `netns`), both with `mtu` and one queue each way. `AlreadyExists` names the end that
-/// exists.
+/// `netns`), both with `mtu`, one queue each way and the given MAC addresses (random where
+/// `None`). `AlreadyExists` names the end that exists.
 pub(crate) async fn create_veth(
     sys: &LinuxSystem,
     host: &IfName,
     peer: &IfName,
     netns: &Path,
     mtu: u32,
+    host_mac: Option<Mac>,
+    peer_mac: Option<Mac>,
 ) -> Result<(), SystemError> {
     let object = format!("veth {host} <-> {peer} in {} (mtu {mtu})", netns.display());
     let ns = open_netns(netns)?;
@@ -207,18 +238,24 @@ pub(crate) async fn create_veth(
     // One queue each way, asked for explicitly: without these attributes the kernel makes
     // one queue per CPU and then cuts each end down to one, and every cut waits for an
     // (expedited) RCU grace period while holding the RTNL lock that all pod creates share.
-    let peer_message = LinkMessageBuilder::<LinkUnspec>::new()
+    let mut peer_message = LinkMessageBuilder::<LinkUnspec>::new()
         .name(peer.as_str())
         .mtu(mtu)
         .append_extra_attribute(LinkAttribute::NumTxQueues(1))
         .append_extra_attribute(LinkAttribute::NumRxQueues(1))
-        .setns_by_fd(ns.as_raw_fd())
-        .build();
-    let message = LinkVeth::new(host.as_str(), peer.as_str())
+        .setns_by_fd(ns.as_raw_fd());
+    if let Some(mac) = peer_mac {
+        peer_message = peer_message.address(mac.0.to_vec());
+    }
+    let mut message = LinkVeth::new(host.as_str(), peer.as_str())
         .mtu(mtu)
         .append_extra_attribute(LinkAttribute::NumTxQueues(1))
-        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message)))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(1));
+    if let Some(mac) = host_mac {
+        message = message.address(mac.0.to_vec());
+    }
+    let message = message
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message.build())))
         .build();
     let result = h.link().add(message).execute().await;
     drop(ns);
@@ -287,32 +324,6 @@ pub(crate) async fn link_up(
     .await
 }
 
-/// Renames `from` to `to` inside `netns`; `AlreadyExists` if `to` is taken.
-pub(crate) async fn rename_link(
-    sys: &LinuxSystem,
-    netns: &Path,
-    from: &IfName,
-    to: &IfName,
-) -> Result<(), SystemError> {
-    let object = link_object(Some(netns), from.as_str());
-    in_netns(sys, Some(netns), Dumps::No, async |h: Handle| {
-        let index = require_index(&h, from.as_str(), &object).await?;
-        match h
-            .link()
-            .set(LinkUnspec::new_with_index(index).name(to.as_str()).build())
-            .execute()
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(libc::EEXIST) => Err(SystemError::AlreadyExists {
-                object: link_object(Some(netns), to.as_str()),
-            }),
-            Err(e) => Err(nl_err(format!("{object}: renaming to {to}"), e)),
-        }
-    })
-    .await
-}
-
 /// Sets the MTU of `link` (in `netns`, or the node namespace).
 pub(crate) async fn set_mtu(
     sys: &LinuxSystem,
@@ -347,6 +358,72 @@ pub(crate) async fn set_hairpin(sys: &LinuxSystem, link: &IfName) -> Result<(), 
 
 // ------------------------------------------------------------------ deleting links
 
+/// Renames the node link `link` to `nhx` + 12 random hex characters (retried while taken)
+/// and marks it for the deletion batch ([`DELETE_GROUP`]) in the same request, then leaves
+/// the unregister (two RCU grace periods under RTNL, about 20 ms) to a background batch
+/// that starts [`RETIRED_BATCH_DELAY`] later and takes every link retired by then: the
+/// caller waits for neither, and removes in a row share one unregister. `Ok(false)` if it does not exist. A link left marked by a crash goes
+/// with the next batch, or with its pod's namespace.
+pub(crate) async fn retire_link(sys: &LinuxSystem, link: &IfName) -> Result<bool, SystemError> {
+    let object = link_object(None, link.as_str());
+    let h = node_handle(sys).await?;
+    let Some(found) = link_by_name(&h, link.as_str())
+        .await
+        .map_err(|e| nl_err(&object, e))?
+    else {
+        return Ok(false);
+    };
+    for _ in 0..8 {
+        let suffix: String = random_mac().iter().map(|b| format!("{b:02x}")).collect();
+        let retired = format!("{}{suffix}", crate::names::RETIRED_VETH_PREFIX);
+        let rename = LinkUnspec::new_with_index(found.header.index)
+            .name(retired.as_str())
+            .link_group(DELETE_GROUP)
+            .build();
+        match h.link().set(rename).execute().await {
+            Ok(()) => {
+                if sys.retired_batch_pending.swap(true, Ordering::AcqRel) {
+                    // The scheduled batch takes this one along.
+                    return Ok(true);
+                }
+                let (batch_lock, pending, h, log) = (
+                    sys.link_deletions.clone(),
+                    sys.retired_batch_pending.clone(),
+                    h.clone(),
+                    sys.log.clone(),
+                );
+                tokio::spawn(async move {
+                    tokio::time::sleep(RETIRED_BATCH_DELAY).await;
+                    // From here on a retire schedules the next batch (this one may take its
+                    // link along; the next then finds nothing, which is fine).
+                    pending.store(false, Ordering::Release);
+                    let _batch = batch_lock.lock().await;
+                    let mut batch = h.link().del(0);
+                    batch
+                        .message_mut()
+                        .attributes
+                        .push(LinkAttribute::Group(DELETE_GROUP));
+                    match batch.execute().await {
+                        // Another batch took it along.
+                        Ok(()) => {}
+                        Err(e) if errno(&e) == Some(libc::ENODEV) => {}
+                        Err(e) => slog::warn!(log, "deleting retired host veths failed";
+                            "retired" => &retired, "error" => %e),
+                    }
+                });
+                return Ok(true);
+            }
+            Err(e) if errno(&e) == Some(libc::EEXIST) => continue,
+            Err(e) if errno(&e) == Some(libc::ENODEV) => return Ok(false),
+            Err(e) => return Err(nl_err(format!("{object}: renaming to {retired}"), e)),
+        }
+    }
+    Err(SystemError::other(
+        object,
+        "no free retired name after 8 tries",
+    ))
+}
+
 /// The device group that node-side links are moved into right before they are deleted.
 ///
 /// The kernel deletes a link with two RCU grace periods under the RTNL lock (about 20 ms
@@ -358,6 +435,9 @@ pub(crate) async fn set_hairpin(sys: &LinuxSystem, link: &IfName) -> Result<(), 
 /// in the group (its value spells "nhdl"); one left marked by a crash is deleted with the
 /// next batch, which is what reconcile would do with it anyway.
 pub(crate) const DELETE_GROUP: u32 = 0x6e68_646c;
+
+/// How long a background batch of retired host veths waits for more before it runs.
+pub(crate) const RETIRED_BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Deletes `link` in the node namespace in a batch with the other node-side deletions
 /// running at the same time (see [`DELETE_GROUP`]).

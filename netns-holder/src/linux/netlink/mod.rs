@@ -29,17 +29,20 @@ use crate::system::SystemError;
 
 mod addresses;
 pub(super) mod links;
+mod neighbours;
 mod node_networks;
 mod routes;
 
 pub(crate) use addresses::{add_address, loopback_up};
 pub(crate) use links::{
-    create_veth, delete_link, ensure_bridge, link_info, link_up, list_links, rename_link,
-    set_hairpin, set_master, set_mtu,
+    create_veth, delete_link, ensure_bridge, ensure_node_addresses, link_info, link_up, list_links,
+    retire_link, set_hairpin, set_master, set_mtu,
 };
+pub(crate) use neighbours::{add_neighbour, permanent_neighbours};
 pub(crate) use node_networks::node_networks;
 pub(crate) use routes::{
-    add_default_route, add_route, default_route_mtu, default_routes, delete_route, peer_routes,
+    add_default_route, add_host_route, add_route, default_route_mtu, default_routes, delete_route,
+    host_routes, peer_routes,
 };
 
 // ------------------------------------------------------------------ connections

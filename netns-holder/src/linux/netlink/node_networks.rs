@@ -13,6 +13,7 @@ use super::addresses::address_net;
 use super::links::attr_name;
 use super::routes::{dump_routes, route_destination, route_oif, route_table};
 use super::{Dumps, in_netns, nl_err};
+use crate::datapath::POD_ROUTE_PROTOCOL;
 use crate::kernel::{NodeNetwork, NodeNetworkKind};
 use crate::linux::LinuxSystem;
 use crate::peers::ROUTE_PROTOCOL;
@@ -96,7 +97,8 @@ pub(crate) async fn node_networks(sys: &LinuxSystem) -> Result<Vec<NodeNetwork>,
                     network,
                     interface: route_oif(&r).and_then(name),
                     kind: NodeNetworkKind::Route {
-                        ours: r.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL),
+                        ours: r.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)
+                            || r.header.protocol == RouteProtocol::Other(POD_ROUTE_PROTOCOL),
                     },
                 });
             }

@@ -11,12 +11,13 @@ use std::path::Path;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::links::{attr_mtu, link_by_index, require_index};
 use super::{Dumps, errno, exists_ok, in_netns, nl_err, node_handle};
+use crate::datapath::POD_ROUTE_PROTOCOL;
 use crate::linux::{LinuxSystem, conn, link_object};
 use crate::names::IfName;
 use crate::peers::ROUTE_PROTOCOL;
@@ -109,6 +110,13 @@ pub(crate) async fn add_default_route(
     in_netns(sys, Some(netns), Dumps::No, async |h: Handle| {
         let index = require_index(&h, link.as_str(), &object).await?;
         let route = match gateway {
+            // A link-local gateway (the routed datapath's 169.254.1.1, outside the pod's
+            // /32) is on-link by definition.
+            IpAddr::V4(gw) if gw.is_link_local() => RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gw)
+                .output_interface(index)
+                .onlink()
+                .build(),
             IpAddr::V4(gw) => RouteMessageBuilder::<Ipv4Addr>::new()
                 .gateway(gw)
                 .output_interface(index)
@@ -177,6 +185,87 @@ pub(crate) async fn default_route_mtu(sys: &LinuxSystem) -> Result<Option<u32>, 
         .await
         .map_err(|e| nl_err(format!("{object}: its link {oif}"), e))?;
     Ok(link.as_ref().and_then(attr_mtu))
+}
+
+// ------------------------------------------------------------------ host routes (routed)
+
+/// Adds or replaces the route to the pod address `address` on the host veth `link`, with
+/// preferred source `source`, tagged [`POD_ROUTE_PROTOCOL`] (main table, scope link).
+pub(crate) async fn add_host_route(
+    sys: &LinuxSystem,
+    link: &IfName,
+    address: IpNet,
+    source: IpAddr,
+) -> Result<(), SystemError> {
+    let object = format!("host route {address} dev {link} src {source}");
+    let h = node_handle(sys).await?;
+    let index = require_index(&h, link.as_str(), &link_object(None, link.as_str())).await?;
+    let protocol = RouteProtocol::Other(POD_ROUTE_PROTOCOL);
+    let message = match (address, source) {
+        (IpNet::V4(net), IpAddr::V4(src)) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(net.addr(), net.prefix_len())
+            .output_interface(index)
+            .pref_source(src)
+            .scope(RouteScope::Link)
+            .protocol(protocol)
+            .build(),
+        (IpNet::V6(net), IpAddr::V6(src)) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(net.addr(), net.prefix_len())
+            .output_interface(index)
+            .pref_source(src)
+            .protocol(protocol)
+            .build(),
+        _ => return Err(SystemError::other(&object, "address families differ")),
+    };
+    h.route()
+        .add(message)
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| nl_err(object, e))
+}
+
+/// The destinations of our host routes (tagged [`POD_ROUTE_PROTOCOL`]) on the host link
+/// `link`; none when the link is missing.
+pub(crate) async fn host_routes(
+    sys: &LinuxSystem,
+    link: &IfName,
+) -> Result<Vec<IpNet>, SystemError> {
+    let object = link_object(None, link.as_str());
+    let node = conn::node(sys).await?;
+    let h = node.handle.clone();
+    let index = match require_index(&h, link.as_str(), &object).await {
+        Ok(index) => index,
+        Err(SystemError::NotFound { .. }) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let _dump = node.dumps.lock().await;
+    let mut out = Vec::new();
+    for v6 in [false, true] {
+        // Filtered by the kernel on the output interface (RTA_OIF with strict checking
+        // is not asked for; the filter below is what counts).
+        let mut filter = if v6 {
+            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        };
+        filter.header.protocol = RouteProtocol::Other(POD_ROUTE_PROTOCOL);
+        let routes: Vec<RouteMessage> = h
+            .route()
+            .get(filter)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_err(format!("routes of {object}"), e))?;
+        out.extend(
+            routes
+                .iter()
+                .filter(|r| r.header.protocol == RouteProtocol::Other(POD_ROUTE_PROTOCOL))
+                .filter(|r| route_oif(r) == Some(index))
+                .filter_map(route_destination),
+        );
+    }
+    Ok(out)
 }
 
 // ------------------------------------------------------------------ peer routes
