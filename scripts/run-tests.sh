@@ -28,7 +28,7 @@ status=0
 
 # The suites that drive real daemons through nh_tests::node, whose helpers honour
 # NH_TEST_DATAPATH; the unit, API and parser tests do not depend on the datapath.
-ROUTED_SUITES="${ROUTED_SUITES-daemon egress two_nodes hostports attached_ended metrics nri nri_replay oci_hook cni cni_replay neighbour chaos}"
+ROUTED_SUITES="${ROUTED_SUITES-daemon egress two_nodes hostports attached_ended metrics nri nri_replay oci_hook cni cni_replay neighbour chaos cluster}"
 if [ -n "$ROUTED_SUITES" ]; then
     routed_args=()
     for suite in $ROUTED_SUITES; do routed_args+=(--test "$suite"); done
