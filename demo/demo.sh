@@ -448,7 +448,15 @@ note "pods left: $PODS"
 STATUS="$("${NH[@]}" status)"
 note "status: $STATUS"
 [[ $STATUS == *'"pods":0'* && $STATUS == *'"allocated":0'* ]] || die "addresses still allocated: $STATUS"
-LINKS="$(ip -n "$NODE" -o link show | awk -F': ' '{ printf "%s ", $2 }')"
+node_links() { ip -n "$NODE" -o link show | awk -F': ' '{ printf "%s ", $2 }'; }
+LINKS="$(node_links)"
+# Routed: a removed pod's host veth is renamed nhx<hex> and deleted in a background batch
+# (the remove does not wait for the kernel's unregister); give that batch up to 5 s.
+for _ in $(seq 50); do
+    [[ $LINKS == *nhx* ]] || break
+    sleep 0.1
+    LINKS="$(node_links)"
+done
 note "node links: $LINKS(the bridge stays, if any; the host veths are gone)"
 if [ "$DATAPATH" = bridge ]; then EXPECTED_LINKS="lo nh0 "; else EXPECTED_LINKS="lo "; fi
 [ "$LINKS" = "$EXPECTED_LINKS" ] || die "host veths left: $LINKS"
