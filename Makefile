@@ -91,7 +91,7 @@ test: deps pause lint
 	$(CARGO) build --workspace --locked
 	CARGO=$(CARGO) scripts/run-tests.sh
 
-## bench: pause footprint vs catatonit -P; pod create/remove on both datapaths vs the CNI reference chain and the routed 4000-pod scale run; first-packet RTT with proxy ARP vs permanent neighbours; load (1000 pods, 32 clients); create/remove with a /metrics scraper every 100 ms vs without; cluster: lease -> route, 1000 peers vs ip -batch
+## bench: pause footprint vs catatonit -P; pod create/remove on both datapaths (API) and routed (CLI) vs the CNI reference chain (with and without portmap) and the routed 4000-pod scale run with first-packet latency at 1-2 vs 4000 pods; first-packet RTT with proxy ARP vs permanent neighbours; load (1000 pods, 32 clients); create/remove with a /metrics scraper every 100 ms vs without; cluster: lease -> route, 1000 peers vs ip -batch
 bench: pause
 	$(CARGO) build -p netns-holder -p cri-hook -p nh-tests --release --locked
 	$(TARGET)/release/bench_pause

@@ -2,10 +2,11 @@
 //! the CNI reference plugins per the spec from a thread inside a node namespace.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
@@ -110,6 +111,25 @@ pub fn cni_exec(
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `n` TCP connects from `client` to `to` (after a few unmeasured ones), each from a fresh
+/// socket: the connect time is the SYN -> SYN-ACK round trip through the host port's DNAT.
+pub fn connect_latency(client: &Path, to: SocketAddr, n: usize) -> Result<Series> {
+    crate::node::in_netns_thread(client, move || {
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..n + 10 {
+            let start = Instant::now();
+            let stream = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3))
+                .with_context(|| format!("connect to {to}"))?;
+            let took = start.elapsed();
+            drop(stream);
+            if i >= 10 {
+                samples.push(took);
+            }
+        }
+        Ok(Series(samples))
+    })
 }
 
 /// Enters `netns` on this thread only (children spawned from it start there).

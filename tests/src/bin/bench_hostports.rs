@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,9 @@ use anyhow::{Context, Result, ensure};
 use netns_holder_client::client::Client;
 use netns_holder_core::names::PodName;
 use netns_holder_core::ports::{PortMapping, Protocol};
-use nh_tests::bench::{NetnsCleanup, Series, cni_exec, enter_netns, env_count, ms, us};
+use nh_tests::bench::{
+    NetnsCleanup, Series, cni_exec, connect_latency, enter_netns, env_count, ms, us,
+};
 use nh_tests::node::{Daemon, DaemonOptions, Echo, Node, Proto, in_netns_thread};
 use nh_tests::{ScratchDir, proc_status_field, run_ok, unique_name};
 
@@ -47,25 +49,6 @@ fn node_with_client() -> Result<(Node, Node)> {
         ("u0", &[&format!("{CLIENT_IP}/24")]),
     )?;
     Ok((node, client))
-}
-
-/// `n` TCP connects from `client` to `to` (after a few unmeasured ones), each from a fresh
-/// socket: the connect time is the SYN -> SYN-ACK round trip through the host port's DNAT.
-fn connect_latency(client: &Path, to: SocketAddr, n: usize) -> Result<Series> {
-    in_netns_thread(client, move || {
-        let mut samples = Vec::with_capacity(n);
-        for i in 0..n + 10 {
-            let start = Instant::now();
-            let stream = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3))
-                .with_context(|| format!("connect to {to}"))?;
-            let took = start.elapsed();
-            drop(stream);
-            if i >= 10 {
-                samples.push(took);
-            }
-        }
-        Ok(Series(samples))
-    })
 }
 
 /// What one side measured.

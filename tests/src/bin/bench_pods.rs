@@ -14,21 +14,33 @@
 //! bridge/routed, the growth last-10/first-10, and the daemon's RSS and open fds at the
 //! full pod count. `BENCH_PODS` (default 1000) sets the count.
 //!
+//! Then the same count through the CLI on the routed datapath (each `netns-holder pod
+//! create` / `pod rm` exec'd and waited for, as a runtime hook would), without and with one
+//! host port per pod, side by side with the CNI chain without and with `portmap` (one host
+//! port per pod, `prevResult` from `bridge`): the issue's "bridge+host-local+portmap+loopback".
+//!
 //! Then the routed scale run: `BENCH_SCALE_PODS` (default 4000) pods on one node (a /20),
 //! created and removed, with every pod pinged once from the node and once from another pod
 //! (each ping waits at most 1 s), the create growth last-10/first-10, RSS and fds. The
-//! bridge datapath cannot hold that many (a bridge has at most 1023 ports).
+//! bridge datapath cannot hold that many (a bridge has at most 1023 ports). In that run,
+//! the first-packet latency: TCP connects (each a new flow, so its SYN is a first packet;
+//! `BENCH_CONNECTS`, default 300, per figure, after 10 unmeasured) pod to pod at 2 pods and
+//! at the full count (to the first and to the newest pod), and through a host port from a
+//! client namespace on an underlay veth at 1 pod and at the full count (the first and the
+//! last pod publish one each).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use netns_holder_client::client::Client;
 use netns_holder_core::names::PodName;
-use nh_tests::bench::{NetnsCleanup, Series, cni_exec, enter_netns, ms};
-use nh_tests::node::{Daemon, DaemonOptions, Node};
+use netns_holder_core::ports::{PortMapping, Protocol};
+use nh_tests::bench::{NetnsCleanup, Series, cni_exec, connect_latency, enter_netns, ms, us};
+use nh_tests::node::{Daemon, DaemonOptions, Echo, Node, Proto};
 use nh_tests::{ScratchDir, proc_status_field, run_ok, unique_name};
 
 /// What one run of ours measured.
@@ -39,7 +51,34 @@ struct Ours {
     fds: usize,
     /// Pods that did not answer a ping from the node, and from another pod (`reach` only).
     unreachable: Option<(usize, usize)>,
+    /// First-packet latencies at the start and at the full count (`reach` only).
+    first_packet: Option<FirstPacket>,
 }
+
+/// TCP connect latencies (each connect a new flow: its SYN is the first packet) pod to pod
+/// and through a host port from a client outside the node, near the start of a run and
+/// with every pod present.
+struct FirstPacket {
+    /// Pod 1 to pod 0, when those two were the only pods.
+    pod_to_pod_2: Series,
+    /// Pod 1 to pod 0, with every pod present.
+    pod_to_pod_n_first: Series,
+    /// The second-to-last pod to the last, with every pod present.
+    pod_to_pod_n_last: Series,
+    /// Client to pod 0's host port, when pod 0 was the only pod.
+    host_port_1: Series,
+    /// Client to pod 0's host port, with every pod present.
+    host_port_n_first: Series,
+    /// Client to the last pod's host port, with every pod present.
+    host_port_n_last: Series,
+}
+
+/// The node's address on the underlay to the outside client (`reach` runs).
+const NODE_IP: &str = "192.168.74.1";
+/// The outside client's address.
+const CLIENT_IP: &str = "192.168.74.2";
+/// Pod 0's host port in `reach` runs; the last pod publishes the next one.
+const HOST_PORT: u16 = 20000;
 
 /// The open file descriptors of `pid`.
 fn open_fds(pid: u32) -> Result<usize> {
@@ -71,9 +110,18 @@ fn ping_all(netns: &std::path::Path, targets: &[String]) -> Result<Vec<String>> 
 }
 
 /// Ours: create then remove `count` pods through the API on the `datapath`; with `reach`,
-/// every pod is pinged from the node and from the first pod before the removes.
-fn bench_ours(count: usize, datapath: &str, reach: bool) -> Result<Ours> {
+/// every pod is pinged from the node and from the first pod before the removes, and the
+/// first-packet latencies are measured (`connects` connects each; the first and the last
+/// pod publish a host port, reached from a client namespace on an underlay veth).
+fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Result<Ours> {
     let node = Node::new()?;
+    let client_node = Node::new()?;
+    node.veth_to(
+        &client_node,
+        ("u0", &[&format!("{NODE_IP}/24")]),
+        ("u0", &[&format!("{CLIENT_IP}/24")]),
+    )?;
+    let client_path = client_node.netns_path();
     // The machine's neighbour tables hold this many pods only when raised (a daemon in a
     // node namespace cannot raise them and refuses pods beyond them); put back after.
     let _tables = nh_tests::neighbour::RaisedTables::for_pod_cidr("10.244.0.0/20", false)?;
@@ -92,19 +140,69 @@ fn bench_ours(count: usize, datapath: &str, reach: bool) -> Result<Ours> {
         .map(|i| PodName::new(format!("bench-{i}")).context("pod name"))
         .collect::<Result<_>>()?;
     let node_path = node.netns_path();
-    let (creates, removes, rss, fds, unreachable) = runtime.block_on(async {
+    let (creates, removes, rss, fds, unreachable, first_packet) = runtime.block_on(async {
         let mut client = Client::connect(daemon.socket()).await?;
         let mut creates = Vec::with_capacity(count);
         let mut pods: Vec<(String, String)> = Vec::with_capacity(count);
-        for name in &names {
+        let (mut pod_to_pod_2, mut host_port_1) = (Series::default(), Series::default());
+        let pod_addr = |pods: &[(String, String)], i: usize| -> Result<SocketAddr> {
+            Ok(SocketAddr::new(pods[i].1.parse()?, 80))
+        };
+        let node_port =
+            |port: u16| -> Result<SocketAddr> { Ok(SocketAddr::new(NODE_IP.parse()?, port)) };
+        for (i, name) in names.iter().enumerate() {
+            let ports = match i {
+                0 if reach => vec![PortMapping::new(HOST_PORT, 80, Protocol::Tcp)],
+                _ if reach && i == count - 1 => {
+                    vec![PortMapping::new(HOST_PORT + 1, 80, Protocol::Tcp)]
+                }
+                _ => Vec::new(),
+            };
             let start = Instant::now();
-            let created = client.create_pod(name, false, BTreeMap::new()).await?;
+            let created = client
+                .create_pod_with_ports(name, false, BTreeMap::new(), &ports)
+                .await?;
             creates.push(start.elapsed());
             let pod = created.pod.context("create answered no pod")?;
             let ip = pod.ips.first().context("a pod without addresses")?;
             let ip = ip.split('/').next().unwrap_or_default().to_string();
             pods.push((pod.netns, ip));
+            if reach && i == 0 {
+                let _echo = Echo::start(Path::new(&pods[0].0), Proto::Tcp, 80)?;
+                host_port_1 = connect_latency(&client_path, node_port(HOST_PORT)?, connects)?;
+            }
+            if reach && i == 1 {
+                let _echo = Echo::start(Path::new(&pods[0].0), Proto::Tcp, 80)?;
+                pod_to_pod_2 =
+                    connect_latency(Path::new(&pods[1].0), pod_addr(&pods, 0)?, connects)?;
+            }
         }
+        let first_packet = if reach {
+            let _first = Echo::start(Path::new(&pods[0].0), Proto::Tcp, 80)?;
+            let _last = Echo::start(Path::new(&pods[count - 1].0), Proto::Tcp, 80)?;
+            Some(FirstPacket {
+                pod_to_pod_2,
+                pod_to_pod_n_first: connect_latency(
+                    Path::new(&pods[1].0),
+                    pod_addr(&pods, 0)?,
+                    connects,
+                )?,
+                pod_to_pod_n_last: connect_latency(
+                    Path::new(&pods[count - 2].0),
+                    pod_addr(&pods, count - 1)?,
+                    connects,
+                )?,
+                host_port_1,
+                host_port_n_first: connect_latency(&client_path, node_port(HOST_PORT)?, connects)?,
+                host_port_n_last: connect_latency(
+                    &client_path,
+                    node_port(HOST_PORT + 1)?,
+                    connects,
+                )?,
+            })
+        } else {
+            None
+        };
         let pid = daemon.pid().context("daemon pid")?;
         let rss = proc_status_field(pid, "VmRSS")
             .context("daemon VmRSS")?
@@ -136,7 +234,7 @@ fn bench_ours(count: usize, datapath: &str, reach: bool) -> Result<Ours> {
             removes.push(start.elapsed());
             ensure!(removed.removed, "pod {name} was not removed");
         }
-        anyhow::Ok((creates, removes, rss, fds, unreachable))
+        anyhow::Ok((creates, removes, rss, fds, unreachable, first_packet))
     })?;
     drop(daemon);
     Ok(Ours {
@@ -145,7 +243,69 @@ fn bench_ours(count: usize, datapath: &str, reach: bool) -> Result<Ours> {
         rss_kib: rss,
         fds,
         unreachable,
+        first_packet,
     })
+}
+
+/// Ours through the CLI: `count` pods created then removed on the routed datapath, each by
+/// exec'ing `netns-holder pod create` / `pod rm` and waiting for it (the exec, the client's
+/// connect and the JSON it prints included); with `publish`, every pod publishes one host
+/// port (as the CNI chain with portmap does).
+fn bench_cli(count: usize, publish: bool) -> Result<(Series, Series)> {
+    let node = Node::new()?;
+    let _tables = nh_tests::neighbour::RaisedTables::for_pod_cidr("10.244.0.0/20", false)?;
+    let daemon = Daemon::start(
+        &node,
+        DaemonOptions {
+            pod_cidr_v4: "10.244.0.0/20".into(),
+            extra_config: "datapath = \"routed\"\n".into(),
+            ..DaemonOptions::default()
+        },
+    )?;
+    let names: Vec<String> = (0..count).map(|i| format!("cli-{i}")).collect();
+    let mut creates = Vec::with_capacity(count);
+    for (i, name) in names.iter().enumerate() {
+        let spec = format!("{}:80", HOST_PORT as usize + i);
+        let mut args = vec!["pod", "create", name.as_str()];
+        if publish {
+            args.extend(["--publish", spec.as_str()]);
+        }
+        let start = Instant::now();
+        let out = daemon.cli(&args)?;
+        creates.push(start.elapsed());
+        ensure!(
+            out.status.success(),
+            "netns-holder pod create {name}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pod: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("pod create {name} printed no JSON"))?;
+        ensure!(
+            pod["name"] == name.as_str(),
+            "pod create {name} printed another pod: {pod}"
+        );
+    }
+    let mut removes = Vec::with_capacity(count);
+    for name in &names {
+        let start = Instant::now();
+        let out = daemon.cli(&["pod", "rm", name])?;
+        removes.push(start.elapsed());
+        ensure!(
+            out.status.success(),
+            "netns-holder pod rm {name}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let removed: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("pod rm {name} printed no JSON"))?;
+        ensure!(
+            removed["removed"] == true,
+            "pod rm {name} did not remove it: {removed}"
+        );
+    }
+    drop(daemon);
+    Ok((Series(creates), Series(removes)))
 }
 
 /// `count` creates at once through the API (one connection each) on the `datapath`, on a
@@ -199,8 +359,9 @@ fn bench_concurrent(count: usize, datapath: &str) -> Result<Series> {
     Ok(Series(latencies))
 }
 
-/// The CNI reference chain: loopback ADD + bridge ADD (host-local), then DEL both.
-fn bench_cni(count: usize) -> Result<(Series, Series)> {
+/// The CNI reference chain: loopback ADD + bridge ADD (host-local), with `portmap` also
+/// portmap ADD (one host port per pod, `prevResult` from bridge), then DEL all of them.
+fn bench_cni(count: usize, portmap: bool) -> Result<(Series, Series)> {
     let node = Node::new()?;
     let scratch = ScratchDir::new("cni")?;
     let bridge_config = serde_json::json!({
@@ -220,6 +381,19 @@ fn bench_cni(count: usize) -> Result<(Series, Series)> {
     let loopback_config =
         serde_json::json!({"cniVersion": "1.0.0", "name": "nhbench-lo", "type": "loopback"})
             .to_string();
+    let portmap_config = |i: usize, prev: &serde_json::Value| {
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "nhbench",
+            "type": "portmap",
+            "capabilities": {"portMappings": true},
+            "runtimeConfig": {"portMappings": [
+                {"hostPort": HOST_PORT as usize + i, "containerPort": 80, "protocol": "tcp"}
+            ]},
+            "prevResult": prev,
+        })
+        .to_string()
+    };
     let netns_names: Vec<String> = (0..count).map(|_| unique_name("nhc")).collect();
     let node_path = node.netns_path();
     // Pod namespaces are made (untimed) and removed by the CNI driver thread's guard.
@@ -229,19 +403,34 @@ fn bench_cni(count: usize) -> Result<(Series, Series)> {
                 enter_netns(&node_path)?;
                 let mut made = NetnsCleanup(Vec::new());
                 let mut adds = Vec::with_capacity(count);
-                for name in &netns_names {
+                let mut results = Vec::with_capacity(count);
+                for (i, name) in netns_names.iter().enumerate() {
                     run_ok(Command::new("ip").args(["netns", "add", name]))?;
                     made.0.push(name.clone());
                     let netns = PathBuf::from("/run/netns").join(name);
                     let start = Instant::now();
                     cni_exec("loopback", "ADD", name, &netns, &loopback_config)?;
-                    cni_exec("bridge", "ADD", name, &netns, &bridge_config)?;
+                    let result = cni_exec("bridge", "ADD", name, &netns, &bridge_config)?;
+                    if portmap {
+                        let prev: serde_json::Value = serde_json::from_str(&result)?;
+                        cni_exec("portmap", "ADD", name, &netns, &portmap_config(i, &prev))?;
+                        results.push(prev);
+                    }
                     adds.push(start.elapsed());
                 }
                 let mut dels = Vec::with_capacity(count);
-                for name in &netns_names {
+                for (i, name) in netns_names.iter().enumerate() {
                     let netns = PathBuf::from("/run/netns").join(name);
                     let start = Instant::now();
+                    if portmap {
+                        cni_exec(
+                            "portmap",
+                            "DEL",
+                            name,
+                            &netns,
+                            &portmap_config(i, &results[i]),
+                        )?;
+                    }
                     cni_exec("bridge", "DEL", name, &netns, &bridge_config)?;
                     cni_exec("loopback", "DEL", name, &netns, &loopback_config)?;
                     dels.push(start.elapsed());
@@ -289,9 +478,11 @@ fn main() -> Result<()> {
     eprintln!(
         "bench_pods: {count} pods through netns-holder (routed, then bridge), then through the CNI chain..."
     );
-    let routed = bench_ours(count, "routed", false)?;
-    let bridge = bench_ours(count, "bridge", false)?;
-    let (cni_adds, cni_dels) = bench_cni(count)?;
+    let connects = nh_tests::bench::env_count("BENCH_CONNECTS", 300);
+    ensure!(connects >= 1, "BENCH_CONNECTS must be at least 1");
+    let routed = bench_ours(count, "routed", false, connects)?;
+    let bridge = bench_ours(count, "bridge", false, connects)?;
+    let (cni_adds, cni_dels) = bench_cni(count, false)?;
 
     println!(
         "\nper-pod latency through the API, {count} pods in one node (ms; medians, p99; ratios \
@@ -337,6 +528,56 @@ fn main() -> Result<()> {
         );
     }
 
+    eprintln!(
+        "bench_pods: {count} pods through the CLI (routed; without, then with a host port), \
+         then through the CNI chain with portmap..."
+    );
+    let (cli_creates, cli_removes) = bench_cli(count, false)?;
+    let (cli_port_creates, cli_port_removes) = bench_cli(count, true)?;
+    let (cnipm_adds, cnipm_dels) = bench_cni(count, true)?;
+    println!(
+        "\nper-pod latency through the CLI (exec'd and waited for), routed, {count} pods in one \
+         node (ms; medians, p99; ratio = CNI/CLI; without a port against loopback+bridge, with \
+         one host port against loopback+bridge+portmap)"
+    );
+    println!(
+        "{:<30} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "", "CLI", "p99", "CNI", "p99", "CNI/CLI"
+    );
+    let cli_row = |label: &str, cli: (Duration, Duration), cni: (Duration, Duration)| {
+        println!(
+            "{label:<30} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.1}x",
+            ms(cli.0),
+            ms(cli.1),
+            ms(cni.0),
+            ms(cni.1),
+            ms(cni.0) / ms(cli.0)
+        );
+    };
+    for (what, cli, cni) in [
+        ("create", &cli_creates, &cni_adds),
+        ("create +port", &cli_port_creates, &cnipm_adds),
+        ("remove", &cli_removes, &cni_dels),
+        ("remove +port", &cli_port_removes, &cnipm_dels),
+    ] {
+        for (label, range) in windows.iter().cloned() {
+            if range.end <= count {
+                cli_row(
+                    &format!("{what}, {label}"),
+                    cli.stats(range.clone()),
+                    cni.stats(range),
+                );
+            }
+        }
+        cli_row(&format!("{what}, all"), cli.all(), cni.all());
+    }
+    println!(
+        "the CLI's share (exec, connect, JSON): create median {:.2} ms through the CLI against \
+         {:.2} ms through the API (same datapath, separate runs)",
+        ms(cli_creates.median()),
+        ms(routed.creates.median()),
+    );
+
     eprintln!("bench_pods: 100 creates at once through the API, routed then bridge...");
     for datapath in ["routed", "bridge"] {
         let burst = bench_concurrent(100, datapath)?;
@@ -351,7 +592,7 @@ fn main() -> Result<()> {
     eprintln!(
         "bench_pods: routed scale run, {scale} pods, each pinged from the node and from a pod..."
     );
-    let big = bench_ours(scale, "routed", true)?;
+    let big = bench_ours(scale, "routed", true, connects)?;
     let (from_node, from_pod) = big.unreachable.unwrap_or_default();
     println!(
         "\nrouted scale run, {scale} pods on a /20 (ms; medians, p99):\n\
@@ -369,8 +610,88 @@ fn main() -> Result<()> {
         big.fds,
     );
 
+    let first_packet = big
+        .first_packet
+        .as_ref()
+        .context("the scale run measured no first packet")?;
+    println!(
+        "\nfirst-packet latency, routed (TCP connects, each a new flow; µs; medians, p99; \
+         {connects} connects each; ratio = at {scale} / at the start)"
+    );
+    let fp_row = |label: &str, s: &Series, base: &Series| {
+        println!(
+            "{label:<44} {:>8.1} {:>8.1} {:>7.2}x",
+            us(s.all().0),
+            us(s.all().1),
+            us(s.all().0) / us(base.all().0)
+        );
+    };
+    fp_row(
+        "pod to pod, at 2 pods",
+        &first_packet.pod_to_pod_2,
+        &first_packet.pod_to_pod_2,
+    );
+    fp_row(
+        &format!("pod to pod, at {scale} pods (pod 1 -> pod 0)"),
+        &first_packet.pod_to_pod_n_first,
+        &first_packet.pod_to_pod_2,
+    );
+    fp_row(
+        &format!("pod to pod, at {scale} pods (to the newest)"),
+        &first_packet.pod_to_pod_n_last,
+        &first_packet.pod_to_pod_2,
+    );
+    fp_row(
+        "host port from outside, at 1 pod",
+        &first_packet.host_port_1,
+        &first_packet.host_port_1,
+    );
+    fp_row(
+        &format!("host port from outside, at {scale} pods (pod 0)"),
+        &first_packet.host_port_n_first,
+        &first_packet.host_port_1,
+    );
+    fp_row(
+        &format!("host port from outside, at {scale} pods (newest)"),
+        &first_packet.host_port_n_last,
+        &first_packet.host_port_1,
+    );
+    let worst = |a: &Series, b: &Series, base: &Series| {
+        us(a.median()).max(us(b.median())) / us(base.median())
+    };
+    let p2p_growth = worst(
+        &first_packet.pod_to_pod_n_first,
+        &first_packet.pod_to_pod_n_last,
+        &first_packet.pod_to_pod_2,
+    );
+    let hp_growth = worst(
+        &first_packet.host_port_n_first,
+        &first_packet.host_port_n_last,
+        &first_packet.host_port_1,
+    );
+
     let speedup = ms(cni_adds.all().0) / ms(routed.creates.all().0);
+    let cli_speedup = ms(cnipm_adds.median()) / ms(cli_port_creates.median());
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    println!(
+        "targets (routed, CLI): create median <= 3 ms through the CLI: {} ({:.2} ms; with a \
+         port {:.2} ms); >= 10x faster than loopback+bridge+host-local+portmap: {} \
+         ({cli_speedup:.1}x, both with one host port); remove median <= 5 ms through the CLI: {} \
+         ({:.2} ms)",
+        verdict(ms(cli_creates.median()) <= 3.0),
+        ms(cli_creates.median()),
+        ms(cli_port_creates.median()),
+        verdict(cli_speedup >= 10.0),
+        verdict(ms(cli_removes.median()) <= 5.0),
+        ms(cli_removes.median()),
+    );
+    println!(
+        "targets (routed, first packet at {scale} pods within 1.1x of at the start, worse of \
+         the two targets): pod to pod {} ({p2p_growth:.2}x), through a host port {} \
+         ({hp_growth:.2}x)",
+        verdict(p2p_growth <= 1.1),
+        verdict(hp_growth <= 1.1),
+    );
     println!(
         "targets (routed): create median <= 3 ms: {}; remove median <= 5 ms: {}; >= 10x faster than CNI: {} ({speedup:.1}x); \
          last 10 within 1.25x of first 10 at {scale} pods: {} ({:.2}x); every pod answers: {}",
