@@ -34,7 +34,9 @@ if [ -n "$ROUTED_SUITES" ]; then
     for suite in $ROUTED_SUITES; do routed_args+=(--test "$suite"); done
     echo
     echo "=== the daemon-level suites again on the routed datapath (NH_TEST_DATAPATH=routed) ==="
-    NH_TEST_DATAPATH=routed "${empty_run[@]}" "$CARGO" test -p nh-tests --locked --no-fail-fast \
+    # --workspace, not -p nh-tests: the same feature set as the first run, so nothing is
+    # rebuilt (with -p, feature unification differs and netns-holder and nh-tests rebuild).
+    NH_TEST_DATAPATH=routed "${empty_run[@]}" "$CARGO" test --workspace --locked --no-fail-fast \
         "${routed_args[@]}" 2>&1 | tee -a "$log" || status=$?
 fi
 

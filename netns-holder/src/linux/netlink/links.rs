@@ -179,14 +179,25 @@ pub(crate) async fn ensure_bridge(
             "exists and is not a bridge",
         ));
     }
+    add_addresses_and_up(&h, &link, &object, gateways).await
+}
+
+/// Puts every address of `addresses` on the node link `link` (named `object` in errors)
+/// and sets it up if it is not.
+async fn add_addresses_and_up(
+    h: &Handle,
+    link: &LinkMessage,
+    object: &str,
+    addresses: &[IpNet],
+) -> Result<(), SystemError> {
     let index = link.header.index;
-    for gateway in gateways {
-        add_addr(&h, index, *gateway)
+    for address in addresses {
+        add_addr(h, index, *address)
             .await
-            .map_err(|e| nl_err(format!("address {gateway} on {object}"), e))?;
+            .map_err(|e| nl_err(format!("address {address} on {object}"), e))?;
     }
     if !link.header.flags.contains(LinkFlags::Up) {
-        set_up(&h, index).await.map_err(|e| nl_err(&object, e))?;
+        set_up(h, index).await.map_err(|e| nl_err(object, e))?;
     }
     Ok(())
 }
@@ -206,16 +217,7 @@ pub(crate) async fn ensure_node_addresses(
         .ok_or_else(|| SystemError::NotFound {
             object: object.clone(),
         })?;
-    let index = found.header.index;
-    for address in addresses {
-        add_addr(&h, index, *address)
-            .await
-            .map_err(|e| nl_err(format!("address {address} on {object}"), e))?;
-    }
-    if !found.header.flags.contains(LinkFlags::Up) {
-        set_up(&h, index).await.map_err(|e| nl_err(&object, e))?;
-    }
-    Ok(())
+    add_addresses_and_up(&h, &found, &object, addresses).await
 }
 
 /// Creates the veth pair `host` (node namespace) and `peer` (created directly inside
