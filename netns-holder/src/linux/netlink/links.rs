@@ -364,8 +364,9 @@ pub(crate) async fn set_hairpin(sys: &LinuxSystem, link: &IfName) -> Result<(), 
 /// and marks it for the deletion batch ([`DELETE_GROUP`]) in the same request, then leaves
 /// the unregister (two RCU grace periods under RTNL, about 20 ms) to a background batch
 /// that starts [`RETIRED_BATCH_DELAY`] later and takes every link retired by then: the
-/// caller waits for neither, and removes in a row share one unregister. `Ok(false)` if it does not exist. A link left marked by a crash goes
-/// with the next batch, or with its pod's namespace.
+/// caller waits for neither, and removes in a row share one unregister. `Ok(false)` if it
+/// does not exist. A link left marked by a crash goes with the next batch, or with its
+/// pod's namespace.
 pub(crate) async fn retire_link(sys: &LinuxSystem, link: &IfName) -> Result<bool, SystemError> {
     let object = link_object(None, link.as_str());
     let h = node_handle(sys).await?;
