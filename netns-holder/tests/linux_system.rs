@@ -810,6 +810,38 @@ fn system_primitives() {
             assert!(ok, "{args:?}: {text}");
         }
         assert_eq!(sys.default_route_mtu().await.unwrap(), Some(1234));
+        // A second default route with a higher metric is not the one the node uses.
+        for args in [
+            &[
+                "ip", "link", "add", "uplink2", "mtu", "1400", "type", "veth", "peer", "name",
+                "uplink3",
+            ][..],
+            &["ip", "link", "set", "uplink2", "up"],
+            &["ip", "link", "set", "uplink3", "up"],
+            &["ip", "addr", "add", "198.51.100.2/24", "dev", "uplink2"],
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                "198.51.100.1",
+                "dev",
+                "uplink2",
+                "metric",
+                "100",
+            ],
+        ] {
+            let (ok, text) = in_node(&ctx.node, args);
+            assert!(ok, "{args:?}: {text}");
+        }
+        assert_eq!(sys.default_route_mtu().await.unwrap(), Some(1234));
+        let (ok, text) = in_node(
+            &ctx.node,
+            &["ip", "route", "del", "default", "via", "192.0.2.1"],
+        );
+        assert!(ok, "{text}");
+        assert_eq!(sys.default_route_mtu().await.unwrap(), Some(1400));
 
         // Veth: exclusive on the host end.
         sys.create_netns(&a).await.expect("create a");

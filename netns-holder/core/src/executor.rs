@@ -246,8 +246,10 @@ pub async fn apply_plan<S: System>(
     let mut applied = Applied::default();
     fault::after_step(fault::Plan::Create, 0, None);
     for (index, step) in steps.iter().enumerate() {
-        debug!(log, "applying"; "step" => index + 1, "action" => %step.action);
+        let started = std::time::Instant::now();
         let result = run_action(system, &step.action).await;
+        debug!(log, "applied"; "step" => index + 1, "action" => %step.action,
+            "us" => started.elapsed().as_micros(), "ok" => result.is_ok());
         if result.is_ok() {
             fault::after_step(fault::Plan::Create, index + 1, Some(&step.action));
         }
@@ -322,8 +324,10 @@ async fn best_effort<S: System>(
         fault::after_step(plan, 0, None);
     }
     for (index, action) in actions.iter().enumerate() {
-        debug!(log, "applying"; "action" => %action);
+        let started = std::time::Instant::now();
         let outcome = run_action(system, action).await;
+        debug!(log, "applied"; "action" => %action, "us" => started.elapsed().as_micros(),
+            "ok" => outcome.is_ok());
         if let Some(plan) = plan {
             fault::after_step(plan, index + 1, Some(action));
         }

@@ -22,7 +22,7 @@
 //! every connection carries a lock that dumping operations hold.
 
 use std::collections::HashMap;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -52,10 +52,45 @@ pub(crate) struct Conn {
     pub(crate) dumps: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// The receive buffer of every netlink socket. The kernel drops a reply that does not fit
+/// (the reader sees `ENOBUFS`, and netlink-proto then waits for that reply for ever); the
+/// default (`net.core.rmem_default`, about 208 KiB) fills when dozens of pods are wired at
+/// once. Set with `SO_RCVBUFFORCE` (CAP_NET_ADMIN), so `net.core.rmem_max` does not cap it.
+pub(crate) const RECEIVE_BUFFER: usize = 4 << 20;
+
 /// Creates a raw rtnetlink socket in the calling thread's network namespace.
 fn new_socket(object: &str) -> Result<Socket, SystemError> {
-    Socket::new(NETLINK_ROUTE)
-        .map_err(|e| SystemError::io(format!("{object}: opening a netlink socket"), e))
+    let socket = Socket::new(NETLINK_ROUTE)
+        .map_err(|e| SystemError::io(format!("{object}: opening a netlink socket"), e))?;
+    let size = libc::c_int::try_from(RECEIVE_BUFFER).unwrap_or(libc::c_int::MAX);
+    let set = |option: libc::c_int| {
+        // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                std::ptr::from_ref(&size).cast(),
+                libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
+                    .unwrap_or(libc::socklen_t::MAX),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // Without CAP_NET_ADMIN, as much as `net.core.rmem_max` allows.
+    set(libc::SO_RCVBUFFORCE)
+        .or_else(|_| set(libc::SO_RCVBUF))
+        .map_err(|e| {
+            SystemError::io(
+                format!("{object}: setting the receive buffer to {RECEIVE_BUFFER} bytes"),
+                e,
+            )
+        })?;
+    Ok(socket)
 }
 
 /// Wraps `socket` (created in whatever namespace) into a connection driven by a new task.

@@ -298,9 +298,36 @@ impl Processes for LinuxSystem {
     }
 }
 
+/// The longest wait for the kernel's answer to one netlink operation. A reply the kernel
+/// dropped (see [`conn::RECEIVE_BUFFER`]) would otherwise leave the request, and the pod
+/// operation that made it, waiting for ever; generous, since a dump of thousands of routes on
+/// a loaded node takes a while.
+pub(crate) const NETLINK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs the netlink operation `operation` on `object` for at most [`NETLINK_TIMEOUT`].
+async fn bounded<T>(
+    object: impl FnOnce() -> String,
+    operation: impl Future<Output = Result<T, SystemError>>,
+) -> Result<T, SystemError> {
+    match tokio::time::timeout(NETLINK_TIMEOUT, operation).await {
+        Ok(result) => result,
+        Err(_) => Err(SystemError::other(
+            object(),
+            format!(
+                "no answer from the kernel to a netlink request within {} s",
+                NETLINK_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
+
 impl Netlink for LinuxSystem {
     async fn ensure_bridge(&self, name: &IfName, gateways: &[IpNet]) -> Result<(), SystemError> {
-        netlink::ensure_bridge(self, name, gateways).await
+        bounded(
+            || link_object(None, name.as_str()),
+            netlink::ensure_bridge(self, name, gateways),
+        )
+        .await
     }
 
     async fn create_veth(
@@ -312,7 +339,11 @@ impl Netlink for LinuxSystem {
         host_mac: Option<Mac>,
         peer_mac: Option<Mac>,
     ) -> Result<(), SystemError> {
-        netlink::create_veth(self, host, peer, netns, mtu, host_mac, peer_mac).await
+        bounded(
+            || format!("veth {host} <-> {peer} in {}", netns.display()),
+            netlink::create_veth(self, host, peer, netns, mtu, host_mac, peer_mac),
+        )
+        .await
     }
 
     async fn ensure_node_addresses(
@@ -320,7 +351,11 @@ impl Netlink for LinuxSystem {
         link: &IfName,
         addresses: &[IpNet],
     ) -> Result<(), SystemError> {
-        netlink::ensure_node_addresses(self, link, addresses).await
+        bounded(
+            || link_object(None, link.as_str()),
+            netlink::ensure_node_addresses(self, link, addresses),
+        )
+        .await
     }
 
     async fn add_neighbour(
@@ -330,7 +365,16 @@ impl Netlink for LinuxSystem {
         address: IpAddr,
         mac: Mac,
     ) -> Result<(), SystemError> {
-        netlink::add_neighbour(self, netns, link, address, mac).await
+        bounded(
+            || {
+                format!(
+                    "neighbour {address} on {}",
+                    link_object(netns, link.as_str())
+                )
+            },
+            netlink::add_neighbour(self, netns, link, address, mac),
+        )
+        .await
     }
 
     async fn permanent_neighbours(
@@ -338,7 +382,11 @@ impl Netlink for LinuxSystem {
         netns: Option<&Path>,
         link: &IfName,
     ) -> Result<Vec<IpAddr>, SystemError> {
-        netlink::permanent_neighbours(self, netns, link).await
+        bounded(
+            || format!("neighbours on {}", link_object(netns, link.as_str())),
+            netlink::permanent_neighbours(self, netns, link),
+        )
+        .await
     }
 
     async fn add_host_route(
@@ -347,19 +395,35 @@ impl Netlink for LinuxSystem {
         address: IpNet,
         source: IpAddr,
     ) -> Result<(), SystemError> {
-        netlink::add_host_route(self, link, address, source).await
+        bounded(
+            || format!("route {address} dev {link}"),
+            netlink::add_host_route(self, link, address, source),
+        )
+        .await
     }
 
     async fn host_routes(&self, link: &IfName) -> Result<Vec<IpNet>, SystemError> {
-        netlink::host_routes(self, link).await
+        bounded(
+            || format!("routes on {}", link_object(None, link.as_str())),
+            netlink::host_routes(self, link),
+        )
+        .await
     }
 
     async fn set_master(&self, link: &IfName, master: &IfName) -> Result<(), SystemError> {
-        netlink::set_master(self, link, master).await
+        bounded(
+            || link_object(None, link.as_str()),
+            netlink::set_master(self, link, master),
+        )
+        .await
     }
 
     async fn link_up(&self, netns: Option<&Path>, link: &IfName) -> Result<(), SystemError> {
-        netlink::link_up(self, netns, link).await
+        bounded(
+            || link_object(netns, link.as_str()),
+            netlink::link_up(self, netns, link),
+        )
+        .await
     }
 
     async fn set_mtu(
@@ -368,7 +432,11 @@ impl Netlink for LinuxSystem {
         link: &IfName,
         mtu: u32,
     ) -> Result<(), SystemError> {
-        netlink::set_mtu(self, netns, link, mtu).await
+        bounded(
+            || link_object(netns, link.as_str()),
+            netlink::set_mtu(self, netns, link, mtu),
+        )
+        .await
     }
 
     async fn add_address(
@@ -377,7 +445,16 @@ impl Netlink for LinuxSystem {
         link: &IfName,
         address: IpNet,
     ) -> Result<(), SystemError> {
-        netlink::add_address(self, netns, link, address).await
+        bounded(
+            || {
+                format!(
+                    "address {address} on {}",
+                    link_object(Some(netns), link.as_str())
+                )
+            },
+            netlink::add_address(self, netns, link, address),
+        )
+        .await
     }
 
     async fn add_default_route(
@@ -386,19 +463,35 @@ impl Netlink for LinuxSystem {
         link: &IfName,
         gateway: IpAddr,
     ) -> Result<(), SystemError> {
-        netlink::add_default_route(self, netns, link, gateway).await
+        bounded(
+            || format!("default route via {gateway} in {}", netns.display()),
+            netlink::add_default_route(self, netns, link, gateway),
+        )
+        .await
     }
 
     async fn loopback_up(&self, netns: &Path) -> Result<(), SystemError> {
-        netlink::loopback_up(self, netns).await
+        bounded(
+            || format!("lo in {}", netns.display()),
+            netlink::loopback_up(self, netns),
+        )
+        .await
     }
 
     async fn delete_link(&self, netns: Option<&Path>, link: &IfName) -> Result<bool, SystemError> {
-        netlink::delete_link(self, netns, link).await
+        bounded(
+            || link_object(netns, link.as_str()),
+            netlink::delete_link(self, netns, link),
+        )
+        .await
     }
 
     async fn retire_link(&self, link: &IfName) -> Result<bool, SystemError> {
-        netlink::retire_link(self, link).await
+        bounded(
+            || link_object(None, link.as_str()),
+            netlink::retire_link(self, link),
+        )
+        .await
     }
 
     async fn link_info(
@@ -406,7 +499,11 @@ impl Netlink for LinuxSystem {
         netns: Option<&Path>,
         link: &IfName,
     ) -> Result<Option<LinkInfo>, SystemError> {
-        netlink::link_info(self, netns, link).await
+        bounded(
+            || link_object(netns, link.as_str()),
+            netlink::link_info(self, netns, link),
+        )
+        .await
     }
 
     async fn list_links(
@@ -414,35 +511,70 @@ impl Netlink for LinuxSystem {
         netns: Option<&Path>,
         prefix: &str,
     ) -> Result<Vec<IfName>, SystemError> {
-        netlink::list_links(self, netns, prefix).await
+        bounded(
+            || {
+                format!(
+                    "links {prefix}* in {}",
+                    netns.map_or("the node namespace".to_string(), |p| p
+                        .display()
+                        .to_string())
+                )
+            },
+            netlink::list_links(self, netns, prefix),
+        )
+        .await
     }
 
     async fn default_routes(&self, netns: &Path) -> Result<Vec<IpAddr>, SystemError> {
-        netlink::default_routes(self, netns).await
+        bounded(
+            || format!("default routes in {}", netns.display()),
+            netlink::default_routes(self, netns),
+        )
+        .await
     }
 
     async fn default_route_mtu(&self) -> Result<Option<u32>, SystemError> {
-        netlink::default_route_mtu(self).await
+        bounded(
+            || "the node's default route".to_string(),
+            netlink::default_route_mtu(self),
+        )
+        .await
     }
 
     async fn set_hairpin(&self, link: &IfName) -> Result<(), SystemError> {
-        netlink::set_hairpin(self, link).await
+        bounded(
+            || link_object(None, link.as_str()),
+            netlink::set_hairpin(self, link),
+        )
+        .await
     }
 
     async fn add_route(&self, cidr: IpNet, via: IpAddr) -> Result<(), SystemError> {
-        netlink::add_route(self, cidr, via).await
+        bounded(
+            || format!("route {cidr} via {via}"),
+            netlink::add_route(self, cidr, via),
+        )
+        .await
     }
 
     async fn delete_route(&self, cidr: IpNet, via: IpAddr) -> Result<bool, SystemError> {
-        netlink::delete_route(self, cidr, via).await
+        bounded(
+            || format!("route {cidr} via {via}"),
+            netlink::delete_route(self, cidr, via),
+        )
+        .await
     }
 
     async fn peer_routes(&self) -> Result<Vec<(IpNet, IpAddr)>, SystemError> {
-        netlink::peer_routes(self).await
+        bounded(|| "the peer routes".to_string(), netlink::peer_routes(self)).await
     }
 
     async fn node_networks(&self) -> Result<Vec<NodeNetwork>, SystemError> {
-        netlink::node_networks(self).await
+        bounded(
+            || "the node's addresses and routes".to_string(),
+            netlink::node_networks(self),
+        )
+        .await
     }
 }
 

@@ -151,6 +151,7 @@ impl<S: System> PodManager<S> {
         annotations: BTreeMap<String, String>,
         ports: Vec<PortMapping>,
     ) -> Result<PodInfo, ManagerError> {
+        let started = std::time::Instant::now();
         let _shared = self.barrier.read().await;
         let _pod = self.pod_locks.lock(&name).await;
         ports::validate(&ports).map_err(|source| ManagerError::Ports {
@@ -270,7 +271,7 @@ impl<S: System> PodManager<S> {
                 };
                 match ready {
                     Ok(ready) => {
-                        info!(self.log, "pod ready"; "pod" => %name, "pause" => ?ready.pause.map(|p| p.pid));
+                        info!(self.log, "pod ready"; "us" => started.elapsed().as_micros(), "pod" => %name, "pause" => ?ready.pause.map(|p| p.pid));
                         Ok(PodInfo::from(&ready))
                     }
                     Err(e) => {

@@ -61,17 +61,6 @@ pub(super) fn route_oif(r: &RouteMessage) -> Option<u32> {
     })
 }
 
-/// The route's metric (`RTA_PRIORITY`; 0 when absent, as the kernel treats it).
-fn route_priority(r: &RouteMessage) -> u32 {
-    r.attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Priority(p) => Some(*p),
-            _ => None,
-        })
-        .unwrap_or(0)
-}
-
 /// The route's destination (`RTA_DST` and the header's prefix length); `None` for a
 /// default route, which carries no `RTA_DST`.
 pub(super) fn route_destination(r: &RouteMessage) -> Option<IpNet> {
@@ -161,24 +150,38 @@ pub(crate) async fn default_routes(
     .await
 }
 
-/// The MTU of the link of the node's preferred IPv4 default route (lowest metric), if
-/// there is one: the MTU pods get when the configuration does not set one.
+/// The destination whose route stands for "the way out of the node": an address of the
+/// reserved 240.0.0.0/4 (class E), which no real network routes more specifically, so the
+/// kernel's lookup lands on the default route the node would use.
+const OUTSIDE_PROBE: Ipv4Addr = Ipv4Addr::new(240, 0, 0, 1);
+
+/// The MTU of the link of the IPv4 default route the node uses (the kernel's own route
+/// lookup for [`OUTSIDE_PROBE`]: lowest metric, policy rules included), if there is one:
+/// the MTU pods get when the configuration does not set one. One lookup and one link query,
+/// whatever the number of routes: a dump of every route here made each create slower as
+/// routed pods (one host route each) accumulated.
 pub(crate) async fn default_route_mtu(sys: &LinuxSystem) -> Result<Option<u32>, SystemError> {
     let object = "IPv4 default route in the node namespace";
-    let node = conn::node(sys).await?;
-    let h = node.handle.clone();
-    let routes = {
-        let _dump = node.dumps.lock().await;
-        dump_routes(&h, false)
-            .await
-            .map_err(|e| nl_err(object, e))?
+    let h = node_handle(sys).await?;
+    let probe = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(OUTSIDE_PROBE, 32)
+        .build();
+    let found: Result<Vec<RouteMessage>, rtnetlink::Error> =
+        h.route().get(probe).execute().try_collect().await;
+    let routes = match found {
+        Ok(routes) => routes,
+        // No default route (ENETUNREACH) or one that rejects (EHOSTUNREACH, EACCES, EINVAL).
+        Err(rtnetlink::Error::NetlinkError(e))
+            if matches!(
+                e.raw_code().abs(),
+                libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EACCES | libc::EINVAL
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(nl_err(object, e)),
     };
-    let best = routes
-        .iter()
-        .filter(|r| is_main_default(r))
-        .filter_map(|r| route_oif(r).map(|oif| (route_priority(r), oif)))
-        .min();
-    let Some((_, oif)) = best else {
+    let Some(oif) = routes.iter().find_map(route_oif) else {
         return Ok(None);
     };
     let link = link_by_index(&h, oif)
