@@ -2,8 +2,8 @@
 //! and the peers, stored in `<state_dir>`: a snapshot, `state.json`, and a write-ahead
 //! journal next to it, `journal.jsonl` (see the `journal` module).
 //!
-//! A save appends one line to the journal (only what changed since the last save) and
-//! fdatasyncs it, so its cost does not grow with the number of pods; the snapshot is
+//! A save appends one line to the journal (only what changed since the last save; not
+//! synced, see the `journal` module for why), so its cost does not grow with the number of pods; the snapshot is
 //! rewritten crash-safely (temporary file, fsync, rename, fsync of the directory) only when
 //! the journal reaches its bound, when it cannot be appended to safely, and once at daemon
 //! start ([`StateStore::recover`]) to fold the journal in. After a crash the state is the
@@ -312,7 +312,7 @@ impl StateStore {
     }
 
     /// Saves the state: one journal record with what changed since the last save, appended
-    /// and fdatasynced (nothing at all if nothing changed). A snapshot is written instead
+    /// (nothing at all if nothing changed). A snapshot is written instead
     /// when this store has no journal to append to (first save, a failed append that could
     /// not be cut back, a journal changed behind its back) or the journal reached its bound.
     /// The `seq` of `state` is ignored. Creates the directory (mode 0700) if needed. Errors

@@ -19,8 +19,8 @@
 //!
 //! * A per-pod-name async mutex serializes operations on the same pod.
 //! * A short `std::sync::Mutex` guards the in-memory state and IPAM; it is held only for
-//!   bookkeeping and the state save (one journal record of what changed, appended and
-//!   fdatasynced, whatever the number of pods), never across kernel work, so creates of
+//!   bookkeeping and the state save (one journal record of what changed, appended,
+//!   whatever the number of pods), never across kernel work, so creates of
 //!   different pods run their kernel steps concurrently while allocation stays race-free.
 //! * A tokio `RwLock` "barrier": single-pod operations take it shared; the whole-node
 //!   operations (`check`, `repair`/`reconcile`, `gc`) take it exclusively, so they never see
