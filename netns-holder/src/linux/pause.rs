@@ -306,8 +306,10 @@ fn spawn(binary: &Path, argv0: &str, tag: &str, netns: &OwnedFd) -> io::Result<u
             libc::sigemptyset(signals.as_mut_ptr());
             check(libc::posix_spawnattr_setsigmask(attr, signals.as_ptr()))?;
             let flags = libc::POSIX_SPAWN_SETSID
-                | libc::c_short::try_from(libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK)
-                    .unwrap_or(0);
+                | libc::c_short::try_from(
+                    libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK,
+                )
+                .unwrap_or(0);
             check(libc::posix_spawnattr_setflags(attr, flags))?;
             let argv = [arg0.as_ptr().cast_mut(), std::ptr::null_mut()];
             let envp = [env.as_ptr().cast_mut(), std::ptr::null_mut()];
@@ -659,7 +661,7 @@ mod tests {
     #[tokio::test]
     async fn exits_of_children_and_of_others_are_seen_without_polling() {
         let pauses = std::sync::Arc::new(Pauses::with_budget(8));
-        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
         let pid = child.id();
         let p = PauseProcess {
             pid,

@@ -244,7 +244,7 @@ impl<S: System> PodManager<S> {
             if owned {
                 inner.state.owned_netns.insert(netns.clone());
             }
-            if let Err(e) = self.save(inner) {
+            if let Err(e) = self.save_pod(inner, &name) {
                 inner.state.pods.remove(&name);
                 inner.ipam.release(&id);
                 if owned {
@@ -267,7 +267,7 @@ impl<S: System> PodManager<S> {
                     r.pause = applied.pause;
                     r.phase = Phase::Ready;
                     let ready = r.clone();
-                    self.save(&mut inner).map(|()| ready)
+                    self.save_pod(&mut inner, &name).map(|()| ready)
                 };
                 match ready {
                     Ok(ready) => {
@@ -292,7 +292,7 @@ impl<S: System> PodManager<S> {
                     if record.netns_owned() {
                         inner.state.owned_netns.remove(&netns);
                     }
-                    if let Err(e) = self.save(&mut inner) {
+                    if let Err(e) = self.save_pod(&mut inner, &name) {
                         // The on-disk record stays `Creating`; reconcile rolls it back (a no-op).
                         warn!(self.log, "cannot save after rollback"; "pod" => %name, "error" => %e);
                     }
@@ -359,14 +359,22 @@ pub(super) fn admit(
             other: other.name.clone(),
         });
     }
-    if let Some(other) = state.pods.values().find(|r| r.netns == netns) {
+    // The file names first: `Path`'s equality parses components when the bytes differ,
+    // which, over every pod, made this check grow with the node.
+    let file_name = netns.file_name();
+    if let Some(other) = state
+        .pods
+        .values()
+        .find(|r| r.netns.file_name() == file_name && r.netns == netns)
+    {
         return Err(ManagerError::NetnsInUse {
             name,
             path: netns,
             other: other.name.clone(),
         });
     }
-    for other in state.pods.values().filter(|other| holds_ports(other)) {
+    let others = state.pods.values().filter(|_| !ports.is_empty());
+    for other in others.filter(|other| holds_ports(other)) {
         for mapping in &ports {
             if let Some(theirs) = other.ports.iter().find(|o| mapping.overlaps(o)) {
                 return Err(ManagerError::PortInUse {

@@ -212,6 +212,14 @@ impl<S: System> PodManager<S> {
         self.store.save(&inner.state)
     }
 
+    /// [`PodManager::save`] when only pod `name` changed (its record, addresses and owned
+    /// namespace path): what creates and removes save, at a cost that does not grow with the
+    /// pods on the node.
+    fn save_pod(&self, inner: &mut Inner, name: &PodName) -> Result<(), StateError> {
+        inner.state.ipam = inner.ipam.cursors();
+        self.store.save_pod(&inner.state, name)
+    }
+
     fn record(&self, name: &PodName) -> Option<PodRecord> {
         self.inner().state.pods.get(name).cloned()
     }

@@ -33,7 +33,7 @@ impl<S: System> PodManager<S> {
             {
                 let previous = r.phase;
                 r.phase = Phase::Removing;
-                if let Err(e) = self.save(&mut inner) {
+                if let Err(e) = self.save_pod(&mut inner, &record.name) {
                     if save == SavePolicy::Required {
                         // Nothing is touched: the pod keeps working, the state file keeps
                         // matching the kernel, and the caller learns why.
@@ -78,7 +78,7 @@ impl<S: System> PodManager<S> {
             if record.netns_owned() {
                 inner.state.owned_netns.remove(&record.netns);
             }
-            if let Err(e) = self.save(&mut inner) {
+            if let Err(e) = self.save_pod(&mut inner, &record.name) {
                 failures.push(RemoveFailure::State(e));
             }
             info!(self.log, "pod removed"; "pod" => %record.name);

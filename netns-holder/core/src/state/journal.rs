@@ -184,6 +184,49 @@ fn merge<K, A, B>(
 }
 
 impl<'a> Delta<'a> {
+    /// [`Delta::between`] when nothing but pod `name` changed (its record, the IPAM cursors,
+    /// its owned namespace path, the peers): a few lookups instead of a comparison of every
+    /// record, whose cost grew with the pods on the node.
+    pub(super) fn for_pod(base: &State, new: &'a State, name: &PodName) -> Self {
+        let mut put = Vec::new();
+        let mut del = Vec::new();
+        let old = base.pods.get(name);
+        match (old, new.pods.get_key_value(name)) {
+            (Some(old), Some(entry)) => {
+                if old != entry.1 {
+                    put.push(entry);
+                }
+            }
+            (None, Some(entry)) => put.push(entry),
+            (Some(_), None) => del.push(name.clone()),
+            (None, None) => {}
+        }
+        let mut netns_add = Vec::new();
+        let mut netns_del = Vec::new();
+        let mut paths: Vec<&std::path::Path> = old
+            .into_iter()
+            .chain(new.pods.get(name))
+            .map(|r| r.netns.as_path())
+            .collect();
+        paths.dedup();
+        for path in paths {
+            match (base.owned_netns.contains(path), new.owned_netns.get(path)) {
+                (false, Some(added)) => netns_add.push(added),
+                (true, None) => netns_del.push(path.to_path_buf()),
+                _ => {}
+            }
+        }
+        Self {
+            seq: base.seq + 1,
+            put: Put(put),
+            del,
+            ipam: (base.ipam != new.ipam).then_some(&new.ipam),
+            netns_add,
+            netns_del,
+            peers: (base.peers != new.peers).then_some(&new.peers),
+        }
+    }
+
     /// What changed from `base` to `new`; the record gets sequence number `base.seq + 1`.
     /// One ordered walk over each collection, comparing records only where names match.
     pub(super) fn between(base: &State, new: &'a State) -> Self {
