@@ -661,7 +661,10 @@ mod tests {
     #[tokio::test]
     async fn exits_of_children_and_of_others_are_seen_without_polling() {
         let pauses = std::sync::Arc::new(Pauses::with_budget(8));
-        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
         let pid = child.id();
         let p = PauseProcess {
             pid,
