@@ -20,9 +20,11 @@ use netns_holder_core::ipam::Ipam;
 use netns_holder_core::kernel::check_pod_cidrs as check_pod_cidrs_against;
 use netns_holder_core::system::Netlink;
 
-/// Builds the one root logger: human-readable lines on stderr, written by a background
-/// thread (the returned guard flushes it when dropped).
-fn root_logger(verbose: bool) -> (Logger, slog_async::AsyncGuard) {
+/// Builds the one root logger: human-readable lines on stderr. The daemon's are written by
+/// a background thread (the returned guard flushes it when dropped), so no request waits on
+/// stderr; a client command, which logs a line or two and exits, writes them itself rather
+/// than start a thread per invocation.
+fn root_logger(verbose: bool, background: bool) -> (Logger, Option<slog_async::AsyncGuard>) {
     let decorator = slog_term::PlainDecorator::new(std::io::stderr());
     let drain = slog_term::FullFormat::new(decorator).build().fuse();
     let level = if verbose {
@@ -31,10 +33,16 @@ fn root_logger(verbose: bool) -> (Logger, slog_async::AsyncGuard) {
         slog::Level::Info
     };
     let drain = slog::LevelFilter::new(drain, level).fuse();
+    if !background {
+        return (
+            Logger::root(std::sync::Mutex::new(drain).fuse(), o!()),
+            None,
+        );
+    }
     let (drain, guard) = slog_async::Async::new(drain)
         .chan_size(4096)
         .build_with_guard();
-    (Logger::root(drain.fuse(), o!()), guard)
+    (Logger::root(drain.fuse(), o!()), Some(guard))
 }
 
 /// The entry point (also of the test-only `netns-holder-fault`, which includes this file).
@@ -49,7 +57,8 @@ pub(crate) fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    let (log, guard) = root_logger(cli.verbose);
+    let serving = matches!(cli.command, Command::Serve(_));
+    let (log, guard) = root_logger(cli.verbose, serving);
     let socket = cli.socket.clone();
     let code = match cli.command {
         Command::Serve(args) => match serve(args, socket, log.clone()) {

@@ -151,6 +151,14 @@ pub enum Action {
         /// The MTU.
         mtu: u32,
     },
+    /// Turn IPv6 off on a host-side link (`disable_ipv6`, before it comes up): a host veth
+    /// that carries no IPv6 for its pod (a bridge port, or a routed pod without IPv6
+    /// addresses) would otherwise get an `ff00::/8` route of its own, and the kernel walks
+    /// all of them, one per pod, on IPv6 route inserts and lookups.
+    DisableIpv6 {
+        /// The link (host namespace).
+        link: IfName,
+    },
     /// Turn IPv6 duplicate address detection off on a link inside `netns`.
     DisableDad {
         /// The namespace.
@@ -321,6 +329,9 @@ impl fmt::Display for Action {
             Self::LinkUp { netns, link } => write!(f, "set link {link} up in {}", Ns(netns)),
             Self::SetMtu { netns, link, mtu } => {
                 write!(f, "set mtu {mtu} on link {link} in {}", Ns(netns))
+            }
+            Self::DisableIpv6 { link } => {
+                write!(f, "disable IPv6 on link {link} in the host namespace")
             }
             Self::DisableDad { netns, link } => {
                 write!(f, "disable IPv6 DAD on link {link} in {}", netns.display())

@@ -170,6 +170,7 @@ pub async fn run_action<S: System>(system: &S, action: &Action) -> Result<Outcom
             .set_mtu(netns.as_deref(), link, *mtu)
             .await
             .map(|()| Outcome::Done),
+        Action::DisableIpv6 { link } => system.disable_ipv6(link).await.map(|()| Outcome::Done),
         Action::DisableDad { netns, link } => system
             .disable_dad(netns, link)
             .await

@@ -160,6 +160,9 @@ fn wiring_steps(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
             steps.push(Step::plain(Action::SetHairpin { link: host.clone() }));
         }
     }
+    if !routed || !record.ips.iter().any(|a| matches!(a, IpNet::V6(_))) {
+        steps.push(Step::plain(Action::DisableIpv6 { link: host.clone() }));
+    }
     steps.push(Step::plain(Action::LinkUp {
         netns: None,
         link: host,

@@ -402,6 +402,9 @@ pub trait Sysctl: Send + Sync {
         link: &IfName,
     ) -> impl Future<Output = Result<(), SystemError>> + Send;
 
+    /// `net.ipv6.conf.<link>.disable_ipv6 = 1` in the host namespace.
+    fn disable_ipv6(&self, link: &IfName) -> impl Future<Output = Result<(), SystemError>> + Send;
+
     /// `net.ipv4.conf.<link>.route_localnet = 1` in the host namespace.
     fn enable_route_localnet(
         &self,

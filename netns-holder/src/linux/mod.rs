@@ -587,6 +587,10 @@ impl Sysctl for LinuxSystem {
         sysctl::disable_dad(netns, link).await
     }
 
+    async fn disable_ipv6(&self, link: &IfName) -> Result<(), SystemError> {
+        sysctl::disable_ipv6(self, link).await
+    }
+
     async fn enable_route_localnet(&self, link: &IfName) -> Result<(), SystemError> {
         sysctl::enable_route_localnet(self, link).await
     }

@@ -55,6 +55,25 @@ pub(crate) async fn enable_forwarding(sys: &LinuxSystem, ipv6: bool) -> Result<(
 }
 
 /// `net.ipv4.conf.<link>.route_localnet = 1` in the node namespace.
+/// `net.ipv6.conf.<link>.disable_ipv6 = 1` in the node namespace. Nothing to do where IPv6
+/// is off altogether (no `/proc/sys/net/ipv6`).
+pub(crate) async fn disable_ipv6(sys: &LinuxSystem, link: &IfName) -> Result<(), SystemError> {
+    let node = NsFd::Shared(sys.node.clone());
+    let file = format!("/proc/sys/net/ipv6/conf/{link}/disable_ipv6");
+    let object = link_object(None, link.as_str());
+    thread::run(object.clone(), Some(node), move || {
+        ensure_value(&file, "1", "the node namespace").or_else(|e| match e {
+            SystemError::NotFound { .. } if !Path::new("/proc/sys/net/ipv6/conf").exists() => {
+                Ok(())
+            }
+            // The per-link directory exists exactly while the link does.
+            SystemError::NotFound { .. } => Err(SystemError::NotFound { object }),
+            e => Err(e),
+        })
+    })
+    .await
+}
+
 pub(crate) async fn enable_route_localnet(
     sys: &LinuxSystem,
     link: &IfName,

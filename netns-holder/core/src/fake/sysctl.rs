@@ -27,6 +27,12 @@ impl Sysctl for FakeSystem {
         Ok(())
     }
 
+    async fn disable_ipv6(&self, link: &IfName) -> Result<(), SystemError> {
+        let mut m = self.call(format!("disable_ipv6 {link}")).await?;
+        m.link_mut(None, link)?;
+        Ok(())
+    }
+
     async fn enable_route_localnet(&self, link: &IfName) -> Result<(), SystemError> {
         let mut m = self.call(format!("enable_route_localnet {link}")).await?;
         m.link_mut(None, link)?;

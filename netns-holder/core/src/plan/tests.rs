@@ -91,6 +91,7 @@ fn create_v4_only_with_pause() {
                 "create veth {h} <-> eth0 in /run/netns/web (mtu 1450) [undo: delete link {h} in the host namespace]"
             ),
             format!("attach link {h} to bridge nh0"),
+            format!("disable IPv6 on link {h} in the host namespace"),
             format!("set link {h} up in the host namespace"),
             "add address 10.88.0.2/16 to link eth0 in /run/netns/web".to_string(),
             "set link eth0 up in /run/netns/web".to_string(),
@@ -148,6 +149,7 @@ fn create_dual_stack_structured() {
             link: host.clone(),
             master: IfName::new("nh0").unwrap(),
         }),
+        Step::plain(Action::DisableIpv6 { link: host.clone() }),
         Step::plain(Action::LinkUp {
             netns: None,
             link: host.clone(),
@@ -188,7 +190,7 @@ fn create_dual_stack_structured() {
 fn create_no_pause() {
     let r = record("web", NetnsOwnership::Owned { pause: false }, false);
     let steps = text(&plan_create(&r, &node(false)));
-    assert_eq!(steps.len(), 10);
+    assert_eq!(steps.len(), 11);
     assert_eq!(
         steps[0],
         "create netns /run/netns/web [undo: delete netns /run/netns/web]"
@@ -213,6 +215,7 @@ fn attach_creates_no_netns_and_no_pause() {
                 "create veth {h} <-> eth0 in {ns} (mtu 1450) [undo: delete link {h} in the host namespace]"
             ),
             format!("attach link {h} to bridge nh0"),
+            format!("disable IPv6 on link {h} in the host namespace"),
             format!("set link {h} up in the host namespace"),
             format!("add address 10.88.0.2/16 to link eth0 in {ns}"),
             format!("set link eth0 up in {ns}"),
