@@ -136,6 +136,29 @@ pub(crate) async fn node(sys: &LinuxSystem) -> Result<Conn, SystemError> {
         .cloned()
 }
 
+/// Creates a network namespace bind-mounted at `path` (as [`netns::create_blocking`]) and, from the
+/// same thread while it is inside, the namespace's netlink connection, cached for the pod
+/// steps that follow: one thread per create instead of one for the namespace and another
+/// to enter it again for the socket. A socket that cannot be opened there is left to the
+/// first pod step (the namespace exists either way, which is what the caller asked for).
+pub(crate) async fn create_netns(sys: &LinuxSystem, path: &Path) -> Result<(), SystemError> {
+    let target = path.to_path_buf();
+    let object = super::netns_object(path);
+    let socket = thread::run(&object, None, move || {
+        netns::create_blocking(&target)?;
+        Ok(netns::current_key()
+            .and_then(|key| new_socket("netlink").map(|socket| (key, socket)))
+            .ok())
+    })
+    .await?;
+    if let Some((key, socket)) = socket
+        && let Ok(conn) = connect(socket, &format!("netlink in {}", path.display()))
+    {
+        sys.pods.insert(key, conn);
+    }
+    Ok(())
+}
+
 /// A connection inside the namespace bind-mounted at `path`, cached.
 pub(crate) async fn pod(sys: &LinuxSystem, path: &Path) -> Result<Conn, SystemError> {
     if let Some(conn) = netns::key(path)?.and_then(|key| sys.pods.get(key)) {

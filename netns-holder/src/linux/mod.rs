@@ -224,7 +224,7 @@ impl Namespaces for LinuxSystem {
     }
 
     async fn create_netns(&self, path: &Path) -> Result<(), SystemError> {
-        netns::create(path).await
+        conn::create_netns(self, path).await
     }
 
     async fn delete_netns(&self, path: &Path) -> Result<bool, SystemError> {

@@ -13,11 +13,21 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::stat::{Mode, fstat, stat};
 use nix::sys::statfs::{NSFS_MAGIC, statfs};
 
-use super::{netns_object, thread};
+use super::netns_object;
 use crate::system::SystemError;
 
 /// The calling thread's own network namespace.
 const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
+
+/// The identity of the calling thread's network namespace.
+pub(crate) fn current_key() -> Result<NetnsKey, SystemError> {
+    let st = stat(THREAD_NETNS)
+        .map_err(|e| SystemError::io(format!("netns {THREAD_NETNS}"), e.into()))?;
+    Ok(NetnsKey {
+        dev: st.st_dev,
+        ino: st.st_ino,
+    })
+}
 
 /// Opens the calling thread's network namespace; returns the descriptor and its inode.
 pub(crate) fn open_current() -> Result<(OwnedFd, u64), SystemError> {
@@ -208,14 +218,9 @@ fn prepare_dir(dir: &Path) -> Result<(), SystemError> {
     Ok(())
 }
 
-/// Creates a network namespace bind-mounted at `path`, exclusively.
-pub(crate) async fn create(path: &Path) -> Result<(), SystemError> {
-    let path = path.to_path_buf();
-    thread::run(netns_object(&path), None, move || create_blocking(&path)).await
-}
-
-/// The body of [`create`], on its own thread (which it leaves in the new namespace).
-fn create_blocking(path: &Path) -> Result<(), SystemError> {
+/// Creates a network namespace bind-mounted at `path`, exclusively. Call it on a throwaway
+/// thread: the thread is left inside the new namespace ([`super::conn::create_netns`]).
+pub(crate) fn create_blocking(path: &Path) -> Result<(), SystemError> {
     let object = || netns_object(path);
     let dir = path
         .parent()

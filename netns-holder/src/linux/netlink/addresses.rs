@@ -67,21 +67,29 @@ pub(crate) async fn add_address(
     .await
 }
 
+/// The index of a namespace's loopback device, the same in every namespace.
+const LOOPBACK_INDEX: u32 = 1;
+
 /// Sets `lo` up inside `netns` and makes sure it has 127.0.0.1/8 and, where IPv6 is on,
 /// ::1/128.
 pub(crate) async fn loopback_up(sys: &LinuxSystem, netns: &Path) -> Result<(), SystemError> {
     let object = link_object(Some(netns), "lo");
     in_netns(sys, Some(netns), Dumps::No, async |h: Handle| {
-        let index = require_index(&h, "lo", &object).await?;
-        set_up(&h, index).await.map_err(|e| nl_err(&object, e))?;
+        // Every namespace's loopback has index 1 (LOOPBACK_IFINDEX), so no lookup. The three
+        // requests go out together on the one socket and the kernel answers them in order.
+        let index = LOOPBACK_INDEX;
         // The kernel adds both when lo goes up; adding them again is a no-op (EEXIST) unless
         // someone removed them.
         let v4: IpNet = IpNet::new(Ipv4Addr::LOCALHOST.into(), 8).expect("valid prefix");
-        add_addr(&h, index, v4)
-            .await
-            .map_err(|e| nl_err(format!("address {v4} on {object}"), e))?;
         let v6: IpNet = IpNet::new(Ipv6Addr::LOCALHOST.into(), 128).expect("valid prefix");
-        match add_addr(&h, index, v6).await {
+        let (up, with_v4, with_v6) = futures::join!(
+            set_up(&h, index),
+            add_addr(&h, index, v4),
+            add_addr(&h, index, v6)
+        );
+        up.map_err(|e| nl_err(&object, e))?;
+        with_v4.map_err(|e| nl_err(format!("address {v4} on {object}"), e))?;
+        match with_v6 {
             Ok(()) => Ok(()),
             // IPv6 is disabled in this namespace: there is no ::1 to have.
             Err(e) if matches!(errno(&e), Some(libc::EACCES | libc::EAFNOSUPPORT)) => {
