@@ -320,6 +320,11 @@ pub struct DaemonOptions {
     /// Cluster mode: the body of the `[cluster]` section (written last); `pod_cidr_v4`,
     /// `pod_cidr_v6` and `peers` are then not written.
     pub cluster: Option<String>,
+    /// Mount a tmpfs on the netns dir before the daemon starts, as the default
+    /// `/run/netns-holder/netns` is on a node (this machine's `/run` is not a tmpfs, and
+    /// creating the mount points in a directory of a disk file system holds its lock for
+    /// longer): for the benchmarks. Unmounted with the rest.
+    pub netns_tmpfs: bool,
 }
 
 impl Default for DaemonOptions {
@@ -333,6 +338,7 @@ impl Default for DaemonOptions {
             extra_config: String::new(),
             binary: None,
             cluster: None,
+            netns_tmpfs: false,
         }
     }
 }
@@ -389,6 +395,15 @@ impl Daemon {
         }
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, config)?;
+        if options.netns_tmpfs {
+            let netns = dir.join("netns");
+            std::fs::create_dir_all(&netns)?;
+            run_ok(
+                Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", "mode=0755,size=16m", "nhnetns"])
+                    .arg(&netns),
+            )?;
+        }
         let mut daemon = Self {
             scratch,
             config_path,

@@ -133,6 +133,7 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
         DaemonOptions {
             pod_cidr_v4: "10.244.0.0/20".into(),
             extra_config: format!("datapath = \"{datapath}\"\n"),
+            netns_tmpfs: true,
             ..DaemonOptions::default()
         },
     )?;
@@ -262,6 +263,7 @@ fn bench_cli(count: usize, publish: bool) -> Result<(Series, Series)> {
         DaemonOptions {
             pod_cidr_v4: "10.244.0.0/20".into(),
             extra_config: "datapath = \"routed\"\n".into(),
+            netns_tmpfs: true,
             ..DaemonOptions::default()
         },
     )?;
@@ -306,6 +308,7 @@ fn bench_concurrent(count: usize, datapath: &str) -> Result<Series> {
         DaemonOptions {
             pod_cidr_v4: "10.244.0.0/20".into(),
             extra_config: format!("datapath = \"{datapath}\"\n"),
+            netns_tmpfs: true,
             ..DaemonOptions::default()
         },
     )?;
