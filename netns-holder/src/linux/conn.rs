@@ -33,7 +33,7 @@ use slog::debug;
 
 use super::LinuxSystem;
 use super::netns::{self, NetnsKey};
-use super::thread::{self, NsFd};
+use super::thread::NsFd;
 use crate::system::SystemError;
 
 /// How long an unused pod connection is kept.
@@ -114,9 +114,12 @@ fn connect(socket: Socket, object: &str) -> Result<Conn, SystemError> {
 }
 
 /// Opens a connection inside the namespace `enter`; `object` names it in errors.
-async fn open_in(enter: NsFd, object: String) -> Result<Conn, SystemError> {
+async fn open_in(sys: &LinuxSystem, enter: NsFd, object: String) -> Result<Conn, SystemError> {
     let thread_object = object.clone();
-    let socket = thread::run(&object, Some(enter), move || new_socket(&thread_object)).await?;
+    let socket = sys
+        .ns_workers
+        .run(&object, Some(enter), move || new_socket(&thread_object))
+        .await?;
     connect(socket, &object)
 }
 
@@ -125,6 +128,7 @@ pub(crate) async fn node(sys: &LinuxSystem) -> Result<Conn, SystemError> {
     sys.node_netlink
         .get_or_try_init(|| async {
             let conn = open_in(
+                sys,
                 NsFd::Shared(sys.node.clone()),
                 "netlink in the node namespace".to_string(),
             )
@@ -144,13 +148,15 @@ pub(crate) async fn node(sys: &LinuxSystem) -> Result<Conn, SystemError> {
 pub(crate) async fn create_netns(sys: &LinuxSystem, path: &Path) -> Result<(), SystemError> {
     let target = path.to_path_buf();
     let object = super::netns_object(path);
-    let socket = thread::run(&object, None, move || {
-        netns::create_blocking(&target)?;
-        Ok(netns::current_key()
-            .and_then(|key| new_socket("netlink").map(|socket| (key, socket)))
-            .ok())
-    })
-    .await?;
+    let socket = sys
+        .ns_workers
+        .run(&object, None, move || {
+            netns::create_blocking(&target)?;
+            Ok(netns::current_key()
+                .and_then(|key| new_socket("netlink").map(|socket| (key, socket)))
+                .ok())
+        })
+        .await?;
     if let Some((key, socket)) = socket
         && let Ok(conn) = connect(socket, &format!("netlink in {}", path.display()))
     {
@@ -167,7 +173,12 @@ pub(crate) async fn pod(sys: &LinuxSystem, path: &Path) -> Result<Conn, SystemEr
     let fd = netns::open_netns(path)?;
     // The key of what was actually opened (the path may have changed since).
     let key = netns::fd_key(&fd, path)?;
-    let conn = open_in(NsFd::Owned(fd), format!("netlink in {}", path.display())).await?;
+    let conn = open_in(
+        sys,
+        NsFd::Owned(fd),
+        format!("netlink in {}", path.display()),
+    )
+    .await?;
     Ok(sys.pods.insert(key, conn))
 }
 

@@ -122,6 +122,8 @@ pub struct LinuxSystem {
     node_netlink: tokio::sync::OnceCell<conn::Conn>,
     /// Recently used pod-side rtnetlink connections.
     pods: conn::PodConns,
+    /// The threads that enter pod namespaces and make new ones.
+    ns_workers: Arc<thread::NsWorkers>,
     /// The node's nfnetlink socket (host port elements), opened on first use.
     nf_socket: tokio::sync::OnceCell<nft::NfSocket>,
     /// The pauses this process started, and the exit watches on the others.
@@ -167,9 +169,11 @@ impl LinuxSystem {
         let pauses = Arc::new(pause::Pauses::new());
         info!(log, "node network namespace captured"; "inode" => node_inode,
             "pause_exit_watches" => pauses.watch_budget());
+        let node = Arc::new(node);
         Ok(Self {
             pause_binary,
-            node: Arc::new(node),
+            ns_workers: Arc::new(thread::NsWorkers::new(node.clone(), node_inode)),
+            node,
             node_inode,
             node_netlink: tokio::sync::OnceCell::new(),
             pods: conn::PodConns::default(),
@@ -584,7 +588,7 @@ impl Sysctl for LinuxSystem {
     }
 
     async fn disable_dad(&self, netns: &Path, link: &IfName) -> Result<(), SystemError> {
-        sysctl::disable_dad(netns, link).await
+        sysctl::disable_dad(self, netns, link).await
     }
 
     async fn disable_ipv6(&self, link: &IfName) -> Result<(), SystemError> {

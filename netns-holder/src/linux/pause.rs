@@ -3,8 +3,8 @@
 //!
 //! # Who reaps the pause
 //!
-//! The pause is a direct child of the daemon: `posix_spawn` on a dedicated thread that
-//! entered the pod namespace and dropped its privileges first (see [`spawn`]). It runs in
+//! The pause is a direct child of the daemon: a `clone(CLONE_VM | CLONE_VFORK)` child that
+//! enters the pod namespace, drops its privileges and execs (see [`spawn`]). It runs in
 //! its own session, with no inherited descriptors, and is never waited for in the
 //! background, so:
 //!
@@ -32,8 +32,8 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use slog::{debug, warn};
 
+use super::LinuxSystem;
 use super::netns::open_netns;
-use super::{LinuxSystem, thread};
 use crate::kernel::{PauseProcess, RunningPause};
 use crate::names::{PodId, pod_id_from_pause_argv0};
 use crate::system::SystemError;
@@ -179,13 +179,15 @@ pub(crate) async fn start(
     let argv0 = id.pause_argv0();
     let tag = sys.node_inode.to_string();
     let thread_object = object.clone();
-    // fork/exec from a dedicated plain thread, never from a runtime worker.
-    let pid = thread::run(&object, None, move || {
+    // On a thread of the blocking pool: the spawn waits for the exec, and leaves the
+    // calling thread as it was.
+    let pid = tokio::task::spawn_blocking(move || {
         spawn(&binary, &argv0, &tag, &fd).map_err(|e| {
             SystemError::io(format!("{thread_object}: spawning {}", binary.display()), e)
         })
     })
-    .await?;
+    .await
+    .map_err(|e| SystemError::other(&object, format!("spawn task failed: {e}")))??;
     // `spawn` returns once the exec has succeeded, so /proc shows the pause already.
     match read_stat(pid)? {
         Some(stat) if !stat.dead() => {
@@ -209,11 +211,108 @@ pub(crate) async fn start(
 /// all to hold a namespace, wait for signals and reap children, so it gets none.
 pub const PAUSE_UID_GID: u32 = 65535;
 
-/// Starts the pause binary with `posix_spawn` (a `CLONE_VM | CLONE_VFORK` child that execs
-/// at once: unlike a fork, nothing of the daemon's memory map is copied, which cost about
-/// 0.5 ms per pod); returns its pid. Call it on a throwaway thread: it enters the pod's
-/// namespace and drops every privilege on the calling thread first, and the child inherits
-/// both from that thread (namespaces and credentials are per thread in Linux).
+/// What the child of [`spawn`] works with: everything prepared by the parent, so that the
+/// child only makes system calls.
+struct ChildArgs {
+    /// The pod's network namespace.
+    netns: libc::c_int,
+    /// `/dev/null`, opened read-write.
+    dev_null: libc::c_int,
+    /// The pause binary.
+    program: *const libc::c_char,
+    /// NULL-terminated.
+    argv: *const *const libc::c_char,
+    /// NULL-terminated.
+    envp: *const *const libc::c_char,
+    /// The errno of the step that failed (0: the exec succeeded).
+    error: std::sync::atomic::AtomicI32,
+}
+
+/// The child of [`spawn`]: it shares the daemon's memory (`CLONE_VM`) while the parent waits
+/// (`CLONE_VFORK`), on a stack of its own, with every signal blocked. It enters the pod
+/// namespace, starts a session, puts /dev/null on 0-2, leaves no other descriptor open
+/// across the exec, drops every privilege, sets every signal to its default with nothing
+/// blocked, and execs; on failure it stores the errno for the parent and exits 127.
+extern "C" fn spawn_child(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArgs` of `spawn`, alive until this child execs or exits
+    // (the parent is suspended until then). Only raw system calls follow: no allocation, no
+    // locks, nothing that the shared memory or the parent's locks could break. errno is the
+    // parent thread's (shared TLS), read right after the failing call.
+    unsafe {
+        let args = &*(arg as *const ChildArgs);
+        let fail = || -> libc::c_int {
+            let errno = *libc::__errno_location();
+            args.error.store(
+                if errno == 0 { libc::EIO } else { errno },
+                std::sync::atomic::Ordering::SeqCst,
+            );
+            libc::syscall(libc::SYS_exit, 127);
+            127
+        };
+        if libc::syscall(libc::SYS_setns, args.netns, libc::CLONE_NEWNET) != 0
+            || libc::syscall(libc::SYS_setsid) < 0
+        {
+            return fail();
+        }
+        for fd in 0..3 {
+            if libc::syscall(libc::SYS_dup2, args.dev_null, fd) < 0 {
+                return fail();
+            }
+        }
+        if libc::syscall(libc::SYS_chdir, c"/".as_ptr()) != 0
+            // No supplementary groups, then gid and uid 65535 (a non-root exec keeps no
+            // capabilities), and no way back through setuid binaries.
+            || libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0
+            || libc::syscall(libc::SYS_setresgid, PAUSE_UID_GID, PAUSE_UID_GID, PAUSE_UID_GID)
+                != 0
+            || libc::syscall(libc::SYS_setresuid, PAUSE_UID_GID, PAUSE_UID_GID, PAUSE_UID_GID)
+                != 0
+            || libc::syscall(libc::SYS_prctl, libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+        {
+            return fail();
+        }
+        // Whatever the daemon has open (dev_null and netns included) is closed at the exec.
+        // Best effort: kernels before 5.11 lack CLOSE_RANGE_CLOEXEC.
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+        // Every signal at its default (the daemon ignores SIGPIPE; the handlers of caught
+        // ones go at the exec anyway), then nothing blocked. A kernel sigaction is four
+        // words: handler, flags, restorer, mask.
+        let default_action: [libc::c_ulong; 4] = [0; 4];
+        for signal in 1..=64 {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signal,
+                    default_action.as_ptr(),
+                    std::ptr::null_mut::<libc::c_void>(),
+                    8usize,
+                );
+            }
+        }
+        let empty: libc::c_ulong = 0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &raw const empty,
+            std::ptr::null_mut::<libc::c_void>(),
+            8usize,
+        );
+        libc::syscall(libc::SYS_execve, args.program, args.argv, args.envp);
+        fail()
+    }
+}
+
+/// Starts the pause binary in the pod namespace `netns` (see [`spawn_child`]) and returns
+/// its pid once it has exec'd. A `clone(CLONE_VM | CLONE_VFORK)` child, as `posix_spawn`
+/// makes, but one that does its own namespace and privilege changes, so the calling thread
+/// changes in nothing and may be any thread (a fork copied the daemon's memory map, about
+/// 0.5 ms per pod; a thread per spawn took the daemon's memory-map lock to map and unmap
+/// its stacks, on which every other thread's page faults waited).
 fn spawn(binary: &Path, argv0: &str, tag: &str, netns: &OwnedFd) -> io::Result<u32> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
@@ -222,116 +321,57 @@ fn spawn(binary: &Path, argv0: &str, tag: &str, netns: &OwnedFd) -> io::Result<u
     let program = CString::new(binary.as_os_str().as_bytes()).map_err(|_| nul("path"))?;
     let arg0 = CString::new(argv0).map_err(|_| nul("argv[0]"))?;
     let env = CString::new(format!("{PAUSE_NODE_ENV}={tag}")).map_err(|_| nul("env"))?;
-    let dev_null = c"/dev/null";
-    let root = c"/";
-
-    nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-    // No supplementary groups, then gid and uid 65535 (a non-root exec keeps no
-    // capabilities), and no way back through setuid binaries. Raw system calls: they change
-    // only this thread, without libc's all-threads set*id broadcast.
-    // SAFETY: setgroups with size 0 and a null list; plain integer arguments otherwise.
-    let dropped = unsafe {
-        libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) == 0
-            && libc::syscall(
-                libc::SYS_setresgid,
-                PAUSE_UID_GID,
-                PAUSE_UID_GID,
-                PAUSE_UID_GID,
-            ) == 0
-            && libc::syscall(
-                libc::SYS_setresuid,
-                PAUSE_UID_GID,
-                PAUSE_UID_GID,
-                PAUSE_UID_GID,
-            ) == 0
-            && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+    let dev_null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let argv = [arg0.as_ptr(), std::ptr::null()];
+    let envp = [env.as_ptr(), std::ptr::null()];
+    let args = ChildArgs {
+        netns: netns.as_raw_fd(),
+        dev_null: dev_null.as_raw_fd(),
+        program: program.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        error: std::sync::atomic::AtomicI32::new(0),
     };
-    if !dropped {
-        return Err(io::Error::last_os_error());
-    }
-
-    let check = |rc: libc::c_int| {
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::from_raw_os_error(rc))
+    // Below malloc's mmap threshold, so the stack costs no memory-map change either.
+    let mut stack = vec![0u8; 64 * 1024];
+    // SAFETY: the stack grows down from its (16-byte aligned) end; `stack` outlives the
+    // child's use of it (CLONE_VFORK: clone returns once the child has exec'd or exited).
+    let stack_top = unsafe { stack.as_mut_ptr().add(stack.len()) };
+    let stack_top = (stack_top as usize & !15) as *mut libc::c_void;
+    // Every signal blocked across the clone, so no handler of the daemon's runs in the
+    // child (it shares our memory until it execs); the child clears its mask itself.
+    let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    let mut previous = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigfillset initialises `all`; pthread_sigmask writes the old mask into
+    // `previous` before it is read; clone gets a valid function, stack and argument (see
+    // above and `spawn_child`).
+    let pid = unsafe {
+        libc::sigfillset(all.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), previous.as_mut_ptr());
+        let pid = libc::clone(
+            spawn_child,
+            stack_top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            std::ptr::from_ref(&args).cast_mut().cast(),
+        );
+        let clone_error = io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, previous.as_ptr(), std::ptr::null_mut());
+        if pid < 0 {
+            return Err(clone_error);
         }
+        pid
     };
-    let mut actions = std::mem::MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
-    let mut attr = std::mem::MaybeUninit::<libc::posix_spawnattr_t>::uninit();
-    // SAFETY: init functions on uninitialised storage they own.
-    check(unsafe { libc::posix_spawn_file_actions_init(actions.as_mut_ptr()) })?;
-    // SAFETY: as above.
-    if let Err(e) = check(unsafe { libc::posix_spawnattr_init(attr.as_mut_ptr()) }) {
-        // SAFETY: initialised just above, destroyed once.
-        unsafe { libc::posix_spawn_file_actions_destroy(actions.as_mut_ptr()) };
-        return Err(e);
+    drop(stack);
+    let failed = args.error.load(std::sync::atomic::Ordering::SeqCst);
+    if failed != 0 {
+        // It exited: reap it.
+        let _ = waitpid(Pid::from_raw(pid), None);
+        return Err(io::Error::from_raw_os_error(failed));
     }
-    let actions = actions.as_mut_ptr();
-    let attr = attr.as_mut_ptr();
-    let spawned = (|| -> io::Result<libc::pid_t> {
-        // SAFETY: `actions` and `attr` are initialised; every string is a live NUL-terminated
-        // C string that outlives the posix_spawn call; the sigset is initialised by
-        // sigfillset/sigemptyset before use; argv and envp are NULL-terminated arrays of
-        // such strings.
-        unsafe {
-            // stdin/stdout/stderr on /dev/null; every other descriptor closed (whatever a
-            // library left without O_CLOEXEC); a working directory that pins no mount.
-            check(libc::posix_spawn_file_actions_addopen(
-                actions,
-                0,
-                dev_null.as_ptr(),
-                libc::O_RDONLY,
-                0,
-            ))?;
-            for fd in [1, 2] {
-                check(libc::posix_spawn_file_actions_addopen(
-                    actions,
-                    fd,
-                    dev_null.as_ptr(),
-                    libc::O_WRONLY,
-                    0,
-                ))?;
-            }
-            check(libc::posix_spawn_file_actions_addchdir_np(
-                actions,
-                root.as_ptr(),
-            ))?;
-            check(libc::posix_spawn_file_actions_addclosefrom_np(actions, 3))?;
-            // Its own session (no terminal signals), an empty signal mask and every signal
-            // at its default (the daemon ignores SIGPIPE).
-            let mut signals = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-            libc::sigfillset(signals.as_mut_ptr());
-            check(libc::posix_spawnattr_setsigdefault(attr, signals.as_ptr()))?;
-            libc::sigemptyset(signals.as_mut_ptr());
-            check(libc::posix_spawnattr_setsigmask(attr, signals.as_ptr()))?;
-            let flags = libc::POSIX_SPAWN_SETSID
-                | libc::c_short::try_from(
-                    libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK,
-                )
-                .unwrap_or(0);
-            check(libc::posix_spawnattr_setflags(attr, flags))?;
-            let argv = [arg0.as_ptr().cast_mut(), std::ptr::null_mut()];
-            let envp = [env.as_ptr().cast_mut(), std::ptr::null_mut()];
-            let mut pid: libc::pid_t = 0;
-            check(libc::posix_spawn(
-                &raw mut pid,
-                program.as_ptr(),
-                actions,
-                attr,
-                argv.as_ptr(),
-                envp.as_ptr(),
-            ))?;
-            Ok(pid)
-        }
-    })();
-    // SAFETY: both were initialised above and are destroyed once.
-    unsafe {
-        libc::posix_spawn_file_actions_destroy(actions);
-        libc::posix_spawnattr_destroy(attr);
-    }
-    let pid = spawned?;
-    u32::try_from(pid).map_err(|_| io::Error::other(format!("posix_spawn returned pid {pid}")))
+    u32::try_from(pid).map_err(|_| io::Error::other(format!("clone returned pid {pid}")))
 }
 
 /// Opens the network namespace `p` is in (`/proc/<pid>/ns/net`), making sure `p` is still

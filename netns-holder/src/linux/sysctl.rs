@@ -124,22 +124,27 @@ pub(crate) async fn enable_route_localnet(
 }
 
 /// `net.ipv6.conf.<link>.accept_dad = 0` inside the namespace at `netns`.
-pub(crate) async fn disable_dad(netns: &Path, link: &IfName) -> Result<(), SystemError> {
+pub(crate) async fn disable_dad(
+    sys: &LinuxSystem,
+    netns: &Path,
+    link: &IfName,
+) -> Result<(), SystemError> {
     let fd = open_netns(netns)?;
     let where_ = netns.display().to_string();
     let file = format!("/proc/sys/net/ipv6/conf/{link}/accept_dad");
     let object = link_object(Some(netns), link.as_str());
-    thread::run(object.clone(), Some(NsFd::Owned(fd)), move || {
-        ensure_value(&file, "0", &where_).map_err(|e| match e {
-            SystemError::NotFound { .. } if !Path::new("/proc/sys/net/ipv6/conf").exists() => {
-                SystemError::other(object, "IPv6 is disabled in its namespace")
-            }
-            // The per-link directory exists exactly while the link does.
-            SystemError::NotFound { .. } => SystemError::NotFound { object },
-            e => e,
+    sys.ns_workers
+        .run(object.clone(), Some(NsFd::Owned(fd)), move || {
+            ensure_value(&file, "0", &where_).map_err(|e| match e {
+                SystemError::NotFound { .. } if !Path::new("/proc/sys/net/ipv6/conf").exists() => {
+                    SystemError::other(object, "IPv6 is disabled in its namespace")
+                }
+                // The per-link directory exists exactly while the link does.
+                SystemError::NotFound { .. } => SystemError::NotFound { object },
+                e => e,
+            })
         })
-    })
-    .await
+        .await
 }
 
 /// The thresholds of `family`'s neighbour table, from `ip ntable show name <table>` run in
