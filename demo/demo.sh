@@ -14,7 +14,9 @@
 # crun is optional.
 # NETNS_HOLDER_BIN: the netns-holder binary (default target/debug/netns-holder).
 # PAUSE_BIN: the pause binary (default target/pause/pause).
-# DEMO_DATAPATH: the daemon's datapath, bridge (the default) or routed (docs/datapath.md).
+# DEMO_DATAPATH: the daemon's datapath, bridge or routed (docs/datapath.md). Unset, the
+# config leaves `datapath` out and the daemon takes its default for a node without pods:
+# routed.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,7 +27,7 @@ BUSYBOX="${BUSYBOX:-/bin/busybox}"
 NODE="nhdemo-$$"                    # the node's network namespace (ip netns name)
 POD_CIDR="10.222.0.0/24"            # private addresses, only inside our own namespaces
 NODE_ADDR="10.222.0.1"              # the node's own address in it (bridge, or lo when routed)
-DATAPATH="${DEMO_DATAPATH:-bridge}"
+DATAPATH="${DEMO_DATAPATH:-routed}"
 case "$DATAPATH" in bridge|routed) ;; *) echo "DEMO_DATAPATH=$DATAPATH: bridge or routed" >&2; exit 2 ;; esac
 POD_A="web-$$"                      # pod names
 POD_B="api-$$"
@@ -274,8 +276,12 @@ state_dir = "$WORK/state"
 netns_dir = "$NETNS_DIR"
 pod_cidr_v4 = "$POD_CIDR"
 pause_binary = "$PAUSE_BIN"
-datapath = "$DATAPATH"
 EOF
+if [ -n "${DEMO_DATAPATH:-}" ]; then
+    echo "datapath = \"$DATAPATH\"" >>"$WORK/config.toml"
+else
+    note "no datapath in the config: the daemon picks routed on a node without pods"
+fi
 indent <"$WORK/config.toml"
 # setsid: a Ctrl-C on the terminal reaches this script, whose trap removes the pods through
 # the API before it stops the daemon (setsid execs in place, so $! is the daemon's pid).
@@ -292,6 +298,7 @@ done
 note "daemon pid $DAEMON_PID, in network namespace $(readlink "/proc/$DAEMON_PID/ns/net") (the node's)"
 STATUS="$("${NH[@]}" status)"
 note "status: $STATUS"
+[[ $STATUS == *"\"datapath\":\"$DATAPATH\""* ]] || die "the daemon's datapath is not $DATAPATH: $STATUS"
 
 say "3. two pods through the CLI: netns-holder pod create $POD_A; netns-holder pod create $POD_B --publish $HOST_PORT:$PORT/tcp"
 A_JSON="$("${NH[@]}" pod create "$POD_A")"

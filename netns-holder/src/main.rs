@@ -183,10 +183,30 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>, log: Logger) -> anyhow::Resul
     if socket.is_some() {
         anyhow::bail!("--socket does not apply to serve; set `socket` in the config file");
     }
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    // Without `datapath` in the config: the recorded pods' datapath, routed on a node with
+    // none (read-only here; the manager loads the state again to serve it).
+    if !config.datapath_set {
+        let recorded = netns_holder_core::state::StateStore::new(&config.state_dir)
+            .load()
+            .with_context(|| {
+                format!(
+                    "cannot read the state in {} to choose the datapath (`datapath` is not set)",
+                    config.state_dir.display()
+                )
+            })?
+            .pods
+            .values()
+            .next()
+            .map(|r| r.datapath);
+        let datapath = config.resolve_datapath(recorded);
+        info!(log, "datapath not set in the config";
+            "datapath" => %datapath,
+            "because" => if recorded.is_some() { "the pods on this node were created with it" } else { "no pods on this node: the default" });
+    }
     info!(log, "starting";
         "version" => env!("CARGO_PKG_VERSION"),
         "config" => args.config.as_ref().map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string()),

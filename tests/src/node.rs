@@ -325,6 +325,9 @@ pub struct DaemonOptions {
     /// creating the mount points in a directory of a disk file system holds its lock for
     /// longer): for the benchmarks. Unmounted with the rest.
     pub netns_tmpfs: bool,
+    /// Leave `datapath` out of the config (the daemon's default) instead of writing the
+    /// suite's ([`test_datapath`]).
+    pub datapath_unset: bool,
 }
 
 impl Default for DaemonOptions {
@@ -339,6 +342,7 @@ impl Default for DaemonOptions {
             binary: None,
             cluster: None,
             netns_tmpfs: false,
+            datapath_unset: false,
         }
     }
 }
@@ -385,7 +389,7 @@ impl Daemon {
                 .collect();
             config.push_str(&format!("peers = [{}]\n", peers.join(", ")));
         }
-        if !options.extra_config.contains("datapath") {
+        if !options.extra_config.contains("datapath") && !options.datapath_unset {
             config.push_str(&format!("datapath = \"{}\"\n", test_datapath()));
         }
         config.push_str(&options.extra_config);

@@ -1104,3 +1104,86 @@ fn routed_host_routes_and_neighbours_are_checked_and_repaired() -> Result<()> {
         },
     )
 }
+
+/// The `datapath` a config leaves out: routed on a node without pods; on a node with pods,
+/// the one they were created with, so an upgraded node keeps its bridge pods.
+#[test]
+fn an_unset_datapath_is_routed_on_a_new_node_and_follows_the_pods_later() -> Result<()> {
+    if !require_root("an_unset_datapath_is_routed_on_a_new_node_and_follows_the_pods_later") {
+        return Ok(());
+    }
+    let datapath_of = |daemon: &Daemon| -> Result<String> {
+        let status = daemon.cli_json(&["status"])?;
+        Ok(status["datapath"].as_str().unwrap_or_default().to_string())
+    };
+    // A new node, no `datapath`: routed.
+    let node = Node::new()?;
+    let mut daemon = Daemon::start(
+        &node,
+        DaemonOptions {
+            datapath_unset: true,
+            ..DaemonOptions::default()
+        },
+    )?;
+    ensure!(
+        !std::fs::read_to_string(daemon.config_path())?.contains("datapath"),
+        "the config sets datapath"
+    );
+    ensure!(
+        datapath_of(&daemon)? == "routed",
+        "a new node: {}",
+        daemon.log()
+    );
+    let pod = daemon.create_pod(&unique_name("dp"), &[])?;
+    ensure!(
+        daemon.log().contains("no pods on this node: the default"),
+        "the log does not say why: {}",
+        daemon.log()
+    );
+    daemon.stop()?;
+    daemon.spawn()?;
+    ensure!(datapath_of(&daemon)? == "routed", "after a restart");
+    daemon.remove_pod(pod["name"].as_str().context("pod name")?)?;
+    drop(daemon);
+
+    // A node whose pods were made on the bridge, whose config then loses the key (an
+    // upgrade from before the key, or from when bridge was the default): still bridge.
+    let node = Node::new()?;
+    let mut daemon = Daemon::start(
+        &node,
+        DaemonOptions {
+            extra_config: "datapath = \"bridge\"\n".into(),
+            ..DaemonOptions::default()
+        },
+    )?;
+    let name = unique_name("dp");
+    daemon.create_pod(&name, &[])?;
+    daemon.stop()?;
+    let config = std::fs::read_to_string(daemon.config_path())?;
+    std::fs::write(
+        daemon.config_path(),
+        config.replace("datapath = \"bridge\"\n", ""),
+    )?;
+    daemon.spawn()?;
+    ensure!(
+        datapath_of(&daemon)? == "bridge",
+        "pods on the bridge, no key: {}",
+        daemon.log()
+    );
+    ensure!(
+        daemon
+            .log()
+            .contains("the pods on this node were created with it"),
+        "the log does not say why: {}",
+        daemon.log()
+    );
+    let pods = daemon.cli_json(&["pod", "ls", "--json"])?;
+    ensure!(
+        pods.as_array()
+            .is_some_and(|p| p.iter().any(|p| p["name"] == name.as_str())),
+        "the pod is gone: {pods}"
+    );
+    check_no_drift(&daemon)?;
+    daemon.remove_pod(&name)?;
+    Ok(())
+}

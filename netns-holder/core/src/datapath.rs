@@ -18,7 +18,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
-/// How pods are wired to the node.
+/// How pods are wired to the node. `Default` is what a pod record without the field means
+/// (records from before the key): the bridge. A config without the key is another matter:
+/// see [`crate::config::Config::resolve_datapath`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Datapath {
