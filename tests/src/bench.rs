@@ -156,3 +156,40 @@ impl Drop for NetnsCleanup {
         }
     }
 }
+
+/// The machine's CPU time so far as (busy, total) jiffies, from `/proc/stat`.
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    // idle + iowait
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// Waits until the machine's CPUs are at least 90% idle over half a second (the kernel still
+/// tearing down an earlier phase's namespaces, for instance, would otherwise weigh on the
+/// next one), at most `limit`; returns how long it waited and whether it got there.
+pub fn wait_quiet(limit: Duration) -> (Duration, bool) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        let Some((busy0, total0)) = cpu_jiffies() else {
+            return (start.elapsed(), false);
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        let Some((busy1, total1)) = cpu_jiffies() else {
+            return (start.elapsed(), false);
+        };
+        let total = total1.saturating_sub(total0).max(1);
+        if busy1.saturating_sub(busy0) * 10 <= total {
+            return (start.elapsed(), true);
+        }
+    }
+    (start.elapsed(), false)
+}

@@ -301,6 +301,16 @@ fn bench_cli(count: usize, publish: bool) -> Result<(Series, Series)> {
 /// `count` creates at once through the API (one connection each) on the `datapath`, on a
 /// fresh node; returns each create's latency (then removes them, untimed).
 fn bench_concurrent(count: usize, datapath: &str) -> Result<Series> {
+    let (waited, quiet) = nh_tests::bench::wait_quiet(Duration::from_secs(60));
+    eprintln!(
+        "bench_pods: waited {:.1} s for the machine to be idle before the burst{}",
+        waited.as_secs_f64(),
+        if quiet {
+            ""
+        } else {
+            " (it was not, after 60 s: measuring anyway)"
+        }
+    );
     let node = Node::new()?;
     let _tables = nh_tests::neighbour::RaisedTables::for_pod_cidr("10.244.0.0/20", false)?;
     let daemon = Daemon::start(
@@ -600,6 +610,16 @@ fn main() -> Result<()> {
 
     eprintln!(
         "bench_pods: routed scale run, {scale} pods, each pinged from the node and from a pod..."
+    );
+    let (waited, quiet) = nh_tests::bench::wait_quiet(Duration::from_secs(60));
+    eprintln!(
+        "bench_pods: waited {:.1} s for the machine to be idle before the scale run{}",
+        waited.as_secs_f64(),
+        if quiet {
+            ""
+        } else {
+            " (it was not, after 60 s: measuring anyway)"
+        }
     );
     let big = bench_ours(scale, "routed", true, connects)?;
     let (from_node, from_pod) = big.unreachable.unwrap_or_default();
