@@ -352,21 +352,27 @@ pub(super) fn admit(
         datapath,
     } = request;
     let id = name.id();
-    if let Some(other) = state.pods.values().find(|r| r.id == id) {
-        return Err(ManagerError::IdCollision {
-            name,
-            id,
-            other: other.name.clone(),
-        });
-    }
-    // The file names first: `Path`'s equality parses components when the bytes differ,
-    // which, over every pod, made this check grow with the node.
+    // One pass over the records, comparing cheap things first (an id; a pod name against
+    // the path's file name, since the namespaces we create are `netns_dir/<name>`): these
+    // checks run on every create, and their cost grew with the pods on the node. An
+    // attached namespace may sit anywhere `attach` allows, our netns dir included.
     let file_name = netns.file_name();
-    if let Some(other) = state
-        .pods
-        .values()
-        .find(|r| r.netns.file_name() == file_name && r.netns == netns)
-    {
+    let mut netns_holder: Option<&PodRecord> = None;
+    for other in state.pods.values() {
+        if other.id == id {
+            return Err(ManagerError::IdCollision {
+                name,
+                id,
+                other: other.name.clone(),
+            });
+        }
+        let candidate = other.ownership == NetnsOwnership::Attached
+            || Some(std::ffi::OsStr::new(other.name.as_str())) == file_name;
+        if netns_holder.is_none() && candidate && other.netns == netns {
+            netns_holder = Some(other);
+        }
+    }
+    if let Some(other) = netns_holder {
         return Err(ManagerError::NetnsInUse {
             name,
             path: netns,
