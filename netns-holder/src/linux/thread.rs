@@ -34,6 +34,24 @@ impl AsFd for NsFd {
     }
 }
 
+/// Enters the network namespace `enter` (if given) on the calling thread, then runs `job`;
+/// `object` names the thing worked on, for errors.
+fn enter_and_run<T>(
+    object: &str,
+    enter: Option<&NsFd>,
+    job: impl FnOnce() -> Result<T, SystemError>,
+) -> Result<T, SystemError> {
+    if let Some(fd) = enter {
+        setns(fd, CloneFlags::CLONE_NEWNET).map_err(|e| {
+            SystemError::io(
+                format!("{object}: entering its network namespace"),
+                e.into(),
+            )
+        })?;
+    }
+    job()
+}
+
 /// Runs `job` on a new OS thread, first entering the network namespace `enter` if given,
 /// and resolves with its result. `object` names the thing worked on, for errors.
 pub(crate) async fn run<T, F>(
@@ -51,18 +69,8 @@ where
     std::thread::Builder::new()
         .name("nh-ns".to_string())
         .spawn(move || {
-            let result = match &enter {
-                Some(fd) => setns(fd, CloneFlags::CLONE_NEWNET).map_err(|e| {
-                    SystemError::io(
-                        format!("{thread_object}: entering its network namespace"),
-                        e.into(),
-                    )
-                }),
-                None => Ok(()),
-            }
-            .and_then(|()| job());
             // The receiver may be gone if the caller was cancelled; nothing to do then.
-            let _ = tx.send(result);
+            let _ = tx.send(enter_and_run(&thread_object, enter.as_ref(), job));
         })
         .map_err(|e| SystemError::io(format!("{object}: spawning a thread"), e))?;
     rx.await
@@ -149,18 +157,8 @@ impl NsWorkers {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let thread_object = object.clone();
         let work: Job = Box::new(move || {
-            let result = match &enter {
-                Some(fd) => setns(fd, CloneFlags::CLONE_NEWNET).map_err(|e| {
-                    SystemError::io(
-                        format!("{thread_object}: entering its network namespace"),
-                        e.into(),
-                    )
-                }),
-                None => Ok(()),
-            }
-            .and_then(|()| job());
             // The receiver may be gone if the caller was cancelled; nothing to do then.
-            let _ = tx.send(result);
+            let _ = tx.send(enter_and_run(&thread_object, enter.as_ref(), job));
         });
         let refused = {
             let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());

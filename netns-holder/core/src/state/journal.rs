@@ -216,15 +216,7 @@ impl<'a> Delta<'a> {
                 _ => {}
             }
         }
-        Self {
-            seq: base.seq + 1,
-            put: Put(put),
-            del,
-            ipam: (base.ipam != new.ipam).then_some(&new.ipam),
-            netns_add,
-            netns_del,
-            peers: (base.peers != new.peers).then_some(&new.peers),
-        }
+        Self::assemble(base, new, put, del, netns_add, netns_del)
     }
 
     /// What changed from `base` to `new`; the record gets sequence number `base.seq + 1`.
@@ -268,6 +260,19 @@ impl<'a> Delta<'a> {
                 Side::New(path) => netns_add.push(path),
             },
         );
+        Self::assemble(base, new, put, del, netns_add, netns_del)
+    }
+
+    /// The record from the pod and namespace changes found, with the IPAM cursors and the
+    /// peers when they differ.
+    fn assemble(
+        base: &State,
+        new: &'a State,
+        put: Vec<(&'a PodName, &'a PodRecord)>,
+        del: Vec<PodName>,
+        netns_add: Vec<&'a PathBuf>,
+        netns_del: Vec<PathBuf>,
+    ) -> Self {
         Self {
             seq: base.seq + 1,
             put: Put(put),
