@@ -46,6 +46,17 @@ use nh_tests::bench::{NetnsCleanup, Series, cni_exec, connect_latency, enter_net
 use nh_tests::node::{Daemon, DaemonOptions, Echo, Node, Proto};
 use nh_tests::{ScratchDir, proc_status_field, run_ok, unique_name};
 
+/// The daemon every phase runs: a /20 (4093 pods), `datapath`, its namespaces on a tmpfs
+/// as under `/run` on a node.
+fn bench_daemon_options(datapath: &str) -> DaemonOptions {
+    DaemonOptions {
+        pod_cidr_v4: "10.244.0.0/20".into(),
+        extra_config: format!("datapath = \"{datapath}\"\n"),
+        netns_tmpfs: true,
+        ..DaemonOptions::default()
+    }
+}
+
 /// What one run of ours measured.
 struct Ours {
     creates: Series,
@@ -128,15 +139,7 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
     // The machine's neighbour tables hold this many pods only when raised (a daemon in a
     // node namespace cannot raise them and refuses pods beyond them); put back after.
     let _tables = nh_tests::neighbour::RaisedTables::for_pod_cidr("10.244.0.0/20", false)?;
-    let daemon = Daemon::start(
-        &node,
-        DaemonOptions {
-            pod_cidr_v4: "10.244.0.0/20".into(),
-            extra_config: format!("datapath = \"{datapath}\"\n"),
-            netns_tmpfs: true,
-            ..DaemonOptions::default()
-        },
-    )?;
+    let daemon = Daemon::start(&node, bench_daemon_options(datapath))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -258,15 +261,7 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
 fn bench_cli(count: usize, publish: bool) -> Result<(Series, Series)> {
     let node = Node::new()?;
     let _tables = nh_tests::neighbour::RaisedTables::for_pod_cidr("10.244.0.0/20", false)?;
-    let daemon = Daemon::start(
-        &node,
-        DaemonOptions {
-            pod_cidr_v4: "10.244.0.0/20".into(),
-            extra_config: "datapath = \"routed\"\n".into(),
-            netns_tmpfs: true,
-            ..DaemonOptions::default()
-        },
-    )?;
+    let daemon = Daemon::start(&node, bench_daemon_options("routed"))?;
     let names: Vec<String> = (0..count).map(|i| format!("cli-{i}")).collect();
     let mut creates = Vec::with_capacity(count);
     for (i, name) in names.iter().enumerate() {
@@ -313,15 +308,7 @@ fn bench_concurrent(count: usize, datapath: &str) -> Result<Series> {
     );
     let node = Node::new()?;
     let _tables = nh_tests::neighbour::RaisedTables::for_pod_cidr("10.244.0.0/20", false)?;
-    let daemon = Daemon::start(
-        &node,
-        DaemonOptions {
-            pod_cidr_v4: "10.244.0.0/20".into(),
-            extra_config: format!("datapath = \"{datapath}\"\n"),
-            netns_tmpfs: true,
-            ..DaemonOptions::default()
-        },
-    )?;
+    let daemon = Daemon::start(&node, bench_daemon_options(datapath))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
