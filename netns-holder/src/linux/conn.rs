@@ -140,11 +140,11 @@ pub(crate) async fn node(sys: &LinuxSystem) -> Result<Conn, SystemError> {
         .cloned()
 }
 
-/// Creates a network namespace bind-mounted at `path` (as [`netns::create_blocking`]) and, from the
-/// same thread while it is inside, the namespace's netlink connection, cached for the pod
-/// steps that follow: one thread per create instead of one for the namespace and another
-/// to enter it again for the socket. A socket that cannot be opened there is left to the
-/// first pod step (the namespace exists either way, which is what the caller asked for).
+/// Creates a network namespace bind-mounted at `path` ([`netns::create_blocking`], on a
+/// namespace worker) and, in the same job while the worker is inside it, the namespace's
+/// netlink connection, cached for the pod steps that follow (instead of a second job that
+/// enters the namespace again). A socket that cannot be opened there is left to the first
+/// pod step: the namespace exists either way, which is what the caller asked for.
 pub(crate) async fn create_netns(sys: &LinuxSystem, path: &Path) -> Result<(), SystemError> {
     let target = path.to_path_buf();
     let object = super::netns_object(path);

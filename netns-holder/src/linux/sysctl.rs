@@ -39,10 +39,9 @@ fn ensure_value(file: &str, value: &str, netns: &str) -> Result<(), SystemError>
 }
 
 /// Runs `job` on the calling thread if it is in the node namespace, otherwise on a thread of
-/// the blocking pool in the node namespace. The daemon captured
-/// that namespace from its own at start, so its threads are in it; one that is not (nothing
-/// moves pool threads, but the pool is not ours alone) is moved into it first, which is where
-/// every pool thread belongs.
+/// the blocking pool in the node namespace. The daemon captured that namespace from its own
+/// at start, so its threads are in it; one that is not (nothing moves pool threads, but the
+/// pool is not ours alone) is moved into it first, which is where every pool thread belongs.
 async fn in_node<T, F>(sys: &LinuxSystem, object: String, job: F) -> Result<T, SystemError>
 where
     T: Send + 'static,
@@ -88,7 +87,6 @@ pub(crate) async fn enable_forwarding(sys: &LinuxSystem, ipv6: bool) -> Result<(
     .await
 }
 
-/// `net.ipv4.conf.<link>.route_localnet = 1` in the node namespace.
 /// `net.ipv6.conf.<link>.disable_ipv6 = 1` in the node namespace. Nothing to do where IPv6
 /// is off altogether (no `/proc/sys/net/ipv6`).
 pub(crate) async fn disable_ipv6(sys: &LinuxSystem, link: &IfName) -> Result<(), SystemError> {
@@ -107,6 +105,7 @@ pub(crate) async fn disable_ipv6(sys: &LinuxSystem, link: &IfName) -> Result<(),
     .await
 }
 
+/// `net.ipv4.conf.<link>.route_localnet = 1` in the node namespace.
 pub(crate) async fn enable_route_localnet(
     sys: &LinuxSystem,
     link: &IfName,
