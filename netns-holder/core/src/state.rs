@@ -3,11 +3,12 @@
 //! journal next to it, `journal.jsonl` (see the `journal` module).
 //!
 //! A save appends one line to the journal (only what changed since the last save; not
-//! synced, see the `journal` module for why), so its cost does not grow with the number of pods; the snapshot is
-//! rewritten crash-safely (temporary file, fsync, rename, fsync of the directory) only when
-//! the journal reaches its bound, when it cannot be appended to safely, and once at daemon
-//! start ([`StateStore::recover`]) to fold the journal in. After a crash the state is the
-//! snapshot plus every acknowledged record, never a torn mix.
+//! synced, see the `journal` module for why), so its cost does not grow with the number of
+//! pods; the snapshot is rewritten crash-safely (temporary file, fsync, rename, fsync of the
+//! directory) only when the journal reaches its bound, when it cannot be appended to
+//! safely, and once at daemon start ([`StateStore::recover`]) to fold the journal in. After
+//! a crash of the daemon the state is the snapshot plus every acknowledged record, never a
+//! torn mix.
 //!
 //! The record is the daemon's journal of intent: a pod's record (with its IP allocations) is
 //! saved in phase [`Phase::Creating`](crate::record::Phase::Creating) before the kernel is touched, switched to
@@ -315,9 +316,9 @@ impl StateStore {
     }
 
     /// Saves the state: one journal record with what changed since the last save, appended
-    /// (nothing at all if nothing changed). A snapshot is written instead
-    /// when this store has no journal to append to (first save, a failed append that could
-    /// not be cut back, a journal changed behind its back) or the journal reached its bound.
+    /// (nothing at all if nothing changed). A snapshot is written instead when this store
+    /// has no journal to append to (first save, a failed append that could not be cut back,
+    /// a journal changed behind its back) or the journal reached its bound.
     /// The `seq` of `state` is ignored. Creates the directory (mode 0700) if needed. Errors
     /// name the file that failed.
     pub fn save(&self, state: &State) -> Result<(), StateError> {
