@@ -159,6 +159,14 @@ pub enum Action {
         /// The link (host namespace).
         link: IfName,
     },
+    /// Give a host-side link no IPv6 link-local address (`addrgenmode none`, before it comes
+    /// up): for the host veth of a routed pod with IPv6, which must keep IPv6 but needs no
+    /// address (the pod's neighbour entries are permanent); each link-local costs a route
+    /// insert and a walk of the node's IPv6 FIB under RTNL.
+    NoLinkLocal {
+        /// The link (host namespace).
+        link: IfName,
+    },
     /// Turn IPv6 duplicate address detection off on a link inside `netns`.
     DisableDad {
         /// The namespace.
@@ -332,6 +340,9 @@ impl fmt::Display for Action {
             }
             Self::DisableIpv6 { link } => {
                 write!(f, "disable IPv6 on link {link} in the host namespace")
+            }
+            Self::NoLinkLocal { link } => {
+                write!(f, "no IPv6 link-local on link {link} in the host namespace")
             }
             Self::DisableDad { netns, link } => {
                 write!(f, "disable IPv6 DAD on link {link} in {}", netns.display())

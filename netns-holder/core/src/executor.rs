@@ -171,6 +171,7 @@ pub async fn run_action<S: System>(system: &S, action: &Action) -> Result<Outcom
             .await
             .map(|()| Outcome::Done),
         Action::DisableIpv6 { link } => system.disable_ipv6(link).await.map(|()| Outcome::Done),
+        Action::NoLinkLocal { link } => system.no_link_local(link).await.map(|()| Outcome::Done),
         Action::DisableDad { netns, link } => system
             .disable_dad(netns, link)
             .await

@@ -160,7 +160,11 @@ fn wiring_steps(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
             steps.push(Step::plain(Action::SetHairpin { link: host.clone() }));
         }
     }
-    if !routed || !record.ips.iter().any(|a| matches!(a, IpNet::V6(_))) {
+    // Nothing IPv6 on a bridge port or for a pod without IPv6; a routed pod's IPv6 needs
+    // the host veth's IPv6 but not its link-local address.
+    if routed && record.ips.iter().any(|a| matches!(a, IpNet::V6(_))) {
+        steps.push(Step::plain(Action::NoLinkLocal { link: host.clone() }));
+    } else {
         steps.push(Step::plain(Action::DisableIpv6 { link: host.clone() }));
     }
     steps.push(Step::plain(Action::LinkUp {

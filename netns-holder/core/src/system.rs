@@ -359,6 +359,10 @@ pub trait Netlink: Send + Sync {
     /// when the configuration sets no MTU).
     fn default_route_mtu(&self) -> impl Future<Output = Result<Option<u32>, SystemError>> + Send;
 
+    /// Sets `addrgenmode none` on `link` (host namespace), so it gets no IPv6 link-local
+    /// address when it comes up; nothing to do where IPv6 is off.
+    fn no_link_local(&self, link: &IfName) -> impl Future<Output = Result<(), SystemError>> + Send;
+
     /// Turns hairpin mode on for the bridge port `link` (host namespace).
     fn set_hairpin(&self, link: &IfName) -> impl Future<Output = Result<(), SystemError>> + Send;
 

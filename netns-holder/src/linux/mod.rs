@@ -545,6 +545,14 @@ impl Netlink for LinuxSystem {
         .await
     }
 
+    async fn no_link_local(&self, link: &IfName) -> Result<(), SystemError> {
+        bounded(
+            || link_object(None, link.as_str()),
+            netlink::no_link_local(self, link),
+        )
+        .await
+    }
+
     async fn set_hairpin(&self, link: &IfName) -> Result<(), SystemError> {
         bounded(
             || link_object(None, link.as_str()),

@@ -337,6 +337,12 @@ impl Netlink for FakeSystem {
         Ok(m.default_route_mtu)
     }
 
+    async fn no_link_local(&self, link: &IfName) -> Result<(), SystemError> {
+        let mut m = self.call(format!("no_link_local {link}")).await?;
+        m.link_mut(None, link)?;
+        Ok(())
+    }
+
     async fn set_hairpin(&self, link: &IfName) -> Result<(), SystemError> {
         let mut m = self.call(format!("set_hairpin {link}")).await?;
         let l = m.link_mut(None, link)?;

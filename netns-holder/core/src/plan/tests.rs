@@ -573,6 +573,7 @@ fn create_routed_dual_stack() {
             format!(
                 "create veth {h} <-> eth0 in /run/netns/web (mtu 1450) [undo: delete link {h} in the host namespace]"
             ),
+            format!("no IPv6 link-local on link {h} in the host namespace"),
             format!("set link {h} up in the host namespace"),
             "disable IPv6 DAD on link eth0 in /run/netns/web".to_string(),
             "add address 10.88.0.2/32 to link eth0 in /run/netns/web".to_string(),
@@ -592,6 +593,23 @@ fn create_routed_dual_stack() {
              netns_holder]"
                 .to_string(),
         ]
+    );
+    // Without IPv6 the host veth has no IPv6 at all (a bridge port never has).
+    let v4_only = text(&plan_create(
+        &routed_record(false, false),
+        &routed_node(false),
+    ));
+    let up = v4_only
+        .iter()
+        .position(|s| *s == format!("set link {h} up in the host namespace"))
+        .expect("host veth up");
+    assert_eq!(
+        v4_only[up - 1],
+        format!("disable IPv6 on link {h} in the host namespace")
+    );
+    assert!(
+        !v4_only.iter().any(|s| s.contains("link-local")),
+        "{v4_only:?}"
     );
     // The veth gets the fixed host MAC and the pod's derived one.
     let veth = plan_create(&r, &routed_node(true))

@@ -263,16 +263,7 @@ pub(crate) async fn create_veth(
     let result = h.link().add(message).execute().await;
     drop(ns);
     match result {
-        Ok(()) => {
-            let stopped = no_link_local(&h, host).await;
-            if stopped.is_err()
-                && let Ok(Some(link)) = link_by_name(&h, host.as_str()).await
-            {
-                // The step failed, so nothing will undo it: the pair goes (the peer with it).
-                let _ = h.link().del(link.header.index).execute().await;
-            }
-            stopped
-        }
+        Ok(()) => Ok(()),
         Err(e) if errno(&e) == Some(libc::EEXIST) => {
             // Say which end exists.
             let host_exists = matches!(link_by_name(&h, host.as_str()).await, Ok(Some(_)));
@@ -288,14 +279,15 @@ pub(crate) async fn create_veth(
     }
 }
 
-/// Stops the kernel from giving the host end `host` an IPv6 link-local address when it comes
-/// up (`addrgenmode none`). Nothing uses one: a bridge port needs no address, and on the
-/// routed datapath the pod's neighbour entries are permanent, so there is no neighbour
-/// discovery to answer. Each link-local costs the kernel an IPv6 route insert and a walk of
-/// the whole IPv6 FIB under RTNL, which grew with every pod. Only possible once the link
-/// exists (the kernel refuses it in the create request); where IPv6 is off for new links
-/// (EAFNOSUPPORT), there is nothing to stop.
-async fn no_link_local(h: &Handle, host: &IfName) -> Result<(), SystemError> {
+/// Stops the kernel from giving the host veth `host` an IPv6 link-local address when it
+/// comes up (`addrgenmode none`; `Action::NoLinkLocal`, for routed pods with IPv6, whose
+/// neighbour entries are permanent, so there is no neighbour discovery to answer). Each
+/// link-local costs the kernel an IPv6 route insert and a walk of the whole IPv6 FIB under
+/// RTNL, which grew with every pod. Only possible once the link exists (the kernel refuses it
+/// in the create request); where IPv6 is off for new links (EAFNOSUPPORT), there is nothing
+/// to stop.
+pub(crate) async fn no_link_local(sys: &LinuxSystem, host: &IfName) -> Result<(), SystemError> {
+    let h = node_handle(sys).await?;
     let message = LinkUnspec::new_with_name(host.as_str())
         .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
             vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
@@ -304,6 +296,9 @@ async fn no_link_local(h: &Handle, host: &IfName) -> Result<(), SystemError> {
     match h.link().set(message).execute().await {
         Ok(()) => Ok(()),
         Err(e) if errno(&e) == Some(libc::EAFNOSUPPORT) => Ok(()),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Err(SystemError::NotFound {
+            object: link_object(None, host.as_str()),
+        }),
         Err(e) => Err(nl_err(
             format!("{}: addrgenmode none", link_object(None, host.as_str())),
             e,
