@@ -173,6 +173,57 @@ fn cpu_jiffies() -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
+/// A snapshot of the machine's CPU time (`/proc/stat`, in clock ticks) and of one process's
+/// run time (every thread's, from `/proc/PID/task/*/schedstat`, in nanoseconds).
+pub struct CpuSnapshot {
+    machine: Option<(u64, u64)>,
+    process: Option<Duration>,
+}
+
+impl CpuSnapshot {
+    /// Now, for the process `pid` (if given).
+    pub fn take(pid: Option<u32>) -> Self {
+        Self {
+            machine: cpu_jiffies(),
+            process: pid.and_then(process_run_time),
+        }
+    }
+
+    /// Since `earlier`: the share of the machine's CPU time that was busy (0..=1; clock-tick
+    /// resolution, so rough over short spans) and the process's run time.
+    pub fn since(&self, earlier: &Self) -> (Option<f64>, Option<Duration>) {
+        let busy = match (earlier.machine, self.machine) {
+            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+                Some(b1.saturating_sub(b0) as f64 / (t1 - t0) as f64)
+            }
+            _ => None,
+        };
+        let run = match (earlier.process, self.process) {
+            (Some(r0), Some(r1)) => Some(r1.saturating_sub(r0)),
+            _ => None,
+        };
+        (busy, run)
+    }
+}
+
+/// The run time so far of every thread of process `pid` (threads that ended are not
+/// counted).
+fn process_run_time(pid: u32) -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(task) = task else { continue };
+        if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat"))
+            && let Some(ns) = stat
+                .split_whitespace()
+                .next()
+                .and_then(|f| f.parse::<u64>().ok())
+        {
+            total += ns;
+        }
+    }
+    Some(Duration::from_nanos(total))
+}
+
 /// Waits until the machine's CPUs are at least 90% idle over half a second (the kernel still
 /// tearing down an earlier phase's namespaces, for instance, would otherwise weigh on the
 /// next one), at most `limit`; returns how long it waited and whether it got there.

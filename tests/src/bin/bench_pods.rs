@@ -295,7 +295,15 @@ fn bench_cli(count: usize, publish: bool) -> Result<(Series, Series)> {
 
 /// `count` creates at once through the API (one connection each) on the `datapath`, on a
 /// fresh node; returns each create's latency (then removes them, untimed).
-fn bench_concurrent(count: usize, datapath: &str) -> Result<Series> {
+/// What a burst measured: the creates' latencies, the share of the machine's CPU time busy
+/// while they ran, and the daemon's own CPU time (all its threads, kernel work included).
+struct Burst {
+    latencies: Series,
+    machine_busy: Option<f64>,
+    daemon_cpu: Option<Duration>,
+}
+
+fn bench_concurrent(count: usize, datapath: &str) -> Result<Burst> {
     let (waited, quiet) = nh_tests::bench::wait_quiet(Duration::from_secs(60));
     eprintln!(
         "bench_pods: waited {:.1} s for the machine to be idle before the burst{}",
@@ -314,11 +322,13 @@ fn bench_concurrent(count: usize, datapath: &str) -> Result<Series> {
         .enable_all()
         .build()?;
     let socket = daemon.socket();
-    let latencies = runtime.block_on(async {
+    let daemon_pid = daemon.pid();
+    let (latencies, (machine_busy, daemon_cpu)) = runtime.block_on(async {
         let mut clients = Vec::with_capacity(count);
         for _ in 0..count {
             clients.push(Client::connect(socket.clone()).await?);
         }
+        let before = nh_tests::bench::CpuSnapshot::take(daemon_pid);
         let tasks: Vec<_> = clients
             .into_iter()
             .enumerate()
@@ -335,16 +345,21 @@ fn bench_concurrent(count: usize, datapath: &str) -> Result<Series> {
         for task in tasks {
             latencies.push(task.await??);
         }
+        let cpu = nh_tests::bench::CpuSnapshot::take(daemon_pid).since(&before);
         let mut client = Client::connect(socket.clone()).await?;
         for i in 0..count {
             client
                 .remove_pod(&PodName::new(format!("burst-{i}"))?)
                 .await?;
         }
-        anyhow::Ok(latencies)
+        anyhow::Ok((latencies, cpu))
     })?;
     drop(daemon);
-    Ok(Series(latencies))
+    Ok(Burst {
+        latencies: Series(latencies),
+        machine_busy,
+        daemon_cpu,
+    })
 }
 
 /// The CNI reference chain: loopback ADD + bridge ADD (host-local), with `portmap` also
@@ -457,7 +472,11 @@ fn print_row(
 fn burst_phase() -> Result<()> {
     eprintln!("bench_pods: 100 creates at once through the API, routed then bridge...");
     for datapath in ["routed", "bridge"] {
-        let burst = bench_concurrent(100, datapath)?;
+        let Burst {
+            latencies: burst,
+            machine_busy,
+            daemon_cpu,
+        } = bench_concurrent(100, datapath)?;
         let p99 = ms(burst.percentile(99));
         let last = burst.0.iter().max().copied().unwrap_or_default();
         println!(
@@ -469,6 +488,15 @@ fn burst_phase() -> Result<()> {
             p99 / 100.0,
             ms(last),
             ms(last) / 100.0,
+        );
+        // Whether the CPUs or a lock (RTNL) set the pace: with two CPUs busy all along, only
+        // less CPU per pod helps; with CPU to spare, the serialised part does.
+        println!(
+            "{datapath}: during the burst the machine's CPUs were {} busy (clock ticks: rough); \
+             the daemon ran {} ms of CPU, {} ms per pod",
+            machine_busy.map_or_else(|| "?".to_string(), |b| format!("{:.0}%", b * 100.0)),
+            daemon_cpu.map_or_else(|| "?".to_string(), |d| format!("{:.1}", ms(d))),
+            daemon_cpu.map_or_else(|| "?".to_string(), |d| format!("{:.2}", ms(d) / 100.0)),
         );
     }
     Ok(())
