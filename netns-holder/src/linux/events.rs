@@ -6,7 +6,10 @@
 //!   CRI-O's `/var/run/netns/*` bind mounts propagate);
 //! * link deletions in the node namespace: an rtnetlink socket made there and bound to the
 //!   `RTNLGRP_LINK` multicast group receives every `RTM_DELLINK`, so a pod's host veth
-//!   vanishing with its namespace is seen at once.
+//!   vanishing with its namespace is seen at once. A classic BPF filter on the socket
+//!   ([`DELETIONS_ONLY`]) drops the group's other messages in the kernel: every create
+//!   makes two or three link notifications (new link, up, carrier), which woke this thread
+//!   for nothing.
 //!
 //! Each source runs on a dedicated thread blocked in `poll`/`recv` (no tokio task spins on
 //! it) and ends when the receiver is dropped (at its next wake-up). A netlink socket that
@@ -34,6 +37,29 @@ const RTM_DELLINK: u16 = 17;
 const IFLA_IFNAME: u16 = 3;
 /// `sizeof(struct ifinfomsg)`.
 const IFINFOMSG_LEN: usize = 16;
+/// The link socket's filter: accept a message whose `nlmsg_type` (offset 4, host byte
+/// order; the kernel sends one notification per datagram) is `RTM_DELLINK`, drop the rest.
+/// Classic BPF loads half-words in network byte order, hence the constant's conversion.
+const DELETIONS_ONLY: [libc::sock_filter; 4] = [
+    // ldh [4]
+    bpf(0x28, 0, 0, 4),
+    // jeq #RTM_DELLINK, accept, drop
+    bpf(
+        0x15,
+        0,
+        1,
+        u16::from_be_bytes(RTM_DELLINK.to_ne_bytes()) as u32,
+    ),
+    // accept: ret #0xffffffff (the whole datagram)
+    bpf(0x06, 0, 0, u32::MAX),
+    // drop: ret #0
+    bpf(0x06, 0, 0, 0),
+];
+
+const fn bpf(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
 /// Receive buffer asked for the link socket: room for thousands of deletions at once (a
 /// node removing many pods) before the kernel drops any.
 const LINK_SOCKET_BUFFER: usize = 4 << 20;
@@ -66,9 +92,37 @@ fn link_socket() -> Result<Socket, SystemError> {
     socket
         .bind(&SocketAddr::new(0, RTMGRP_LINK))
         .map_err(|e| SystemError::io(format!("{object}: joining RTNLGRP_LINK"), e))?;
+    attach_filter(&socket, &DELETIONS_ONLY)
+        .map_err(|e| SystemError::io(format!("{object}: attaching its filter"), e))?;
     // A smaller buffer than asked only means an earlier EventsLost.
     let _ = socket.set_rx_buf_sz(LINK_SOCKET_BUFFER);
     Ok(socket)
+}
+
+/// Attaches the classic BPF program `program` to `socket` (`SO_ATTACH_FILTER`).
+fn attach_filter(socket: &Socket, program: &[libc::sock_filter]) -> std::io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(program.len()).map_err(|_| std::io::ErrorKind::InvalidInput)?,
+        // The kernel copies the program and never writes through this pointer.
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: setsockopt on a socket we own, with a pointer to a live sock_fprog and its
+    // size; `fprog.filter` points at `program.len()` instructions that outlive the call,
+    // and the kernel copies them before returning.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            std::ptr::from_ref(&fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Blocks in `recv` on `socket`, sending the names of deleted links, until the receiver
@@ -162,6 +216,56 @@ fn link_name(message: &codec::Message<'_>) -> Option<String> {
 mod tests {
     use super::codec::NLMSG_HDRLEN;
     use super::*;
+
+    /// The filter on a real socket, in a namespace of its own: a link's creation and its
+    /// coming up are dropped in the kernel, its deletion arrives, and nothing else is queued.
+    #[test]
+    fn the_link_socket_receives_deletions_only() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "\n*** SKIPPED the_link_socket_receives_deletions_only: needs root (a network namespace) ***\n"
+            );
+            return;
+        }
+        std::thread::spawn(|| {
+            // This thread's own namespace, gone when it ends; `ip` inherits it.
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            let socket = link_socket().expect("link socket");
+            let ip = |args: &[&str]| {
+                let status = std::process::Command::new("ip")
+                    .args(args)
+                    .status()
+                    .expect("run ip");
+                assert!(status.success(), "ip {args:?}: {status}");
+            };
+            ip(&[
+                "link", "add", "nhfilt0", "type", "veth", "peer", "name", "nhfilt1",
+            ]);
+            ip(&["link", "set", "nhfilt0", "up"]);
+            ip(&["link", "set", "nhfilt1", "up"]);
+            // One deletion of each end, one datagram each.
+            ip(&["link", "del", "nhfilt0"]);
+            let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+            let mut deleted = Vec::new();
+            for _ in 0..2 {
+                buf.clear();
+                socket.recv(&mut buf, 0).expect("recv");
+                deleted.extend(deleted_links(&buf));
+            }
+            deleted.sort();
+            assert_eq!(deleted, ["nhfilt0", "nhfilt1"]);
+            buf.clear();
+            let more = socket.recv(&mut buf, libc::MSG_DONTWAIT);
+            assert!(
+                more.as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+                "nothing but the deletion should be queued: {more:?}, {} bytes",
+                buf.len()
+            );
+        })
+        .join()
+        .expect("test thread");
+    }
 
     /// One netlink message of `kind` holding an ifinfomsg and the attribute IFLA_IFNAME.
     fn link_message(kind: u16, name: &str) -> Vec<u8> {
