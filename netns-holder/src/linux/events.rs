@@ -48,7 +48,7 @@ const DELETIONS_ONLY: [libc::sock_filter; 4] = [
         0x15,
         0,
         1,
-        u16::from_be_bytes(RTM_DELLINK.to_ne_bytes()) as u32,
+        u16::from_be_bytes(RTM_DELLINK.to_ne_bytes()) as u32, // widening
     ),
     // accept: ret #0xffffffff (the whole datagram)
     bpf(0x06, 0, 0, u32::MAX),
@@ -115,7 +115,8 @@ fn attach_filter(socket: &Socket, program: &[libc::sock_filter]) -> std::io::Res
             libc::SOL_SOCKET,
             libc::SO_ATTACH_FILTER,
             std::ptr::from_ref(&fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            libc::socklen_t::try_from(std::mem::size_of::<libc::sock_fprog>())
+                .unwrap_or(libc::socklen_t::MAX),
         )
     };
     if rc == 0 {
