@@ -754,6 +754,11 @@ fn system_primitives() {
             .await
             .expect("set_master");
         sys.link_up(None, &ifname("nhlow")).await.expect("link_up");
+        // A link that is not there: NotFound, naming it (link_up names the link in its
+        // request instead of looking its index up).
+        let missing = sys.link_up(None, &ifname("nhnotthere0")).await.unwrap_err();
+        assert!(matches!(missing, SystemError::NotFound { .. }), "{missing}");
+        assert!(missing.to_string().contains("nhnotthere0"), "{missing}");
         let port = sys
             .link_info(None, &ifname("nhlow"))
             .await
@@ -966,6 +971,16 @@ fn system_primitives() {
         // Routes and neighbours die with the link; a missing link has none.
         assert!(sys.delete_link(None, &routed_host).await.unwrap());
         assert!(sys.host_routes(&routed_host).await.unwrap().is_empty());
+        // Node links are found by name with SIOCGIFINDEX: a missing one is NotFound, named.
+        let missing = sys
+            .add_host_route(&routed_host, pod_v4, node_v4.addr())
+            .await
+            .unwrap_err();
+        assert!(matches!(missing, SystemError::NotFound { .. }), "{missing}");
+        assert!(
+            missing.to_string().contains(routed_host.as_str()),
+            "{missing}"
+        );
         assert!(
             sys.permanent_neighbours(None, &routed_host)
                 .await

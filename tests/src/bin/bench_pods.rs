@@ -67,7 +67,15 @@ struct Ours {
     unreachable: Option<(usize, usize)>,
     /// First-packet latencies at the start and at the full count (`reach` only).
     first_packet: Option<FirstPacket>,
+    /// `reach` only: creates at the full count once [`RECYCLED_FREED`] pods were removed,
+    /// so that they reuse the kernel memory those pods' namespaces and links left free.
+    recycled: Option<Series>,
 }
+
+/// How many pods the recycled-memory probe of a `reach` run removes first.
+const RECYCLED_FREED: usize = 20;
+/// How many creates it then times.
+const RECYCLED_CREATES: usize = 10;
 
 /// TCP connect latencies (each connect a new flow: its SYN is the first packet) pod to pod
 /// and through a host port from a client outside the node, near the start of a run and
@@ -147,102 +155,152 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
         .map(|i| PodName::new(format!("bench-{i}")).context("pod name"))
         .collect::<Result<_>>()?;
     let node_path = node.netns_path();
-    let (creates, removes, rss, fds, unreachable, first_packet) = runtime.block_on(async {
-        let mut client = Client::connect(daemon.socket()).await?;
-        let mut creates = Vec::with_capacity(count);
-        let mut pods: Vec<(String, String)> = Vec::with_capacity(count);
-        let (mut pod_to_pod_2, mut host_port_1) = (Series::default(), Series::default());
-        let pod_addr = |pods: &[(String, String)], i: usize| -> Result<SocketAddr> {
-            Ok(SocketAddr::new(pods[i].1.parse()?, 80))
-        };
-        let node_port =
-            |port: u16| -> Result<SocketAddr> { Ok(SocketAddr::new(NODE_IP.parse()?, port)) };
-        for (i, name) in names.iter().enumerate() {
-            let ports = match i {
-                0 if reach => vec![PortMapping::new(HOST_PORT, 80, Protocol::Tcp)],
-                _ if reach && i == count - 1 => {
-                    vec![PortMapping::new(HOST_PORT + 1, 80, Protocol::Tcp)]
-                }
-                _ => Vec::new(),
+    let (creates, removes, rss, fds, unreachable, first_packet, recycled) =
+        runtime.block_on(async {
+            let mut client = Client::connect(daemon.socket()).await?;
+            let mut creates = Vec::with_capacity(count);
+            let mut pods: Vec<(String, String)> = Vec::with_capacity(count);
+            let (mut pod_to_pod_2, mut host_port_1) = (Series::default(), Series::default());
+            let pod_addr = |pods: &[(String, String)], i: usize| -> Result<SocketAddr> {
+                Ok(SocketAddr::new(pods[i].1.parse()?, 80))
             };
-            let start = Instant::now();
-            let created = client
-                .create_pod_with_ports(name, false, BTreeMap::new(), &ports)
-                .await?;
-            creates.push(start.elapsed());
-            let pod = created.pod.context("create answered no pod")?;
-            let ip = pod.ips.first().context("a pod without addresses")?;
-            let ip = ip.split('/').next().unwrap_or_default().to_string();
-            pods.push((pod.netns, ip));
-            if reach && i == 0 {
-                let _echo = Echo::start(Path::new(&pods[0].0), Proto::Tcp, 80)?;
-                host_port_1 = connect_latency(&client_path, node_port(HOST_PORT)?, connects)?;
+            let node_port =
+                |port: u16| -> Result<SocketAddr> { Ok(SocketAddr::new(NODE_IP.parse()?, port)) };
+            for (i, name) in names.iter().enumerate() {
+                let ports = match i {
+                    0 if reach => vec![PortMapping::new(HOST_PORT, 80, Protocol::Tcp)],
+                    _ if reach && i == count - 1 => {
+                        vec![PortMapping::new(HOST_PORT + 1, 80, Protocol::Tcp)]
+                    }
+                    _ => Vec::new(),
+                };
+                let start = Instant::now();
+                let created = client
+                    .create_pod_with_ports(name, false, BTreeMap::new(), &ports)
+                    .await?;
+                creates.push(start.elapsed());
+                let pod = created.pod.context("create answered no pod")?;
+                let ip = pod.ips.first().context("a pod without addresses")?;
+                let ip = ip.split('/').next().unwrap_or_default().to_string();
+                pods.push((pod.netns, ip));
+                if reach && i == 0 {
+                    let _echo = Echo::start(Path::new(&pods[0].0), Proto::Tcp, 80)?;
+                    host_port_1 = connect_latency(&client_path, node_port(HOST_PORT)?, connects)?;
+                }
+                if reach && i == 1 {
+                    let _echo = Echo::start(Path::new(&pods[0].0), Proto::Tcp, 80)?;
+                    pod_to_pod_2 =
+                        connect_latency(Path::new(&pods[1].0), pod_addr(&pods, 0)?, connects)?;
+                }
             }
-            if reach && i == 1 {
-                let _echo = Echo::start(Path::new(&pods[0].0), Proto::Tcp, 80)?;
-                pod_to_pod_2 =
-                    connect_latency(Path::new(&pods[1].0), pod_addr(&pods, 0)?, connects)?;
+            let first_packet = if reach {
+                let _first = Echo::start(Path::new(&pods[0].0), Proto::Tcp, 80)?;
+                let _last = Echo::start(Path::new(&pods[count - 1].0), Proto::Tcp, 80)?;
+                Some(FirstPacket {
+                    pod_to_pod_2,
+                    pod_to_pod_n_first: connect_latency(
+                        Path::new(&pods[1].0),
+                        pod_addr(&pods, 0)?,
+                        connects,
+                    )?,
+                    pod_to_pod_n_last: connect_latency(
+                        Path::new(&pods[count - 2].0),
+                        pod_addr(&pods, count - 1)?,
+                        connects,
+                    )?,
+                    host_port_1,
+                    host_port_n_first: connect_latency(
+                        &client_path,
+                        node_port(HOST_PORT)?,
+                        connects,
+                    )?,
+                    host_port_n_last: connect_latency(
+                        &client_path,
+                        node_port(HOST_PORT + 1)?,
+                        connects,
+                    )?,
+                })
+            } else {
+                None
+            };
+            let pid = daemon.pid().context("daemon pid")?;
+            let rss = proc_status_field(pid, "VmRSS")
+                .context("daemon VmRSS")?
+                .trim_end_matches(" kB")
+                .trim()
+                .parse::<u64>()?;
+            let fds = open_fds(pid)?;
+            let unreachable = if reach {
+                let ips: Vec<String> = pods.iter().map(|(_, ip)| ip.clone()).collect();
+                let from_node = ping_all(&node_path, &ips)?;
+                let from_pod = ping_all(std::path::Path::new(&pods[0].0), &ips[1..])?;
+                for (from, failed) in [("the node", &from_node), ("the first pod", &from_pod)] {
+                    if !failed.is_empty() {
+                        eprintln!(
+                            "  {} pod(s) did not answer {from} within 1 s, e.g. {:?}",
+                            failed.len(),
+                            &failed[..failed.len().min(5)]
+                        );
+                    }
+                }
+                Some((from_node.len(), from_pod.len()))
+            } else {
+                None
+            };
+            // Creates at the full count that need no new kernel memory: those of the pods removed
+            // here are free again once their namespaces are cleaned up (the kernel does it in the
+            // background). Against the last creates, which need new memory, this tells the cost
+            // of the pod count from the cost of fresh memory.
+            let freed = count / 2..count / 2 + RECYCLED_FREED;
+            let recycled_names: Vec<PodName> = (0..RECYCLED_CREATES)
+                .map(|i| PodName::new(format!("bench-recycled-{i}")).context("pod name"))
+                .collect::<Result<_>>()?;
+            let recycled = if reach && count >= freed.end + RECYCLED_CREATES {
+                for name in &names[freed.clone()] {
+                    ensure!(
+                        client.remove_pod(name).await?.removed,
+                        "pod {name} was not removed"
+                    );
+                }
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let mut recycled = Vec::with_capacity(RECYCLED_CREATES);
+                for name in &recycled_names {
+                    let start = Instant::now();
+                    client.create_pod(name, false, BTreeMap::new()).await?;
+                    recycled.push(start.elapsed());
+                }
+                Some(Series(recycled))
+            } else {
+                None
+            };
+            let mut removes = Vec::with_capacity(count);
+            for (i, name) in names.iter().enumerate() {
+                if recycled.is_some() && freed.contains(&i) {
+                    continue;
+                }
+                let start = Instant::now();
+                let removed = client.remove_pod(name).await?;
+                removes.push(start.elapsed());
+                ensure!(removed.removed, "pod {name} was not removed");
             }
-        }
-        let first_packet = if reach {
-            let _first = Echo::start(Path::new(&pods[0].0), Proto::Tcp, 80)?;
-            let _last = Echo::start(Path::new(&pods[count - 1].0), Proto::Tcp, 80)?;
-            Some(FirstPacket {
-                pod_to_pod_2,
-                pod_to_pod_n_first: connect_latency(
-                    Path::new(&pods[1].0),
-                    pod_addr(&pods, 0)?,
-                    connects,
-                )?,
-                pod_to_pod_n_last: connect_latency(
-                    Path::new(&pods[count - 2].0),
-                    pod_addr(&pods, count - 1)?,
-                    connects,
-                )?,
-                host_port_1,
-                host_port_n_first: connect_latency(&client_path, node_port(HOST_PORT)?, connects)?,
-                host_port_n_last: connect_latency(
-                    &client_path,
-                    node_port(HOST_PORT + 1)?,
-                    connects,
-                )?,
-            })
-        } else {
-            None
-        };
-        let pid = daemon.pid().context("daemon pid")?;
-        let rss = proc_status_field(pid, "VmRSS")
-            .context("daemon VmRSS")?
-            .trim_end_matches(" kB")
-            .trim()
-            .parse::<u64>()?;
-        let fds = open_fds(pid)?;
-        let unreachable = if reach {
-            let ips: Vec<String> = pods.iter().map(|(_, ip)| ip.clone()).collect();
-            let from_node = ping_all(&node_path, &ips)?;
-            let from_pod = ping_all(std::path::Path::new(&pods[0].0), &ips[1..])?;
-            for (from, failed) in [("the node", &from_node), ("the first pod", &from_pod)] {
-                if !failed.is_empty() {
-                    eprintln!(
-                        "  {} pod(s) did not answer {from} within 1 s, e.g. {:?}",
-                        failed.len(),
-                        &failed[..failed.len().min(5)]
+            if recycled.is_some() {
+                for name in &recycled_names {
+                    ensure!(
+                        client.remove_pod(name).await?.removed,
+                        "pod {name} was not removed"
                     );
                 }
             }
-            Some((from_node.len(), from_pod.len()))
-        } else {
-            None
-        };
-        let mut removes = Vec::with_capacity(count);
-        for name in &names {
-            let start = Instant::now();
-            let removed = client.remove_pod(name).await?;
-            removes.push(start.elapsed());
-            ensure!(removed.removed, "pod {name} was not removed");
-        }
-        anyhow::Ok((creates, removes, rss, fds, unreachable, first_packet))
-    })?;
+            anyhow::Ok((
+                creates,
+                removes,
+                rss,
+                fds,
+                unreachable,
+                first_packet,
+                recycled,
+            ))
+        })?;
     drop(daemon);
     Ok(Ours {
         creates: Series(creates),
@@ -251,6 +309,7 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
         fds,
         unreachable,
         first_packet,
+        recycled,
     })
 }
 
@@ -293,8 +352,6 @@ fn bench_cli(count: usize, publish: bool) -> Result<(Series, Series)> {
     Ok((Series(creates), Series(removes)))
 }
 
-/// `count` creates at once through the API (one connection each) on the `datapath`, on a
-/// fresh node; returns each create's latency (then removes them, untimed).
 /// What a burst measured: the creates' latencies, the share of the machine's CPU time busy
 /// while they ran, and the daemon's own CPU time (all its threads, kernel work included).
 struct Burst {
@@ -303,6 +360,9 @@ struct Burst {
     daemon_cpu: Option<Duration>,
 }
 
+/// `count` creates at once through the API (one connection each) on the `datapath`, on a
+/// fresh node; returns each create's latency and the CPU it took (then removes them,
+/// untimed).
 fn bench_concurrent(count: usize, datapath: &str) -> Result<Burst> {
     let (waited, quiet) = nh_tests::bench::wait_quiet(Duration::from_secs(60));
     eprintln!(
@@ -653,6 +713,32 @@ fn main() -> Result<()> {
         big.rss_kib as f64 / 1024.0,
         big.fds,
     );
+    let mut ends = vec![10usize, 100, 500, 1000, 2000, 3000, scale];
+    ends.retain(|&end| end >= 10 && end <= scale);
+    ends.dedup();
+    let along: Vec<String> = ends
+        .into_iter()
+        .map(|end| {
+            format!(
+                "pods {}-{end} {:.2}",
+                end - 9,
+                ms(big.creates.stats(end - 10..end).0)
+            )
+        })
+        .collect();
+    println!("create medians along the run (ms): {}", along.join(", "));
+    let recycled_growth = big.recycled.as_ref().map(|recycled| {
+        let ratio = ms(recycled.median()) / ms(big.creates.stats(0..10).0);
+        println!(
+            "at {} pods, {RECYCLED_CREATES} creates reusing the kernel memory of {RECYCLED_FREED} \
+             removed pods: median {:.2} ms, {ratio:.2}x the first 10 (the last 10 need new \
+             memory: {:.2}x)",
+            scale - RECYCLED_FREED,
+            ms(recycled.median()),
+            growth(&big.creates, scale),
+        );
+        ratio
+    });
 
     let first_packet = big
         .first_packet
@@ -738,12 +824,15 @@ fn main() -> Result<()> {
     );
     println!(
         "targets (routed): create median <= 3 ms: {}; remove median <= 5 ms: {}; >= 10x faster than CNI: {} ({speedup:.1}x); \
-         last 10 within 1.25x of first 10 at {scale} pods: {} ({:.2}x); every pod answers: {}",
+         last 10 within 1.25x of first 10 at {scale} pods: {} ({:.2}x){}; every pod answers: {}",
         verdict(ms(routed.creates.all().0) <= 3.0),
         verdict(ms(routed.removes.all().0) <= 5.0),
         verdict(speedup >= 10.0),
         verdict(growth(&big.creates, scale) <= 1.25),
         growth(&big.creates, scale),
+        recycled_growth.map_or_else(String::new, |r| format!(
+            " (creates at that count that reuse freed kernel memory: {r:.2}x)"
+        )),
         verdict(from_node == 0 && from_pod == 0),
     );
     Ok(())

@@ -116,6 +116,61 @@ pub(super) async fn require_index(
     }
 }
 
+/// The index of the node link `link` (named in errors as `object`), or
+/// [`SystemError::NotFound`], by `SIOCGIFINDEX` on the daemon's socket in the node namespace:
+/// a name lookup under RCU. `RTM_GETLINK` would have the kernel write the whole link, and
+/// for a host veth find the id of its peer's namespace by walking the ids of every
+/// namespace the node's links lead to (`__peernet2id`), one per pod: it grew with the pods.
+pub(super) fn node_index(sys: &LinuxSystem, link: &str, object: &str) -> Result<u32, SystemError> {
+    let not_found = || SystemError::NotFound {
+        object: object.to_string(),
+    };
+    // SAFETY: ifreq is plain data (a name and a union of integers and addresses); all
+    // zeroes is a valid value of it.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    // Room for the terminating NUL.
+    if link.len() >= request.ifr_name.len() || link.as_bytes().contains(&0) {
+        return Err(not_found());
+    }
+    for (to, from) in request.ifr_name.iter_mut().zip(link.as_bytes()) {
+        *to = libc::c_char::from_ne_bytes([*from]);
+    }
+    // SAFETY: SIOCGIFINDEX reads the NUL-terminated name and writes the index into the
+    // ifreq we own and pass by pointer; the socket is open for as long as `sys` lives.
+    let rc = unsafe {
+        libc::ioctl(
+            sys.node_ioctl.as_raw_fd(),
+            libc::SIOCGIFINDEX,
+            std::ptr::from_mut(&mut request),
+        )
+    };
+    if rc != 0 {
+        let error = std::io::Error::last_os_error();
+        return match error.raw_os_error() {
+            Some(libc::ENODEV) => Err(not_found()),
+            _ => Err(SystemError::io(format!("{object}: SIOCGIFINDEX"), error)),
+        };
+    }
+    // SAFETY: SIOCGIFINDEX succeeded, so the union holds the index.
+    let index = unsafe { request.ifr_ifru.ifru_ifindex };
+    u32::try_from(index).map_err(|_| SystemError::other(object, format!("index {index}")))
+}
+
+/// The index of `link` in `netns` (or the node namespace: [`node_index`]), or
+/// [`SystemError::NotFound`].
+pub(super) async fn index_in(
+    sys: &LinuxSystem,
+    netns: Option<&Path>,
+    h: &Handle,
+    link: &str,
+    object: &str,
+) -> Result<u32, SystemError> {
+    match netns {
+        None => node_index(sys, link, object),
+        Some(_) => require_index(h, link, object).await,
+    }
+}
+
 // ------------------------------------------------------------------ changing links
 
 /// Sets `link` (index) administratively up.
@@ -328,7 +383,7 @@ pub(crate) async fn set_master(
         ));
     }
     let object = link_object(None, link.as_str());
-    let index = require_index(&h, link.as_str(), &object).await?;
+    let index = node_index(sys, link.as_str(), &object)?;
     h.link()
         .set(
             LinkUnspec::new_with_index(index)
@@ -340,7 +395,11 @@ pub(crate) async fn set_master(
         .map_err(|e| nl_err(format!("{object}: attaching to {bridge}"), e))
 }
 
-/// Sets `link` (in `netns`, or the node namespace) administratively up.
+/// Sets `link` (in `netns`, or the node namespace) administratively up, naming it in the
+/// request (`IFLA_IFNAME`, no index): one request instead of a lookup and a change. A
+/// lookup of a host veth is not free: the kernel writes the whole link, with the id of its
+/// peer's namespace, which it finds by walking the ids of every namespace the node's links
+/// lead to (`__peernet2id`), one per pod.
 pub(crate) async fn link_up(
     sys: &LinuxSystem,
     netns: Option<&Path>,
@@ -348,8 +407,18 @@ pub(crate) async fn link_up(
 ) -> Result<(), SystemError> {
     let object = link_object(netns, link.as_str());
     in_netns(sys, netns, Dumps::No, async |h: Handle| {
-        let index = require_index(&h, link.as_str(), &object).await?;
-        set_up(&h, index).await.map_err(|e| nl_err(&object, e))
+        match h
+            .link()
+            .set(LinkUnspec::new_with_name(link.as_str()).up().build())
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Err(SystemError::NotFound {
+                object: object.clone(),
+            }),
+            Err(e) => Err(nl_err(&object, e)),
+        }
     })
     .await
 }
@@ -363,7 +432,7 @@ pub(crate) async fn set_mtu(
 ) -> Result<(), SystemError> {
     let object = link_object(netns, link.as_str());
     in_netns(sys, netns, Dumps::No, async |h: Handle| {
-        let index = require_index(&h, link.as_str(), &object).await?;
+        let index = index_in(sys, netns, &h, link.as_str(), &object).await?;
         h.link()
             .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
             .execute()
@@ -378,7 +447,7 @@ pub(crate) async fn set_mtu(
 pub(crate) async fn set_hairpin(sys: &LinuxSystem, link: &IfName) -> Result<(), SystemError> {
     let h = node_handle(sys).await?;
     let object = link_object(None, link.as_str());
-    let index = require_index(&h, link.as_str(), &object).await?;
+    let index = node_index(sys, link.as_str(), &object)?;
     h.link()
         .set_port(LinkBridgePort::new(index).hairpin(true).build())
         .execute()

@@ -9,7 +9,7 @@ use futures::TryStreamExt;
 use rtnetlink::Handle;
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
 
-use super::links::require_index;
+use super::links::index_in;
 use super::{Dumps, in_netns, nl_err};
 use crate::datapath::Mac;
 use crate::linux::{LinuxSystem, link_object};
@@ -27,7 +27,7 @@ pub(crate) async fn add_neighbour(
 ) -> Result<(), SystemError> {
     let object = link_object(netns, link.as_str());
     in_netns(sys, netns, Dumps::No, async |h: Handle| {
-        let index = require_index(&h, link.as_str(), &object).await?;
+        let index = index_in(sys, netns, &h, link.as_str(), &object).await?;
         h.neighbours()
             .add(index, address)
             .link_layer_address(&mac.0)
@@ -49,7 +49,7 @@ pub(crate) async fn permanent_neighbours(
 ) -> Result<Vec<IpAddr>, SystemError> {
     let object = link_object(netns, link.as_str());
     in_netns(sys, netns, Dumps::Yes, async |h: Handle| {
-        let index = match require_index(&h, link.as_str(), &object).await {
+        let index = match index_in(sys, netns, &h, link.as_str(), &object).await {
             Ok(index) => index,
             Err(SystemError::NotFound { .. }) => return Ok(Vec::new()),
             Err(e) => return Err(e),

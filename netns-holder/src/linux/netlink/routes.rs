@@ -15,7 +15,7 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
-use super::links::{attr_mtu, link_by_index, require_index};
+use super::links::{attr_mtu, link_by_index, node_index, require_index};
 use super::{Dumps, errno, exists_ok, in_netns, nl_err, node_handle};
 use crate::datapath::POD_ROUTE_PROTOCOL;
 use crate::linux::{LinuxSystem, conn, link_object};
@@ -202,7 +202,7 @@ pub(crate) async fn add_host_route(
 ) -> Result<(), SystemError> {
     let object = format!("host route {address} dev {link} src {source}");
     let h = node_handle(sys).await?;
-    let index = require_index(&h, link.as_str(), &link_object(None, link.as_str())).await?;
+    let index = node_index(sys, link.as_str(), &link_object(None, link.as_str()))?;
     let protocol = RouteProtocol::Other(POD_ROUTE_PROTOCOL);
     let message = match (address, source) {
         (IpNet::V4(net), IpAddr::V4(src)) => RouteMessageBuilder::<Ipv4Addr>::new()
@@ -237,7 +237,7 @@ pub(crate) async fn host_routes(
     let object = link_object(None, link.as_str());
     let node = conn::node(sys).await?;
     let h = node.handle.clone();
-    let index = match require_index(&h, link.as_str(), &object).await {
+    let index = match node_index(sys, link.as_str(), &object) {
         Ok(index) => index,
         Err(SystemError::NotFound { .. }) => return Ok(Vec::new()),
         Err(e) => return Err(e),
