@@ -1001,7 +1001,7 @@ fn system_primitives() {
         assert!(sys.pause_alive(&pause).await.unwrap());
         let listed = sys.list_pauses().await.unwrap();
         assert_eq!(listed.len(), 1);
-        assert_eq!((listed[0].id.clone(), listed[0].process), (id, pause));
+        assert_eq!((listed[0].id, listed[0].process), (id, pause));
         assert!(sys.stop_pause(&pause).await.unwrap());
         assert!(!sys.stop_pause(&pause).await.unwrap());
         assert!(!sys.pause_alive(&pause).await.unwrap());

@@ -345,7 +345,7 @@ pub fn check_pod_name(bytes: &[u8]) -> Checked {
             );
             let id = name.id();
             prop_assert_eq!(id.as_str().len(), PodId::LEN);
-            prop_assert_eq!(PodId::parse(id.as_str()), Ok(id.clone()));
+            prop_assert_eq!(PodId::parse(id.as_str()), Ok(id));
             prop_assert!(IfName::new(id.host_veth_name().as_str()).is_ok());
             prop_assert!(IfName::new(id.temp_peer_name().as_str()).is_ok());
             let json = serde_json::to_string(&name).map_err(fail)?;

@@ -224,7 +224,7 @@ pub async fn run_action<S: System>(system: &S, action: &Action) -> Result<Outcom
 fn bind_undo(undo: &Action, outcome: Outcome) -> Action {
     match (undo, outcome) {
         (Action::StopPause { id, process: None }, Outcome::Started(p)) => Action::StopPause {
-            id: id.clone(),
+            id: *id,
             process: Some(p),
         },
         _ => undo.clone(),

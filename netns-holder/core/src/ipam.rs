@@ -218,8 +218,8 @@ impl Pool {
                 offset + 1
             };
         }
-        self.by_offset.insert(offset, owner.clone());
-        self.by_owner.insert(owner.clone(), offset);
+        self.by_offset.insert(offset, *owner);
+        self.by_owner.insert(*owner, offset);
         self.cursor = Some(offset);
         Ok(self.net_at(offset))
     }
@@ -239,16 +239,16 @@ impl Pool {
             (Some(current), _) if current == owner => Ok(()),
             (Some(current), _) => Err(IpamError::InUse {
                 addr,
-                owner: current.clone(),
+                owner: *current,
             }),
             (None, Some(&existing)) => Err(IpamError::OwnerHasAddress {
-                owner: owner.clone(),
+                owner: *owner,
                 existing: self.addr_at(existing),
                 requested: addr,
             }),
             (None, None) => {
-                self.by_offset.insert(offset, owner.clone());
-                self.by_owner.insert(owner.clone(), offset);
+                self.by_offset.insert(offset, *owner);
+                self.by_owner.insert(*owner, offset);
                 Ok(())
             }
         }

@@ -221,9 +221,13 @@ impl fmt::Display for PodName {
 }
 
 /// The id of a pod: the first 16 lowercase hex characters of SHA-256 of its name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Held inline (16 ASCII bytes, no heap): admission compares a new pod's id with every
+/// record's, and with the ids behind pointers that pass cost a cache miss per pod, which
+/// showed as the daemon's own share of the growth of create times at thousands of pods.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct PodId(String);
+pub struct PodId([u8; PodId::LEN]);
 
 impl PodId {
     /// Number of hex characters in a pod id.
@@ -231,35 +235,42 @@ impl PodId {
 
     /// Derives the id of `name`.
     pub fn of(name: &PodName) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let digest = Sha256::digest(name.as_str().as_bytes());
-        let mut id = String::with_capacity(Self::LEN);
-        for byte in digest.iter().take(Self::LEN / 2) {
-            id.push_str(&format!("{byte:02x}"));
+        let mut id = [0u8; Self::LEN];
+        for (pair, byte) in id.chunks_exact_mut(2).zip(digest.iter()) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0x0f)];
         }
         Self(id)
     }
 
     /// Parses an id as printed by [`fmt::Display`] (e.g. from a pause process's argv).
     pub fn parse(id: &str) -> Result<Self, NameError> {
-        if id.len() == Self::LEN
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            Ok(Self(id.to_string()))
-        } else {
-            Err(NameError::BadPodId { id: id.to_string() })
+        match <[u8; Self::LEN]>::try_from(id.as_bytes()) {
+            Ok(bytes)
+                if bytes
+                    .iter()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)) =>
+            {
+                Ok(Self(bytes))
+            }
+            _ => Err(NameError::BadPodId { id: id.to_string() }),
         }
     }
 
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only ASCII hex digits are ever stored (`of`, `parse`).
+        std::str::from_utf8(&self.0).expect("a pod id is ASCII hex")
     }
 
     /// The host-side veth name: `nh` + the first 12 hex characters of the id (14 bytes).
     pub fn host_veth_name(&self) -> IfName {
-        IfName(format!("{HOST_VETH_PREFIX}{}", &self.0[..IFNAME_ID_CHARS]))
+        IfName(format!(
+            "{HOST_VETH_PREFIX}{}",
+            &self.as_str()[..IFNAME_ID_CHARS]
+        ))
     }
 
     /// The temporary name earlier versions gave the pod-side veth end inside the pod's
@@ -267,12 +278,21 @@ impl PodId {
     /// name): `nhp` + the first 12 hex characters of the id (15 bytes). Repair still deletes
     /// a leftover of that name.
     pub fn temp_peer_name(&self) -> IfName {
-        IfName(format!("{TEMP_PEER_PREFIX}{}", &self.0[..IFNAME_ID_CHARS]))
+        IfName(format!(
+            "{TEMP_PEER_PREFIX}{}",
+            &self.as_str()[..IFNAME_ID_CHARS]
+        ))
     }
 
     /// The `argv[0]` of the pause process holding this pod: `netns-holder-pause:<id>`.
     pub fn pause_argv0(&self) -> String {
-        format!("{PAUSE_ARGV0_PREFIX}{}", self.0)
+        format!("{PAUSE_ARGV0_PREFIX}{}", self.as_str())
+    }
+}
+
+impl fmt::Debug for PodId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("PodId").field(&self.as_str()).finish()
     }
 }
 
@@ -304,7 +324,7 @@ pub fn is_host_veth_name(name: &str) -> bool {
 
 impl fmt::Display for PodId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -317,7 +337,7 @@ impl TryFrom<String> for PodId {
 
 impl From<PodId> for String {
     fn from(value: PodId) -> Self {
-        value.0
+        value.as_str().to_string()
     }
 }
 

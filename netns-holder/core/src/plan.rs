@@ -243,11 +243,11 @@ pub fn plan_create(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
     if record.wants_pause() {
         steps.push(Step::new(
             Action::StartPause {
-                id: record.id.clone(),
+                id: record.id,
                 netns: record.netns.clone(),
             },
             Action::StopPause {
-                id: record.id.clone(),
+                id: record.id,
                 process: None,
             },
         ));
@@ -372,7 +372,7 @@ pub fn plan_remove(record: &PodRecord, extra_pauses: &[PauseProcess]) -> Vec<Act
     }
     for p in pauses {
         actions.push(Action::StopPause {
-            id: record.id.clone(),
+            id: record.id,
             process: Some(p),
         });
     }
@@ -624,12 +624,12 @@ pub fn plan_repair(record: &PodRecord, node: &NodeInputs, observed: &Observed) -
         if let Some(p) = record.pause {
             // Dead already, or a stranger reusing the pid: stopping is a harmless no-op then.
             actions.push(Action::StopPause {
-                id: record.id.clone(),
+                id: record.id,
                 process: Some(p),
             });
         }
         actions.push(Action::StartPause {
-            id: record.id.clone(),
+            id: record.id,
             netns: record.netns.clone(),
         });
     }

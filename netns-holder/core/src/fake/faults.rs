@@ -78,7 +78,7 @@ impl FakeSystem {
                 .processes
                 .iter()
                 .map(|(pid, p)| RunningPause {
-                    id: p.id.clone(),
+                    id: p.id,
                     process: PauseProcess {
                         pid: *pid,
                         start_time: p.start_time,

@@ -20,7 +20,7 @@ impl Processes for FakeSystem {
         m.processes.insert(
             pid,
             FakeProcess {
-                id: id.clone(),
+                id: *id,
                 start_time,
                 net,
                 child: true,
@@ -99,7 +99,7 @@ impl Processes for FakeSystem {
         Ok(m.processes
             .iter()
             .map(|(pid, p)| RunningPause {
-                id: p.id.clone(),
+                id: p.id,
                 process: PauseProcess {
                     pid: *pid,
                     start_time: p.start_time,

@@ -122,7 +122,7 @@ impl FakeSystem {
         m.processes.insert(
             pid,
             FakeProcess {
-                id: id.clone(),
+                id: *id,
                 start_time,
                 net,
                 child: false,

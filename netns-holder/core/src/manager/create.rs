@@ -356,9 +356,9 @@ pub(super) fn admit(
     // the path's file name, since the namespaces we create are `netns_dir/<name>`): these
     // checks run on every create, and their cost grew with the pods on the node. An
     // attached namespace may sit anywhere `attach` allows, our netns dir included.
-    let file_name = netns.file_name();
     let mut netns_holder: Option<&PodRecord> = None;
     for other in state.pods.values() {
+        // Ids are inline: this pass reads no pointer per record.
         if other.id == id {
             return Err(ManagerError::IdCollision {
                 name,
@@ -366,11 +366,22 @@ pub(super) fn admit(
                 other: other.name.clone(),
             });
         }
-        let candidate = other.ownership == NetnsOwnership::Attached
-            || Some(std::ffi::OsStr::new(other.name.as_str())) == file_name;
-        if netns_holder.is_none() && candidate && other.netns == netns {
+        if netns_holder.is_none()
+            && other.ownership == NetnsOwnership::Attached
+            && other.netns == netns
+        {
             netns_holder = Some(other);
         }
+    }
+    // A namespace we created is `netns_dir/<its pod's name>`: of those, only the pod named
+    // like the path's file can hold it.
+    if netns_holder.is_none() {
+        netns_holder = netns
+            .file_name()
+            .and_then(|f| f.to_str())
+            .and_then(|f| PodName::new(f.to_string()).ok())
+            .and_then(|n| state.pods.get(&n))
+            .filter(|other| other.ownership != NetnsOwnership::Attached && other.netns == netns);
     }
     if let Some(other) = netns_holder {
         return Err(ManagerError::NetnsInUse {

@@ -163,7 +163,7 @@ impl<S: System> PodManager<S> {
                 _ => continue,
             }
             let start = [Action::StartPause {
-                id: record.id.clone(),
+                id: record.id,
                 netns: record.netns.clone(),
             }];
             let result = executor::apply_best_effort(&self.system, &start, &self.log).await;

@@ -230,7 +230,7 @@ impl<S: System> PodManager<S> {
                     .collect::<BTreeSet<_>>(),
                 inner.state.owned_netns.clone(),
                 pods.filter(|r| r.pause.is_none())
-                    .map(|r| r.id.clone())
+                    .map(|r| r.id)
                     .collect::<BTreeSet<_>>(),
             )
         };

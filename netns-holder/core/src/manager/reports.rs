@@ -47,7 +47,7 @@ impl From<&PodRecord> for PodInfo {
     fn from(r: &PodRecord) -> Self {
         Self {
             name: r.name.clone(),
-            id: r.id.clone(),
+            id: r.id,
             netns: r.netns.clone(),
             pause_pid: r.pause.map(|p| p.pid),
             ips: r.ips.clone(),

@@ -114,13 +114,10 @@ fn create_dual_stack_structured() {
         },
         Step {
             action: Action::StartPause {
-                id: id.clone(),
+                id,
                 netns: ns.clone(),
             },
-            undo: Some(Action::StopPause {
-                id: id.clone(),
-                process: None,
-            }),
+            undo: Some(Action::StopPause { id, process: None }),
         },
         Step::plain(Action::LoopbackUp { netns: ns.clone() }),
         Step::plain(Action::EnsureBridge {
@@ -245,7 +242,7 @@ fn remove_owned_with_pause_reverse_order() {
                 link: id.host_veth_name()
             },
             Action::StopPause {
-                id: id.clone(),
+                id,
                 process: Some(p)
             },
             Action::StopPause {
