@@ -8,7 +8,8 @@ use ipnet::IpNet;
 use slog::{error, info, warn};
 
 use super::{
-    AttachRequest, CreateRequest, FALLBACK_MTU, ManagerError, PodInfo, PodManager, SavePolicy,
+    AttachRequest, CreateRequest, FALLBACK_MTU, ManagerError, PodIndex, PodInfo, PodManager,
+    SavePolicy,
 };
 use crate::datapath::{self, Datapath};
 use crate::executor;
@@ -224,8 +225,10 @@ impl<S: System> PodManager<S> {
             let inner = &mut *inner;
             self.admit_neighbours(&name, inner.state.pods.len())?;
             // Under the state lock, so two concurrent creates cannot both take a port.
+            let inner = &mut *inner;
             let record = admit(
                 &inner.state,
+                &inner.index,
                 &mut inner.ipam,
                 |other| self.holds_ports(other),
                 Admission {
@@ -239,13 +242,13 @@ impl<S: System> PodManager<S> {
                     datapath: self.config.datapath,
                 },
             )?;
-            inner.state.pods.insert(name.clone(), record.clone());
+            inner.insert_pod(record.clone());
             let owned = record.netns_owned();
             if owned {
                 inner.state.owned_netns.insert(netns.clone());
             }
             if let Err(e) = self.save_pod(inner, &name) {
-                inner.state.pods.remove(&name);
+                inner.remove_pod(&name);
                 inner.ipam.release(&id);
                 if owned {
                     inner.state.owned_netns.remove(&netns);
@@ -287,7 +290,7 @@ impl<S: System> PodManager<S> {
             Err(source) => {
                 if source.rolled_back() {
                     let mut inner = self.inner();
-                    inner.state.pods.remove(&name);
+                    inner.remove_pod(&name);
                     inner.ipam.release(&id);
                     if record.netns_owned() {
                         inner.state.owned_netns.remove(&netns);
@@ -337,6 +340,7 @@ pub(super) struct Admission {
 /// `ipam` when it is refused; the caller inserts and saves the record.
 pub(super) fn admit(
     state: &State,
+    index: &PodIndex,
     ipam: &mut Ipam,
     holds_ports: impl Fn(&PodRecord) -> bool,
     request: Admission,
@@ -352,42 +356,37 @@ pub(super) fn admit(
         datapath,
     } = request;
     let id = name.id();
-    // One pass over the records, comparing cheap things first (an id; a pod name against
-    // the path's file name, since the namespaces we create are `netns_dir/<name>`): these
-    // checks run on every create, and their cost grew with the pods on the node. An
-    // attached namespace may sit anywhere `attach` allows, our netns dir included.
-    let mut netns_holder: Option<&PodRecord> = None;
-    for other in state.pods.values() {
-        // Ids are inline: this pass reads no pointer per record.
-        if other.id == id {
-            return Err(ManagerError::IdCollision {
-                name,
-                id,
-                other: other.name.clone(),
-            });
-        }
-        if netns_holder.is_none()
-            && other.ownership == NetnsOwnership::Attached
-            && other.netns == netns
-        {
-            netns_holder = Some(other);
-        }
+    // Lookups by key, not a walk of every record (see `PodIndex`); debug builds (every test)
+    // check the index against the records.
+    debug_assert_eq!(
+        *index,
+        PodIndex::of(state),
+        "the pod index drifted from the records"
+    );
+    if let Some(other) = index.id_holder(&id) {
+        return Err(ManagerError::IdCollision {
+            name,
+            id,
+            other: other.clone(),
+        });
     }
-    // A namespace we created is `netns_dir/<its pod's name>`: of those, only the pod named
-    // like the path's file can hold it.
-    if netns_holder.is_none() {
-        netns_holder = netns
+    // An attached namespace may sit anywhere `attach` allows, our netns dir included; one we
+    // created is `netns_dir/<its pod's name>`, so only the pod named like the path's file can
+    // hold it among those.
+    let owned_holder = || {
+        netns
             .file_name()
             .and_then(|f| f.to_str())
             .and_then(|f| PodName::new(f.to_string()).ok())
             .and_then(|n| state.pods.get(&n))
-            .filter(|other| other.ownership != NetnsOwnership::Attached && other.netns == netns);
-    }
-    if let Some(other) = netns_holder {
+            .filter(|other| other.ownership != NetnsOwnership::Attached && other.netns == netns)
+            .map(|other| other.name.clone())
+    };
+    if let Some(other) = index.attached_at(&netns).cloned().or_else(owned_holder) {
         return Err(ManagerError::NetnsInUse {
             name,
             path: netns,
-            other: other.name.clone(),
+            other,
         });
     }
     let others = state.pods.values().filter(|_| !ports.is_empty());
@@ -488,6 +487,7 @@ mod tests {
         );
         let record = admit(
             &state,
+            &PodIndex::of(&state),
             &mut ipam,
             |_| true,
             Admission {
@@ -517,7 +517,14 @@ mod tests {
     fn state_with(ipam: &mut Ipam, pods: &[(&str, Vec<PortMapping>)]) -> State {
         let mut state = State::default();
         for (pod, ports) in pods {
-            let record = admit(&state, ipam, |_| true, request(pod, ports.clone())).unwrap();
+            let record = admit(
+                &state,
+                &PodIndex::of(&state),
+                ipam,
+                |_| true,
+                request(pod, ports.clone()),
+            )
+            .unwrap();
             state.pods.insert(record.name.clone(), record);
         }
         state
@@ -529,6 +536,7 @@ mod tests {
         let ports = vec![PortMapping::new(8080, 80, Protocol::Tcp)];
         let record = admit(
             &State::default(),
+            &PodIndex::default(),
             &mut ipam,
             |_| true,
             request("web", ports.clone()),
@@ -560,7 +568,14 @@ mod tests {
         let mut other = state.pods.remove(&name("other")).unwrap();
         other.id = name("web").id();
         state.pods.insert(other.name.clone(), other);
-        let e = admit(&state, &mut ipam, |_| true, request("web", vec![])).unwrap_err();
+        let e = admit(
+            &state,
+            &PodIndex::of(&state),
+            &mut ipam,
+            |_| true,
+            request("web", vec![]),
+        )
+        .unwrap_err();
         assert!(
             matches!(&e, ManagerError::IdCollision { other, .. } if *other == name("other")),
             "{e}"
@@ -574,7 +589,7 @@ mod tests {
         let state = state_with(&mut ipam, &[("db", vec![])]);
         let mut web = request("web", vec![]);
         web.netns = PathBuf::from("/run/netns/db");
-        let e = admit(&state, &mut ipam, |_| true, web).unwrap_err();
+        let e = admit(&state, &PodIndex::of(&state), &mut ipam, |_| true, web).unwrap_err();
         assert!(
             matches!(&e, ManagerError::NetnsInUse { other, .. } if *other == name("db")),
             "{e}"
@@ -589,6 +604,7 @@ mod tests {
         let other_port = PortMapping::new(8080, 8080, Protocol::Tcp);
         let e = admit(
             &state,
+            &PodIndex::of(&state),
             &mut ipam,
             |_| true,
             request("web", vec![other_port]),
@@ -598,10 +614,18 @@ mod tests {
         assert!(e.to_string().contains("pod db"), "{e}");
         // The same port over UDP is another port.
         let udp = PortMapping::new(8080, 80, Protocol::Udp);
-        admit(&state, &mut ipam, |_| true, request("web", vec![udp])).unwrap();
+        admit(
+            &state,
+            &PodIndex::of(&state),
+            &mut ipam,
+            |_| true,
+            request("web", vec![udp]),
+        )
+        .unwrap();
         // A pod that does not hold its ports (released) does not block them.
         admit(
             &state,
+            &PodIndex::of(&state),
             &mut ipam,
             |_| false,
             request("api", vec![other_port]),
@@ -613,13 +637,21 @@ mod tests {
     fn an_exhausted_pool_and_a_port_the_addresses_cannot_carry_are_refused_releasing_them() {
         let mut small = Ipam::new("10.9.0.0/30".parse().unwrap(), None);
         let state = state_with(&mut small, &[("a", vec![])]);
-        let e = admit(&state, &mut small, |_| true, request("b", vec![])).unwrap_err();
+        let e = admit(
+            &state,
+            &PodIndex::of(&state),
+            &mut small,
+            |_| true,
+            request("b", vec![]),
+        )
+        .unwrap_err();
         assert!(matches!(&e, ManagerError::Ipam { .. }), "{e}");
 
         let mut ipam = ipam();
         let v6_port = PortMapping::new(8080, 80, Protocol::Tcp).on("fd00::1".parse().unwrap());
         let e = admit(
             &State::default(),
+            &PodIndex::default(),
             &mut ipam,
             |_| true,
             request("web", vec![v6_port]),

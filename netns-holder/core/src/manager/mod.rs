@@ -26,7 +26,8 @@
 //!   operations (`check`, `repair`/`reconcile`, `gc`) take it exclusively, so they never see
 //!   or sweep a half-created pod of a request still in flight.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use slog::{Logger, info, warn};
@@ -37,10 +38,10 @@ use crate::config::Config;
 use crate::datapath::Datapath;
 use crate::firewall::FirewallBase;
 use crate::ipam::Ipam;
-use crate::names::PodName;
+use crate::names::{PodId, PodName};
 use crate::peers::{self, Peer, PeerRecord};
 use crate::plan::NodeInputs;
-use crate::record::{Phase, PodRecord};
+use crate::record::{NetnsOwnership, Phase, PodRecord};
 use crate::state::{State, StateError, StateStore};
 use crate::system::System;
 
@@ -64,6 +65,74 @@ pub(super) enum SavePolicy {
 struct Inner {
     state: State,
     ipam: Ipam,
+    /// What admission looks up in the records, by key (derived from `state.pods`).
+    index: PodIndex,
+}
+
+impl Inner {
+    /// Inserts (or replaces) the record of a pod, keeping the index in step.
+    fn insert_pod(&mut self, record: PodRecord) {
+        if let Some(old) = self.state.pods.insert(record.name.clone(), record.clone()) {
+            self.index.remove(&old);
+        }
+        self.index.insert(&record);
+    }
+
+    /// Removes the record of pod `name`, keeping the index in step.
+    fn remove_pod(&mut self, name: &PodName) -> Option<PodRecord> {
+        let removed = self.state.pods.remove(name);
+        if let Some(record) = &removed {
+            self.index.remove(record);
+        }
+        removed
+    }
+}
+
+/// The records admission would otherwise walk, by key: every pod's id, and the namespace
+/// paths of attached pods (a namespace we create is `netns_dir/<pod name>`, found by name).
+/// At 3800 pods the walk cost 0.5 ms per create on the test guest, a cache miss per record.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct PodIndex {
+    ids: HashMap<PodId, PodName>,
+    attached: HashMap<PathBuf, PodName>,
+}
+
+impl PodIndex {
+    /// The index of `state`'s records.
+    pub(super) fn of(state: &State) -> Self {
+        let mut index = Self::default();
+        for record in state.pods.values() {
+            index.insert(record);
+        }
+        index
+    }
+
+    fn insert(&mut self, record: &PodRecord) {
+        self.ids.insert(record.id, record.name.clone());
+        if record.ownership == NetnsOwnership::Attached {
+            self.attached
+                .insert(record.netns.clone(), record.name.clone());
+        }
+    }
+
+    fn remove(&mut self, record: &PodRecord) {
+        if self.ids.get(&record.id) == Some(&record.name) {
+            self.ids.remove(&record.id);
+        }
+        if self.attached.get(&record.netns) == Some(&record.name) {
+            self.attached.remove(&record.netns);
+        }
+    }
+
+    /// The pod whose id is `id`, if any.
+    pub(super) fn id_holder(&self, id: &PodId) -> Option<&PodName> {
+        self.ids.get(id)
+    }
+
+    /// The attached pod whose namespace is at `path`, if any.
+    pub(super) fn attached_at(&self, path: &Path) -> Option<&PodName> {
+        self.attached.get(path)
+    }
 }
 
 /// Rebuilds the IPAM from the records (and the persisted cursors).
@@ -183,7 +252,11 @@ impl<S: System> PodManager<S> {
             log,
             store,
             node,
-            inner: Mutex::new(Inner { state, ipam }),
+            inner: Mutex::new(Inner {
+                index: PodIndex::of(&state),
+                state,
+                ipam,
+            }),
             pod_locks: KeyedLocks::default(),
             barrier: tokio::sync::RwLock::new(()),
             peer_lock: tokio::sync::Mutex::new(()),

@@ -73,7 +73,7 @@ impl<S: System> PodManager<S> {
         failures.extend(result.failures.into_iter().map(RemoveFailure::Step));
         let mut inner = self.inner();
         if failures.is_empty() {
-            inner.state.pods.remove(&record.name);
+            inner.remove_pod(&record.name);
             inner.ipam.release(&record.id);
             if record.netns_owned() {
                 inner.state.owned_netns.remove(&record.netns);

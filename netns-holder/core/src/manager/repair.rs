@@ -509,6 +509,7 @@ impl<S: System> PodManager<S> {
             changed |= inner.state.owned_netns.len() != before;
             // Allocations are derived from the records; rebuilding drops any stray one.
             inner.ipam = rebuild_ipam(&self.config, &inner.state, &self.log);
+            inner.index = super::PodIndex::of(&inner.state);
             if changed && let Err(e) = self.save(&mut inner) {
                 report.failed(None, [e]);
             }
