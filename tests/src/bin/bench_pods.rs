@@ -20,11 +20,14 @@
 //! port per pod, `prevResult` from `bridge`): the "bridge+host-local+portmap+loopback".
 //!
 //! Then 100 creates at once through the API on each datapath (`BENCH_BURST_ONLY=1` runs only
-//! this phase).
+//! this phase), with the share of the machine's CPU busy meanwhile and the daemon's CPU per
+//! pod.
 //!
 //! Then the routed scale run: `BENCH_SCALE_PODS` (default 4000) pods on one node (a /20),
 //! created and removed, with every pod pinged once from the node and once from another pod
-//! (each ping waits at most 1 s), the create growth last-10/first-10, RSS and fds. The
+//! (each ping waits at most 1 s), the create growth last-10/first-10 and medians along the
+//! run, 10 creates at the full count that reuse the kernel memory of 20 removed pods (what
+//! the pod count costs, apart from fresh memory), RSS and fds. The
 //! bridge datapath cannot hold that many (a bridge has at most 1023 ports). In that run,
 //! the first-packet latency: TCP connects (each a new flow, so its SYN is a first packet;
 //! `BENCH_CONNECTS`, default 300, per figure, after 10 unmeasured) pod to pod at 2 pods and
@@ -713,7 +716,7 @@ fn main() -> Result<()> {
         big.rss_kib as f64 / 1024.0,
         big.fds,
     );
-    let mut ends = vec![10usize, 100, 500, 1000, 2000, 3000, scale];
+    let mut ends = vec![10usize, 100, 500, 1000, 2000, 3000, 3500, scale];
     ends.retain(|&end| end >= 10 && end <= scale);
     ends.dedup();
     let along: Vec<String> = ends
