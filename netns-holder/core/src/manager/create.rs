@@ -530,6 +530,53 @@ mod tests {
         state
     }
 
+    /// The index admission uses follows the records through inserts, replacements and
+    /// removes (debug builds also check it on every admission).
+    #[test]
+    fn the_pod_index_follows_the_records() {
+        let mut ipam = ipam();
+        let state = state_with(&mut ipam, &[("db", vec![]), ("web", vec![])]);
+        let mut inner = super::super::Inner {
+            index: PodIndex::of(&state),
+            state,
+            ipam,
+        };
+        let foreign = PathBuf::from("/var/run/netns/cni-1");
+        let mut ctr = inner.state.pods[&name("db")].clone();
+        ctr.name = name("ctr");
+        ctr.id = name("ctr").id();
+        ctr.ownership = NetnsOwnership::Attached;
+        ctr.netns = foreign.clone();
+        inner.insert_pod(ctr.clone());
+        assert_eq!(inner.index, PodIndex::of(&inner.state));
+        assert_eq!(inner.index.id_holder(&ctr.id), Some(&name("ctr")));
+        assert_eq!(inner.index.attached_at(&foreign), Some(&name("ctr")));
+        assert_eq!(inner.index.id_holder(&name("db").id()), Some(&name("db")));
+
+        // Replaced by a record of another namespace: the old path is free.
+        let moved = PathBuf::from("/var/run/netns/cni-2");
+        inner.insert_pod(PodRecord {
+            netns: moved.clone(),
+            ..ctr.clone()
+        });
+        assert_eq!(inner.index, PodIndex::of(&inner.state));
+        assert_eq!(inner.index.attached_at(&foreign), None);
+        assert_eq!(inner.index.attached_at(&moved), Some(&name("ctr")));
+
+        assert!(inner.remove_pod(&name("ctr")).is_some());
+        assert!(inner.remove_pod(&name("ctr")).is_none());
+        assert_eq!(inner.index, PodIndex::of(&inner.state));
+        assert_eq!(inner.index.id_holder(&ctr.id), None);
+        assert_eq!(inner.index.attached_at(&moved), None);
+        // An owned pod's namespace is not in the attached index.
+        assert_eq!(
+            inner
+                .index
+                .attached_at(&inner.state.pods[&name("web")].netns),
+            None
+        );
+    }
+
     #[test]
     fn an_admitted_pod_gets_a_creating_record_with_addresses_and_gateways() {
         let mut ipam = ipam();
