@@ -690,6 +690,18 @@ fn system_primitives() {
         assert!(!a.exists());
         assert!(sys.delete_netns(&dir.join("plain-file")).await.unwrap());
 
+        // A link missing in a pod namespace: NotFound, naming it (indexes come from
+        // SIOCGIFINDEX on the namespace's netlink socket).
+        let b = dir.join("b");
+        sys.create_netns(&b).await.expect("create b");
+        let err = sys
+            .add_address(&b, &ifname("eth9"), "10.1.2.3/32".parse().unwrap())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SystemError::NotFound { .. }), "{err}");
+        assert!(err.to_string().contains("eth9"), "{err}");
+        assert!(sys.delete_netns(&b).await.unwrap());
+
         // Errors name their object.
         let missing = dir.join("missing");
         let err = sys.loopback_up(&missing).await.unwrap_err();

@@ -22,7 +22,7 @@
 //! every connection carries a lock that dumping operations hold.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -43,13 +43,16 @@ pub(crate) const POD_IDLE: Duration = Duration::from_secs(1);
 /// than the pods being created or inspected at the same time, far below descriptor limits.
 pub(crate) const POD_CACHE_MAX: usize = 64;
 
-/// A connection: its handle and its dump lock.
+/// A connection: its handle, its dump lock, and its socket for ioctls.
 #[derive(Clone)]
 pub(crate) struct Conn {
     /// Sends requests.
     pub(crate) handle: Handle,
     /// Held by operations that dump.
     pub(crate) dumps: Arc<tokio::sync::Mutex<()>>,
+    /// A duplicate of the connection's socket, for `SIOCGIFINDEX` in its namespace (a link's
+    /// index without a netlink round trip; see `netlink::links::index_in`).
+    pub(crate) ioctl: Arc<OwnedFd>,
 }
 
 /// The receive buffer of every netlink socket. The kernel drops a reply that does not fit
@@ -101,6 +104,10 @@ fn connect(socket: Socket, object: &str) -> Result<Conn, SystemError> {
             "netlink needs to be driven from inside a tokio runtime",
         ));
     }
+    // SAFETY: `socket` is open and outlives this borrow; the duplicate is ours.
+    let ioctl = unsafe { BorrowedFd::borrow_raw(socket.as_raw_fd()) }
+        .try_clone_to_owned()
+        .map_err(|e| SystemError::io(format!("{object}: duplicating the socket"), e))?;
     // SAFETY: `socket` is an open netlink socket that we own; `into_raw_fd` gives up that
     // ownership, which passes to the TokioSocket (it closes the descriptor when dropped).
     let socket = unsafe { TokioSocket::from_raw_fd(socket.into_raw_fd()) };
@@ -110,6 +117,7 @@ fn connect(socket: Socket, object: &str) -> Result<Conn, SystemError> {
     Ok(Conn {
         handle,
         dumps: Arc::default(),
+        ioctl: Arc::new(ioctl),
     })
 }
 
@@ -283,6 +291,7 @@ mod tests {
         Conn {
             handle,
             dumps: Arc::default(),
+            ioctl: Arc::new(std::fs::File::open("/dev/null").expect("/dev/null").into()),
         }
     }
 

@@ -84,7 +84,7 @@ mod thread;
 
 use std::fmt;
 use std::net::IpAddr;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -124,8 +124,6 @@ pub struct LinuxSystem {
     pods: conn::PodConns,
     /// The threads that enter pod namespaces and make new ones.
     ns_workers: Arc<thread::NsWorkers>,
-    /// A socket in the node namespace for `SIOCGIFINDEX` (`netlink::links::node_index`).
-    node_ioctl: OwnedFd,
     /// The node's nfnetlink socket (host port elements), opened on first use.
     nf_socket: tokio::sync::OnceCell<nft::NfSocket>,
     /// The pauses this process started, and the exit watches on the others.
@@ -172,24 +170,7 @@ impl LinuxSystem {
         info!(log, "node network namespace captured"; "inode" => node_inode,
             "pause_exit_watches" => pauses.watch_budget());
         let node = Arc::new(node);
-        // SAFETY: socket(2) with constant arguments; it returns a new descriptor or -1.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(SystemError::io(
-                "a netlink socket in the node namespace",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: `fd` is a new descriptor that nothing else owns.
-        let node_ioctl = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Self {
-            node_ioctl,
             pause_binary,
             ns_workers: Arc::new(thread::NsWorkers::new(node.clone(), node_inode)),
             node,

@@ -11,8 +11,9 @@ use rtnetlink::packet_route::address::{
 };
 use slog::debug;
 
-use super::links::{require_index, set_up};
-use super::{Dumps, errno, exists_ok, in_netns, nl_err};
+use super::links::{link_index, set_up};
+use super::{Dumps, errno, exists_ok, in_netns, in_netns_conn, nl_err};
+use crate::linux::conn::Conn;
 use crate::linux::{LinuxSystem, link_object};
 use crate::names::IfName;
 use crate::system::SystemError;
@@ -58,9 +59,9 @@ pub(crate) async fn add_address(
     address: IpNet,
 ) -> Result<(), SystemError> {
     let object = link_object(Some(netns), link.as_str());
-    in_netns(sys, Some(netns), Dumps::No, async |h: Handle| {
-        let index = require_index(&h, link.as_str(), &object).await?;
-        add_addr(&h, index, address)
+    in_netns_conn(sys, Some(netns), Dumps::No, async |c: Conn| {
+        let index = link_index(&c, link.as_str(), &object)?;
+        add_addr(&c.handle, index, address)
             .await
             .map_err(|e| nl_err(format!("address {address} on {object}"), e))
     })

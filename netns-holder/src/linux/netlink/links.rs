@@ -5,7 +5,7 @@
 //! deletions are batched through a device group ([`DELETE_GROUP`]); pod-side ones are single
 //! deletions.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
@@ -19,9 +19,10 @@ use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnsp
 use slog::info;
 
 use super::addresses::{add_addr, address_net};
-use super::{Dumps, errno, in_netns, nl_err, node_handle};
+use super::{Dumps, errno, in_netns, in_netns_conn, nl_err, node_handle};
 use crate::datapath::Mac;
 use crate::kernel::LinkInfo;
+use crate::linux::conn::Conn;
 use crate::linux::netns::open_netns;
 use crate::linux::{LinuxSystem, link_object};
 use crate::names::IfName;
@@ -101,27 +102,29 @@ pub(super) async fn link_by_index(
     }
 }
 
-/// The index of `link` (named in errors as `object`), or [`SystemError::NotFound`].
-pub(super) async fn require_index(
-    h: &Handle,
+/// The index of the node link `link` (named in errors as `object`), or
+/// [`SystemError::NotFound`], by `SIOCGIFINDEX` on the node connection's socket
+/// ([`ioctl_index`]).
+pub(super) async fn node_index(
+    sys: &LinuxSystem,
     link: &str,
     object: &str,
 ) -> Result<u32, SystemError> {
-    match link_by_name(h, link).await {
-        Ok(Some(m)) => Ok(m.header.index),
-        Ok(None) => Err(SystemError::NotFound {
-            object: object.to_string(),
-        }),
-        Err(e) => Err(nl_err(object, e)),
-    }
+    link_index(&crate::linux::conn::node(sys).await?, link, object)
 }
 
-/// The index of the node link `link` (named in errors as `object`), or
-/// [`SystemError::NotFound`], by `SIOCGIFINDEX` on the daemon's socket in the node namespace:
-/// a name lookup under RCU. `RTM_GETLINK` would have the kernel write the whole link, and
-/// for a host veth find the id of its peer's namespace by walking the ids of every
-/// namespace the node's links lead to (`__peernet2id`), one per pod: it grew with the pods.
-pub(super) fn node_index(sys: &LinuxSystem, link: &str, object: &str) -> Result<u32, SystemError> {
+/// The index of `link` (named in errors as `object`) in the namespace of `conn`, or
+/// [`SystemError::NotFound`] ([`ioctl_index`] on its socket).
+pub(super) fn link_index(conn: &Conn, link: &str, object: &str) -> Result<u32, SystemError> {
+    ioctl_index(conn.ioctl.as_fd(), link, object)
+}
+
+/// The index of `link` (named in errors as `object`) in the namespace of the socket `fd`,
+/// or [`SystemError::NotFound`], by `SIOCGIFINDEX`: a name lookup under RCU. `RTM_GETLINK`
+/// would have the kernel write the whole link, and for a host veth find the id of its peer's
+/// namespace by walking the ids of every namespace the node's links lead to
+/// (`__peernet2id`), one per pod: it grew with the pods.
+fn ioctl_index(fd: BorrowedFd<'_>, link: &str, object: &str) -> Result<u32, SystemError> {
     let not_found = || SystemError::NotFound {
         object: object.to_string(),
     };
@@ -136,10 +139,10 @@ pub(super) fn node_index(sys: &LinuxSystem, link: &str, object: &str) -> Result<
         *to = libc::c_char::from_ne_bytes([*from]);
     }
     // SAFETY: SIOCGIFINDEX reads the NUL-terminated name and writes the index into the
-    // ifreq we own and pass by pointer; the socket is open for as long as `sys` lives.
+    // ifreq we own and pass by pointer; `fd` is open for the call.
     let rc = unsafe {
         libc::ioctl(
-            sys.node_ioctl.as_raw_fd(),
+            fd.as_raw_fd(),
             libc::SIOCGIFINDEX,
             std::ptr::from_mut(&mut request),
         )
@@ -154,21 +157,6 @@ pub(super) fn node_index(sys: &LinuxSystem, link: &str, object: &str) -> Result<
     // SAFETY: SIOCGIFINDEX succeeded, so the union holds the index.
     let index = unsafe { request.ifr_ifru.ifru_ifindex };
     u32::try_from(index).map_err(|_| SystemError::other(object, format!("index {index}")))
-}
-
-/// The index of `link` in `netns` (or the node namespace: [`node_index`]), or
-/// [`SystemError::NotFound`].
-pub(super) async fn index_in(
-    sys: &LinuxSystem,
-    netns: Option<&Path>,
-    h: &Handle,
-    link: &str,
-    object: &str,
-) -> Result<u32, SystemError> {
-    match netns {
-        None => node_index(sys, link, object),
-        Some(_) => require_index(h, link, object).await,
-    }
 }
 
 // ------------------------------------------------------------------ changing links
@@ -383,7 +371,7 @@ pub(crate) async fn set_master(
         ));
     }
     let object = link_object(None, link.as_str());
-    let index = node_index(sys, link.as_str(), &object)?;
+    let index = node_index(sys, link.as_str(), &object).await?;
     h.link()
         .set(
             LinkUnspec::new_with_index(index)
@@ -431,9 +419,10 @@ pub(crate) async fn set_mtu(
     mtu: u32,
 ) -> Result<(), SystemError> {
     let object = link_object(netns, link.as_str());
-    in_netns(sys, netns, Dumps::No, async |h: Handle| {
-        let index = index_in(sys, netns, &h, link.as_str(), &object).await?;
-        h.link()
+    in_netns_conn(sys, netns, Dumps::No, async |c: Conn| {
+        let index = link_index(&c, link.as_str(), &object)?;
+        c.handle
+            .link()
             .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
             .execute()
             .await
@@ -447,7 +436,7 @@ pub(crate) async fn set_mtu(
 pub(crate) async fn set_hairpin(sys: &LinuxSystem, link: &IfName) -> Result<(), SystemError> {
     let h = node_handle(sys).await?;
     let object = link_object(None, link.as_str());
-    let index = node_index(sys, link.as_str(), &object)?;
+    let index = node_index(sys, link.as_str(), &object).await?;
     h.link()
         .set_port(LinkBridgePort::new(index).hairpin(true).build())
         .execute()

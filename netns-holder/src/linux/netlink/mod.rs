@@ -68,15 +68,30 @@ where
     F: FnOnce(Handle) -> Fut,
     Fut: Future<Output = Result<T, SystemError>>,
 {
+    in_netns_conn(sys, netns, dumps, move |conn: conn::Conn| op(conn.handle)).await
+}
+
+/// [`in_netns`] with the whole connection, for operations that also look a link's index up
+/// on its socket ([`links::ioctl_index`]).
+async fn in_netns_conn<T, F, Fut>(
+    sys: &LinuxSystem,
+    netns: Option<&Path>,
+    dumps: Dumps,
+    op: F,
+) -> Result<T, SystemError>
+where
+    F: FnOnce(conn::Conn) -> Fut,
+    Fut: Future<Output = Result<T, SystemError>>,
+{
     let conn = match netns {
         None => conn::node(sys).await?,
         Some(path) => conn::pod(sys, path).await?,
     };
     let _dump = match dumps {
-        Dumps::Yes => Some(conn.dumps.lock().await),
+        Dumps::Yes => Some(conn.dumps.clone().lock_owned().await),
         Dumps::No => None,
     };
-    op(conn.handle.clone()).await
+    op(conn).await
 }
 
 /// The node handle, for operations that never dump.

@@ -6,12 +6,12 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use futures::TryStreamExt;
-use rtnetlink::Handle;
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
 
-use super::links::index_in;
-use super::{Dumps, in_netns, nl_err};
+use super::links::link_index;
+use super::{Dumps, in_netns_conn, nl_err};
 use crate::datapath::Mac;
+use crate::linux::conn::Conn;
 use crate::linux::{LinuxSystem, link_object};
 use crate::names::IfName;
 use crate::system::SystemError;
@@ -26,9 +26,10 @@ pub(crate) async fn add_neighbour(
     mac: Mac,
 ) -> Result<(), SystemError> {
     let object = link_object(netns, link.as_str());
-    in_netns(sys, netns, Dumps::No, async |h: Handle| {
-        let index = index_in(sys, netns, &h, link.as_str(), &object).await?;
-        h.neighbours()
+    in_netns_conn(sys, netns, Dumps::No, async |c: Conn| {
+        let index = link_index(&c, link.as_str(), &object)?;
+        c.handle
+            .neighbours()
             .add(index, address)
             .link_layer_address(&mac.0)
             .state(NeighbourState::Permanent)
@@ -48,14 +49,14 @@ pub(crate) async fn permanent_neighbours(
     link: &IfName,
 ) -> Result<Vec<IpAddr>, SystemError> {
     let object = link_object(netns, link.as_str());
-    in_netns(sys, netns, Dumps::Yes, async |h: Handle| {
-        let index = match index_in(sys, netns, &h, link.as_str(), &object).await {
+    in_netns_conn(sys, netns, Dumps::Yes, async |c: Conn| {
+        let index = match link_index(&c, link.as_str(), &object) {
             Ok(index) => index,
             Err(SystemError::NotFound { .. }) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
         // The kernel filters the dump by NDA_IFINDEX: one link's entries, not the table's.
-        let mut request = h.neighbours().get();
+        let mut request = c.handle.neighbours().get();
         request
             .message_mut()
             .attributes

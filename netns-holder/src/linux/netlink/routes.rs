@@ -15,10 +15,11 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
-use super::links::{attr_mtu, link_by_index, node_index, require_index};
-use super::{Dumps, errno, exists_ok, in_netns, nl_err, node_handle};
+use super::links::{attr_mtu, link_by_index, link_index, node_index};
+use super::{Dumps, errno, exists_ok, in_netns, in_netns_conn, nl_err, node_handle};
 use crate::datapath::POD_ROUTE_PROTOCOL;
-use crate::linux::{LinuxSystem, conn, link_object};
+use crate::linux::conn::{self, Conn};
+use crate::linux::{LinuxSystem, link_object};
 use crate::names::IfName;
 use crate::peers::ROUTE_PROTOCOL;
 use crate::system::SystemError;
@@ -96,8 +97,9 @@ pub(crate) async fn add_default_route(
     gateway: IpAddr,
 ) -> Result<(), SystemError> {
     let object = link_object(Some(netns), link.as_str());
-    in_netns(sys, Some(netns), Dumps::No, async |h: Handle| {
-        let index = require_index(&h, link.as_str(), &object).await?;
+    in_netns_conn(sys, Some(netns), Dumps::No, async |c: Conn| {
+        let index = link_index(&c, link.as_str(), &object)?;
+        let h = c.handle;
         let route = match gateway {
             // A link-local gateway (the routed datapath's 169.254.1.1, outside the pod's
             // /32) is on-link by definition.
@@ -202,7 +204,7 @@ pub(crate) async fn add_host_route(
 ) -> Result<(), SystemError> {
     let object = format!("host route {address} dev {link} src {source}");
     let h = node_handle(sys).await?;
-    let index = node_index(sys, link.as_str(), &link_object(None, link.as_str()))?;
+    let index = node_index(sys, link.as_str(), &link_object(None, link.as_str())).await?;
     let protocol = RouteProtocol::Other(POD_ROUTE_PROTOCOL);
     let message = match (address, source) {
         (IpNet::V4(net), IpAddr::V4(src)) => RouteMessageBuilder::<Ipv4Addr>::new()
@@ -237,7 +239,7 @@ pub(crate) async fn host_routes(
     let object = link_object(None, link.as_str());
     let node = conn::node(sys).await?;
     let h = node.handle.clone();
-    let index = match node_index(sys, link.as_str(), &object) {
+    let index = match node_index(sys, link.as_str(), &object).await {
         Ok(index) => index,
         Err(SystemError::NotFound { .. }) => return Ok(Vec::new()),
         Err(e) => return Err(e),
