@@ -39,8 +39,9 @@ use crate::system::SystemError;
 /// How long an unused pod connection is kept.
 pub(crate) const POD_IDLE: Duration = Duration::from_secs(1);
 
-/// How many pod connections are cached at most (each is a socket, i.e. a descriptor): more
-/// than the pods being created or inspected at the same time, far below descriptor limits.
+/// How many pod connections are cached at most (each is a socket and its duplicate for
+/// ioctls, i.e. two descriptors): more than the pods being created or inspected at the same
+/// time, far below descriptor limits.
 pub(crate) const POD_CACHE_MAX: usize = 64;
 
 /// A connection: its handle, its dump lock, and its socket for ioctls.
