@@ -62,29 +62,38 @@ pub(crate) struct Conn {
 /// once. Set with `SO_RCVBUFFORCE` (CAP_NET_ADMIN), so `net.core.rmem_max` does not cap it.
 pub(crate) const RECEIVE_BUFFER: usize = 4 << 20;
 
+/// Sets the `SOL_SOCKET` option `option` of `socket` to `value` (`setsockopt(2)`).
+pub(crate) fn set_socket_option<T>(
+    socket: &Socket,
+    option: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    let size = libc::socklen_t::try_from(std::mem::size_of::<T>())
+        .map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a live `T` and its size; the
+    // kernel only reads (copies) the value during the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            std::ptr::from_ref(value).cast(),
+            size,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Creates a raw rtnetlink socket in the calling thread's network namespace.
 fn new_socket(object: &str) -> Result<Socket, SystemError> {
     let socket = Socket::new(NETLINK_ROUTE)
         .map_err(|e| SystemError::io(format!("{object}: opening a netlink socket"), e))?;
     let size = libc::c_int::try_from(RECEIVE_BUFFER).unwrap_or(libc::c_int::MAX);
-    let set = |option: libc::c_int| {
-        // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int and its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                std::ptr::from_ref(&size).cast(),
-                libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
-                    .unwrap_or(libc::socklen_t::MAX),
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
+    let set = |option: libc::c_int| set_socket_option(&socket, option, &size);
     // Without CAP_NET_ADMIN, as much as `net.core.rmem_max` allows.
     set(libc::SO_RCVBUFFORCE)
         .or_else(|_| set(libc::SO_RCVBUF))

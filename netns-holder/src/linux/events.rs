@@ -106,24 +106,9 @@ fn attach_filter(socket: &Socket, program: &[libc::sock_filter]) -> std::io::Res
         // The kernel copies the program and never writes through this pointer.
         filter: program.as_ptr().cast_mut(),
     };
-    // SAFETY: setsockopt on a socket we own, with a pointer to a live sock_fprog and its
-    // size; `fprog.filter` points at `program.len()` instructions that outlive the call,
-    // and the kernel copies them before returning.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            std::ptr::from_ref(&fprog).cast(),
-            libc::socklen_t::try_from(std::mem::size_of::<libc::sock_fprog>())
-                .unwrap_or(libc::socklen_t::MAX),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    // `fprog.filter` points at `program.len()` instructions that outlive the call; the
+    // kernel copies them before returning.
+    super::conn::set_socket_option(socket, libc::SO_ATTACH_FILTER, &fprog)
 }
 
 /// Blocks in `recv` on `socket`, sending the names of deleted links, until the receiver

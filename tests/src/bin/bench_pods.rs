@@ -363,13 +363,12 @@ struct Burst {
     daemon_cpu: Option<Duration>,
 }
 
-/// `count` creates at once through the API (one connection each) on the `datapath`, on a
-/// fresh node; returns each create's latency and the CPU it took (then removes them,
-/// untimed).
-fn bench_concurrent(count: usize, datapath: &str) -> Result<Burst> {
+/// Waits (at most 60 s) for the machine's CPUs to be idle before `phase`, and says how long
+/// it waited and whether they got there.
+fn wait_until_idle(phase: &str) {
     let (waited, quiet) = nh_tests::bench::wait_quiet(Duration::from_secs(60));
     eprintln!(
-        "bench_pods: waited {:.1} s for the machine to be idle before the burst{}",
+        "bench_pods: waited {:.1} s for the machine to be idle before the {phase}{}",
         waited.as_secs_f64(),
         if quiet {
             ""
@@ -377,6 +376,13 @@ fn bench_concurrent(count: usize, datapath: &str) -> Result<Burst> {
             " (it was not, after 60 s: measuring anyway)"
         }
     );
+}
+
+/// `count` creates at once through the API (one connection each) on the `datapath`, on a
+/// fresh node; returns each create's latency and the CPU it took (then removes them,
+/// untimed).
+fn bench_concurrent(count: usize, datapath: &str) -> Result<Burst> {
+    wait_until_idle("burst");
     let node = Node::new()?;
     let _tables = nh_tests::neighbour::RaisedTables::for_pod_cidr("10.244.0.0/20", false)?;
     let daemon = Daemon::start(&node, bench_daemon_options(datapath))?;
@@ -689,16 +695,7 @@ fn main() -> Result<()> {
     eprintln!(
         "bench_pods: routed scale run, {scale} pods, each pinged from the node and from a pod..."
     );
-    let (waited, quiet) = nh_tests::bench::wait_quiet(Duration::from_secs(60));
-    eprintln!(
-        "bench_pods: waited {:.1} s for the machine to be idle before the scale run{}",
-        waited.as_secs_f64(),
-        if quiet {
-            ""
-        } else {
-            " (it was not, after 60 s: measuring anyway)"
-        }
-    );
+    wait_until_idle("scale run");
     let big = bench_ours(scale, "routed", true, connects)?;
     let (from_node, from_pod) = big.unreachable.unwrap_or_default();
     println!(
