@@ -416,6 +416,9 @@ pub struct Step {
     pub action: Action,
     /// The compensating action, run (in reverse order) if a later step fails.
     pub undo: Option<Action>,
+    /// Whether the steps after this one may run while it does: none of them needs what it
+    /// makes. The plan still ends (or rolls back) only once it has finished.
+    pub alongside: bool,
 }
 
 impl Step {
@@ -424,11 +427,24 @@ impl Step {
         Self {
             action,
             undo: Some(undo),
+            alongside: false,
+        }
+    }
+
+    /// A step undone by `undo`, that the steps after it may run alongside.
+    pub(crate) fn alongside(action: Action, undo: Action) -> Self {
+        Self {
+            alongside: true,
+            ..Self::new(action, undo)
         }
     }
 
     /// A step with no undo.
     pub(crate) fn plain(action: Action) -> Self {
-        Self { action, undo: None }
+        Self {
+            action,
+            undo: None,
+            alongside: false,
+        }
     }
 }

@@ -238,55 +238,147 @@ pub struct Applied {
     pub pause: Option<PauseProcess>,
 }
 
+/// What the steps run so far left: the undo of each (in plan order) and the pause started.
+#[derive(Default)]
+struct Done {
+    undo_log: Vec<Action>,
+    applied: Applied,
+}
+
+impl Done {
+    fn record(&mut self, step: &Step, outcome: Outcome) {
+        if let Outcome::Started(p) = outcome {
+            self.applied.pause = Some(p);
+        }
+        if let Some(undo) = &step.undo {
+            self.undo_log.push(bind_undo(undo, outcome));
+        }
+    }
+
+    fn append(&mut self, later: Done) {
+        self.undo_log.extend(later.undo_log);
+        self.applied.pause = self.applied.pause.or(later.applied.pause);
+    }
+}
+
+/// A step that failed: its 1-based index, the step and why.
+struct Failed<'a> {
+    step: usize,
+    action: &'a Action,
+    source: SystemError,
+}
+
+/// Runs `step` (the `index`th, 0-based), logging how long it took.
+async fn run_step<'a, S: System>(
+    system: &S,
+    step: &'a Step,
+    index: usize,
+    log: &Logger,
+) -> Result<Outcome, Failed<'a>> {
+    let started = std::time::Instant::now();
+    let result = run_action(system, &step.action).await;
+    debug!(log, "applied"; "step" => index + 1, "action" => %step.action,
+        "us" => started.elapsed().as_micros(), "ok" => result.is_ok());
+    match result {
+        Ok(outcome) => {
+            fault::after_step(fault::Plan::Create, index + 1, Some(&step.action));
+            Ok(outcome)
+        }
+        Err(source) => {
+            warn!(log, "step failed, rolling back"; "step" => index + 1, "action" => %step.action, "error" => %source);
+            Err(Failed {
+                step: index + 1,
+                action: &step.action,
+                source,
+            })
+        }
+    }
+}
+
+/// Runs `steps` (the first being the `first`th of the plan, 0-based) in order, until one
+/// fails; what they did goes into `done`.
+async fn run_steps<'a, S: System>(
+    system: &S,
+    steps: &'a [Step],
+    first: usize,
+    done: &mut Done,
+    log: &Logger,
+) -> Result<(), Failed<'a>> {
+    for (offset, step) in steps.iter().enumerate() {
+        let outcome = run_step(system, step, first + offset, log).await?;
+        done.record(step, outcome);
+    }
+    Ok(())
+}
+
+/// Undoes what `done` did, in reverse order, and makes the error for `failed`.
+async fn roll_back<S: System>(
+    system: &S,
+    done: Done,
+    failed: Failed<'_>,
+    log: &Logger,
+) -> ExecError {
+    let mut undo_failures = Vec::new();
+    for undo in done.undo_log.into_iter().rev() {
+        debug!(log, "undoing"; "action" => %undo);
+        if let Err(error) = run_action(system, &undo).await {
+            warn!(log, "undo failed"; "action" => %undo, "error" => %error);
+            undo_failures.push(StepFailure {
+                action: undo,
+                error,
+            });
+        }
+    }
+    ExecError::StepFailed {
+        step: failed.step,
+        action: failed.action.clone(),
+        source: failed.source,
+        undo_failures,
+    }
+}
+
 /// Applies `steps` in order; on failure undoes the completed steps in reverse order.
+///
+/// The first step marked [`Step::alongside`] is started, and the steps after it run while
+/// it does. The plan ends (or rolls back) only once both have finished; its undo keeps its
+/// place in the order, and a failure of either rolls back everything, the earlier step's
+/// error being the one reported.
 pub async fn apply_plan<S: System>(
     system: &S,
     steps: &[Step],
     log: &Logger,
 ) -> Result<Applied, ExecError> {
-    let mut undo_log: Vec<Action> = Vec::new();
-    let mut applied = Applied::default();
     fault::after_step(fault::Plan::Create, 0, None);
-    for (index, step) in steps.iter().enumerate() {
-        let started = std::time::Instant::now();
-        let result = run_action(system, &step.action).await;
-        debug!(log, "applied"; "step" => index + 1, "action" => %step.action,
-            "us" => started.elapsed().as_micros(), "ok" => result.is_ok());
-        if result.is_ok() {
-            fault::after_step(fault::Plan::Create, index + 1, Some(&step.action));
-        }
-        match result {
+    let (before, from_alongside) = steps.split_at(
+        steps
+            .iter()
+            .position(|s| s.alongside)
+            .unwrap_or(steps.len()),
+    );
+    let mut done = Done::default();
+    if let Err(failed) = run_steps(system, before, 0, &mut done, log).await {
+        return Err(roll_back(system, done, failed, log).await);
+    }
+    if let Some((side, rest)) = from_alongside.split_first() {
+        let mut rest_done = Done::default();
+        let (side_result, rest_result) = futures::future::join(
+            run_step(system, side, before.len(), log),
+            run_steps(system, rest, before.len() + 1, &mut rest_done, log),
+        )
+        .await;
+        let side_failed = match side_result {
             Ok(outcome) => {
-                if let Outcome::Started(p) = outcome {
-                    applied.pause = Some(p);
-                }
-                if let Some(undo) = &step.undo {
-                    undo_log.push(bind_undo(undo, outcome));
-                }
+                done.record(side, outcome);
+                None
             }
-            Err(source) => {
-                warn!(log, "step failed, rolling back"; "step" => index + 1, "action" => %step.action, "error" => %source);
-                let mut undo_failures = Vec::new();
-                for undo in undo_log.into_iter().rev() {
-                    debug!(log, "undoing"; "action" => %undo);
-                    if let Err(error) = run_action(system, &undo).await {
-                        warn!(log, "undo failed"; "action" => %undo, "error" => %error);
-                        undo_failures.push(StepFailure {
-                            action: undo,
-                            error,
-                        });
-                    }
-                }
-                return Err(ExecError::StepFailed {
-                    step: index + 1,
-                    action: step.action.clone(),
-                    source,
-                    undo_failures,
-                });
-            }
+            Err(failed) => Some(failed),
+        };
+        done.append(rest_done);
+        if let Some(failed) = side_failed.or(rest_result.err()) {
+            return Err(roll_back(system, done, failed, log).await);
         }
     }
-    Ok(applied)
+    Ok(done.applied)
 }
 
 /// The result of a best-effort run.
@@ -353,6 +445,121 @@ async fn best_effort<S: System>(
     result
 }
 
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::fake::FakeSystem;
+    use crate::names::{IfName, PodName};
+
+    /// A namespace, a pause alongside, then loopback and a veth: the shape of a create.
+    fn steps() -> Vec<Step> {
+        let netns = PathBuf::from("/run/netns/web");
+        let id = PodName::new("web").unwrap().id();
+        let host = id.host_veth_name();
+        vec![
+            Step::new(
+                Action::CreateNetns {
+                    path: netns.clone(),
+                },
+                Action::DeleteNetns {
+                    path: netns.clone(),
+                },
+            ),
+            Step::alongside(
+                Action::StartPause {
+                    id,
+                    netns: netns.clone(),
+                },
+                Action::StopPause { id, process: None },
+            ),
+            Step::plain(Action::LoopbackUp {
+                netns: netns.clone(),
+            }),
+            Step::new(
+                Action::CreateVeth {
+                    host: host.clone(),
+                    peer: IfName::pod_interface(),
+                    netns,
+                    mtu: 1500,
+                    host_mac: None,
+                    peer_mac: None,
+                },
+                Action::DeleteLink {
+                    netns: None,
+                    link: host,
+                },
+            ),
+        ]
+    }
+
+    fn log() -> Logger {
+        Logger::root(slog::Discard, slog::o!())
+    }
+
+    fn position(calls: &[String], prefix: &str) -> usize {
+        calls
+            .iter()
+            .position(|c| c.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} call in {calls:?}"))
+    }
+
+    #[tokio::test]
+    async fn the_steps_after_an_alongside_one_run_and_it_counts() {
+        let fake = FakeSystem::new();
+        let applied = apply_plan(&fake, &steps(), &log()).await.unwrap();
+        let snapshot = fake.snapshot();
+        assert_eq!(snapshot.processes.len(), 1, "{snapshot:?}");
+        assert_eq!(applied.pause, Some(snapshot.processes[0].process));
+        assert_eq!(snapshot.host_links.len(), 1, "{snapshot:?}");
+    }
+
+    #[tokio::test]
+    async fn the_wiring_goes_on_while_the_pause_fails_and_all_of_it_is_undone() {
+        let fake = FakeSystem::new();
+        fake.fail_on("start_pause");
+        let err = apply_plan(&fake, &steps(), &log()).await.unwrap_err();
+        assert!(err.rolled_back(), "{err}");
+        let ExecError::StepFailed { step, action, .. } = &err;
+        assert_eq!(*step, 2, "{err}");
+        assert!(matches!(action, Action::StartPause { .. }), "{err}");
+        let calls = fake.calls();
+        // Run alongside, the steps after the pause did not wait for it (run in order, the
+        // failure would have stopped the plan before them).
+        let veth = position(&calls, "create_veth");
+        assert!(position(&calls, "delete_link") > veth, "{calls:?}");
+        assert!(position(&calls, "delete_netns") > veth, "{calls:?}");
+        let snapshot = fake.snapshot();
+        assert!(
+            snapshot.host_links.is_empty() && snapshot.mounts.is_empty(),
+            "{snapshot:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_later_failure_stops_the_pause_in_its_place_in_the_undo_order() {
+        let fake = FakeSystem::new();
+        fake.fail_on("create_veth");
+        let err = apply_plan(&fake, &steps(), &log()).await.unwrap_err();
+        assert!(err.rolled_back(), "{err}");
+        let ExecError::StepFailed { step, .. } = &err;
+        assert_eq!(*step, 4, "{err}");
+        let calls = fake.calls();
+        // Undone in reverse plan order: the pause (by the identity it started with)
+        // before the namespace it holds.
+        assert!(
+            position(&calls, "stop_pause") < position(&calls, "delete_netns"),
+            "{calls:?}"
+        );
+        let snapshot = fake.snapshot();
+        assert!(
+            snapshot.processes.is_empty() && snapshot.mounts.is_empty(),
+            "{snapshot:?}"
+        );
+    }
+}
+
 /// The crash switch for the chaos tests: makes the daemon abort right after step K of the
 /// next create or remove plan, like a `kill -9` at that point (no unwinding, no cleanup, no
 /// state saved).
@@ -369,7 +576,9 @@ async fn best_effort<S: System>(
 /// (`K = 0` is right after the `Creating` record is saved, before the kernel is touched);
 /// for a remove, the actions of [`crate::plan::plan_remove`] (`K = 0` is right after the
 /// `Removing` record is saved). A create step that fails does not count (its rollback
-/// follows); a remove action counts whether it succeeded or not.
+/// follows); a remove action counts whether it succeeded or not. A create step run
+/// alongside the next ones (the pause) counts when it finishes, which may be after some of
+/// them have.
 pub mod fault {
     use crate::action::Action;
 

@@ -241,7 +241,9 @@ pub fn plan_create(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
         ));
     }
     if record.wants_pause() {
-        steps.push(Step::new(
+        // Nothing after it needs the pause, only the namespace: the wiring goes on while
+        // the pause is exec'd (about a third of a millisecond).
+        steps.push(Step::alongside(
             Action::StartPause {
                 id: record.id,
                 netns: record.netns.clone(),

@@ -108,17 +108,18 @@ fn create_dual_stack_structured() {
     let eth0 = IfName::pod_interface();
     let host = id.host_veth_name();
     let expected = vec![
-        Step {
-            action: Action::CreateNetns { path: ns.clone() },
-            undo: Some(Action::DeleteNetns { path: ns.clone() }),
-        },
-        Step {
-            action: Action::StartPause {
+        Step::new(
+            Action::CreateNetns { path: ns.clone() },
+            Action::DeleteNetns { path: ns.clone() },
+        ),
+        // The rest of the wiring needs only the namespace, not the pause.
+        Step::alongside(
+            Action::StartPause {
                 id,
                 netns: ns.clone(),
             },
-            undo: Some(Action::StopPause { id, process: None }),
-        },
+            Action::StopPause { id, process: None },
+        ),
         Step::plain(Action::LoopbackUp { netns: ns.clone() }),
         Step::plain(Action::EnsureBridge {
             bridge: IfName::new("nh0").unwrap(),
@@ -128,8 +129,8 @@ fn create_dual_stack_structured() {
             ],
         }),
         Step::plain(Action::EnableForwarding { ipv6: true }),
-        Step {
-            action: Action::CreateVeth {
+        Step::new(
+            Action::CreateVeth {
                 host: host.clone(),
                 peer: eth0.clone(),
                 netns: ns.clone(),
@@ -137,11 +138,11 @@ fn create_dual_stack_structured() {
                 host_mac: None,
                 peer_mac: None,
             },
-            undo: Some(Action::DeleteLink {
+            Action::DeleteLink {
                 netns: None,
                 link: host.clone(),
-            }),
-        },
+            },
+        ),
         Step::plain(Action::SetMaster {
             link: host.clone(),
             master: IfName::new("nh0").unwrap(),
