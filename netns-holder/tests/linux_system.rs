@@ -427,13 +427,33 @@ fn assert_pod_gone(ctx: &Ctx, info: &PodInfo) {
 
 /// Host links whose names start with `nh`, other than the bridge.
 fn node_pod_links(ctx: &Ctx) -> Vec<String> {
-    let (ok, text) = in_node(&ctx.node, &["ip", "-o", "link", "show"]);
-    assert!(ok, "{text}");
-    text.lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap().to_string())
-        .filter(|n| n.starts_with("nh") && n != ctx.config.bridge.as_str())
-        .collect()
+    let list = || {
+        let (ok, text) = in_node(&ctx.node, &["ip", "-o", "link", "show"]);
+        assert!(ok, "{text}");
+        text.lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap().to_string())
+            .filter(|n| n.starts_with("nh") && n != ctx.config.bridge.as_str())
+            .collect::<Vec<_>>()
+    };
+    // A removed pod's host veth is retired (renamed `nhx...`) and deleted by the kernel with
+    // its namespace or by the daemon's next deletion batch: it must be gone within 5 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let links = list();
+        let retired = links
+            .iter()
+            .filter(|n| n.starts_with(netns_holder_core::names::RETIRED_VETH_PREFIX))
+            .count();
+        if retired == 0 {
+            return links;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retired host veths still in the node after 5 s: {links:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 fn manager(ctx: &Ctx) -> PodManager<LinuxSystem> {

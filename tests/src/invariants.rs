@@ -356,7 +356,7 @@ pub fn assert_node_matches(node: &Node, daemon: &Daemon, live: &[Pod]) -> Result
     );
 
     let own = node.test_links();
-    // Retired host veths (routed datapath: renamed at removal, `nhx` + 12 hex) go with their
+    // Retired host veths (renamed at removal, `nhx` + 12 hex, off the bridge) go with their
     // pod's namespace when the kernel cleans it up, asynchronously: they must be gone
     // within 5 s, and are never counted as host veths.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

@@ -121,9 +121,10 @@ pub enum Action {
         /// The link.
         link: IfName,
     },
-    /// Rename the host veth `link` out of the way ([`crate::names::RETIRED_VETH_PREFIX`]):
-    /// the kernel deletes it (and its pod end) with the pod's namespace, which the rest of
-    /// the removal destroys, instead of a synchronous unregister under RTNL.
+    /// Rename the host veth `link` out of the way ([`crate::names::RETIRED_VETH_PREFIX`])
+    /// and off its bridge, if any: the kernel deletes it (and its pod end) with the pod's
+    /// namespace, which the rest of the removal destroys, instead of a synchronous
+    /// unregister under RTNL.
     RetireLink {
         /// The host veth.
         link: IfName,

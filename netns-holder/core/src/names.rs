@@ -306,7 +306,7 @@ pub fn pod_id_from_pause_argv0(argv0: &str) -> Option<PodId> {
         .and_then(|id| PodId::parse(id).ok())
 }
 
-/// Prefix of a retired host veth (routed datapath): a removed pod's host veth is renamed to
+/// Prefix of a retired host veth: a removed pod's host veth (of a namespace of ours) is renamed to
 /// `nhx` + 12 random hex characters (15 bytes, never a host veth name, so no new pod's name
 /// collides with it and `check` does not look at it) and left to the kernel, which deletes
 /// it with the pod's namespace.

@@ -353,10 +353,11 @@ pub fn plan_remove(record: &PodRecord, extra_pauses: &[PauseProcess]) -> Vec<Act
             elements: elements.clone(),
         });
     }
-    // A routed pod in a namespace of ours: its host veth is renamed out of the way and goes
-    // with the namespace (no synchronous unregister). On the bridge datapath a retired port
-    // would stay on the bridge until then, and an attached namespace is not ours to end.
-    if record.datapath == Datapath::Routed && record.netns_owned() {
+    // A pod in a namespace of ours: its host veth leaves the bridge (if any) and is renamed
+    // out of the way in one request, and goes with the namespace or the next deletion batch
+    // (no synchronous unregister). An attached namespace is not ours to end: the pod end
+    // would keep its name there until the batch, and a new pod attached at once collide.
+    if record.netns_owned() {
         actions.push(Action::RetireLink {
             link: record.host_veth.clone(),
         });

@@ -332,7 +332,8 @@ pub trait Netlink: Send + Sync {
     ) -> impl Future<Output = Result<bool, SystemError>> + Send;
 
     /// Renames the host link `link` to a fresh [`crate::names::RETIRED_VETH_PREFIX`] name
-    /// (random, retried until free). Returns `false` if it did not exist.
+    /// (random, retried until free) and takes it off its bridge, if any. Returns `false` if
+    /// it did not exist.
     fn retire_link(&self, link: &IfName) -> impl Future<Output = Result<bool, SystemError>> + Send;
 
     /// State of `link`, or `None` if it does not exist.

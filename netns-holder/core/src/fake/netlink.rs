@@ -272,9 +272,11 @@ impl Netlink for FakeSystem {
 
     async fn retire_link(&self, link: &IfName) -> Result<bool, SystemError> {
         let mut m = self.call(format!("retire_link {link}")).await?;
-        let Some(found) = m.net(HOST).links.remove(link.as_str()) else {
+        let Some(mut found) = m.net(HOST).links.remove(link.as_str()) else {
             return Ok(false);
         };
+        // Off its bridge in the same request, as the kernel is asked to.
+        found.master = None;
         m.retired += 1;
         let retired = format!("{}{:012x}", crate::names::RETIRED_VETH_PREFIX, m.retired);
         if let Kind::Veth { peer_net, peer } = found.kind.clone()

@@ -728,7 +728,7 @@ async fn remove_keeps_going_and_reports_every_failure() {
     let env = Env::v4();
     let m = env.manager();
     let info = m.create(CreateRequest::new(name("web"))).await.unwrap();
-    env.fake.fail_on("delete_link");
+    env.fake.fail_on("retire_link");
     env.fake.fail_on("stop_pause");
     let err = m.remove(&name("web")).await.unwrap_err();
     let ManagerError::Remove { failures, .. } = &err else {
@@ -738,7 +738,7 @@ async fn remove_keeps_going_and_reports_every_failure() {
     let msg = err.to_string();
     assert!(msg.starts_with("removing pod web: 2 failure(s):"), "{msg}");
     assert!(
-        msg.contains(&format!("delete link {}", info.host_veth)),
+        msg.contains(&format!("retire link {}", info.host_veth)),
         "{msg}"
     );
     assert!(

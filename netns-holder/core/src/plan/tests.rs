@@ -238,8 +238,7 @@ fn remove_owned_with_pause_reverse_order() {
     assert_eq!(
         plan_remove(&r, &[p, extra]),
         vec![
-            Action::DeleteLink {
-                netns: None,
+            Action::RetireLink {
                 link: id.host_veth_name()
             },
             Action::StopPause {
@@ -689,20 +688,26 @@ fn routed_checks_and_repairs_host_routes_and_neighbours() {
 }
 
 #[test]
-fn a_routed_pod_of_ours_retires_its_host_veth_an_attached_one_deletes_it() {
+fn a_pod_of_ours_retires_its_host_veth_on_either_datapath_an_attached_one_deletes_it() {
     let r = routed_record(false, false);
     let h = r.host_veth.clone();
-    let owned = text(
-        &plan_remove(&r, &[])
-            .into_iter()
-            .map(Step::plain)
-            .collect::<Vec<_>>(),
-    );
-    assert_eq!(
-        owned[0],
-        format!("retire link {h} (the kernel deletes it with the pod's namespace)")
-    );
-    assert_eq!(owned.last().unwrap(), "delete netns /run/netns/web");
+    for record in [r.clone(), ready(false)] {
+        assert_eq!(record.host_veth, h);
+        let owned = text(
+            &plan_remove(&record, &[])
+                .into_iter()
+                .map(Step::plain)
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(
+            owned[0],
+            format!("retire link {h} (the kernel deletes it with the pod's namespace)"),
+            "{:?}",
+            record.datapath
+        );
+        assert_eq!(owned.last().unwrap(), "delete netns /run/netns/web");
+    }
+    assert_eq!(ready(false).datapath, Datapath::Bridge);
     let mut attached = r.clone();
     attached.ownership = NetnsOwnership::Attached;
     let actions = plan_remove(&attached, &[]);

@@ -446,8 +446,10 @@ pub(crate) async fn set_hairpin(sys: &LinuxSystem, link: &IfName) -> Result<(), 
 
 // ------------------------------------------------------------------ deleting links
 
-/// Renames the node link `link` to `nhx` + 12 random hex characters (retried while taken)
-/// and marks it for the deletion batch ([`DELETE_GROUP`]) in the same request, then leaves
+/// Renames the node link `link` to `nhx` + 12 random hex characters (retried while taken),
+/// takes it off its bridge if it is a port (that costs an expedited RCU grace period, not
+/// the unregister's full ones) and marks it for the deletion batch ([`DELETE_GROUP`]), all
+/// in the same request, then leaves
 /// the unregister (two RCU grace periods under RTNL, about 20 ms) to a background batch
 /// that starts [`RETIRED_BATCH_DELAY`] later and takes every link retired by then: the
 /// caller waits for neither, and removes in a row share one unregister. `Ok(false)` if it
@@ -467,6 +469,7 @@ pub(crate) async fn retire_link(sys: &LinuxSystem, link: &IfName) -> Result<bool
         let retired = format!("{}{suffix}", crate::names::RETIRED_VETH_PREFIX);
         let rename = LinkUnspec::new_with_index(found.header.index)
             .name(retired.as_str())
+            .nocontroller()
             .link_group(DELETE_GROUP)
             .build();
         match h.link().set(rename).execute().await {
