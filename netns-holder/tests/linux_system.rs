@@ -979,27 +979,56 @@ fn system_primitives() {
                 .unwrap(),
             vec!["169.254.1.1".parse::<IpAddr>().unwrap()]
         );
-        // Retiring: the name is free at once (a new pair takes it), the retired link is
-        // gone soon after (background batch), and a missing link is no error.
+        // Retiring: both names are free at once (a new pair takes them), the retired pod
+        // end is down, both retired ends are gone soon after (background batch), and a
+        // missing link or namespace is no error.
         let retired_host = ifname("nhveth2");
-        sys.create_veth(&retired_host, &ifname("nhr1"), &a, 1300, None, None)
+        let retired_pod = ifname("nhr1");
+        sys.create_veth(&retired_host, &retired_pod, &a, 1300, None, None)
             .await
             .expect("veth to retire");
-        assert!(sys.retire_link(&retired_host).await.unwrap());
+        sys.link_up(Some(&a), &retired_pod).await.unwrap();
+        assert!(sys.retire_link(Some(&a), &retired_pod).await.unwrap());
+        assert!(
+            sys.link_info(Some(&a), &retired_pod)
+                .await
+                .unwrap()
+                .is_none(),
+            "the pod end's name is free after retire_link returns"
+        );
+        let renamed = sys.list_links(Some(&a), "nhx").await.unwrap();
+        assert_eq!(renamed.len(), 1, "{renamed:?}");
+        assert!(
+            !sys.link_info(Some(&a), &renamed[0])
+                .await
+                .unwrap()
+                .expect("the retired pod end")
+                .up,
+            "a retired pod end is down"
+        );
+        assert!(sys.retire_link(None, &retired_host).await.unwrap());
         assert!(
             sys.link_info(None, &retired_host).await.unwrap().is_none(),
             "the name is free after retire_link returns"
         );
-        sys.create_veth(&retired_host, &ifname("nhr2"), &a, 1300, None, None)
+        sys.create_veth(&retired_host, &retired_pod, &a, 1300, None, None)
             .await
-            .expect("the same host name again");
+            .expect("the same names again");
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !sys.list_links(None, "nhx").await.unwrap().is_empty() {
-            assert!(Instant::now() < deadline, "the retired link is still there");
+        while !sys.list_links(None, "nhx").await.unwrap().is_empty()
+            || !sys.list_links(Some(&a), "nhx").await.unwrap().is_empty()
+        {
+            assert!(Instant::now() < deadline, "a retired link is still there");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(sys.delete_link(None, &retired_host).await.unwrap());
-        assert!(!sys.retire_link(&retired_host).await.unwrap());
+        assert!(!sys.retire_link(None, &retired_host).await.unwrap());
+        assert!(!sys.retire_link(Some(&a), &retired_pod).await.unwrap());
+        assert!(
+            !sys.retire_link(Some(Path::new("/run/netns/nh-no-such-netns")), &retired_pod)
+                .await
+                .unwrap()
+        );
         // Routes and neighbours die with the link; a missing link has none.
         assert!(sys.delete_link(None, &routed_host).await.unwrap());
         assert!(sys.host_routes(&routed_host).await.unwrap().is_empty());

@@ -227,16 +227,19 @@ fn attached_works(node: &Node, pod: &Pod, port: u16) -> Result<()> {
     host_port_answers(node, port)
 }
 
-/// The links inside the namespace at `netns` (`ip -j link show`).
+/// The links inside the namespace at `netns` (`ip -j link show`), once no retired veth end
+/// is left there.
 fn links_in(netns: &Path) -> Result<Vec<String>> {
-    let out = run_ok(&mut in_netns(netns, &["ip", "-j", "link", "show"]))?;
-    let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    Ok(links
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
-        .collect())
+    nh_tests::settled_links(&netns.display().to_string(), || {
+        let out = run_ok(&mut in_netns(netns, &["ip", "-j", "link", "show"]))?;
+        let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .collect())
+    })
 }
 
 /// Attach (the NRI/CNI/OCI-hook path: a namespace someone else made, no pause): a crash

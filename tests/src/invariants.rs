@@ -357,26 +357,10 @@ pub fn assert_node_matches(node: &Node, daemon: &Daemon, live: &[Pod]) -> Result
 
     let own = node.test_links();
     // Retired host veths (renamed at removal, `nhx` + 12 hex, off the bridge) go with their
-    // pod's namespace when the kernel cleans it up, asynchronously: they must be gone
+    // pod's namespace or the daemon's deletion batch, asynchronously: they must be gone
     // within 5 s, and are never counted as host veths.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let retired: Vec<String> = node
-            .links()?
-            .into_iter()
-            .filter(|l| l.starts_with(netns_holder_core::names::RETIRED_VETH_PREFIX))
-            .collect();
-        if retired.is_empty() {
-            break;
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "retired host veths still in the node after 5 s: {retired:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let links: BTreeSet<String> = node
-        .links()?
+    let settled = crate::settled_links("the node namespace", || node.links())?;
+    let links: BTreeSet<String> = settled
         .into_iter()
         .filter(|l| l != "lo" && l != daemon.bridge() && !own.contains(l))
         .collect();

@@ -151,6 +151,30 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     condition()
 }
 
+/// The links `list` returns once none of them is a retired veth end any more: a removed
+/// pod's ends are renamed `nhx...` and deleted by the kernel with its namespace or by the
+/// daemon's deletion batch, asynchronously, and must be gone within 5 s (an error naming
+/// `place` and what is left if not).
+pub fn settled_links(
+    place: &str,
+    mut list: impl FnMut() -> Result<Vec<String>>,
+) -> Result<Vec<String>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let links = list()?;
+        if !links
+            .iter()
+            .any(|l| l.starts_with(netns_holder_core::names::RETIRED_VETH_PREFIX))
+        {
+            return Ok(links);
+        }
+        if Instant::now() >= deadline {
+            bail!("retired veth ends still in {place} after 5 s: {links:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs `command` to completion; an error (with stdout and stderr) unless it exits 0.
 pub fn run_ok(command: &mut Command) -> Result<Output> {
     let output = command

@@ -121,12 +121,15 @@ pub enum Action {
         /// The link.
         link: IfName,
     },
-    /// Rename the host veth `link` out of the way ([`crate::names::RETIRED_VETH_PREFIX`])
-    /// and off its bridge, if any: the kernel deletes it (and its pod end) with the pod's
-    /// namespace, which the rest of the removal destroys, instead of a synchronous
-    /// unregister under RTNL.
+    /// Rename a veth end out of the way ([`crate::names::RETIRED_VETH_PREFIX`]) instead of
+    /// a synchronous unregister under RTNL. The host end (`netns: None`) also leaves its
+    /// bridge, if any, and joins the next deletion batch; the kernel deletes the pair then,
+    /// or with the pod's namespace, whichever comes first. A pod end (in a namespace that is
+    /// not ours to end) is also set down, and goes with its host end.
     RetireLink {
-        /// The host veth.
+        /// The namespace of a pod end, `None` for the host end.
+        netns: Option<PathBuf>,
+        /// The veth end.
         link: IfName,
     },
     /// Attach a host link to the bridge.
@@ -330,9 +333,17 @@ impl fmt::Display for Action {
                 )
             }
             Self::DeleteLink { netns, link } => write!(f, "delete link {link} in {}", Ns(netns)),
-            Self::RetireLink { link } => write!(
+            Self::RetireLink { netns: None, link } => write!(
                 f,
                 "retire link {link} (the kernel deletes it with the pod's namespace)"
+            ),
+            Self::RetireLink {
+                netns: Some(netns),
+                link,
+            } => write!(
+                f,
+                "retire link {link} in {} (it goes with its host end)",
+                netns.display()
             ),
             Self::SetMaster { link, master } => write!(f, "attach link {link} to bridge {master}"),
             Self::LinkUp { netns, link } => write!(f, "set link {link} up in {}", Ns(netns)),

@@ -157,7 +157,9 @@ pub async fn run_action<S: System>(system: &S, action: &Action) -> Result<Outcom
         Action::DeleteLink { netns, link } => {
             system.delete_link(netns.as_deref(), link).await.map(done)
         }
-        Action::RetireLink { link } => system.retire_link(link).await.map(done),
+        Action::RetireLink { netns, link } => {
+            system.retire_link(netns.as_deref(), link).await.map(done)
+        }
         Action::SetMaster { link, master } => system
             .set_master(link, master)
             .await

@@ -306,10 +306,11 @@ pub fn pod_id_from_pause_argv0(argv0: &str) -> Option<PodId> {
         .and_then(|id| PodId::parse(id).ok())
 }
 
-/// Prefix of a retired host veth: a removed pod's host veth (of a namespace of ours) is renamed to
-/// `nhx` + 12 random hex characters (15 bytes, never a host veth name, so no new pod's name
-/// collides with it and `check` does not look at it) and left to the kernel, which deletes
-/// it with the pod's namespace.
+/// Prefix of a retired veth end: a removed pod's host veth (and, in a namespace that is not
+/// ours, its pod end) is renamed to `nhx` + 12 random hex characters (15 bytes, never a host
+/// veth or pod interface name, so no new pod's name collides with it and `check` does not
+/// look at it) and left to be deleted with the pod's namespace or the daemon's next
+/// deletion batch.
 pub const RETIRED_VETH_PREFIX: &str = "nhx";
 
 /// Whether `name` has the exact shape of a host veth this daemon creates

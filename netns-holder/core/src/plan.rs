@@ -353,20 +353,21 @@ pub fn plan_remove(record: &PodRecord, extra_pauses: &[PauseProcess]) -> Vec<Act
             elements: elements.clone(),
         });
     }
-    // A pod in a namespace of ours: its host veth leaves the bridge (if any) and is renamed
-    // out of the way in one request, and goes with the namespace or the next deletion batch
-    // (no synchronous unregister). An attached namespace is not ours to end: the pod end
-    // would keep its name there until the batch, and a new pod attached at once collide.
-    if record.netns_owned() {
+    // No synchronous unregister (two RCU grace periods under RTNL): the host veth leaves the
+    // bridge (if any) and is renamed out of the way in one request, and goes with the pod's
+    // namespace or the next deletion batch. An attached namespace is not ours to end, so its
+    // pod end is first renamed out of the way too (and set down): a pod attached to that
+    // namespace at once must not find `eth0` taken.
+    if !record.netns_owned() {
         actions.push(Action::RetireLink {
-            link: record.host_veth.clone(),
-        });
-    } else {
-        actions.push(Action::DeleteLink {
-            netns: None,
-            link: record.host_veth.clone(),
+            netns: Some(record.netns.clone()),
+            link: record.interface.clone(),
         });
     }
+    actions.push(Action::RetireLink {
+        netns: None,
+        link: record.host_veth.clone(),
+    });
     let mut pauses: Vec<PauseProcess> = record.pause.iter().copied().collect();
     for p in extra_pauses {
         if !pauses.contains(p) {

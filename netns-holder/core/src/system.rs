@@ -331,10 +331,15 @@ pub trait Netlink: Send + Sync {
         link: &IfName,
     ) -> impl Future<Output = Result<bool, SystemError>> + Send;
 
-    /// Renames the host link `link` to a fresh [`crate::names::RETIRED_VETH_PREFIX`] name
-    /// (random, retried until free) and takes it off its bridge, if any. Returns `false` if
-    /// it did not exist.
-    fn retire_link(&self, link: &IfName) -> impl Future<Output = Result<bool, SystemError>> + Send;
+    /// Renames `link` (in `netns`, or the host namespace) to a fresh
+    /// [`crate::names::RETIRED_VETH_PREFIX`] name (random, retried until free). A host link
+    /// also leaves its bridge, if any, and is deleted by a later batch; a pod-side link is
+    /// set down. Returns `false` if it (or its namespace) did not exist.
+    fn retire_link(
+        &self,
+        netns: Option<&Path>,
+        link: &IfName,
+    ) -> impl Future<Output = Result<bool, SystemError>> + Send;
 
     /// State of `link`, or `None` if it does not exist.
     fn link_info(

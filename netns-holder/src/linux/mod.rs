@@ -490,10 +490,10 @@ impl Netlink for LinuxSystem {
         .await
     }
 
-    async fn retire_link(&self, link: &IfName) -> Result<bool, SystemError> {
+    async fn retire_link(&self, netns: Option<&Path>, link: &IfName) -> Result<bool, SystemError> {
         bounded(
-            || link_object(None, link.as_str()),
-            netlink::retire_link(self, link),
+            || link_object(netns, link.as_str()),
+            netlink::retire_link(self, netns, link),
         )
         .await
     }

@@ -270,13 +270,24 @@ impl Netlink for FakeSystem {
         Ok(existed)
     }
 
-    async fn retire_link(&self, link: &IfName) -> Result<bool, SystemError> {
-        let mut m = self.call(format!("retire_link {link}")).await?;
-        let Some(mut found) = m.net(HOST).links.remove(link.as_str()) else {
+    async fn retire_link(&self, netns: Option<&Path>, link: &IfName) -> Result<bool, SystemError> {
+        let mut m = self
+            .call(format!("retire_link {link} {}", ns_name(netns)))
+            .await?;
+        let net = match m.net_id(netns) {
+            Ok(id) => id,
+            Err(SystemError::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let Some(mut found) = m.net(net).links.remove(link.as_str()) else {
             return Ok(false);
         };
-        // Off its bridge in the same request, as the kernel is asked to.
-        found.master = None;
+        if net == HOST {
+            // Off its bridge in the same request, as the kernel is asked to.
+            found.master = None;
+        } else {
+            found.up = false;
+        }
         m.retired += 1;
         let retired = format!("{}{:012x}", crate::names::RETIRED_VETH_PREFIX, m.retired);
         if let Kind::Veth { peer_net, peer } = found.kind.clone()
@@ -288,7 +299,12 @@ impl Netlink for FakeSystem {
         {
             *back = retired.clone();
         }
-        m.net(HOST).links.insert(retired, found);
+        m.net(net).links.insert(retired.clone(), found);
+        if net == HOST {
+            // What the real system leaves to its deletion batch (or the pod namespace's end)
+            // a moment later, the model does at once: the pair goes.
+            m.remove_link(HOST, &retired);
+        }
         Ok(true)
     }
 

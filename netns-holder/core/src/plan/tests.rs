@@ -239,6 +239,7 @@ fn remove_owned_with_pause_reverse_order() {
         plan_remove(&r, &[p, extra]),
         vec![
             Action::RetireLink {
+                netns: None,
                 link: id.host_veth_name()
             },
             Action::StopPause {
@@ -261,10 +262,16 @@ fn remove_attached_never_deletes_netns() {
     let r = record("web", NetnsOwnership::Attached, false);
     assert_eq!(
         plan_remove(&r, &[]),
-        vec![Action::DeleteLink {
-            netns: None,
-            link: web_id().host_veth_name()
-        }]
+        vec![
+            Action::RetireLink {
+                netns: Some(r.netns.clone()),
+                link: IfName::pod_interface()
+            },
+            Action::RetireLink {
+                netns: None,
+                link: web_id().host_veth_name()
+            }
+        ]
     );
 }
 
@@ -688,7 +695,7 @@ fn routed_checks_and_repairs_host_routes_and_neighbours() {
 }
 
 #[test]
-fn a_pod_of_ours_retires_its_host_veth_on_either_datapath_an_attached_one_deletes_it() {
+fn removal_retires_veths_on_either_datapath_and_an_attached_pod_end_too() {
     let r = routed_record(false, false);
     let h = r.host_veth.clone();
     for record in [r.clone(), ready(false)] {
@@ -708,14 +715,28 @@ fn a_pod_of_ours_retires_its_host_veth_on_either_datapath_an_attached_one_delete
         assert_eq!(owned.last().unwrap(), "delete netns /run/netns/web");
     }
     assert_eq!(ready(false).datapath, Datapath::Bridge);
+    // Attached: the pod end is renamed out of the way first (a pod attached to that
+    // namespace next must find eth0 free), then the host end; the namespace is not ours.
     let mut attached = r.clone();
     attached.ownership = NetnsOwnership::Attached;
+    attached.netns = PathBuf::from("/var/run/netns/cni-1234");
+    attached.pause = None;
     let actions = plan_remove(&attached, &[]);
     assert_eq!(
-        actions[0],
-        Action::DeleteLink {
-            netns: None,
-            link: h
-        }
+        actions,
+        vec![
+            Action::RetireLink {
+                netns: Some(attached.netns.clone()),
+                link: IfName::pod_interface(),
+            },
+            Action::RetireLink {
+                netns: None,
+                link: h
+            },
+        ]
+    );
+    assert_eq!(
+        actions[0].to_string(),
+        "retire link eth0 in /var/run/netns/cni-1234 (it goes with its host end)"
     );
 }

@@ -455,7 +455,14 @@ pub(crate) async fn set_hairpin(sys: &LinuxSystem, link: &IfName) -> Result<(), 
 /// caller waits for neither, and removes in a row share one unregister. `Ok(false)` if it
 /// does not exist. A link left marked by a crash goes with the next batch, or with its
 /// pod's namespace.
-pub(crate) async fn retire_link(sys: &LinuxSystem, link: &IfName) -> Result<bool, SystemError> {
+pub(crate) async fn retire_link(
+    sys: &LinuxSystem,
+    netns: Option<&Path>,
+    link: &IfName,
+) -> Result<bool, SystemError> {
+    if let Some(netns) = netns {
+        return retire_pod_link(sys, netns, link).await;
+    }
     let object = link_object(None, link.as_str());
     let h = node_handle(sys).await?;
     let Some(found) = link_by_name(&h, link.as_str())
@@ -465,8 +472,7 @@ pub(crate) async fn retire_link(sys: &LinuxSystem, link: &IfName) -> Result<bool
         return Ok(false);
     };
     for _ in 0..8 {
-        let suffix: String = random_mac().iter().map(|b| format!("{b:02x}")).collect();
-        let retired = format!("{}{suffix}", crate::names::RETIRED_VETH_PREFIX);
+        let retired = retired_name();
         let rename = LinkUnspec::new_with_index(found.header.index)
             .name(retired.as_str())
             .nocontroller()
@@ -514,6 +520,55 @@ pub(crate) async fn retire_link(sys: &LinuxSystem, link: &IfName) -> Result<bool
         object,
         "no free retired name after 8 tries",
     ))
+}
+
+/// A fresh retired link name: [`crate::names::RETIRED_VETH_PREFIX`] + 12 random hex characters.
+fn retired_name() -> String {
+    let suffix: String = random_mac().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}{suffix}", crate::names::RETIRED_VETH_PREFIX)
+}
+
+/// Renames the pod end `link` in `netns` (a namespace that is not ours to end) to a retired
+/// name and sets it down, in one request, so that a pod attached there next finds its
+/// interface name free; the pair goes when the host end's deletion batch deletes it. A
+/// rename costs an expedited RCU grace period, a deletion here the unregister's full ones.
+/// `Ok(false)` if the link or the namespace does not exist.
+async fn retire_pod_link(
+    sys: &LinuxSystem,
+    netns: &Path,
+    link: &IfName,
+) -> Result<bool, SystemError> {
+    let object = link_object(Some(netns), link.as_str());
+    let result = in_netns_conn(sys, Some(netns), Dumps::No, async |c: Conn| {
+        let index = match link_index(&c, link.as_str(), &object) {
+            Ok(index) => index,
+            Err(SystemError::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        for _ in 0..8 {
+            let retired = retired_name();
+            let rename = LinkUnspec::new_with_index(index)
+                .name(retired.as_str())
+                .down()
+                .build();
+            match c.handle.link().set(rename).execute().await {
+                Ok(()) => return Ok(true),
+                Err(e) if errno(&e) == Some(libc::EEXIST) => continue,
+                Err(e) if errno(&e) == Some(libc::ENODEV) => return Ok(false),
+                Err(e) => return Err(nl_err(format!("{object}: renaming to {retired}"), e)),
+            }
+        }
+        Err(SystemError::other(
+            &object,
+            "no free retired name after 8 tries",
+        ))
+    })
+    .await;
+    match result {
+        // No namespace, no link.
+        Err(SystemError::NotFound { .. }) => Ok(false),
+        other => other,
+    }
 }
 
 /// The device group that node-side links are moved into right before they are deleted.
