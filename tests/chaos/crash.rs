@@ -231,14 +231,10 @@ fn attached_works(node: &Node, pod: &Pod, port: u16) -> Result<()> {
 /// is left there.
 fn links_in(netns: &Path) -> Result<Vec<String>> {
     nh_tests::settled_links(&netns.display().to_string(), || {
-        let out = run_ok(&mut in_netns(netns, &["ip", "-j", "link", "show"]))?;
-        let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        Ok(links
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
-            .collect())
+        nh_tests::link_names(&run_ok(&mut in_netns(
+            netns,
+            &["ip", "-j", "link", "show"],
+        ))?)
     })
 }
 

@@ -151,6 +151,18 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     condition()
 }
 
+/// The link names in the output of `ip -j link show`.
+pub fn link_names(ip_json: &Output) -> Result<Vec<String>> {
+    let links: serde_json::Value =
+        serde_json::from_slice(&ip_json.stdout).context("ip -j link show")?;
+    Ok(links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        .collect())
+}
+
 /// The links `list` returns once none of them is a retired veth end any more: a removed
 /// pod's ends are renamed `nhx...` and deleted by the kernel with its namespace or by the
 /// daemon's deletion batch, asynchronously, and must be gone within 5 s (an error naming

@@ -136,14 +136,7 @@ impl Node {
 
     /// The names of every link in the node (`lo`, the bridge, host veths, ...).
     pub fn links(&self) -> Result<Vec<String>> {
-        let out = self.run(&["ip", "-j", "link", "show"])?;
-        let links: Value = serde_json::from_slice(&out.stdout).context("ip -j link show")?;
-        Ok(links
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
-            .collect())
+        crate::link_names(&self.run(&["ip", "-j", "link", "show"])?)
     }
 
     /// Live pause processes started by a daemon serving in this node, as `(pid, pod id)`:

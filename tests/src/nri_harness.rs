@@ -70,14 +70,9 @@ impl PodNetns {
     /// [`crate::settled_links`]).
     pub fn links(&self) -> Result<Vec<String>> {
         crate::settled_links(&format!("namespace {}", self.name), || {
-            let out = run_ok(Command::new("ip").args(["-n", &self.name, "-j", "link", "show"]))?;
-            let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-            Ok(links
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|l| l["ifname"].as_str().map(str::to_string))
-                .collect())
+            crate::link_names(&run_ok(
+                Command::new("ip").args(["-n", &self.name, "-j", "link", "show"]),
+            )?)
         })
     }
 }

@@ -447,14 +447,14 @@ pub(crate) async fn set_hairpin(sys: &LinuxSystem, link: &IfName) -> Result<(), 
 // ------------------------------------------------------------------ deleting links
 
 /// Renames the node link `link` to `nhx` + 12 random hex characters (retried while taken),
-/// takes it off its bridge if it is a port (that costs an expedited RCU grace period, not
-/// the unregister's full ones) and marks it for the deletion batch ([`DELETE_GROUP`]), all
-/// in the same request, then leaves
-/// the unregister (two RCU grace periods under RTNL, about 20 ms) to a background batch
-/// that starts [`RETIRED_BATCH_DELAY`] later and takes every link retired by then: the
-/// caller waits for neither, and removes in a row share one unregister. `Ok(false)` if it
-/// does not exist. A link left marked by a crash goes with the next batch, or with its
-/// pod's namespace.
+/// takes it off its bridge if it is a port (an expedited RCU grace period, not the
+/// unregister's full ones) and marks it for the deletion batch ([`DELETE_GROUP`]), all in
+/// one request. The unregister (two RCU grace periods under RTNL, about 20 ms) is left to a
+/// background batch that starts [`RETIRED_BATCH_DELAY`] later and takes every link retired
+/// by then: the caller waits for neither, and removes in a row share one unregister.
+/// `Ok(false)` if it does not exist. A link left marked by a crash goes with the next
+/// batch, or with its pod's namespace. With `netns`, the pod end `link` there is retired
+/// instead ([`retire_pod_link`]).
 pub(crate) async fn retire_link(
     sys: &LinuxSystem,
     netns: Option<&Path>,
