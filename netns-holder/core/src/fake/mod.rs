@@ -226,6 +226,15 @@ impl Model {
         }
     }
 
+    /// [`Model::net_id`], with a namespace that does not exist as `None`.
+    fn existing_net_id(&self, netns: Option<&Path>) -> Result<Option<u64>, SystemError> {
+        match self.net_id(netns) {
+            Ok(id) => Ok(Some(id)),
+            Err(SystemError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn net(&mut self, id: u64) -> &mut Net {
         self.nets
             .get_mut(&id)

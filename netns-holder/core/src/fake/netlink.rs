@@ -260,10 +260,8 @@ impl Netlink for FakeSystem {
         let mut m = self
             .call(format!("delete_link {link} {}", ns_name(netns)))
             .await?;
-        let id = match m.net_id(netns) {
-            Ok(id) => id,
-            Err(SystemError::NotFound { .. }) => return Ok(false),
-            Err(e) => return Err(e),
+        let Some(id) = m.existing_net_id(netns)? else {
+            return Ok(false);
         };
         let existed = m.net(id).links.contains_key(link.as_str());
         m.remove_link(id, link.as_str());
@@ -274,10 +272,8 @@ impl Netlink for FakeSystem {
         let mut m = self
             .call(format!("retire_link {link} {}", ns_name(netns)))
             .await?;
-        let net = match m.net_id(netns) {
-            Ok(id) => id,
-            Err(SystemError::NotFound { .. }) => return Ok(false),
-            Err(e) => return Err(e),
+        let Some(net) = m.existing_net_id(netns)? else {
+            return Ok(false);
         };
         let Some(mut found) = m.net(net).links.remove(link.as_str()) else {
             return Ok(false);
@@ -302,7 +298,8 @@ impl Netlink for FakeSystem {
         m.net(net).links.insert(retired.clone(), found);
         if net == HOST {
             // What the real system leaves to its deletion batch (or the pod namespace's end)
-            // a moment later, the model does at once: the pair goes.
+            // a moment later, the model does at once: the pair goes, under the retired
+            // name, so the link event names it as the kernel's would.
             m.remove_link(HOST, &retired);
         }
         Ok(true)
