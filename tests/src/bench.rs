@@ -244,3 +244,85 @@ pub fn wait_quiet(limit: Duration) -> (Duration, bool) {
     }
     (start.elapsed(), false)
 }
+
+/// How an ELF executable is linked, read from its header and program headers: whether the
+/// dynamic loader runs (`PT_INTERP`) and whether it is position-independent (`ET_DYN`).
+pub fn elf_linkage(path: &Path) -> Result<&'static str> {
+    const ET_EXEC: u16 = 2;
+    const ET_DYN: u16 = 3;
+    const PT_INTERP: u32 = 3;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    ensure!(
+        bytes.starts_with(b"\x7fELF\x02\x01"),
+        "{} is not a little-endian 64-bit ELF file",
+        path.display()
+    );
+    let malformed = || anyhow::anyhow!("{}: truncated ELF header", path.display());
+    let kind = u16_at(16).ok_or_else(malformed)?;
+    let phoff = usize::try_from(u64_at(32).ok_or_else(malformed)?)?;
+    let phentsize = usize::from(u16_at(54).ok_or_else(malformed)?);
+    let phnum = usize::from(u16_at(56).ok_or_else(malformed)?);
+    let mut interpreter = false;
+    for i in 0..phnum {
+        let kind = u32_at(phoff + i * phentsize).ok_or_else(malformed)?;
+        interpreter |= kind == PT_INTERP;
+    }
+    Ok(match (kind, interpreter) {
+        (ET_EXEC, false) => "static, position-dependent",
+        (ET_DYN, false) => "static PIE",
+        (ET_EXEC, true) => "dynamic, position-dependent",
+        (ET_DYN, true) => "dynamic PIE",
+        _ => bail!("{}: ELF type {kind} is not an executable", path.display()),
+    })
+}
+
+/// The median wall time of `runs` execs of `program` with no arguments, waited for: what
+/// starting any process costs on this machine, the floor under every CLI call.
+pub fn exec_floor(program: &Path, runs: usize) -> Result<Duration> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        let status = Command::new(program)
+            .stdout(Stdio::null())
+            .status()
+            .with_context(|| format!("running {}", program.display()))?;
+        times.push(start.elapsed());
+        ensure!(status.success(), "{} failed: {status}", program.display());
+    }
+    Ok(Series(times).median())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elf_linkage_tells_static_from_dynamic() {
+        // cargo links test binaries as dynamic PIEs; the pause (make test builds it first)
+        // is static and position-dependent.
+        let this = std::env::current_exe().unwrap();
+        assert_eq!(elf_linkage(&this).unwrap(), "dynamic PIE");
+        let pause = crate::target_dir().join("pause").join("pause");
+        if pause.is_file() {
+            assert_eq!(elf_linkage(&pause).unwrap(), "static, position-dependent");
+        }
+        let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let error = elf_linkage(&text).unwrap_err().to_string();
+        assert!(error.contains("not a little-endian 64-bit ELF"), "{error}");
+    }
+}

@@ -45,7 +45,9 @@ use anyhow::{Context, Result, ensure};
 use netns_holder_client::client::Client;
 use netns_holder_core::names::PodName;
 use netns_holder_core::ports::{PortMapping, Protocol};
-use nh_tests::bench::{NetnsCleanup, Series, cni_exec, connect_latency, enter_netns, ms, us};
+use nh_tests::bench::{
+    NetnsCleanup, Series, cni_exec, connect_latency, elf_linkage, enter_netns, exec_floor, ms, us,
+};
 use nh_tests::node::{Daemon, DaemonOptions, Echo, Node, Proto};
 use nh_tests::{ScratchDir, proc_status_field, run_ok, unique_name};
 
@@ -704,6 +706,16 @@ fn main() -> Result<()> {
          {:.2} ms through the API (same datapath, separate runs)",
         ms(cli_creates.median()),
         ms(routed.creates.median()),
+    );
+    let cli_binary = nh_tests::node::netns_holder_binary();
+    let true_binary = Path::new("/bin/true");
+    println!(
+        "the CLI binary {} is linked {}; an exec of /bin/true ({}) takes {:.2} ms here (median \
+         of 200), the floor under any CLI call",
+        cli_binary.display(),
+        elf_linkage(&cli_binary)?,
+        elf_linkage(true_binary)?,
+        ms(exec_floor(true_binary, 200)?),
     );
 
     burst_phase()?;
