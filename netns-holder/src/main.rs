@@ -223,9 +223,21 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>, log: Logger) -> anyhow::Resul
         "pod_cidr_v4" => %config.pod_cidr_v4,
         "pod_cidr_v6" => ?config.pod_cidr_v6.map(|n| n.to_string()));
     report_fault_switch(&log);
-    match netns_holder::privileges::raise_open_file_limit() {
-        Ok(limit) => info!(log, "open file limit"; "nofile" => limit),
-        Err(e) => slog::warn!(log, "cannot raise the open file limit"; "error" => %e),
+    let limit = match netns_holder::privileges::raise_open_file_limit() {
+        Ok(limit) => {
+            info!(log, "open file limit"; "nofile" => limit);
+            limit
+        }
+        Err(e) => {
+            slog::warn!(log, "cannot raise the open file limit"; "error" => %e);
+            1024
+        }
+    };
+    // Before the runtime's threads start: see `reserve_descriptor_table`.
+    use netns_holder::privileges::{DESCRIPTOR_TABLE, reserve_descriptor_table};
+    match reserve_descriptor_table(DESCRIPTOR_TABLE, limit) {
+        Ok(size) => info!(log, "descriptor table reserved"; "entries" => size),
+        Err(e) => slog::warn!(log, "cannot reserve the descriptor table"; "error" => %e),
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -245,6 +257,7 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>, log: Logger) -> anyhow::Resul
         // The real kernel. `block_on` runs this on the main thread, whose network namespace
         // LinuxSystem captures as the node's.
         let system = netns_holder::linux::LinuxSystem::new(&config, log.clone())?;
+        system.start_netns_pool();
         let mut config = config;
         let mut shutdown = Box::pin(shutdown);
         // Cluster mode: the node's subnet first (the recorded one, or one taken in etcd).

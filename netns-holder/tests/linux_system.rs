@@ -1402,3 +1402,95 @@ fn peer_routes_hairpin_and_route_localnet() {
         assert!(shown.contains("hairpin on"), "{shown}");
     });
 }
+
+/// Waits (at most 5 s) until the pool of `sys` holds `ready` namespaces.
+async fn pool_reaches(sys: &LinuxSystem, ready: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sys.netns_pool_ready() != ready {
+        assert!(
+            Instant::now() < deadline,
+            "the namespace pool holds {} namespaces after 5 s, expected {ready}",
+            sys.netns_pool_ready()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `ip -j link show` inside `netns`: the links' names and whether each is up.
+fn links_up(netns: &Path) -> Vec<(String, bool)> {
+    let (ok, text) = in_pod(netns, &["ip", "-j", "link", "show"]);
+    assert!(ok, "ip link show in {}: {text}", netns.display());
+    let links: serde_json::Value = serde_json::from_str(&text).expect("ip -j link show JSON");
+    links
+        .as_array()
+        .expect("a list of links")
+        .iter()
+        .map(|l| {
+            let up = l["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == "UP"));
+            (l["ifname"].as_str().unwrap_or_default().to_string(), up)
+        })
+        .collect()
+}
+
+#[test]
+fn the_netns_pool_hands_out_namespaces_with_loopback_up_and_refills_between_creates() {
+    require_root!();
+    let mut env = Env::new(None, None);
+    env.ctx.config.netns_pool = 2;
+    env.run(|ctx| async move {
+        let sys = LinuxSystem::new(&ctx.config, logger()).expect("new");
+        let dir = ctx.config.netns_dir.clone();
+        sys.start_netns_pool();
+        pool_reaches(&sys, 2).await;
+        // Pooled namespaces are mounted nowhere: nothing for check, gc or a crash to leave.
+        assert_eq!(sys.list_netns(&dir).await.unwrap(), Vec::<PathBuf>::new());
+
+        // While a create runs the pool hands out but does not refill.
+        sys.creates_in_flight(1);
+        let a = dir.join("a");
+        sys.create_netns(&a).await.expect("create a from the pool");
+        assert_eq!(sys.netns_pool_ready(), 1);
+        assert_eq!(links_up(&a), vec![("lo".to_string(), true)]);
+        // Its netlink connection (the socket made in the pool) works in that namespace.
+        sys.add_address(&a, &ifname("lo"), "10.77.0.1/32".parse().unwrap())
+            .await
+            .expect("address on lo of a");
+        let (ok, text) = in_pod(&a, &["ip", "-4", "-o", "addr", "show", "dev", "lo"]);
+        assert!(ok && text.contains("10.77.0.1/32"), "{text}");
+
+        let b = dir.join("b");
+        sys.create_netns(&b).await.expect("create b from the pool");
+        // Empty now: a create makes its own namespace, as without a pool.
+        let c = dir.join("c");
+        sys.create_netns(&c)
+            .await
+            .expect("create c without the pool");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(sys.netns_pool_ready(), 0, "refilled while a create ran");
+        for path in [&a, &b, &c] {
+            assert!(sys.netns_exists(path).await.unwrap());
+        }
+        let keys: BTreeSet<u64> = [&a, &b, &c]
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().ino())
+            .collect();
+        assert_eq!(keys.len(), 3, "three different namespaces");
+
+        // Once no create runs, it refills; a path taken is refused and the namespace the
+        // create took is freed, not mounted.
+        sys.creates_in_flight(0);
+        pool_reaches(&sys, 2).await;
+        assert!(matches!(
+            sys.create_netns(&a).await,
+            Err(SystemError::AlreadyExists { .. })
+        ));
+        let mut listed = sys.list_netns(&dir).await.unwrap();
+        listed.sort();
+        assert_eq!(listed, vec![a.clone(), b.clone(), c.clone()]);
+        for path in [&a, &b, &c] {
+            assert!(sys.delete_netns(path).await.unwrap());
+        }
+    });
+}

@@ -22,6 +22,12 @@ pub const DEFAULT_SOCKET: &str = "/run/netns-holder/api.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/netns-holder";
 /// Default directory of network namespace bind mounts.
 pub const DEFAULT_NETNS_DIR: &str = "/run/netns";
+/// Network namespaces made ahead of creates when the file does not set `netns_pool` (see
+/// [`Config::netns_pool`]).
+pub const DEFAULT_NETNS_POOL: u32 = 8;
+/// Largest `netns_pool`: each pooled namespace holds about 150 KiB of kernel memory and two
+/// descriptors of the daemon.
+pub const MAX_NETNS_POOL: u32 = 1024;
 /// Default node bridge name.
 pub const DEFAULT_BRIDGE: &str = "nh0";
 /// Default IPv4 pod CIDR: one that no common runtime or cluster network claims by default
@@ -135,6 +141,11 @@ pub struct Config {
     pub datapath: Datapath,
     /// Whether the file set `datapath`.
     pub datapath_set: bool,
+    /// How many network namespaces the daemon keeps made ahead of the creates that take them
+    /// (`netns_pool`, default [`DEFAULT_NETNS_POOL`], `0` for none): making one is the largest
+    /// part of a create, and each pooled one holds about 150 KiB of kernel memory and two
+    /// descriptors (docs/datapath.md). Attached namespaces (made by a runtime) never use it.
+    pub netns_pool: u32,
 }
 
 impl Default for Config {
@@ -157,6 +168,7 @@ impl Default for Config {
             cluster: None,
             datapath: Datapath::Bridge,
             datapath_set: false,
+            netns_pool: DEFAULT_NETNS_POOL,
         }
     }
 }
@@ -174,6 +186,15 @@ impl Config {
         }
         self.datapath
     }
+}
+
+/// The error for a `netns_pool` outside `0..=MAX_NETNS_POOL`.
+fn netns_pool_out_of_range(n: i64) -> ConfigError {
+    invalid(
+        "netns_pool",
+        n.to_string(),
+        format!("must be between 0 and {MAX_NETNS_POOL}"),
+    )
 }
 
 /// The file as written: every key optional, unknown keys rejected.
@@ -194,6 +215,7 @@ struct RawConfig {
     no_masquerade_cidrs: Option<Vec<String>>,
     cluster: Option<RawCluster>,
     datapath: Option<String>,
+    netns_pool: Option<i64>,
 }
 
 /// One `peers` entry as written.
@@ -351,6 +373,11 @@ impl Config {
                 ));
             }
         };
+        let netns_pool = match raw.netns_pool {
+            None => DEFAULT_NETNS_POOL,
+            Some(n) if (0..=i64::from(MAX_NETNS_POOL)).contains(&n) => n as u32,
+            Some(n) => return Err(netns_pool_out_of_range(n)),
+        };
         let cluster = raw.cluster.take().map(RawCluster::validate).transpose()?;
         if let Some(c) = &cluster {
             for (key, set) in [
@@ -389,6 +416,7 @@ impl Config {
         let config = Self {
             cluster,
             datapath,
+            netns_pool,
             datapath_set: raw.datapath.is_some(),
             socket: absolute_path("socket", raw.socket, DEFAULT_SOCKET)?,
             state_dir: absolute_path("state_dir", raw.state_dir, DEFAULT_STATE_DIR)?,
@@ -460,6 +488,9 @@ impl Config {
 
     /// Re-checks a configuration built in code (the same rules as the file).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.netns_pool > MAX_NETNS_POOL {
+            return Err(netns_pool_out_of_range(i64::from(self.netns_pool)));
+        }
         for (key, path) in [
             ("socket", &self.socket),
             ("state_dir", &self.state_dir),
@@ -659,6 +690,26 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(text, "<test>")
+    }
+
+    #[test]
+    fn netns_pool_defaults_and_range() {
+        assert_eq!(parse("").unwrap().netns_pool, DEFAULT_NETNS_POOL);
+        assert_eq!(parse("netns_pool = 0").unwrap().netns_pool, 0);
+        assert_eq!(parse("netns_pool = 1024").unwrap().netns_pool, 1024);
+        assert_invalid("netns_pool = 1025", "netns_pool", "between 0 and 1024");
+        assert_invalid("netns_pool = -1", "netns_pool", "between 0 and 1024");
+        let built = Config {
+            netns_pool: 5000,
+            ..Config::default()
+        };
+        assert!(matches!(
+            built.validate(),
+            Err(ConfigError::Invalid {
+                key: "netns_pool",
+                ..
+            })
+        ));
     }
 
     fn assert_invalid(text: &str, key: &str, reason_part: &str) {

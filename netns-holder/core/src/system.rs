@@ -135,6 +135,14 @@ pub trait Namespaces: Send + Sync {
     /// existing file there is [`SystemError::AlreadyExists`]).
     fn create_netns(&self, path: &Path) -> impl Future<Output = Result<(), SystemError>> + Send;
 
+    /// How many creates and attaches are running, as the manager counts them, told at each
+    /// change: a hint for work in the background that would compete with them for the CPU
+    /// and RTNL, such as making namespaces ahead ([`crate::config::Config::netns_pool`]).
+    /// Nothing by default.
+    fn creates_in_flight(&self, count: usize) {
+        let _ = count;
+    }
+
     /// Unmounts and unlinks `path`. Returns `false` if it did not exist. The namespace
     /// itself dies with its last user.
     fn delete_netns(&self, path: &Path) -> impl Future<Output = Result<bool, SystemError>> + Send;

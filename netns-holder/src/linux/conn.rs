@@ -89,7 +89,7 @@ pub(crate) fn set_socket_option<T>(
 }
 
 /// Creates a raw rtnetlink socket in the calling thread's network namespace.
-fn new_socket(object: &str) -> Result<Socket, SystemError> {
+pub(super) fn new_socket(object: &str) -> Result<Socket, SystemError> {
     let socket = Socket::new(NETLINK_ROUTE)
         .map_err(|e| SystemError::io(format!("{object}: opening a netlink socket"), e))?;
     let size = libc::c_int::try_from(RECEIVE_BUFFER).unwrap_or(libc::c_int::MAX);
@@ -163,9 +163,23 @@ pub(crate) async fn node(sys: &LinuxSystem) -> Result<Conn, SystemError> {
 /// netlink connection, cached for the pod steps that follow (instead of a second job that
 /// enters the namespace again). A socket that cannot be opened there is left to the first
 /// pod step: the namespace exists either way, which is what the caller asked for.
+///
+/// A namespace made ahead by the pool ([`super::pool`]) is taken when there is one: only its
+/// bind mount is left to do, and its netlink socket becomes the pod's connection.
 pub(crate) async fn create_netns(sys: &LinuxSystem, path: &Path) -> Result<(), SystemError> {
     let target = path.to_path_buf();
     let object = super::netns_object(path);
+    if let Some(pooled) = sys.netns_pool.take() {
+        let super::pool::Pooled { ns, key, socket } = pooled;
+        // On failure the namespace goes with `ns`, its only reference.
+        sys.ns_workers
+            .run(&object, None, move || netns::mount_made(&target, &ns))
+            .await?;
+        if let Ok(conn) = connect(socket, &format!("netlink in {}", path.display())) {
+            sys.pods.insert(key, conn);
+        }
+        return Ok(());
+    }
     let socket = sys
         .ns_workers
         .run(&object, None, move || {

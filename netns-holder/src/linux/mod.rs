@@ -78,6 +78,7 @@ mod netlink;
 mod netns;
 pub mod nft;
 mod pause;
+mod pool;
 mod sockets;
 mod sysctl;
 mod thread;
@@ -89,7 +90,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use slog::{Logger, info, warn};
+use slog::{Logger, info, o, warn};
 
 use crate::config::Config;
 use crate::datapath::Mac;
@@ -134,6 +135,8 @@ pub struct LinuxSystem {
     /// A background batch deleting retired host veths is scheduled (see
     /// `retire_link` in `netlink/links.rs`).
     retired_batch_pending: Arc<std::sync::atomic::AtomicBool>,
+    /// Network namespaces made ahead of creates (`netns_pool`).
+    netns_pool: Arc<pool::NetnsPool>,
     log: Logger,
 }
 
@@ -150,11 +153,31 @@ impl LinuxSystem {
     /// Captures the calling thread's network namespace as the node namespace and takes the
     /// pause binary path from `config.pause_binary`. Touches nothing else; the node
     /// netlink connection is opened on first use.
+    /// The pool of `config.netns_pool` namespaces made ahead of creates starts with
+    /// [`LinuxSystem::start_netns_pool`].
     pub fn new(config: &Config, log: Logger) -> Result<Self, SystemError> {
-        Self::with_pause_binary(config.pause_binary.clone(), log)
+        let mut system = Self::with_pause_binary(config.pause_binary.clone(), log)?;
+        system.netns_pool = Arc::new(pool::NetnsPool::new(
+            config.netns_pool as usize,
+            system.node.clone(),
+            system.log.new(o!("component" => "netns-pool")),
+        ));
+        Ok(system)
     }
 
-    /// Like [`LinuxSystem::new`], with only the pause binary path.
+    /// Starts making network namespaces ahead of the creates that take them, on a thread of
+    /// the lowest CPU priority, until the pool holds `netns_pool` of them (none for 0).
+    /// Pooled namespaces are mounted nowhere and end with this process.
+    pub fn start_netns_pool(&self) {
+        self.netns_pool.start();
+    }
+
+    /// How many network namespaces the pool holds ready.
+    pub fn netns_pool_ready(&self) -> usize {
+        self.netns_pool.ready()
+    }
+
+    /// Like [`LinuxSystem::new`], with only the pause binary path and no namespace pool.
     pub fn with_pause_binary(
         pause_binary: impl Into<PathBuf>,
         log: Logger,
@@ -170,6 +193,7 @@ impl LinuxSystem {
         info!(log, "node network namespace captured"; "inode" => node_inode,
             "pause_exit_watches" => pauses.watch_budget());
         let node = Arc::new(node);
+        let node_for_pool = node.clone();
         Ok(Self {
             pause_binary,
             ns_workers: Arc::new(thread::NsWorkers::new(node.clone(), node_inode)),
@@ -181,6 +205,7 @@ impl LinuxSystem {
             pauses,
             link_deletions: Arc::new(tokio::sync::Mutex::new(())),
             retired_batch_pending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            netns_pool: Arc::new(pool::NetnsPool::new(0, node_for_pool, log.clone())),
             log,
         })
     }
@@ -229,6 +254,10 @@ impl Namespaces for LinuxSystem {
 
     async fn create_netns(&self, path: &Path) -> Result<(), SystemError> {
         conn::create_netns(self, path).await
+    }
+
+    fn creates_in_flight(&self, count: usize) {
+        self.netns_pool.creates_in_flight(count);
     }
 
     async fn delete_netns(&self, path: &Path) -> Result<bool, SystemError> {

@@ -221,44 +221,71 @@ fn prepare_dir(dir: &Path) -> Result<(), SystemError> {
 /// Creates a network namespace bind-mounted at `path`, exclusively. Call it on a throwaway
 /// thread: the thread is left inside the new namespace ([`super::conn::create_netns`]).
 pub(crate) fn create_blocking(path: &Path) -> Result<(), SystemError> {
+    new_mount_point(path)?;
+    let made = unshare(CloneFlags::CLONE_NEWNET)
+        .map_err(|e| {
+            SystemError::io(
+                format!("{}: unshare(CLONE_NEWNET)", netns_object(path)),
+                e.into(),
+            )
+        })
+        .and_then(|()| bind_new(THREAD_NETNS, path));
+    if made.is_err() {
+        // Best effort: the mount point is ours (we created it exclusively above).
+        let _ = std::fs::remove_file(path);
+    }
+    made
+}
+
+/// Bind-mounts `ns`, a network namespace this process made and mounted nowhere (from
+/// [`super::pool`]), at `path`, exclusively, as [`create_blocking`] does with a new one
+/// (blocking; any thread of this process).
+pub(crate) fn mount_made(path: &Path, ns: &OwnedFd) -> Result<(), SystemError> {
+    new_mount_point(path)?;
+    let made = bind_new(&format!("/proc/self/fd/{}", ns.as_raw_fd()), path);
+    if made.is_err() {
+        // Best effort: the mount point is ours (we created it exclusively above).
+        let _ = std::fs::remove_file(path);
+    }
+    made
+}
+
+/// Creates the mount point `path` exclusively, in a prepared directory: an existing file is
+/// someone else's namespace.
+fn new_mount_point(path: &Path) -> Result<(), SystemError> {
     let object = || netns_object(path);
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .ok_or_else(|| SystemError::other(object(), "path has no parent directory"))?;
     prepare_dir(dir)?;
-    // The mount point, created exclusively: an existing file is someone else's namespace.
     match open(
         path,
         OFlag::O_RDONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
         Mode::empty(),
     ) {
-        Ok(fd) => drop(fd),
-        Err(Errno::EEXIST) => return Err(SystemError::AlreadyExists { object: object() }),
-        Err(e) => {
-            return Err(SystemError::io(
-                format!("{}: creating the mount point", object()),
-                e.into(),
-            ));
+        Ok(fd) => {
+            drop(fd);
+            Ok(())
         }
+        Err(Errno::EEXIST) => Err(SystemError::AlreadyExists { object: object() }),
+        Err(e) => Err(SystemError::io(
+            format!("{}: creating the mount point", object()),
+            e.into(),
+        )),
     }
-    let made = unshare(CloneFlags::CLONE_NEWNET)
-        .map_err(|e| SystemError::io(format!("{}: unshare(CLONE_NEWNET)", object()), e.into()))
-        .and_then(|()| {
-            mount(
-                Some(THREAD_NETNS),
-                path,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| SystemError::io(format!("{}: bind mount", object()), e.into()))
-        });
-    if made.is_err() {
-        // Best effort: the mount point is ours (we created it exclusively above).
-        let _ = std::fs::remove_file(path);
-    }
-    made
+}
+
+/// Bind-mounts the namespace file `source` at the mount point `path`.
+fn bind_new(source: &str, path: &Path) -> Result<(), SystemError> {
+    mount(
+        Some(source),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| SystemError::io(format!("{}: bind mount", netns_object(path)), e.into()))
 }
 
 /// Bind-mounts the network namespace open as `ns` at `path` (blocking): the mount point

@@ -54,11 +54,32 @@ use nh_tests::{ScratchDir, proc_status_field, run_ok, unique_name};
 /// The daemon every phase runs: a /20 (4093 pods), `datapath`, its namespaces on a tmpfs
 /// as under `/run` on a node.
 fn bench_daemon_options(datapath: &str) -> DaemonOptions {
+    let pool = match netns_pool_override() {
+        Some(n) => format!("netns_pool = {n}\n"),
+        None => String::new(),
+    };
     DaemonOptions {
         pod_cidr_v4: "10.244.0.0/20".into(),
-        extra_config: format!("datapath = \"{datapath}\"\n"),
+        extra_config: format!("datapath = \"{datapath}\"\n{pool}"),
         netns_tmpfs: true,
         ..DaemonOptions::default()
+    }
+}
+
+/// `BENCH_NETNS_POOL=N`: the daemons run with `netns_pool = N` instead of the default (to
+/// compare; the targets are judged on the default).
+fn netns_pool_override() -> Option<u32> {
+    std::env::var("BENCH_NETNS_POOL").ok()?.parse().ok()
+}
+
+/// The namespace pool the daemons run with, as the report names it.
+fn netns_pool_shown() -> String {
+    match netns_pool_override() {
+        Some(n) => format!("netns_pool = {n} (BENCH_NETNS_POOL)"),
+        None => format!(
+            "netns_pool = {} (the default)",
+            netns_holder_core::config::DEFAULT_NETNS_POOL
+        ),
     }
 }
 
@@ -542,6 +563,11 @@ fn print_row(
 /// the kernel's RTNL lock and the two CPUs).
 fn burst_phase() -> Result<()> {
     eprintln!("bench_pods: 100 creates at once through the API, routed then bridge...");
+    println!(
+        "\nthe daemons keep {} network namespaces made ahead; the creates beyond those make \
+         their own",
+        netns_pool_shown()
+    );
     for datapath in ["routed", "bridge"] {
         let Burst {
             latencies: burst,
@@ -610,6 +636,7 @@ fn main() -> Result<()> {
     );
     let connects = nh_tests::bench::env_count("BENCH_CONNECTS", 300);
     ensure!(connects >= 1, "BENCH_CONNECTS must be at least 1");
+    println!("ours: every daemon runs with {}", netns_pool_shown());
     let routed = bench_ours(count, "routed", false, connects)?;
     let bridge = bench_ours(count, "bridge", false, connects)?;
     let (cni_adds, cni_dels) = bench_cni(count, false)?;

@@ -147,6 +147,8 @@ struct Model {
     neigh: (Thresholds, Thresholds),
     /// Why they cannot be written (as from a non-initial namespace), if so.
     neigh_read_only: Option<String>,
+    /// Every count of running creates the manager told (not a call: no crash point).
+    creates_in_flight: Vec<usize>,
 }
 
 impl Default for Model {
@@ -187,6 +189,7 @@ impl Default for Model {
             holders: BTreeMap::new(),
             neigh: (KERNEL_DEFAULT_NEIGH, KERNEL_DEFAULT_NEIGH),
             neigh_read_only: None,
+            creates_in_flight: Vec::new(),
         }
     }
 }
@@ -369,6 +372,12 @@ impl FakeSystem {
     /// interface has MTU 1500.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Every count of running creates and attaches the manager told, in order
+    /// ([`Namespaces::creates_in_flight`]).
+    pub fn creates_in_flight_told(&self) -> Vec<usize> {
+        self.lock().creates_in_flight.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Model> {

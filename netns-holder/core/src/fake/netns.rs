@@ -31,6 +31,10 @@ impl Namespaces for FakeSystem {
         Ok(())
     }
 
+    fn creates_in_flight(&self, count: usize) {
+        self.lock().creates_in_flight.push(count);
+    }
+
     async fn delete_netns(&self, path: &Path) -> Result<bool, SystemError> {
         let mut m = self
             .call(format!("delete_netns {}", path.display()))

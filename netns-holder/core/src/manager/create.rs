@@ -153,6 +153,7 @@ impl<S: System> PodManager<S> {
         ports: Vec<PortMapping>,
     ) -> Result<PodInfo, ManagerError> {
         let started = std::time::Instant::now();
+        let _in_flight = super::CreateInFlight::new(self);
         let _shared = self.barrier.read().await;
         let _pod = self.pod_locks.lock(&name).await;
         ports::validate(&ports).map_err(|source| ManagerError::Ports {

@@ -165,6 +165,36 @@ pub struct PodManager<S: System> {
     neighbour: Mutex<Option<crate::neigh::NeighbourReport>>,
     /// Cluster mode: why new pods are refused (this node's subnet is another node's now).
     cluster_conflict: Mutex<Option<String>>,
+    /// Creates and attaches running now ([`CreateInFlight`]).
+    creates_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// One running create or attach, counted in [`PodManager`] and told to the system
+/// ([`crate::system::Namespaces::creates_in_flight`]) while it lives.
+struct CreateInFlight<'a, S: System> {
+    manager: &'a PodManager<S>,
+}
+
+impl<'a, S: System> CreateInFlight<'a, S> {
+    fn new(manager: &'a PodManager<S>) -> Self {
+        let count = manager
+            .creates_in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        manager.system.creates_in_flight(count);
+        Self { manager }
+    }
+}
+
+impl<S: System> Drop for CreateInFlight<'_, S> {
+    fn drop(&mut self) {
+        let count = self
+            .manager
+            .creates_in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            - 1;
+        self.manager.system.creates_in_flight(count);
+    }
 }
 
 impl<S: System> PodManager<S> {
@@ -262,6 +292,7 @@ impl<S: System> PodManager<S> {
             peer_lock: tokio::sync::Mutex::new(()),
             neighbour: Mutex::new(None),
             cluster_conflict: Mutex::new(None),
+            creates_in_flight: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 

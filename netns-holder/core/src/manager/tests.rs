@@ -205,6 +205,36 @@ async fn create_and_remove_v4() {
 }
 
 #[tokio::test]
+async fn the_system_is_told_how_many_creates_run() {
+    let env = Env::v4();
+    let m = Arc::new(env.manager());
+    m.create(CreateRequest::new(name("a"))).await.unwrap();
+    assert_eq!(env.fake.creates_in_flight_told(), vec![1, 0]);
+    // A create that fails and rolls back counts until it has.
+    env.fake.fail_on("create_veth");
+    m.create(CreateRequest::new(name("b"))).await.unwrap_err();
+    assert_eq!(env.fake.creates_in_flight_told(), vec![1, 0, 1, 0]);
+    // Concurrent creates add up, and the count returns to 0.
+    let env = Env::v4();
+    let fake = env.fake.clone();
+    let m = Arc::new(env.manager());
+    let creates: Vec<_> = ["c", "d", "e"]
+        .into_iter()
+        .map(|pod| {
+            let m = m.clone();
+            tokio::spawn(async move { m.create(CreateRequest::new(name(pod))).await })
+        })
+        .collect();
+    for create in creates {
+        create.await.unwrap().unwrap();
+    }
+    let told = fake.creates_in_flight_told();
+    assert_eq!(told.iter().max(), Some(&3), "{told:?}");
+    assert_eq!(told.last(), Some(&0), "{told:?}");
+    assert_eq!(told.len(), 6, "{told:?}");
+}
+
+#[tokio::test]
 async fn create_dual_stack() {
     let env = Env::dual();
     let m = env.manager();
