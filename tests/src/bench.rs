@@ -247,7 +247,7 @@ pub fn wait_quiet(limit: Duration) -> (Duration, bool) {
 
 /// How an ELF executable is linked, read from its header and program headers: whether the
 /// dynamic loader runs (`PT_INTERP`) and whether it is position-independent (`ET_DYN`).
-pub fn elf_linkage(path: &Path) -> Result<&'static str> {
+pub fn elf_linkage(path: &Path) -> Result<String> {
     const ET_EXEC: u16 = 2;
     const ET_DYN: u16 = 3;
     const PT_INTERP: u32 = 3;
@@ -282,13 +282,14 @@ pub fn elf_linkage(path: &Path) -> Result<&'static str> {
         let kind = u32_at(phoff + i * phentsize).ok_or_else(malformed)?;
         interpreter |= kind == PT_INTERP;
     }
-    Ok(match (kind, interpreter) {
+    let linkage = match (kind, interpreter) {
         (ET_EXEC, false) => "static, position-dependent",
         (ET_DYN, false) => "static PIE",
         (ET_EXEC, true) => "dynamic, position-dependent",
         (ET_DYN, true) => "dynamic PIE",
         _ => bail!("{}: ELF type {kind} is not an executable", path.display()),
-    })
+    };
+    Ok(linkage.to_string())
 }
 
 /// The median wall time of `runs` execs of `program` with no arguments, waited for: what
