@@ -1472,6 +1472,16 @@ fn the_netns_pool_hands_out_namespaces_with_loopback_up_and_refills_between_crea
         for path in [&a, &b, &c] {
             assert!(sys.netns_exists(path).await.unwrap());
         }
+        // A namespace made by the create itself has its loopback down until the pod's step.
+        assert_eq!(links_up(&c), vec![("lo".to_string(), false)]);
+        sys.loopback_up(&c).await.expect("lo up in c");
+        assert_eq!(links_up(&c), vec![("lo".to_string(), true)]);
+        // A pooled one's first "bring loopback up" has nothing to do; a later one does.
+        sys.loopback_up(&a).await.expect("lo up in a (pooled)");
+        let (ok, text) = in_pod(&a, &["ip", "link", "set", "lo", "down"]);
+        assert!(ok, "{text}");
+        sys.loopback_up(&a).await.expect("lo up in a again");
+        assert_eq!(links_up(&a), vec![("lo".to_string(), true)]);
         let keys: BTreeSet<u64> = [&a, &b, &c]
             .iter()
             .map(|p| std::fs::metadata(p).unwrap().ino())

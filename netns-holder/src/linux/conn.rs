@@ -175,6 +175,7 @@ pub(crate) async fn create_netns(sys: &LinuxSystem, path: &Path) -> Result<(), S
         sys.ns_workers
             .run(&object, None, move || netns::mount_made(&target, &ns))
             .await?;
+        sys.netns_pool.handed_out(key);
         if let Ok(conn) = connect(socket, &format!("netlink in {}", path.display())) {
             sys.pods.insert(key, conn);
         }

@@ -264,6 +264,7 @@ impl Namespaces for LinuxSystem {
         // Our cached socket would keep the namespace alive after the unmount.
         if let Ok(Some(key)) = netns::key(path) {
             self.pods.evict(key);
+            self.netns_pool.forget(key);
         }
         netns::delete(path).await
     }
@@ -504,6 +505,12 @@ impl Netlink for LinuxSystem {
     }
 
     async fn loopback_up(&self, netns: &Path) -> Result<(), SystemError> {
+        // A namespace straight from the pool has its loopback up already.
+        if let Ok(Some(key)) = netns::key(netns)
+            && self.netns_pool.take_fresh(key)
+        {
+            return Ok(());
+        }
         bounded(
             || format!("lo in {}", netns.display()),
             netlink::loopback_up(self, netns),

@@ -16,6 +16,7 @@
 //! and two descriptors (the namespace, and the netlink socket made inside it that becomes
 //! the pod's connection).
 
+use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, Weak};
 use std::time::Duration;
@@ -53,8 +54,15 @@ pub(crate) struct NetnsPool {
     /// Signalled when a namespace was taken or when no create is running any more.
     changed: Condvar,
     started: Once,
+    /// Namespaces handed out whose loopback nobody has set since the pool brought it up
+    /// ([`NetnsPool::take_fresh`]).
+    fresh: Mutex<HashSet<NetnsKey>>,
     log: Logger,
 }
+
+/// More fresh keys than this means they are not being taken: forget them all (the only cost
+/// is a loopback set up once more).
+const FRESH_MAX: usize = 4096;
 
 struct State {
     ready: Vec<Pooled>,
@@ -75,6 +83,7 @@ impl NetnsPool {
             }),
             changed: Condvar::new(),
             started: Once::new(),
+            fresh: Mutex::new(HashSet::new()),
             log,
         }
     }
@@ -124,6 +133,35 @@ impl NetnsPool {
         if count == 0 {
             self.changed.notify_one();
         }
+    }
+
+    /// Records that the pooled namespace `key` was mounted for a pod, its loopback up as
+    /// the pool left it.
+    pub(crate) fn handed_out(&self, key: NetnsKey) {
+        let mut fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
+        if fresh.len() >= FRESH_MAX {
+            fresh.clear();
+        }
+        fresh.insert(key);
+    }
+
+    /// Whether `key` is a namespace just handed out whose loopback is still as the pool left
+    /// it (up, with 127.0.0.1/8 and ::1): true once, so only the pod's first "bring loopback
+    /// up" step is spared the three requests.
+    pub(crate) fn take_fresh(&self, key: NetnsKey) -> bool {
+        self.fresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key)
+    }
+
+    /// Forgets `key` (its namespace is being unmounted: the number may name another one
+    /// later).
+    pub(crate) fn forget(&self, key: NetnsKey) {
+        self.fresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
     }
 
     /// How many namespaces are ready.

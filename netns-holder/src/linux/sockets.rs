@@ -165,43 +165,46 @@ pub(crate) async fn listeners(
     // On a namespace worker, not a thread of its own: a create with host ports asks this,
     // and a thread start and exit cost it 0.15 ms here.
     let node = Some(NsFd::Shared(sys.node.clone()));
-    sys.ns_workers.run(object, node, move || {
-        let socket = Socket::new(NETLINK_SOCK_DIAG)
-            .map_err(|e| SystemError::io(format!("{object}: sock_diag socket"), e))?;
-        let mut found: BTreeMap<(Protocol, u16, IpAddr), u32> = BTreeMap::new();
-        for (protocol, number, state) in [
-            (Protocol::Tcp, diag_byte(libc::IPPROTO_TCP)?, TCP_LISTEN),
-            (
-                Protocol::Udp,
-                diag_byte(libc::IPPROTO_UDP)?,
-                UDP_UNCONNECTED,
-            ),
-        ] {
-            if !ports.iter().any(|(p, _)| *p == protocol) {
-                continue;
-            }
-            for family in [diag_byte(libc::AF_INET)?, diag_byte(libc::AF_INET6)?] {
-                let sockets = dump(&socket, family, number, state)
-                    .map_err(|e| SystemError::io(format!("{object}: {protocol} dump"), e))?;
-                for s in sockets {
-                    if s.state == state && s.remote_port == 0 && ports.contains(&(protocol, s.port))
-                    {
-                        found.insert((protocol, s.port, s.address), s.inode);
+    sys.ns_workers
+        .run(object, node, move || {
+            let socket = Socket::new(NETLINK_SOCK_DIAG)
+                .map_err(|e| SystemError::io(format!("{object}: sock_diag socket"), e))?;
+            let mut found: BTreeMap<(Protocol, u16, IpAddr), u32> = BTreeMap::new();
+            for (protocol, number, state) in [
+                (Protocol::Tcp, diag_byte(libc::IPPROTO_TCP)?, TCP_LISTEN),
+                (
+                    Protocol::Udp,
+                    diag_byte(libc::IPPROTO_UDP)?,
+                    UDP_UNCONNECTED,
+                ),
+            ] {
+                if !ports.iter().any(|(p, _)| *p == protocol) {
+                    continue;
+                }
+                for family in [diag_byte(libc::AF_INET)?, diag_byte(libc::AF_INET6)?] {
+                    let sockets = dump(&socket, family, number, state)
+                        .map_err(|e| SystemError::io(format!("{object}: {protocol} dump"), e))?;
+                    for s in sockets {
+                        if s.state == state
+                            && s.remote_port == 0
+                            && ports.contains(&(protocol, s.port))
+                        {
+                            found.insert((protocol, s.port, s.address), s.inode);
+                        }
                     }
                 }
             }
-        }
-        Ok(found
-            .into_iter()
-            .map(|((protocol, port, address), inode)| Listener {
-                protocol,
-                address,
-                port,
-                owner: owner_of(inode),
-            })
-            .collect())
-    })
-    .await
+            Ok(found
+                .into_iter()
+                .map(|((protocol, port, address), inode)| Listener {
+                    protocol,
+                    address,
+                    port,
+                    owner: owner_of(inode),
+                })
+                .collect())
+        })
+        .await
 }
 
 /// `conntrack -D` arguments for one flush.

@@ -397,7 +397,11 @@ pub(super) fn admit(
     } else {
         Some(state.pods.values())
     };
-    for other in others.into_iter().flatten().filter(|other| holds_ports(other)) {
+    for other in others
+        .into_iter()
+        .flatten()
+        .filter(|other| holds_ports(other))
+    {
         for mapping in &ports {
             if let Some(theirs) = other.ports.iter().find(|o| mapping.overlaps(o)) {
                 return Err(ManagerError::PortInUse {
