@@ -46,24 +46,26 @@ DEMO_DEB_PACKAGES := iproute2 util-linux iputils-ping busybox-static runc crun n
 DEB_PACKAGES := $(DEMO_DEB_PACKAGES) procps strace podman skopeo catatonit \
 	containernetworking-plugins docker-registry prometheus etcd-server
 
-.PHONY: build pause image demo demo-deps test deps lint fmt bench install clean static-link
+.PHONY: build pause image demo demo-deps test deps lint fmt bench install clean dist
 
-# The shipped `netns-holder` and `cri-hook` are linked statically and position-dependent, as
-# the upstream release binaries of containerd, runc and kubelet are: no dynamic loader, no
-# relocations at start, so every CLI call, CNI call and OCI hook starts about 0.6 ms sooner
-# on this guest (docs/datapath.md, "The static link"). glibc 2.36 carries its `files` and
+# The shipped `netns-holder` and `cri-hook` ($(DIST)) are built with the `dist` profile
+# (release with whole-program optimisation) and linked statically and position-dependent,
+# as the upstream release binaries of containerd, runc and kubelet are: no dynamic loader,
+# no relocations at start, so every CLI call, CNI call and OCI hook starts about 0.6 ms
+# sooner on our test guest (docs/datapath.md, stop 22). glibc 2.36 carries its `files` and
 # `dns` host lookups in the static library, which is all the daemon's etcd endpoints use.
 STATIC_LINK := -C target-feature=+crt-static -C relocation-model=static
+DIST := $(TARGET)/dist
 
-## build: the static pause and release builds of every binary
+## build: the static pause, release builds of every binary, and the shipped ones ($(DIST))
 build: pause
 	$(CARGO) build --workspace --release --locked
-	$(MAKE) --no-print-directory static-link
+	$(MAKE) --no-print-directory dist
 
-## static-link: relink the release `netns-holder` and `cri-hook` statically (after a release build)
-static-link:
-	$(CARGO) rustc -p netns-holder --bin netns-holder --release --locked -- $(STATIC_LINK)
-	$(CARGO) rustc -p cri-hook --bin cri-hook --release --locked -- $(STATIC_LINK)
+## dist: the shipped `netns-holder` and `cri-hook`: whole-program optimised, linked statically
+dist:
+	$(CARGO) rustc -p netns-holder --bin netns-holder --profile dist --locked -- $(STATIC_LINK)
+	$(CARGO) rustc -p cri-hook --bin cri-hook --profile dist --locked -- $(STATIC_LINK)
 
 ## pause: the static, libc-free pause binary ($(PAUSE_BIN))
 pause:
@@ -106,17 +108,17 @@ test: deps pause lint
 
 ## bench: pause footprint vs catatonit -P; pod create/remove on both datapaths (API) and routed (CLI) vs the CNI reference chain (with and without portmap) and the routed 4000-pod scale run with first-packet latency at 1-2 vs 4000 pods; first-packet RTT with proxy ARP vs permanent neighbours; load (1000 pods, 32 clients); create/remove with a /metrics scraper every 100 ms vs without; cluster: lease -> route, 1000 peers vs ip -batch
 bench: pause
-	$(CARGO) build -p netns-holder -p cri-hook -p nh-tests --release --locked
-	$(MAKE) --no-print-directory static-link
+	$(CARGO) build -p nh-tests --release --locked
+	$(MAKE) --no-print-directory dist
 	$(TARGET)/release/bench_pause
-	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_pods
+	NETNS_HOLDER_BIN=$(DIST)/netns-holder $(TARGET)/release/bench_pods
 	scripts/first-packet-neighbours.sh
-	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder CRI_HOOK_BIN=$(TARGET)/release/cri-hook \
+	NETNS_HOLDER_BIN=$(DIST)/netns-holder CRI_HOOK_BIN=$(DIST)/cri-hook \
 		$(TARGET)/release/bench_nri
-	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_hostports
-	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_load
-	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_metrics
-	NETNS_HOLDER_BIN=$(TARGET)/release/netns-holder $(TARGET)/release/bench_cluster
+	NETNS_HOLDER_BIN=$(DIST)/netns-holder $(TARGET)/release/bench_hostports
+	NETNS_HOLDER_BIN=$(DIST)/netns-holder $(TARGET)/release/bench_load
+	NETNS_HOLDER_BIN=$(DIST)/netns-holder $(TARGET)/release/bench_metrics
+	NETNS_HOLDER_BIN=$(DIST)/netns-holder $(TARGET)/release/bench_cluster
 
 # `make fuzz`: the proptest fuzz targets with many cases. The parser targets of cri-hook
 # (fuzz_parsers) run FUZZ_CASES cases each and stop after FUZZ_SECONDS; the ttRPC/mux targets
@@ -142,8 +144,8 @@ fuzz:
 
 ## install: binaries, the pause, the systemd unit and a config (honours PREFIX, DESTDIR)
 install: build
-	install -D -m 0755 $(TARGET)/release/netns-holder $(DESTDIR)$(BINDIR)/netns-holder
-	install -D -m 0755 $(TARGET)/release/cri-hook $(DESTDIR)$(BINDIR)/cri-hook
+	install -D -m 0755 $(DIST)/netns-holder $(DESTDIR)$(BINDIR)/netns-holder
+	install -D -m 0755 $(DIST)/cri-hook $(DESTDIR)$(BINDIR)/cri-hook
 	install -d -m 0755 $(DESTDIR)$(HOOKSDIR)
 	sed -e 's|/usr/local/bin/cri-hook|$(BINDIR)/cri-hook|' \
 		cri-hook/hooks.d/netns-holder.json > $(DESTDIR)$(HOOKSDIR)/netns-holder.json
