@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The kernel's own cost of a routed pod's objects as pods accumulate, made by the reference
+# tool (iproute2) without netns-holder: per pod a network namespace and a veth pair whose
+# host end stays in a node namespace and whose pod end goes into the pod's. Batches of 100
+# pods, each one `ip -batch` run; prints the time per pod of every batch (ms). With
+# PAUSE=path/to/pause, each pod's namespace also gets a process (started with nsenter after
+# its batch, not timed), as a pause holds each of ours.
+#
+#   [PAUSE=target/pause/pause] scripts/kernel-growth-reference.sh [PODS]   (root; default 4000)
+#
+# Everything happens in a private mount namespace with a tmpfs on /run/netns and a node
+# namespace of its own: the machine's /run/netns and network are never touched, and every
+# namespace and link goes when the script ends. Not part of `make bench` (docs/datapath.md,
+# stop 22: it was run next to the 4000-pod run of bench_pods).
+set -euo pipefail
+
+pods=${1:-4000}
+if [ "$(id -u)" -ne 0 ]; then
+    echo "kernel-growth-reference: needs root (network namespaces)" >&2
+    exit 1
+fi
+if [ "${NH_REF_INNER:-}" != 1 ]; then
+    exec env NH_REF_INNER=1 unshare --mount --propagation private -- "$0" "$pods"
+fi
+
+mkdir -p /run/netns
+mount -t tmpfs -o mode=0755,size=16m nhref /run/netns
+node=nhref-node
+ip netns add "$node"
+batch=$(mktemp)
+pids=()
+cleanup() {
+    # Only the processes this script started.
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -f "$batch"
+}
+trap cleanup EXIT
+
+for ((start = 0; start < pods; start += 100)); do
+    : > "$batch"
+    end=$((start + 100 < pods ? start + 100 : pods))
+    for ((i = start; i < end; i++)); do
+        echo "netns add p$i" >> "$batch"
+        echo "link add h$i type veth peer name eth0 netns p$i" >> "$batch"
+    done
+    t0=$(date +%s%N)
+    ip -n "$node" -batch "$batch"
+    t1=$(date +%s%N)
+    awk -v s="$start" -v e="$end" -v ns=$((t1 - t0)) \
+        'BEGIN { printf "pods %d-%d: %.3f ms per pod\n", s + 1, e, ns / 1e6 / (e - s) }'
+    if [ -n "${PAUSE:-}" ]; then
+        for ((i = start; i < end; i++)); do
+            nsenter --net="/run/netns/p$i" -- "$PAUSE" </dev/null >/dev/null 2>&1 &
+            pids+=($!)
+        done
+    fi
+done
