@@ -4,7 +4,10 @@
 # host end stays in a node namespace and whose pod end goes into the pod's. Batches of 100
 # pods, each one `ip -batch` run; prints the time per pod of every batch (ms). With
 # PAUSE=path/to/pause, each pod's namespace also gets a process (started with nsenter after
-# its batch, not timed), as a pause holds each of ours.
+# its batch, not timed), as a pause holds each of ours. With ROUTES=1 the batch also does
+# what the routed datapath does on the node for a pod: the host end up, a /32 route to the
+# pod's address (10.200.0.0/16) on it and a permanent neighbour entry for that address.
+# With LO=1 each pod's `lo` is brought up after its batch (one `ip -n` each, not timed).
 #
 #   [PAUSE=target/pause/pause] scripts/kernel-growth-reference.sh [PODS]   (root; default 4000)
 #
@@ -43,12 +46,24 @@ for ((start = 0; start < pods; start += 100)); do
     for ((i = start; i < end; i++)); do
         echo "netns add p$i" >> "$batch"
         echo "link add h$i type veth peer name eth0 netns p$i" >> "$batch"
+        if [ "${ROUTES:-}" = 1 ]; then
+            address="10.200.$((i / 256)).$((i % 256))"
+            echo "link set h$i up" >> "$batch"
+            echo "route add $address/32 dev h$i" >> "$batch"
+            printf 'neigh add %s lladdr 0a:58:0a:c8:%02x:%02x dev h%d nud permanent\n' \
+                "$address" $((i / 256)) $((i % 256)) "$i" >> "$batch"
+        fi
     done
     t0=$(date +%s%N)
-    ip -n "$node" -batch "$batch"
+    # nsenter, not `ip -n`: `ip -n` gives ip a mount namespace of its own, and the pods'
+    # namespace mounts made there would go with it (and the namespaces with them).
+    nsenter --net="/run/netns/$node" -- ip -batch "$batch"
     t1=$(date +%s%N)
     awk -v s="$start" -v e="$end" -v ns=$((t1 - t0)) \
         'BEGIN { printf "pods %d-%d: %.3f ms per pod\n", s + 1, e, ns / 1e6 / (e - s) }'
+    if [ "${LO:-}" = 1 ]; then
+        for ((i = start; i < end; i++)); do ip -n "p$i" link set lo up; done
+    fi
     if [ -n "${PAUSE:-}" ]; then
         for ((i = start; i < end; i++)); do
             nsenter --net="/run/netns/p$i" -- "$PAUSE" </dev/null >/dev/null 2>&1 &
@@ -56,3 +71,5 @@ for ((start = 0; start < pods; start += 100)); do
         done
     fi
 done
+links=$(ip -n "$node" -o link show | grep -c ' h[0-9]*@')
+echo "at the end: $links host veths in the node namespace, $(find /run/netns -maxdepth 1 -name 'p*' | wc -l) pod namespaces"
