@@ -102,6 +102,8 @@ fmt:
 
 ## test: everything, privileged tests included (they skip loudly when not root), with /run
 ##       starting empty (scripts/run-tests.sh) and a passed/failed summary at the end
+# No incremental build caches in a one-off test build: they only add disk.
+test: export CARGO_INCREMENTAL := 0
 test: deps pause lint
 	$(CARGO) build --workspace --locked
 	CARGO=$(CARGO) scripts/run-tests.sh
