@@ -37,7 +37,9 @@ use netns_holder_core::kernel::PauseProcess;
 use netns_holder_core::manager::{CreateRequest, PodInfo, PodManager};
 use netns_holder_core::names::{IfName, PodName};
 use netns_holder_core::ports::{PortMapping, Protocol};
-use netns_holder_core::system::{Firewall, Namespaces, Netlink, Processes, Sysctl, SystemError};
+use netns_holder_core::system::{
+    Firewall, Namespaces, Netlink, Processes, Sysctl, SystemError, VethPair,
+};
 use nix::fcntl::{OFlag, open};
 use nix::mount::{MntFlags, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
@@ -883,11 +885,11 @@ fn system_primitives() {
         // Veth: exclusive on the host end.
         sys.create_netns(&a).await.expect("create a");
         let host = ifname("nhveth0");
-        sys.create_veth(&host, &ifname("nhp0"), &a, 1300, None, None)
+        sys.create_veth(VethPair::new(&host, &ifname("nhp0"), &a, 1300))
             .await
             .expect("veth");
         let err = sys
-            .create_veth(&host, &ifname("nhp1"), &a, 1300, None, None)
+            .create_veth(VethPair::new(&host, &ifname("nhp1"), &a, 1300))
             .await
             .unwrap_err();
         assert!(matches!(err, SystemError::AlreadyExists { .. }), "{err}");
@@ -905,19 +907,61 @@ fn system_primitives() {
                 .is_none()
         );
 
+        // A bridge port made in the create request: the host end is the bridge's port from
+        // its first moment. A master that is missing or not a bridge fails the request
+        // (naming it) and leaves neither end behind.
+        let bridge = ifname("nhtest0");
+        let port_host = ifname("nhveth4");
+        sys.create_veth(VethPair {
+            master: Some(&bridge),
+            ..VethPair::new(&port_host, &ifname("nhp4"), &a, 1300)
+        })
+        .await
+        .expect("veth on the bridge");
+        let port = sys
+            .link_info(None, &port_host)
+            .await
+            .unwrap()
+            .expect("port");
+        assert_eq!(port.master, Some(bridge.clone()));
+        let (ok, text) = in_node(&ctx.node, &["ip", "-o", "link", "show", "nhveth4"]);
+        assert!(ok && text.contains("master nhtest0"), "{text}");
+        assert!(sys.delete_link(None, &port_host).await.unwrap());
+        for (master, what) in [(ifname("nhnobridge0"), "nhnobridge0"), (ifname("lo"), "lo")] {
+            let err = sys
+                .create_veth(VethPair {
+                    master: Some(&master),
+                    ..VethPair::new(&ifname("nhveth3"), &ifname("nhp3"), &a, 1300)
+                })
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains(what), "{err}");
+            assert!(
+                sys.link_info(None, &ifname("nhveth3"))
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "no host end left after {err}"
+            );
+            assert!(
+                sys.link_info(Some(&a), &ifname("nhp3"))
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "no pod end left after {err}"
+            );
+        }
+
         // Routed datapath primitives: fixed MACs on both ends, permanent neighbours on both
         // sides, a host route with our protocol and source, node addresses on lo.
         let routed_host = ifname("nhveth1");
         let pod_mac = netns_holder_core::datapath::pod_mac("10.99.0.2".parse().unwrap());
         let host_mac = netns_holder_core::datapath::HOST_VETH_MAC;
-        sys.create_veth(
-            &routed_host,
-            &ifname("nhr0"),
-            &a,
-            1300,
-            Some(host_mac),
-            Some(pod_mac),
-        )
+        sys.create_veth(VethPair {
+            host_mac: Some(host_mac),
+            peer_mac: Some(pod_mac),
+            ..VethPair::new(&routed_host, &ifname("nhr0"), &a, 1300)
+        })
         .await
         .expect("routed veth");
         let (ok, text) = in_node(&ctx.node, &["ip", "link", "show", "nhveth1"]);
@@ -984,7 +1028,7 @@ fn system_primitives() {
         // missing link or namespace is no error.
         let retired_host = ifname("nhveth2");
         let retired_pod = ifname("nhr1");
-        sys.create_veth(&retired_host, &retired_pod, &a, 1300, None, None)
+        sys.create_veth(VethPair::new(&retired_host, &retired_pod, &a, 1300))
             .await
             .expect("veth to retire");
         sys.link_up(Some(&a), &retired_pod).await.unwrap();
@@ -1011,7 +1055,7 @@ fn system_primitives() {
             sys.link_info(None, &retired_host).await.unwrap().is_none(),
             "the name is free after retire_link returns"
         );
-        sys.create_veth(&retired_host, &retired_pod, &a, 1300, None, None)
+        sys.create_veth(VethPair::new(&retired_host, &retired_pod, &a, 1300))
             .await
             .expect("the same names again");
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -113,6 +113,8 @@ pub enum Action {
         host_mac: Option<Mac>,
         /// MAC address of the pod end (`None`: random).
         peer_mac: Option<Mac>,
+        /// The bridge the host end joins in the same request (`None`: none, routed).
+        master: Option<IfName>,
     },
     /// Delete a link (`netns: None` is the host namespace).
     DeleteLink {
@@ -324,13 +326,18 @@ impl fmt::Display for Action {
                 peer,
                 netns,
                 mtu,
+                master,
                 ..
             } => {
                 write!(
                     f,
                     "create veth {host} <-> {peer} in {} (mtu {mtu})",
                     netns.display()
-                )
+                )?;
+                match master {
+                    Some(bridge) => write!(f, " on bridge {bridge}"),
+                    None => Ok(()),
+                }
             }
             Self::DeleteLink { netns, link } => write!(f, "delete link {link} in {}", Ns(netns)),
             Self::RetireLink { netns: None, link } => write!(

@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use crate::action::{Action, Step};
 use crate::kernel::PauseProcess;
-use crate::system::{System, SystemError};
+use crate::system::{System, SystemError, VethPair};
 
 /// What a successful action produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,8 +129,17 @@ pub async fn run_action<S: System>(system: &S, action: &Action) -> Result<Outcom
             mtu,
             host_mac,
             peer_mac,
+            master,
         } => system
-            .create_veth(host, peer, netns, *mtu, *host_mac, *peer_mac)
+            .create_veth(VethPair {
+                host,
+                peer,
+                netns,
+                mtu: *mtu,
+                host_mac: *host_mac,
+                peer_mac: *peer_mac,
+                master: master.as_ref(),
+            })
             .await
             .map(|()| Outcome::Done),
         Action::EnsureNodeAddresses { link, addresses } => system
@@ -487,6 +496,7 @@ mod tests {
                     mtu: 1500,
                     host_mac: None,
                     peer_mac: None,
+                    master: None,
                 },
                 Action::DeleteLink {
                     netns: None,

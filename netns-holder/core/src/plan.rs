@@ -145,20 +145,17 @@ fn wiring_steps(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
             mtu: record.mtu,
             host_mac: routed.then_some(datapath::HOST_VETH_MAC),
             peer_mac: routed_pod_mac(record),
+            // The bridge port is made in the create request itself: one RTNL-serialised
+            // request less per pod than a separate `SetMaster`.
+            master: (!routed).then(|| node.bridge.clone()),
         },
         Action::DeleteLink {
             netns: None,
             link: host.clone(),
         },
     )];
-    if !routed {
-        steps.push(Step::plain(Action::SetMaster {
-            link: host.clone(),
-            master: node.bridge.clone(),
-        }));
-        if !record.ports.is_empty() {
-            steps.push(Step::plain(Action::SetHairpin { link: host.clone() }));
-        }
+    if !routed && !record.ports.is_empty() {
+        steps.push(Step::plain(Action::SetHairpin { link: host.clone() }));
     }
     // Nothing IPv6 on a bridge port or for a pod without IPv6; a routed pod's IPv6 needs
     // the host veth's IPv6 but not its link-local address.

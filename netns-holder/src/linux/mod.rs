@@ -101,6 +101,7 @@ use crate::names::{IfName, PodId};
 use crate::ports::Protocol;
 use crate::system::{
     Firewall, KernelEvents, Namespaces, Netlink, PauseExit, Processes, Sysctl, SystemError,
+    VethPair,
 };
 
 pub use pause::PAUSE_NODE_ENV;
@@ -364,18 +365,17 @@ impl Netlink for LinuxSystem {
         .await
     }
 
-    async fn create_veth(
-        &self,
-        host: &IfName,
-        peer: &IfName,
-        netns: &Path,
-        mtu: u32,
-        host_mac: Option<Mac>,
-        peer_mac: Option<Mac>,
-    ) -> Result<(), SystemError> {
+    async fn create_veth(&self, pair: VethPair<'_>) -> Result<(), SystemError> {
         bounded(
-            || format!("veth {host} <-> {peer} in {}", netns.display()),
-            netlink::create_veth(self, host, peer, netns, mtu, host_mac, peer_mac),
+            || {
+                format!(
+                    "veth {} <-> {} in {}",
+                    pair.host,
+                    pair.peer,
+                    pair.netns.display()
+                )
+            },
+            netlink::create_veth(self, pair),
         )
         .await
     }

@@ -425,7 +425,7 @@ mod sysctl;
 mod tests {
     use super::*;
     use crate::names::PodName;
-    use crate::system::{Namespaces, Netlink, Processes};
+    use crate::system::{Namespaces, Netlink, Processes, VethPair};
 
     fn p(s: &str) -> PathBuf {
         PathBuf::from(s)
@@ -445,7 +445,7 @@ mod tests {
             Err(SystemError::AlreadyExists { .. })
         ));
         let pause = f.start_pause(&id, &p("/run/netns/a")).await.unwrap();
-        f.create_veth(&n("h"), &n("peer"), &p("/run/netns/a"), 1400, None, None)
+        f.create_veth(VethPair::new(&n("h"), &n("peer"), &p("/run/netns/a"), 1400))
             .await
             .unwrap();
         assert!(f.delete_netns(&p("/run/netns/a")).await.unwrap());
@@ -458,11 +458,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_veth_made_on_a_bridge_is_its_port_or_is_not_made() {
+        let f = FakeSystem::new();
+        let ns = p("/run/netns/a");
+        f.create_netns(&ns).await.unwrap();
+        let (bridge, host, eth0) = (n("br0"), n("h"), n("eth0"));
+        let on_bridge = VethPair {
+            master: Some(&bridge),
+            ..VethPair::new(&host, &eth0, &ns, 1500)
+        };
+        let err = f.create_veth(on_bridge).await.unwrap_err();
+        assert!(matches!(err, SystemError::NotFound { .. }), "{err}");
+        assert!(err.to_string().contains("br0"), "{err}");
+        assert!(f.snapshot().host_links.is_empty());
+        f.ensure_bridge(&bridge, &[]).await.unwrap();
+        f.create_veth(on_bridge).await.unwrap();
+        let port = f.link_info(None, &n("h")).await.unwrap().unwrap();
+        assert_eq!(port.master, Some(bridge.clone()));
+    }
+
+    #[tokio::test]
     async fn a_route_needs_address_and_up_and_dies_with_the_veth() {
         let f = FakeSystem::new();
         let ns = p("/run/netns/a");
         f.create_netns(&ns).await.unwrap();
-        f.create_veth(&n("h"), &n("eth0"), &ns, 1500, None, None)
+        f.create_veth(VethPair::new(&n("h"), &n("eth0"), &ns, 1500))
             .await
             .unwrap();
         let gw: IpAddr = "10.0.0.1".parse().unwrap();

@@ -6,11 +6,11 @@ use std::path::Path;
 
 use ipnet::IpNet;
 
-use super::{FakeLink, FakeSystem, HOST, Kind, ns_name};
+use super::{FakeLink, FakeSystem, HOST, Kind, Model, ns_name};
 use crate::datapath::Mac;
 use crate::kernel::{LinkInfo, NodeNetwork, NodeNetworkKind};
 use crate::names::IfName;
-use crate::system::{Netlink, SystemError};
+use crate::system::{Netlink, SystemError, VethPair};
 
 impl Netlink for FakeSystem {
     async fn ensure_bridge(&self, name: &IfName, gateways: &[IpNet]) -> Result<(), SystemError> {
@@ -121,19 +121,25 @@ impl Netlink for FakeSystem {
             .unwrap_or_default())
     }
 
-    async fn create_veth(
-        &self,
-        host: &IfName,
-        peer: &IfName,
-        netns: &Path,
-        mtu: u32,
-        _host_mac: Option<Mac>,
-        _peer_mac: Option<Mac>,
-    ) -> Result<(), SystemError> {
-        let mut m = self
-            .call(format!("create_veth {host} {peer} {}", netns.display()))
-            .await?;
+    async fn create_veth(&self, pair: VethPair<'_>) -> Result<(), SystemError> {
+        let VethPair {
+            host,
+            peer,
+            netns,
+            mtu,
+            master,
+            ..
+        } = pair;
+        let mut call = format!("create_veth {host} {peer} {}", netns.display());
+        if let Some(bridge) = master {
+            call.push_str(&format!(" master {bridge}"));
+        }
+        let mut m = self.call(call).await?;
         let pod_net = m.net_id(Some(netns))?;
+        // As the kernel: a master that cannot take the port fails the whole request.
+        if let Some(bridge) = master {
+            check_bridge(&mut m, bridge)?;
+        }
         if m.net(HOST).links.contains_key(host.as_str()) {
             return Err(SystemError::AlreadyExists {
                 object: format!("link {host}"),
@@ -156,7 +162,8 @@ impl Netlink for FakeSystem {
             neighbours: Default::default(),
             host_routes: Default::default(),
         };
-        let host_link = mk(pod_net, peer);
+        let mut host_link = mk(pod_net, peer);
+        host_link.master = master.map(|b| b.to_string());
         let peer_link = mk(HOST, host);
         m.net(HOST).links.insert(host.to_string(), host_link);
         m.net(pod_net).links.insert(peer.to_string(), peer_link);
@@ -165,20 +172,7 @@ impl Netlink for FakeSystem {
 
     async fn set_master(&self, link: &IfName, master: &IfName) -> Result<(), SystemError> {
         let mut m = self.call(format!("set_master {link} {master}")).await?;
-        match m.net(HOST).links.get(master.as_str()) {
-            Some(l) if l.kind == Kind::Bridge => {}
-            Some(_) => {
-                return Err(SystemError::other(
-                    format!("link {master}"),
-                    "is not a bridge",
-                ));
-            }
-            None => {
-                return Err(SystemError::NotFound {
-                    object: format!("bridge {master}"),
-                });
-            }
-        }
+        check_bridge(&mut m, master)?;
         m.link_mut(None, link)?.master = Some(master.to_string());
         Ok(())
     }
@@ -418,5 +412,19 @@ impl Netlink for FakeSystem {
             kind: NodeNetworkKind::Route { ours: false },
         });
         Ok(addresses.chain(peers).chain(foreign).collect())
+    }
+}
+
+/// `master` is a bridge of the host namespace, or the kernel's refusal of it as a master.
+fn check_bridge(m: &mut Model, master: &IfName) -> Result<(), SystemError> {
+    match m.net(HOST).links.get(master.as_str()) {
+        Some(l) if l.kind == Kind::Bridge => Ok(()),
+        Some(_) => Err(SystemError::other(
+            format!("link {master}"),
+            "is not a bridge",
+        )),
+        None => Err(SystemError::NotFound {
+            object: format!("bridge {master}"),
+        }),
     }
 }

@@ -655,7 +655,7 @@ async fn error_names_step_and_object() {
     let err = m.create(CreateRequest::new(name("web"))).await.unwrap_err();
     let msg = err.to_string();
     assert!(
-        msg.starts_with("creating pod web: step 12 (add address fd00:88::2/64 to link eth0 in /run/netns/web) failed:"),
+        msg.starts_with("creating pod web: step 11 (add address fd00:88::2/64 to link eth0 in /run/netns/web) failed:"),
         "{msg}"
     );
     assert!(msg.ends_with("; rolled back"), "{msg}");

@@ -88,9 +88,8 @@ fn create_v4_only_with_pause() {
             "ensure bridge nh0 with 10.88.0.1/16".to_string(),
             "enable IPv4 forwarding".to_string(),
             format!(
-                "create veth {h} <-> eth0 in /run/netns/web (mtu 1450) [undo: delete link {h} in the host namespace]"
+                "create veth {h} <-> eth0 in /run/netns/web (mtu 1450) on bridge nh0 [undo: delete link {h} in the host namespace]"
             ),
-            format!("attach link {h} to bridge nh0"),
             format!("disable IPv6 on link {h} in the host namespace"),
             format!("set link {h} up in the host namespace"),
             "add address 10.88.0.2/16 to link eth0 in /run/netns/web".to_string(),
@@ -137,16 +136,13 @@ fn create_dual_stack_structured() {
                 mtu: 1450,
                 host_mac: None,
                 peer_mac: None,
+                master: Some(IfName::new("nh0").unwrap()),
             },
             Action::DeleteLink {
                 netns: None,
                 link: host.clone(),
             },
         ),
-        Step::plain(Action::SetMaster {
-            link: host.clone(),
-            master: IfName::new("nh0").unwrap(),
-        }),
         Step::plain(Action::DisableIpv6 { link: host.clone() }),
         Step::plain(Action::LinkUp {
             netns: None,
@@ -188,7 +184,7 @@ fn create_dual_stack_structured() {
 fn create_no_pause() {
     let r = record("web", NetnsOwnership::Owned { pause: false }, false);
     let steps = text(&plan_create(&r, &node(false)));
-    assert_eq!(steps.len(), 11);
+    assert_eq!(steps.len(), 10);
     assert_eq!(
         steps[0],
         "create netns /run/netns/web [undo: delete netns /run/netns/web]"
@@ -210,9 +206,8 @@ fn attach_creates_no_netns_and_no_pause() {
             "ensure bridge nh0 with 10.88.0.1/16".to_string(),
             "enable IPv4 forwarding".to_string(),
             format!(
-                "create veth {h} <-> eth0 in {ns} (mtu 1450) [undo: delete link {h} in the host namespace]"
+                "create veth {h} <-> eth0 in {ns} (mtu 1450) on bridge nh0 [undo: delete link {h} in the host namespace]"
             ),
-            format!("attach link {h} to bridge nh0"),
             format!("disable IPv6 on link {h} in the host namespace"),
             format!("set link {h} up in the host namespace"),
             format!("add address 10.88.0.2/16 to link eth0 in {ns}"),
@@ -625,6 +620,7 @@ fn create_routed_dual_stack() {
         Action::CreateVeth {
             host_mac: Some(crate::datapath::HOST_VETH_MAC),
             peer_mac: Some(m),
+            master: None,
             ..
         } if m.to_string() == "0a:58:0a:58:00:02"
     ));

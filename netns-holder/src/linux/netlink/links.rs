@@ -20,13 +20,12 @@ use slog::info;
 
 use super::addresses::{add_addr, address_net};
 use super::{Dumps, errno, in_netns, in_netns_conn, nl_err, node_handle};
-use crate::datapath::Mac;
 use crate::kernel::LinkInfo;
 use crate::linux::conn::Conn;
 use crate::linux::netns::open_netns;
 use crate::linux::{LinuxSystem, link_object};
 use crate::names::IfName;
-use crate::system::SystemError;
+use crate::system::{SystemError, VethPair};
 
 // ------------------------------------------------------------------ reading link messages
 
@@ -267,18 +266,23 @@ pub(crate) async fn ensure_node_addresses(
 /// Creates the veth pair `host` (node namespace) and `peer` (created directly inside
 /// `netns`), both with `mtu`, one queue each way and the given MAC addresses (random where
 /// `None`). `AlreadyExists` names the end that exists.
-pub(crate) async fn create_veth(
-    sys: &LinuxSystem,
-    host: &IfName,
-    peer: &IfName,
-    netns: &Path,
-    mtu: u32,
-    host_mac: Option<Mac>,
-    peer_mac: Option<Mac>,
-) -> Result<(), SystemError> {
+pub(crate) async fn create_veth(sys: &LinuxSystem, pair: VethPair<'_>) -> Result<(), SystemError> {
+    let VethPair {
+        host,
+        peer,
+        netns,
+        mtu,
+        host_mac,
+        peer_mac,
+        master,
+    } = pair;
     let object = format!("veth {host} <-> {peer} in {} (mtu {mtu})", netns.display());
     let ns = open_netns(netns)?;
     let h = node_handle(sys).await?;
+    let master_index = match master {
+        Some(bridge) => Some(bridge_index(&h, bridge).await?),
+        None => None,
+    };
     // The peer is created directly in the pod namespace (IFLA_NET_NS_FD inside the peer
     // message): a crash can never leave it behind in the node namespace.
     // One queue each way, asked for explicitly: without these attributes the kernel makes
@@ -299,6 +303,11 @@ pub(crate) async fn create_veth(
         .append_extra_attribute(LinkAttribute::NumRxQueues(1));
     if let Some(mac) = host_mac {
         message = message.address(mac.0.to_vec());
+    }
+    // The kernel makes the host end the bridge's port before it answers, and unregisters
+    // the pair again if that fails: no pair is left behind without its port.
+    if let Some(index) = master_index {
+        message = message.controller(index);
     }
     let message = message
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message.build())))
@@ -357,8 +366,26 @@ pub(crate) async fn set_master(
     master: &IfName,
 ) -> Result<(), SystemError> {
     let h = node_handle(sys).await?;
+    let master_index = bridge_index(&h, master).await?;
+    let object = link_object(None, link.as_str());
+    let index = node_index(sys, link.as_str(), &object).await?;
+    h.link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .controller(master_index)
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|e| nl_err(format!("{object}: attaching to bridge {master}"), e))
+}
+
+/// The index of the node namespace's bridge `master`: [`SystemError::NotFound`] if there is
+/// no such link, an error naming it if it is not a bridge (a bond or VRF would take the
+/// port as well, so the kind is checked rather than left to the kernel).
+async fn bridge_index(h: &Handle, master: &IfName) -> Result<u32, SystemError> {
     let bridge = format!("bridge {master}");
-    let master_link = link_by_name(&h, master.as_str())
+    let master_link = link_by_name(h, master.as_str())
         .await
         .map_err(|e| nl_err(&bridge, e))?
         .ok_or_else(|| SystemError::NotFound {
@@ -370,17 +397,7 @@ pub(crate) async fn set_master(
             "is not a bridge",
         ));
     }
-    let object = link_object(None, link.as_str());
-    let index = node_index(sys, link.as_str(), &object).await?;
-    h.link()
-        .set(
-            LinkUnspec::new_with_index(index)
-                .controller(master_link.header.index)
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(|e| nl_err(format!("{object}: attaching to {bridge}"), e))
+    Ok(master_link.header.index)
 }
 
 /// Sets `link` (in `netns`, or the node namespace) administratively up, naming it in the
