@@ -267,19 +267,11 @@ pub(crate) async fn ensure_node_addresses(
 /// `netns`), both with `mtu`, one queue each way and the given MAC addresses (random where
 /// `None`). `AlreadyExists` names the end that exists.
 pub(crate) async fn create_veth(sys: &LinuxSystem, pair: VethPair<'_>) -> Result<(), SystemError> {
-    let VethPair {
-        host,
-        peer,
-        netns,
-        mtu,
-        host_mac,
-        peer_mac,
-        master,
-    } = pair;
+    let (host, peer, netns, mtu) = (pair.host, pair.peer, pair.netns, pair.mtu);
     let object = format!("veth {host} <-> {peer} in {} (mtu {mtu})", netns.display());
     let ns = open_netns(netns)?;
     let h = node_handle(sys).await?;
-    let master_index = match master {
+    let master_index = match pair.master {
         Some(bridge) => Some(bridge_index(&h, bridge).await?),
         None => None,
     };
@@ -294,14 +286,14 @@ pub(crate) async fn create_veth(sys: &LinuxSystem, pair: VethPair<'_>) -> Result
         .append_extra_attribute(LinkAttribute::NumTxQueues(1))
         .append_extra_attribute(LinkAttribute::NumRxQueues(1))
         .setns_by_fd(ns.as_raw_fd());
-    if let Some(mac) = peer_mac {
+    if let Some(mac) = pair.peer_mac {
         peer_message = peer_message.address(mac.0.to_vec());
     }
     let mut message = LinkVeth::new(host.as_str(), peer.as_str())
         .mtu(mtu)
         .append_extra_attribute(LinkAttribute::NumTxQueues(1))
         .append_extra_attribute(LinkAttribute::NumRxQueues(1));
-    if let Some(mac) = host_mac {
+    if let Some(mac) = pair.host_mac {
         message = message.address(mac.0.to_vec());
     }
     // The kernel makes the host end the bridge's port before it answers, and unregisters
