@@ -971,6 +971,17 @@ fn system_primitives() {
         let lo = ifname("lo");
         let node_v4: IpNet = "10.99.0.1/32".parse().unwrap();
         let node_v6: IpNet = "fd00:99::1/128".parse().unwrap();
+        // Down first: ensuring the node addresses also brings the link up (its state read
+        // by ioctl); a link that is not there is named.
+        let (ok, text) = in_node(&ctx.node, &["ip", "link", "set", "lo", "down"]);
+        assert!(ok, "{text}");
+        assert!(!sys.link_info(None, &lo).await.unwrap().expect("lo").up);
+        let missing = sys
+            .ensure_node_addresses(&ifname("nhnolink0"), &[node_v4])
+            .await
+            .unwrap_err();
+        assert!(matches!(missing, SystemError::NotFound { .. }), "{missing}");
+        assert!(missing.to_string().contains("nhnolink0"), "{missing}");
         for _ in 0..2 {
             sys.ensure_node_addresses(&lo, &[node_v4, node_v6])
                 .await

@@ -124,6 +124,31 @@ pub(super) fn link_index(conn: &Conn, link: &str, object: &str) -> Result<u32, S
 /// namespace by walking the ids of every namespace the node's links lead to
 /// (`__peernet2id`), one per pod: it grew with the pods.
 fn ioctl_index(fd: BorrowedFd<'_>, link: &str, object: &str) -> Result<u32, SystemError> {
+    let request = link_ioctl(fd, link, object, libc::SIOCGIFINDEX, "SIOCGIFINDEX")?;
+    // SAFETY: SIOCGIFINDEX succeeded, so the union holds the index.
+    let index = unsafe { request.ifr_ifru.ifru_ifindex };
+    u32::try_from(index).map_err(|_| SystemError::other(object, format!("index {index}")))
+}
+
+/// Whether `link` (named in errors as `object`) in the namespace of the socket `fd` is
+/// administratively up, by `SIOCGIFFLAGS` (like [`ioctl_index`], no netlink round trip).
+fn ioctl_is_up(fd: BorrowedFd<'_>, link: &str, object: &str) -> Result<bool, SystemError> {
+    let request = link_ioctl(fd, link, object, libc::SIOCGIFFLAGS, "SIOCGIFFLAGS")?;
+    // SAFETY: SIOCGIFFLAGS succeeded, so the union holds the flags.
+    let flags = unsafe { request.ifr_ifru.ifru_flags };
+    Ok(i32::from(flags) & libc::IFF_UP != 0)
+}
+
+/// Runs the reading ioctl `code` (`SIOCGIF*`, named `what` in errors) for `link` on the
+/// socket `fd` and returns the filled request; [`SystemError::NotFound`] if there is no
+/// such link.
+fn link_ioctl(
+    fd: BorrowedFd<'_>,
+    link: &str,
+    object: &str,
+    code: libc::Ioctl,
+    what: &str,
+) -> Result<libc::ifreq, SystemError> {
     let not_found = || SystemError::NotFound {
         object: object.to_string(),
     };
@@ -137,25 +162,17 @@ fn ioctl_index(fd: BorrowedFd<'_>, link: &str, object: &str) -> Result<u32, Syst
     for (to, from) in request.ifr_name.iter_mut().zip(link.as_bytes()) {
         *to = libc::c_char::from_ne_bytes([*from]);
     }
-    // SAFETY: SIOCGIFINDEX reads the NUL-terminated name and writes the index into the
-    // ifreq we own and pass by pointer; `fd` is open for the call.
-    let rc = unsafe {
-        libc::ioctl(
-            fd.as_raw_fd(),
-            libc::SIOCGIFINDEX,
-            std::ptr::from_mut(&mut request),
-        )
-    };
+    // SAFETY: the SIOCGIF* requests read the NUL-terminated name and write their answer
+    // into the ifreq we own and pass by pointer; `fd` is open for the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), code, std::ptr::from_mut(&mut request)) };
     if rc != 0 {
         let error = std::io::Error::last_os_error();
         return match error.raw_os_error() {
             Some(libc::ENODEV) => Err(not_found()),
-            _ => Err(SystemError::io(format!("{object}: SIOCGIFINDEX"), error)),
+            _ => Err(SystemError::io(format!("{object}: {what}"), error)),
         };
     }
-    // SAFETY: SIOCGIFINDEX succeeded, so the union holds the index.
-    let index = unsafe { request.ifr_ifru.ifru_ifindex };
-    u32::try_from(index).map_err(|_| SystemError::other(object, format!("index {index}")))
+    Ok(request)
 }
 
 // ------------------------------------------------------------------ changing links
@@ -222,45 +239,43 @@ pub(crate) async fn ensure_bridge(
             "exists and is not a bridge",
         ));
     }
-    add_addresses_and_up(&h, &link, &object, gateways).await
+    let up = link.header.flags.contains(LinkFlags::Up);
+    add_addresses_and_up(&h, link.header.index, up, &object, gateways).await
 }
 
-/// Puts every address of `addresses` on the node link `link` (named `object` in errors)
-/// and sets it up if it is not.
+/// Puts every address of `addresses` on the node link with index `index` (named `object`
+/// in errors) and sets it up unless it is (`up`).
 async fn add_addresses_and_up(
     h: &Handle,
-    link: &LinkMessage,
+    index: u32,
+    up: bool,
     object: &str,
     addresses: &[IpNet],
 ) -> Result<(), SystemError> {
-    let index = link.header.index;
     for address in addresses {
         add_addr(h, index, *address)
             .await
             .map_err(|e| nl_err(format!("address {address} on {object}"), e))?;
     }
-    if !link.header.flags.contains(LinkFlags::Up) {
+    if !up {
         set_up(h, index).await.map_err(|e| nl_err(object, e))?;
     }
     Ok(())
 }
 
 /// Makes the existing node link `link` (`lo` on the routed datapath) carry every address
-/// of `addresses` and be up.
+/// of `addresses` and be up. Runs on every routed create: its index and state come from
+/// ioctls on the node connection's socket instead of an `RTM_GETLINK` round trip.
 pub(crate) async fn ensure_node_addresses(
     sys: &LinuxSystem,
     link: &IfName,
     addresses: &[IpNet],
 ) -> Result<(), SystemError> {
-    let h = node_handle(sys).await?;
+    let conn = crate::linux::conn::node(sys).await?;
     let object = link_object(None, link.as_str());
-    let found = link_by_name(&h, link.as_str())
-        .await
-        .map_err(|e| nl_err(&object, e))?
-        .ok_or_else(|| SystemError::NotFound {
-            object: object.clone(),
-        })?;
-    add_addresses_and_up(&h, &found, &object, addresses).await
+    let index = link_index(&conn, link.as_str(), &object)?;
+    let up = ioctl_is_up(conn.ioctl.as_fd(), link.as_str(), &object)?;
+    add_addresses_and_up(&conn.handle, index, up, &object, addresses).await
 }
 
 /// Creates the veth pair `host` (node namespace) and `peer` (created directly inside
