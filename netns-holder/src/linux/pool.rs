@@ -17,7 +17,7 @@
 //! the pod's connection).
 
 use std::collections::HashSet;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, Weak};
 use std::time::Duration;
 
@@ -252,40 +252,9 @@ fn make(node: &OwnedFd) -> Result<Pooled, Made> {
         let object = "a pooled network namespace";
         let key = netns::fd_key(&ns, std::path::Path::new(object))?;
         let socket = super::conn::new_socket(object)?;
-        loopback_up(socket.as_fd(), object)?;
+        super::netlink::ioctl_set_up(socket.as_fd(), "lo", &format!("{object}: lo"))?;
         Ok(Pooled { ns, key, socket })
     });
     setns(node, CloneFlags::CLONE_NEWNET).map_err(Made::Stranded)?;
     made.map_err(Made::Failed)
-}
-
-/// Sets `lo` up in the namespace of the socket `fd` (`SIOCGIFFLAGS`, `SIOCSIFFLAGS`: the
-/// same `dev_change_flags` as `RTM_SETLINK`, without a reply to read).
-fn loopback_up(fd: BorrowedFd<'_>, object: &str) -> Result<(), SystemError> {
-    // SAFETY: ifreq is plain data (a name and a union of integers and addresses); all
-    // zeroes is a valid value of it.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (to, from) in request.ifr_name.iter_mut().zip(b"lo") {
-        *to = libc::c_char::from_ne_bytes([*from]);
-    }
-    let ioctl = |what: &str, request_code: libc::Ioctl, request: &mut libc::ifreq| {
-        // SAFETY: both requests read the NUL-terminated name from the ifreq we own and pass
-        // by pointer; SIOCGIFFLAGS writes the flags into it. `fd` is open for the call.
-        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request_code, std::ptr::from_mut(request)) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(SystemError::io(
-                format!("{object}: lo: {what}"),
-                std::io::Error::last_os_error(),
-            ))
-        }
-    };
-    ioctl("SIOCGIFFLAGS", libc::SIOCGIFFLAGS, &mut request)?;
-    // SAFETY: SIOCGIFFLAGS succeeded, so the union holds the flags.
-    let flags = unsafe { request.ifr_ifru.ifru_flags };
-    // IFF_UP is 1: it fits the short of the request.
-    let up = libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
-    request.ifr_ifru.ifru_flags = flags | up;
-    ioctl("SIOCSIFFLAGS", libc::SIOCSIFFLAGS, &mut request)
 }

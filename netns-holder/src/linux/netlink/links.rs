@@ -139,6 +139,24 @@ fn ioctl_is_up(fd: BorrowedFd<'_>, link: &str, object: &str) -> Result<bool, Sys
     Ok(i32::from(flags) & libc::IFF_UP != 0)
 }
 
+/// Sets `link` (named in errors as `object`) administratively up in the namespace of the
+/// socket `fd` by `SIOCGIFFLAGS` and `SIOCSIFFLAGS`: the same `dev_change_flags` as
+/// `RTM_SETLINK`, without a reply to read (the namespace pool's `lo`).
+pub(crate) fn ioctl_set_up(
+    fd: BorrowedFd<'_>,
+    link: &str,
+    object: &str,
+) -> Result<(), SystemError> {
+    let mut request = link_ioctl(fd, link, object, libc::SIOCGIFFLAGS, "SIOCGIFFLAGS")?;
+    // SAFETY: SIOCGIFFLAGS succeeded, so the union holds the flags.
+    let flags = unsafe { request.ifr_ifru.ifru_flags };
+    // IFF_UP is 1: it fits the short of the request.
+    let up = libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
+    request.ifr_ifru.ifru_flags = flags | up;
+    ifreq_ioctl(fd, libc::SIOCSIFFLAGS, &mut request)
+        .map_err(|e| SystemError::io(format!("{object}: SIOCSIFFLAGS"), e))
+}
+
 /// Runs the reading ioctl `code` (`SIOCGIF*`, named `what` in errors) for `link` on the
 /// socket `fd` and returns the filled request; [`SystemError::NotFound`] if there is no
 /// such link.
@@ -162,17 +180,28 @@ fn link_ioctl(
     for (to, from) in request.ifr_name.iter_mut().zip(link.as_bytes()) {
         *to = libc::c_char::from_ne_bytes([*from]);
     }
-    // SAFETY: the SIOCGIF* requests read the NUL-terminated name and write their answer
-    // into the ifreq we own and pass by pointer; `fd` is open for the call.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), code, std::ptr::from_mut(&mut request)) };
-    if rc != 0 {
-        let error = std::io::Error::last_os_error();
-        return match error.raw_os_error() {
-            Some(libc::ENODEV) => Err(not_found()),
-            _ => Err(SystemError::io(format!("{object}: {what}"), error)),
-        };
+    match ifreq_ioctl(fd, code, &mut request) {
+        Ok(()) => Ok(request),
+        Err(error) if error.raw_os_error() == Some(libc::ENODEV) => Err(not_found()),
+        Err(error) => Err(SystemError::io(format!("{object}: {what}"), error)),
     }
-    Ok(request)
+}
+
+/// The interface ioctl `code` on the socket `fd` with `request`, whose name is set.
+fn ifreq_ioctl(
+    fd: BorrowedFd<'_>,
+    code: libc::Ioctl,
+    request: &mut libc::ifreq,
+) -> std::io::Result<()> {
+    // SAFETY: the SIOC*IF* requests used here read the NUL-terminated name (and, to set,
+    // the flags) from the ifreq we own and pass by pointer, and the reading ones write
+    // their answer into it; `fd` is open for the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), code, std::ptr::from_mut(request)) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 // ------------------------------------------------------------------ changing links
