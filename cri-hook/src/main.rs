@@ -238,7 +238,7 @@ fn root_logger(
         ),
         LogTarget::File(path) => match open_log_file(path) {
             Ok(file) => {
-                // One write per record: FullFormat flushes after each.
+                // One write per record (here and on stderr): FullFormat flushes after each.
                 let decorator = slog_term::PlainDecorator::new(std::io::BufWriter::new(file));
                 Box::new(slog_term::FullFormat::new(decorator).build().fuse())
             }
@@ -246,12 +246,14 @@ fn root_logger(
                 return Err(e).with_context(|| format!("cannot open log file {}", path.display()));
             }
             Err(_) => {
-                let decorator = slog_term::PlainDecorator::new(std::io::stderr());
+                let decorator =
+                    slog_term::PlainDecorator::new(std::io::BufWriter::new(std::io::stderr()));
                 Box::new(slog_term::FullFormat::new(decorator).build().fuse())
             }
         },
         LogTarget::Stderr => {
-            let decorator = slog_term::PlainDecorator::new(std::io::stderr());
+            let decorator =
+                slog_term::PlainDecorator::new(std::io::BufWriter::new(std::io::stderr()));
             Box::new(slog_term::FullFormat::new(decorator).build().fuse())
         }
     };
