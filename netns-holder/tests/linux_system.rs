@@ -346,6 +346,23 @@ fn assert_pod_wired(ctx: &Ctx, info: &PodInfo, mtu: u32) {
     let argv0 = cmdline.split(|b| *b == 0).next().unwrap();
     assert_eq!(argv0, info.id.pause_argv0().as_bytes());
     assert_ne!(proc_state(pid), Some('Z'));
+    // It holds /dev/null on 0-2 and no descriptor of the daemon's (it is spawned sharing
+    // the daemon's descriptor table, then takes an empty one of its own).
+    let mut fds: Vec<(u32, PathBuf)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("pause fds")
+        .map(|e| {
+            let e = e.expect("fd entry");
+            let fd = e.file_name().to_str().unwrap().parse().unwrap();
+            (fd, std::fs::read_link(e.path()).expect("fd link"))
+        })
+        .collect();
+    fds.sort();
+    let dev_null = PathBuf::from("/dev/null");
+    assert_eq!(
+        fds,
+        vec![(0, dev_null.clone()), (1, dev_null.clone()), (2, dev_null)],
+        "pause {pid}'s descriptors"
+    );
 
     // Both veth ends were made with one queue each way (no queue cut under RTNL).
     let (ok, details) = in_pod(netns, &["ip", "-d", "link", "show", "dev", "eth0"]);
@@ -951,6 +968,33 @@ fn system_primitives() {
                 "no pod end left after {err}"
             );
         }
+
+        // IPv6 off on a node link, written without a read first: set, and set again.
+        let v6_off_host = ifname("nhveth6");
+        sys.create_veth(VethPair::new(&v6_off_host, &ifname("nhr6"), &a, 1300))
+            .await
+            .expect("veth for disable_ipv6");
+        let disabled = || {
+            in_node(
+                &ctx.node,
+                &[
+                    "cat",
+                    &format!("/proc/sys/net/ipv6/conf/{v6_off_host}/disable_ipv6"),
+                ],
+            )
+        };
+        assert_eq!(disabled(), (true, "0\n".to_string()));
+        for _ in 0..2 {
+            sys.disable_ipv6(&v6_off_host).await.unwrap();
+            assert_eq!(disabled(), (true, "1\n".to_string()));
+        }
+        let missing = sys
+            .disable_ipv6(&ifname("nhnosuchlink0"))
+            .await
+            .unwrap_err();
+        assert!(matches!(missing, SystemError::NotFound { .. }), "{missing}");
+        assert!(missing.to_string().contains("nhnosuchlink0"), "{missing}");
+        assert!(sys.delete_link(None, &v6_off_host).await.unwrap());
 
         // Routed datapath primitives: fixed MACs on both ends, permanent neighbours on both
         // sides, a host route with our protocol and source, node addresses on lo.

@@ -79,7 +79,7 @@ fn parse_stat(text: &str) -> Option<Stat> {
 /// `/proc/<pid>/stat`, or `None` if there is no such process.
 fn read_stat(pid: u32) -> Result<Option<Stat>, SystemError> {
     let file = format!("/proc/{pid}/stat");
-    match std::fs::read_to_string(&file) {
+    match super::sysctl::read_proc(&file) {
         Ok(text) => parse_stat(&text)
             .map(Some)
             .ok_or_else(|| SystemError::other(&file, "cannot parse")),
@@ -211,13 +211,14 @@ pub(crate) async fn start(
 /// all to hold a namespace, wait for signals and reap children, so it gets none.
 pub const PAUSE_UID_GID: u32 = 65535;
 
+/// Opened by the child of [`spawn`] for its descriptors 0-2.
+const DEV_NULL: &std::ffi::CStr = c"/dev/null";
+
 /// What the child of [`spawn`] works with: everything prepared by the parent, so that the
 /// child only makes system calls.
 struct ChildArgs {
     /// The pod's network namespace.
     netns: libc::c_int,
-    /// `/dev/null`, opened read-write.
-    dev_null: libc::c_int,
     /// The pause binary.
     program: *const libc::c_char,
     /// NULL-terminated.
@@ -229,10 +230,15 @@ struct ChildArgs {
 }
 
 /// The child of [`spawn`]: it shares the daemon's memory (`CLONE_VM`) while the parent waits
-/// (`CLONE_VFORK`), on a stack of its own, with every signal blocked. It enters the pod
-/// namespace, starts a session, puts /dev/null on 0-2, leaves no other descriptor open
-/// across the exec, drops every privilege, sets every signal to its default with nothing
-/// blocked, and execs; on failure it stores the errno for the parent and exits 127.
+/// (`CLONE_VFORK`) and its descriptor table (`CLONE_FILES`), on a stack of its own, with
+/// every signal blocked. It enters the pod namespace, starts a session, takes a descriptor
+/// table of its own with nothing in it, puts /dev/null on 0-2, drops every privilege, sets
+/// every signal to its default with nothing blocked, and execs; on failure it stores the
+/// errno for the parent and exits 127.
+///
+/// Sharing the table and then unsharing it empty spares the copy of every descriptor the
+/// daemon holds (a reference taken on each, one per pod connection and client among them)
+/// and their closing again at the exec, on every spawn.
 extern "C" fn spawn_child(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the `ChildArgs` of `spawn`, alive until this child execs or exits
     // (the parent is suspended until then). Only raw system calls follow: no allocation, no
@@ -254,8 +260,31 @@ extern "C" fn spawn_child(arg: *mut libc::c_void) -> libc::c_int {
         {
             return fail();
         }
+        // Until here the table is the daemon's: nothing above changed it. From here on the
+        // child's own, empty (kernels before 5.9 lack close_range: a copy of the daemon's,
+        // whose other descriptors the exec closes, below).
+        if libc::syscall(
+            libc::SYS_close_range,
+            0u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_UNSHARE,
+        ) != 0
+            && libc::syscall(libc::SYS_unshare, libc::CLONE_FILES) != 0
+        {
+            return fail();
+        }
+        // Not close-on-exec: in the empty table this is 0, which dup2 would leave as it is.
+        let dev_null = libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            DEV_NULL.as_ptr(),
+            libc::O_RDWR,
+        );
+        if dev_null < 0 {
+            return fail();
+        }
         for fd in 0..3 {
-            if libc::syscall(libc::SYS_dup2, args.dev_null, fd) < 0 {
+            if dev_null != fd && libc::syscall(libc::SYS_dup2, dev_null, fd) < 0 {
                 return fail();
             }
         }
@@ -271,8 +300,9 @@ extern "C" fn spawn_child(arg: *mut libc::c_void) -> libc::c_int {
         {
             return fail();
         }
-        // Whatever the daemon has open (dev_null and netns included) is closed at the exec.
-        // Best effort: kernels before 5.11 lack CLOSE_RANGE_CLOEXEC.
+        // Nothing to do with an empty table; in the copy of the daemon's, whatever it has
+        // open (dev_null and netns included) is closed at the exec. Best effort: kernels
+        // before 5.11 lack CLOSE_RANGE_CLOEXEC.
         libc::syscall(
             libc::SYS_close_range,
             3u32,
@@ -321,15 +351,10 @@ fn spawn(binary: &Path, argv0: &str, tag: &str, netns: &OwnedFd) -> io::Result<u
     let program = CString::new(binary.as_os_str().as_bytes()).map_err(|_| nul("path"))?;
     let arg0 = CString::new(argv0).map_err(|_| nul("argv[0]"))?;
     let env = CString::new(format!("{PAUSE_NODE_ENV}={tag}")).map_err(|_| nul("env"))?;
-    let dev_null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")?;
     let argv = [arg0.as_ptr(), std::ptr::null()];
     let envp = [env.as_ptr(), std::ptr::null()];
     let args = ChildArgs {
         netns: netns.as_raw_fd(),
-        dev_null: dev_null.as_raw_fd(),
         program: program.as_ptr(),
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
@@ -354,7 +379,7 @@ fn spawn(binary: &Path, argv0: &str, tag: &str, netns: &OwnedFd) -> io::Result<u
         let pid = libc::clone(
             spawn_child,
             stack_top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::SIGCHLD,
             std::ptr::from_ref(&args).cast_mut().cast(),
         );
         let clone_error = io::Error::last_os_error();

@@ -23,11 +23,30 @@ use crate::neigh::{self, Thresholds};
 use crate::ports::Family;
 use crate::system::SystemError;
 
+/// The text of the small `/proc` file `path`, read with plain `read` calls (`read_to_string`
+/// first asks `statx` for a size that `/proc` files do not have: a path walk and a system
+/// call per read).
+pub(crate) fn read_proc(path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut text = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(text).map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))
+}
+
 /// Sets the sysctl file `file` to `value` unless it already has it. `netns` names the
 /// namespace in errors.
 fn ensure_value(file: &str, value: &str, netns: &str) -> Result<(), SystemError> {
     let object = || format!("sysctl {file} in {netns}");
-    match std::fs::read_to_string(file) {
+    match read_proc(file) {
         Ok(current) if current.trim() == value => return Ok(()),
         Ok(_) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -35,7 +54,21 @@ fn ensure_value(file: &str, value: &str, netns: &str) -> Result<(), SystemError>
         }
         Err(e) => return Err(SystemError::io(object(), e)),
     }
-    std::fs::write(file, value).map_err(|e| SystemError::io(object(), e))
+    set_value(file, value, netns)
+}
+
+/// Writes `value` to the sysctl file `file` (opened for writing only: no create or truncate
+/// on a `/proc` file). `netns` names the namespace in errors.
+fn set_value(file: &str, value: &str, netns: &str) -> Result<(), SystemError> {
+    let object = || format!("sysctl {file} in {netns}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, value.as_bytes()))
+        .map_err(|e| match e.kind() {
+            ErrorKind::NotFound => SystemError::NotFound { object: object() },
+            _ => SystemError::io(object(), e),
+        })
 }
 
 /// Runs `job` on the calling thread if it is in the node namespace, otherwise on a thread of
@@ -89,11 +122,15 @@ pub(crate) async fn enable_forwarding(sys: &LinuxSystem, ipv6: bool) -> Result<(
 
 /// `net.ipv6.conf.<link>.disable_ipv6 = 1` in the node namespace. Nothing to do where IPv6
 /// is off altogether (no `/proc/sys/net/ipv6`).
+///
+/// Written without reading it first: a new link has it at 0, and writing the value a link
+/// has already changes nothing. The write waits for RTNL by restarting itself until the
+/// lock is free (`rtnl_net_trylock` in `addrconf_disable_ipv6`), so it is made once only.
 pub(crate) async fn disable_ipv6(sys: &LinuxSystem, link: &IfName) -> Result<(), SystemError> {
     let file = format!("/proc/sys/net/ipv6/conf/{link}/disable_ipv6");
     let object = link_object(None, link.as_str());
     in_node(sys, object.clone(), move || {
-        ensure_value(&file, "1", "the node namespace").or_else(|e| match e {
+        set_value(&file, "1", "the node namespace").or_else(|e| match e {
             SystemError::NotFound { .. } if !Path::new("/proc/sys/net/ipv6/conf").exists() => {
                 Ok(())
             }
@@ -211,4 +248,23 @@ pub(crate) async fn set_neighbour_thresholds(
         Ok(())
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_proc_reads_files_longer_than_one_chunk_and_missing_ones_are_not_found() {
+        // /proc/self/status is over 1 KiB, more than one 512-byte read. Both reads are of the
+        // calling thread's group, whose status only changes in its counters: compare lines
+        // that stay.
+        let ours = read_proc("/proc/self/status").unwrap();
+        let std = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(ours.len() > 512, "{ours}");
+        assert_eq!(ours.lines().count(), std.lines().count());
+        assert_eq!(ours.lines().next(), std.lines().next());
+        let missing = read_proc("/proc/sys/net/nh-no-such-sysctl").unwrap_err();
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
+    }
 }
