@@ -96,6 +96,78 @@ struct Ours {
     /// `reach` only: creates at the full count once [`RECYCLED_FREED`] pods were removed,
     /// so that they reuse the kernel memory those pods' namespaces and links left free.
     recycled: Option<Series>,
+    /// `reach` only: the machine next to each create, measured right after it.
+    controls: Option<Controls>,
+}
+
+/// What the machine gave right after each create of a scale run: the time of a fixed piece
+/// of CPU work ([`cpu_control`]), and of a first touch of fresh memory ([`FreshPages`]).
+#[derive(Default)]
+struct Controls {
+    cpu: Series,
+    fresh_pages: Series,
+}
+
+/// Memory taken [`FRESH_PAGES`] pages at a time and kept until the run ends, each page's
+/// first touch timed: how dear new memory is at each point of a run, on a guest whose host
+/// backs its memory only when first touched (and takes freed memory back).
+struct FreshPages(Vec<(*mut libc::c_void, usize)>);
+
+/// Pages per [`FreshPages::touch_new`]: 64 KiB, 256 MiB over a 4000-pod run.
+const FRESH_PAGES: usize = 16;
+
+impl FreshPages {
+    /// Maps [`FRESH_PAGES`] new pages and times writing one byte to each.
+    fn touch_new(&mut self) -> Result<Duration> {
+        let len = FRESH_PAGES * 4096;
+        // SAFETY: a new private anonymous mapping; nothing else refers to it.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        ensure!(
+            map != libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        self.0.push((map, len));
+        let start = Instant::now();
+        for page in 0..FRESH_PAGES {
+            // SAFETY: within the mapping just made, writable.
+            unsafe { std::ptr::write_volatile(map.cast::<u8>().add(page * 4096), 1) };
+        }
+        Ok(start.elapsed())
+    }
+}
+
+impl Drop for FreshPages {
+    fn drop(&mut self) {
+        for &(map, len) in &self.0 {
+            // SAFETY: a mapping this struct made, unmapped once.
+            unsafe { libc::munmap(map, len) };
+        }
+    }
+}
+
+/// A fixed piece of CPU work (no system call, no memory beyond registers), timed: run next
+/// to each create of a scale run, its times tell how fast this guest's CPU was at each point
+/// of the run, so that a slower machine is not read as slower creates.
+fn cpu_control() -> Duration {
+    let start = Instant::now();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..200_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    std::hint::black_box(x);
+    start.elapsed()
 }
 
 /// How many pods the recycled-memory probe of a `reach` run removes first.
@@ -181,10 +253,12 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
         .map(|i| PodName::new(format!("bench-{i}")).context("pod name"))
         .collect::<Result<_>>()?;
     let node_path = node.netns_path();
-    let (creates, removes, rss, fds, unreachable, first_packet, recycled) =
-        runtime.block_on(async {
+    let (creates, removes, rss, fds, unreachable, first_packet, recycled, controls) = runtime
+        .block_on(async {
             let mut client = Client::connect(daemon.socket()).await?;
             let mut creates = Vec::with_capacity(count);
+            let mut controls = Controls::default();
+            let mut fresh = FreshPages(Vec::new());
             let mut pods: Vec<(String, String)> = Vec::with_capacity(count);
             let (mut pod_to_pod_2, mut host_port_1) = (Series::default(), Series::default());
             let pod_addr = |pods: &[(String, String)], i: usize| -> Result<SocketAddr> {
@@ -205,6 +279,10 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
                     .create_pod_with_ports(name, false, BTreeMap::new(), &ports)
                     .await?;
                 creates.push(start.elapsed());
+                if reach {
+                    controls.cpu.0.push(cpu_control());
+                    controls.fresh_pages.0.push(fresh.touch_new()?);
+                }
                 let pod = created.pod.context("create answered no pod")?;
                 let ip = pod.ips.first().context("a pod without addresses")?;
                 let ip = ip.split('/').next().unwrap_or_default().to_string();
@@ -325,6 +403,7 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
                 unreachable,
                 first_packet,
                 recycled,
+                reach.then_some(controls),
             ))
         })?;
     drop(daemon);
@@ -336,6 +415,7 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
         unreachable,
         first_packet,
         recycled,
+        controls,
     })
 }
 
@@ -774,14 +854,39 @@ fn main() -> Result<()> {
     let along: Vec<String> = ends
         .into_iter()
         .map(|end| {
+            let control = big.controls.as_ref().map_or_else(String::new, |c| {
+                format!(
+                    " (CPU loop {:.3}, new page {:.1} µs)",
+                    ms(c.cpu.stats(end - 10..end).0),
+                    us(c.fresh_pages.stats(end - 10..end).0) / FRESH_PAGES as f64
+                )
+            });
             format!(
-                "pods {}-{end} {:.2}",
+                "pods {}-{end} {:.2}{control}",
                 end - 9,
                 ms(big.creates.stats(end - 10..end).0)
             )
         })
         .collect();
     println!("create medians along the run (ms): {}", along.join(", "));
+    if let Some(controls) = &big.controls {
+        let first_last = |s: &Series| (s.stats(0..10).0, s.stats(scale - 10..scale).0);
+        let (first, last) = first_last(&controls.cpu);
+        let machine = ms(last) / ms(first);
+        let (first_fresh, last_fresh) = first_last(&controls.fresh_pages);
+        println!(
+            "the machine along the run: a fixed CPU loop right after each create took {:.3} ms \
+             next to the first 10 creates and {:.3} ms next to the last 10 ({machine:.2}x; the \
+             creates' growth over it {:.2}x); a first touch of {FRESH_PAGES} new pages (kept) \
+             {:.1} µs per page next to the first 10 and {:.1} next to the last 10 ({:.2}x)",
+            ms(first),
+            ms(last),
+            growth(&big.creates, scale) / machine,
+            us(first_fresh) / FRESH_PAGES as f64,
+            us(last_fresh) / FRESH_PAGES as f64,
+            us(last_fresh) / us(first_fresh),
+        );
+    }
     let recycled_growth = big.recycled.as_ref().map(|recycled| {
         let ratio = ms(recycled.median()) / ms(big.creates.stats(0..10).0);
         println!(
