@@ -114,6 +114,7 @@ bench: pause
 	$(MAKE) --no-print-directory dist
 	$(TARGET)/release/bench_pause
 	NETNS_HOLDER_BIN=$(DIST)/netns-holder $(TARGET)/release/bench_pods
+	ROUTES=1 LO=1 PAUSE=$(PAUSE_BIN) scripts/kernel-growth-reference.sh 4000
 	scripts/first-packet-neighbours.sh
 	NETNS_HOLDER_BIN=$(DIST)/netns-holder CRI_HOOK_BIN=$(DIST)/cri-hook \
 		$(TARGET)/release/bench_nri

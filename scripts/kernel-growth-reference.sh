@@ -13,8 +13,9 @@
 #
 # Everything happens in a private mount namespace with a tmpfs on /run/netns and a node
 # namespace of its own: the machine's /run/netns and network are never touched, and every
-# namespace and link goes when the script ends. Not part of `make bench` (docs/datapath.md,
-# stop 22: it was run next to the 4000-pod run of bench_pods).
+# namespace and link goes when the script ends. `make bench` runs it after bench_pods with
+# ROUTES=1 LO=1 and the pause, so that the growth of the kernel's own work for a routed pod's
+# objects is printed next to the daemon's 4000-pod run (last line: first batch against last).
 set -euo pipefail
 
 pods=${1:-4000}
@@ -59,8 +60,11 @@ for ((start = 0; start < pods; start += 100)); do
     # namespace mounts made there would go with it (and the namespaces with them).
     nsenter --net="/run/netns/$node" -- ip -batch "$batch"
     t1=$(date +%s%N)
-    awk -v s="$start" -v e="$end" -v ns=$((t1 - t0)) \
-        'BEGIN { printf "pods %d-%d: %.3f ms per pod\n", s + 1, e, ns / 1e6 / (e - s) }'
+    per_pod_ns=$(((t1 - t0) / (end - start)))
+    first_ns=${first_ns:-$per_pod_ns}
+    last_ns=$per_pod_ns
+    awk -v s="$start" -v e="$end" -v ns="$per_pod_ns" \
+        'BEGIN { printf "pods %d-%d: %.3f ms per pod\n", s + 1, e, ns / 1e6 }'
     if [ "${LO:-}" = 1 ]; then
         for ((i = start; i < end; i++)); do ip -n "p$i" link set lo up; done
     fi
@@ -73,3 +77,5 @@ for ((start = 0; start < pods; start += 100)); do
 done
 links=$(ip -n "$node" -o link show | grep -c ' h[0-9]*@')
 echo "at the end: $links host veths in the node namespace, $(find /run/netns -maxdepth 1 -name 'p*' | wc -l) pod namespaces"
+awk -v f="$first_ns" -v l="$last_ns" -v n="$pods" \
+    'BEGIN { printf "kernel-growth-reference: first batch %.3f ms per pod, last batch (up to pod %d) %.3f ms per pod: %.2fx\n", f / 1e6, n, l / 1e6, l / f }'
