@@ -6,7 +6,8 @@
 # PAUSE=path/to/pause, each pod's namespace also gets a process (started with nsenter after
 # its batch, not timed), as a pause holds each of ours. With ROUTES=1 the batch also does
 # what the routed datapath does on the node for a pod: the host end up, a /32 route to the
-# pod's address (10.200.0.0/16) on it and a permanent neighbour entry for that address.
+# pod's address (10.200.0.0/16) on it from the node's address on lo (10.201.0.1) and a
+# permanent neighbour entry for that address.
 # With LO=1 each pod's `lo` is brought up after its batch (one `ip -n` each, not timed).
 #
 #   [PAUSE=target/pause/pause] scripts/kernel-growth-reference.sh [PODS]   (root; default 4000)
@@ -31,11 +32,18 @@ mkdir -p /run/netns
 mount -t tmpfs -o mode=0755,size=16m nhref /run/netns
 node=nhref-node
 ip netns add "$node"
+if [ "${ROUTES:-}" = 1 ]; then
+    # The node's own address on lo, the source of every pod route, as the routed datapath
+    # does (a route without one has the kernel look through every link for a source).
+    nsenter --net="/run/netns/$node" -- ip link set lo up
+    nsenter --net="/run/netns/$node" -- ip addr add 10.201.0.1/32 dev lo
+fi
 batch=$(mktemp)
 pids=()
 cleanup() {
     # Only the processes this script started.
-    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    # The pause exits 0 on SIGTERM.
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -f "$batch"
 }
@@ -50,7 +58,7 @@ for ((start = 0; start < pods; start += 100)); do
         if [ "${ROUTES:-}" = 1 ]; then
             address="10.200.$((i / 256)).$((i % 256))"
             echo "link set h$i up" >> "$batch"
-            echo "route add $address/32 dev h$i" >> "$batch"
+            echo "route add $address/32 dev h$i src 10.201.0.1" >> "$batch"
             printf 'neigh add %s lladdr 0a:58:0a:c8:%02x:%02x dev h%d nud permanent\n' \
                 "$address" $((i / 256)) $((i % 256)) "$i" >> "$batch"
         fi
