@@ -186,6 +186,10 @@ pub struct Snapshot {
     pub ipam: Vec<(&'static str, i64, f64)>,
     /// Size of the state journal in bytes (0 when there is none).
     pub journal_bytes: i64,
+    /// Network namespaces made ahead and ready for creates.
+    pub netns_pool_ready: i64,
+    /// How many the pool keeps ready (`netns_pool`).
+    pub netns_pool_size: i64,
 }
 
 type Source = Box<dyn Fn() -> Snapshot + Send + Sync>;
@@ -203,6 +207,8 @@ pub struct Metrics {
     drift: Family<KindLabel, Gauge>,
     pause_restarts: Counter,
     journal_bytes: Gauge,
+    netns_pool_ready: Gauge,
+    netns_pool_size: Gauge,
     nri_events: Vec<[Counter; 2]>,
     nri_durations: Vec<Histogram>,
     source: OnceLock<Source>,
@@ -308,6 +314,18 @@ impl Metrics {
             "Size of the state journal in bytes",
             journal_bytes.clone(),
         );
+        let netns_pool_ready = Gauge::default();
+        registry.register(
+            "netns_pool_ready",
+            "Network namespaces made ahead of creates and ready to be taken",
+            netns_pool_ready.clone(),
+        );
+        let netns_pool_size = Gauge::default();
+        registry.register(
+            "netns_pool_size",
+            "Network namespaces the pool keeps ready (netns_pool; 0 for none)",
+            netns_pool_size.clone(),
+        );
         let nri_family = Family::<EventResult, Counter>::default();
         registry.register(
             "nri_events",
@@ -354,6 +372,8 @@ impl Metrics {
             drift,
             pause_restarts,
             journal_bytes,
+            netns_pool_ready,
+            netns_pool_size,
             source: OnceLock::new(),
             ready: AtomicBool::new(false),
         }
@@ -444,6 +464,8 @@ impl Metrics {
                 self.ipam_capacity.get_or_create(&label).set(capacity);
             }
             self.journal_bytes.set(s.journal_bytes);
+            self.netns_pool_ready.set(s.netns_pool_ready);
+            self.netns_pool_size.set(s.netns_pool_size);
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
@@ -679,6 +701,8 @@ mod tests {
             peers_etcd: 4,
             ipam: vec![("ipv4", 3, 65533.0), ("ipv6", 3, 1.8446744073709552e19)],
             journal_bytes: 1234,
+            netns_pool_ready: 5,
+            netns_pool_size: 8,
         });
         let text = m.encode();
         for line in [
@@ -690,6 +714,8 @@ mod tests {
             "netns_holder_ipam_addresses_allocated{family=\"ipv4\"} 3",
             "netns_holder_ipam_addresses_capacity{family=\"ipv4\"} 65533.0",
             "netns_holder_state_journal_bytes 1234",
+            "netns_holder_netns_pool_ready 5",
+            "netns_holder_netns_pool_size 8",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -821,6 +821,7 @@ fn snapshot<S: System>(manager: &PodManager<S>, journal: &Path) -> Snapshot {
     let by_source = |source| status.peers.iter().filter(|p| p.source == source).count();
     let peers_config = by_source(crate::peers::PeerSource::Config);
     let peers_etcd = by_source(crate::peers::PeerSource::Etcd);
+    let pool = manager.system().netns_pool_state();
     Snapshot {
         pods: count(status.pods),
         host_ports: count(status.host_ports),
@@ -841,6 +842,8 @@ fn snapshot<S: System>(manager: &PodManager<S>, journal: &Path) -> Snapshot {
         journal_bytes: std::fs::metadata(journal)
             .map(|m| i64::try_from(m.len()).unwrap_or(i64::MAX))
             .unwrap_or(0),
+        netns_pool_ready: count(pool.ready),
+        netns_pool_size: count(pool.size),
     }
 }
 

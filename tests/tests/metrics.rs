@@ -31,9 +31,13 @@ const METRICS: &str = "127.0.0.1:9644";
 /// Where the test's Prometheus listens inside the node namespace.
 const PROMETHEUS: &str = "127.0.0.1:9090";
 
+/// The daemons' pool of namespaces made ahead (not the default, so the gauge shows the
+/// config's value).
+const NETNS_POOL: u32 = 3;
+
 fn options() -> DaemonOptions {
     DaemonOptions {
-        extra_config: format!("metrics_address = \"{METRICS}\"\n"),
+        extra_config: format!("metrics_address = \"{METRICS}\"\nnetns_pool = {NETNS_POOL}\n"),
         ..DaemonOptions::default()
     }
 }
@@ -120,6 +124,21 @@ fn metrics_are_exact_after_creates_and_removes_and_promtool_accepts_them() -> Re
     assert_sample(&text, "netns_holder_peers{source=\"config\"}", 0.0);
     assert_sample(&text, "netns_holder_peers{source=\"api\"}", 0.0);
     assert_sample(&text, "netns_holder_pause_restarts_total", 0.0);
+    // The pool is as configured, and refilled once the creates are done.
+    assert_sample(&text, "netns_holder_netns_pool_size", f64::from(NETNS_POOL));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = get(&netns, METRICS, "/metrics")?;
+        let ready = sample(&text, "netns_holder_netns_pool_ready").context("pool ready")?;
+        if ready == f64::from(NETNS_POOL) {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the pool holds {ready} of {NETNS_POOL} after 10 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // The IPAM values are the ones `status` reports.
     let status = daemon.cli_json(&["status"])?;
     let pool = &status["pools"][0];

@@ -121,6 +121,15 @@ impl SystemError {
     }
 }
 
+/// The state of the pool of network namespaces made ahead ([`Namespaces::netns_pool_state`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetnsPoolState {
+    /// Namespaces ready to be taken.
+    pub ready: usize,
+    /// How many the pool keeps ready (`netns_pool`).
+    pub size: usize,
+}
+
 /// Network namespace bind mounts.
 pub trait Namespaces: Send + Sync {
     /// Whether `attach` may wire the namespace at `path` (the rules of
@@ -134,6 +143,12 @@ pub trait Namespaces: Send + Sync {
     /// Creates a new network namespace and bind-mounts it at `path` (exclusively: an
     /// existing file there is [`SystemError::AlreadyExists`]).
     fn create_netns(&self, path: &Path) -> impl Future<Output = Result<(), SystemError>> + Send;
+
+    /// The network namespaces made ahead of creates (`netns_pool`): how many are ready now,
+    /// and how many the pool keeps. Both 0 where there is no pool.
+    fn netns_pool_state(&self) -> NetnsPoolState {
+        NetnsPoolState::default()
+    }
 
     /// How many creates and attaches are running, as the manager counts them, told at each
     /// change: a hint for work in the background that would compete with them for the CPU

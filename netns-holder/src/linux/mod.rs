@@ -257,6 +257,13 @@ impl Namespaces for LinuxSystem {
         conn::create_netns(self, path).await
     }
 
+    fn netns_pool_state(&self) -> netns_holder_core::system::NetnsPoolState {
+        netns_holder_core::system::NetnsPoolState {
+            ready: self.netns_pool.ready(),
+            size: self.netns_pool.size(),
+        }
+    }
+
     fn creates_in_flight(&self, count: usize) {
         self.netns_pool.creates_in_flight(count);
     }

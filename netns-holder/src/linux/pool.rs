@@ -168,6 +168,11 @@ impl NetnsPool {
     pub(crate) fn ready(&self) -> usize {
         self.lock().ready.len()
     }
+
+    /// How many namespaces the filler keeps ready.
+    pub(crate) fn size(&self) -> usize {
+        self.target
+    }
 }
 
 /// The filler thread: keeps the pool at its target while the pool lives.
