@@ -57,6 +57,16 @@ pub const NRI_EVENTS: [&str; 4] = [
     "synchronize",
 ];
 
+/// A new metric of type `M`, registered as `name` with `help`; the handle that updates it.
+fn registered<M>(registry: &mut Registry, name: &str, help: &str) -> M
+where
+    M: prometheus_client::registry::Metric + Clone + Default,
+{
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 /// Upper bounds (seconds) of the operation duration buckets: 100 µs to 10 s.
 pub const DURATION_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -233,11 +243,10 @@ impl Metrics {
     /// Registers every metric under the `netns_holder_` prefix.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("netns_holder");
-        let operations_family = Family::<OperationResult, Counter>::default();
-        registry.register(
+        let operations_family: Family<OperationResult, Counter> = registered(
+            &mut registry,
             "operations",
             "Manager operations by operation and result (ok or error)",
-            operations_family.clone(),
         );
         let durations_family = Family::<OperationLabel, Histogram>::new_with_constructor(
             duration_histogram as fn() -> Histogram,
@@ -270,67 +279,53 @@ impl Metrics {
                     .clone()
             })
             .collect();
-        let pods = Gauge::default();
-        registry.register("pods", "Pods in the state (every phase)", pods.clone());
-        let host_ports = Gauge::default();
-        registry.register(
-            "host_ports",
-            "Host ports published by pods",
-            host_ports.clone(),
-        );
-        let peers = Family::<SourceLabel, Gauge>::default();
-        registry.register(
+        let pods: Gauge = registered(&mut registry, "pods", "Pods in the state (every phase)");
+        let host_ports: Gauge =
+            registered(&mut registry, "host_ports", "Host ports published by pods");
+        let peers: Family<SourceLabel, Gauge> = registered(
+            &mut registry,
             "peers",
             "Peer nodes by source (config, api or etcd)",
-            peers.clone(),
         );
-        let ipam_allocated = Family::<FamilyLabel, Gauge>::default();
-        registry.register(
+        let ipam_allocated: Family<FamilyLabel, Gauge> = registered(
+            &mut registry,
             "ipam_addresses_allocated",
             "Pod addresses allocated, by family",
-            ipam_allocated.clone(),
         );
-        let ipam_capacity = Family::<FamilyLabel, Gauge<f64, AtomicU64>>::default();
-        registry.register(
+        let ipam_capacity: Family<FamilyLabel, Gauge<f64, AtomicU64>> = registered(
+            &mut registry,
             "ipam_addresses_capacity",
             "Pod addresses that can be allocated, by family",
-            ipam_capacity.clone(),
         );
-        let drift = Family::<KindLabel, Gauge>::default();
-        registry.register(
+        let drift: Family<KindLabel, Gauge> = registered(
+            &mut registry,
             "drift_findings",
             "Findings of the last check (by problem) or reconcile/repair (by what was done)",
-            drift.clone(),
         );
-        let pause_restarts = Counter::default();
-        registry.register(
+        let pause_restarts: Counter = registered(
+            &mut registry,
             "pause_restarts",
             "Pause processes restarted after they died",
-            pause_restarts.clone(),
         );
-        let journal_bytes = Gauge::default();
-        registry.register(
+        let journal_bytes: Gauge = registered(
+            &mut registry,
             "state_journal_bytes",
             "Size of the state journal in bytes",
-            journal_bytes.clone(),
         );
-        let netns_pool_ready = Gauge::default();
-        registry.register(
+        let netns_pool_ready: Gauge = registered(
+            &mut registry,
             "netns_pool_ready",
             "Network namespaces made ahead of creates and ready to be taken",
-            netns_pool_ready.clone(),
         );
-        let netns_pool_size = Gauge::default();
-        registry.register(
+        let netns_pool_size: Gauge = registered(
+            &mut registry,
             "netns_pool_size",
             "Network namespaces the pool keeps ready (netns_pool; 0 for none)",
-            netns_pool_size.clone(),
         );
-        let nri_family = Family::<EventResult, Counter>::default();
-        registry.register(
+        let nri_family: Family<EventResult, Counter> = registered(
+            &mut registry,
             "nri_events",
             "NRI events handled by the plugin, by event and result (ok or error)",
-            nri_family.clone(),
         );
         let nri_durations_family = Family::<EventLabel, Histogram>::new_with_constructor(
             duration_histogram as fn() -> Histogram,
