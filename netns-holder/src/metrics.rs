@@ -279,9 +279,26 @@ impl Metrics {
                     .clone()
             })
             .collect();
-        let pods: Gauge = registered(&mut registry, "pods", "Pods in the state (every phase)");
-        let host_ports: Gauge =
-            registered(&mut registry, "host_ports", "Host ports published by pods");
+        let [
+            pods,
+            host_ports,
+            journal_bytes,
+            netns_pool_ready,
+            netns_pool_size,
+        ] = [
+            ("pods", "Pods in the state (every phase)"),
+            ("host_ports", "Host ports published by pods"),
+            ("state_journal_bytes", "Size of the state journal in bytes"),
+            (
+                "netns_pool_ready",
+                "Network namespaces made ahead of creates and ready to be taken",
+            ),
+            (
+                "netns_pool_size",
+                "Network namespaces the pool keeps ready (netns_pool; 0 for none)",
+            ),
+        ]
+        .map(|(name, help)| registered::<Gauge>(&mut registry, name, help));
         let peers: Family<SourceLabel, Gauge> = registered(
             &mut registry,
             "peers",
@@ -306,21 +323,6 @@ impl Metrics {
             &mut registry,
             "pause_restarts",
             "Pause processes restarted after they died",
-        );
-        let journal_bytes: Gauge = registered(
-            &mut registry,
-            "state_journal_bytes",
-            "Size of the state journal in bytes",
-        );
-        let netns_pool_ready: Gauge = registered(
-            &mut registry,
-            "netns_pool_ready",
-            "Network namespaces made ahead of creates and ready to be taken",
-        );
-        let netns_pool_size: Gauge = registered(
-            &mut registry,
-            "netns_pool_size",
-            "Network namespaces the pool keeps ready (netns_pool; 0 for none)",
         );
         let nri_family: Family<EventResult, Counter> = registered(
             &mut registry,
