@@ -466,6 +466,7 @@ struct StatusView<'a> {
     datapath: &'a str,
     egress_exempt: &'a [String],
     neighbour_tables: Option<serde_json::Value>,
+    netns_pool: Option<serde_json::Value>,
     /// Cluster mode only.
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster: Option<serde_json::Value>,
@@ -525,6 +526,10 @@ fn status_view(s: &pb::StatusResponse) -> Result<StatusView<'_>, ResponseError> 
         datapath: &s.datapath,
         egress_exempt: &s.egress_exempt,
         neighbour_tables: s.neighbour_tables.as_ref().map(neighbour_json),
+        netns_pool: s
+            .netns_pool
+            .as_ref()
+            .map(|p| json!({"ready": p.ready, "size": p.size})),
         cluster: s.cluster.as_ref().map(|c| {
             json!({
                 "backend": c.backend,

@@ -821,7 +821,7 @@ fn snapshot<S: System>(manager: &PodManager<S>, journal: &Path) -> Snapshot {
     let by_source = |source| status.peers.iter().filter(|p| p.source == source).count();
     let peers_config = by_source(crate::peers::PeerSource::Config);
     let peers_etcd = by_source(crate::peers::PeerSource::Etcd);
-    let pool = manager.system().netns_pool_state();
+    let pool = status.netns_pool;
     Snapshot {
         pods: count(status.pods),
         host_ports: count(status.host_ports),

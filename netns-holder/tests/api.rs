@@ -542,12 +542,18 @@ async fn status_reports_counts_and_pools() {
             "masquerade",
             "datapath",
             "egress_exempt",
-            "neighbour_tables"
+            "neighbour_tables",
+            "netns_pool"
         ]
         .into_iter()
         .collect()
     );
     assert_eq!(status["masquerade"], true);
+    // The fake kernel has no namespace pool.
+    assert_eq!(
+        status["netns_pool"],
+        serde_json::json!({"ready": 0, "size": 0})
+    );
     assert_eq!(status["datapath"], "bridge");
     assert_eq!(
         status["egress_exempt"],

@@ -139,8 +139,13 @@ fn metrics_are_exact_after_creates_and_removes_and_promtool_accepts_them() -> Re
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The IPAM values are the ones `status` reports.
+    // The IPAM values are the ones `status` reports; so is the pool (full again above).
     let status = daemon.cli_json(&["status"])?;
+    assert_eq!(
+        status["netns_pool"],
+        serde_json::json!({"ready": NETNS_POOL, "size": NETNS_POOL}),
+        "{status}"
+    );
     let pool = &status["pools"][0];
     assert_eq!(pool["allocated"], 2, "{status}");
     assert_sample(

@@ -307,6 +307,10 @@ pub fn status_message(
             .collect(),
         neighbour_tables: status.neighbour_tables.as_ref().map(neighbour_message),
         cluster: None,
+        netns_pool: Some(pb::NetnsPool {
+            ready: status.netns_pool.ready as u64,
+            size: status.netns_pool.size as u64,
+        }),
     }
 }
 

@@ -122,7 +122,7 @@ impl SystemError {
 }
 
 /// The state of the pool of network namespaces made ahead ([`Namespaces::netns_pool_state`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NetnsPoolState {
     /// Namespaces ready to be taken.
     pub ready: usize,

@@ -384,6 +384,7 @@ impl<S: System> PodManager<S> {
                 .filter(|r| !r.ports_released)
                 .map(|r| r.ports.len())
                 .sum(),
+            netns_pool: self.system().netns_pool_state(),
         }
     }
 

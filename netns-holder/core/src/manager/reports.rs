@@ -187,4 +187,6 @@ pub struct DaemonStatus {
     pub egress_exempt: Vec<ipnet::IpNet>,
     /// The neighbour table sizing done at start, if it was.
     pub neighbour_tables: Option<crate::neigh::NeighbourReport>,
+    /// The network namespaces made ahead of creates.
+    pub netns_pool: crate::system::NetnsPoolState,
 }
