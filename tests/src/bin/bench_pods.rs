@@ -106,6 +106,65 @@ struct Ours {
 struct Controls {
     cpu: Series,
     fresh_pages: Series,
+    /// [`guest_reported_kib`] after each create, where the kernel shows it.
+    reported_kib: Vec<u64>,
+}
+
+/// The free memory this guest has handed back to its host so far (KiB; virtio-balloon free
+/// page reporting, where the kernel counts it in `page_reporting`'s `reported_kib`): the
+/// host takes those pages away, and the guest's next use of them faults in the host.
+fn guest_reported_kib() -> Option<u64> {
+    std::fs::read_to_string("/sys/module/page_reporting/parameters/reported_kib")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The slowest windows of 10 creates of a scale run, each with the free memory the guest
+/// handed back to its host meanwhile, against the median window: whether the slow stretches
+/// of a run come with the host taking memory back.
+fn print_slowest_windows(creates: &Series, reported_kib: &[u64]) {
+    if reported_kib.len() != creates.0.len() || creates.0.len() < 20 {
+        return;
+    }
+    let mib = |window: usize| {
+        let end = (window + 1) * 10 - 1;
+        let before = if window == 0 {
+            reported_kib[0]
+        } else {
+            reported_kib[window * 10 - 1]
+        };
+        (reported_kib[end].saturating_sub(before)) as f64 / 1024.0
+    };
+    let windows = creates.0.len() / 10;
+    let mut by_time: Vec<(Duration, usize)> = (0..windows)
+        .map(|w| (creates.stats(w * 10..w * 10 + 10).0, w))
+        .collect();
+    by_time.sort();
+    let mut handed: Vec<f64> = (0..windows).map(mib).collect();
+    let total: f64 = handed.iter().sum();
+    handed.sort_by(f64::total_cmp);
+    let slowest: Vec<String> = by_time
+        .iter()
+        .rev()
+        .take(5)
+        .map(|&(median, w)| {
+            format!(
+                "pods {}-{} {:.2} ms ({:.0} MiB)",
+                w * 10 + 1,
+                w * 10 + 10,
+                ms(median),
+                mib(w)
+            )
+        })
+        .collect();
+    println!(
+        "memory the guest handed back to its host (free page reporting) during the run: {total:.0} \
+         MiB; a window of 10 creates saw a median of {:.0} MiB; the five slowest windows: {}",
+        handed[handed.len() / 2],
+        slowest.join(", ")
+    );
 }
 
 /// Memory taken [`FRESH_PAGES`] pages at a time and kept until the run ends, each page's
@@ -282,6 +341,9 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
                 if reach {
                     controls.cpu.0.push(cpu_control());
                     controls.fresh_pages.0.push(fresh.touch_new()?);
+                    if let Some(kib) = guest_reported_kib() {
+                        controls.reported_kib.push(kib);
+                    }
                 }
                 let pod = created.pod.context("create answered no pod")?;
                 let ip = pod.ips.first().context("a pod without addresses")?;
@@ -886,6 +948,7 @@ fn main() -> Result<()> {
             us(last_fresh) / FRESH_PAGES as f64,
             us(last_fresh) / us(first_fresh),
         );
+        print_slowest_windows(&big.creates, &controls.reported_kib);
     }
     let recycled_growth = big.recycled.as_ref().map(|recycled| {
         let ratio = ms(recycled.median()) / ms(big.creates.stats(0..10).0);
