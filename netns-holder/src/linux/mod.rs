@@ -79,6 +79,7 @@ mod netns;
 pub mod nft;
 mod pause;
 mod pool;
+mod procfs;
 mod sockets;
 mod sysctl;
 mod thread;

@@ -79,7 +79,7 @@ fn parse_stat(text: &str) -> Option<Stat> {
 /// `/proc/<pid>/stat`, or `None` if there is no such process.
 fn read_stat(pid: u32) -> Result<Option<Stat>, SystemError> {
     let file = format!("/proc/{pid}/stat");
-    match super::sysctl::read_proc(&file) {
+    match super::procfs::read_text(&file) {
         Ok(text) => parse_stat(&text)
             .map(Some)
             .ok_or_else(|| SystemError::other(&file, "cannot parse")),
@@ -647,7 +647,7 @@ pub(crate) fn watch(
 
 /// Reads a small `/proc/<pid>/<file>`; `None` if the process is gone or unreadable.
 fn read_proc(pid: &str, file: &str) -> Option<Vec<u8>> {
-    std::fs::read(format!("/proc/{pid}/{file}")).ok()
+    super::procfs::read_bytes(&format!("/proc/{pid}/{file}")).ok()
 }
 
 /// Every live pause process of ours: `argv[0]` is `netns-holder-pause:<id>` and the

@@ -135,7 +135,7 @@ fn owner_of(inode: u32) -> Option<String> {
         };
         for fd in fds.flatten() {
             if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()) {
-                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                let comm = super::procfs::read_text(&format!("/proc/{pid}/comm"))
                     .map(|c| c.trim().to_string())
                     .unwrap_or_default();
                 return Some(format!("pid {pid} ({comm})"));

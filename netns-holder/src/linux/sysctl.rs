@@ -23,30 +23,11 @@ use crate::neigh::{self, Thresholds};
 use crate::ports::Family;
 use crate::system::SystemError;
 
-/// The text of the small `/proc` file `path`, read with plain `read` calls (`read_to_string`
-/// first asks `statx` for a size that `/proc` files do not have: a path walk and a system
-/// call per read).
-pub(crate) fn read_proc(path: &str) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut text = Vec::with_capacity(512);
-    let mut chunk = [0u8; 512];
-    loop {
-        match file.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => text.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    String::from_utf8(text).map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))
-}
-
 /// Sets the sysctl file `file` to `value` unless it already has it. `netns` names the
 /// namespace in errors.
 fn ensure_value(file: &str, value: &str, netns: &str) -> Result<(), SystemError> {
     let object = || format!("sysctl {file} in {netns}");
-    match read_proc(file) {
+    match super::procfs::read_text(file) {
         Ok(current) if current.trim() == value => return Ok(()),
         Ok(_) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -248,23 +229,4 @@ pub(crate) async fn set_neighbour_thresholds(
         Ok(())
     })
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn read_proc_reads_files_longer_than_one_chunk_and_missing_ones_are_not_found() {
-        // /proc/self/status is over 1 KiB, more than one 512-byte read. Both reads are of the
-        // calling thread's group, whose status only changes in its counters: compare lines
-        // that stay.
-        let ours = read_proc("/proc/self/status").unwrap();
-        let std = std::fs::read_to_string("/proc/self/status").unwrap();
-        assert!(ours.len() > 512, "{ours}");
-        assert_eq!(ours.lines().count(), std.lines().count());
-        assert_eq!(ours.lines().next(), std.lines().next());
-        let missing = read_proc("/proc/sys/net/nh-no-such-sysctl").unwrap_err();
-        assert_eq!(missing.kind(), ErrorKind::NotFound);
-    }
 }

@@ -106,7 +106,8 @@ struct Ours {
 struct Controls {
     cpu: Series,
     fresh_pages: Series,
-    /// [`guest_reported_kib`] after each create, where the kernel shows it.
+    /// [`guest_reported_kib`] before the first create and after each one, where the
+    /// kernel shows it (empty where it does not).
     reported_kib: Vec<u64>,
 }
 
@@ -121,50 +122,57 @@ fn guest_reported_kib() -> Option<u64> {
         .ok()
 }
 
-/// The slowest windows of 10 creates of a scale run, each with the free memory the guest
-/// handed back to its host meanwhile, against the median window: whether the slow stretches
-/// of a run come with the host taking memory back.
+/// The slowest windows of 10 creates of a scale run, and where `reported_kib` has a reading
+/// before the first create and after each one, the free memory the guest handed back to its
+/// host during each window: whether the slow stretches of a run come with the host taking
+/// memory back.
 fn print_slowest_windows(creates: &Series, reported_kib: &[u64]) {
-    if reported_kib.len() != creates.0.len() || creates.0.len() < 20 {
+    let windows = creates.0.len() / 10;
+    if windows < 2 {
         return;
     }
-    let mib = |window: usize| {
-        let end = (window + 1) * 10 - 1;
-        let before = if window == 0 {
-            reported_kib[0]
-        } else {
-            reported_kib[window * 10 - 1]
-        };
-        (reported_kib[end].saturating_sub(before)) as f64 / 1024.0
-    };
-    let windows = creates.0.len() / 10;
+    let counted = reported_kib.len() == creates.0.len() + 1;
+    // Readings i and i + 10 bracket creates i..i + 10.
+    let mib =
+        |w: usize| reported_kib[w * 10 + 10].saturating_sub(reported_kib[w * 10]) as f64 / 1024.0;
     let mut by_time: Vec<(Duration, usize)> = (0..windows)
         .map(|w| (creates.stats(w * 10..w * 10 + 10).0, w))
         .collect();
     by_time.sort();
-    let mut handed: Vec<f64> = (0..windows).map(mib).collect();
-    let total: f64 = handed.iter().sum();
-    handed.sort_by(f64::total_cmp);
     let slowest: Vec<String> = by_time
         .iter()
         .rev()
         .take(5)
         .map(|&(median, w)| {
+            let handed = if counted {
+                format!(" ({:.0} MiB)", mib(w))
+            } else {
+                String::new()
+            };
             format!(
-                "pods {}-{} {:.2} ms ({:.0} MiB)",
+                "pods {}-{} {:.2} ms{handed}",
                 w * 10 + 1,
                 w * 10 + 10,
-                ms(median),
-                mib(w)
+                ms(median)
             )
         })
         .collect();
     println!(
-        "memory the guest handed back to its host (free page reporting) during the run: {total:.0} \
-         MiB; a window of 10 creates saw a median of {:.0} MiB; the five slowest windows: {}",
-        handed[handed.len() / 2],
-        slowest.join(", ")
+        "the five slowest windows of 10 creates: {}; the median window {:.2} ms",
+        slowest.join(", "),
+        ms(by_time[windows / 2].0)
     );
+    if counted {
+        let mut handed: Vec<f64> = (0..windows).map(mib).collect();
+        let total: f64 = handed.iter().sum();
+        handed.sort_by(f64::total_cmp);
+        println!(
+            "memory the guest handed back to its host (free page reporting) during the run: \
+             {total:.0} MiB; a window of 10 creates saw a median of {:.0} MiB (in brackets \
+             above for the slowest)",
+            handed[windows / 2],
+        );
+    }
 }
 
 /// Memory taken [`FRESH_PAGES`] pages at a time and kept until the run ends, each page's
@@ -318,6 +326,9 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
             let mut creates = Vec::with_capacity(count);
             let mut controls = Controls::default();
             let mut fresh = FreshPages(Vec::new());
+            if let Some(kib) = guest_reported_kib().filter(|_| reach) {
+                controls.reported_kib.push(kib);
+            }
             let mut pods: Vec<(String, String)> = Vec::with_capacity(count);
             let (mut pod_to_pod_2, mut host_port_1) = (Series::default(), Series::default());
             let pod_addr = |pods: &[(String, String)], i: usize| -> Result<SocketAddr> {
