@@ -122,11 +122,12 @@ fn guest_reported_kib() -> Option<u64> {
         .ok()
 }
 
-/// The slowest windows of 10 creates of a scale run, and where `reported_kib` has a reading
-/// before the first create and after each one, the free memory the guest handed back to its
-/// host during each window: whether the slow stretches of a run come with the host taking
-/// memory back.
-fn print_slowest_windows(creates: &Series, reported_kib: &[u64]) {
+/// The slowest windows of 10 creates of a scale run, each with the median of the CPU
+/// control right after its creates against the median window's (whether the machine itself
+/// ran slower then), and where `reported_kib` has a reading before the first create and
+/// after each one, the free memory the guest handed back to its host during each window.
+fn print_slowest_windows(creates: &Series, controls: &Controls) {
+    let reported_kib = &controls.reported_kib;
     let windows = creates.0.len() / 10;
     if windows < 2 {
         return;
@@ -139,26 +140,30 @@ fn print_slowest_windows(creates: &Series, reported_kib: &[u64]) {
         .map(|w| (creates.stats(w * 10..w * 10 + 10).0, w))
         .collect();
     by_time.sort();
+    let median_window = by_time[windows / 2].1;
+    let cpu_in = |w: usize| ms(controls.cpu.stats(w * 10..w * 10 + 10).0);
     let slowest: Vec<String> = by_time
         .iter()
         .rev()
         .take(5)
         .map(|&(median, w)| {
             let handed = if counted {
-                format!(" ({:.0} MiB)", mib(w))
+                format!(", {:.0} MiB handed back", mib(w))
             } else {
                 String::new()
             };
             format!(
-                "pods {}-{} {:.2} ms{handed}",
+                "pods {}-{} {:.2} ms (CPU loop {:.2}x{handed})",
                 w * 10 + 1,
                 w * 10 + 10,
-                ms(median)
+                ms(median),
+                cpu_in(w) / cpu_in(median_window),
             )
         })
         .collect();
     println!(
-        "the five slowest windows of 10 creates: {}; the median window {:.2} ms",
+        "the five slowest windows of 10 creates (the CPU control in each against the median \
+         window's): {}; the median window {:.2} ms",
         slowest.join(", "),
         ms(by_time[windows / 2].0)
     );
@@ -168,8 +173,8 @@ fn print_slowest_windows(creates: &Series, reported_kib: &[u64]) {
         handed.sort_by(f64::total_cmp);
         println!(
             "memory the guest handed back to its host (free page reporting) during the run: \
-             {total:.0} MiB; a window of 10 creates saw a median of {:.0} MiB (in brackets \
-             above for the slowest)",
+             {total:.0} MiB; a window of 10 creates saw a median of {:.0} MiB (with each of the \
+             slowest above)",
             handed[windows / 2],
         );
     }
@@ -959,7 +964,7 @@ fn main() -> Result<()> {
             us(last_fresh) / FRESH_PAGES as f64,
             us(last_fresh) / us(first_fresh),
         );
-        print_slowest_windows(&big.creates, &controls.reported_kib);
+        print_slowest_windows(&big.creates, controls);
     }
     let recycled_growth = big.recycled.as_ref().map(|recycled| {
         let ratio = ms(recycled.median()) / ms(big.creates.stats(0..10).0);
