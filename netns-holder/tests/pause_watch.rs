@@ -2,7 +2,8 @@
 //! pod's `/proc/<pid>/stat` (the fake's `pause_alive` calls) while the pauses are children
 //! of this daemon process (SIGCHLD + `waitpid` cover them) or adopted ones under an exit
 //! watch (a pidfd in the real system); only adopted pauses no watch can be made for are
-//! polled. Dead pauses are still restarted, whichever way their death is learnt.
+//! polled; after a SIGCHLD the kernel names the pauses that exited, so nothing is asked per
+//! pod. Dead pauses are still restarted, whichever way their death is learnt.
 
 use slog::{Logger, o};
 
@@ -103,8 +104,9 @@ async fn ticks_read_no_stat_for_children_and_restart_a_dead_child() {
         3 * PODS,
         "one waitpid per child per tick"
     );
-    // A child dies: SIGCHLD, one waitpid per child, restarted; still no /proc read but the
-    // restart's own.
+    // A child dies: SIGCHLD, the kernel names it (no waitpid per child), restarted; still
+    // no /proc read but the restart's own.
+    let waitpids = env.fake.calls_starting_with("child_pause_exited ");
     let old = pause_of(&manager, "pod-7");
     env.fake.kill(old.pid);
     let restarted = manager
@@ -119,6 +121,48 @@ async fn ticks_read_no_stat_for_children_and_restart_a_dead_child() {
             .restart_dead_pauses(PauseWake::Child, &mut watches)
             .await
             .is_empty()
+    );
+    assert_eq!(
+        env.fake.calls_starting_with("child_pause_exited "),
+        waitpids,
+        "a SIGCHLD asked about each of {PODS} pauses"
+    );
+    assert_eq!(env.fake.calls_starting_with("reap_exited_child_pauses"), 2);
+}
+
+/// While another kind of child's exit hides the rest from the kernel's answer, a SIGCHLD
+/// falls back to one `waitpid` per child pause, and a dead one is still restarted.
+#[tokio::test]
+async fn a_foreign_child_exit_falls_back_to_asking_each_pause() {
+    let env = Env::new();
+    let manager = env.manager();
+    create_pods(&manager).await;
+    let mut watches = PauseWatches::new();
+    let old = pause_of(&manager, "pod-11");
+    env.fake.kill(old.pid);
+    env.fake.set_foreign_zombie(true);
+    let waitpids = env.fake.calls_starting_with("child_pause_exited ");
+    let restarted = manager
+        .restart_dead_pauses(PauseWake::Child, &mut watches)
+        .await;
+    assert_eq!(restarted, vec![PodName::new("pod-11").unwrap()]);
+    assert_eq!(
+        env.fake.calls_starting_with("child_pause_exited ") - waitpids,
+        PODS,
+        "one waitpid per child pause"
+    );
+    // With the way clear again, a SIGCHLD with no pause exited asks nothing per pause.
+    env.fake.set_foreign_zombie(false);
+    let waitpids = env.fake.calls_starting_with("child_pause_exited ");
+    assert!(
+        manager
+            .restart_dead_pauses(PauseWake::Child, &mut watches)
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        env.fake.calls_starting_with("child_pause_exited "),
+        waitpids
     );
 }
 

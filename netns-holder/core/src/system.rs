@@ -225,6 +225,15 @@ pub trait Processes: Send + Sync {
         process: &PauseProcess,
     ) -> impl Future<Output = Result<Option<bool>, SystemError>> + Send;
 
+    /// Reaps the pauses among this daemon process's children (started with
+    /// [`Processes::start_pause`]) that have exited and names them: asked of the kernel for
+    /// exited children only, so that a SIGCHLD costs in proportion to the exits, not to the
+    /// pods. When [`ReapedPauses::complete`] is false, ask
+    /// [`Processes::child_pause_exited`] for each pause as well.
+    fn reap_exited_child_pauses(
+        &self,
+    ) -> impl Future<Output = Result<ReapedPauses, SystemError>> + Send;
+
     /// A watch on `process` that resolves once it has exited (at once if it is already gone
     /// or is not that process any more), without polling: a pidfd in the real system, which
     /// works for processes that are not our children. `None` when no watch can be made (no
@@ -233,6 +242,16 @@ pub trait Processes: Send + Sync {
         &self,
         process: &PauseProcess,
     ) -> impl Future<Output = Result<Option<PauseExit>, SystemError>> + Send;
+}
+
+/// What [`Processes::reap_exited_child_pauses`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReapedPauses {
+    /// Pauses of ours that exited, now reaped.
+    pub exited: Vec<PauseProcess>,
+    /// Whether these are all the exits: `false` when another kind of child's exit (a helper
+    /// program the daemon ran, reaped by its own waiter) hid those behind it.
+    pub complete: bool,
 }
 
 /// A veth pair for [`Netlink::create_veth`]: `host` in the host namespace and `peer` made

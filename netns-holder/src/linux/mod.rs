@@ -101,8 +101,8 @@ use crate::kernel::{KernelEvent, LinkInfo, NodeNetwork, PauseProcess, RunningPau
 use crate::names::{IfName, PodId};
 use crate::ports::Protocol;
 use crate::system::{
-    Firewall, KernelEvents, Namespaces, Netlink, PauseExit, Processes, Sysctl, SystemError,
-    VethPair,
+    Firewall, KernelEvents, Namespaces, Netlink, PauseExit, Processes, ReapedPauses, Sysctl,
+    SystemError, VethPair,
 };
 
 pub use pause::PAUSE_NODE_ENV;
@@ -334,6 +334,10 @@ impl Processes for LinuxSystem {
         process: &PauseProcess,
     ) -> Result<Option<bool>, SystemError> {
         Ok(pause::child_exited(&self.pauses, *process))
+    }
+
+    async fn reap_exited_child_pauses(&self) -> Result<ReapedPauses, SystemError> {
+        Ok(pause::reap_exited_children(&self.pauses))
     }
 
     async fn watch_pause(&self, process: &PauseProcess) -> Result<Option<PauseExit>, SystemError> {

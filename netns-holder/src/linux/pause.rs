@@ -36,7 +36,7 @@ use super::LinuxSystem;
 use super::netns::open_netns;
 use crate::kernel::{PauseProcess, RunningPause};
 use crate::names::{PodId, pod_id_from_pause_argv0};
-use crate::system::SystemError;
+use crate::system::{ReapedPauses, SystemError};
 
 /// Environment variable carrying the inode of the node network namespace of the daemon that
 /// started a pause. [`crate::system::Processes::list_pauses`] of a [`super::LinuxSystem`]
@@ -511,7 +511,8 @@ pub(crate) fn alive(p: PauseProcess) -> Result<bool, SystemError> {
 /// beyond that, [`watch`] answers `None` and the caller polls.
 #[derive(Debug)]
 pub(crate) struct Pauses {
-    children: std::sync::Mutex<std::collections::HashSet<PauseProcess>>,
+    /// Keyed by pid: a child's pid cannot be reused until we reap it.
+    children: std::sync::Mutex<std::collections::HashMap<u32, PauseProcess>>,
     watches: std::sync::atomic::AtomicUsize,
     watch_budget: usize,
 }
@@ -533,24 +534,27 @@ impl Pauses {
     /// No children yet, at most `watch_budget` exit watches at once.
     pub(crate) fn with_budget(watch_budget: usize) -> Self {
         Self {
-            children: std::sync::Mutex::new(std::collections::HashSet::new()),
+            children: std::sync::Mutex::new(std::collections::HashMap::new()),
             watches: std::sync::atomic::AtomicUsize::new(0),
             watch_budget,
         }
     }
 
-    fn children(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<PauseProcess>> {
+    fn children(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u32, PauseProcess>> {
         self.children.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records a pause this process just started.
     pub(crate) fn started(&self, p: PauseProcess) {
-        self.children().insert(p);
+        self.children().insert(p.pid, p);
     }
 
     /// Forgets a pause that is gone (reaped).
     pub(crate) fn gone(&self, p: PauseProcess) {
-        self.children().remove(&p);
+        let mut children = self.children();
+        if children.get(&p.pid) == Some(&p) {
+            children.remove(&p.pid);
+        }
     }
 
     /// How many exit watches may be open at once.
@@ -584,7 +588,7 @@ impl Drop for WatchSlot {
 /// Whether `p` has exited, if it is a child of this process (see [`Pauses`]): one
 /// non-blocking `waitpid` on its pid, no `/proc` read. An exited child is reaped here.
 pub(crate) fn child_exited(pauses: &Pauses, p: PauseProcess) -> Option<bool> {
-    if !pauses.children().contains(&p) {
+    if pauses.children().get(&p.pid) != Some(&p) {
         return None;
     }
     // Our child and not reaped yet (it leaves the set when reaped), so its pid cannot have
@@ -603,6 +607,50 @@ pub(crate) fn child_exited(pauses: &Pauses, p: PauseProcess) -> Option<bool> {
             _ => return Some(false),
         }
     }
+}
+
+/// Reaps the pauses among this process's children that have exited and returns them,
+/// asking the kernel for exited children only (`waitid(P_ALL, WEXITED | WNOHANG | WNOWAIT)`
+/// names one without reaping it; a targeted `waitpid` then reaps it), so that the cost
+/// follows the exits and not the pauses alive. Incomplete when an exited child that is not
+/// one of our pauses comes first (a helper program, whose own waiter reaps it): the exits
+/// behind it stay hidden, so the caller checks each pause with [`child_exited`] as well.
+pub(crate) fn reap_exited_children(pauses: &Pauses) -> ReapedPauses {
+    let mut exited = Vec::new();
+    let complete = loop {
+        let status = match nix::sys::wait::waitid(
+            nix::sys::wait::Id::All,
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        ) {
+            Ok(status) => status,
+            Err(Errno::EINTR) => continue,
+            // No children at all.
+            Err(Errno::ECHILD) => break true,
+            Err(_) => break false,
+        };
+        let pid = match status {
+            WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) => pid,
+            WaitStatus::StillAlive => break true,
+            _ => break false,
+        };
+        let pause = u32::try_from(pid.as_raw())
+            .ok()
+            .and_then(|key| pauses.children().get(&key).copied());
+        let Some(pause) = pause else {
+            break false;
+        };
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            // Reaped here, or by someone else in between.
+            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(Errno::ECHILD) => {
+                pauses.gone(pause);
+                exited.push(pause);
+            }
+            Err(Errno::EINTR) => {}
+            // waitid has just seen it exit, so nothing else can be true: never loop on it.
+            _ => break false,
+        }
+    };
+    ReapedPauses { exited, complete }
 }
 
 /// A future that resolves once `p` has exited, from a pidfd (see [`Pauses`]); `None` when

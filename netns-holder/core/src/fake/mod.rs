@@ -139,6 +139,9 @@ struct Model {
     exits: tokio::sync::watch::Sender<u64>,
     /// Exit watches cannot be made (as when a daemon has no descriptor left).
     no_watches: bool,
+    /// An exited child that is not a pause hides the others from
+    /// [`Processes::reap_exited_child_pauses`] (as a helper program's zombie would).
+    foreign_zombie: bool,
     /// Subscribers of [`KernelEvents`].
     subscribers: Vec<tokio::sync::mpsc::UnboundedSender<KernelEvent>>,
     /// Processes of someone else (a sandbox's) that keep a namespace alive: pid -> namespace.
@@ -185,6 +188,7 @@ impl Default for Model {
             zombies: BTreeSet::new(),
             exits: tokio::sync::watch::channel(0).0,
             no_watches: false,
+            foreign_zombie: false,
             subscribers: Vec::new(),
             holders: BTreeMap::new(),
             neigh: (KERNEL_DEFAULT_NEIGH, KERNEL_DEFAULT_NEIGH),

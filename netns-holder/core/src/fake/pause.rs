@@ -5,7 +5,7 @@ use std::path::Path;
 use super::{FakeProcess, FakeSystem};
 use crate::kernel::{PauseProcess, RunningPause};
 use crate::names::PodId;
-use crate::system::{PauseExit, Processes, SystemError};
+use crate::system::{PauseExit, Processes, ReapedPauses, SystemError};
 
 impl Processes for FakeSystem {
     async fn start_pause(&self, id: &PodId, netns: &Path) -> Result<PauseProcess, SystemError> {
@@ -69,6 +69,18 @@ impl Processes for FakeSystem {
             .get(&process.pid)
             .filter(|p| p.child && p.start_time == process.start_time)
             .map(|_| false))
+    }
+
+    async fn reap_exited_child_pauses(&self) -> Result<ReapedPauses, SystemError> {
+        let mut m = self.call("reap_exited_child_pauses".to_string()).await?;
+        if m.foreign_zombie {
+            // It came first and hides every exit behind it.
+            return Ok(ReapedPauses::default());
+        }
+        Ok(ReapedPauses {
+            exited: std::mem::take(&mut m.zombies).into_iter().collect(),
+            complete: true,
+        })
     }
 
     async fn watch_pause(&self, process: &PauseProcess) -> Result<Option<PauseExit>, SystemError> {

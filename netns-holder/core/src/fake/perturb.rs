@@ -95,6 +95,13 @@ impl FakeSystem {
         m.zombies.clear();
     }
 
+    /// Puts an exited child that is not a pause in the way of
+    /// [`Processes::reap_exited_child_pauses`] (`true`: it answers `None`, as the real one
+    /// does while a helper program's zombie waits for its own waiter), or takes it away.
+    pub fn set_foreign_zombie(&self, present: bool) {
+        self.lock().foreign_zombie = present;
+    }
+
     /// Makes [`Processes::watch_pause`] answer "no watch possible" (`true`), as a daemon
     /// out of descriptors would, or work again (`false`).
     pub fn set_watches_unavailable(&self, unavailable: bool) {
