@@ -33,7 +33,9 @@
 //! `BENCH_CONNECTS`, default 300, per figure, after 10 unmeasured) pod to pod at 2 pods and
 //! at the full count (to the first and to the newest pod), and through a host port from a
 //! client namespace on an underlay veth at 1 pod and at the full count (the first and the
-//! last pod publish one each).
+//! last pod publish one each); and as a control for the machine's drift between those two
+//! moments, pod 0's connects to its own address over its loopback at 2 pods and at the full
+//! count.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -263,6 +265,11 @@ struct FirstPacket {
     host_port_n_first: Series,
     /// Client to the last pod's host port, with every pod present.
     host_port_n_last: Series,
+    /// Pod 0 to its own address (over its loopback: no veth, no node), when pods 0 and 1
+    /// were the only pods: a control for how fast the machine set up connections then.
+    local_2: Series,
+    /// The same, with every pod present.
+    local_n: Series,
 }
 
 /// The node's address on the underlay to the outside client (`reach` runs).
@@ -336,6 +343,7 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
             }
             let mut pods: Vec<(String, String)> = Vec::with_capacity(count);
             let (mut pod_to_pod_2, mut host_port_1) = (Series::default(), Series::default());
+            let mut local_2 = Series::default();
             let pod_addr = |pods: &[(String, String)], i: usize| -> Result<SocketAddr> {
                 Ok(SocketAddr::new(pods[i].1.parse()?, 80))
             };
@@ -373,6 +381,8 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
                     let _echo = Echo::start(Path::new(&pods[0].0), Proto::Tcp, 80)?;
                     pod_to_pod_2 =
                         connect_latency(Path::new(&pods[1].0), pod_addr(&pods, 0)?, connects)?;
+                    local_2 =
+                        connect_latency(Path::new(&pods[0].0), pod_addr(&pods, 0)?, connects)?;
                 }
             }
             let first_packet = if reach {
@@ -401,6 +411,8 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
                         node_port(HOST_PORT + 1)?,
                         connects,
                     )?,
+                    local_2,
+                    local_n: connect_latency(Path::new(&pods[0].0), pod_addr(&pods, 0)?, connects)?,
                 })
             } else {
                 None
@@ -1025,6 +1037,16 @@ fn main() -> Result<()> {
         &first_packet.host_port_n_last,
         &first_packet.host_port_1,
     );
+    fp_row(
+        "pod 0 to itself over its loopback, at 2 pods",
+        &first_packet.local_2,
+        &first_packet.local_2,
+    );
+    fp_row(
+        &format!("pod 0 to itself over its loopback, at {scale}"),
+        &first_packet.local_n,
+        &first_packet.local_2,
+    );
     let worst = |a: &Series, b: &Series, base: &Series| {
         us(a.median()).max(us(b.median())) / us(base.median())
     };
@@ -1038,6 +1060,9 @@ fn main() -> Result<()> {
         &first_packet.host_port_n_last,
         &first_packet.host_port_1,
     );
+
+    // The machine's own drift between the two moments, which a pod count cannot cause.
+    let local_growth = us(first_packet.local_n.median()) / us(first_packet.local_2.median());
 
     let speedup = ms(cni_adds.all().0) / ms(routed.creates.all().0);
     let cli_speedup = ms(cnipm_adds.median()) / ms(cli_port_creates.median());
@@ -1057,9 +1082,12 @@ fn main() -> Result<()> {
     println!(
         "targets (routed, first packet at {scale} pods within 1.1x of at the start, worse of \
          the two targets): pod to pod {} ({p2p_growth:.2}x), through a host port {} \
-         ({hp_growth:.2}x)",
+         ({hp_growth:.2}x); the loopback control {local_growth:.2}x (pod to pod over it \
+         {:.2}x, through a host port {:.2}x)",
         verdict(p2p_growth <= 1.1),
         verdict(hp_growth <= 1.1),
+        p2p_growth / local_growth,
+        hp_growth / local_growth,
     );
     println!(
         "targets (routed): create median <= 3 ms: {}; remove median <= 5 ms: {}; >= 10x faster than CNI: {} ({speedup:.1}x); \
