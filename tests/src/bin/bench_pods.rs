@@ -26,7 +26,8 @@
 //! Then the routed scale run: `BENCH_SCALE_PODS` (default 4000) pods on one node (a /20),
 //! created and removed, with every pod pinged once from the node and once from another pod
 //! (each ping waits at most 1 s), the create growth last-10/first-10 and medians along the
-//! run, 10 creates at the full count that reuse the kernel memory of 20 removed pods (what
+//! run with controls timed right after each create (a CPU loop, a chase through 64 MiB of
+//! memory, a first touch of new pages) and the slowest windows of the run, 10 creates at the full count that reuse the kernel memory of 20 removed pods (what
 //! the pod count costs, apart from fresh memory), RSS and fds. The
 //! bridge datapath cannot hold that many (a bridge has at most 1023 ports). In that run,
 //! the first-packet latency: TCP connects (each a new flow, so its SYN is a first packet;
@@ -107,6 +108,7 @@ struct Ours {
 #[derive(Default)]
 struct Controls {
     cpu: Series,
+    memory: Series,
     fresh_pages: Series,
     /// [`guest_reported_kib`] before the first create and after each one, where the
     /// kernel shows it (empty where it does not).
@@ -124,9 +126,9 @@ fn guest_reported_kib() -> Option<u64> {
         .ok()
 }
 
-/// The slowest windows of 10 creates of a scale run, each with the median of the CPU
-/// control right after its creates against the median window's (whether the machine itself
-/// ran slower then), and where `reported_kib` has a reading before the first create and
+/// The slowest windows of 10 creates of a scale run, each with the medians of the controls
+/// right after its creates (CPU, memory, new pages) against the median window's (whether
+/// the machine itself ran slower then), and where `reported_kib` has a reading before the first create and
 /// after each one, the free memory the guest handed back to its host during each window.
 fn print_slowest_windows(creates: &Series, controls: &Controls) {
     let reported_kib = &controls.reported_kib;
@@ -143,7 +145,8 @@ fn print_slowest_windows(creates: &Series, controls: &Controls) {
         .collect();
     by_time.sort();
     let median_window = by_time[windows / 2].1;
-    let cpu_in = |w: usize| ms(controls.cpu.stats(w * 10..w * 10 + 10).0);
+    let in_window = |s: &Series, w: usize| ms(s.stats(w * 10..w * 10 + 10).0);
+    let against_median = |s: &Series, w: usize| in_window(s, w) / in_window(s, median_window);
     let slowest: Vec<String> = by_time
         .iter()
         .rev()
@@ -155,17 +158,19 @@ fn print_slowest_windows(creates: &Series, controls: &Controls) {
                 String::new()
             };
             format!(
-                "pods {}-{} {:.2} ms (CPU loop {:.2}x{handed})",
+                "pods {}-{} {:.2} ms (CPU loop {:.2}x, memory chase {:.2}x, new pages {:.2}x{handed})",
                 w * 10 + 1,
                 w * 10 + 10,
                 ms(median),
-                cpu_in(w) / cpu_in(median_window),
+                against_median(&controls.cpu, w),
+                against_median(&controls.memory, w),
+                against_median(&controls.fresh_pages, w),
             )
         })
         .collect();
     println!(
-        "the five slowest windows of 10 creates (the CPU control in each against the median \
-         window's): {}; the median window {:.2} ms",
+        "the five slowest windows of 10 creates (the controls' medians in each against the \
+         median window's): {}; the median window {:.2} ms",
         slowest.join(", "),
         ms(by_time[windows / 2].0)
     );
@@ -242,6 +247,43 @@ fn cpu_control() -> Duration {
     }
     std::hint::black_box(x);
     start.elapsed()
+}
+
+/// A random cycle through [`CHASE_BYTES`] of memory, far larger than the caches: following
+/// it is one dependent load from memory per step, so its time tells how fast this guest's
+/// memory answered at each point of a run, which [`cpu_control`] (registers only) does not.
+struct MemoryChase(Vec<u32>);
+
+/// The size of [`MemoryChase`]'s cycle.
+const CHASE_BYTES: usize = 64 << 20;
+/// Steps per [`MemoryChase::time`].
+const CHASE_STEPS: usize = 2000;
+
+impl MemoryChase {
+    /// One cycle through every slot in a random order (Sattolo's shuffle, xorshift).
+    fn new() -> Self {
+        let len = CHASE_BYTES / std::mem::size_of::<u32>();
+        let mut next: Vec<u32> = (0..len as u32).collect();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for i in (1..len).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            next.swap(i, (x % i as u64) as usize);
+        }
+        Self(next)
+    }
+
+    /// Times [`CHASE_STEPS`] steps along the cycle.
+    fn time(&self) -> Duration {
+        let start = Instant::now();
+        let mut at = 0u32;
+        for _ in 0..CHASE_STEPS {
+            at = self.0[at as usize];
+        }
+        std::hint::black_box(at);
+        start.elapsed()
+    }
 }
 
 /// How many pods the recycled-memory probe of a `reach` run removes first.
@@ -338,6 +380,7 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
             let mut creates = Vec::with_capacity(count);
             let mut controls = Controls::default();
             let mut fresh = FreshPages(Vec::new());
+            let chase = reach.then(MemoryChase::new);
             if let Some(kib) = guest_reported_kib().filter(|_| reach) {
                 controls.reported_kib.push(kib);
             }
@@ -364,6 +407,9 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
                 creates.push(start.elapsed());
                 if reach {
                     controls.cpu.0.push(cpu_control());
+                    if let Some(chase) = &chase {
+                        controls.memory.0.push(chase.time());
+                    }
                     controls.fresh_pages.0.push(fresh.touch_new()?);
                     if let Some(kib) = guest_reported_kib() {
                         controls.reported_kib.push(kib);
@@ -964,17 +1010,24 @@ fn main() -> Result<()> {
         let (first, last) = first_last(&controls.cpu);
         let machine = ms(last) / ms(first);
         let (first_fresh, last_fresh) = first_last(&controls.fresh_pages);
+        let (first_chase, last_chase) = first_last(&controls.memory);
         println!(
             "the machine along the run: a fixed CPU loop right after each create took {:.3} ms \
              next to the first 10 creates and {:.3} ms next to the last 10 ({machine:.2}x; the \
              creates' growth over it {:.2}x); a first touch of {FRESH_PAGES} new pages (kept) \
-             {:.1} µs per page next to the first 10 and {:.1} next to the last 10 ({:.2}x)",
+             {:.1} µs per page next to the first 10 and {:.1} next to the last 10 ({:.2}x); \
+             {CHASE_STEPS} dependent loads across {} MiB {:.1} µs next to the first 10 and \
+             {:.1} next to the last 10 ({:.2}x)",
             ms(first),
             ms(last),
             growth(&big.creates, scale) / machine,
             us(first_fresh) / FRESH_PAGES as f64,
             us(last_fresh) / FRESH_PAGES as f64,
             us(last_fresh) / us(first_fresh),
+            CHASE_BYTES >> 20,
+            us(first_chase),
+            us(last_chase),
+            us(last_chase) / us(first_chase),
         );
         print_slowest_windows(&big.creates, controls);
     }
@@ -1091,7 +1144,7 @@ fn main() -> Result<()> {
     );
     println!(
         "targets (routed): create median <= 3 ms: {}; remove median <= 5 ms: {}; >= 10x faster than CNI: {} ({speedup:.1}x); \
-         last 10 within 1.25x of first 10 at {scale} pods: {} ({:.2}x){}; every pod answers: {}",
+         last 10 within 1.25x of first 10 at {scale} pods: {} ({:.2}x){}{}; every pod answers: {}",
         verdict(ms(routed.creates.all().0) <= 3.0),
         verdict(ms(routed.removes.all().0) <= 5.0),
         verdict(speedup >= 10.0),
@@ -1100,6 +1153,14 @@ fn main() -> Result<()> {
         recycled_growth.map_or_else(String::new, |r| format!(
             " (creates at that count that reuse freed kernel memory: {r:.2}x)"
         )),
+        big.controls.as_ref().map_or_else(String::new, |c| {
+            let at = |s: &Series| us(s.stats(scale - 10..scale).0) / us(s.stats(0..10).0);
+            format!(
+                " (the machine next to the same creates: CPU loop {:.2}x, memory chase {:.2}x)",
+                at(&c.cpu),
+                at(&c.memory)
+            )
+        }),
         verdict(from_node == 0 && from_pod == 0),
     );
     Ok(())
