@@ -25,6 +25,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{pause_binary, proc_state};
 use ipnet::IpNet;
 use netns_holder::linux::{LinuxSystem, PAUSE_NODE_ENV};
 use netns_holder_core::config::Config;
@@ -63,18 +66,6 @@ macro_rules! require_root {
             return;
         }
     };
-}
-
-fn pause_binary() -> PathBuf {
-    let path = std::env::var_os("NH_PAUSE_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pause/pause"));
-    assert!(
-        path.is_file(),
-        "pause binary {} missing: run `cargo build -p pause --profile pause` or set NH_PAUSE_BINARY",
-        path.display()
-    );
-    path
 }
 
 fn logger() -> Logger {
@@ -313,12 +304,6 @@ fn ifname(name: &str) -> IfName {
 
 fn is_nsfs(path: &Path) -> bool {
     statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
-}
-
-/// The state letter of `/proc/<pid>/stat`, `None` if there is no such process.
-fn proc_state(pid: u32) -> Option<char> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    text[text.rfind(')')? + 1..].trim_start().chars().next()
 }
 
 // ------------------------------------------------------------------ assertions

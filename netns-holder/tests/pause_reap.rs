@@ -8,10 +8,13 @@
 //! Needs root (it prints a loud `SKIPPED` line otherwise) and the pause binary:
 //! `cargo build -p pause --profile pause` (or set `NH_PAUSE_BINARY`).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{pause_binary, proc_state};
 use netns_holder::linux::LinuxSystem;
 use netns_holder_core::kernel::PauseProcess;
 use netns_holder_core::names::PodName;
@@ -21,24 +24,6 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use slog::{Logger, o};
-
-fn pause_binary() -> PathBuf {
-    let path = std::env::var_os("NH_PAUSE_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pause/pause"));
-    assert!(
-        path.is_file(),
-        "pause binary {} missing: run `cargo build -p pause --profile pause` or set NH_PAUSE_BINARY",
-        path.display()
-    );
-    path
-}
-
-/// The process state letter of `pid` (`Z` for a zombie), `None` once it is gone.
-fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.chars().next()
-}
 
 /// Waits (at most 5 s) until `pid` has exited and is waiting to be reaped.
 fn await_zombie(pid: u32) {

@@ -59,6 +59,21 @@ impl Env {
     fn stat_reads(&self) -> usize {
         self.fake.calls_starting_with("pause_alive ")
     }
+
+    /// Per-pause questions so far (the real `child_pause_exited` is one `waitpid`).
+    fn waitpids(&self) -> usize {
+        self.fake.calls_starting_with("child_pause_exited ")
+    }
+}
+
+/// A SIGCHLD with nothing dead restarts nothing.
+async fn sigchld_restarts_nothing(manager: &PodManager<FakeSystem>, watches: &mut PauseWatches) {
+    assert!(
+        manager
+            .restart_dead_pauses(PauseWake::Child, watches)
+            .await
+            .is_empty()
+    );
 }
 
 async fn create_pods(manager: &PodManager<FakeSystem>) {
@@ -99,14 +114,10 @@ async fn ticks_read_no_stat_for_children_and_restart_a_dead_child() {
         "3 ticks over {PODS} child pauses read /proc"
     );
     assert_eq!(watches.watched(), 0, "children need no exit watch");
-    assert_eq!(
-        env.fake.calls_starting_with("child_pause_exited "),
-        3 * PODS,
-        "one waitpid per child per tick"
-    );
+    assert_eq!(env.waitpids(), 3 * PODS, "one waitpid per child per tick");
     // A child dies: SIGCHLD, the kernel names it (no waitpid per child), restarted; still
     // no /proc read but the restart's own.
-    let waitpids = env.fake.calls_starting_with("child_pause_exited ");
+    let waitpids = env.waitpids();
     let old = pause_of(&manager, "pod-7");
     env.fake.kill(old.pid);
     let restarted = manager
@@ -116,14 +127,9 @@ async fn ticks_read_no_stat_for_children_and_restart_a_dead_child() {
     let new = pause_of(&manager, "pod-7");
     assert_ne!(new, old);
     assert_eq!(env.stat_reads() - before, 0);
-    assert!(
-        manager
-            .restart_dead_pauses(PauseWake::Child, &mut watches)
-            .await
-            .is_empty()
-    );
+    sigchld_restarts_nothing(&manager, &mut watches).await;
     assert_eq!(
-        env.fake.calls_starting_with("child_pause_exited "),
+        env.waitpids(),
         waitpids,
         "a SIGCHLD asked about each of {PODS} pauses"
     );
@@ -141,29 +147,21 @@ async fn a_foreign_child_exit_falls_back_to_asking_each_pause() {
     let old = pause_of(&manager, "pod-11");
     env.fake.kill(old.pid);
     env.fake.set_foreign_zombie(true);
-    let waitpids = env.fake.calls_starting_with("child_pause_exited ");
+    let waitpids = env.waitpids();
     let restarted = manager
         .restart_dead_pauses(PauseWake::Child, &mut watches)
         .await;
     assert_eq!(restarted, vec![PodName::new("pod-11").unwrap()]);
     assert_eq!(
-        env.fake.calls_starting_with("child_pause_exited ") - waitpids,
+        env.waitpids() - waitpids,
         PODS,
         "one waitpid per child pause"
     );
     // With the way clear again, a SIGCHLD with no pause exited asks nothing per pause.
     env.fake.set_foreign_zombie(false);
-    let waitpids = env.fake.calls_starting_with("child_pause_exited ");
-    assert!(
-        manager
-            .restart_dead_pauses(PauseWake::Child, &mut watches)
-            .await
-            .is_empty()
-    );
-    assert_eq!(
-        env.fake.calls_starting_with("child_pause_exited "),
-        waitpids
-    );
+    let waitpids = env.waitpids();
+    sigchld_restarts_nothing(&manager, &mut watches).await;
+    assert_eq!(env.waitpids(), waitpids);
 }
 
 #[tokio::test]
