@@ -96,8 +96,9 @@ impl FakeSystem {
     }
 
     /// Puts an exited child that is not a pause in the way of
-    /// [`Processes::reap_exited_child_pauses`] (`true`: it answers `None`, as the real one
-    /// does while a helper program's zombie waits for its own waiter), or takes it away.
+    /// [`Processes::reap_exited_child_pauses`] (`true`: it names no exit and says it is
+    /// incomplete, as the real one does while a helper program's zombie waits for its own
+    /// waiter), or takes it away.
     pub fn set_foreign_zombie(&self, present: bool) {
         self.lock().foreign_zombie = present;
     }

@@ -102,7 +102,7 @@ impl<S: System> PodManager<S> {
         let mut restarted = Vec::new();
         // After SIGCHLD the kernel names the children that exited: an exit then costs the
         // same at any pod count (no copy of every record, no `waitpid` per pod, which a
-        // mass removal at 4000 pods paid once per pause: 8-27 ms each).
+        // mass removal at 4000 pods paid once per pause: 7-28 ms each).
         let reaped = match wake {
             PauseWake::Child => self
                 .system
