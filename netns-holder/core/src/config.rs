@@ -23,8 +23,10 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/netns-holder";
 /// Default directory of network namespace bind mounts.
 pub const DEFAULT_NETNS_DIR: &str = "/run/netns";
 /// Network namespaces made ahead of creates when the file does not set `netns_pool` (see
-/// [`Config::netns_pool`]).
-pub const DEFAULT_NETNS_POOL: u32 = 8;
+/// [`Config::netns_pool`]): enough for a burst of 100 creates (a node's worth of pods
+/// restarting at once) to take none of its namespaces' making, at about 20 MiB of kernel
+/// memory (docs/datapath.md, stop 26).
+pub const DEFAULT_NETNS_POOL: u32 = 128;
 /// Largest `netns_pool`: each pooled namespace holds about 150 KiB of kernel memory and two
 /// descriptors of the daemon.
 pub const MAX_NETNS_POOL: u32 = 1024;

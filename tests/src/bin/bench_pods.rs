@@ -642,6 +642,15 @@ fn bench_concurrent(count: usize, datapath: &str) -> Result<Burst> {
         for _ in 0..count {
             clients.push(Client::connect(socket.clone()).await?);
         }
+        // A burst on an idle node finds the pool full: wait for it (at most 10 s).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pool = clients[0].status().await?.netns_pool.unwrap_or_default();
+            if pool.ready >= pool.size || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let before = nh_tests::bench::CpuSnapshot::take(daemon_pid);
         let tasks: Vec<_> = clients
             .into_iter()
