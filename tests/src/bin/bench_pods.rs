@@ -426,10 +426,15 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
                 let ip = ip.split('/').next().unwrap_or_default().to_string();
                 pods.push((pod.netns, ip));
                 if reach && i == 0 {
+                    // Every first-packet series starts on a quiet machine (as the one at the
+                    // full count does, after the creates' aftermath), so that both ends of
+                    // each ratio are measured alike.
+                    wait_until_idle("first packet at 1 pod");
                     let _echo = Echo::start(Path::new(&pods[0].0), Proto::Tcp, 80)?;
                     host_port_1 = connect_latency(&client_path, node_port(HOST_PORT)?, connects)?;
                 }
                 if reach && i == 1 {
+                    wait_until_idle("first packet at 2 pods");
                     let _echo = Echo::start(Path::new(&pods[0].0), Proto::Tcp, 80)?;
                     pod_to_pod_2 =
                         connect_latency(Path::new(&pods[1].0), pod_addr(&pods, 0)?, connects)?;
@@ -438,6 +443,9 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
                 }
             }
             let first_packet = if reach {
+                // The state at the full count, not the work that the last creates left
+                // behind (the pool refilling, the kernel's deferred work).
+                wait_until_idle(&format!("first packet at {count} pods"));
                 let _first = Echo::start(Path::new(&pods[0].0), Proto::Tcp, 80)?;
                 let _last = Echo::start(Path::new(&pods[count - 1].0), Proto::Tcp, 80)?;
                 Some(FirstPacket {
@@ -1065,7 +1073,8 @@ fn main() -> Result<()> {
         .context("the scale run measured no first packet")?;
     println!(
         "\nfirst-packet latency, routed (TCP connects, each a new flow; µs; medians, p99; \
-         {connects} connects each; ratio = at {scale} / at the start)"
+         {connects} connects each, each set begun on an idle machine; ratio = at {scale} / at \
+         the start)"
     );
     let fp_row = |label: &str, s: &Series, base: &Series| {
         println!(
