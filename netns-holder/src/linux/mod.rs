@@ -137,6 +137,9 @@ pub struct LinuxSystem {
     /// A background batch deleting retired host veths is scheduled (see
     /// `retire_link` in `netlink/links.rs`).
     retired_batch_pending: Arc<std::sync::atomic::AtomicBool>,
+    /// The node bridge last seen to be a bridge: its name and index (see
+    /// `netlink::links::bridge_index`).
+    verified_bridge: std::sync::Mutex<Option<(IfName, u32)>>,
     /// Network namespaces made ahead of creates (`netns_pool`).
     netns_pool: Arc<pool::NetnsPool>,
     log: Logger,
@@ -207,6 +210,7 @@ impl LinuxSystem {
             pauses,
             link_deletions: Arc::new(tokio::sync::Mutex::new(())),
             retired_batch_pending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            verified_bridge: std::sync::Mutex::new(None),
             netns_pool: Arc::new(pool::NetnsPool::new(0, node_for_pool, log.clone())),
             log,
         })

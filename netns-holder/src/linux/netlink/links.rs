@@ -242,8 +242,13 @@ pub(crate) async fn ensure_bridge(
     name: &IfName,
     gateways: &[IpNet],
 ) -> Result<(), SystemError> {
-    let h = node_handle(sys).await?;
     let object = format!("bridge {name}");
+    let conn = crate::linux::conn::node(sys).await?;
+    if let Some(index) = verified_bridge_index(sys, &conn, name) {
+        let up = ioctl_is_up(conn.ioctl.as_fd(), name.as_str(), &object)?;
+        return add_addresses_and_up(&conn.handle, index, up, &object, gateways).await;
+    }
+    let h = conn.handle.clone();
     // A fixed MAC: without one the bridge takes the lowest MAC of its ports and changes it
     // as pods come and go, which leaves stale gateway neighbour entries in the pods.
     let create = LinkMessageBuilder::<LinkBridge>::new(name.as_str())
@@ -269,7 +274,9 @@ pub(crate) async fn ensure_bridge(
         ));
     }
     let up = link.header.flags.contains(LinkFlags::Up);
-    add_addresses_and_up(&h, link.header.index, up, &object, gateways).await
+    add_addresses_and_up(&h, link.header.index, up, &object, gateways).await?;
+    remember_bridge(sys, name, link.header.index);
+    Ok(())
 }
 
 /// Puts every address of `addresses` on the node link with index `index` (named `object`
@@ -316,7 +323,7 @@ pub(crate) async fn create_veth(sys: &LinuxSystem, pair: VethPair<'_>) -> Result
     let ns = open_netns(netns)?;
     let h = node_handle(sys).await?;
     let master_index = match pair.master {
-        Some(bridge) => Some(bridge_index(&h, bridge).await?),
+        Some(bridge) => Some(bridge_index(sys, &h, bridge).await?),
         None => None,
     };
     // The peer is created directly in the pod namespace (IFLA_NET_NS_FD inside the peer
@@ -402,7 +409,7 @@ pub(crate) async fn set_master(
     master: &IfName,
 ) -> Result<(), SystemError> {
     let h = node_handle(sys).await?;
-    let master_index = bridge_index(&h, master).await?;
+    let master_index = bridge_index(sys, &h, master).await?;
     let object = link_object(None, link.as_str());
     let index = node_index(sys, link.as_str(), &object).await?;
     h.link()
@@ -419,7 +426,21 @@ pub(crate) async fn set_master(
 /// The index of the node namespace's bridge `master`: [`SystemError::NotFound`] if there is
 /// no such link, an error naming it if it is not a bridge (a bond or VRF would take the
 /// port as well, so the kind is checked rather than left to the kernel).
-async fn bridge_index(h: &Handle, master: &IfName) -> Result<u32, SystemError> {
+///
+/// Every bridge create asks this (and [`ensure_bridge`] before it), so the answer is kept:
+/// once `master` was seen to be a bridge, a `SIOCGIFINDEX` that still finds the same index
+/// under its name (a lookup under RCU) stands for it. Indexes are not handed out again soon
+/// after a link goes, so a link deleted and made again under the name, bridge or not, has
+/// another index and is looked at in full. An `RTM_GETLINK` of the bridge, by contrast, has
+/// the kernel write all of its attributes, and the `RTM_NEWLINK` that `ensure_bridge` tries
+/// first takes RTNL only to be told the bridge exists: each a wait in the RTNL queue that a
+/// burst of creates shares.
+async fn bridge_index(sys: &LinuxSystem, h: &Handle, master: &IfName) -> Result<u32, SystemError> {
+    if let Ok(conn) = crate::linux::conn::node(sys).await
+        && let Some(index) = verified_bridge_index(sys, &conn, master)
+    {
+        return Ok(index);
+    }
     let bridge = format!("bridge {master}");
     let master_link = link_by_name(h, master.as_str())
         .await
@@ -433,7 +454,30 @@ async fn bridge_index(h: &Handle, master: &IfName) -> Result<u32, SystemError> {
             "is not a bridge",
         ));
     }
+    remember_bridge(sys, master, master_link.header.index);
     Ok(master_link.header.index)
+}
+
+/// The index of `bridge` if it was seen to be a bridge under that index and its name still
+/// leads to that index (see [`bridge_index`]); `None` means look at it in full.
+fn verified_bridge_index(sys: &LinuxSystem, conn: &Conn, bridge: &IfName) -> Option<u32> {
+    let known = match &*sys
+        .verified_bridge
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+    {
+        Some((name, index)) if name == bridge => *index,
+        _ => return None,
+    };
+    let object = link_object(None, bridge.as_str());
+    (ioctl_index(conn.ioctl.as_fd(), bridge.as_str(), &object).ok()? == known).then_some(known)
+}
+
+/// Keeps `bridge` with `index` as seen to be a bridge (see [`bridge_index`]).
+fn remember_bridge(sys: &LinuxSystem, bridge: &IfName, index: u32) {
+    *sys.verified_bridge
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some((bridge.clone(), index));
 }
 
 /// Sets `link` (in `netns`, or the node namespace) administratively up, naming it in the
