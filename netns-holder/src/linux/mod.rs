@@ -140,6 +140,8 @@ pub struct LinuxSystem {
     /// The node bridge last seen to be a bridge: its name and index (see
     /// `netlink::links::bridge_index`).
     verified_bridge: std::sync::Mutex<Option<(IfName, u32)>>,
+    /// Held while one create verifies the node bridge (`netlink::links::ensure_bridge`).
+    bridge_verification: tokio::sync::Mutex<()>,
     /// Network namespaces made ahead of creates (`netns_pool`).
     netns_pool: Arc<pool::NetnsPool>,
     log: Logger,
@@ -211,6 +213,7 @@ impl LinuxSystem {
             link_deletions: Arc::new(tokio::sync::Mutex::new(())),
             retired_batch_pending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             verified_bridge: std::sync::Mutex::new(None),
+            bridge_verification: tokio::sync::Mutex::new(()),
             netns_pool: Arc::new(pool::NetnsPool::new(0, node_for_pool, log.clone())),
             log,
         })

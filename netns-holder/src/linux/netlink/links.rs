@@ -237,6 +237,11 @@ fn random_mac() -> Vec<u8> {
 /// Creates the bridge `name` in the node namespace if it does not exist (with a random
 /// fixed MAC, up), or checks that the existing link is a bridge; then makes sure it carries
 /// every address of `gateways` and is up. Another creator winning the race is fine.
+///
+/// Every bridge create runs this. A bridge once verified is known by name and index (see
+/// [`bridge_index`]); until then one create at a time verifies it, so that a burst of
+/// creates on a new node does not send every create's `RTM_NEWLINK` (to hear EEXIST) and
+/// `RTM_GETLINK` through the RTNL queue: the first verifies, the rest find it known.
 pub(crate) async fn ensure_bridge(
     sys: &LinuxSystem,
     name: &IfName,
@@ -244,11 +249,28 @@ pub(crate) async fn ensure_bridge(
 ) -> Result<(), SystemError> {
     let object = format!("bridge {name}");
     let conn = crate::linux::conn::node(sys).await?;
-    if let Some(index) = verified_bridge_index(sys, &conn, name) {
-        let up = ioctl_is_up(conn.ioctl.as_fd(), name.as_str(), &object)?;
-        return add_addresses_and_up(&conn.handle, index, up, &object, gateways).await;
-    }
-    let h = conn.handle.clone();
+    let index = match verified_bridge_index(sys, &conn, name) {
+        Some(index) => index,
+        None => {
+            let _one_at_a_time = sys.bridge_verification.lock().await;
+            match verified_bridge_index(sys, &conn, name) {
+                Some(index) => index,
+                None => create_or_verify_bridge(sys, &conn.handle, name, &object).await?,
+            }
+        }
+    };
+    let up = ioctl_is_up(conn.ioctl.as_fd(), name.as_str(), &object)?;
+    add_addresses_and_up(&conn.handle, index, up, &object, gateways).await
+}
+
+/// Creates the bridge `name` (named `object` in errors) unless a link of that name exists,
+/// checks that the link is a bridge, and keeps it as verified; returns its index.
+async fn create_or_verify_bridge(
+    sys: &LinuxSystem,
+    h: &Handle,
+    name: &IfName,
+    object: &str,
+) -> Result<u32, SystemError> {
     // A fixed MAC: without one the bridge takes the lowest MAC of its ports and changes it
     // as pods come and go, which leaves stale gateway neighbour entries in the pods.
     let create = LinkMessageBuilder::<LinkBridge>::new(name.as_str())
@@ -257,15 +279,15 @@ pub(crate) async fn ensure_bridge(
         .build();
     match h.link().add(create).execute().await {
         Ok(()) => info!(sys.log, "bridge created"; "bridge" => %name),
-        // Someone (a concurrent create, an earlier run) made it first: check it below.
+        // Someone (an earlier run, another program) made it first: check it below.
         Err(e) if errno(&e) == Some(libc::EEXIST) => {}
-        Err(e) => return Err(nl_err(&object, e)),
+        Err(e) => return Err(nl_err(object, e)),
     }
-    let link = link_by_name(&h, name.as_str())
+    let link = link_by_name(h, name.as_str())
         .await
-        .map_err(|e| nl_err(&object, e))?
+        .map_err(|e| nl_err(object, e))?
         .ok_or_else(|| SystemError::NotFound {
-            object: object.clone(),
+            object: object.to_string(),
         })?;
     if !is_bridge(&link) {
         return Err(SystemError::other(
@@ -273,10 +295,8 @@ pub(crate) async fn ensure_bridge(
             "exists and is not a bridge",
         ));
     }
-    let up = link.header.flags.contains(LinkFlags::Up);
-    add_addresses_and_up(&h, link.header.index, up, &object, gateways).await?;
     remember_bridge(sys, name, link.header.index);
-    Ok(())
+    Ok(link.header.index)
 }
 
 /// Puts every address of `addresses` on the node link with index `index` (named `object`
