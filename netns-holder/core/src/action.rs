@@ -115,10 +115,6 @@ pub enum Action {
         peer_mac: Option<Mac>,
         /// The bridge the host end joins in the same request (`None`: none, routed).
         master: Option<IfName>,
-        /// The pod end is brought up in the same request (routed pods without IPv6, whose
-        /// pod end needs no DAD setting before it comes up; never with a `master`): one
-        /// RTNL-serialised request less.
-        peer_up: bool,
     },
     /// Delete a link (`netns: None` is the host namespace).
     DeleteLink {
@@ -331,7 +327,6 @@ impl fmt::Display for Action {
                 netns,
                 mtu,
                 master,
-                peer_up,
                 ..
             } => {
                 write!(
@@ -339,13 +334,10 @@ impl fmt::Display for Action {
                     "create veth {host} <-> {peer} in {} (mtu {mtu})",
                     netns.display()
                 )?;
-                if let Some(bridge) = master {
-                    write!(f, " on bridge {bridge}")?;
+                match master {
+                    Some(bridge) => write!(f, " on bridge {bridge}"),
+                    None => Ok(()),
                 }
-                if *peer_up {
-                    write!(f, ", {peer} up")?;
-                }
-                Ok(())
             }
             Self::DeleteLink { netns, link } => write!(f, "delete link {link} in {}", Ns(netns)),
             Self::RetireLink { netns: None, link } => write!(

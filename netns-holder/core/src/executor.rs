@@ -130,7 +130,6 @@ pub async fn run_action<S: System>(system: &S, action: &Action) -> Result<Outcom
             host_mac,
             peer_mac,
             master,
-            peer_up,
         } => system
             .create_veth(VethPair {
                 host,
@@ -140,7 +139,6 @@ pub async fn run_action<S: System>(system: &S, action: &Action) -> Result<Outcom
                 host_mac: *host_mac,
                 peer_mac: *peer_mac,
                 master: master.as_ref(),
-                peer_up: *peer_up,
             })
             .await
             .map(|()| Outcome::Done),
@@ -499,7 +497,6 @@ mod tests {
                     host_mac: None,
                     peer_mac: None,
                     master: None,
-                    peer_up: false,
                 },
                 Action::DeleteLink {
                     netns: None,

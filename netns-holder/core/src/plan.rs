@@ -135,12 +135,8 @@ fn wiring_steps(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
     let host = record.host_veth.clone();
     let iface = record.interface.clone();
     let routed = record.datapath == Datapath::Routed;
-    let ipv6 = record.ips.iter().any(|a| matches!(a, IpNet::V6(_)));
     // The pod end is created under its final name directly in the pod namespace: a rename
     // would cost an RCU grace period per pod under the RTNL lock that every create shares.
-    // Routed without IPv6, it also comes up in that request (with IPv6 its DAD setting comes
-    // first; a bridge port's pair cannot: see `VethPair::peer_up`).
-    let pod_end_up = routed && !ipv6;
     let mut steps = vec![Step::new(
         Action::CreateVeth {
             host: host.clone(),
@@ -152,7 +148,6 @@ fn wiring_steps(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
             // The bridge port is made in the create request itself: one RTNL-serialised
             // request less per pod than a separate `SetMaster`.
             master: (!routed).then(|| node.bridge.clone()),
-            peer_up: pod_end_up,
         },
         Action::DeleteLink {
             netns: None,
@@ -164,7 +159,7 @@ fn wiring_steps(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
     }
     // Nothing IPv6 on a bridge port or for a pod without IPv6; a routed pod's IPv6 needs
     // the host veth's IPv6 but not its link-local address.
-    if routed && ipv6 {
+    if routed && record.ips.iter().any(|a| matches!(a, IpNet::V6(_))) {
         steps.push(Step::plain(Action::NoLinkLocal { link: host.clone() }));
     } else {
         steps.push(Step::plain(Action::DisableIpv6 { link: host.clone() }));
@@ -173,7 +168,7 @@ fn wiring_steps(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
         netns: None,
         link: host,
     }));
-    if ipv6 {
+    if record.ips.iter().any(|a| matches!(a, IpNet::V6(_))) {
         steps.push(Step::plain(Action::DisableDad {
             netns: netns.clone(),
             link: iface.clone(),
@@ -186,12 +181,10 @@ fn wiring_steps(record: &PodRecord, node: &NodeInputs) -> Vec<Step> {
             address: *address,
         }));
     }
-    if !pod_end_up {
-        steps.push(Step::plain(Action::LinkUp {
-            netns: Some(netns.clone()),
-            link: iface.clone(),
-        }));
-    }
+    steps.push(Step::plain(Action::LinkUp {
+        netns: Some(netns.clone()),
+        link: iface.clone(),
+    }));
     for gateway in &record.gateways {
         if routed {
             steps.push(Step::plain(routed_gateway_neighbour(record, *gateway)));

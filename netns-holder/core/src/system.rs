@@ -274,12 +274,10 @@ pub struct VethPair<'a> {
     pub peer_mac: Option<Mac>,
     /// The bridge the host end joins as it is made (`None`: no master).
     pub master: Option<&'a IfName>,
-    /// The pod end comes up as it is made (only without `master`: refused with one).
-    pub peer_up: bool,
 }
 
 impl<'a> VethPair<'a> {
-    /// A pair with random MAC addresses and no master, both ends down.
+    /// A pair with random MAC addresses and no master.
     pub fn new(host: &'a IfName, peer: &'a IfName, netns: &'a Path, mtu: u32) -> Self {
         Self {
             host,
@@ -289,7 +287,6 @@ impl<'a> VethPair<'a> {
             host_mac: None,
             peer_mac: None,
             master: None,
-            peer_up: false,
         }
     }
 }

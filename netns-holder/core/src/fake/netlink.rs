@@ -128,7 +128,6 @@ impl Netlink for FakeSystem {
             netns,
             mtu,
             master,
-            peer_up,
             ..
         } = pair;
         let mut call = format!("create_veth {host} {peer} {}", netns.display());
@@ -136,14 +135,6 @@ impl Netlink for FakeSystem {
             call.push_str(&format!(" master {bridge}"));
         }
         let mut m = self.call(call).await?;
-        if peer_up && master.is_some() {
-            // As the Linux system: the pod end can come up in the request only without a
-            // master.
-            return Err(SystemError::other(
-                format!("veth {host} <-> {peer}"),
-                "pod end up with a master",
-            ));
-        }
         let pod_net = m.net_id(Some(netns))?;
         // As the kernel: a master that cannot take the port fails the whole request.
         if let Some(bridge) = master {
@@ -173,8 +164,7 @@ impl Netlink for FakeSystem {
         };
         let mut host_link = mk(pod_net, peer);
         host_link.master = master.map(|b| b.to_string());
-        let mut peer_link = mk(HOST, host);
-        peer_link.up = peer_up;
+        let peer_link = mk(HOST, host);
         m.net(HOST).links.insert(host.to_string(), host_link);
         m.net(pod_net).links.insert(peer.to_string(), peer_link);
         Ok(())

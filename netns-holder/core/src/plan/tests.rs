@@ -137,7 +137,6 @@ fn create_dual_stack_structured() {
                 host_mac: None,
                 peer_mac: None,
                 master: Some(IfName::new("nh0").unwrap()),
-                peer_up: false,
             },
             Action::DeleteLink {
                 netns: None,
@@ -625,41 +624,6 @@ fn create_routed_dual_stack() {
             ..
         } if m.to_string() == "0a:58:0a:58:00:02"
     ));
-}
-
-#[test]
-fn a_routed_pod_without_ipv6_gets_its_pod_end_up_in_the_create_request() {
-    let eth0 = IfName::pod_interface();
-    let up_steps = |steps: &[Step]| {
-        steps
-            .iter()
-            .filter(
-                |s| matches!(&s.action, Action::LinkUp { netns: Some(_), link } if *link == eth0),
-            )
-            .count()
-    };
-    let up_in_create = |steps: &[Step]| {
-        steps
-            .iter()
-            .find_map(|s| match &s.action {
-                Action::CreateVeth { peer_up, .. } => Some(*peer_up),
-                _ => None,
-            })
-            .expect("a veth step")
-    };
-    // (record, node, pod end up in the create request)
-    let cases = [
-        (routed_record(false, false), routed_node(false), true),
-        // Its DAD setting comes before it is up.
-        (routed_record(true, false), routed_node(true), false),
-        // A bridge port's pair cannot (see `VethPair::peer_up`).
-        (ready(false), node(false), false),
-    ];
-    for (record, node, in_create) in cases {
-        let steps = plan_create(&record, &node);
-        assert_eq!(up_in_create(&steps), in_create, "{steps:?}");
-        assert_eq!(up_steps(&steps), usize::from(!in_create), "{steps:?}");
-    }
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! deletions are batched through a device group ([`DELETE_GROUP`]); pod-side ones are single
 //! deletions.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
@@ -340,9 +340,6 @@ pub(crate) async fn ensure_node_addresses(
 pub(crate) async fn create_veth(sys: &LinuxSystem, pair: VethPair<'_>) -> Result<(), SystemError> {
     let (host, peer, netns, mtu) = (pair.host, pair.peer, pair.netns, pair.mtu);
     let object = format!("veth {host} <-> {peer} in {} (mtu {mtu})", netns.display());
-    if pair.peer_up && pair.master.is_some() {
-        return Err(SystemError::other(object, POD_END_UP_ON_BRIDGE));
-    }
     let ns = open_netns(netns)?;
     let h = node_handle(sys).await?;
     let master_index = match pair.master {
@@ -363,9 +360,6 @@ pub(crate) async fn create_veth(sys: &LinuxSystem, pair: VethPair<'_>) -> Result
     if let Some(mac) = pair.peer_mac {
         peer_message = peer_message.address(mac.0.to_vec());
     }
-    if pair.peer_up {
-        return create_veth_pod_end_up(sys, &h, pair, &ns, &object).await;
-    }
     let mut message = LinkVeth::new(host.as_str(), peer.as_str())
         .mtu(mtu)
         .append_extra_attribute(LinkAttribute::NumTxQueues(1))
@@ -383,68 +377,11 @@ pub(crate) async fn create_veth(sys: &LinuxSystem, pair: VethPair<'_>) -> Result
         .build();
     let result = h.link().add(message).execute().await;
     drop(ns);
-    veth_created(&h, pair, result, object).await
-}
-
-/// Why a pair whose pod end comes up as it is made cannot have a master: the bridge port
-/// is the host end, so it would be the request's peer, and the kernel sets a master only
-/// on the request's own link; while a veth's peer end cannot come up before the pair is
-/// joined (its open fails with ENOTCONN).
-const POD_END_UP_ON_BRIDGE: &str =
-    "a pod end up as it is made and a bridge port in the same request are not possible";
-
-/// [`create_veth`] for a pair without a master whose pod end comes up as it is made: the
-/// pod end is the request's own link (made directly in the pod namespace, and brought up
-/// by the kernel once the pair is joined) and the host end its peer (made directly in the
-/// node namespace, down). One request instead of the create and a separate `RTM_SETLINK`,
-/// each waiting in the RTNL queue that a burst of creates shares.
-async fn create_veth_pod_end_up(
-    sys: &LinuxSystem,
-    h: &Handle,
-    pair: VethPair<'_>,
-    ns: &OwnedFd,
-    object: &str,
-) -> Result<(), SystemError> {
-    let (host, peer, mtu) = (pair.host, pair.peer, pair.mtu);
-    let mut host_message = LinkMessageBuilder::<LinkUnspec>::new()
-        .name(host.as_str())
-        .mtu(mtu)
-        .append_extra_attribute(LinkAttribute::NumTxQueues(1))
-        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
-        .setns_by_fd(sys.node.as_raw_fd());
-    if let Some(mac) = pair.host_mac {
-        host_message = host_message.address(mac.0.to_vec());
-    }
-    let mut message = LinkVeth::new(peer.as_str(), host.as_str())
-        .mtu(mtu)
-        .append_extra_attribute(LinkAttribute::NumTxQueues(1))
-        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
-        .setns_by_fd(ns.as_raw_fd())
-        .up();
-    if let Some(mac) = pair.peer_mac {
-        message = message.address(mac.0.to_vec());
-    }
-    let message = message
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(host_message.build())))
-        .build();
-    let result = h.link().add(message).execute().await;
-    veth_created(h, pair, result, object.to_string()).await
-}
-
-/// The answer to a veth pair's create request: `AlreadyExists` naming the end that exists,
-/// or the error naming the pair (`object`).
-async fn veth_created(
-    h: &Handle,
-    pair: VethPair<'_>,
-    result: Result<(), rtnetlink::Error>,
-    object: String,
-) -> Result<(), SystemError> {
-    let (host, peer, netns) = (pair.host, pair.peer, pair.netns);
     match result {
         Ok(()) => Ok(()),
         Err(e) if errno(&e) == Some(libc::EEXIST) => {
             // Say which end exists.
-            let host_exists = matches!(link_by_name(h, host.as_str()).await, Ok(Some(_)));
+            let host_exists = matches!(link_by_name(&h, host.as_str()).await, Ok(Some(_)));
             Err(SystemError::AlreadyExists {
                 object: if host_exists {
                     link_object(None, host.as_str())
