@@ -206,6 +206,35 @@ impl CpuSnapshot {
     }
 }
 
+/// The `top` processes that used the most CPU over the next `span` (every thread's run
+/// time), busiest first, as (pid, name, CPU time); processes that start or end within the
+/// span are left out. What else on the machine competes with a run for its CPUs.
+pub fn busiest_processes(span: Duration, top: usize) -> Vec<(u32, String, Duration)> {
+    let snapshot = || -> std::collections::HashMap<u32, Duration> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Default::default();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|pid| Some((pid, process_run_time(pid)?)))
+            .collect()
+    };
+    let before = snapshot();
+    std::thread::sleep(span);
+    let after = snapshot();
+    let mut used: Vec<(u32, String, Duration)> = after
+        .into_iter()
+        .filter_map(|(pid, run)| {
+            let used = run.checked_sub(*before.get(&pid)?)?;
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            Some((pid, name.trim().to_string(), used))
+        })
+        .collect();
+    used.sort_by_key(|u| std::cmp::Reverse(u.2));
+    used.truncate(top);
+    used
+}
+
 /// The run time so far of every thread of process `pid` (threads that ended are not
 /// counted).
 fn process_run_time(pid: u32) -> Option<Duration> {
@@ -311,6 +340,22 @@ pub fn exec_floor(program: &Path, runs: usize) -> Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busiest_processes_finds_a_process_that_spins() {
+        let mut spinner = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .expect("sh");
+        let busiest = busiest_processes(Duration::from_millis(600), 5);
+        spinner.kill().expect("kill the spinner");
+        spinner.wait().expect("reap the spinner");
+        let found = busiest.iter().find(|(pid, ..)| *pid == spinner.id());
+        let (_, name, used) = found.unwrap_or_else(|| panic!("spinner not among {busiest:?}"));
+        assert_eq!(name, "sh");
+        assert!(*used >= Duration::from_millis(100), "{busiest:?}");
+        assert!(busiest.windows(2).all(|w| w[0].2 >= w[1].2), "{busiest:?}");
+    }
 
     #[test]
     fn elf_linkage_tells_static_from_dynamic() {

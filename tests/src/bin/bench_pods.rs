@@ -113,7 +113,14 @@ struct Controls {
     /// [`guest_reported_kib`] before the first create and after each one, where the
     /// kernel shows it (empty where it does not).
     reported_kib: Vec<u64>,
+    /// The busiest processes on the machine over 5 s before the first create and right
+    /// after the last one ([`nh_tests::bench::busiest_processes`]).
+    busiest_before: Vec<(u32, String, Duration)>,
+    busiest_after: Vec<(u32, String, Duration)>,
 }
+
+/// How long the busiest processes are watched before and after a scale run's creates.
+const BUSIEST_SPAN: Duration = Duration::from_secs(5);
 
 /// The free memory this guest has handed back to its host so far (KiB; virtio-balloon free
 /// page reporting, where the kernel counts it in `page_reporting`'s `reported_kib`): the
@@ -390,6 +397,9 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
             if let Some(kib) = guest_reported_kib().filter(|_| reach) {
                 controls.reported_kib.push(kib);
             }
+            if reach {
+                controls.busiest_before = nh_tests::bench::busiest_processes(BUSIEST_SPAN, 3);
+            }
             let mut pods: Vec<(String, String)> = Vec::with_capacity(count);
             let (mut pod_to_pod_2, mut host_port_1) = (Series::default(), Series::default());
             let mut local_2 = Series::default();
@@ -441,6 +451,9 @@ fn bench_ours(count: usize, datapath: &str, reach: bool, connects: usize) -> Res
                     local_2 =
                         connect_latency(Path::new(&pods[0].0), pod_addr(&pods, 0)?, connects)?;
                 }
+            }
+            if reach {
+                controls.busiest_after = nh_tests::bench::busiest_processes(BUSIEST_SPAN, 3);
             }
             let first_packet = if reach {
                 // The state at the full count, not the work that the last creates left
@@ -1029,6 +1042,20 @@ fn main() -> Result<()> {
         .collect();
     println!("create medians along the run (ms): {}", along.join(", "));
     if let Some(controls) = &big.controls {
+        let shown = |busiest: &[(u32, String, Duration)]| {
+            busiest
+                .iter()
+                .map(|(pid, name, used)| format!("{name} (pid {pid}) {:.0} ms", ms(*used)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "the busiest processes over {} s (CPU time; the daemon's is its own): before the \
+             first create {}; right after the last {}",
+            BUSIEST_SPAN.as_secs(),
+            shown(&controls.busiest_before),
+            shown(&controls.busiest_after),
+        );
         let first_last = |s: &Series| (s.stats(0..10).0, s.stats(scale - 10..scale).0);
         let (first, last) = first_last(&controls.cpu);
         let machine = ms(last) / ms(first);
