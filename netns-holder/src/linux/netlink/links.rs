@@ -343,7 +343,7 @@ pub(crate) async fn create_veth(sys: &LinuxSystem, pair: VethPair<'_>) -> Result
     let ns = open_netns(netns)?;
     let h = node_handle(sys).await?;
     let master_index = match pair.master {
-        Some(bridge) => Some(bridge_index(sys, &h, bridge).await?),
+        Some(bridge) => Some(bridge_index(sys, bridge).await?),
         None => None,
     };
     // The peer is created directly in the pod namespace (IFLA_NET_NS_FD inside the peer
@@ -429,7 +429,7 @@ pub(crate) async fn set_master(
     master: &IfName,
 ) -> Result<(), SystemError> {
     let h = node_handle(sys).await?;
-    let master_index = bridge_index(sys, &h, master).await?;
+    let master_index = bridge_index(sys, master).await?;
     let object = link_object(None, link.as_str());
     let index = node_index(sys, link.as_str(), &object).await?;
     h.link()
@@ -455,14 +455,13 @@ pub(crate) async fn set_master(
 /// the kernel write all of its attributes, and the `RTM_NEWLINK` that `ensure_bridge` tries
 /// first takes RTNL only to be told the bridge exists: each a wait in the RTNL queue that a
 /// burst of creates shares.
-async fn bridge_index(sys: &LinuxSystem, h: &Handle, master: &IfName) -> Result<u32, SystemError> {
-    if let Ok(conn) = crate::linux::conn::node(sys).await
-        && let Some(index) = verified_bridge_index(sys, &conn, master)
-    {
+async fn bridge_index(sys: &LinuxSystem, master: &IfName) -> Result<u32, SystemError> {
+    let conn = crate::linux::conn::node(sys).await?;
+    if let Some(index) = verified_bridge_index(sys, &conn, master) {
         return Ok(index);
     }
     let bridge = format!("bridge {master}");
-    let master_link = link_by_name(h, master.as_str())
+    let master_link = link_by_name(&conn.handle, master.as_str())
         .await
         .map_err(|e| nl_err(&bridge, e))?
         .ok_or_else(|| SystemError::NotFound {
