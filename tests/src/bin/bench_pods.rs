@@ -65,6 +65,7 @@ fn bench_daemon_options(datapath: &str) -> DaemonOptions {
         pod_cidr_v4: "10.244.0.0/20".into(),
         extra_config: format!("datapath = \"{datapath}\"\n{pool}"),
         netns_tmpfs: true,
+        netns_pool_unset: true,
         ..DaemonOptions::default()
     }
 }
