@@ -261,7 +261,6 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>, log: Logger) -> anyhow::Resul
         // The real kernel. `block_on` runs this on the main thread, whose network namespace
         // LinuxSystem captures as the node's.
         let system = netns_holder::linux::LinuxSystem::new(&config, log.clone())?;
-        system.start_netns_pool();
         let mut config = config;
         let mut shutdown = Box::pin(shutdown);
         // Cluster mode: the node's subnet first (the recorded one, or one taken in etcd).
@@ -273,6 +272,8 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>, log: Logger) -> anyhow::Resul
             false => None,
         };
         check_pod_cidrs(&config, &system).await?;
+        // After cluster mode's lease: the pool's veth pairs are made for the final config.
+        system.start_netns_pool(&config).await;
         Ok(netns_holder::server::run_daemon_in_cluster(config, system, cluster, shutdown, log).await?)
     })
 }

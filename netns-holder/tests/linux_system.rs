@@ -1526,7 +1526,7 @@ fn the_netns_pool_hands_out_namespaces_with_loopback_up_and_refills_between_crea
     env.run(|ctx| async move {
         let sys = LinuxSystem::new(&ctx.config, logger()).expect("new");
         let dir = ctx.config.netns_dir.clone();
-        sys.start_netns_pool();
+        sys.start_netns_pool(&ctx.config).await;
         pool_reaches(&sys, 2).await;
         // Pooled namespaces are mounted nowhere: nothing for check, gc or a crash to leave.
         assert_eq!(sys.list_netns(&dir).await.unwrap(), Vec::<PathBuf>::new());
@@ -1536,7 +1536,11 @@ fn the_netns_pool_hands_out_namespaces_with_loopback_up_and_refills_between_crea
         let a = dir.join("a");
         sys.create_netns(&a).await.expect("create a from the pool");
         assert_eq!(sys.netns_pool_ready(), 1);
-        assert_eq!(links_up(&a), vec![("lo".to_string(), true)]);
+        // With the pod end of a pooled veth pair, down until the pod's steps.
+        assert_eq!(
+            links_up(&a),
+            vec![("lo".to_string(), true), ("eth0".to_string(), false)]
+        );
         // Its netlink connection (the socket made in the pool) works in that namespace.
         sys.add_address(&a, &ifname("lo"), "10.77.0.1/32".parse().unwrap())
             .await
@@ -1565,7 +1569,7 @@ fn the_netns_pool_hands_out_namespaces_with_loopback_up_and_refills_between_crea
         let (ok, text) = in_pod(&a, &["ip", "link", "set", "lo", "down"]);
         assert!(ok, "{text}");
         sys.loopback_up(&a).await.expect("lo up in a again");
-        assert_eq!(links_up(&a), vec![("lo".to_string(), true)]);
+        assert_eq!(links_up(&a)[0], ("lo".to_string(), true));
         let keys: BTreeSet<u64> = [&a, &b, &c]
             .iter()
             .map(|p| std::fs::metadata(p).unwrap().ino())
@@ -1583,6 +1587,159 @@ fn the_netns_pool_hands_out_namespaces_with_loopback_up_and_refills_between_crea
         let mut listed = sys.list_netns(&dir).await.unwrap();
         listed.sort();
         assert_eq!(listed, vec![a.clone(), b.clone(), c.clone()]);
+        for path in [&a, &b, &c] {
+            assert!(sys.delete_netns(path).await.unwrap());
+        }
+    });
+}
+
+/// Names of the node's links under the pool's prefix (`npv`).
+async fn pool_links(sys: &LinuxSystem) -> Vec<IfName> {
+    sys.list_links(None, "npv").await.expect("list pool links")
+}
+
+/// `ip -o link show <link>` in `netns` (the node's if `None`).
+fn link_line(ctx: &Ctx, netns: Option<&Path>, link: &str) -> String {
+    let args = ["ip", "-o", "link", "show", link];
+    let (ok, text) = match netns {
+        Some(netns) => in_pod(netns, &args),
+        None => in_node(&ctx.node, &args),
+    };
+    assert!(ok, "ip link show {link}: {text}");
+    text
+}
+
+#[test]
+fn pooled_veth_pairs_are_adopted_by_a_fitting_create_and_never_left_behind() {
+    require_root!();
+    let mut env = Env::new(None, Some(1400));
+    env.ctx.config.netns_pool = 2;
+    env.ctx.config.datapath = netns_holder_core::datapath::Datapath::Routed;
+    env.run(|ctx| async move {
+        use netns_holder_core::datapath::{HOST_VETH_MAC, Mac};
+        let sys = LinuxSystem::new(&ctx.config, logger()).expect("new");
+        let dir = ctx.config.netns_dir.clone();
+        sys.start_netns_pool(&ctx.config).await;
+        pool_reaches(&sys, 2).await;
+        // A pair per pooled namespace, host ends down under the pool prefix: no pod's, so
+        // nothing that lists pod links (gc, check) sees them.
+        assert_eq!(pool_links(&sys).await.len(), 2);
+        assert!(sys.list_links(None, "nh").await.unwrap().is_empty());
+
+        // A fitting create adopts the pair: its host end gets the pod's name, MAC and
+        // IPv6 setting, its pod end the pod's MAC; both the node's MTU.
+        sys.creates_in_flight(1);
+        let a = dir.join("a");
+        sys.create_netns(&a).await.expect("create a from the pool");
+        let host = ifname("nh00000000000a");
+        let pod_mac = Mac([0x02, 0, 0, 0, 0, 0x0a]);
+        sys.create_veth(VethPair {
+            host_mac: Some(HOST_VETH_MAC),
+            peer_mac: Some(pod_mac),
+            ..VethPair::new(&host, &ifname("eth0"), &a, 1400)
+        })
+        .await
+        .expect("veth of a, adopted");
+        assert_eq!(pool_links(&sys).await.len(), 1, "one adopted, one pooled");
+        let host_line = link_line(&ctx, None, host.as_str());
+        assert!(
+            host_line.contains("mtu 1400") && host_line.contains("ee:ee:ee:ee:ee:ee"),
+            "{host_line}"
+        );
+        let pod_line = link_line(&ctx, Some(&a), "eth0");
+        assert!(
+            pod_line.contains("mtu 1400") && pod_line.contains("02:00:00:00:00:0a"),
+            "{pod_line}"
+        );
+        // The pod end is the host end's peer.
+        let host_index = sys
+            .list_links(None, "nh")
+            .await
+            .unwrap()
+            .contains(&host)
+            .then(|| host_line.split(':').next().unwrap().trim().to_string())
+            .expect("host end listed");
+        assert!(
+            pod_line.contains(&format!("eth0@if{host_index}")),
+            "{pod_line}"
+        );
+        let (ok, v6) = in_node(
+            &ctx.node,
+            &["cat", "/proc/sys/net/ipv6/conf/nh00000000000a/disable_ipv6"],
+        );
+        assert!(ok && v6.trim() == "1", "{v6}");
+        sys.disable_ipv6(&host)
+            .await
+            .expect("already off: nothing to do");
+        // The adopted pair carries traffic.
+        sys.add_address(&a, &ifname("eth0"), "10.78.0.2/32".parse().unwrap())
+            .await
+            .unwrap();
+        sys.link_up(Some(&a), &ifname("eth0")).await.unwrap();
+        sys.link_up(None, &host).await.unwrap();
+        for args in [
+            ["ip", "addr", "add", "10.78.0.1/32", "dev", "nh00000000000a"],
+            [
+                "ip",
+                "route",
+                "add",
+                "10.78.0.2/32",
+                "dev",
+                "nh00000000000a",
+            ],
+        ] {
+            let (ok, text) = in_node(&ctx.node, &args);
+            assert!(ok, "{args:?}: {text}");
+        }
+        let (ok, text) = in_pod(
+            &a,
+            &[
+                "ip", "route", "add", "default", "dev", "eth0", "scope", "link",
+            ],
+        );
+        assert!(ok, "{text}");
+        let (ok, text) = in_node(&ctx.node, &["ping", "-c1", "-W2", "10.78.0.2"]);
+        assert!(ok, "ping the adopted pod end: {text}");
+
+        // A create that does not fit (another pod end name) deletes the pooled pair and
+        // makes its own: no second link in the pod, none left under the pool name.
+        let b = dir.join("b");
+        sys.create_netns(&b).await.expect("create b from the pool");
+        sys.create_veth(VethPair {
+            host_mac: Some(HOST_VETH_MAC),
+            ..VethPair::new(&ifname("nh00000000000b"), &ifname("eth1"), &b, 1400)
+        })
+        .await
+        .expect("veth of b, made");
+        let names: Vec<String> = links_up(&b).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, vec!["lo".to_string(), "eth1".to_string()]);
+        assert!(pool_links(&sys).await.is_empty());
+
+        // A create that died after mounting a pooled namespace, before its veth step, left
+        // the pair. The next start deletes it (the pod end with it) before anything else,
+        // and the pod's veth step then makes a new pair.
+        sys.creates_in_flight(0);
+        pool_reaches(&sys, 2).await;
+        sys.creates_in_flight(1);
+        let c = dir.join("c");
+        sys.create_netns(&c).await.expect("create c from the pool");
+        assert_eq!(links_up(&c).len(), 2, "lo and the pooled pod end");
+        let restarted = LinuxSystem::new(&ctx.config, logger()).expect("new, again");
+        restarted.start_netns_pool(&ctx.config).await;
+        assert_eq!(links_up(&c), vec![("lo".to_string(), true)]);
+        drop(restarted);
+        let c_host = ifname("nh00000000000c");
+        sys.create_veth(VethPair {
+            host_mac: Some(HOST_VETH_MAC),
+            ..VethPair::new(&c_host, &ifname("eth0"), &c, 1400)
+        })
+        .await
+        .expect("veth of c, made after its pooled pair was deleted");
+        assert!(link_line(&ctx, Some(&c), "eth0").contains("mtu 1400"));
+
+        for link in [&host, &ifname("nh00000000000b"), &c_host] {
+            assert!(sys.delete_link(None, link).await.unwrap());
+        }
         for path in [&a, &b, &c] {
             assert!(sys.delete_netns(path).await.unwrap());
         }

@@ -170,12 +170,17 @@ pub(crate) async fn create_netns(sys: &LinuxSystem, path: &Path) -> Result<(), S
     let target = path.to_path_buf();
     let object = super::netns_object(path);
     if let Some(pooled) = sys.netns_pool.take() {
-        let super::pool::Pooled { ns, key, socket } = pooled;
+        let super::pool::Pooled {
+            ns,
+            key,
+            socket,
+            veth,
+        } = pooled;
         // On failure the namespace goes with `ns`, its only reference.
         sys.ns_workers
             .run(&object, None, move || netns::mount_made(&target, &ns))
             .await?;
-        sys.netns_pool.handed_out(key);
+        sys.netns_pool.handed_out(key, veth);
         if let Ok(conn) = connect(socket, &format!("netlink in {}", path.display())) {
             sys.pods.insert(key, conn);
         }

@@ -10,15 +10,19 @@
 //! create takes a pooled namespace and only bind-mounts it at the pod's path
 //! ([`super::netns::mount_made`]); when the pool is empty, it makes one as before.
 //!
+//! Each pooled namespace also gets the pod's veth pair, made ahead the same way and adopted
+//! by the create's veth step ([`super::pool_veth`]).
+//!
 //! A pooled namespace is held only by this process's descriptors and mounted nowhere: when
-//! the daemon ends or crashes, the kernel frees it, so the pool leaves nothing that `check`,
-//! reconcile or gc would have to know about. Each one holds about 150 KiB of kernel memory
-//! and two descriptors (the namespace, and the netlink socket made inside it that becomes
-//! the pod's connection).
+//! the daemon ends or crashes, the kernel frees it, with its veth pair, so the pool leaves
+//! nothing that `check`, reconcile or gc would have to know about (but see
+//! [`super::pool_veth`] for the one window a create has). Each one holds about 150 KiB of
+//! kernel memory for the namespace, more for its pair, and two descriptors (the namespace,
+//! and the netlink socket made inside it that becomes the pod's connection).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, OnceLock, Weak};
 use std::time::Duration;
 
 use nix::sched::{CloneFlags, setns, unshare};
@@ -26,6 +30,7 @@ use rtnetlink::sys::Socket;
 use slog::{Logger, debug, info, warn};
 
 use super::netns::{self, NetnsKey};
+use super::pool_veth::{self, PooledVeth, VethSpec};
 use crate::system::SystemError;
 
 /// How long the filler waits before trying again after failing to make a namespace.
@@ -42,6 +47,8 @@ pub(crate) struct Pooled {
     pub(crate) key: NetnsKey,
     /// The netlink socket made inside it.
     pub(crate) socket: Socket,
+    /// The pod's veth pair made in it, if the pool makes them and this one was made.
+    pub(crate) veth: Option<PooledVeth>,
 }
 
 /// The pool: see the module documentation.
@@ -57,6 +64,10 @@ pub(crate) struct NetnsPool {
     /// Namespaces handed out whose loopback nobody has set since the pool brought it up
     /// ([`NetnsPool::take_fresh`]).
     fresh: Mutex<HashSet<NetnsKey>>,
+    /// What the pool's veth pairs look like (set when the pool starts).
+    veth_spec: OnceLock<VethSpec>,
+    /// The pairs of namespaces handed out, until the create's veth step takes them.
+    veths: Mutex<HashMap<NetnsKey, PooledVeth>>,
     log: Logger,
 }
 
@@ -84,6 +95,8 @@ impl NetnsPool {
             changed: Condvar::new(),
             started: Once::new(),
             fresh: Mutex::new(HashSet::new()),
+            veth_spec: OnceLock::new(),
+            veths: Mutex::new(HashMap::new()),
             log,
         }
     }
@@ -92,12 +105,14 @@ impl NetnsPool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts the filler thread (once; not at all for a pool of 0). It ends when the pool is
-    /// dropped, or if it cannot get back to the node namespace.
-    pub(crate) fn start(self: &Arc<Self>) {
+    /// Starts the filler thread (once; not at all for a pool of 0), making veth pairs as
+    /// `spec` says with each namespace. It ends when the pool is dropped, or if it cannot get
+    /// back to the node namespace.
+    pub(crate) fn start(self: &Arc<Self>, spec: VethSpec) {
         if self.target == 0 {
             return;
         }
+        let _ = self.veth_spec.set(spec);
         self.started.call_once(|| {
             let pool = Arc::downgrade(self);
             let spawned = std::thread::Builder::new()
@@ -136,13 +151,31 @@ impl NetnsPool {
     }
 
     /// Records that the pooled namespace `key` was mounted for a pod, its loopback up as
-    /// the pool left it.
-    pub(crate) fn handed_out(&self, key: NetnsKey) {
+    /// the pool left it, with the veth pair `veth` in it.
+    pub(crate) fn handed_out(&self, key: NetnsKey, veth: Option<PooledVeth>) {
         let mut fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
         if fresh.len() >= FRESH_MAX {
             fresh.clear();
         }
         fresh.insert(key);
+        drop(fresh);
+        if let Some(veth) = veth {
+            let mut veths = self.veths.lock().unwrap_or_else(|e| e.into_inner());
+            // Pairs never taken went with their namespaces (a create failed before its veth
+            // step): forgetting them costs nothing.
+            if veths.len() >= FRESH_MAX {
+                veths.clear();
+            }
+            veths.insert(key, veth);
+        }
+    }
+
+    /// The veth pair the pool made in the namespace `key`, once.
+    pub(crate) fn take_veth(&self, key: NetnsKey) -> Option<PooledVeth> {
+        self.veths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key)
     }
 
     /// Whether `key` is a namespace just handed out whose loopback is still as the pool left
@@ -162,6 +195,7 @@ impl NetnsPool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
+        self.take_veth(key);
     }
 
     /// How many namespaces are ready.
@@ -184,6 +218,17 @@ fn fill(pool: &Weak<NetnsPool>) {
         warn!(p.log, "network namespace pool stopped: cannot enter the node namespace"; "error" => %e);
         return;
     }
+    // The node-side socket for the pairs' host ends; without it, namespaces without pairs.
+    let in_node = match Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE) {
+        Ok(socket) => Some(socket),
+        Err(e) => {
+            if let Some(p) = pool.upgrade() {
+                warn!(p.log, "network namespace pool: no veth pairs made ahead: cannot open a netlink socket"; "error" => %e);
+            }
+            None
+        }
+    };
+    let mut warned = false;
     loop {
         let Some(p) = pool.upgrade() else { return };
         {
@@ -200,8 +245,15 @@ fn fill(pool: &Weak<NetnsPool>) {
                 }
             }
         }
-        match make(&p.node) {
-            Ok(made) => {
+        let pairs = p.veth_spec.get().zip(in_node.as_ref());
+        match make(&p.node, pairs) {
+            Ok((made, pair_error)) => {
+                if let Some(e) = pair_error
+                    && !std::mem::replace(&mut warned, true)
+                {
+                    warn!(p.log, "network namespace pool: cannot make a veth pair ahead; pooling namespaces without (said once)";
+                        "error" => %e);
+                }
                 let ready = {
                     let mut state = p.lock();
                     state.ready.push(made);
@@ -245,8 +297,13 @@ enum Made {
 }
 
 /// Makes a namespace on the calling thread, brings its loopback up and opens a netlink
-/// socket in it, and returns the thread to `node`.
-fn make(node: &OwnedFd) -> Result<Pooled, Made> {
+/// socket in it, makes the pod's veth pair in it if `pairs` gives the spec and a node-side
+/// socket, and returns the thread to `node`. A pair that could not be made is not fatal:
+/// the namespace is pooled without one and the error returned beside it.
+fn make(
+    node: &OwnedFd,
+    pairs: Option<(&VethSpec, &Socket)>,
+) -> Result<(Pooled, Option<SystemError>), Made> {
     unshare(CloneFlags::CLONE_NEWNET).map_err(|e| {
         Made::Failed(SystemError::io(
             "a pooled network namespace: unshare(CLONE_NEWNET)",
@@ -258,8 +315,40 @@ fn make(node: &OwnedFd) -> Result<Pooled, Made> {
         let key = netns::fd_key(&ns, std::path::Path::new(object))?;
         let socket = super::conn::new_socket(object)?;
         super::netlink::ioctl_set_up(socket.as_fd(), "lo", &format!("{object}: lo"))?;
-        Ok(Pooled { ns, key, socket })
+        Ok(Pooled {
+            ns,
+            key,
+            socket,
+            veth: None,
+        })
     });
+    // The pod end is made from inside the namespace, the host end sent to the node's.
+    let pair = match (&made, pairs) {
+        (Ok(_), Some((spec, _))) => Some(
+            Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)
+                .map_err(|e| SystemError::io("a pooled veth pair: opening a netlink socket", e))
+                .and_then(|in_pool| pool_veth::create_in_pool(spec, &in_pool, node.as_fd())),
+        ),
+        _ => None,
+    };
     setns(node, CloneFlags::CLONE_NEWNET).map_err(Made::Stranded)?;
-    made.map_err(Made::Failed)
+    let mut made = made.map_err(Made::Failed)?;
+    let (Some(pair), Some((spec, in_node))) = (pair, pairs) else {
+        return Ok((made, None));
+    };
+    let (host, peer_index) = match pair {
+        Ok(made_pair) => made_pair,
+        Err(e) => return Ok((made, Some(e))),
+    };
+    // A pair whose host end cannot be prepared goes with its namespace: dropped here.
+    let host_index = pool_veth::prepare_host_end(spec, in_node, &host).map_err(Made::Failed)?;
+    made.veth = Some(PooledVeth {
+        host,
+        host_index,
+        peer: spec.peer.clone(),
+        peer_index,
+        mtu: spec.mtu,
+        host_mac: spec.host_mac,
+    });
+    Ok((made, None))
 }

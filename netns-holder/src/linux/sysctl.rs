@@ -104,23 +104,46 @@ pub(crate) async fn enable_forwarding(sys: &LinuxSystem, ipv6: bool) -> Result<(
 /// `net.ipv6.conf.<link>.disable_ipv6 = 1` in the node namespace. Nothing to do where IPv6
 /// is off altogether (no `/proc/sys/net/ipv6`).
 ///
-/// Written without reading it first: a new link has it at 0, and writing the value a link
-/// has already changes nothing. The write waits for RTNL by restarting itself until the
-/// lock is free (`rtnl_net_trylock` in `addrconf_disable_ipv6`), so it is made once only.
+/// Read first: a host end adopted from the namespace pool has it set already
+/// ([`super::pool_veth`]), and the write is dear under load: it waits for RTNL by restarting
+/// itself until the lock is free (`rtnl_net_trylock` in `addrconf_disable_ipv6`), while the
+/// read takes no lock.
 pub(crate) async fn disable_ipv6(sys: &LinuxSystem, link: &IfName) -> Result<(), SystemError> {
     let file = format!("/proc/sys/net/ipv6/conf/{link}/disable_ipv6");
     let object = link_object(None, link.as_str());
     in_node(sys, object.clone(), move || {
-        set_value(&file, "1", "the node namespace").or_else(|e| match e {
-            SystemError::NotFound { .. } if !Path::new("/proc/sys/net/ipv6/conf").exists() => {
-                Ok(())
-            }
-            // The per-link directory exists exactly while the link does.
-            SystemError::NotFound { .. } => Err(SystemError::NotFound { object }),
-            e => Err(e),
-        })
+        ensure_value(&file, "1", "the node namespace").or_else(|e| ipv6_not_found(e, object))
     })
     .await
+}
+
+/// `NotFound` for a host link's IPv6 sysctl: nothing to do where IPv6 is off altogether,
+/// otherwise the link is missing (the per-link directory exists exactly while it does).
+fn ipv6_not_found(error: SystemError, object: String) -> Result<(), SystemError> {
+    match error {
+        SystemError::NotFound { .. } if !Path::new("/proc/sys/net/ipv6/conf").exists() => Ok(()),
+        SystemError::NotFound { .. } => Err(SystemError::NotFound { object }),
+        e => Err(e),
+    }
+}
+
+/// [`disable_ipv6`] for `link` of the calling thread's namespace, written without reading
+/// (the namespace pool's filler, for a host end it has just made).
+pub(crate) fn disable_ipv6_here(link: &str) -> Result<(), SystemError> {
+    let file = format!("/proc/sys/net/ipv6/conf/{link}/disable_ipv6");
+    set_value(&file, "1", "the node namespace")
+        .or_else(|e| ipv6_not_found(e, link_object(None, link)))
+}
+
+/// Whether the node link `link` has `addr_gen_mode` 1 (`none`) already (an adopted host end
+/// from the pool; see [`super::netlink::no_link_local`]). False when it cannot be read.
+pub(crate) async fn has_no_link_local(sys: &LinuxSystem, link: &IfName) -> bool {
+    let file = format!("/proc/sys/net/ipv6/conf/{link}/addr_gen_mode");
+    in_node(sys, link_object(None, link.as_str()), move || {
+        Ok(super::procfs::read_text(&file).is_ok_and(|v| v.trim() == "1"))
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// `net.ipv4.conf.<link>.route_localnet = 1` in the node namespace.

@@ -123,7 +123,11 @@ pub(super) fn link_index(conn: &Conn, link: &str, object: &str) -> Result<u32, S
 /// would have the kernel write the whole link, and for a host veth find the id of its peer's
 /// namespace by walking the ids of every namespace the node's links lead to
 /// (`__peernet2id`), one per pod: it grew with the pods.
-fn ioctl_index(fd: BorrowedFd<'_>, link: &str, object: &str) -> Result<u32, SystemError> {
+pub(crate) fn ioctl_index(
+    fd: BorrowedFd<'_>,
+    link: &str,
+    object: &str,
+) -> Result<u32, SystemError> {
     let request = link_ioctl(fd, link, object, libc::SIOCGIFINDEX, "SIOCGIFINDEX")?;
     // SAFETY: SIOCGIFINDEX succeeded, so the union holds the index.
     let index = unsafe { request.ifr_ifru.ifru_ifindex };
@@ -341,6 +345,12 @@ pub(crate) async fn create_veth(sys: &LinuxSystem, pair: VethPair<'_>) -> Result
     let (host, peer, netns, mtu) = (pair.host, pair.peer, pair.netns, pair.mtu);
     let object = format!("veth {host} <-> {peer} in {} (mtu {mtu})", netns.display());
     let ns = open_netns(netns)?;
+    if let Ok(key) = crate::linux::netns::fd_key(&ns, netns)
+        && let Some(pooled) = sys.netns_pool.take_veth(key)
+        && adopt_pooled(sys, &pair, pooled).await?
+    {
+        return Ok(());
+    }
     let h = node_handle(sys).await?;
     let master_index = match pair.master {
         Some(bridge) => Some(bridge_index(sys, bridge).await?),
@@ -394,6 +404,86 @@ pub(crate) async fn create_veth(sys: &LinuxSystem, pair: VethPair<'_>) -> Result
     }
 }
 
+/// Makes the pair that the pool left in the pod's namespace ([`crate::linux::pool_veth`])
+/// the pair `pair` asks for: the pod end's MAC (and MTU), then the host end's name, MTU and
+/// bridge in one request. `Ok(false)`: the pooled pair does not fit `pair` or is gone; it
+/// was deleted if it was there, and the caller makes a new pair. On an error the pooled pair
+/// is deleted too, so a failed create leaves no pair behind, as a failed `RTM_NEWLINK` would not.
+async fn adopt_pooled(
+    sys: &LinuxSystem,
+    pair: &VethPair<'_>,
+    pooled: crate::linux::pool_veth::PooledVeth,
+) -> Result<bool, SystemError> {
+    let node = crate::linux::conn::node(sys).await?;
+    let pool_object = link_object(None, &pooled.host);
+    // The pool's name must still lead to the pool's link: nothing renamed or remade it.
+    if ioctl_index(node.ioctl.as_fd(), &pooled.host, &pool_object).ok() != Some(pooled.host_index) {
+        return Ok(false);
+    }
+    if pooled.peer != pair.peer.as_str() || pooled.host_mac != pair.host_mac {
+        discard_pooled(&node, &pooled).await;
+        return Ok(false);
+    }
+    let (host, mtu) = (pair.host, pair.mtu);
+    let object = format!(
+        "veth {host} <-> {} in {} (mtu {mtu}), adopted from the pool ({})",
+        pair.peer,
+        pair.netns.display(),
+        pooled.host
+    );
+    let adopted = async {
+        let master_index = match pair.master {
+            Some(bridge) => Some(bridge_index(sys, bridge).await?),
+            None => None,
+        };
+        // The pod end first: a crash after it leaves a pool-named pair, which the next start
+        // deletes; a crash after the rename leaves what a new pair would.
+        if pair.peer_mac.is_some() || mtu != pooled.mtu {
+            let pod = crate::linux::conn::pod(sys, pair.netns).await?;
+            let mut message = LinkUnspec::new_with_index(pooled.peer_index);
+            if let Some(mac) = pair.peer_mac {
+                message = message.address(mac.0.to_vec());
+            }
+            if mtu != pooled.mtu {
+                message = message.mtu(mtu);
+            }
+            pod.handle
+                .link()
+                .set(message.build())
+                .execute()
+                .await
+                .map_err(|e| nl_err(format!("{object}: the pod end"), e))?;
+        }
+        let mut message = LinkUnspec::new_with_index(pooled.host_index).name(host.as_str());
+        if mtu != pooled.mtu {
+            message = message.mtu(mtu);
+        }
+        if let Some(index) = master_index {
+            message = message.controller(index);
+        }
+        match node.handle.link().set(message.build()).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Err(SystemError::AlreadyExists {
+                object: link_object(None, host.as_str()),
+            }),
+            // Deleted under us (with its pod end): a new pair, then.
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(nl_err(&object, e)),
+        }
+    }
+    .await;
+    if !matches!(adopted, Ok(true)) {
+        discard_pooled(&node, &pooled).await;
+    }
+    adopted
+}
+
+/// Deletes the pooled pair `pooled` (both ends go), best effort: a pair left over is deleted
+/// with its namespace, or at the next start.
+async fn discard_pooled(node: &Conn, pooled: &crate::linux::pool_veth::PooledVeth) {
+    let _ = node.handle.link().del(pooled.host_index).execute().await;
+}
+
 /// Stops the kernel from giving the host veth `host` an IPv6 link-local address when it
 /// comes up (`addrgenmode none`; `Action::NoLinkLocal`, for routed pods with IPv6, whose
 /// neighbour entries are permanent, so there is no neighbour discovery to answer). Each
@@ -402,6 +492,10 @@ pub(crate) async fn create_veth(sys: &LinuxSystem, pair: VethPair<'_>) -> Result
 /// in the create request); where IPv6 is off for new links (EAFNOSUPPORT), there is nothing
 /// to stop.
 pub(crate) async fn no_link_local(sys: &LinuxSystem, host: &IfName) -> Result<(), SystemError> {
+    // A host end adopted from the pool has it already (a read, no RTNL).
+    if crate::linux::sysctl::has_no_link_local(sys, host).await {
+        return Ok(());
+    }
     let h = node_handle(sys).await?;
     let message = LinkUnspec::new_with_name(host.as_str())
         .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
