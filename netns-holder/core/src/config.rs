@@ -24,10 +24,10 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/netns-holder";
 pub const DEFAULT_NETNS_DIR: &str = "/run/netns";
 /// Network namespaces made ahead of creates when the file does not set `netns_pool` (see
 /// [`Config::netns_pool`]): enough for a burst of 100 creates (a node's worth of pods
-/// restarting at once) to take none of its namespaces' making, at about 20 MiB of kernel
-/// memory (docs/datapath.md, stop 26).
+/// restarting at once) to take none of its namespaces' and veth pairs' making, at about
+/// 35 MiB of kernel memory (docs/datapath.md, stops 26 and 27).
 pub const DEFAULT_NETNS_POOL: u32 = 128;
-/// Largest `netns_pool`: each pooled namespace holds about 150 KiB of kernel memory and two
+/// Largest `netns_pool`: each pooled namespace holds about 280 KiB of kernel memory and two
 /// descriptors of the daemon.
 pub const MAX_NETNS_POOL: u32 = 1024;
 /// Default node bridge name.
@@ -144,9 +144,10 @@ pub struct Config {
     /// Whether the file set `datapath`.
     pub datapath_set: bool,
     /// How many network namespaces the daemon keeps made ahead of the creates that take them
-    /// (`netns_pool`, default [`DEFAULT_NETNS_POOL`], `0` for none): making one is the largest
-    /// part of a create, and each pooled one holds about 150 KiB of kernel memory and two
-    /// descriptors (docs/datapath.md). Attached namespaces (made by a runtime) never use it.
+    /// (`netns_pool`, default [`DEFAULT_NETNS_POOL`], `0` for none), each with the pod's veth
+    /// pair in it: making them is the largest part of a create, and each pooled one holds
+    /// about 280 KiB of kernel memory (the pair about 90 of it) and two descriptors
+    /// (docs/datapath.md). Attached namespaces (made by a runtime) never use it.
     pub netns_pool: u32,
 }
 
