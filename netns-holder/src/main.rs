@@ -272,8 +272,6 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>, log: Logger) -> anyhow::Resul
             false => None,
         };
         check_pod_cidrs(&config, &system).await?;
-        // After cluster mode's lease: the pool's veth pairs are made for the final config.
-        system.start_netns_pool(&config).await;
         Ok(netns_holder::server::run_daemon_in_cluster(config, system, cluster, shutdown, log).await?)
     })
 }

@@ -766,6 +766,9 @@ pub async fn run_daemon_in_cluster<S: System>(
     };
     // Dropping the handle does not end the task: abort it on every way out.
     let _stop_listener = AbortOnDrop(listener);
+    // Once the node is ours (the socket bound), with the final config (cluster mode's lease
+    // taken): the pool clears what an earlier daemon left, before reconcile looks.
+    system.start_netns_pool(&config).await;
     let journal = config.state_dir.join(crate::state::JOURNAL_FILE_NAME);
     let manager = Arc::new(PodManager::open(config, system, log.clone())?);
     let source = manager.clone();

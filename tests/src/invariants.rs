@@ -139,6 +139,12 @@ impl Pod {
 }
 
 /// Starts a node and a daemon in it, runs `body`, and prints the daemon's log if it fails.
+/// Whether `link` is the host end of one of the namespace pool's veth pairs (`npv` and 12
+/// hex digits).
+pub fn is_pool_link(link: &str) -> bool {
+    link.len() == 15 && link.starts_with("npv") && link[3..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The node and daemon guards clean up either way.
 pub fn on_node(
     test: &str,
@@ -360,14 +366,17 @@ pub fn assert_node_matches(node: &Node, daemon: &Daemon, live: &[Pod]) -> Result
     // pod's namespace or the daemon's deletion batch, asynchronously: they must be gone
     // within 5 s, and are never counted as host veths.
     let settled = crate::settled_links("the node namespace", || node.links())?;
+    // The namespace pool's veth pairs (`npv` + 12 hex, down) are no pod's: they wait for
+    // a create to adopt them and go with the daemon.
     let links: BTreeSet<String> = settled
         .into_iter()
-        .filter(|l| l != "lo" && l != daemon.bridge() && !own.contains(l))
+        .filter(|l| l != "lo" && l != daemon.bridge() && !own.contains(l) && !is_pool_link(l))
         .collect();
     let veths: BTreeSet<String> = live.iter().map(|p| p.host_veth.clone()).collect();
     ensure!(
         links == veths,
-        "node links besides lo, {} and the test's own {own:?}: {links:?}, expected the host \
+        "node links besides lo, {}, the pool's and the test's own {own:?}: {links:?}, expected \
+         the host \
          veths {veths:?}",
         daemon.bridge()
     );

@@ -1195,3 +1195,64 @@ fn an_unset_datapath_is_routed_on_a_new_node_and_follows_the_pods_later() -> Res
     daemon.remove_pod(&name)?;
     Ok(())
 }
+
+/// The host ends of the namespace pool's veth pairs on `node` (`npv...`).
+fn pool_links(node: &Node) -> Result<Vec<String>> {
+    Ok(node
+        .links()?
+        .into_iter()
+        .filter(|l| nh_tests::invariants::is_pool_link(l))
+        .collect())
+}
+
+#[test]
+fn a_second_daemon_is_refused_before_it_touches_the_first_ones_pool() -> Result<()> {
+    let test = "a_second_daemon_is_refused_before_it_touches_the_first_ones_pool";
+    if !require_root(test) {
+        return Ok(());
+    }
+    on_node(test, DaemonOptions::default(), |node, daemon| {
+        let size = nh_tests::node::TEST_NETNS_POOL as usize;
+        let full = nh_tests::wait_until(Duration::from_secs(10), || {
+            pool_links(node).is_ok_and(|l| l.len() == size)
+        });
+        ensure!(
+            full,
+            "the pool did not make {size} pairs: {:?}",
+            pool_links(node)?
+        );
+        let before = pool_links(node)?;
+        // A second daemon on the same node and socket: it deletes the pool pairs of an
+        // earlier run at start, so it must be refused before that.
+        let second = node
+            .command(&[
+                netns_holder_binary().to_str().context("binary path")?,
+                "serve",
+            ])
+            .arg("--config")
+            .arg(daemon.config_path())
+            .stdin(Stdio::null())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        ensure!(
+            !second.status.success() && stderr.contains("already listening"),
+            "the second daemon was not refused as one: {}\n{stderr}",
+            second.status
+        );
+        ensure!(
+            pool_links(node)? == before,
+            "the refused daemon touched the pool's pairs: {before:?} -> {:?}",
+            pool_links(node)?
+        );
+        // The first daemon's creates still adopt them.
+        let pod = create(daemon, &unique_name("adopt"))?;
+        assert_pod_works(node, &pod)?;
+        ensure!(
+            !pool_links(node)?.is_empty() && pool_links(node)? != before,
+            "the create took no pooled pair: {:?}",
+            pool_links(node)?
+        );
+        remove(daemon, &pod.name)?;
+        assert_nothing_left(node, daemon, &[])
+    })
+}

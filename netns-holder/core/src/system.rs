@@ -150,6 +150,14 @@ pub trait Namespaces: Send + Sync {
         NetnsPoolState::default()
     }
 
+    /// Starts making namespaces ahead of creates (`netns_pool`) for the node's final
+    /// `config`, after clearing what an earlier daemon's pool left behind. The daemon calls it
+    /// once it owns the node (its API socket bound), before reconcile. Nothing by default.
+    fn start_netns_pool(&self, config: &crate::config::Config) -> impl Future<Output = ()> + Send {
+        let _ = config;
+        async {}
+    }
+
     /// How many creates and attaches are running, as the manager counts them, told at each
     /// change: a hint for work in the background that would compete with them for the CPU
     /// and RTNL, such as making namespaces ahead ([`crate::config::Config::netns_pool`]).

@@ -162,7 +162,7 @@ impl LinuxSystem {
     /// pause binary path from `config.pause_binary`. Touches nothing else; the node
     /// netlink connection is opened on first use.
     /// The pool of `config.netns_pool` namespaces made ahead of creates starts with
-    /// [`LinuxSystem::start_netns_pool`].
+    /// `start_netns_pool` ([`Namespaces`]).
     pub fn new(config: &Config, log: Logger) -> Result<Self, SystemError> {
         let mut system = Self::with_pause_binary(config.pause_binary.clone(), log)?;
         system.netns_pool = Arc::new(pool::NetnsPool::new(
@@ -171,57 +171,6 @@ impl LinuxSystem {
             system.log.new(o!("component" => "netns-pool")),
         ));
         Ok(system)
-    }
-
-    /// Starts making network namespaces ahead of the creates that take them, with the pod's
-    /// veth pair in each, on a thread of the lowest CPU priority, until the pool holds
-    /// `netns_pool` of them (none for 0). Pooled namespaces are mounted nowhere and end with
-    /// this process. `config` is the node's final one (datapath, IPv6, MTU), which the pairs
-    /// are made for.
-    ///
-    /// First deletes the host ends of pooled pairs left by an earlier daemon
-    /// ([`pool_veth::POOL_VETH_PREFIX`]): the one a create that crashed before renaming it
-    /// leaves in a pod's namespace; the others the kernel deletes with their namespaces.
-    pub async fn start_netns_pool(&self, config: &Config) {
-        if self.netns_pool.size() == 0 {
-            return;
-        }
-        match netlink::list_links(self, None, pool_veth::POOL_VETH_PREFIX).await {
-            Ok(leftovers) => {
-                for link in leftovers {
-                    match netlink::delete_link(self, None, &link).await {
-                        Ok(_) => {
-                            info!(self.log, "deleted a pooled veth pair of an earlier run"; "link" => %link)
-                        }
-                        Err(e) => {
-                            warn!(self.log, "cannot delete a pooled veth pair of an earlier run"; "link" => %link, "error" => %e)
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                warn!(self.log, "cannot list pooled veth pairs of an earlier run"; "error" => %e)
-            }
-        }
-        let routed = config.datapath == crate::datapath::Datapath::Routed;
-        let mtu = match config.mtu {
-            Some(mtu) => mtu,
-            None => netlink::default_route_mtu(self)
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or(1500),
-        };
-        let spec = pool_veth::VethSpec::new(
-            IfName::pod_interface().to_string(),
-            mtu,
-            routed.then_some(crate::datapath::HOST_VETH_MAC),
-            match routed && config.pod_cidr_v6.is_some() {
-                true => pool_veth::HostIpv6::NoLinkLocal,
-                false => pool_veth::HostIpv6::Disabled,
-            },
-        );
-        self.netns_pool.start(spec);
     }
 
     /// How many network namespaces the pool holds ready.
@@ -308,6 +257,58 @@ impl Namespaces for LinuxSystem {
 
     async fn create_netns(&self, path: &Path) -> Result<(), SystemError> {
         conn::create_netns(self, path).await
+    }
+
+    /// Starts making network namespaces ahead of the creates that take them, with the pod's
+    /// veth pair in each, on a thread of the lowest CPU priority, until the pool holds
+    /// `netns_pool` of them (none for 0). Pooled namespaces are mounted nowhere and end with
+    /// this process. `config` is the node's final one (datapath, IPv6, MTU), which the pairs
+    /// are made for.
+    ///
+    /// First deletes the host ends of pooled pairs left by an earlier daemon
+    /// ([`pool_veth::POOL_VETH_PREFIX`]): the one a create that crashed before renaming it
+    /// leaves in a pod's namespace; the others the kernel deletes with their namespaces.
+    async fn start_netns_pool(&self, config: &Config) {
+        // Also with no pool now: an earlier daemon may have had one.
+        match netlink::list_links(self, None, pool_veth::POOL_VETH_PREFIX).await {
+            Ok(leftovers) => {
+                for link in leftovers {
+                    match netlink::delete_link(self, None, &link).await {
+                        Ok(_) => {
+                            info!(self.log, "deleted a pooled veth pair of an earlier run"; "link" => %link)
+                        }
+                        Err(e) => {
+                            warn!(self.log, "cannot delete a pooled veth pair of an earlier run"; "link" => %link, "error" => %e)
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(self.log, "cannot list pooled veth pairs of an earlier run"; "error" => %e)
+            }
+        }
+        if self.netns_pool.size() == 0 {
+            return;
+        }
+        let routed = config.datapath == crate::datapath::Datapath::Routed;
+        let mtu = match config.mtu {
+            Some(mtu) => mtu,
+            None => netlink::default_route_mtu(self)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(1500),
+        };
+        let spec = pool_veth::VethSpec::new(
+            IfName::pod_interface().to_string(),
+            mtu,
+            routed.then_some(crate::datapath::HOST_VETH_MAC),
+            match routed && config.pod_cidr_v6.is_some() {
+                true => pool_veth::HostIpv6::NoLinkLocal,
+                false => pool_veth::HostIpv6::Disabled,
+            },
+        );
+        self.netns_pool.start(spec);
     }
 
     fn netns_pool_state(&self) -> netns_holder_core::system::NetnsPoolState {

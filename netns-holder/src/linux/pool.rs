@@ -16,9 +16,9 @@
 //! A pooled namespace is held only by this process's descriptors and mounted nowhere: when
 //! the daemon ends or crashes, the kernel frees it, with its veth pair, so the pool leaves
 //! nothing that `check`, reconcile or gc would have to know about (but see
-//! [`super::pool_veth`] for the one window a create has). Each one holds about 150 KiB of
-//! kernel memory for the namespace, more for its pair, and two descriptors (the namespace,
-//! and the netlink socket made inside it that becomes the pod's connection).
+//! [`super::pool_veth`] for the one window a create has). Each one holds about 190 KiB of
+//! kernel memory for the namespace and 90 KiB for its pair, and two descriptors (the
+//! namespace, and the netlink socket made inside it that becomes the pod's connection).
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};

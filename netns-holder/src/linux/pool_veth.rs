@@ -16,7 +16,7 @@
 //! it; the one window is a create that mounted a pooled namespace and died before renaming
 //! the host end, which leaves a pool-named host end whose pod end is in a pod's namespace.
 //! The daemon deletes every link under the pool prefix at start
-//! ([`super::LinuxSystem::start_netns_pool`]), before reconcile, so that pod is re-wired as
+//! (`start_netns_pool` of [`crate::system::Namespaces`]), before reconcile, so that pod is re-wired as
 //! one whose veth is missing.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
