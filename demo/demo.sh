@@ -455,7 +455,12 @@ note "pods left: $PODS"
 STATUS="$("${NH[@]}" status)"
 note "status: $STATUS"
 [[ $STATUS == *'"pods":0'* && $STATUS == *'"allocated":0'* ]] || die "addresses still allocated: $STATUS"
-node_links() { ip -n "$NODE" -o link show | awk -F': ' '{ printf "%s ", $2 }'; }
+# The namespace pool's veth pairs (host ends npv<12 hex>, down) are no pod's: they wait for
+# the next create and go with the daemon.
+node_links() {
+    ip -n "$NODE" -o link show | awk -F': ' '{ split($2, n, "@"); if (!(n[1] ~ /^npv[0-9a-f]+$/ && length(n[1]) == 15)) printf "%s ", n[1] }'
+}
+pool_pairs() { ip -n "$NODE" -o link show | awk -F': ' '{ split($2, n, "@") } n[1] ~ /^npv[0-9a-f]+$/ && length(n[1]) == 15' | wc -l; }
 LINKS="$(node_links)"
 # Routed: a removed pod's host veth is renamed nhx<hex> and deleted in a background batch
 # (the remove does not wait for the kernel's unregister); give that batch up to 5 s.
@@ -464,7 +469,7 @@ for _ in $(seq 50); do
     sleep 0.1
     LINKS="$(node_links)"
 done
-note "node links: $LINKS(the bridge stays, if any; the host veths are gone)"
+note "node links: $LINKS(the bridge stays, if any; the host veths are gone; besides them the pool's $(pool_pairs) veth pairs made ahead)"
 if [ "$DATAPATH" = bridge ]; then EXPECTED_LINKS="lo nh0 "; else EXPECTED_LINKS="lo "; fi
 [ "$LINKS" = "$EXPECTED_LINKS" ] || die "host veths left: $LINKS"
 MOUNTS="$(ls -A "$NETNS_DIR")"
