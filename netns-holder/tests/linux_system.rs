@@ -1622,8 +1622,18 @@ fn pooled_veth_pairs_are_adopted_by_a_fitting_create_and_never_left_behind() {
         sys.start_netns_pool(&ctx.config).await;
         pool_reaches(&sys, 2).await;
         // A pair per pooled namespace, host ends down under the pool prefix: no pod's, so
-        // nothing that lists pod links (gc, check) sees them.
-        assert_eq!(pool_links(&sys).await.len(), 2);
+        // nothing that lists pod links (gc, check) sees them. (The first pair of this bare
+        // node namespace had index 2 at both ends and went with its namespace, which the
+        // kernel frees in the background: give it a moment.)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool_links(&sys).await.len() != 2 {
+            assert!(
+                Instant::now() < deadline,
+                "pool links: {:?}",
+                pool_links(&sys).await
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert!(sys.list_links(None, "nh").await.unwrap().is_empty());
 
         // A fitting create adopts the pair: its host end gets the pod's name, MAC and
@@ -1744,4 +1754,67 @@ fn pooled_veth_pairs_are_adopted_by_a_fitting_create_and_never_left_behind() {
             assert!(sys.delete_netns(path).await.unwrap());
         }
     });
+}
+
+/// `(index, IFF_RUNNING)` of `link` in `netns` (the node's if `None`), from `ip -j link`.
+fn index_and_running(ctx: &Ctx, netns: Option<&Path>, link: &str) -> (u64, bool) {
+    let args = ["ip", "-j", "link", "show", link];
+    let (ok, text) = match netns {
+        Some(netns) => in_pod(netns, &args),
+        None => in_node(&ctx.node, &args),
+    };
+    assert!(ok, "ip -j link show {link}: {text}");
+    let links: serde_json::Value = serde_json::from_str(&text).expect("ip -j link show JSON");
+    let link = &links[0];
+    let running = link["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|f| f == "LOWER_UP"))
+        && link["operstate"] == "UP";
+    (link["ifindex"].as_u64().expect("ifindex"), running)
+}
+
+#[test]
+fn veth_ends_never_share_an_index_so_they_pass_packets_as_soon_as_they_are_up() {
+    require_root!();
+    // A bare node namespace (only lo): the first host veth would get index 2, as the pod
+    // end in its own namespace does, and the kernel would bring such a pair up only at its
+    // link watcher's next unhurried run, up to a second later.
+    for pool in [0u32, 2] {
+        let mut env = Env::new(None, Some(1400));
+        env.ctx.config.netns_pool = pool;
+        env.ctx.config.datapath = netns_holder_core::datapath::Datapath::Routed;
+        env.run(move |ctx| async move {
+            let sys = LinuxSystem::new(&ctx.config, logger()).expect("new");
+            sys.start_netns_pool(&ctx.config).await;
+            pool_reaches(&sys, pool as usize).await;
+            let a = ctx.config.netns_dir.join("a");
+            sys.create_netns(&a).await.expect("create a");
+            let host = ifname("nh0000000000aa");
+            sys.create_veth(VethPair::new(&host, &ifname("eth0"), &a, 1400))
+                .await
+                .expect("veth of a");
+            let (host_index, _) = index_and_running(&ctx, None, host.as_str());
+            let (pod_index, _) = index_and_running(&ctx, Some(&a), "eth0");
+            assert_ne!(
+                host_index, pod_index,
+                "pool {pool}: both ends have index {pod_index}"
+            );
+            sys.link_up(Some(&a), &ifname("eth0")).await.unwrap();
+            sys.link_up(None, &host).await.unwrap();
+            // Running (carrier applied, queue discipline attached) well within the link
+            // watcher's second.
+            let deadline = Instant::now() + Duration::from_millis(300);
+            while !(index_and_running(&ctx, None, host.as_str()).1
+                && index_and_running(&ctx, Some(&a), "eth0").1)
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "pool {pool}: the pair is not running 300 ms after it was set up"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(sys.delete_link(None, &host).await.unwrap());
+            assert!(sys.delete_netns(&a).await.unwrap());
+        });
+    }
 }

@@ -229,6 +229,7 @@ fn fill(pool: &Weak<NetnsPool>) {
         }
     };
     let mut warned = false;
+    let mut again = 0u32;
     loop {
         let Some(p) = pool.upgrade() else { return };
         {
@@ -248,6 +249,7 @@ fn fill(pool: &Weak<NetnsPool>) {
         let pairs = p.veth_spec.get().zip(in_node.as_ref());
         match make(&p.node, pairs) {
             Ok((made, pair_error)) => {
+                again = 0;
                 if let Some(e) = pair_error
                     && !std::mem::replace(&mut warned, true)
                 {
@@ -260,6 +262,17 @@ fn fill(pool: &Weak<NetnsPool>) {
                     state.ready.len()
                 };
                 debug!(p.log, "network namespace pool: one made"; "ready" => ready);
+            }
+            // Made again at once (see `Made::Again`), unless it keeps happening.
+            Err(Made::Again) => {
+                again += 1;
+                if again > 3 {
+                    warn!(p.log, "network namespace pool: veth ends keep getting the same index; retrying later";
+                        "retry_after_s" => RETRY_AFTER.as_secs());
+                    again = 0;
+                    drop(p);
+                    std::thread::sleep(RETRY_AFTER);
+                }
             }
             Err(Made::Failed(e)) => {
                 warn!(p.log, "network namespace pool: cannot make a namespace; retrying later";
@@ -294,6 +307,11 @@ enum Made {
     Failed(SystemError),
     /// The thread could not return to the node namespace: it must never make another.
     Stranded(nix::Error),
+    /// The pair's ends got the same index (each in its namespace): the kernel would bring
+    /// it up only at its link watcher's next unhurried run, up to a second after its "up"
+    /// (see `same_index_both_ends` in `netlink/links.rs`). Dropped with its namespace; the
+    /// next one's host end has a later index, its pod end again index 2.
+    Again,
 }
 
 /// Makes a namespace on the calling thread, brings its loopback up and opens a netlink
@@ -342,6 +360,9 @@ fn make(
     };
     // A pair whose host end cannot be prepared goes with its namespace: dropped here.
     let host_index = pool_veth::prepare_host_end(spec, in_node, &host).map_err(Made::Failed)?;
+    if host_index == peer_index {
+        return Err(Made::Again);
+    }
     made.veth = Some(PooledVeth {
         host,
         host_index,
