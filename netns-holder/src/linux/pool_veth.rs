@@ -211,9 +211,11 @@ fn request(
         .map_err(|e| SystemError::io(format!("{object}: sending the request"), e))?;
     let mut buf = vec![0u8; 8192];
     loop {
-        let n = socket
-            .recv(&mut &mut buf[..], 0)
-            .map_err(|e| SystemError::io(format!("{object}: reading the answer"), e))?;
+        let n = match socket.recv(&mut &mut buf[..], 0) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(SystemError::io(format!("{object}: reading the answer"), e)),
+        };
         for reply in codec::messages(buf.get(..n).unwrap_or_default()) {
             let reply = reply.map_err(|e| SystemError::other(object, format!("answer: {e}")))?;
             if reply.header.seq != sequence {
