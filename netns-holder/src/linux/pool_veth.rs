@@ -22,16 +22,14 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use rtnetlink::LinkUnspec;
 use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,
 };
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, LinkAttribute,
-};
+use rtnetlink::packet_route::link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute};
 use rtnetlink::sys::Socket;
-use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use super::codec;
 use crate::datapath::Mac;
@@ -131,22 +129,17 @@ pub(crate) fn create_in_pool(
 ) -> Result<(String, u32), SystemError> {
     let host = spec.next_host_name();
     let object = format!("pooled veth {} <-> {host}", spec.peer);
-    // One queue each way (see `create_veth`): no RCU grace periods cutting queues down.
-    let mut host_message = LinkMessageBuilder::<LinkUnspec>::new()
-        .name(host.as_str())
-        .mtu(spec.mtu)
-        .append_extra_attribute(LinkAttribute::NumTxQueues(1))
-        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
-        .setns_by_fd(node.as_raw_fd());
-    if let Some(mac) = spec.host_mac {
-        host_message = host_message.address(mac.0.to_vec());
-    }
-    let message = LinkVeth::new(spec.peer.as_str(), host.as_str())
-        .mtu(spec.mtu)
-        .append_extra_attribute(LinkAttribute::NumTxQueues(1))
-        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(host_message.build())))
-        .build();
+    // The pod end is made here (the pool's namespace), the host end in the node's.
+    let message = super::netlink::veth_message(super::netlink::VethEnds {
+        name: &spec.peer,
+        mac: None,
+        index: None,
+        master: None,
+        peer: &host,
+        peer_mac: spec.host_mac,
+        peer_netns: node.as_raw_fd(),
+        mtu: spec.mtu,
+    });
     request(
         in_pool,
         RouteNetlinkMessage::NewLink(message),

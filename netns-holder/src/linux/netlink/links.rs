@@ -20,6 +20,7 @@ use slog::info;
 
 use super::addresses::{add_addr, address_net};
 use super::{Dumps, errno, in_netns, in_netns_conn, nl_err, node_handle};
+use crate::datapath::Mac;
 use crate::kernel::LinkInfo;
 use crate::linux::conn::Conn;
 use crate::linux::netns::open_netns;
@@ -356,39 +357,20 @@ pub(crate) async fn create_veth(sys: &LinuxSystem, pair: VethPair<'_>) -> Result
         Some(bridge) => Some(bridge_index(sys, bridge).await?),
         None => None,
     };
-    // The peer is created directly in the pod namespace (IFLA_NET_NS_FD inside the peer
-    // message): a crash can never leave it behind in the node namespace.
-    // One queue each way, asked for explicitly: without these attributes the kernel makes
-    // one queue per CPU and then cuts each end down to one, and every cut waits for an
-    // (expedited) RCU grace period while holding the RTNL lock that all pod creates share.
+    // The pod end is made directly in the pod namespace (see `veth_message`).
     let build = |host_index: Option<u32>| {
-        let mut peer_message = LinkMessageBuilder::<LinkUnspec>::new()
-            .name(peer.as_str())
-            .mtu(mtu)
-            .append_extra_attribute(LinkAttribute::NumTxQueues(1))
-            .append_extra_attribute(LinkAttribute::NumRxQueues(1))
-            .setns_by_fd(ns.as_raw_fd());
-        if let Some(mac) = pair.peer_mac {
-            peer_message = peer_message.address(mac.0.to_vec());
-        }
-        let mut message = LinkVeth::new(host.as_str(), peer.as_str())
-            .mtu(mtu)
-            .append_extra_attribute(LinkAttribute::NumTxQueues(1))
-            .append_extra_attribute(LinkAttribute::NumRxQueues(1));
-        if let Some(index) = host_index {
-            message = message.index(index);
-        }
-        if let Some(mac) = pair.host_mac {
-            message = message.address(mac.0.to_vec());
-        }
-        // The kernel makes the host end the bridge's port before it answers, and unregisters
-        // the pair again if that fails: no pair is left behind without its port.
-        if let Some(index) = master_index {
-            message = message.controller(index);
-        }
-        message
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message.build())))
-            .build()
+        veth_message(VethEnds {
+            name: host.as_str(),
+            mac: pair.host_mac,
+            index: host_index,
+            // The kernel makes the host end the bridge's port before it answers, and
+            // unregisters the pair again if that fails: no pair is left behind without it.
+            master: master_index,
+            peer: peer.as_str(),
+            peer_mac: pair.peer_mac,
+            peer_netns: ns.as_raw_fd(),
+            mtu,
+        })
     };
     let mut result = h.link().add(build(None)).execute().await;
     if result.is_ok()
@@ -428,6 +410,60 @@ pub(crate) async fn create_veth(sys: &LinuxSystem, pair: VethPair<'_>) -> Result
         }
         Err(e) => Err(nl_err(object, e)),
     }
+}
+
+/// The two ends of a veth create request ([`veth_message`]): the link made in the
+/// namespace of the socket that sends it, and its peer, made in `peer_netns`.
+pub(crate) struct VethEnds<'a> {
+    /// The first end's name.
+    pub(crate) name: &'a str,
+    /// Its MAC address (`None`: random).
+    pub(crate) mac: Option<Mac>,
+    /// Its index (`None`: the kernel's next).
+    pub(crate) index: Option<u32>,
+    /// The bridge it joins, by index.
+    pub(crate) master: Option<u32>,
+    /// The peer's name.
+    pub(crate) peer: &'a str,
+    /// The peer's MAC address (`None`: random).
+    pub(crate) peer_mac: Option<Mac>,
+    /// The namespace the peer is made in.
+    pub(crate) peer_netns: std::os::fd::RawFd,
+    /// Both ends' MTU.
+    pub(crate) mtu: u32,
+}
+
+/// The `RTM_NEWLINK` that makes the veth pair `ends`, both with one queue each way, asked for
+/// explicitly: without these attributes the kernel makes one queue per CPU and then cuts each
+/// end down to one, and every cut waits for an (expedited) RCU grace period while holding the
+/// RTNL lock that all pod creates share. The peer is made directly in its namespace
+/// (`IFLA_NET_NS_FD` inside the peer message): a crash can never leave it behind elsewhere.
+pub(crate) fn veth_message(ends: VethEnds<'_>) -> LinkMessage {
+    let mut peer_message = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(ends.peer)
+        .mtu(ends.mtu)
+        .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
+        .setns_by_fd(ends.peer_netns);
+    if let Some(mac) = ends.peer_mac {
+        peer_message = peer_message.address(mac.0.to_vec());
+    }
+    let mut message = LinkVeth::new(ends.name, ends.peer)
+        .mtu(ends.mtu)
+        .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(1));
+    if let Some(index) = ends.index {
+        message = message.index(index);
+    }
+    if let Some(mac) = ends.mac {
+        message = message.address(mac.0.to_vec());
+    }
+    if let Some(index) = ends.master {
+        message = message.controller(index);
+    }
+    message
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message.build())))
+        .build()
 }
 
 /// The index of both ends of the new pair `pair` if they have the same one (each in its own

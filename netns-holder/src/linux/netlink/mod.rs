@@ -35,8 +35,9 @@ mod routes;
 
 pub(crate) use addresses::{add_address, loopback_up};
 pub(crate) use links::{
-    create_veth, delete_link, ensure_bridge, ensure_node_addresses, ioctl_index, ioctl_set_up,
-    link_info, link_up, list_links, no_link_local, retire_link, set_hairpin, set_master, set_mtu,
+    VethEnds, create_veth, delete_link, ensure_bridge, ensure_node_addresses, ioctl_index,
+    ioctl_set_up, link_info, link_up, list_links, no_link_local, retire_link, set_hairpin,
+    set_master, set_mtu, veth_message,
 };
 pub(crate) use neighbours::{add_neighbour, permanent_neighbours};
 pub(crate) use node_networks::node_networks;
