@@ -1593,6 +1593,44 @@ fn the_netns_pool_hands_out_namespaces_with_loopback_up_and_refills_between_crea
     });
 }
 
+#[test]
+fn the_netns_pool_never_holds_more_namespaces_than_the_pod_cidrs_have_pods() {
+    require_root!();
+    // Dual-stack: the smaller pool (IPv6 here) bounds the pods, as every pod takes one of each.
+    let mut env = Env::new(Some("fd00:77::/125"), None);
+    env.ctx.config.pod_cidr_v4 = "10.77.0.0/24".parse().unwrap();
+    env.ctx.config.netns_pool = 16;
+    env.run(|ctx| async move {
+        let capacity =
+            netns_holder_core::ipam::Ipam::new(ctx.config.pod_cidr_v4, ctx.config.pod_cidr_v6)
+                .usage()
+                .iter()
+                .map(|p| usize::try_from(p.capacity).unwrap())
+                .min()
+                .unwrap();
+        assert!(
+            (1..16).contains(&capacity),
+            "the test needs a pod capacity below the configured pool, got {capacity}"
+        );
+        let sys = LinuxSystem::new(&ctx.config, logger()).expect("new");
+        assert_eq!(
+            sys.netns_pool_state().size,
+            16,
+            "configured size before start"
+        );
+        sys.start_netns_pool(&ctx.config).await;
+        assert_eq!(sys.netns_pool_state().size, capacity);
+        pool_reaches(&sys, capacity).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            sys.netns_pool_ready(),
+            capacity,
+            "made more than the pods it could serve"
+        );
+        assert_eq!(pool_links(&sys).await.len(), capacity);
+    });
+}
+
 /// Names of the node's links under the pool's prefix (`npv`).
 async fn pool_links(sys: &LinuxSystem) -> Vec<IfName> {
     sys.list_links(None, "npv").await.expect("list pool links")
@@ -1748,6 +1786,159 @@ fn pooled_veth_pairs_are_adopted_by_a_fitting_create_and_never_left_behind() {
         assert!(link_line(&ctx, Some(&c), "eth0").contains("mtu 1400"));
 
         for link in [&host, &ifname("nh00000000000b"), &c_host] {
+            assert!(sys.delete_link(None, link).await.unwrap());
+        }
+        for path in [&a, &b, &c] {
+            assert!(sys.delete_netns(path).await.unwrap());
+        }
+    });
+}
+
+/// Names of the ports of `bridge` in the test's node namespace.
+fn bridge_ports(ctx: &Ctx, bridge: &str) -> Vec<String> {
+    let (ok, text) = in_node(&ctx.node, &["ip", "-j", "link", "show", "master", bridge]);
+    assert!(ok, "ip link show master {bridge}: {text}");
+    let links: serde_json::Value = serde_json::from_str(&text).expect("ip -j link JSON");
+    links
+        .as_array()
+        .expect("a list of links")
+        .iter()
+        .map(|l| l["ifname"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn pooled_host_ends_join_the_bridge_ahead_and_leave_it_for_pods_when_it_is_full() {
+    require_root!();
+    let mut env = Env::new(None, None);
+    env.ctx.config.netns_pool = 2;
+    env.ctx.config.datapath = netns_holder_core::datapath::Datapath::Bridge;
+    env.run(|ctx| async move {
+        let sys = LinuxSystem::new(&ctx.config, logger()).expect("new");
+        let dir = ctx.config.netns_dir.clone();
+        let bridge = ctx.config.bridge.clone();
+        // The bridge is made at start, with its gateway address, before any create.
+        sys.start_netns_pool(&ctx.config).await;
+        let (ok, text) = in_node(
+            &ctx.node,
+            &["ip", "-o", "addr", "show", "dev", bridge.as_str()],
+        );
+        assert!(
+            ok && text.contains("10.222.0.1/"),
+            "bridge at start: {text}"
+        );
+        pool_reaches(&sys, 2).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut pooled = pool_links(&sys).await;
+        while pooled.len() != 2 {
+            assert!(Instant::now() < deadline, "pool links: {pooled:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            pooled = pool_links(&sys).await;
+        }
+        let mut ports = bridge_ports(&ctx, bridge.as_str());
+        ports.sort();
+        let mut expected: Vec<String> = pooled.iter().map(|l| l.to_string()).collect();
+        expected.sort();
+        assert_eq!(
+            ports, expected,
+            "the pooled host ends are the bridge's ports"
+        );
+
+        // A create adopts one: its host end stays a port under the pod's name.
+        sys.creates_in_flight(1);
+        let a = dir.join("a");
+        sys.create_netns(&a).await.expect("create a from the pool");
+        let a_host = ifname("nh00000000000a");
+        sys.create_veth(VethPair {
+            master: Some(&bridge),
+            ..VethPair::new(&a_host, &ifname("eth0"), &a, 1500)
+        })
+        .await
+        .expect("veth of a, adopted");
+        assert!(bridge_ports(&ctx, bridge.as_str()).contains(&a_host.to_string()));
+
+        // Fill the bridge to the kernel's 1023 ports with veths: the pod, the pooled
+        // port and 1021 others.
+        let taken = bridge_ports(&ctx, bridge.as_str()).len();
+        assert_eq!(taken, 2);
+        let batch = dir.parent().unwrap().join("ports.batch");
+        let lines: String = (0..1023 - taken)
+            .map(|i| format!("link add hxd{i} master {bridge} type veth peer name hxe{i}\n"))
+            .collect();
+        std::fs::write(&batch, lines).unwrap();
+        let (ok, text) = in_node(&ctx.node, &["ip", "-batch", batch.to_str().unwrap()]);
+        assert!(ok, "ip -batch: {text}");
+        assert_eq!(bridge_ports(&ctx, bridge.as_str()).len(), 1023);
+
+        // The pool refills; its new pair cannot join the full bridge (and the pool stops
+        // trying), so it sits above the one that did.
+        sys.creates_in_flight(0);
+        pool_reaches(&sys, 2).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool_links(&sys).await.len() != 2 {
+            assert!(
+                Instant::now() < deadline,
+                "pool links: {:?}",
+                pool_links(&sys).await
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sys.creates_in_flight(1);
+        // A create takes that one: its port is refused (EXFULL) until the pooled port that
+        // did join is taken off the bridge for it.
+        let b = dir.join("b");
+        sys.create_netns(&b).await.expect("create b from the pool");
+        let b_host = ifname("nh00000000000b");
+        sys.create_veth(VethPair {
+            master: Some(&bridge),
+            ..VethPair::new(&b_host, &ifname("eth0"), &b, 1500)
+        })
+        .await
+        .expect("veth of b, a port of the full bridge in place of a pooled one");
+        let ports = bridge_ports(&ctx, bridge.as_str());
+        assert_eq!(ports.len(), 1023);
+        assert!(ports.contains(&b_host.to_string()) && ports.contains(&a_host.to_string()));
+        assert!(
+            !ports.iter().any(|p| p.starts_with("npv")),
+            "no pooled port left on the full bridge: {ports:?}"
+        );
+
+        // A port freed: the next create takes the last pooled pair, which joins then.
+        let (ok, text) = in_node(&ctx.node, &["ip", "link", "del", "hxd0"]);
+        assert!(ok, "{text}");
+        let c = dir.join("c");
+        sys.create_netns(&c).await.expect("create c from the pool");
+        let c_host = ifname("nh00000000000c");
+        sys.create_veth(VethPair {
+            master: Some(&bridge),
+            ..VethPair::new(&c_host, &ifname("eth0"), &c, 1500)
+        })
+        .await
+        .expect("veth of c");
+        assert!(bridge_ports(&ctx, bridge.as_str()).contains(&c_host.to_string()));
+
+        // Full again, nothing pooled left: a create's own pair is refused with an error
+        // that names the bridge and its limit, and leaves nothing behind.
+        let d = dir.join("d");
+        sys.create_netns(&d).await.expect("create d");
+        let d_host = ifname("nh00000000000d");
+        let refused = sys
+            .create_veth(VethPair {
+                master: Some(&bridge),
+                ..VethPair::new(&d_host, &ifname("eth0"), &d, 1500)
+            })
+            .await
+            .expect_err("a 1024th port");
+        let message = refused.to_string();
+        assert!(
+            message.contains(&format!("bridge {bridge}")) && message.contains("1023 ports"),
+            "{message}"
+        );
+        assert!(!sys.list_links(None, "nh").await.unwrap().contains(&d_host));
+        assert_eq!(links_up(&d), vec![("lo".to_string(), false)]);
+        assert!(sys.delete_netns(&d).await.unwrap());
+
+        for link in [&a_host, &b_host, &c_host] {
             assert!(sys.delete_link(None, link).await.unwrap());
         }
         for path in [&a, &b, &c] {

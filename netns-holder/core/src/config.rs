@@ -147,7 +147,8 @@ pub struct Config {
     /// (`netns_pool`, default [`DEFAULT_NETNS_POOL`], `0` for none), each with the pod's veth
     /// pair in it: making them is the largest part of a create, and each pooled one holds
     /// about 280 KiB of kernel memory (the pair about 90 of it) and two descriptors
-    /// (docs/datapath.md). Attached namespaces (made by a runtime) never use it.
+    /// (docs/datapath.md). The daemon keeps no more than its pod CIDRs have pods for.
+    /// Attached namespaces (made by a runtime) never use it.
     pub netns_pool: u32,
 }
 

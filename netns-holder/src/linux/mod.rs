@@ -139,8 +139,8 @@ pub struct LinuxSystem {
     /// `retire_link` in `netlink/links.rs`).
     retired_batch_pending: Arc<std::sync::atomic::AtomicBool>,
     /// The node bridge last seen to be a bridge: its name and index (see
-    /// `netlink::links::bridge_index`).
-    verified_bridge: std::sync::Mutex<Option<(IfName, u32)>>,
+    /// `netlink::links::bridge_index`). Shared with the pool, whose host ends join it.
+    verified_bridge: Arc<std::sync::Mutex<Option<(IfName, u32)>>>,
     /// Held while one create verifies the node bridge (`netlink::links::ensure_bridge`).
     bridge_verification: tokio::sync::Mutex<()>,
     /// Network namespaces made ahead of creates (`netns_pool`).
@@ -206,7 +206,7 @@ impl LinuxSystem {
             pauses,
             link_deletions: Arc::new(tokio::sync::Mutex::new(())),
             retired_batch_pending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            verified_bridge: std::sync::Mutex::new(None),
+            verified_bridge: Arc::new(std::sync::Mutex::new(None)),
             bridge_verification: tokio::sync::Mutex::new(()),
             netns_pool: Arc::new(pool::NetnsPool::new(0, node_for_pool, log.clone())),
             log,
@@ -263,7 +263,8 @@ impl Namespaces for LinuxSystem {
     /// veth pair in each, on a thread of the lowest CPU priority, until the pool holds
     /// `netns_pool` of them (none for 0). Pooled namespaces are mounted nowhere and end with
     /// this process. `config` is the node's final one (datapath, IPv6, MTU), which the pairs
-    /// are made for.
+    /// are made for; the pool never holds more namespaces than its pod CIDRs have pods. On
+    /// the bridge datapath it makes the node bridge first: the pairs' host ends join it ahead.
     ///
     /// First deletes the host ends of pooled pairs left by an earlier daemon
     /// ([`pool_veth::POOL_VETH_PREFIX`]): the one a create that crashed before renaming it
@@ -299,6 +300,24 @@ impl Namespaces for LinuxSystem {
                 .flatten()
                 .unwrap_or(1500),
         };
+        let ipam = netns_holder_core::ipam::Ipam::new(config.pod_cidr_v4, config.pod_cidr_v6);
+        // The pairs' host ends join the bridge ahead, so it is made now, as the node's first
+        // create would (with its gateway addresses); if that fails, that create says why.
+        let bridge = match routed {
+            true => None,
+            false => {
+                if let Err(e) = netlink::ensure_bridge(self, &config.bridge, &ipam.gateways()).await
+                {
+                    warn!(self.log, "cannot make the node bridge at start; pooled veths join no bridge until a create makes it";
+                        "bridge" => %config.bridge, "error" => %e);
+                }
+                Some(pool_veth::PoolBridge {
+                    name: config.bridge.clone(),
+                    known: self.verified_bridge.clone(),
+                    full: std::sync::atomic::AtomicBool::new(false),
+                })
+            }
+        };
         let spec = pool_veth::VethSpec::new(
             IfName::pod_interface().to_string(),
             mtu,
@@ -307,8 +326,16 @@ impl Namespaces for LinuxSystem {
                 true => pool_veth::HostIpv6::NoLinkLocal,
                 false => pool_veth::HostIpv6::Disabled,
             },
+            bridge,
+            config.pod_cidr_v6.is_none(),
         );
-        self.netns_pool.start(spec);
+        let pod_capacity = ipam
+            .usage()
+            .iter()
+            .map(|pool| usize::try_from(pool.capacity).unwrap_or(usize::MAX))
+            .min()
+            .unwrap_or(0);
+        self.netns_pool.start(spec, pod_capacity);
     }
 
     fn netns_pool_state(&self) -> netns_holder_core::system::NetnsPoolState {

@@ -11,7 +11,8 @@
 //! ([`super::netns::mount_made`]); when the pool is empty, it makes one as before.
 //!
 //! Each pooled namespace also gets the pod's veth pair, made ahead the same way and adopted
-//! by the create's veth step ([`super::pool_veth`]).
+//! by the create's veth step ([`super::pool_veth`]); on the bridge datapath its host end
+//! joins the node bridge ahead too ([`pool_veth::PoolBridge`]).
 //!
 //! A pooled namespace is held only by this process's descriptors and mounted nowhere: when
 //! the daemon ends or crashes, the kernel frees it, with its veth pair, so the pool leaves
@@ -22,6 +23,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, OnceLock, Weak};
 use std::time::Duration;
 
@@ -53,8 +55,9 @@ pub(crate) struct Pooled {
 
 /// The pool: see the module documentation.
 pub(crate) struct NetnsPool {
-    /// How many namespaces the filler keeps ready.
-    target: usize,
+    /// How many namespaces the filler keeps ready: the configured size, lowered at start to
+    /// the pods the node's address pools hold.
+    target: AtomicUsize,
     /// Where the filler returns after making each namespace.
     node: Arc<OwnedFd>,
     state: Mutex<State>,
@@ -86,7 +89,7 @@ impl NetnsPool {
     /// node namespace `node` after making each.
     pub(crate) fn new(target: usize, node: Arc<OwnedFd>, log: Logger) -> Self {
         Self {
-            target,
+            target: AtomicUsize::new(target),
             node,
             state: Mutex::new(State {
                 ready: Vec::with_capacity(target),
@@ -106,10 +109,16 @@ impl NetnsPool {
     }
 
     /// Starts the filler thread (once; not at all for a pool of 0), making veth pairs as
-    /// `spec` says with each namespace. It ends when the pool is dropped, or if it cannot get
-    /// back to the node namespace.
-    pub(crate) fn start(self: &Arc<Self>, spec: VethSpec) {
-        if self.target == 0 {
+    /// `spec` says with each namespace, and never more namespaces than `pod_capacity` (the
+    /// pods the node's address pools hold: more could never be taken). It ends when the pool
+    /// is dropped, or if it cannot get back to the node namespace.
+    pub(crate) fn start(self: &Arc<Self>, spec: VethSpec, pod_capacity: usize) {
+        let configured = self.target.fetch_min(pod_capacity, Ordering::Relaxed);
+        if configured > pod_capacity {
+            info!(self.log, "network namespace pool lowered to the node's pod capacity";
+                "configured" => configured, "pod_capacity" => pod_capacity);
+        }
+        if self.target() == 0 {
             return;
         }
         let _ = self.veth_spec.set(spec);
@@ -119,7 +128,9 @@ impl NetnsPool {
                 .name("nh-netns-pool".to_string())
                 .spawn(move || fill(&pool));
             match spawned {
-                Ok(_) => info!(self.log, "network namespace pool started"; "target" => self.target),
+                Ok(_) => {
+                    info!(self.log, "network namespace pool started"; "target" => self.target())
+                }
                 Err(e) => {
                     warn!(self.log, "network namespace pool not started: cannot spawn its thread";
                     "error" => %e)
@@ -130,7 +141,7 @@ impl NetnsPool {
 
     /// A ready namespace, if there is one; the filler makes the next once no create runs.
     pub(crate) fn take(&self) -> Option<Pooled> {
-        if self.target == 0 {
+        if self.target() == 0 {
             return None;
         }
         let taken = self.lock().ready.pop();
@@ -141,7 +152,7 @@ impl NetnsPool {
     /// How many creates and attaches are running (from the manager): the filler waits
     /// while any is.
     pub(crate) fn creates_in_flight(&self, count: usize) {
-        if self.target == 0 {
+        if self.target() == 0 {
             return;
         }
         self.lock().creates = count;
@@ -198,6 +209,22 @@ impl NetnsPool {
         self.take_veth(key);
     }
 
+    /// A bridge full of ports refused one: stops joining pooled host ends to it and returns
+    /// the indexes of the ready ones that joined it, which the caller takes off it (they are
+    /// counted as taken off: at worst one stays a port until a create adopts it).
+    pub(crate) fn leave_full_bridge(&self) -> Vec<u32> {
+        if let Some(bridge) = self.veth_spec.get().and_then(|s| s.bridge.as_ref()) {
+            bridge.full.store(true, Ordering::Relaxed);
+        }
+        let mut state = self.lock();
+        state
+            .ready
+            .iter_mut()
+            .filter_map(|pooled| pooled.veth.as_mut())
+            .filter_map(|veth| veth.port_of.take().map(|_| veth.host_index))
+            .collect()
+    }
+
     /// How many namespaces are ready.
     pub(crate) fn ready(&self) -> usize {
         self.lock().ready.len()
@@ -205,7 +232,11 @@ impl NetnsPool {
 
     /// How many namespaces the filler keeps ready.
     pub(crate) fn size(&self) -> usize {
-        self.target
+        self.target()
+    }
+
+    fn target(&self) -> usize {
+        self.target.load(Ordering::Relaxed)
     }
 }
 
@@ -234,7 +265,7 @@ fn fill(pool: &Weak<NetnsPool>) {
         let Some(p) = pool.upgrade() else { return };
         {
             let mut state = p.lock();
-            while state.ready.len() >= p.target || state.creates > 0 {
+            while state.ready.len() >= p.target() || state.creates > 0 {
                 state = p
                     .changed
                     .wait_timeout(state, IDLE_CHECK)
@@ -363,6 +394,7 @@ fn make(
     if host_index == peer_index {
         return Err(Made::Again);
     }
+    let port_of = pool_veth::join_bridge(spec, in_node, &host, host_index);
     made.veth = Some(PooledVeth {
         host,
         host_index,
@@ -370,6 +402,8 @@ fn make(
         peer_index,
         mtu: spec.mtu,
         host_mac: spec.host_mac,
+        port_of,
+        pod_end_up: spec.pod_end_up,
     });
     Ok((made, None))
 }

@@ -8,7 +8,9 @@
 //! (`eth0`) and the host end in the node namespace under a pool name ([`POOL_VETH_PREFIX`]),
 //! down, with the host end's IPv6 set as every host veth of this node needs it. A create
 //! that takes the namespace adopts the pair: the pod end gets its MAC (and MTU, if the
-//! node's changed), then the host end its pod's name and bridge in one `RTM_SETLINK`. A pair
+//! node's changed; and comes up on a node without IPv6 pods), then the host end its pod's
+//! name and comes up, in one `RTM_SETLINK` each. On the bridge datapath the host end is a
+//! port of the bridge already ([`PoolBridge`]). A pair
 //! that does not fit the create is deleted and the create makes its own, as without a pool.
 //!
 //! Nothing here is left behind by a crash that reconcile would not repair: a pooled
@@ -20,7 +22,8 @@
 //! one whose veth is missing.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rtnetlink::LinkUnspec;
 use rtnetlink::packet_core::{
@@ -33,6 +36,7 @@ use rtnetlink::sys::Socket;
 
 use super::codec;
 use crate::datapath::Mac;
+use crate::names::IfName;
 use crate::system::SystemError;
 
 /// Prefix of the host ends of pooled veth pairs. Not `nh`: these are no pod's, so neither
@@ -60,6 +64,11 @@ pub(crate) struct VethSpec {
     pub(crate) host_mac: Option<Mac>,
     /// The host end's IPv6.
     pub(crate) host_ipv6: HostIpv6,
+    /// The node bridge the host ends join ahead (the bridge datapath), if any.
+    pub(crate) bridge: Option<PoolBridge>,
+    /// Whether a create may bring the pod end up when it adopts the pair: pods without IPv6
+    /// only, where nothing (no DAD setting) has to happen to the pod end before it is up.
+    pub(crate) pod_end_up: bool,
     /// Random per daemon start: a pair of an earlier daemon that the kernel has not deleted
     /// yet never holds a name this one wants.
     salt: u32,
@@ -67,9 +76,47 @@ pub(crate) struct VethSpec {
     made: AtomicU32,
 }
 
+/// The node bridge that pooled host ends join ahead, so that a create's adoption finds its
+/// host end a port already: joining a bridge (`br_add_if`, with its sysfs entries) is
+/// 115-182 µs under RTNL here, which a burst of bridge creates otherwise pays one after
+/// another. A pooled port counts against the bridge's 1023 (`BR_MAX_PORTS`); the first
+/// create refused for a full bridge takes them all off it ([`PoolBridge::full`]) and
+/// tries again.
+#[derive(Debug)]
+pub(crate) struct PoolBridge {
+    /// The bridge's name.
+    pub(crate) name: IfName,
+    /// The bridge last seen to be one, by name and index (the system's, shared).
+    pub(crate) known: Arc<Mutex<Option<(IfName, u32)>>>,
+    /// Set once a bridge full of ports refused one: no more pooled ports for this daemon.
+    pub(crate) full: AtomicBool,
+}
+
+impl PoolBridge {
+    /// The bridge's index if it is known to be the bridge `name` and the name still leads
+    /// to that index (`in_node`: a socket in the node namespace, for the ioctl).
+    fn index(&self, in_node: &Socket) -> Option<u32> {
+        let known = match &*self.known.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((name, index)) if *name == self.name => *index,
+            _ => return None,
+        };
+        let object = format!("bridge {}", self.name);
+        let current = super::netlink::ioctl_index(in_node.as_fd(), self.name.as_str(), &object);
+        (current.ok()? == known).then_some(known)
+    }
+}
+
 impl VethSpec {
-    /// A spec for pairs of `mtu` whose pod end is `peer`.
-    pub(crate) fn new(peer: String, mtu: u32, host_mac: Option<Mac>, host_ipv6: HostIpv6) -> Self {
+    /// A spec for pairs of `mtu` whose pod end is `peer`, their host ends joining `bridge`,
+    /// their pod ends brought up at adoption if `pod_end_up`.
+    pub(crate) fn new(
+        peer: String,
+        mtu: u32,
+        host_mac: Option<Mac>,
+        host_ipv6: HostIpv6,
+        bridge: Option<PoolBridge>,
+        pod_end_up: bool,
+    ) -> Self {
         let mut salt = [0u8; 4];
         // Without randomness the salt is the process id: names still differ between the
         // daemons of a machine, which is what matters.
@@ -82,6 +129,8 @@ impl VethSpec {
             mtu,
             host_mac,
             host_ipv6,
+            bridge,
+            pod_end_up,
             salt,
             made: AtomicU32::new(0),
         }
@@ -116,6 +165,10 @@ pub(crate) struct PooledVeth {
     pub(crate) mtu: u32,
     /// The host end's MAC address, if it was set.
     pub(crate) host_mac: Option<Mac>,
+    /// The bridge (by index) the host end joined ahead, if it did.
+    pub(crate) port_of: Option<u32>,
+    /// Whether the pod end may come up at adoption ([`VethSpec::pod_end_up`]).
+    pub(crate) pod_end_up: bool,
 }
 
 /// Makes a pair with the pod end in the namespace of the calling thread (which must be the
@@ -179,6 +232,35 @@ pub(crate) fn prepare_host_end(
         }
     }
     Ok(index)
+}
+
+/// From the node namespace (`in_node` a netlink socket opened there): makes the pool pair's
+/// host end `host` (index `index`) a port of the spec's bridge if there is one, it is known,
+/// and it has not been full. Returns the bridge's index if the host end joined it; failing
+/// is not an error (the create's adoption joins it then), but a full bridge is remembered.
+pub(crate) fn join_bridge(
+    spec: &VethSpec,
+    in_node: &Socket,
+    host: &str,
+    index: u32,
+) -> Option<u32> {
+    let bridge = spec.bridge.as_ref()?;
+    if bridge.full.load(Ordering::Relaxed) {
+        return None;
+    }
+    let bridge_index = bridge.index(in_node)?;
+    let message = LinkUnspec::new_with_index(index)
+        .controller(bridge_index)
+        .build();
+    let object = format!("pooled host veth {host}: joining bridge {}", bridge.name);
+    match request(in_node, RouteNetlinkMessage::SetLink(message), 0, &object) {
+        Ok(()) => Some(bridge_index),
+        Err(SystemError::Io { source, .. }) if source.raw_os_error() == Some(libc::EXFULL) => {
+            bridge.full.store(true, Ordering::Relaxed);
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 /// Sends `message` on the blocking netlink socket `socket` with `flags` besides

@@ -373,6 +373,14 @@ pub(crate) async fn create_veth(sys: &LinuxSystem, pair: VethPair<'_>) -> Result
         })
     };
     let mut result = h.link().add(build(None)).execute().await;
+    if master_index.is_some()
+        && result
+            .as_ref()
+            .is_err_and(|e| errno(e) == Some(libc::EXFULL))
+        && free_pooled_ports(sys, &h).await
+    {
+        result = h.link().add(build(None)).execute().await;
+    }
     if result.is_ok()
         && let Some(taken) = same_index_both_ends(sys, &pair).await
     {
@@ -408,6 +416,7 @@ pub(crate) async fn create_veth(sys: &LinuxSystem, pair: VethPair<'_>) -> Result
                 },
             })
         }
+        Err(e) if errno(&e) == Some(libc::EXFULL) => Err(bridge_full(&pair)),
         Err(e) => Err(nl_err(object, e)),
     }
 }
@@ -486,8 +495,9 @@ async fn same_index_both_ends(sys: &LinuxSystem, pair: &VethPair<'_>) -> Option<
 }
 
 /// Makes the pair that the pool left in the pod's namespace ([`crate::linux::pool_veth`])
-/// the pair `pair` asks for: the pod end's MAC (and MTU), then the host end's name, MTU and
-/// bridge in one request. `Ok(false)`: the pooled pair does not fit `pair` or is gone; it
+/// the pair `pair` asks for: the pod end's MAC (and MTU; and up where the pool says so),
+/// then the host end's name, MTU, bridge and up in one request; a full bridge has the
+/// pool's ports taken off it first. `Ok(false)`: the pooled pair does not fit `pair` or is gone; it
 /// was deleted if it was there, and the caller makes a new pair. On an error the pooled pair
 /// is deleted too, so a failed create leaves no pair behind, as a failed `RTM_NEWLINK` would not.
 async fn adopt_pooled(
@@ -528,6 +538,10 @@ async fn adopt_pooled(
             if mtu != pooled.mtu {
                 message = message.mtu(mtu);
             }
+            // As the host end below: the plan's "up" of the pod end then sends nothing.
+            if pooled.pod_end_up {
+                message = message.up();
+            }
             pod.handle
                 .link()
                 .set(message.build())
@@ -535,20 +549,36 @@ async fn adopt_pooled(
                 .await
                 .map_err(|e| nl_err(format!("{object}: the pod end"), e))?;
         }
-        let mut message = LinkUnspec::new_with_index(pooled.host_index).name(host.as_str());
+        // Up in the same request (the kernel renames before it applies the flags): the
+        // pool set its IPv6 as this node's host veths need it, so nothing has to happen
+        // before, and the plan's "up" then finds it up and sends nothing (`link_up`).
+        let mut message = LinkUnspec::new_with_index(pooled.host_index)
+            .name(host.as_str())
+            .up();
         if mtu != pooled.mtu {
             message = message.mtu(mtu);
         }
         if let Some(index) = master_index {
             message = message.controller(index);
         }
-        match node.handle.link().set(message.build()).execute().await {
+        let message = message.build();
+        let mut result = node.handle.link().set(message.clone()).execute().await;
+        if master_index.is_some()
+            && result
+                .as_ref()
+                .is_err_and(|e| errno(e) == Some(libc::EXFULL))
+            && free_pooled_ports(sys, &node.handle).await
+        {
+            result = node.handle.link().set(message).execute().await;
+        }
+        match result {
             Ok(()) => Ok(true),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Err(SystemError::AlreadyExists {
                 object: link_object(None, host.as_str()),
             }),
             // Deleted under us (with its pod end): a new pair, then.
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
+            Err(e) if errno(&e) == Some(libc::EXFULL) => Err(bridge_full(pair)),
             Err(e) => Err(nl_err(&object, e)),
         }
     }
@@ -557,6 +587,33 @@ async fn adopt_pooled(
         discard_pooled(&node, &pooled).await;
     }
     adopted
+}
+
+/// The error for a bridge that refused `pair`'s host end (EXFULL): it has the kernel's
+/// maximum of ports.
+fn bridge_full(pair: &VethPair<'_>) -> SystemError {
+    let bridge = pair.master.map_or("?", |b| b.as_str());
+    SystemError::other(
+        format!("bridge {bridge} (joining {})", pair.host),
+        "has the kernel's maximum of 1023 ports (BR_MAX_PORTS); the routed datapath has no such limit",
+    )
+}
+
+/// After a full bridge refused a port: takes the pool's ready host ends off the bridge
+/// (see `pool_veth::PoolBridge`). True if one was, so the refused request is worth sending
+/// again.
+async fn free_pooled_ports(sys: &LinuxSystem, h: &Handle) -> bool {
+    let mut freed = 0usize;
+    for index in sys.netns_pool.leave_full_bridge() {
+        let message = LinkUnspec::new_with_index(index).nocontroller().build();
+        if h.link().set(message).execute().await.is_ok() {
+            freed += 1;
+        }
+    }
+    if freed > 0 {
+        info!(sys.log, "the bridge is full: pooled veths taken off it, for pods"; "ports" => freed);
+    }
+    freed > 0
 }
 
 /// Deletes the pooled pair `pooled` (both ends go), best effort: a pair left over is deleted
@@ -685,8 +742,14 @@ pub(crate) async fn link_up(
     link: &IfName,
 ) -> Result<(), SystemError> {
     let object = link_object(netns, link.as_str());
-    in_netns(sys, netns, Dumps::No, async |h: Handle| {
-        match h
+    in_netns_conn(sys, netns, Dumps::No, async |conn: Conn| {
+        // The ends of a pair adopted from the pool came up at adoption (`adopt_pooled`):
+        // one RTNL request fewer per end and create.
+        if ioctl_is_up(conn.ioctl.as_fd(), link.as_str(), &object).unwrap_or(false) {
+            return Ok(());
+        }
+        match conn
+            .handle
             .link()
             .set(LinkUnspec::new_with_name(link.as_str()).up().build())
             .execute()
