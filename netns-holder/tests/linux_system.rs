@@ -1636,6 +1636,23 @@ async fn pool_links(sys: &LinuxSystem) -> Vec<IfName> {
     sys.list_links(None, "npv").await.expect("list pool links")
 }
 
+/// The node's pool links once there are `count` of them (at most 5 s: a pair dropped with
+/// its namespace goes in the background).
+async fn pool_links_reach(sys: &LinuxSystem, count: usize) -> Vec<IfName> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let links = pool_links(sys).await;
+        if links.len() == count {
+            return links;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool links: {links:?}, expected {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// `ip -o link show <link>` in `netns` (the node's if `None`).
 fn link_line(ctx: &Ctx, netns: Option<&Path>, link: &str) -> String {
     let args = ["ip", "-o", "link", "show", link];
@@ -1663,15 +1680,7 @@ fn pooled_veth_pairs_are_adopted_by_a_fitting_create_and_never_left_behind() {
         // nothing that lists pod links (gc, check) sees them. (The first pair of this bare
         // node namespace had index 2 at both ends and went with its namespace, which the
         // kernel frees in the background: give it a moment.)
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while pool_links(&sys).await.len() != 2 {
-            assert!(
-                Instant::now() < deadline,
-                "pool links: {:?}",
-                pool_links(&sys).await
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        pool_links_reach(&sys, 2).await;
         assert!(sys.list_links(None, "nh").await.unwrap().is_empty());
 
         // A fitting create adopts the pair: its host end gets the pod's name, MAC and
@@ -1807,6 +1816,28 @@ fn bridge_ports(ctx: &Ctx, bridge: &str) -> Vec<String> {
         .collect()
 }
 
+/// A create's first two steps for the pod `name` on `bridge`: its namespace `dir/<name>`
+/// (from the pool if it has one) and its veth, host end `nh0000000000<name>`.
+async fn bridge_pod(
+    sys: &LinuxSystem,
+    dir: &Path,
+    bridge: &IfName,
+    name: &str,
+) -> (PathBuf, IfName, Result<(), SystemError>) {
+    let netns = dir.join(name);
+    sys.create_netns(&netns)
+        .await
+        .expect("create the pod's netns");
+    let host = ifname(&format!("nh0000000000{name}"));
+    let veth = sys
+        .create_veth(VethPair {
+            master: Some(bridge),
+            ..VethPair::new(&host, &ifname("eth0"), &netns, 1500)
+        })
+        .await;
+    (netns, host, veth)
+}
+
 #[test]
 fn pooled_host_ends_join_the_bridge_ahead_and_leave_it_for_pods_when_it_is_full() {
     require_root!();
@@ -1828,13 +1859,7 @@ fn pooled_host_ends_join_the_bridge_ahead_and_leave_it_for_pods_when_it_is_full(
             "bridge at start: {text}"
         );
         pool_reaches(&sys, 2).await;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut pooled = pool_links(&sys).await;
-        while pooled.len() != 2 {
-            assert!(Instant::now() < deadline, "pool links: {pooled:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            pooled = pool_links(&sys).await;
-        }
+        let pooled = pool_links_reach(&sys, 2).await;
         let mut ports = bridge_ports(&ctx, bridge.as_str());
         ports.sort();
         let mut expected: Vec<String> = pooled.iter().map(|l| l.to_string()).collect();
@@ -1846,15 +1871,8 @@ fn pooled_host_ends_join_the_bridge_ahead_and_leave_it_for_pods_when_it_is_full(
 
         // A create adopts one: its host end stays a port under the pod's name.
         sys.creates_in_flight(1);
-        let a = dir.join("a");
-        sys.create_netns(&a).await.expect("create a from the pool");
-        let a_host = ifname("nh00000000000a");
-        sys.create_veth(VethPair {
-            master: Some(&bridge),
-            ..VethPair::new(&a_host, &ifname("eth0"), &a, 1500)
-        })
-        .await
-        .expect("veth of a, adopted");
+        let (a, a_host, veth) = bridge_pod(&sys, &dir, &bridge, "a0").await;
+        veth.expect("veth of a, adopted");
         assert!(bridge_ports(&ctx, bridge.as_str()).contains(&a_host.to_string()));
 
         // Fill the bridge to the kernel's 1023 ports with veths: the pod, the pooled
@@ -1874,27 +1892,12 @@ fn pooled_host_ends_join_the_bridge_ahead_and_leave_it_for_pods_when_it_is_full(
         // trying), so it sits above the one that did.
         sys.creates_in_flight(0);
         pool_reaches(&sys, 2).await;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while pool_links(&sys).await.len() != 2 {
-            assert!(
-                Instant::now() < deadline,
-                "pool links: {:?}",
-                pool_links(&sys).await
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        pool_links_reach(&sys, 2).await;
         sys.creates_in_flight(1);
         // A create takes that one: its port is refused (EXFULL) until the pooled port that
         // did join is taken off the bridge for it.
-        let b = dir.join("b");
-        sys.create_netns(&b).await.expect("create b from the pool");
-        let b_host = ifname("nh00000000000b");
-        sys.create_veth(VethPair {
-            master: Some(&bridge),
-            ..VethPair::new(&b_host, &ifname("eth0"), &b, 1500)
-        })
-        .await
-        .expect("veth of b, a port of the full bridge in place of a pooled one");
+        let (b, b_host, veth) = bridge_pod(&sys, &dir, &bridge, "b0").await;
+        veth.expect("veth of b, a port of the full bridge in place of a pooled one");
         let ports = bridge_ports(&ctx, bridge.as_str());
         assert_eq!(ports.len(), 1023);
         assert!(ports.contains(&b_host.to_string()) && ports.contains(&a_host.to_string()));
@@ -1906,29 +1909,14 @@ fn pooled_host_ends_join_the_bridge_ahead_and_leave_it_for_pods_when_it_is_full(
         // A port freed: the next create takes the last pooled pair, which joins then.
         let (ok, text) = in_node(&ctx.node, &["ip", "link", "del", "hxd0"]);
         assert!(ok, "{text}");
-        let c = dir.join("c");
-        sys.create_netns(&c).await.expect("create c from the pool");
-        let c_host = ifname("nh00000000000c");
-        sys.create_veth(VethPair {
-            master: Some(&bridge),
-            ..VethPair::new(&c_host, &ifname("eth0"), &c, 1500)
-        })
-        .await
-        .expect("veth of c");
+        let (c, c_host, veth) = bridge_pod(&sys, &dir, &bridge, "c0").await;
+        veth.expect("veth of c");
         assert!(bridge_ports(&ctx, bridge.as_str()).contains(&c_host.to_string()));
 
         // Full again, nothing pooled left: a create's own pair is refused with an error
         // that names the bridge and its limit, and leaves nothing behind.
-        let d = dir.join("d");
-        sys.create_netns(&d).await.expect("create d");
-        let d_host = ifname("nh00000000000d");
-        let refused = sys
-            .create_veth(VethPair {
-                master: Some(&bridge),
-                ..VethPair::new(&d_host, &ifname("eth0"), &d, 1500)
-            })
-            .await
-            .expect_err("a 1024th port");
+        let (d, d_host, veth) = bridge_pod(&sys, &dir, &bridge, "d0").await;
+        let refused = veth.expect_err("a 1024th port");
         let message = refused.to_string();
         assert!(
             message.contains(&format!("bridge {bridge}")) && message.contains("1023 ports"),
