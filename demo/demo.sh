@@ -455,12 +455,13 @@ note "pods left: $PODS"
 STATUS="$("${NH[@]}" status)"
 note "status: $STATUS"
 [[ $STATUS == *'"pods":0'* && $STATUS == *'"allocated":0'* ]] || die "addresses still allocated: $STATUS"
-# The namespace pool's veth pairs (host ends npv<12 hex>, down) are no pod's: they wait for
+# The namespace pool's veth pairs (host ends nhv<12 hex>, no carrier) are no pod's once
+# every pod is removed (a pod that adopted one has it retired, as nhx<hex>): they wait for
 # the next create and go with the daemon.
 node_links() {
-    ip -n "$NODE" -o link show | awk -F': ' '{ split($2, n, "@"); if (!(n[1] ~ /^npv[0-9a-f]+$/ && length(n[1]) == 15)) printf "%s ", n[1] }'
+    ip -n "$NODE" -o link show | awk -F': ' '{ split($2, n, "@"); if (!(n[1] ~ /^nhv[0-9a-f]+$/ && length(n[1]) == 15)) printf "%s ", n[1] }'
 }
-pool_pairs() { ip -n "$NODE" -o link show | awk -F': ' '{ split($2, n, "@") } n[1] ~ /^npv[0-9a-f]+$/ && length(n[1]) == 15' | wc -l; }
+pool_pairs() { ip -n "$NODE" -o link show | awk -F': ' '{ split($2, n, "@") } n[1] ~ /^nhv[0-9a-f]+$/ && length(n[1]) == 15' | wc -l; }
 LINKS="$(node_links)"
 # Routed: a removed pod's host veth is renamed nhx<hex> and deleted in a background batch
 # (the remove does not wait for the kernel's unregister); give that batch up to 5 s.

@@ -766,11 +766,12 @@ pub async fn run_daemon_in_cluster<S: System>(
     };
     // Dropping the handle does not end the task: abort it on every way out.
     let _stop_listener = AbortOnDrop(listener);
-    // Once the node is ours (the socket bound), with the final config (cluster mode's lease
-    // taken): the pool clears what an earlier daemon left, before reconcile looks.
-    system.start_netns_pool(&config).await;
     let journal = config.state_dir.join(crate::state::JOURNAL_FILE_NAME);
     let manager = Arc::new(PodManager::open(config, system, log.clone())?);
+    // Once the node is ours (the socket bound), with the final config (cluster mode's lease
+    // taken) and the records loaded: the pool clears what an earlier daemon left that no
+    // record names, before reconcile looks.
+    manager.start_netns_pool().await;
     let source = manager.clone();
     metrics.set_source(move || snapshot(&source, &journal));
     // Before serving: creates are admitted against what the neighbour tables hold.

@@ -1526,7 +1526,7 @@ fn the_netns_pool_hands_out_namespaces_with_loopback_up_and_refills_between_crea
     env.run(|ctx| async move {
         let sys = LinuxSystem::new(&ctx.config, logger()).expect("new");
         let dir = ctx.config.netns_dir.clone();
-        sys.start_netns_pool(&ctx.config).await;
+        sys.start_netns_pool(&ctx.config, &Default::default()).await;
         pool_reaches(&sys, 2).await;
         // Pooled namespaces are mounted nowhere: nothing for check, gc or a crash to leave.
         assert_eq!(sys.list_netns(&dir).await.unwrap(), Vec::<PathBuf>::new());
@@ -1618,7 +1618,7 @@ fn the_netns_pool_never_holds_more_namespaces_than_the_pod_cidrs_have_pods() {
             16,
             "configured size before start"
         );
-        sys.start_netns_pool(&ctx.config).await;
+        sys.start_netns_pool(&ctx.config, &Default::default()).await;
         assert_eq!(sys.netns_pool_state().size, capacity);
         pool_reaches(&sys, capacity).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1631,9 +1631,9 @@ fn the_netns_pool_never_holds_more_namespaces_than_the_pod_cidrs_have_pods() {
     });
 }
 
-/// Names of the node's links under the pool's prefix (`npv`).
+/// Names of the node's links under the pool's prefix (`nhv`), adopted ones included.
 async fn pool_links(sys: &LinuxSystem) -> Vec<IfName> {
-    sys.list_links(None, "npv").await.expect("list pool links")
+    sys.list_links(None, "nhv").await.expect("list pool links")
 }
 
 /// The node's pool links once there are `count` of them (at most 5 s: a pair dropped with
@@ -1674,14 +1674,28 @@ fn pooled_veth_pairs_are_adopted_by_a_fitting_create_and_never_left_behind() {
         use netns_holder_core::datapath::{HOST_VETH_MAC, Mac};
         let sys = LinuxSystem::new(&ctx.config, logger()).expect("new");
         let dir = ctx.config.netns_dir.clone();
-        sys.start_netns_pool(&ctx.config).await;
+        sys.start_netns_pool(&ctx.config, &Default::default()).await;
         pool_reaches(&sys, 2).await;
-        // A pair per pooled namespace, host ends down under the pool prefix: no pod's, so
-        // nothing that lists pod links (gc, check) sees them. (The first pair of this bare
-        // node namespace had index 2 at both ends and went with its namespace, which the
-        // kernel frees in the background: give it a moment.)
+        // A pair per pooled namespace, host ends up under the pool prefix: never a host veth
+        // name made from a pod id, so nothing that looks for links of no pod (gc, check)
+        // takes them for one. (The first pair of this bare node namespace had index 2 at
+        // both ends and went with its namespace, which the kernel frees in the background:
+        // give it a moment.)
         pool_links_reach(&sys, 2).await;
-        assert!(sys.list_links(None, "nh").await.unwrap().is_empty());
+        let pooled = pool_links(&sys).await;
+        assert!(
+            pooled
+                .iter()
+                .all(|l| !netns_holder_core::names::is_host_veth_name(l.as_str())),
+            "{pooled:?}"
+        );
+        for link in &pooled {
+            let line = link_line(&ctx, None, link.as_str());
+            assert!(
+                line.contains(",UP") && line.contains("NO-CARRIER"),
+                "{line}"
+            );
+        }
 
         // A fitting create adopts the pair: its host end gets the pod's name, MAC and
         // IPv6 setting, its pod end the pod's MAC; both the node's MTU.
@@ -1782,7 +1796,9 @@ fn pooled_veth_pairs_are_adopted_by_a_fitting_create_and_never_left_behind() {
         sys.create_netns(&c).await.expect("create c from the pool");
         assert_eq!(links_up(&c).len(), 2, "lo and the pooled pod end");
         let restarted = LinuxSystem::new(&ctx.config, logger()).expect("new, again");
-        restarted.start_netns_pool(&ctx.config).await;
+        restarted
+            .start_netns_pool(&ctx.config, &Default::default())
+            .await;
         assert_eq!(links_up(&c), vec![("lo".to_string(), true)]);
         drop(restarted);
         let c_host = ifname("nh00000000000c");
@@ -1794,13 +1810,78 @@ fn pooled_veth_pairs_are_adopted_by_a_fitting_create_and_never_left_behind() {
         .expect("veth of c, made after its pooled pair was deleted");
         assert!(link_line(&ctx, Some(&c), "eth0").contains("mtu 1400"));
 
-        for link in [&host, &ifname("nh00000000000b"), &c_host] {
+        // A create that reserved a pooled namespace when it was admitted keeps the pair's
+        // host end under its pool name (its record names it so): the same link, no rename,
+        // up already; only the pod end gets the pod's MAC.
+        sys.creates_in_flight(0);
+        pool_reaches(&sys, 2).await;
+        sys.creates_in_flight(1);
+        let d = dir.join("d");
+        let d_host = sys
+            .reserve_pooled_link(&d)
+            .expect("a pooled pair reserved for d");
+        assert!(is_pool_link_name(d_host.as_str()), "{d_host}");
+        let reserved_line = link_line(&ctx, None, d_host.as_str());
+        sys.create_netns(&d)
+            .await
+            .expect("create d from its reservation");
+        sys.create_veth(VethPair {
+            host_mac: Some(HOST_VETH_MAC),
+            peer_mac: Some(Mac([0x02, 0, 0, 0, 0, 0x0d])),
+            ..VethPair::new(&d_host, &ifname("eth0"), &d, 1400)
+        })
+        .await
+        .expect("veth of d, adopted under its pool name");
+        let d_line = link_line(&ctx, None, d_host.as_str());
+        assert_eq!(
+            d_line.split(':').next(),
+            reserved_line.split(':').next(),
+            "the same link: {d_line}"
+        );
+        assert!(
+            d_line.contains(",UP") && d_line.contains("mtu 1400"),
+            "{d_line}"
+        );
+        let d_pod = link_line(&ctx, Some(&d), "eth0");
+        assert!(d_pod.contains("02:00:00:00:00:0d"), "{d_pod}");
+        // A reservation a create gave up goes with its namespace; another reservation for
+        // the same path replaces the first.
+        let e = dir.join("e");
+        let given_up = sys.reserve_pooled_link(&e).expect("a second reservation");
+        sys.release_pooled_link(&e);
+        for _ in 0..500 {
+            if !pool_links(&sys).await.contains(&given_up) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            !pool_links(&sys).await.contains(&given_up),
+            "{given_up} left"
+        );
+        // A restart keeps the pool-named host veths that records name (`d`'s) and deletes
+        // the others.
+        sys.creates_in_flight(0);
+        pool_reaches(&sys, 2).await;
+        let restarted = LinuxSystem::new(&ctx.config, logger()).expect("new, a third time");
+        restarted
+            .start_netns_pool(&ctx.config, &[d_host.clone()].into_iter().collect())
+            .await;
+        assert_eq!(pool_links(&restarted).await, vec![d_host.clone()]);
+        drop(restarted);
+
+        for link in [&host, &ifname("nh00000000000b"), &c_host, &d_host] {
             assert!(sys.delete_link(None, link).await.unwrap());
         }
-        for path in [&a, &b, &c] {
+        for path in [&a, &b, &c, &d] {
             assert!(sys.delete_netns(path).await.unwrap());
         }
     });
+}
+
+/// Whether `name` has the shape of a pooled pair's host end: `nhv` and 12 hex digits.
+fn is_pool_link_name(name: &str) -> bool {
+    name.len() == 15 && name.starts_with("nhv") && name[3..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Names of the ports of `bridge` in the test's node namespace.
@@ -1849,7 +1930,7 @@ fn pooled_host_ends_join_the_bridge_ahead_and_leave_it_for_pods_when_it_is_full(
         let dir = ctx.config.netns_dir.clone();
         let bridge = ctx.config.bridge.clone();
         // The bridge is made at start, with its gateway address, before any create.
-        sys.start_netns_pool(&ctx.config).await;
+        sys.start_netns_pool(&ctx.config, &Default::default()).await;
         let (ok, text) = in_node(
             &ctx.node,
             &["ip", "-o", "addr", "show", "dev", bridge.as_str()],
@@ -1902,7 +1983,7 @@ fn pooled_host_ends_join_the_bridge_ahead_and_leave_it_for_pods_when_it_is_full(
         assert_eq!(ports.len(), 1023);
         assert!(ports.contains(&b_host.to_string()) && ports.contains(&a_host.to_string()));
         assert!(
-            !ports.iter().any(|p| p.starts_with("npv")),
+            !ports.iter().any(|p| p.starts_with("nhv")),
             "no pooled port left on the full bridge: {ports:?}"
         );
 
@@ -1964,7 +2045,7 @@ fn veth_ends_never_share_an_index_so_they_pass_packets_as_soon_as_they_are_up() 
         env.ctx.config.datapath = netns_holder_core::datapath::Datapath::Routed;
         env.run(move |ctx| async move {
             let sys = LinuxSystem::new(&ctx.config, logger()).expect("new");
-            sys.start_netns_pool(&ctx.config).await;
+            sys.start_netns_pool(&ctx.config, &Default::default()).await;
             pool_reaches(&sys, pool as usize).await;
             let a = ctx.config.netns_dir.join("a");
             sys.create_netns(&a).await.expect("create a");

@@ -139,10 +139,12 @@ impl Pod {
 }
 
 /// Starts a node and a daemon in it, runs `body`, and prints the daemon's log if it fails.
-/// Whether `link` is the host end of one of the namespace pool's veth pairs (`npv` and 12
-/// hex digits).
+/// Whether `link` has the name of the host end of one of the namespace pool's veth pairs
+/// (`nhv` and 12 hex digits). A pod that adopted a pooled pair keeps that name for its host
+/// veth, so a pool-named link is a pod's if a pod's record or `pod ls` names it, else the
+/// pool's.
 pub fn is_pool_link(link: &str) -> bool {
-    link.len() == 15 && link.starts_with("npv") && link[3..].bytes().all(|b| b.is_ascii_hexdigit())
+    link.len() == 15 && link.starts_with("nhv") && link[3..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The node and daemon guards clean up either way.
@@ -366,13 +368,18 @@ pub fn assert_node_matches(node: &Node, daemon: &Daemon, live: &[Pod]) -> Result
     // pod's namespace or the daemon's deletion batch, asynchronously: they must be gone
     // within 5 s, and are never counted as host veths.
     let settled = crate::settled_links("the node namespace", || node.links())?;
-    // The namespace pool's veth pairs (`npv` + 12 hex, down) are no pod's: they wait for
-    // a create to adopt them and go with the daemon.
+    // The namespace pool's veth pairs (`nhv` + 12 hex) that no pod adopted are no pod's:
+    // they wait for a create to adopt them and go with the daemon.
+    let veths: BTreeSet<String> = live.iter().map(|p| p.host_veth.clone()).collect();
     let links: BTreeSet<String> = settled
         .into_iter()
-        .filter(|l| l != "lo" && l != daemon.bridge() && !own.contains(l) && !is_pool_link(l))
+        .filter(|l| {
+            l != "lo"
+                && l != daemon.bridge()
+                && !own.contains(l)
+                && (!is_pool_link(l) || veths.contains(l))
+        })
         .collect();
-    let veths: BTreeSet<String> = live.iter().map(|p| p.host_veth.clone()).collect();
     ensure!(
         links == veths,
         "node links besides lo, {}, the pool's and the test's own {own:?}: {links:?}, expected \
@@ -521,12 +528,14 @@ pub fn assert_state_matches_kernel(node: &Node, daemon: &Daemon) -> Result<Vec<P
         "unfinished records in the state file: {unfinished:?}"
     );
 
+    // Host veths named from a pod id, and pool-named ones that a record names (the pool's
+    // own are no pod's).
+    let recorded: BTreeSet<String> = records.iter().map(|r| r.host_veth.to_string()).collect();
     let veths: BTreeSet<String> = node
         .links()?
         .into_iter()
-        .filter(|l| netns_holder_core::names::is_host_veth_name(l))
+        .filter(|l| netns_holder_core::names::is_host_veth_name(l) || recorded.contains(l))
         .collect();
-    let recorded: BTreeSet<String> = records.iter().map(|r| r.host_veth.to_string()).collect();
     ensure!(
         veths == recorded,
         "host veths {veths:?}, the state file records {recorded:?}"

@@ -62,7 +62,9 @@ pub struct PodRecord {
     pub gateways: Vec<IpAddr>,
     /// The interface name inside the pod (`eth0`).
     pub interface: IfName,
-    /// The host-side veth name.
+    /// The host-side veth name: [`crate::names::PodId::host_veth_name`], or the pool name
+    /// of the veth pair made ahead that the create reserved
+    /// ([`crate::system::Namespaces::reserve_pooled_link`]).
     pub host_veth: IfName,
     /// Free-form caller annotations, part of the create parameters.
     #[serde(default)]

@@ -151,11 +151,33 @@ pub trait Namespaces: Send + Sync {
     }
 
     /// Starts making namespaces ahead of creates (`netns_pool`) for the node's final
-    /// `config`, after clearing what an earlier daemon's pool left behind. The daemon calls it
-    /// once it owns the node (its API socket bound), before reconcile. Nothing by default.
-    fn start_netns_pool(&self, config: &crate::config::Config) -> impl Future<Output = ()> + Send {
-        let _ = config;
+    /// `config`, after clearing what an earlier daemon's pool left behind except the host
+    /// veths in `pod_links` (the records' names). The daemon calls it once it owns the node
+    /// (its API socket bound) and has loaded its state, before reconcile. Nothing by default.
+    fn start_netns_pool(
+        &self,
+        config: &crate::config::Config,
+        pod_links: &std::collections::HashSet<IfName>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (config, pod_links);
         async {}
+    }
+
+    /// Sets a namespace made ahead (`netns_pool`) aside for the create of the pod whose
+    /// namespace will be at `netns`, and returns the name of the host end of the veth pair
+    /// in it: the pod's host veth then keeps that name, and the create's steps take that
+    /// namespace and pair ([`Namespaces::create_netns`], [`Netlink::create_veth`]) without
+    /// renaming anything. `None` (the default, and with no pool or none ready): the pod's
+    /// host veth is named from its id ([`crate::names::PodId::host_veth_name`]).
+    fn reserve_pooled_link(&self, netns: &Path) -> Option<IfName> {
+        let _ = netns;
+        None
+    }
+
+    /// Gives up what [`Namespaces::reserve_pooled_link`] set aside for `netns`, if the
+    /// create did not take it (it failed before its namespace step). Nothing by default.
+    fn release_pooled_link(&self, netns: &Path) {
+        let _ = netns;
     }
 
     /// How many creates and attaches are running, as the manager counts them, told at each

@@ -164,12 +164,13 @@ pub(crate) async fn node(sys: &LinuxSystem) -> Result<Conn, SystemError> {
 /// enters the namespace again). A socket that cannot be opened there is left to the first
 /// pod step: the namespace exists either way, which is what the caller asked for.
 ///
-/// A namespace made ahead by the pool ([`super::pool`]) is taken when there is one: only its
-/// bind mount is left to do, and its netlink socket becomes the pod's connection.
+/// A namespace made ahead by the pool ([`super::pool`]) is taken when there is one (the one
+/// reserved for `path` first): only its bind mount is left to do, and its netlink socket
+/// becomes the pod's connection.
 pub(crate) async fn create_netns(sys: &LinuxSystem, path: &Path) -> Result<(), SystemError> {
     let target = path.to_path_buf();
     let object = super::netns_object(path);
-    if let Some(pooled) = sys.netns_pool.take() {
+    if let Some(pooled) = sys.netns_pool.take(path) {
         let super::pool::Pooled {
             ns,
             key,

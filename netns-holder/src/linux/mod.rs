@@ -85,6 +85,7 @@ mod sockets;
 mod sysctl;
 mod thread;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
@@ -267,25 +268,32 @@ impl Namespaces for LinuxSystem {
     /// the bridge datapath it makes the node bridge first: the pairs' host ends join it ahead.
     ///
     /// First deletes the host ends of pooled pairs left by an earlier daemon
-    /// ([`pool_veth::POOL_VETH_PREFIX`]): the one a create that crashed before renaming it
+    /// ([`pool_veth::POOL_VETH_PREFIX`], and the older prefix) that no pod's record names
+    /// (`pod_links`): the one a create that crashed before renaming another pool pair
     /// leaves in a pod's namespace; the others the kernel deletes with their namespaces.
-    async fn start_netns_pool(&self, config: &Config) {
+    async fn start_netns_pool(&self, config: &Config, pod_links: &HashSet<IfName>) {
         // Also with no pool now: an earlier daemon may have had one.
-        match netlink::list_links(self, None, pool_veth::POOL_VETH_PREFIX).await {
-            Ok(leftovers) => {
-                for link in leftovers {
-                    match netlink::delete_link(self, None, &link).await {
-                        Ok(_) => {
-                            info!(self.log, "deleted a pooled veth pair of an earlier run"; "link" => %link)
-                        }
-                        Err(e) => {
-                            warn!(self.log, "cannot delete a pooled veth pair of an earlier run"; "link" => %link, "error" => %e)
-                        }
-                    }
+        let mut listed = Vec::new();
+        for prefix in [pool_veth::POOL_VETH_PREFIX, pool_veth::OLD_POOL_VETH_PREFIX] {
+            match netlink::list_links(self, None, prefix).await {
+                Ok(links) => listed.extend(links),
+                Err(e) => {
+                    warn!(self.log, "cannot list pooled veth pairs of an earlier run"; "prefix" => prefix, "error" => %e)
                 }
             }
-            Err(e) => {
-                warn!(self.log, "cannot list pooled veth pairs of an earlier run"; "error" => %e)
+        }
+        // Both prefixes' names are 15 bytes; anything else under them is not ours.
+        let leftovers = listed
+            .into_iter()
+            .filter(|link| link.as_str().len() == 15 && !pod_links.contains(link));
+        for link in leftovers {
+            match netlink::delete_link(self, None, &link).await {
+                Ok(_) => {
+                    info!(self.log, "deleted a pooled veth pair of an earlier run"; "link" => %link)
+                }
+                Err(e) => {
+                    warn!(self.log, "cannot delete a pooled veth pair of an earlier run"; "link" => %link, "error" => %e)
+                }
             }
         }
         if self.netns_pool.size() == 0 {
@@ -347,6 +355,14 @@ impl Namespaces for LinuxSystem {
 
     fn creates_in_flight(&self, count: usize) {
         self.netns_pool.creates_in_flight(count);
+    }
+
+    fn reserve_pooled_link(&self, netns: &Path) -> Option<IfName> {
+        self.netns_pool.reserve(netns)
+    }
+
+    fn release_pooled_link(&self, netns: &Path) {
+        self.netns_pool.release(netns);
     }
 
     async fn delete_netns(&self, path: &Path) -> Result<bool, SystemError> {

@@ -23,9 +23,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns, unshare};
 use rtnetlink::sys::Socket;
@@ -33,6 +34,7 @@ use slog::{Logger, debug, info, warn};
 
 use super::netns::{self, NetnsKey};
 use super::pool_veth::{self, PooledVeth, VethSpec};
+use crate::names::IfName;
 use crate::system::SystemError;
 
 /// How long the filler waits before trying again after failing to make a namespace.
@@ -40,6 +42,12 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// How often a full pool's filler checks whether the pool is still in use.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// How long a namespace reserved for a create ([`NetnsPool::reserve`]) waits for the create's
+/// namespace step before it is dropped: a create that never got there (it failed first, or
+/// stalls) must not hold a namespace and a pair for ever. A create that comes later takes
+/// another namespace, or makes its own, and renames the pair's host end as before.
+const RESERVATION_TTL: Duration = Duration::from_secs(60);
 
 /// A namespace from the pool, its loopback up.
 pub(crate) struct Pooled {
@@ -71,6 +79,9 @@ pub(crate) struct NetnsPool {
     veth_spec: OnceLock<VethSpec>,
     /// The pairs of namespaces handed out, until the create's veth step takes them.
     veths: Mutex<HashMap<NetnsKey, PooledVeth>>,
+    /// Namespaces taken out of `ready` for the create of the pod at the path, whose record
+    /// names their pair's host end ([`NetnsPool::reserve`]), with when.
+    reserved: Mutex<HashMap<PathBuf, (Pooled, Instant)>>,
     log: Logger,
 }
 
@@ -100,6 +111,7 @@ impl NetnsPool {
             fresh: Mutex::new(HashSet::new()),
             veth_spec: OnceLock::new(),
             veths: Mutex::new(HashMap::new()),
+            reserved: Mutex::new(HashMap::new()),
             log,
         }
     }
@@ -139,14 +151,58 @@ impl NetnsPool {
         });
     }
 
-    /// A ready namespace, if there is one; the filler makes the next once no create runs.
-    pub(crate) fn take(&self) -> Option<Pooled> {
+    /// The namespace reserved for the pod at `path` if there is one ([`NetnsPool::reserve`]),
+    /// else a ready one, if there is one; the filler makes the next once no create runs.
+    pub(crate) fn take(&self, path: &Path) -> Option<Pooled> {
         if self.target() == 0 {
             return None;
+        }
+        if let Some((pooled, _)) = self.reservations().remove(path) {
+            return Some(pooled);
         }
         let taken = self.lock().ready.pop();
         self.changed.notify_one();
         taken
+    }
+
+    /// Takes a ready namespace with a veth pair out of the pool for the create of the pod
+    /// whose namespace will be at `path`, and returns the pair's host end name: the pod's
+    /// record names its host veth so, and the create's veth step then has nothing to
+    /// rename (a rename re-registers the link's sysctl tables under RTNL). The namespace
+    /// step takes it ([`NetnsPool::take`]); [`NetnsPool::release`] or
+    /// [`RESERVATION_TTL`] drops it if the create never gets there.
+    pub(crate) fn reserve(&self, path: &Path) -> Option<IfName> {
+        if self.target() == 0 {
+            return None;
+        }
+        let pooled = {
+            let mut state = self.lock();
+            let at = state.ready.iter().rposition(|p| p.veth.is_some())?;
+            state.ready.swap_remove(at)
+        };
+        self.changed.notify_one();
+        let name = pooled
+            .veth
+            .as_ref()
+            .and_then(|v| IfName::new(v.host.clone()).ok());
+        let mut reserved = self.reservations();
+        let now = Instant::now();
+        reserved.retain(|_, (_, at)| now.duration_since(*at) < RESERVATION_TTL);
+        // A reservation for the same path (a create that failed before its namespace
+        // step, then again) is replaced: its namespace and pair go with it.
+        reserved.insert(path.to_path_buf(), (pooled, now));
+        name
+    }
+
+    /// Drops the namespace reserved for `path`, if any (its create ended without taking it):
+    /// the kernel deletes it with its pair.
+    pub(crate) fn release(&self, path: &Path) {
+        let released = self.reservations().remove(path);
+        drop(released);
+    }
+
+    fn reservations(&self) -> MutexGuard<'_, HashMap<PathBuf, (Pooled, Instant)>> {
+        self.reserved.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// How many creates and attaches are running (from the manager): the filler waits
@@ -216,13 +272,20 @@ impl NetnsPool {
         if let Some(bridge) = self.veth_spec.get().and_then(|s| s.bridge.as_ref()) {
             bridge.full.store(true, Ordering::Relaxed);
         }
-        let mut state = self.lock();
-        state
+        let mut ports: Vec<u32> = self
+            .lock()
             .ready
             .iter_mut()
             .filter_map(|pooled| pooled.veth.as_mut())
             .filter_map(|veth| veth.port_of.take().map(|_| veth.host_index))
-            .collect()
+            .collect();
+        ports.extend(
+            self.reservations()
+                .values_mut()
+                .filter_map(|(pooled, _)| pooled.veth.as_mut())
+                .filter_map(|veth| veth.port_of.take().map(|_| veth.host_index)),
+        );
+        ports
     }
 
     /// How many namespaces are ready.
@@ -395,6 +458,7 @@ fn make(
         return Err(Made::Again);
     }
     let port_of = pool_veth::join_bridge(spec, in_node, &host, host_index);
+    let host_up = pool_veth::bring_up_host_end(in_node, &host, host_index);
     made.veth = Some(PooledVeth {
         host,
         host_index,
@@ -404,6 +468,7 @@ fn make(
         host_mac: spec.host_mac,
         port_of,
         pod_end_up: spec.pod_end_up,
+        host_up,
     });
     Ok((made, None))
 }

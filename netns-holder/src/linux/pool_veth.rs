@@ -6,20 +6,26 @@
 //! 0.4 ms on the 2-core test guest, against 0.15 ms for renaming a link). So the pool's
 //! filler, after making a namespace, also makes the pod's end in it under its final name
 //! (`eth0`) and the host end in the node namespace under a pool name ([`POOL_VETH_PREFIX`]),
-//! down, with the host end's IPv6 set as every host veth of this node needs it. A create
-//! that takes the namespace adopts the pair: the pod end gets its MAC (and MTU, if the
-//! node's changed; and comes up on a node without IPv6 pods), then the host end its pod's
-//! name and comes up, in one `RTM_SETLINK` each. On the bridge datapath the host end is a
-//! port of the bridge already ([`PoolBridge`]). A pair
-//! that does not fit the create is deleted and the create makes its own, as without a pool.
+//! with the host end's IPv6 set as every host veth of this node needs it, then up (the pod
+//! end stays down, so it has no carrier). A create reserves a pooled namespace when it is
+//! admitted and its record names the pair's host end as the pod's host veth
+//! ([`super::pool::NetnsPool::reserve`]): no rename, which would re-register the link's
+//! IPv4, IPv6 and neighbour sysctl tables under RTNL (12% of the daemon's CPU in a burst of
+//! creates). The create's veth step adopts the pair: the pod end gets its MAC (and MTU, if
+//! the node's changed; and comes up on a node without IPv6 pods) in one `RTM_SETLINK`; the
+//! host end needs none unless its MTU or bridge differ, or the create got another pooled
+//! pair than it reserved, which it then renames. On the bridge datapath the host end is a
+//! port of the bridge already ([`PoolBridge`]). A pair that does not fit the create is
+//! deleted and the create makes its own, as without a pool.
 //!
 //! Nothing here is left behind by a crash that reconcile would not repair: a pooled
 //! namespace is held only by the daemon's descriptors, so the kernel deletes its pair with
-//! it; the one window is a create that mounted a pooled namespace and died before renaming
-//! the host end, which leaves a pool-named host end whose pod end is in a pod's namespace.
-//! The daemon deletes every link under the pool prefix at start
-//! (`start_netns_pool` of [`crate::system::Namespaces`]), before reconcile, so that pod is re-wired as
-//! one whose veth is missing.
+//! it. A create that mounted a pooled namespace and died leaves its pair, under the name
+//! its `Creating` record gives, which reconcile tears down; one that renamed another pool
+//! pair and died leaves a pool-named host end that no record names. The daemon deletes
+//! every pool-named link that no record names at start (`start_netns_pool` of
+//! [`crate::system::Namespaces`]), before reconcile, so such a pod is re-wired as one whose
+//! veth is missing.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -39,9 +45,17 @@ use crate::datapath::Mac;
 use crate::names::IfName;
 use crate::system::SystemError;
 
-/// Prefix of the host ends of pooled veth pairs. Not `nh`: these are no pod's, so neither
-/// gc (which deletes `nh` links of no pod) nor anything that lists pod links sees them.
-pub(crate) const POOL_VETH_PREFIX: &str = "npv";
+/// Prefix of the host ends of pooled veth pairs: `nhv` and 12 hex digits (15 bytes). A
+/// create adopts the pair under this name (the pod's record names it), so it starts with
+/// `nh` like every host veth (the routed datapath's firewall matches `nh*`), but it is never
+/// a host veth name made from a pod id (`nh` + 12 hex, 14 bytes): gc and `check`, which look
+/// only at those for links of no pod, never take a pooled pair for one. A pooled pair that
+/// no record names is deleted at start ([`crate::system::Namespaces::start_netns_pool`]).
+pub(crate) const POOL_VETH_PREFIX: &str = "nhv";
+
+/// The prefix of pooled host ends before they kept their name at adoption (up to stop 28):
+/// still deleted at start, in case a daemon of that version left one.
+pub(crate) const OLD_POOL_VETH_PREFIX: &str = "npv";
 
 /// How the host end of a pod's veth treats IPv6 on this node (the plan's `DisableIpv6` or
 /// `NoLinkLocal`).
@@ -69,8 +83,9 @@ pub(crate) struct VethSpec {
     /// Whether a create may bring the pod end up when it adopts the pair: pods without IPv6
     /// only, where nothing (no DAD setting) has to happen to the pod end before it is up.
     pub(crate) pod_end_up: bool,
-    /// Random per daemon start: a pair of an earlier daemon that the kernel has not deleted
-    /// yet never holds a name this one wants.
+    /// Random per daemon start (24 bits): a pair of an earlier daemon, or a pod's host veth
+    /// adopted from it, holds a name this one wants only by a rare chance, and then that
+    /// pair is not made (`EEXIST`) and the next one is.
     salt: u32,
     /// Numbers the pairs of this start.
     made: AtomicU32,
@@ -136,10 +151,11 @@ impl VethSpec {
         }
     }
 
-    /// The host end's name for the next pair: the prefix, the salt and a counter (15 bytes).
+    /// The host end's name for the next pair: the prefix, the salt and a counter (6 hex
+    /// digits each, 15 bytes).
     fn next_host_name(&self) -> String {
-        let n = self.made.fetch_add(1, Ordering::Relaxed) & 0xffff;
-        format!("{POOL_VETH_PREFIX}{:08x}{n:04x}", self.salt)
+        let n = self.made.fetch_add(1, Ordering::Relaxed) & 0xff_ffff;
+        format!("{POOL_VETH_PREFIX}{:06x}{n:06x}", self.salt & 0xff_ffff)
     }
 }
 
@@ -150,10 +166,11 @@ fn getrandom_bytes(buf: &mut [u8]) -> bool {
     usize::try_from(n).is_ok_and(|n| n == buf.len())
 }
 
-/// A pair made ahead, both ends down.
+/// A pair made ahead: the pod end down, the host end up if `host_up`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PooledVeth {
-    /// The host end's pool name, in the node namespace.
+    /// The host end's name, in the node namespace: the pod's host veth name if a create
+    /// reserved the pair ([`super::pool::NetnsPool::reserve`]).
     pub(crate) host: String,
     /// Its index.
     pub(crate) host_index: u32,
@@ -169,6 +186,8 @@ pub(crate) struct PooledVeth {
     pub(crate) port_of: Option<u32>,
     /// Whether the pod end may come up at adoption ([`VethSpec::pod_end_up`]).
     pub(crate) pod_end_up: bool,
+    /// Whether the host end is up already ([`bring_up_host_end`]).
+    pub(crate) host_up: bool,
 }
 
 /// Makes a pair with the pod end in the namespace of the calling thread (which must be the
@@ -261,6 +280,16 @@ pub(crate) fn join_bridge(
         }
         Err(_) => None,
     }
+}
+
+/// From the node namespace (`in_node` a netlink socket opened there): brings the pool pair's
+/// host end (index `index`) up, once its IPv6 is set and it joined the bridge, so a create
+/// that keeps its name sends nothing for it. Without its peer up it has no carrier and
+/// passes nothing. False if it could not: the create's adoption brings it up then.
+pub(crate) fn bring_up_host_end(in_node: &Socket, host: &str, index: u32) -> bool {
+    let message = LinkUnspec::new_with_index(index).up().build();
+    let object = format!("pooled host veth {host}: up");
+    request(in_node, RouteNetlinkMessage::SetLink(message), 0, &object).is_ok()
 }
 
 /// Sends `message` on the blocking netlink socket `socket` with `flags` besides

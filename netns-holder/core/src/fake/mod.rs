@@ -152,6 +152,10 @@ struct Model {
     neigh_read_only: Option<String>,
     /// Every count of running creates the manager told (not a call: no crash point).
     creates_in_flight: Vec<usize>,
+    /// Host veth names of pooled pairs that `reserve_pooled_link` hands out, first first.
+    pool_links: Vec<crate::names::IfName>,
+    /// Namespace paths whose reservation the manager released, in order.
+    released: Vec<PathBuf>,
 }
 
 impl Default for Model {
@@ -194,6 +198,8 @@ impl Default for Model {
             neigh: (KERNEL_DEFAULT_NEIGH, KERNEL_DEFAULT_NEIGH),
             neigh_read_only: None,
             creates_in_flight: Vec::new(),
+            pool_links: Vec::new(),
+            released: Vec::new(),
         }
     }
 }
@@ -382,6 +388,20 @@ impl FakeSystem {
     /// ([`Namespaces::creates_in_flight`]).
     pub fn creates_in_flight_told(&self) -> Vec<usize> {
         self.lock().creates_in_flight.clone()
+    }
+
+    /// Makes `reserve_pooled_link` hand out `names`, one per reservation, as a namespace
+    /// pool with that many pairs ready would (none by default: no pool).
+    pub fn pool_links(&self, names: &[&str]) {
+        self.lock().pool_links = names
+            .iter()
+            .map(|n| crate::names::IfName::new(*n).expect("a link name"))
+            .collect();
+    }
+
+    /// Namespace paths whose reservation the manager released, in order.
+    pub fn released_pool_links(&self) -> Vec<PathBuf> {
+        self.lock().released.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Model> {

@@ -35,6 +35,15 @@ impl Namespaces for FakeSystem {
         self.lock().creates_in_flight.push(count);
     }
 
+    fn reserve_pooled_link(&self, _netns: &Path) -> Option<crate::names::IfName> {
+        let mut m = self.lock();
+        (!m.pool_links.is_empty()).then(|| m.pool_links.remove(0))
+    }
+
+    fn release_pooled_link(&self, netns: &Path) {
+        self.lock().released.push(netns.to_path_buf());
+    }
+
     async fn delete_netns(&self, path: &Path) -> Result<bool, SystemError> {
         let mut m = self
             .call(format!("delete_netns {}", path.display()))

@@ -227,7 +227,7 @@ impl<S: System> PodManager<S> {
             self.admit_neighbours(&name, inner.state.pods.len())?;
             // Under the state lock, so two concurrent creates cannot both take a port.
             let inner = &mut *inner;
-            let record = admit(
+            let mut record = admit(
                 &inner.state,
                 &inner.index,
                 &mut inner.ipam,
@@ -243,8 +243,16 @@ impl<S: System> PodManager<S> {
                     datapath: self.config.datapath,
                 },
             )?;
-            inner.insert_pod(record.clone());
             let owned = record.netns_owned();
+            // A namespace made ahead, whose veth pair's host end the pod keeps under its
+            // pool name: the create then renames nothing.
+            if let Some(link) = owned
+                .then(|| self.system.reserve_pooled_link(&netns))
+                .flatten()
+            {
+                record.host_veth = link;
+            }
+            inner.insert_pod(record.clone());
             if owned {
                 inner.state.owned_netns.insert(netns.clone());
             }
@@ -253,6 +261,7 @@ impl<S: System> PodManager<S> {
                 inner.ipam.release(&id);
                 if owned {
                     inner.state.owned_netns.remove(&netns);
+                    self.system.release_pooled_link(&netns);
                 }
                 return Err(e.into());
             }
@@ -289,6 +298,9 @@ impl<S: System> PodManager<S> {
                 }
             }
             Err(source) => {
+                if record.netns_owned() {
+                    self.system.release_pooled_link(&netns);
+                }
                 if source.rolled_back() {
                     let mut inner = self.inner();
                     inner.remove_pod(&name);

@@ -351,6 +351,21 @@ impl<S: System> PodManager<S> {
         self.inner().state.pods.values().cloned().collect()
     }
 
+    /// Starts the system's pool of namespaces made ahead
+    /// ([`crate::system::Namespaces::start_netns_pool`]) for this node's config, keeping the
+    /// host veths that records name (pods adopted pooled pairs under their pool names).
+    /// Call once the node is the daemon's, before [`PodManager::reconcile`].
+    pub async fn start_netns_pool(&self) {
+        let pod_links: std::collections::HashSet<crate::names::IfName> = self
+            .inner()
+            .state
+            .pods
+            .values()
+            .map(|r| r.host_veth.clone())
+            .collect();
+        self.system.start_netns_pool(&self.config, &pod_links).await;
+    }
+
     /// Counts and pool usage.
     pub fn status(&self) -> DaemonStatus {
         let inner = self.inner();

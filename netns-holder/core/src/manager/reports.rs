@@ -33,7 +33,7 @@ pub struct PodInfo {
     pub gateways: Vec<IpAddr>,
     /// Interface inside the pod (`eth0`).
     pub interface: IfName,
-    /// Host-side veth.
+    /// Host-side veth (its id's name, or the pool name of the pair it adopted).
     pub host_veth: IfName,
     /// The host ports the pod was created with (empty when none); published unless
     /// `ports_released`.

@@ -205,6 +205,51 @@ async fn create_and_remove_v4() {
 }
 
 #[tokio::test]
+async fn a_pod_keeps_the_name_of_the_pooled_pair_it_reserved() {
+    let env = Env::v4();
+    env.fake
+        .pool_links(&["nhv00000a000001", "nhv00000a000002", "nhv00000a000003"]);
+    let m = env.manager();
+    let web = m.create(CreateRequest::new(name("web"))).await.unwrap();
+    assert_eq!(web.host_veth.as_str(), "nhv00000a000001");
+    assert!(env.fake.peek_link(None, "nhv00000a000001").is_some());
+    assert!(
+        env.fake
+            .peek_link(None, name("web").id().host_veth_name().as_str())
+            .is_none()
+    );
+    assert_complete(&env, &m, "web").await;
+    // The name is in the record: a restarted daemon checks and keeps that link.
+    drop(m);
+    let m = env.manager();
+    let report = m.reconcile().await;
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert_complete(&env, &m, "web").await;
+    assert_eq!(m.records()[0].host_veth.as_str(), "nhv00000a000001");
+    // An attached namespace is the runtime's: no pooled pair for it.
+    let foreign = PathBuf::from("/var/run/netns/cni-1");
+    env.fake.add_foreign_netns(&foreign);
+    let info = m
+        .attach(AttachRequest {
+            name: name("other"),
+            netns: foreign,
+            annotations: BTreeMap::new(),
+            ports: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(info.host_veth, name("other").id().host_veth_name());
+    // A create that fails gives its reservation up; nothing of it is left.
+    env.fake.fail_on("create_veth");
+    m.create(CreateRequest::new(name("b"))).await.unwrap_err();
+    assert_eq!(env.fake.released_pool_links(), vec![netns("b")]);
+    assert!(env.fake.peek_link(None, "nhv00000a000002").is_none());
+    assert!(m.remove(&name("web")).await.unwrap());
+    assert!(m.remove(&name("other")).await.unwrap());
+    assert!(env.fake.peek_link(None, "nhv00000a000001").is_none());
+}
+
+#[tokio::test]
 async fn the_system_is_told_how_many_creates_run() {
     let env = Env::v4();
     let m = Arc::new(env.manager());

@@ -496,8 +496,8 @@ async fn same_index_both_ends(sys: &LinuxSystem, pair: &VethPair<'_>) -> Option<
 
 /// Makes the pair that the pool left in the pod's namespace ([`crate::linux::pool_veth`])
 /// the pair `pair` asks for: the pod end's MAC (and MTU; and up where the pool says so),
-/// then the host end's name, MTU, bridge and up in one request; a full bridge has the
-/// pool's ports taken off it first. `Ok(false)`: the pooled pair does not fit `pair` or is gone; it
+/// then, where they differ from the pool's, the host end's name, MTU, bridge and up in one
+/// request; a full bridge has the pool's ports taken off it first. `Ok(false)`: the pooled pair does not fit `pair` or is gone; it
 /// was deleted if it was there, and the caller makes a new pair. On an error the pooled pair
 /// is deleted too, so a failed create leaves no pair behind, as a failed `RTM_NEWLINK` would not.
 async fn adopt_pooled(
@@ -527,8 +527,10 @@ async fn adopt_pooled(
             Some(bridge) => Some(bridge_index(sys, bridge).await?),
             None => None,
         };
-        // The pod end first: a crash after it leaves a pool-named pair, which the next start
-        // deletes; a crash after the rename leaves what a new pair would.
+        // The pod end first: a crash after it leaves the pair under the name the pod's
+        // `Creating` record gives (reconcile tears it down) or under a pool name no record
+        // gives (the next start deletes it); a crash after the rename leaves what a new pair
+        // would.
         if pair.peer_mac.is_some() || mtu != pooled.mtu {
             let pod = crate::linux::conn::pod(sys, pair.netns).await?;
             let mut message = LinkUnspec::new_with_index(pooled.peer_index);
@@ -549,16 +551,26 @@ async fn adopt_pooled(
                 .await
                 .map_err(|e| nl_err(format!("{object}: the pod end"), e))?;
         }
-        // Up in the same request (the kernel renames before it applies the flags): the
+        // The host end keeps its pool name when the pod's record gives it (the create
+        // reserved this pair), is up already (the pool brought it up) and a port of the
+        // bridge if there is one: then there is nothing to send. Otherwise one request
+        // renames it, brings it up (the kernel renames before it applies the flags: the
         // pool set its IPv6 as this node's host veths need it, so nothing has to happen
-        // before, and the plan's "up" then finds it up and sends nothing (`link_up`).
-        let mut message = LinkUnspec::new_with_index(pooled.host_index)
-            .name(host.as_str())
-            .up();
+        // before; the plan's "up" then finds it up and sends nothing, `link_up`), and sets
+        // its MTU and bridge.
+        let rename = pooled.host != host.as_str();
+        let join = master_index.is_some() && master_index != pooled.port_of;
+        if !rename && !join && pooled.host_up && mtu == pooled.mtu {
+            return Ok(true);
+        }
+        let mut message = LinkUnspec::new_with_index(pooled.host_index).up();
+        if rename {
+            message = message.name(host.as_str());
+        }
         if mtu != pooled.mtu {
             message = message.mtu(mtu);
         }
-        if let Some(index) = master_index {
+        if let Some(index) = master_index.filter(|_| join) {
             message = message.controller(index);
         }
         let message = message.build();
