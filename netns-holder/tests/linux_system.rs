@@ -1870,7 +1870,19 @@ fn pooled_veth_pairs_are_adopted_by_a_fitting_create_and_never_left_behind() {
         assert_eq!(pool_links(&restarted).await, vec![d_host.clone()]);
         drop(restarted);
 
-        for link in [&host, &ifname("nh00000000000b"), &c_host, &d_host] {
+        // A removed pod's pool-named host veth is retired under its own name (no pod takes
+        // it again) and goes with the deletion batch.
+        let before: Vec<IfName> = sys.list_links(None, "nhx").await.unwrap();
+        assert!(sys.retire_link(None, &d_host).await.unwrap());
+        assert_eq!(sys.list_links(None, "nhx").await.unwrap(), before, "renamed");
+        for _ in 0..500 {
+            if !pool_links(&sys).await.contains(&d_host) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!pool_links(&sys).await.contains(&d_host), "{d_host} left");
+        for link in [&host, &ifname("nh00000000000b"), &c_host] {
             assert!(sys.delete_link(None, link).await.unwrap());
         }
         for path in [&a, &b, &c, &d] {

@@ -53,6 +53,16 @@ use crate::system::SystemError;
 /// no record names is deleted at start ([`crate::system::Namespaces::start_netns_pool`]).
 pub(crate) const POOL_VETH_PREFIX: &str = "nhv";
 
+/// Whether `name` has the shape of a pooled pair's host end name ([`POOL_VETH_PREFIX`] and
+/// 12 lowercase hex digits), adopted by a pod or not.
+pub(crate) fn is_pool_name(name: &str) -> bool {
+    name.len() == POOL_VETH_PREFIX.len() + 12
+        && name.starts_with(POOL_VETH_PREFIX)
+        && name[POOL_VETH_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// The prefix of pooled host ends before they kept their name at adoption (up to stop 28):
 /// still deleted at start, in case a daemon of that version left one.
 pub(crate) const OLD_POOL_VETH_PREFIX: &str = "npv";

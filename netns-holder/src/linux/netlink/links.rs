@@ -812,8 +812,8 @@ pub(crate) async fn set_hairpin(sys: &LinuxSystem, link: &IfName) -> Result<(), 
 
 // ------------------------------------------------------------------ deleting links
 
-/// Renames the node link `link` to `nhx` + 12 random hex characters (retried while taken),
-/// takes it off its bridge if it is a port (an expedited RCU grace period, not the
+/// Renames the node link `link` to `nhx` + 12 random hex characters (retried while taken;
+/// a pooled pair's name, which no pod takes again, is kept), takes it off its bridge if it is a port (an expedited RCU grace period, not the
 /// unregister's full ones) and marks it for the deletion batch ([`DELETE_GROUP`]), all in
 /// one request. The unregister (two RCU grace periods under RTNL, about 20 ms) is left to a
 /// background batch that starts [`RETIRED_BATCH_DELAY`] later and takes every link retired
@@ -837,14 +837,22 @@ pub(crate) async fn retire_link(
     else {
         return Ok(false);
     };
+    // A pool name is never a pod's name again (each pooled pair has its own): no new pod
+    // collides with it, so it is retired under it, without the rename's re-registration of
+    // its sysctl tables under RTNL.
+    let keeps_name = crate::linux::pool_veth::is_pool_name(link.as_str());
     for _ in 0..8 {
-        let retired = retired_name();
-        let rename = LinkUnspec::new_with_index(found.header.index)
-            .name(retired.as_str())
+        let retired = match keeps_name {
+            true => link.to_string(),
+            false => retired_name(),
+        };
+        let mut message = LinkUnspec::new_with_index(found.header.index)
             .nocontroller()
-            .link_group(DELETE_GROUP)
-            .build();
-        match h.link().set(rename).execute().await {
+            .link_group(DELETE_GROUP);
+        if !keeps_name {
+            message = message.name(retired.as_str());
+        }
+        match h.link().set(message.build()).execute().await {
             Ok(()) => {
                 if sys.retired_batch_pending.swap(true, Ordering::AcqRel) {
                     // The scheduled batch takes this one along.
