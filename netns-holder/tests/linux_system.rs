@@ -1874,7 +1874,11 @@ fn pooled_veth_pairs_are_adopted_by_a_fitting_create_and_never_left_behind() {
         // it again) and goes with the deletion batch.
         let before: Vec<IfName> = sys.list_links(None, "nhx").await.unwrap();
         assert!(sys.retire_link(None, &d_host).await.unwrap());
-        assert_eq!(sys.list_links(None, "nhx").await.unwrap(), before, "renamed");
+        assert_eq!(
+            sys.list_links(None, "nhx").await.unwrap(),
+            before,
+            "renamed"
+        );
         for _ in 0..500 {
             if !pool_links(&sys).await.contains(&d_host) {
                 break;
