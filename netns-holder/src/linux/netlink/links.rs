@@ -497,9 +497,10 @@ async fn same_index_both_ends(sys: &LinuxSystem, pair: &VethPair<'_>) -> Option<
 /// Makes the pair that the pool left in the pod's namespace ([`crate::linux::pool_veth`])
 /// the pair `pair` asks for: the pod end's MAC (and MTU; and up where the pool says so),
 /// then, where they differ from the pool's, the host end's name, MTU, bridge and up in one
-/// request; a full bridge has the pool's ports taken off it first. `Ok(false)`: the pooled pair does not fit `pair` or is gone; it
-/// was deleted if it was there, and the caller makes a new pair. On an error the pooled pair
-/// is deleted too, so a failed create leaves no pair behind, as a failed `RTM_NEWLINK` would not.
+/// request; a full bridge has the pool's ports taken off it first. `Ok(false)`: the pooled
+/// pair does not fit `pair` or is gone; it was deleted if it was there, and the caller
+/// makes a new pair. On an error the pooled pair is deleted too, so a failed create leaves
+/// no pair behind, as a failed `RTM_NEWLINK` would not.
 async fn adopt_pooled(
     sys: &LinuxSystem,
     pair: &VethPair<'_>,
@@ -813,9 +814,9 @@ pub(crate) async fn set_hairpin(sys: &LinuxSystem, link: &IfName) -> Result<(), 
 // ------------------------------------------------------------------ deleting links
 
 /// Renames the node link `link` to `nhx` + 12 random hex characters (retried while taken;
-/// a pooled pair's name, which no pod takes again, is kept), takes it off its bridge if it is a port (an expedited RCU grace period, not the
-/// unregister's full ones) and marks it for the deletion batch ([`DELETE_GROUP`]), all in
-/// one request. The unregister (two RCU grace periods under RTNL, about 20 ms) is left to a
+/// a pooled pair's name, which no pod takes again, is kept), takes it off its bridge if it
+/// is a port (an expedited RCU grace period, not the unregister's full ones) and marks it
+/// for the deletion batch ([`DELETE_GROUP`]), all in one request. The unregister (two RCU grace periods under RTNL, about 20 ms) is left to a
 /// background batch that starts [`RETIRED_BATCH_DELAY`] later and takes every link retired
 /// by then: the caller waits for neither, and removes in a row share one unregister.
 /// `Ok(false)` if it does not exist. A link left marked by a crash goes with the next
