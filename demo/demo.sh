@@ -463,10 +463,13 @@ node_links() {
 }
 pool_pairs() { ip -n "$NODE" -o link show | awk -F': ' '{ split($2, n, "@") } n[1] ~ /^nhv[0-9a-f]+$/ && length(n[1]) == 15' | wc -l; }
 LINKS="$(node_links)"
-# Routed: a removed pod's host veth is renamed nhx<hex> and deleted in a background batch
-# (the remove does not wait for the kernel's unregister); give that batch up to 5 s.
+# A removed pod's host veth is renamed nhx<hex> (one adopted from the pool keeps its nhv
+# name), marked with the daemon's deletion group (0x6e68646c, "nhdl") and deleted in a
+# background batch (the remove does not wait for the kernel's unregister); give that batch
+# up to 5 s.
+retiring() { ip -n "$NODE" -o link show group 1852335212 | wc -l; }
 for _ in $(seq 50); do
-    [[ $LINKS == *nhx* ]] || break
+    [[ $LINKS == *nhx* ]] || [ "$(retiring)" -gt 0 ] || break
     sleep 0.1
     LINKS="$(node_links)"
 done
