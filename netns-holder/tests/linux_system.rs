@@ -1820,7 +1820,10 @@ fn pooled_veth_pairs_are_adopted_by_a_fitting_create_and_never_left_behind() {
         let d_host = sys
             .reserve_pooled_link(&d)
             .expect("a pooled pair reserved for d");
-        assert!(is_pool_link_name(d_host.as_str()), "{d_host}");
+        assert!(
+            netns_holder_core::names::is_pooled_veth_name(d_host.as_str()),
+            "{d_host}"
+        );
         let reserved_line = link_line(&ctx, None, d_host.as_str());
         sys.create_netns(&d)
             .await
@@ -1860,14 +1863,38 @@ fn pooled_veth_pairs_are_adopted_by_a_fitting_create_and_never_left_behind() {
             "{given_up} left"
         );
         // A restart keeps the pool-named host veths that records name (`d`'s) and deletes
-        // the others.
+        // the others, and those of the earlier prefix (`npv`).
         sys.creates_in_flight(0);
         pool_reaches(&sys, 2).await;
+        let (ok, text) = in_node(
+            &ctx.node,
+            &[
+                "ip",
+                "link",
+                "add",
+                "npv0a1b2c000001",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "nhtestpeer1",
+            ],
+        );
+        assert!(ok, "an old pool-named pair: {text}");
         let restarted = LinuxSystem::new(&ctx.config, logger()).expect("new, a third time");
         restarted
             .start_netns_pool(&ctx.config, &[d_host.clone()].into_iter().collect())
             .await;
         assert_eq!(pool_links(&restarted).await, vec![d_host.clone()]);
+        assert!(
+            restarted.list_links(None, "npv").await.unwrap().is_empty()
+                && restarted
+                    .list_links(None, "nhtestpeer")
+                    .await
+                    .unwrap()
+                    .is_empty(),
+            "the earlier prefix's pair is left"
+        );
         drop(restarted);
 
         // A removed pod's pool-named host veth is retired under its own name (no pod takes
@@ -1893,11 +1920,6 @@ fn pooled_veth_pairs_are_adopted_by_a_fitting_create_and_never_left_behind() {
             assert!(sys.delete_netns(path).await.unwrap());
         }
     });
-}
-
-/// Whether `name` has the shape of a pooled pair's host end: `nhv` and 12 hex digits.
-fn is_pool_link_name(name: &str) -> bool {
-    name.len() == 15 && name.starts_with("nhv") && name[3..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Names of the ports of `bridge` in the test's node namespace.

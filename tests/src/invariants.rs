@@ -144,7 +144,7 @@ impl Pod {
 /// veth, so a pool-named link is a pod's if a pod's record or `pod ls` names it, else the
 /// pool's.
 pub fn is_pool_link(link: &str) -> bool {
-    link.len() == 15 && link.starts_with("nhv") && link[3..].bytes().all(|b| b.is_ascii_hexdigit())
+    netns_holder_core::names::is_pooled_veth_name(link)
 }
 
 /// The node and daemon guards clean up either way.

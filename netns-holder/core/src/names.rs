@@ -313,12 +313,29 @@ pub fn pod_id_from_pause_argv0(argv0: &str) -> Option<PodId> {
 /// deletion batch.
 pub const RETIRED_VETH_PREFIX: &str = "nhx";
 
-/// Whether `name` has the exact shape of a host veth this daemon creates
-/// (`nh` + 12 lowercase hex characters). The bridge `nh0` does not match.
+/// Whether `name` has the exact shape of a host veth this daemon names from a pod id
+/// (`nh` + 12 lowercase hex characters). The bridge `nh0` does not match, nor does a pooled
+/// pair's host end ([`is_pooled_veth_name`]).
 pub fn is_host_veth_name(name: &str) -> bool {
-    name.len() == HOST_VETH_PREFIX.len() + IFNAME_ID_CHARS
-        && name.starts_with(HOST_VETH_PREFIX)
-        && name[HOST_VETH_PREFIX.len()..]
+    is_prefix_and_id_hex(name, HOST_VETH_PREFIX)
+}
+
+/// Prefix of the host end of a veth pair made ahead by the namespace pool: `nhv` + 12 hex
+/// characters (15 bytes). A pod that adopted the pair keeps the name for its host veth
+/// ([`crate::record::PodRecord::host_veth`]); it is never a name made from a pod id.
+pub const POOLED_VETH_PREFIX: &str = "nhv";
+
+/// Whether `name` has the shape of a pooled pair's host end ([`POOLED_VETH_PREFIX`] + 12
+/// lowercase hex characters), adopted by a pod or not.
+pub fn is_pooled_veth_name(name: &str) -> bool {
+    is_prefix_and_id_hex(name, POOLED_VETH_PREFIX)
+}
+
+/// `prefix` followed by exactly [`IFNAME_ID_CHARS`] lowercase hex characters.
+fn is_prefix_and_id_hex(name: &str, prefix: &str) -> bool {
+    name.len() == prefix.len() + IFNAME_ID_CHARS
+        && name.starts_with(prefix)
+        && name[prefix.len()..]
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
@@ -555,6 +572,11 @@ mod tests {
         assert!(!is_host_veth_name(peer.as_str()));
         assert!(!is_host_veth_name("nh0"));
         assert!(!is_host_veth_name("nhBA7816BF8F01"));
+        assert!(is_pooled_veth_name("nhv0a1b2c000003"));
+        assert!(!is_host_veth_name("nhv0a1b2c000003"));
+        assert!(!is_pooled_veth_name(host.as_str()));
+        assert!(!is_pooled_veth_name("nhv0A1B2C000003"));
+        assert!(!is_pooled_veth_name("npv0a1b2c000003"));
     }
 
     #[test]

@@ -45,23 +45,13 @@ use crate::datapath::Mac;
 use crate::names::IfName;
 use crate::system::SystemError;
 
-/// Prefix of the host ends of pooled veth pairs: `nhv` and 12 hex digits (15 bytes). A
+/// Prefix of the host ends of pooled veth pairs ([`crate::names::POOLED_VETH_PREFIX`]): a
 /// create adopts the pair under this name (the pod's record names it), so it starts with
 /// `nh` like every host veth (the routed datapath's firewall matches `nh*`), but it is never
-/// a host veth name made from a pod id (`nh` + 12 hex, 14 bytes): gc and `check`, which look
-/// only at those for links of no pod, never take a pooled pair for one. A pooled pair that
-/// no record names is deleted at start ([`crate::system::Namespaces::start_netns_pool`]).
-pub(crate) const POOL_VETH_PREFIX: &str = "nhv";
-
-/// Whether `name` has the shape of a pooled pair's host end name ([`POOL_VETH_PREFIX`] and
-/// 12 lowercase hex digits), adopted by a pod or not.
-pub(crate) fn is_pool_name(name: &str) -> bool {
-    name.len() == POOL_VETH_PREFIX.len() + 12
-        && name.starts_with(POOL_VETH_PREFIX)
-        && name[POOL_VETH_PREFIX.len()..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
+/// a host veth name made from a pod id: gc and `check`, which look only at those for links
+/// of no pod, never take a pooled pair for one. A pooled pair that no record names is
+/// deleted at start ([`crate::system::Namespaces::start_netns_pool`]).
+pub(crate) const POOL_VETH_PREFIX: &str = crate::names::POOLED_VETH_PREFIX;
 
 /// The prefix of pooled host ends before they kept their name at adoption (up to stop 28):
 /// still deleted at start, in case a daemon of that version left one.

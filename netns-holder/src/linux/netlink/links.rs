@@ -841,7 +841,7 @@ pub(crate) async fn retire_link(
     // A pool name is never a pod's name again (each pooled pair has its own): no new pod
     // collides with it, so it is retired under it, without the rename's re-registration of
     // its sysctl tables under RTNL.
-    let keeps_name = crate::linux::pool_veth::is_pool_name(link.as_str());
+    let keeps_name = crate::names::is_pooled_veth_name(link.as_str());
     for _ in 0..8 {
         let retired = match keeps_name {
             true => link.to_string(),
