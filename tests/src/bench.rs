@@ -253,6 +253,42 @@ fn process_run_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_nanos(total))
 }
 
+/// Network namespaces the kernel holds, live or not torn down yet: the active objects of the
+/// `net_namespace` slab cache in `/proc/slabinfo`. `None` where the cache is not listed on
+/// its own (merged with another, or no slabinfo). Approximate: the slab allocator counts
+/// objects freed into a CPU's current slab as active.
+pub fn net_namespaces_allocated() -> Option<u64> {
+    let slabinfo = std::fs::read_to_string("/proc/slabinfo").ok()?;
+    slabinfo.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        (fields.next() == Some("net_namespace"))
+            .then(|| fields.next()?.parse().ok())
+            .flatten()
+    })
+}
+
+/// Waits (at most `limit`) until the kernel has freed the network namespaces that earlier
+/// phases left it to tear down: until [`net_namespaces_allocated`] is at most `baseline` +
+/// 16 (the slab's counting slack). The kernel defers that teardown, seconds at times, and then
+/// unregisters every device of the batch under RTNL, which a phase running meanwhile would
+/// wait for. Returns how long it waited, whether it got there, and the last count (`None`:
+/// no count to wait on).
+pub fn wait_namespaces_freed(baseline: u64, limit: Duration) -> (Duration, bool, Option<u64>) {
+    let start = std::time::Instant::now();
+    loop {
+        let Some(now) = net_namespaces_allocated() else {
+            return (start.elapsed(), false, None);
+        };
+        if now <= baseline + 16 {
+            return (start.elapsed(), true, Some(now));
+        }
+        if start.elapsed() >= limit {
+            return (start.elapsed(), false, Some(now));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits until the machine's CPUs are at least 90% idle over half a second (the kernel still
 /// tearing down an earlier phase's namespaces, for instance, would otherwise weigh on the
 /// next one), at most `limit`; returns how long it waited and whether it got there.

@@ -652,6 +652,34 @@ async fn wait_for_full_pool(client: &mut Client) -> Result<Duration> {
     }
 }
 
+/// The kernel's network namespaces when the run began ([`nh_tests::bench::net_namespaces_allocated`]).
+static NAMESPACES_AT_START: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+
+/// Waits (at most 10 s) until the kernel has torn down the network namespaces of earlier
+/// phases (their daemons' pods and pools), and says how long it waited: a burst or a scale
+/// run that starts while the kernel unregisters a few hundred namespaces' devices under RTNL
+/// measures that teardown, not the daemon.
+fn wait_namespaces_freed(phase: &str) {
+    let Some(baseline) = NAMESPACES_AT_START.get().copied().flatten() else {
+        eprintln!(
+            "bench_pods: no count of the kernel's network namespaces (/proc/slabinfo); not waiting for earlier ones to be freed before the {phase}"
+        );
+        return;
+    };
+    let (waited, freed, now) =
+        nh_tests::bench::wait_namespaces_freed(baseline, Duration::from_secs(10));
+    eprintln!(
+        "bench_pods: waited {:.1} s for the kernel to free earlier phases' network namespaces before the {phase} ({} allocated, {baseline} at the start{})",
+        waited.as_secs_f64(),
+        now.map_or("?".to_string(), |n| n.to_string()),
+        if freed {
+            ""
+        } else {
+            "; not there after 10 s: measuring anyway"
+        }
+    );
+}
+
 /// Waits (at most 60 s) for the machine's CPUs to be idle before `phase`, and says how long
 /// it waited and whether they got there.
 fn wait_until_idle(phase: &str) {
@@ -671,6 +699,7 @@ fn wait_until_idle(phase: &str) {
 /// fresh node; returns each create's latency and the CPU it took (then removes them,
 /// untimed).
 fn bench_concurrent(count: usize, datapath: &str) -> Result<Burst> {
+    wait_namespaces_freed("burst");
     wait_until_idle("burst");
     let node = Node::new()?;
     let _tables = nh_tests::neighbour::RaisedTables::for_pod_cidr("10.244.0.0/20", false)?;
@@ -888,6 +917,7 @@ fn main() -> Result<()> {
         nh_tests::is_root(),
         "bench_pods needs root (network namespaces)"
     );
+    NAMESPACES_AT_START.get_or_init(nh_tests::bench::net_namespaces_allocated);
     // Only the burst phase (for profiling it): BENCH_BURST_ONLY=1.
     if std::env::var_os("BENCH_BURST_ONLY").is_some() {
         return burst_phase();
@@ -1018,6 +1048,7 @@ fn main() -> Result<()> {
     eprintln!(
         "bench_pods: routed scale run, {scale} pods, each pinged from the node and from a pod..."
     );
+    wait_namespaces_freed("scale run");
     wait_until_idle("scale run");
     let big = bench_ours(scale, "routed", true, connects)?;
     let (from_node, from_pod) = big.unreachable.unwrap_or_default();
