@@ -21,7 +21,10 @@
 //!
 //! Then 100 creates at once through the API on each datapath (`BENCH_BURST_ONLY=1` runs only
 //! this phase), with the share of the machine's CPU busy meanwhile and the daemon's CPU per
-//! pod.
+//! pod. Each burst, and the scale run, begins once the kernel has freed the network
+//! namespaces of the phases before (the `net_namespace` slab back to its count at the
+//! run's start, at most 10 s) and the CPUs are idle: the kernel tears a dead namespace
+//! down seconds later, under RTNL, which a phase running then would measure.
 //!
 //! Then the routed scale run: `BENCH_SCALE_PODS` (default 4000) pods on one node (a /20),
 //! created and removed, with every pod pinged once from the node and once from another pod
