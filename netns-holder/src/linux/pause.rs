@@ -182,13 +182,26 @@ pub(crate) async fn start(
     // On a thread of the blocking pool: the spawn waits for the exec, and leaves the
     // calling thread as it was.
     let pid = tokio::task::spawn_blocking(move || {
-        spawn(&binary, &argv0, &tag, &fd).map_err(|e| {
+        let pid = spawn(&binary, &argv0, &tag, &fd).map_err(|e| {
             SystemError::io(format!("{thread_object}: spawning {}", binary.display()), e)
-        })
+        })?;
+        if let Err(e) = wait_exec_finished(pid, &argv0) {
+            // Our unreaped child, so the pid is still its own: never leave it behind.
+            if let Ok(raw) = libc::pid_t::try_from(pid) {
+                let _ =
+                    nix::sys::signal::kill(Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL);
+            }
+            reap(pid);
+            return Err(SystemError::io(
+                format!("{thread_object}: pid {pid} starting"),
+                e,
+            ));
+        }
+        Ok::<u32, SystemError>(pid)
     })
     .await
     .map_err(|e| SystemError::other(&object, format!("spawn task failed: {e}")))??;
-    // `spawn` returns once the exec has succeeded, so /proc shows the pause already.
+    // The exec has finished (or the pause has already exited), so /proc shows the pause.
     match read_stat(pid)? {
         Some(stat) if !stat.dead() => {
             debug!(sys.log, "pause started"; "pod_id" => %id, "pid" => pid);
@@ -203,6 +216,53 @@ pub(crate) async fn start(
                 object,
                 format!("pid {pid} exited right after starting"),
             ))
+        }
+    }
+}
+
+/// How long [`wait_exec_finished`] waits for a started pause's `argv[0]` to show.
+const EXEC_SHOW_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until the new program of child `pid` shows `argv0` in `/proc/<pid>/cmdline`, or
+/// until the child has exited (which the caller finds in its `stat`).
+///
+/// A `CLONE_VFORK` parent is resumed as soon as the child has its new memory map, before
+/// the kernel has written the program's arguments into it and renamed the task: for that
+/// moment `cmdline` is empty and `comm` is still ours. A loaded node can hold the child
+/// there for milliseconds, so without this wait a pod could be reported ready with a pause
+/// that [`list`], `ps` or a test cannot recognise yet.
+fn wait_exec_finished(pid: u32, argv0: &str) -> io::Result<()> {
+    let path = format!("/proc/{pid}/cmdline");
+    let deadline = std::time::Instant::now() + EXEC_SHOW_WAIT;
+    let mut tries: u32 = 0;
+    loop {
+        let cmdline = super::procfs::read_bytes(&path)?;
+        if !cmdline.is_empty() {
+            let shown = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+            if shown == argv0.as_bytes() {
+                return Ok(());
+            }
+            return Err(io::Error::other(format!(
+                "argv[0] is {:?}, not {argv0:?}",
+                String::from_utf8_lossy(shown)
+            )));
+        }
+        // Empty: still inside the exec, or already a zombie (which has no memory map).
+        match read_stat(pid) {
+            Ok(Some(stat)) if !stat.dead() => {}
+            _ => return Ok(()),
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(io::Error::new(
+                ErrorKind::TimedOut,
+                format!("argv[0] not shown within {EXEC_SHOW_WAIT:?} of the exec"),
+            ));
+        }
+        tries += 1;
+        if tries < 8 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(200));
         }
     }
 }
@@ -754,6 +814,51 @@ fn list_blocking(node_inode: u64) -> Result<Vec<RunningPause>, SystemError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A child started with `argv[0]` = `arg0`, sleeping until killed.
+    fn sleeper(arg0: &str) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sleep")
+            .arg0(arg0)
+            .arg("60")
+            .spawn()
+            .expect("spawn sleep")
+    }
+
+    #[test]
+    fn wait_exec_finished_sees_the_new_programs_argv0() {
+        let mut child = sleeper("nh-test-argv0");
+        let result = wait_exec_finished(child.id(), "nh-test-argv0");
+        let other = wait_exec_finished(child.id(), "someone-else");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        result.unwrap();
+        let error = other.unwrap_err().to_string();
+        assert!(
+            error.contains("nh-test-argv0") && error.contains("someone-else"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn wait_exec_finished_leaves_an_exited_child_to_the_caller() {
+        let mut child = sleeper("nh-test-exited");
+        wait_exec_finished(child.id(), "nh-test-exited").unwrap();
+        child.kill().unwrap();
+        // Zombie until waited for: no memory map, so an empty cmdline, and state Z.
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !read_stat(pid).unwrap().unwrap().dead() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {pid} never exited"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let result = wait_exec_finished(pid, "nh-test-exited");
+        child.wait().unwrap();
+        result.unwrap();
+    }
 
     #[test]
     fn stat_parsing_handles_odd_comm() {
