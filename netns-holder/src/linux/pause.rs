@@ -185,7 +185,7 @@ pub(crate) async fn start(
         let pid = spawn(&binary, &argv0, &tag, &fd).map_err(|e| {
             SystemError::io(format!("{thread_object}: spawning {}", binary.display()), e)
         })?;
-        if let Err(e) = wait_exec_finished(pid, &argv0) {
+        if let Err(e) = wait_exec_finished(pid, &argv0, EXEC_SHOW_WAIT) {
             // Our unreaped child, so the pid is still its own: never leave it behind.
             if let Ok(raw) = libc::pid_t::try_from(pid) {
                 let _ =
@@ -223,31 +223,27 @@ pub(crate) async fn start(
 /// How long [`wait_exec_finished`] waits for a started pause's `argv[0]` to show.
 const EXEC_SHOW_WAIT: Duration = Duration::from_secs(5);
 
-/// Waits until the new program of child `pid` shows `argv0` in `/proc/<pid>/cmdline`, or
-/// until the child has exited (which the caller finds in its `stat`).
+/// Waits (at most `timeout`) until the new program of child `pid` shows `argv0` in
+/// `/proc/<pid>/cmdline`, or until the child has exited (which the caller finds in its
+/// `stat`).
 ///
-/// A `CLONE_VFORK` parent is resumed as soon as the child has its new memory map, before
-/// the kernel has written the program's arguments into it and renamed the task: for that
-/// moment `cmdline` is empty and `comm` is still ours. A loaded node can hold the child
-/// there for milliseconds, so without this wait a pod could be reported ready with a pause
-/// that [`list`], `ps` or a test cannot recognise yet.
-fn wait_exec_finished(pid: u32, argv0: &str) -> io::Result<()> {
+/// A `CLONE_VFORK` parent is resumed inside the child's exec, before the child's memory map
+/// is switched to the new program's (`exec_mmap` releases the parent first). Until the
+/// kernel has written the new arguments, `cmdline` shows the daemon's own (the memory map
+/// still shared) and then nothing; a loaded node can hold the child there for
+/// milliseconds. Without this wait a pod could be reported ready with a pause that [`list`],
+/// `ps` or a test cannot recognise yet.
+fn wait_exec_finished(pid: u32, argv0: &str, timeout: Duration) -> io::Result<()> {
     let path = format!("/proc/{pid}/cmdline");
-    let deadline = std::time::Instant::now() + EXEC_SHOW_WAIT;
+    let deadline = std::time::Instant::now() + timeout;
     let mut tries: u32 = 0;
     loop {
         let cmdline = super::procfs::read_bytes(&path)?;
-        if !cmdline.is_empty() {
-            let shown = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-            if shown == argv0.as_bytes() {
-                return Ok(());
-            }
-            return Err(io::Error::other(format!(
-                "argv[0] is {:?}, not {argv0:?}",
-                String::from_utf8_lossy(shown)
-            )));
+        let shown = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        if shown == argv0.as_bytes() {
+            return Ok(());
         }
-        // Empty: still inside the exec, or already a zombie (which has no memory map).
+        // Still inside the exec, or already a zombie (no memory map: an empty cmdline).
         match read_stat(pid) {
             Ok(Some(stat)) if !stat.dead() => {}
             _ => return Ok(()),
@@ -255,7 +251,10 @@ fn wait_exec_finished(pid: u32, argv0: &str) -> io::Result<()> {
         if std::time::Instant::now() >= deadline {
             return Err(io::Error::new(
                 ErrorKind::TimedOut,
-                format!("argv[0] not shown within {EXEC_SHOW_WAIT:?} of the exec"),
+                format!(
+                    "argv[0] is {:?}, not {argv0:?}, {timeout:?} after the exec began",
+                    String::from_utf8_lossy(shown)
+                ),
             ));
         }
         tries += 1;
@@ -825,11 +824,47 @@ mod tests {
             .expect("spawn sleep")
     }
 
+    /// The real spawn, many times: once `spawn` and the wait have returned, the child shows
+    /// the new program's `argv[0]`, although right after `spawn` alone it often does not yet.
+    #[test]
+    fn a_spawned_child_shows_its_argv0_once_the_wait_returns() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "\n*** SKIPPED a_spawned_child_shows_its_argv0_once_the_wait_returns: needs root (setns, setresuid) ***\n"
+            );
+            return;
+        }
+        let netns = open_netns(Path::new("/proc/self/ns/net")).expect("own network namespace");
+        // `yes` runs until killed with nothing but argv[0] (its output goes to /dev/null).
+        let binary = Path::new("/usr/bin/yes");
+        let argv0 = "nh-test-spawned";
+        let mut not_shown_at_once = 0;
+        for _ in 0..200 {
+            let pid = spawn(binary, argv0, "0", &netns).expect("spawn");
+            let first = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if !first.starts_with(format!("{argv0}\0").as_bytes()) {
+                not_shown_at_once += 1;
+            }
+            let waited = wait_exec_finished(pid, argv0, EXEC_SHOW_WAIT);
+            let shown = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let raw = libc::pid_t::try_from(pid).unwrap();
+            nix::sys::signal::kill(Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL).unwrap();
+            waitpid(Pid::from_raw(raw), None).unwrap();
+            waited.unwrap();
+            assert_eq!(
+                shown,
+                format!("{argv0}\0").as_bytes(),
+                "pid {pid} after the wait"
+            );
+        }
+        eprintln!("argv[0] not shown right after spawn in {not_shown_at_once} of 200");
+    }
+
     #[test]
     fn wait_exec_finished_sees_the_new_programs_argv0() {
         let mut child = sleeper("nh-test-argv0");
-        let result = wait_exec_finished(child.id(), "nh-test-argv0");
-        let other = wait_exec_finished(child.id(), "someone-else");
+        let result = wait_exec_finished(child.id(), "nh-test-argv0", EXEC_SHOW_WAIT);
+        let other = wait_exec_finished(child.id(), "someone-else", Duration::from_millis(20));
         child.kill().unwrap();
         child.wait().unwrap();
         result.unwrap();
@@ -843,7 +878,7 @@ mod tests {
     #[test]
     fn wait_exec_finished_leaves_an_exited_child_to_the_caller() {
         let mut child = sleeper("nh-test-exited");
-        wait_exec_finished(child.id(), "nh-test-exited").unwrap();
+        wait_exec_finished(child.id(), "nh-test-exited", EXEC_SHOW_WAIT).unwrap();
         child.kill().unwrap();
         // Zombie until waited for: no memory map, so an empty cmdline, and state Z.
         let pid = child.id();
@@ -855,7 +890,7 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(1));
         }
-        let result = wait_exec_finished(pid, "nh-test-exited");
+        let result = wait_exec_finished(pid, "nh-test-exited", EXEC_SHOW_WAIT);
         child.wait().unwrap();
         result.unwrap();
     }
