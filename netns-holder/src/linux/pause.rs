@@ -257,11 +257,13 @@ fn wait_exec_finished(pid: u32, argv0: &str, timeout: Duration) -> io::Result<()
                 ),
             ));
         }
+        // The rest of an exec takes tens of microseconds: short waits first, so that the
+        // pause (started alongside a create's wiring) does not end the create late.
         tries += 1;
-        if tries < 8 {
+        if tries <= 4 {
             std::thread::yield_now();
         } else {
-            std::thread::sleep(Duration::from_micros(200));
+            std::thread::sleep(Duration::from_micros(10 << (tries - 4).min(5)));
         }
     }
 }
