@@ -313,6 +313,11 @@ pub fn pod_id_from_pause_argv0(argv0: &str) -> Option<PodId> {
 /// deletion batch.
 pub const RETIRED_VETH_PREFIX: &str = "nhx";
 
+/// The device group (`IFLA_GROUP`) a daemon puts the node-side links it is deleting in
+/// (its value spells "nhdl"): one request deletes every link of the group, with one wait
+/// for the kernel's unregister. Only links this daemon is deleting are ever in it.
+pub const DELETE_LINK_GROUP: u32 = 0x6e68_646c;
+
 /// Whether `name` has the exact shape of a host veth this daemon names from a pod id
 /// (`nh` + 12 lowercase hex characters). The bridge `nh0` does not match, nor does a pooled
 /// pair's host end ([`is_pooled_veth_name`]).

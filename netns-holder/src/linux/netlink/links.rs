@@ -956,7 +956,7 @@ async fn retire_pod_link(
 /// once, and the others find theirs already gone. Only links this daemon is deleting are ever
 /// in the group (its value spells "nhdl"); one left marked by a crash is deleted with the
 /// next batch, which is what reconcile would do with it anyway.
-pub(crate) const DELETE_GROUP: u32 = 0x6e68_646c;
+pub(crate) const DELETE_GROUP: u32 = crate::names::DELETE_LINK_GROUP;
 
 /// How long a background batch of retired host veths waits for more before it runs.
 pub(crate) const RETIRED_BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
