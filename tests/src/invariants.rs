@@ -12,9 +12,9 @@ use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use netns_holder_core::record::{Phase, PodRecord};
 use netns_holder_core::state::{State, StateStore};
 use serde_json::Value;
@@ -145,6 +145,34 @@ impl Pod {
 /// pool's.
 pub fn is_pool_link(link: &str) -> bool {
     netns_holder_core::names::is_pooled_veth_name(link)
+}
+
+/// The node's links once the daemon's removals have settled, waiting at most 5 s (an error
+/// naming what is left if not): retired host veths (renamed `nhx` + 12 hex, or a pooled
+/// pair's host end under its own name) and every link in the daemon's deletion group go
+/// with their pod's namespace or the daemon's deletion batch, asynchronously, and are never
+/// counted as anything.
+pub fn settled_node_links(node: &Node) -> Result<Vec<crate::LinkState>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let links = node.link_states()?;
+        let unsettled: Vec<&str> = links
+            .iter()
+            .filter(|l| {
+                l.being_deleted()
+                    || l.name
+                        .starts_with(netns_holder_core::names::RETIRED_VETH_PREFIX)
+            })
+            .map(|l| l.name.as_str())
+            .collect();
+        if unsettled.is_empty() {
+            return Ok(links);
+        }
+        if Instant::now() >= deadline {
+            bail!("links retired or being deleted still in the node after 5 s: {unsettled:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The node and daemon guards clean up either way.
@@ -364,15 +392,25 @@ pub fn assert_node_matches(node: &Node, daemon: &Daemon, live: &[Pod]) -> Result
     );
 
     let own = node.test_links();
-    // Retired host veths (renamed at removal, `nhx` + 12 hex, off the bridge) go with their
-    // pod's namespace or the daemon's deletion batch, asynchronously: they must be gone
-    // within 5 s, and are never counted as host veths.
-    let settled = crate::settled_links("the node namespace", || node.links())?;
+    let settled = settled_node_links(node)?;
     // The namespace pool's veth pairs (`nhv` + 12 hex) that no pod adopted are no pod's:
-    // they wait for a create to adopt them and go with the daemon.
+    // they wait for a create to adopt them and go with the daemon. Their pod ends are down
+    // until a create adopts them, so they have no carrier: one that has is an adopted pair
+    // that no pod names any more, left behind.
     let veths: BTreeSet<String> = live.iter().map(|p| p.host_veth.clone()).collect();
+    let leaked_pool_pairs: Vec<&str> = settled
+        .iter()
+        .filter(|l| is_pool_link(&l.name) && !veths.contains(&l.name) && l.carrier)
+        .map(|l| l.name.as_str())
+        .collect();
+    ensure!(
+        leaked_pool_pairs.is_empty(),
+        "pool-named host veths with carrier that no pod names (adopted, then left): \
+         {leaked_pool_pairs:?}"
+    );
     let links: BTreeSet<String> = settled
         .into_iter()
+        .map(|l| l.name)
         .filter(|l| {
             l != "lo"
                 && l != daemon.bridge()

@@ -163,6 +163,57 @@ pub fn link_names(ip_json: &Output) -> Result<Vec<String>> {
         .collect())
 }
 
+/// A link as `ip -j link show` describes it, as far as the tests look at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    /// Its name.
+    pub name: String,
+    /// Its device group (`IFLA_GROUP`; 0 is `default`).
+    pub group: u32,
+    /// Whether it has a carrier (`LOWER_UP`): a veth end has one once both ends are up.
+    pub carrier: bool,
+}
+
+impl LinkState {
+    /// Whether a daemon is deleting it ([`netns_holder_core::names::DELETE_LINK_GROUP`]).
+    pub fn being_deleted(&self) -> bool {
+        self.group == netns_holder_core::names::DELETE_LINK_GROUP
+    }
+}
+
+/// The links in the output of `ip -j link show`.
+pub fn link_states(ip_json: &Output) -> Result<Vec<LinkState>> {
+    let links: serde_json::Value =
+        serde_json::from_slice(&ip_json.stdout).context("ip -j link show")?;
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            let name = l["ifname"]
+                .as_str()
+                .with_context(|| format!("a link without a name in ip -j link show: {l}"))?
+                .to_string();
+            let group = match l["group"].as_str() {
+                None | Some("default") => 0,
+                Some(number) => number
+                    .parse()
+                    .with_context(|| format!("link {name}: group {number:?}"))?,
+            };
+            let carrier = l["flags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|f| f == "LOWER_UP");
+            Ok(LinkState {
+                name,
+                group,
+                carrier,
+            })
+        })
+        .collect()
+}
+
 /// The links `list` returns once none of them is a retired veth end any more: a removed
 /// pod's ends are renamed `nhx...` and deleted by the kernel with its namespace or by the
 /// daemon's deletion batch, asynchronously, and must be gone within 5 s (an error naming

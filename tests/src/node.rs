@@ -134,6 +134,11 @@ impl Node {
             .ino())
     }
 
+    /// Every link in the node, with its group and carrier ([`crate::LinkState`]).
+    pub fn link_states(&self) -> Result<Vec<crate::LinkState>> {
+        crate::link_states(&self.run(&["ip", "-j", "link", "show"])?)
+    }
+
     /// The names of every link in the node (`lo`, the bridge, host veths, ...).
     pub fn links(&self) -> Result<Vec<String>> {
         crate::link_names(&self.run(&["ip", "-j", "link", "show"])?)

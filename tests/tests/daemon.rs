@@ -270,6 +270,61 @@ fn pod_network_ipv6() -> Result<()> {
     })
 }
 
+/// The node invariants tell an adopted pool pair that no pod names (a leak: its pod end is
+/// up, so its host end has a carrier) from the pool's own pairs (pod ends down), although
+/// both carry a pool name.
+#[test]
+fn the_node_invariants_catch_a_pool_named_pair_that_no_pod_names() -> Result<()> {
+    let test = "the_node_invariants_catch_a_pool_named_pair_that_no_pod_names";
+    if !require_root(test) {
+        return Ok(());
+    }
+    on_node(test, DaemonOptions::default(), |node, daemon| {
+        let pod = create(daemon, &unique_name("leak"))?;
+        assert_node_matches(node, daemon, std::slice::from_ref(&pod))?;
+        // A pool-shaped name of no daemon's pool (salt and counter all f), its peer in the
+        // pod's namespace, both ends up: what an adopted pair left behind looks like.
+        let leaked = "nhvffffffffffff";
+        ensure!(nh_tests::invariants::is_pool_link(leaked));
+        let pid = pod.pause_pid.context("the pod has no pause")?.to_string();
+        node.run(&[
+            "ip", "link", "add", leaked, "type", "veth", "peer", "name", "leak0", "netns", &pid,
+        ])?;
+        let checked = (|| -> Result<()> {
+            node.run(&["ip", "link", "set", leaked, "up"])?;
+            run_ok(&mut in_netns(
+                &pod.netns,
+                &["ip", "link", "set", "leak0", "up"],
+            ))?;
+            ensure!(
+                nh_tests::wait_until(Duration::from_secs(5), || {
+                    node.link_states()
+                        .is_ok_and(|links| links.iter().any(|l| l.name == leaked && l.carrier))
+                }),
+                "{leaked} never got a carrier"
+            );
+            let error = match assert_node_matches(node, daemon, std::slice::from_ref(&pod)) {
+                Ok(()) => bail!("the invariants took {leaked}, up with a carrier, for the pool's"),
+                Err(e) => format!("{e:#}"),
+            };
+            ensure!(
+                error.contains("pool-named host veths with carrier") && error.contains(leaked),
+                "the invariants failed for another reason: {error}"
+            );
+            // Without a carrier (its pod end down), it is one of the pool's own pairs.
+            run_ok(&mut in_netns(
+                &pod.netns,
+                &["ip", "link", "set", "leak0", "down"],
+            ))?;
+            assert_node_matches(node, daemon, std::slice::from_ref(&pod))
+        })();
+        node.run(&["ip", "link", "del", leaked])?;
+        checked?;
+        remove(daemon, &pod.name)?;
+        assert_nothing_left(node, daemon, &[pod])
+    })
+}
+
 #[test]
 fn pause_runs_without_any_privilege() -> Result<()> {
     if !require_root("pause_runs_without_any_privilege") {
