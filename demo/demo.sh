@@ -476,6 +476,10 @@ done
 note "node links: $LINKS(the bridge stays, if any; the host veths are gone; besides them the pool's $(pool_pairs) veth pairs made ahead)"
 if [ "$DATAPATH" = bridge ]; then EXPECTED_LINKS="lo nh0 "; else EXPECTED_LINKS="lo "; fi
 [ "$LINKS" = "$EXPECTED_LINKS" ] || die "host veths left: $LINKS"
+# The pool's pairs have their pod ends down until a create adopts them, so no carrier: a
+# pool-named host veth with one is an adopted pair that no pod names, left behind.
+adopted_left() { ip -n "$NODE" -o link show | awk -F': ' '{ split($2, n, "@") } n[1] ~ /^nhv[0-9a-f]+$/ && length(n[1]) == 15 && /LOWER_UP/ { printf "%s ", n[1] }'; }
+[ -z "$(adopted_left)" ] || die "adopted pool pairs left (carrier, no pod): $(adopted_left)"
 MOUNTS="$(ls -A "$NETNS_DIR")"
 [ -z "$MOUNTS" ] || die "namespace bind mounts left: $MOUNTS"
 note "bind mounts left in $NETNS_DIR: none"
