@@ -12,9 +12,9 @@ use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use netns_holder_core::record::{Phase, PodRecord};
 use netns_holder_core::state::{State, StateStore};
 use serde_json::Value;
@@ -147,32 +147,21 @@ pub fn is_pool_link(link: &str) -> bool {
     netns_holder_core::names::is_pooled_veth_name(link)
 }
 
-/// The node's links once the daemon's removals have settled, waiting at most 5 s (an error
-/// naming what is left if not): retired host veths (renamed `nhx` + 12 hex, or a pooled
-/// pair's host end under its own name) and every link in the daemon's deletion group go
-/// with their pod's namespace or the daemon's deletion batch, asynchronously, and are never
-/// counted as anything.
+/// The node's links once the daemon's removals have settled ([`crate::wait_settled`]):
+/// retired host veths (renamed `nhx` + 12 hex, or a pooled pair's host end under its own
+/// name) and every link in the daemon's deletion group go with their pod's namespace or the
+/// daemon's deletion batch, asynchronously, and are never counted as anything.
 pub fn settled_node_links(node: &Node) -> Result<Vec<crate::LinkState>> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let links = node.link_states()?;
-        let unsettled: Vec<&str> = links
-            .iter()
-            .filter(|l| {
-                l.being_deleted()
-                    || l.name
-                        .starts_with(netns_holder_core::names::RETIRED_VETH_PREFIX)
-            })
-            .map(|l| l.name.as_str())
-            .collect();
-        if unsettled.is_empty() {
-            return Ok(links);
-        }
-        if Instant::now() >= deadline {
-            bail!("links retired or being deleted still in the node after 5 s: {unsettled:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::wait_settled(
+        "the node namespace",
+        "links retired or being deleted",
+        || node.link_states(),
+        |l| {
+            l.being_deleted()
+                || l.name
+                    .starts_with(netns_holder_core::names::RETIRED_VETH_PREFIX)
+        },
+    )
 }
 
 /// The node and daemon guards clean up either way.

@@ -220,19 +220,29 @@ pub fn link_states(ip_json: &Output) -> Result<Vec<LinkState>> {
 /// `place` and what is left if not).
 pub fn settled_links(
     place: &str,
-    mut list: impl FnMut() -> Result<Vec<String>>,
+    list: impl FnMut() -> Result<Vec<String>>,
 ) -> Result<Vec<String>> {
+    wait_settled(place, "retired veth ends", list, |l| {
+        l.starts_with(netns_holder_core::names::RETIRED_VETH_PREFIX)
+    })
+}
+
+/// What `list` returns once nothing in it is `unsettled` any more, polled every 20 ms for at
+/// most 5 s; an error naming `what` and `place` with the whole list if not.
+pub fn wait_settled<T: std::fmt::Debug>(
+    place: &str,
+    what: &str,
+    mut list: impl FnMut() -> Result<Vec<T>>,
+    unsettled: impl Fn(&T) -> bool,
+) -> Result<Vec<T>> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let links = list()?;
-        if !links
-            .iter()
-            .any(|l| l.starts_with(netns_holder_core::names::RETIRED_VETH_PREFIX))
-        {
-            return Ok(links);
+        let items = list()?;
+        if !items.iter().any(&unsettled) {
+            return Ok(items);
         }
         if Instant::now() >= deadline {
-            bail!("retired veth ends still in {place} after 5 s: {links:?}");
+            bail!("{what} still in {place} after 5 s: {items:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }

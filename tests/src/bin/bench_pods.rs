@@ -29,9 +29,11 @@
 //! Then the routed scale run: `BENCH_SCALE_PODS` (default 4000) pods on one node (a /20),
 //! created and removed, with every pod pinged once from the node and once from another pod
 //! (each ping waits at most 1 s), the create growth last-10/first-10 (both begun on an idle
-//! machine with a full namespace pool) and medians along the run with controls timed right after each create (a CPU loop, a chase through 64 MiB of
-//! memory, a first touch of new pages) and the slowest windows of the run, 10 creates at the full count that reuse the kernel memory of 20 removed pods (what
-//! the pod count costs, apart from fresh memory), RSS and fds. The
+//! machine with a full namespace pool) and medians along the run with controls timed right
+//! after each create (a CPU loop, a chase through 64 MiB of memory, a first touch of new
+//! pages) and the slowest windows of the run, 10 creates at the full count that reuse the
+//! kernel memory of 20 removed pods (what the pod count costs, apart from fresh memory), RSS
+//! and fds. The
 //! bridge datapath cannot hold that many (a bridge has at most 1023 ports). In that run,
 //! the first-packet latency: TCP connects (each a new flow, so its SYN is a first packet;
 //! `BENCH_CONNECTS`, default 300, per figure, after 10 unmeasured) pod to pod at 2 pods and
