@@ -336,8 +336,9 @@ pub fn is_pooled_veth_name(name: &str) -> bool {
     is_prefix_and_id_hex(name, POOLED_VETH_PREFIX)
 }
 
-/// `prefix` followed by exactly [`IFNAME_ID_CHARS`] lowercase hex characters.
-fn is_prefix_and_id_hex(name: &str, prefix: &str) -> bool {
+/// `prefix` followed by exactly [`IFNAME_ID_CHARS`] lowercase hex characters: the shape of
+/// every link name this daemon makes from an id or a counter.
+pub fn is_prefix_and_id_hex(name: &str, prefix: &str) -> bool {
     name.len() == prefix.len() + IFNAME_ID_CHARS
         && name.starts_with(prefix)
         && name[prefix.len()..]
@@ -582,6 +583,8 @@ mod tests {
         assert!(!is_pooled_veth_name(host.as_str()));
         assert!(!is_pooled_veth_name("nhv0A1B2C000003"));
         assert!(!is_pooled_veth_name("npv0a1b2c000003"));
+        assert!(is_prefix_and_id_hex("npv0a1b2c000003", "npv"));
+        assert!(!is_prefix_and_id_hex("npv0a1b2c00003", "npv"));
     }
 
     #[test]

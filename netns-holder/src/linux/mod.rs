@@ -285,14 +285,9 @@ impl Namespaces for LinuxSystem {
         // The old prefix's names had the same shape; anything else under them is not ours.
         let leftovers = listed.into_iter().filter(|link| {
             let name = link.as_str();
-            let pooled = match name.strip_prefix(pool_veth::OLD_POOL_VETH_PREFIX) {
-                Some(rest) => crate::names::is_pooled_veth_name(&format!(
-                    "{}{rest}",
-                    pool_veth::POOL_VETH_PREFIX
-                )),
-                None => crate::names::is_pooled_veth_name(name),
-            };
-            pooled && !pod_links.contains(link)
+            (crate::names::is_pooled_veth_name(name)
+                || crate::names::is_prefix_and_id_hex(name, pool_veth::OLD_POOL_VETH_PREFIX))
+                && !pod_links.contains(link)
         });
         for link in leftovers {
             match netlink::delete_link(self, None, &link).await {

@@ -272,18 +272,16 @@ impl NetnsPool {
         if let Some(bridge) = self.veth_spec.get().and_then(|s| s.bridge.as_ref()) {
             bridge.full.store(true, Ordering::Relaxed);
         }
-        let mut ports: Vec<u32> = self
-            .lock()
-            .ready
-            .iter_mut()
-            .filter_map(|pooled| pooled.veth.as_mut())
-            .filter_map(|veth| veth.port_of.take().map(|_| veth.host_index))
-            .collect();
+        // A pair counts as taken off once asked: its host end's index if it was a port.
+        let take_port = |pooled: &mut Pooled| {
+            let veth = pooled.veth.as_mut()?;
+            veth.port_of.take().map(|_| veth.host_index)
+        };
+        let mut ports: Vec<u32> = self.lock().ready.iter_mut().filter_map(take_port).collect();
         ports.extend(
             self.reservations()
                 .values_mut()
-                .filter_map(|(pooled, _)| pooled.veth.as_mut())
-                .filter_map(|veth| veth.port_of.take().map(|_| veth.host_index)),
+                .filter_map(|(pooled, _)| take_port(pooled)),
         );
         ports
     }
